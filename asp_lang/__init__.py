@@ -1,0 +1,44 @@
+"""ASP: a streaming dataflow kernel language and an emulated RDU to run and time it.
+
+Typical use::
+
+    prog = asp_lang.compile(source, machine="sn40l", sizes={"N": 4096}, filename="k.asp")
+    outs = asp_lang.run(prog, {"x": x})        # numbers (numpy)
+    rep = asp_lang.profile(prog)               # cycles, bytes, utilisation, roofline
+
+asp_lang knows nothing of agents, LLMs or PyTorch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .checker import Program, bind_sizes, check
+from .errors import ERROR_KINDS, AspError, Span
+from .interp import Limits, random_inputs, run
+from .ir import Kernel
+from .machine import Machine, load_machine, presets
+from .printer import format_kernel
+from .syntax import parse
+from .timing import EMULATOR_VERSION, Report, profile
+
+__version__ = "0.1.0"
+
+
+def compile(source: str, machine: str | Machine = "sn40l", sizes: dict[str, int] | None = None,
+            filename: str = "<kernel>", routing: dict | None = None) -> Program:
+    """Parse and check ASP source for a machine at the given sizes (defaults from the kernel)."""
+    m = machine if isinstance(machine, Machine) else load_machine(machine)
+    kernel = parse(source, filename)
+    return check(kernel, m, sizes, filename, source, routing)
+
+
+def compile_file(path: str | Path, machine: str | Machine = "sn40l", sizes: dict[str, int] | None = None,
+                 routing: dict | None = None) -> Program:
+    p = Path(path)
+    return compile(p.read_text(), machine, sizes, str(p), routing)
+
+
+__all__ = ["compile", "compile_file", "parse", "check", "run", "profile", "random_inputs", "format_kernel",
+           "load_machine", "presets", "bind_sizes", "Program", "Kernel", "Machine", "Report", "Limits",
+           "AspError", "ERROR_KINDS", "Span", "EMULATOR_VERSION", "__version__"]

@@ -1,0 +1,144 @@
+"""The interpreter: the numbers a checked program computes, with numpy.
+
+Operators run over whole streams at once (see values.py), in program order, which is a
+topological order because names are assigned once before use. Work is capped (elements
+produced, accumulation steps, bytes of any one array) so an adversarial kernel fails with
+a LimitError instead of exhausting the machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import AspError, InputError, LimitError
+from .ops import OPS, Node
+from .types import ITEMSIZE, NUMPY_STORAGE, round_to
+from .values import SVal, leaves
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_elements: int = 1 << 31      # scalar values produced, summed over all operators
+    max_steps: int = 1 << 20         # iterations of accum/scan loops with a general update
+    max_array_bytes: int = 4 << 30   # bytes of any one stream value
+
+
+POISON = {"f32": np.nan, "bf16": np.nan, "f16": np.nan, "i32": np.iinfo(np.int32).min, "bool": False}
+
+
+class RunCtx:
+    def __init__(self, prog, inputs: dict[str, np.ndarray], limits: Limits):
+        self.prog = prog
+        self.limits = limits
+        self.arrays: dict[str, np.ndarray] = {}
+        self.elements = 0
+        self.steps = 0
+        for name in prog.params:
+            self.arrays[name] = inputs[name]
+        for name in prog.results:
+            t = prog.tensors[name]
+            self.arrays[name] = np.full(t.shape, POISON[t.dtype], dtype=NUMPY_STORAGE[t.dtype])
+
+    def tensor(self, name: str) -> np.ndarray:
+        return self.arrays[name]
+
+    def write(self, name: str, arr: np.ndarray, partial: bool = False) -> None:
+        t = self.prog.tensors[name]
+        self.arrays[name] = round_to(t.dtype, np.asarray(arr)).reshape(t.shape)
+
+    def charge_elements(self, node: Node, n: float) -> None:
+        self.elements += int(n)
+        if self.elements > self.limits.max_elements:
+            raise LimitError(f"the program produced more than {self.limits.max_elements} elements "
+                             f"(at {node.op}); run it at smaller sizes", node.call.span)
+
+    def charge_steps(self, node: Node, n: int) -> None:
+        self.steps += n
+        if self.steps > self.limits.max_steps:
+            raise LimitError(f"accumulation loops took more than {self.limits.max_steps} steps (at {node.op}); "
+                             "use a simpler update (acc + f(x)) or smaller sizes", node.call.span)
+
+    def check_value(self, node: Node, v: SVal) -> None:
+        total = 0
+        for a in leaves(v.data):
+            a = np.asarray(a)
+            total += a.size * a.itemsize
+        if total > self.limits.max_array_bytes:
+            raise LimitError(f"{node.op} produced a stream of {total / 2**30:.1f} GiB, over the "
+                             f"{self.limits.max_array_bytes / 2**30:.1f} GiB cap", node.call.span)
+        self.charge_elements(node, sum(np.asarray(a).size for a in leaves(v.data)))
+
+
+def prepare_inputs(prog, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Validate and convert user arrays to the kernel's declared dtypes (bf16/f16 rounded)."""
+    out = {}
+    missing = [p for p in prog.params if p not in inputs]
+    if missing:
+        raise InputError(f"missing input(s): {', '.join(missing)} (kernel parameters: {', '.join(prog.params)})")
+    extra = [k for k in inputs if k not in prog.params]
+    if extra:
+        raise InputError(f"unknown input(s): {', '.join(extra)} (kernel parameters: {', '.join(prog.params)})")
+    for name in prog.params:
+        t = prog.tensors[name]
+        a = np.asarray(inputs[name])
+        if tuple(a.shape) != t.shape:
+            raise InputError(f"input '{name}' has shape {list(a.shape)}, the kernel declares {list(t.shape)} "
+                             f"at sizes {prog.sizes}")
+        if t.dtype == "i32":
+            if a.dtype.kind not in "iub":
+                raise InputError(f"input '{name}' is {a.dtype}; the kernel declares i32")
+            if a.size and (a.min() < -2**31 or a.max() >= 2**31):
+                raise InputError(f"input '{name}' has values outside the i32 range")
+        elif t.dtype == "bool":
+            if a.dtype.kind != "b":
+                raise InputError(f"input '{name}' is {a.dtype}; the kernel declares bool")
+        elif a.dtype.kind not in "fiub":
+            raise InputError(f"input '{name}' is {a.dtype}; the kernel declares {t.dtype}")
+        out[name] = round_to(t.dtype, a).copy()
+        out[name].setflags(write=False)
+    return out
+
+
+def random_inputs(prog, seed: int = 0) -> dict[str, np.ndarray]:
+    """Standard-normal floats, i32 in [0, 4), random bools: enough to exercise a kernel."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in prog.params:
+        t = prog.tensors[name]
+        if t.dtype == "i32":
+            out[name] = rng.integers(0, 4, t.shape).astype(np.int32)
+        elif t.dtype == "bool":
+            out[name] = rng.random(t.shape) < 0.5
+        else:
+            out[name] = rng.standard_normal(t.shape).astype(np.float32)
+    return out
+
+
+def run(prog, inputs: dict[str, np.ndarray], limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Execute ``prog`` on ``inputs`` (name -> array); returns the results by name."""
+    try:
+        inputs = prepare_inputs(prog, inputs)
+        rt = RunCtx(prog, inputs, limits or Limits())
+        # estimate before running so an over-large program fails fast, before allocating
+        for node in prog.nodes:
+            for t in node.out_types:
+                est = t.count * (t.elem.nbytes if hasattr(t.elem, "nbytes") else 4)
+                if est > rt.limits.max_array_bytes:
+                    raise LimitError(f"{node.op} would produce a stream of {est / 2**30:.1f} GiB, over the "
+                                     f"{rt.limits.max_array_bytes / 2**30:.1f} GiB cap", node.call.span)
+        values: dict[str, SVal] = {}
+        with np.errstate(all="ignore"):
+            for node in prog.nodes:
+                ins = [values.pop(n) for n in node.inputs]
+                outs = OPS[node.op].run(node, ins, rt)
+                for name, v in zip(node.outputs, outs):
+                    rt.check_value(node, v)
+                    values[name] = v
+        return {name: rt.arrays[name] for name in prog.results}
+    except AspError as e:
+        raise e.located(prog.filename, prog.source) from None
+
+
+__all__ = ["run", "random_inputs", "prepare_inputs", "Limits", "ITEMSIZE"]

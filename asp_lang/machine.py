@@ -1,0 +1,177 @@
+"""Machine descriptions: the emulated RDU's units, memories and clock, from TOML.
+
+Presets ship in ``asp_lang/machines/``; users pass their own file with the same fields.
+Every field is validated with a message that names it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+from .errors import MachineError
+
+
+@dataclass(frozen=True)
+class PCU:
+    count: int
+    lanes: int
+    stages: int
+    tail_ops_per_lane: float
+    f32_matmul_rate: float
+    latency_cycles: int
+
+
+@dataclass(frozen=True)
+class PMU:
+    count: int
+    sram_kib: float
+    bandwidth_bytes_per_cycle: float
+
+
+@dataclass(frozen=True)
+class AGCU:
+    count: int
+    bandwidth_bytes_per_cycle: float
+
+
+@dataclass(frozen=True)
+class Memory:
+    capacity_gib: float
+    bandwidth_gbs: float
+    latency_ns: float
+    max_outstanding: int
+
+
+@dataclass(frozen=True)
+class Network:
+    fifo_depth: int
+    route_cycles_per_element: float
+
+
+@dataclass(frozen=True)
+class Reconfig:
+    cycles: int
+
+
+@dataclass(frozen=True)
+class Machine:
+    name: str
+    description: str
+    clock_ghz: float
+    pcu: PCU
+    pmu: PMU
+    agcu: AGCU
+    hbm: Memory
+    ddr: Memory
+    network: Network
+    reconfig: Reconfig
+
+    # derived figures the timing model uses
+    @property
+    def pmu_bytes(self) -> float:
+        return self.pmu.sram_kib * 1024
+
+    @property
+    def sram_bytes(self) -> float:
+        return self.pmu_bytes * self.pmu.count
+
+    def mem(self, tier: str) -> Memory:
+        return self.hbm if tier == "hbm" else self.ddr
+
+    def bytes_per_cycle(self, tier: str) -> float:
+        return self.mem(tier).bandwidth_gbs / self.clock_ghz
+
+    def latency_cycles(self, tier: str) -> float:
+        return self.mem(tier).latency_ns * self.clock_ghz
+
+    def mm_flops_per_cycle(self, dtype: str) -> float:
+        """Systolic matmul flops per cycle of one PCU (2 per multiply-accumulate)."""
+        rate = self.pcu.f32_matmul_rate if dtype in ("f32", "i32") else 1.0
+        return 2.0 * self.pcu.lanes * self.pcu.stages * rate
+
+    @property
+    def simd_ops_per_cycle(self) -> float:
+        return float(self.pcu.lanes * self.pcu.stages)
+
+    @property
+    def tail_ops_per_cycle(self) -> float:
+        return self.pcu.lanes * self.pcu.tail_ops_per_lane
+
+    def peak_tflops(self, dtype: str = "bf16") -> float:
+        return self.mm_flops_per_cycle(dtype) * self.pcu.count * self.clock_ghz / 1e3
+
+    def summary(self) -> dict:
+        return {"name": self.name, "clock_ghz": self.clock_ghz, "pcus": self.pcu.count,
+                "pmus": self.pmu.count, "sram_mib": self.sram_bytes / 2**20,
+                "hbm_gbs": self.hbm.bandwidth_gbs, "ddr_gbs": self.ddr.bandwidth_gbs,
+                "peak_bf16_tflops": round(self.peak_tflops("bf16"), 1)}
+
+
+_SECTIONS = {"pcu": PCU, "pmu": PMU, "agcu": AGCU, "hbm": Memory, "ddr": Memory,
+             "network": Network, "reconfig": Reconfig}
+
+
+def _build(cls, table, where: str):
+    if not isinstance(table, dict):
+        raise MachineError(f"[{where}] must be a table")
+    names = {f.name: f for f in fields(cls)}
+    unknown = set(table) - set(names)
+    if unknown:
+        raise MachineError(f"[{where}] has unknown field(s) {', '.join(sorted(unknown))} "
+                           f"(fields: {', '.join(names)})")
+    vals = {}
+    for name, f in names.items():
+        if name not in table:
+            raise MachineError(f"[{where}] is missing '{name}'")
+        v = table[name]
+        want_int = f.type == "int"
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (want_int and not isinstance(v, int)):
+            raise MachineError(f"[{where}] {name} must be {'an integer' if want_int else 'a number'}, got {v!r}")
+        if v <= 0 and not (name == "latency_ns" and v == 0):
+            raise MachineError(f"[{where}] {name} must be positive, got {v}")
+        vals[name] = v
+    return cls(**vals)
+
+
+def machine_from_dict(d: dict, origin: str = "<machine>") -> Machine:
+    try:
+        for key in ("name", "clock_ghz", *_SECTIONS):
+            if key not in d:
+                raise MachineError(f"missing '{key}'")
+        unknown = set(d) - {"name", "description", "clock_ghz", *_SECTIONS}
+        if unknown:
+            raise MachineError(f"unknown key(s) {', '.join(sorted(unknown))}")
+        clock = d["clock_ghz"]
+        if isinstance(clock, bool) or not isinstance(clock, (int, float)) or clock <= 0:
+            raise MachineError(f"clock_ghz must be a positive number, got {clock!r}")
+        parts = {k: _build(c, d[k], k) for k, c in _SECTIONS.items()}
+        return Machine(str(d["name"]), str(d.get("description", "")), float(clock), **parts)
+    except MachineError as e:
+        raise MachineError(f"machine description {origin}: {e.message}") from None
+
+
+def presets() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("asp_lang").joinpath("machines").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_machine(name_or_path: str | Path) -> Machine:
+    """A preset by name (``sn40l``, ``rdu-mini``) or a TOML file of the same form."""
+    s = str(name_or_path)
+    if s in presets():
+        text = resources.files("asp_lang").joinpath("machines").joinpath(f"{s}.toml").read_text()
+        origin = f"preset {s}"
+    else:
+        p = Path(s)
+        if not p.is_file():
+            raise MachineError(f"unknown machine '{s}': not a preset ({', '.join(presets())}) or a file")
+        text = p.read_text()
+        origin = str(p)
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise MachineError(f"machine description {origin} is not valid TOML: {e}") from None
+    return machine_from_dict(d, origin)

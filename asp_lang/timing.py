@@ -1,0 +1,297 @@
+"""The fast (analytic) timing model of the emulated RDU.
+
+A checked program is placed on the chip (``allocate``): each operator takes PCUs, PMUs or
+AGCUs; a program that needs more than the chip has is cut, in program order, into sections
+that run one after another with a reconfiguration in between, streams crossing a cut going
+through HBM. Within a section every operator streams concurrently (double-buffered), so
+the section takes as long as its slowest resource, an operator or a shared memory channel,
+plus the latency to fill the pipeline along its longest path. Only types are needed, never
+data: timing a full-size problem allocates nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from .errors import AspError, ResourceError
+from .machine import Machine
+from .ops import OPS, Node, OpWork
+from .types import BufT, TileT
+
+EMULATOR_VERSION = "asp-emu 0.1 (fast model)"
+
+
+@dataclass
+class Units:
+    pcus: int = 0
+    pmus: int = 0
+    agcus: int = 0
+    sram_bytes: float = 0.0
+
+    def add(self, o: "Units") -> "Units":
+        return Units(self.pcus + o.pcus, self.pmus + o.pmus, self.agcus + o.agcus, self.sram_bytes + o.sram_bytes)
+
+    def fits(self, m: Machine) -> bool:
+        return (self.pcus <= m.pcu.count and self.pmus <= m.pmu.count and self.agcus <= m.agcu.count
+                and self.sram_bytes <= m.sram_bytes)
+
+
+def node_work(node: Node) -> OpWork:
+    return OPS[node.op].work(node)
+
+
+def node_units(node: Node, w: OpWork, m: Machine) -> Units:
+    """Units one operator occupies. Routing and shape operators live in the switches."""
+    pmu_bytes = m.pmu_bytes
+    edge_bytes = sum(_edge_bytes(t.elem) for t in node.out_types) * m.network.fifo_depth
+    fifo_pmus = sum(math.ceil(_edge_bytes(t.elem) * m.network.fifo_depth / pmu_bytes)
+                    for t in node.out_types)
+    u = Units(pmus=fifo_pmus, sram_bytes=edge_bytes)
+    if w.kind == "compute":
+        stages = max(1, math.ceil((w.fn.ops if w.fn else 1) / m.pcu.stages))
+        u.pcus += node.par * stages
+    elif w.kind == "mem":
+        u.agcus += node.par
+    elif node.op in ("partition", "merge"):
+        u.pcus += 1
+    if w.sram_bytes:
+        u.pmus += math.ceil(w.sram_bytes / pmu_bytes)
+        u.sram_bytes += w.sram_bytes
+    return u
+
+
+def _edge_bytes(e) -> float:
+    return 4.0 if isinstance(e, BufT) else float(e.nbytes)
+
+
+def allocate(prog) -> None:
+    """Place ``prog`` on its machine: units per operator and the sections it runs in."""
+    m = prog.machine
+    sections: list[list[int]] = [[]]
+    used = Units()
+    total = Units()
+    for i, node in enumerate(prog.nodes):
+        u = node_units(node, node_work(node), m)
+        if not u.fits(m):
+            raise ResourceError(
+                f"{node.op} alone needs {u.pcus} PCUs, {u.pmus} PMUs, {u.agcus} AGCUs and "
+                f"{u.sram_bytes / 2**20:.1f} MiB of SRAM; {m.name} has {m.pcu.count}, {m.pmu.count}, "
+                f"{m.agcu.count} and {m.sram_bytes / 2**20:.1f} MiB (lower par or use smaller tiles)",
+                node.call.span)
+        if not used.add(u).fits(m):
+            sections.append([])
+            used = Units()
+        sections[-1].append(i)
+        used = used.add(u)
+        total = total.add(u)
+    prog.sections = sections
+    prog.units = asdict(total)
+    if len(sections) > 1:
+        prog.notes.append(
+            f"the program needs {total.pcus} PCUs, {total.pmus} PMUs and {total.agcus} AGCUs; {m.name} has "
+            f"{m.pcu.count}, {m.pmu.count} and {m.agcu.count}: it is time-multiplexed in {len(sections)} "
+            f"sections, with {len(sections) - 1} reconfiguration(s) charged and the streams between "
+            f"sections spilled to HBM")
+
+
+@dataclass
+class OpTiming:
+    index: int
+    op: str
+    line: int
+    outputs: list[str]
+    elements: float
+    busy_cycles: float
+    limit: str                 # what bounds this operator: compute | onchip | memory | route | none
+    par: int
+    pcus: int
+    pmus: int
+    flops: float
+    offchip_bytes: float
+    section: int
+
+
+@dataclass
+class Report:
+    """Everything the timing model says about one program on one machine."""
+    kernel: str
+    machine: str
+    emulator: str
+    cycles: float
+    seconds: float
+    flops: float
+    hbm_bytes: float
+    ddr_bytes: float
+    hbm_bandwidth_gbs: float
+    hbm_bandwidth_fraction: float
+    pcu_allocated: int
+    pmu_allocated: int
+    agcu_allocated: int
+    sram_bytes: float
+    pcu_utilisation: float
+    pmu_utilisation: float
+    sram_utilisation: float
+    bottleneck: str
+    roofline_cycles: float
+    roofline_seconds: float
+    roofline_fraction: float
+    roofline_limit: str
+    sections: int
+    reconfig_cycles: float
+    sizes: dict
+    notes: list[str]
+    routing: dict
+    ops: list[OpTiming] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class EmulatorError(AspError):
+    """The timing model contradicted itself (e.g. beat the roofline): a bug, never a result."""
+    kind = "EmulatorError"
+
+
+def _busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
+    par = max(1, node.par)
+    if w.kind == "compute":
+        fn = w.fn
+        dtype_mm = m.mm_flops_per_cycle("bf16")
+        compute = 0.0
+        if fn:
+            compute = (fn.simd / m.simd_ops_per_cycle + fn.tail / m.tail_ops_per_cycle
+                       + fn.mm / dtype_mm + fn.mm32 / m.mm_flops_per_cycle("f32"))
+        bw = m.pmu.bandwidth_bytes_per_cycle
+        onchip = max(w.in_bytes, w.out_bytes) / bw
+        ii = max(compute, onchip, 1.0)
+        return w.elements * ii / par, ("compute" if compute >= onchip else "onchip")
+    if w.kind == "mem":
+        b = max(w.in_bytes, w.out_bytes)
+        return w.elements * b / (m.agcu.bandwidth_bytes_per_cycle * par), "memory"
+    if w.kind == "route":
+        return w.elements * m.network.route_cycles_per_element, "route"
+    if w.kind == "buffer":
+        bw = m.pmu.bandwidth_bytes_per_cycle * max(1, units.pmus)
+        return w.elements * max(w.in_bytes, w.out_bytes) / bw, "onchip"
+    return 0.0, "none"
+
+
+def _latency(node: Node, w: OpWork, m: Machine, section_time: float) -> float:
+    if w.kind == "compute":
+        lat = m.pcu.latency_cycles
+        if node.op == "accum":
+            lat += section_time / max(w.groups, 1.0)  # the first result waits for a whole group
+        return lat
+    if w.kind == "mem":
+        return m.latency_cycles(w.tier)
+    if w.kind == "route":
+        return m.network.route_cycles_per_element
+    if node.op == "bufferize":
+        return section_time / max(w.groups, 1.0)  # downstream starts once the first buffer is full
+    return 0.0
+
+
+def roofline(prog) -> tuple[float, str]:
+    """The physical lower bound in cycles: the larger of compute at peak and compulsory traffic
+    at full bandwidth (every parameter read and every result written once)."""
+    m = prog.machine
+    simd = tail = mm = mm32 = 0.0
+    traffic = {"hbm": 0.0, "ddr": 0.0}
+    read_full: set[str] = set()
+    for node in prog.nodes:
+        w = node_work(node)
+        if w.fn:
+            simd += w.fn.simd * w.elements
+            tail += w.fn.tail * w.elements
+            mm += w.fn.mm * w.elements
+            mm32 += w.fn.mm32 * w.elements
+        if node.op in ("load", "store"):
+            read_full.add(node.tensor.name)
+        elif node.op in ("gather", "scatter") and node.tensor.name not in read_full:
+            traffic[node.tensor.tier] += min(w.offchip_bytes, node.tensor.nbytes)
+    for name in read_full:
+        t = prog.tensors[name]
+        traffic[t.tier] += t.nbytes
+    p = m.pcu.count
+    terms = {
+        "compute": max(simd / (m.simd_ops_per_cycle * p), tail / (m.tail_ops_per_cycle * p),
+                       mm / (m.mm_flops_per_cycle("bf16") * p), mm32 / (m.mm_flops_per_cycle("f32") * p)),
+        "hbm": traffic["hbm"] / m.bytes_per_cycle("hbm"),
+        "ddr": traffic["ddr"] / m.bytes_per_cycle("ddr"),
+    }
+    limit = max(terms, key=terms.get)
+    return terms[limit], limit
+
+
+def profile(prog) -> Report:
+    """Time ``prog`` with the fast model. Needs only the checked types (no data)."""
+    m = prog.machine
+    works = [node_work(n) for n in prog.nodes]
+    units = [node_units(n, w, m) for n, w in zip(prog.nodes, works)]
+    section_of = {i: s for s, sec in enumerate(prog.sections) for i in sec}
+    producer = {o: i for i, n in enumerate(prog.nodes) for o in n.outputs}
+    total = 0.0
+    hbm = ddr = 0.0
+    op_timings: list[OpTiming] = []
+    busiest = ("", -1.0)
+    pcu_busy = 0.0
+    for s, sec in enumerate(prog.sections):
+        spill = 0.0
+        for i in sec:
+            for name in prog.nodes[i].inputs:
+                if section_of[producer[name]] != s:
+                    t = prog.streams[name]
+                    spill += 2 * t.count * _edge_bytes(t.elem)
+        traffic = {"hbm": spill, "ddr": 0.0}
+        busy = {}
+        for i in sec:
+            w = works[i]
+            b, limit = _busy(prog.nodes[i], w, m, units[i])
+            busy[i] = (b, limit)
+            if w.offchip_bytes:
+                traffic[w.tier] += w.offchip_bytes
+        candidates = {f"{prog.nodes[i].op}@{prog.nodes[i].call.span.line}": busy[i][0] for i in sec}
+        candidates["hbm"] = traffic["hbm"] / m.bytes_per_cycle("hbm")
+        candidates["ddr"] = traffic["ddr"] / m.bytes_per_cycle("ddr")
+        sec_bottleneck = max(candidates, key=candidates.get)
+        steady = candidates[sec_bottleneck]
+        finish: dict[int, float] = {}
+        for i in sec:
+            node = prog.nodes[i]
+            start = max((finish.get(producer[n], 0.0) for n in node.inputs), default=0.0)
+            finish[i] = start + _latency(node, works[i], m, steady)
+        sec_time = steady + max(finish.values(), default=0.0)
+        if steady > busiest[1]:
+            busiest = (sec_bottleneck, steady)
+        total += sec_time
+        hbm += traffic["hbm"]
+        ddr += traffic["ddr"]
+        for i in sec:
+            node, w = prog.nodes[i], works[i]
+            pcu_busy += busy[i][0] * units[i].pcus
+            op_timings.append(OpTiming(i, node.op, node.call.span.line, list(node.outputs), w.elements,
+                                       busy[i][0], busy[i][1], node.par, units[i].pcus, units[i].pmus,
+                                       w.flops, w.offchip_bytes, s))
+    reconfig = (len(prog.sections) - 1) * m.reconfig.cycles
+    total += reconfig
+    total = max(total, 1.0)
+    roof, roof_limit = roofline(prog)
+    if total < roof * (1 - 1e-9):
+        raise EmulatorError(f"simulated {total:.0f} cycles beat the roofline bound {roof:.0f}: emulator bug")
+    seconds = total / (m.clock_ghz * 1e9)
+    flops = sum(w.flops for w in works)
+    u = prog.units
+    bw = hbm / seconds / 1e9 if seconds else 0.0
+    return Report(
+        kernel=prog.kernel.name, machine=m.name, emulator=EMULATOR_VERSION, cycles=total, seconds=seconds,
+        flops=flops, hbm_bytes=hbm, ddr_bytes=ddr, hbm_bandwidth_gbs=bw,
+        hbm_bandwidth_fraction=bw / m.hbm.bandwidth_gbs,
+        pcu_allocated=u["pcus"], pmu_allocated=u["pmus"], agcu_allocated=u["agcus"], sram_bytes=u["sram_bytes"],
+        pcu_utilisation=pcu_busy / (total * m.pcu.count * max(1, len(prog.sections))) if total else 0.0,
+        pmu_utilisation=min(1.0, u["pmus"] / (m.pmu.count * len(prog.sections))),
+        sram_utilisation=u["sram_bytes"] / (m.sram_bytes * len(prog.sections)),
+        bottleneck=busiest[0], roofline_cycles=roof, roofline_seconds=roof / (m.clock_ghz * 1e9),
+        roofline_fraction=min(1.0, roof / total), roofline_limit=roof_limit, sections=len(prog.sections),
+        reconfig_cycles=reconfig, sizes=dict(prog.sizes), notes=list(prog.notes), routing=dict(prog.routing),
+        ops=op_timings)

@@ -1,0 +1,22 @@
+"""Argmax over the last dim of a [BATCH, DIM] tensor (int64 indices)."""
+import torch
+import torch.nn as nn
+
+BATCH = 4096
+DIM = 4096
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.argmax(x, dim=-1)
+
+
+def get_inputs():
+    return [torch.randn(BATCH, DIM)]
+
+
+def get_init_inputs():
+    return []

@@ -1,0 +1,23 @@
+"""bfloat16 matrix multiply C = A @ B (inputs and output bf16)."""
+import torch
+import torch.nn as nn
+
+M = 4096
+K = 4096
+N = 4096
+
+
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(a, b)
+
+
+def get_inputs():
+    return [torch.randn(M, K, dtype=torch.bfloat16), torch.randn(K, N, dtype=torch.bfloat16)]
+
+
+def get_init_inputs():
+    return []
