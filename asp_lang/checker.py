@@ -232,9 +232,12 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
         if spec is None:
             raise NameError_(f"unknown operator '{call.func}' (operators: {', '.join(sorted(OPS))})", call.span)
         for t in st.targets:
+            if t == "_":
+                continue
             if t in ctx.streams or t in tensors or t in sizes or t in fn_names:
                 raise NameError_(f"'{t}' is already defined (names are assigned once)", st.span)
-        if len(set(st.targets)) != len(st.targets):
+        named = [t for t in st.targets if t != "_"]
+        if len(set(named)) != len(named):
             raise NameError_("a name is repeated on the left of '='", st.span)
         ctx._call = call
         ctx.inputs = []
@@ -250,6 +253,8 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
                 raise ArgumentError("par must be positive", call.kw("par").span)
         in_types = tuple(ctx.streams[n] for n in ctx.inputs)
         for t, o in zip(st.targets, outs):
+            if t == "_":  # an output the program does not need
+                continue
             ctx.streams[t] = o
             ctx.defined_at[t] = call
         nodes.append(Node(call.func, call, tuple(ctx.inputs), st.targets, in_types, tuple(outs),

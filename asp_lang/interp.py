@@ -135,7 +135,8 @@ def run(prog, inputs: dict[str, np.ndarray], limits: Limits | None = None) -> di
                 outs = OPS[node.op].run(node, ins, rt)
                 for name, v in zip(node.outputs, outs):
                     rt.check_value(node, v)
-                    values[name] = v
+                    if name != "_":
+                        values[name] = v
         return {name: rt.arrays[name] for name in prog.results}
     except AspError as e:
         raise e.located(prog.filename, prog.source) from None

@@ -563,7 +563,7 @@ def _map_run(node, ins, rt):
     outs = eval_fn(node.fn, args, _static_pos(node))
     lengths = ins[0].lengths
     batch = _batch_shape(args[0], node.fn.arg_types[0])
-    return [SVal(np.broadcast_to(np.asarray(o), batch + t.shape))
+    return [SVal(np.broadcast_to(np.asarray(o), batch + t.shape), lengths)
             for o, t in zip(outs, node.fn.results)]
 
 

@@ -45,7 +45,8 @@ class TypedFn:
     arg_types: tuple[TileT, ...]
     results: tuple[TileT, ...]
     types: dict[int, TileT]
-    consts: dict[int, object]       # folded constants and static arguments, by node id
+    consts: dict[int, object]       # folded constants (literals, sizes, calls on them), by node id
+    statics: dict[int, dict]        # resolved static arguments of builtin calls (axis=, shape=...)
     cost: FnCost = field(default_factory=FnCost)
     uses_pos: bool = False
 
@@ -487,6 +488,7 @@ class _FnChecker:
         self.cost = FnCost()
         self.uses_pos = False
         self.scope: dict[str, TileT] = {}
+        self.statics: dict[int, dict] = {}
 
     def run(self, arg_types: tuple[TileT, ...]) -> TypedFn:
         fn = self.fn
@@ -507,7 +509,8 @@ class _FnChecker:
                 t = TileT("f32" if t.dtype == WEAK_FLOAT else "i32", t.shape)
                 self.types[id(o)] = t
             results.append(t)
-        return TypedFn(fn, arg_types, tuple(results), self.types, self.consts, self.cost, self.uses_pos)
+        return TypedFn(fn, arg_types, tuple(results), self.types, self.consts, self.statics, self.cost,
+                       self.uses_pos)
 
     def expr(self, e: Expr) -> TileT:
         t = self._expr(e)
@@ -642,7 +645,13 @@ class _FnChecker:
                 raise _err(ArgumentError, f"pos({d}) on a dynamic (routed) dimension", e)
             self.uses_pos = True
         out = b.rule(e, ts, st)
-        self.consts[id(e)] = st
+        self.statics[id(e)] = st
+        if b.cost in ("simd", "tail") and ts and all(id(a) in self.consts for a in e.args[:len(b.tiles)]) \
+                and is_weak(out.dtype):
+            vals = [self.consts[id(a)] for a in e.args[:len(b.tiles)]]
+            with np.errstate(all="ignore"):
+                v = float(np.asarray(b.impl([np.float64(x) for x in vals], st, ts, out), dtype=np.float64))
+            return self._fold(e, v)
         self._count(b.cost, out, ts)
         if b.cost == "mm":
             a_, b_ = ts
@@ -669,10 +678,9 @@ class _FnChecker:
                 raise _err(ArgumentError, f"{what} must be one of {', '.join(DTYPES)}", e)
             return e.id
         if kind == "number":
-            t = self.expr(e)
+            self.expr(e)
             if id(e) not in self.consts:
                 raise _err(ArgumentError, f"{what} must be a constant number", e)
-            del t
             return self.consts[id(e)]
         raise AssertionError(kind)
 
@@ -739,7 +747,7 @@ class _Eval:
 
     def expr(self, e: Expr):
         c = self.tf.consts.get(id(e))
-        if c is not None and not isinstance(e, Call):
+        if c is not None:
             return c
         t = self.tf.types[id(e)]
         with np.errstate(all="ignore"):
@@ -762,7 +770,7 @@ class _Eval:
             return _apply_binop(e.op, a, b)
         if isinstance(e, Call):
             b = BUILTINS[e.func]
-            st = self.tf.consts[id(e)]
+            st = self.tf.statics[id(e)]
             if e.func == "pos":
                 return self.pos(st["dim"])
             args = [self.expr(a) for a in e.args[:len(b.tiles)]]

@@ -230,7 +230,7 @@ def profile(prog) -> Report:
     works = [node_work(n) for n in prog.nodes]
     units = [node_units(n, w, m) for n, w in zip(prog.nodes, works)]
     section_of = {i: s for s, sec in enumerate(prog.sections) for i in sec}
-    producer = {o: i for i, n in enumerate(prog.nodes) for o in n.outputs}
+    producer = {o: i for i, n in enumerate(prog.nodes) for o in n.outputs if o != "_"}
     total = 0.0
     hbm = ddr = 0.0
     op_timings: list[OpTiming] = []
