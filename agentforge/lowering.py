@@ -1,0 +1,898 @@
+"""Lowering one ATen op to one ASP kernel: the op-by-op baseline's code generator.
+
+Every supported op becomes a small, readable ASP kernel at concrete sizes whose parameters
+and results are the op's operands and results *viewed* as contiguous tensors of a convenient
+shape (a reshape of HBM data costs nothing). Ops that only relabel memory (view, unsqueeze,
+clone...) become aliases, ops with no data inputs (full, arange...) are constants computed
+ahead of time, and anything else is refused with ``not supported: aten.X`` rather than
+lowered wrongly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .capture import AtenGraph, AtenNode, Ref, TensorSpec
+from .errors import AgentforgeError
+
+TILE_CAP = 1 << 14        # elements in a streamed tile (64 KiB of f32)
+ROW_CAP = 1 << 16         # longest row held whole in one tile
+BLOCK_CAP = 1 << 22       # elements of a whole-block tile for structural ops (cat, slice, gather...)
+MM_TILE = 128
+
+ASP_DTYPE = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i64": "i32", "i32": "i32", "bool": "bool"}
+
+
+class UnsupportedOpError(AgentforgeError):
+    """The baseline cannot lower this op (or this use of it): never a wrong kernel."""
+
+
+@dataclass
+class OpKernel:
+    """One ASP kernel computing one ATen node; operands and results bound by graph name."""
+    node: str
+    target: str
+    source: str
+    inputs: list[str]
+    input_views: list[tuple[int, ...]]
+    outputs: list[str]
+    output_views: list[tuple[int, ...]]
+
+
+@dataclass
+class Alias:
+    """A result that is an operand's memory relabelled (same data, new shape)."""
+    node: str
+    target: str
+    source: str
+    output: str
+
+
+@dataclass
+class Const:
+    """A result that depends on no input data: computed once, ahead of time, kept in HBM."""
+    node: str
+    target: str
+
+
+Step = OpKernel | Alias | Const
+
+ALIAS_KINDS = {"view", "_unsafe_view", "unsqueeze", "squeeze", "reshape", "clone", "alias", "detach",
+               "contiguous", "lift_fresh_copy", "_reshape_alias", "flatten"}
+CONST_TARGETS = {"full", "zeros", "ones", "arange", "scalar_tensor", "full_like", "zeros_like",
+                 "ones_like", "empty", "empty_like", "new_zeros", "new_ones", "new_full", "empty_strided"}
+
+
+def _dt(spec: TensorSpec) -> str:
+    dt = ASP_DTYPE.get(spec.dtype)
+    if dt is None:
+        raise UnsupportedOpError(f"not supported: tensors of dtype {spec.dtype} ('{spec.name}')")
+    return dt
+
+
+def divisor_at_most(n: int, cap: int) -> int:
+    """The largest divisor of n that is <= cap (tiles must divide the dimension)."""
+    if n <= cap:
+        return n
+    best = 1
+    i = 1
+    while i * i <= n:
+        if n % i == 0:
+            if i <= cap:
+                best = max(best, i)
+            if n // i <= cap:
+                best = max(best, n // i)
+        i += 1
+    return best
+
+
+def _lit(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, int):
+        return str(v)
+    f = float(v)
+    if math.isnan(f):
+        return "nan"
+    if math.isinf(f):
+        return "inf" if f > 0 else "-inf"
+    r = repr(f)
+    return f"({r})" if f < 0 else r
+
+
+class KernelBuilder:
+    """Assembles the text of one ASP kernel."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.params: list[str] = []
+        self.results: list[str] = []
+        self.fns: list[str] = []
+        self.body: list[str] = []
+        self.n = 0
+
+    def fresh(self, base: str) -> str:
+        self.n += 1
+        return f"{base}{self.n}"
+
+    def param(self, dtype: str, shape: tuple[int, ...]) -> str:
+        name = f"in{len(self.params)}"
+        self.params.append(f"{name}: {dtype}[{', '.join(map(str, shape))}]")
+        return name
+
+    def result(self, dtype: str, shape: tuple[int, ...]) -> str:
+        name = f"out{len(self.results)}"
+        self.results.append(f"{name}: {dtype}[{', '.join(map(str, shape))}]")
+        return name
+
+    def fn(self, params: list[str], result: str, lets: list[tuple[str, str]] = ()) -> str:
+        name = f"f{len(self.fns)}"
+        if not lets:
+            self.fns.append(f"  fn {name}({', '.join(params)}) = {result}")
+        else:
+            body = "\n".join(f"    let {k} = {v}" for k, v in lets)
+            self.fns.append(f"  fn {name}({', '.join(params)}) {{\n{body}\n    return {result}\n  }}")
+        return name
+
+    def op(self, call: str, n_out: int = 1, base: str = "s") -> list[str]:
+        targets = [self.fresh(base) for _ in range(n_out)]
+        self.body.append(f"  {', '.join(targets)} = {call}")
+        return targets
+
+    def do(self, call: str) -> None:
+        self.body.append(f"  {call}")
+
+    def text(self, comment: str) -> str:
+        lines = [f"# {comment}", f"kernel {self.name}({', '.join(self.params)}) -> ({', '.join(self.results)}) {{"]
+        lines += self.fns + self.body + ["}"]
+        return "\n".join(lines) + "\n"
+
+
+def _list(xs) -> str:
+    return "[" + ", ".join(map(str, xs)) + "]"
+
+
+# ------------------------------------------------------------------ elementwise with broadcasting
+
+@dataclass
+class _Operand:
+    kind: str                 # "tensor" | "scalar"
+    value: Any                # graph name or python number
+    spec: TensorSpec | None = None
+
+
+def _row_tiling(shape: tuple[int, ...], cap: int = TILE_CAP) -> tuple[int, int]:
+    q = divisor_at_most(shape[-1], cap)
+    if len(shape) < 2:
+        return 1, q
+    r = divisor_at_most(shape[-2], max(1, cap // q))
+    return r, q
+
+
+def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], expr: Callable[[list[str]], str],
+                       out_dtype: str | None = None, comment: str = "", extra_outs=None) -> tuple[str, list, list]:
+    """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape."""
+    shape = out.shape or (1,)
+    k = len(shape)
+    kb = KernelBuilder(name)
+    tr, tq = _row_tiling(shape)
+    out_tile = [1] * (k - 2) + [tr, tq] if k >= 2 else [tq]
+    kept = [a for a in range(k) if out_tile[a] != shape[a]]
+    grid = {a: shape[a] // out_tile[a] for a in kept}
+    streams, args, inputs, views = [], [], [], []
+    for op in operands:
+        if op.kind == "scalar":
+            args.append(_lit(op.value))
+            continue
+        spec = op.spec
+        p = (1,) * (k - len(spec.shape)) + tuple(spec.shape) if spec.shape else (1,) * k
+        pname = kb.param(_dt(spec), p)
+        inputs.append(op.value)
+        views.append(p)
+        tile = [out_tile[a] if p[a] == shape[a] else 1 for a in range(k)]
+        own_kept = [a for a in range(k) if tile[a] != p[a]]
+        repeats, ats = [], []
+        pos = 0
+        for j, a in enumerate(kept):
+            if a in own_kept:
+                pos += 1
+                continue
+            repeats.append(grid[a])
+            ats.append(j)
+        call = f"load({pname}, tile={_list(tile)}"
+        if repeats:
+            call += f", repeat={_list(repeats)}, at={_list(ats)}"
+        call += ", par=4)"
+        (s,) = kb.op(call)
+        streams.append(s)
+        args.append(f"x{len(streams) - 1}")
+    params = [f"x{i}" for i in range(len(streams))]
+    body = expr(args)
+    odt = out_dtype or _dt(out)
+    fname = kb.fn(params, body)
+    if not streams:
+        raise UnsupportedOpError(f"not supported: {name} with only scalar operands")
+    (res,) = kb.op(f"map({', '.join(streams)}, fn={fname}, par=8)")
+    oname = kb.result(odt, shape)
+    kb.do(f"store({oname}, {res}, par=4)")
+    return kb.text(comment), inputs, views
+
+
+# ------------------------------------------------------------------ op table
+
+def _scalar_or_tensor(graph: AtenGraph, v) -> _Operand:
+    if isinstance(v, Ref):
+        return _Operand("tensor", v.name, graph.spec(v))
+    if isinstance(v, (int, float, bool)):
+        return _Operand("scalar", v)
+    raise UnsupportedOpError(f"not supported: operand {v!r}")
+
+
+def _float_compute(dt: str) -> bool:
+    return dt in ("bf16", "f16")
+
+
+_UNARY = {
+    "neg": "-{0}", "exp": "exp({0})", "log": "log({0})", "sqrt": "sqrt({0})", "rsqrt": "rsqrt({0})",
+    "tanh": "tanh({0})", "sigmoid": "sigmoid({0})", "relu": "relu({0})", "abs": "abs({0})",
+    "sin": "sin({0})", "cos": "cos({0})", "erf": "erf({0})", "log1p": "log(1.0 + {0})",
+    "expm1": "exp({0}) - 1.0", "reciprocal": "1.0 / {0}", "silu": "{0} * sigmoid({0})",
+    "logical_not": "~{0}", "floor": "floor({0})", "square": "{0} * {0}",
+}
+_BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
+           "gt": ">", "ge": ">=", "logical_and": "&", "logical_or": "|", "bitwise_and": "&", "bitwise_or": "|",
+           "maximum": "maximum", "minimum": "minimum", "pow": "**", "remainder": "%", "fmod": "%"}
+_COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
+_LOGICAL = {"logical_and", "logical_or", "bitwise_and", "bitwise_or", "logical_not"}
+
+
+def _gelu(x: str, approximate: str) -> str:
+    if approximate == "tanh":
+        return f"0.5 * {x} * (1.0 + tanh(0.7978845608028654 * ({x} + 0.044715 * {x} * {x} * {x})))"
+    return f"0.5 * {x} * (1.0 + erf({x} * 0.7071067811865476))"
+
+
+def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
+    out = node.outs[0]
+    odt = _dt(out)
+    a = node.args
+    kw = node.kwargs
+    ops: list[_Operand] = []
+    # compute in f32 for 16-bit results, rounding once at the end (as PyTorch's opmath does)
+    cdt = "f32" if _float_compute(odt) else odt
+
+    def conv(o: _Operand, i: int, x: str, want: str) -> str:
+        if o.kind == "scalar":
+            return x
+        have = _dt(o.spec)
+        return x if have == want else f"cast({x}, {want})"
+
+    if kind in _UNARY:
+        ops = [_scalar_or_tensor(graph, a[0])]
+        tmpl = _UNARY[kind]
+
+        def expr(xs):
+            want = "bool" if kind in _LOGICAL else cdt
+            return _fin(tmpl.format(_paren(conv(ops[0], 0, xs[0], want))), cdt, odt)
+    elif kind in ("gelu",):
+        ops = [_scalar_or_tensor(graph, a[0])]
+        approx = kw.get("approximate", a[1] if len(a) > 1 else "none")
+
+        def expr(xs):
+            return _fin(_gelu(_paren(conv(ops[0], 0, xs[0], cdt)), approx), cdt, odt)
+    elif kind == "elu":
+        ops = [_scalar_or_tensor(graph, a[0])]
+        alpha = a[1] if len(a) > 1 else kw.get("alpha", 1.0)
+        scale = a[2] if len(a) > 2 else kw.get("scale", 1.0)
+        iscale = a[3] if len(a) > 3 else kw.get("input_scale", 1.0)
+
+        def expr(xs):
+            x = _paren(conv(ops[0], 0, xs[0], cdt))
+            return _fin(f"{_lit(scale)} * where({x} > 0.0, {x}, {_lit(alpha)} * (exp({x} * {_lit(iscale)}) - 1.0))",
+                        cdt, odt)
+    elif kind == "leaky_relu":
+        ops = [_scalar_or_tensor(graph, a[0])]
+        slope = a[1] if len(a) > 1 else kw.get("negative_slope", 0.01)
+
+        def expr(xs):
+            x = _paren(conv(ops[0], 0, xs[0], cdt))
+            return _fin(f"where({x} > 0.0, {x}, {x} * {_lit(slope)})", cdt, odt)
+    elif kind in ("clamp", "hardtanh"):
+        ops = [_scalar_or_tensor(graph, a[0])]
+        lo = a[1] if len(a) > 1 else kw.get("min", kw.get("min_val"))
+        hi = a[2] if len(a) > 2 else kw.get("max", kw.get("max_val"))
+        if kind == "hardtanh":
+            lo = -1.0 if lo is None else lo
+            hi = 1.0 if hi is None else hi
+
+        def expr(xs):
+            x = conv(ops[0], 0, xs[0], cdt)
+            if lo is not None:
+                x = f"maximum({x}, {_lit(lo)})"
+            if hi is not None:
+                x = f"minimum({x}, {_lit(hi)})"
+            return _fin(x, cdt, odt)
+    elif kind in _BINARY:
+        ops = [_scalar_or_tensor(graph, a[0]), _scalar_or_tensor(graph, a[1])]
+        alpha = kw.get("alpha", a[2] if len(a) > 2 and kind in ("add", "sub") else None)
+        if kind == "div" and kw.get("rounding_mode") not in (None,):
+            raise UnsupportedOpError(f"not supported: {node.target} with rounding_mode={kw.get('rounding_mode')}")
+        sym = _BINARY[kind]
+        if kind in _COMPARE:
+            specs = [o.spec for o in ops if o.kind == "tensor"]
+            dts = {_dt(s) for s in specs}
+            want = "f32" if any(d in ("f32", "bf16", "f16") for d in dts) and len(dts) > 1 else next(iter(dts))
+            if any(o.kind == "scalar" and isinstance(o.value, float) for o in ops) and want == "i32":
+                want = "f32"
+        elif kind in _LOGICAL:
+            want = "bool"
+        else:
+            want = cdt
+
+        def expr(xs):
+            x0 = conv(ops[0], 0, xs[0], want)
+            x1 = conv(ops[1], 1, xs[1], want)
+            if ops[0].kind == "scalar" and isinstance(ops[0].value, bool) and want != "bool":
+                x0 = _lit(int(ops[0].value))
+            if ops[1].kind == "scalar" and isinstance(ops[1].value, bool) and want != "bool":
+                x1 = _lit(int(ops[1].value))
+            if want == "i32" and kind == "div":
+                x0, x1 = f"cast({x0}, f32)", f"cast({x1}, f32)"
+            if alpha is not None and alpha != 1:
+                x1 = f"{_paren(x1)} * {_lit(alpha)}"
+            if sym in ("maximum", "minimum"):
+                e = f"{sym}({x0}, {x1})"
+            elif kind == "pow" and ops[1].kind == "scalar" and ops[1].value == 2:
+                e = f"{_paren(x0)} * {_paren(x0)}"
+            elif kind == "pow" and ops[1].kind == "scalar" and ops[1].value == 0.5:
+                e = f"sqrt({x0})"
+            else:
+                e = f"{_paren(x0)} {sym} {_paren(x1)}"
+            if kind in _COMPARE or kind in _LOGICAL:
+                return e
+            return _fin(e, want if not (want == "i32" and kind == "div") else "f32", odt)
+    elif kind == "where":
+        ops = [_scalar_or_tensor(graph, a[0]), _scalar_or_tensor(graph, a[1]), _scalar_or_tensor(graph, a[2])]
+
+        def expr(xs):
+            c = conv(ops[0], 0, xs[0], "bool")
+            return f"where({c}, {conv(ops[1], 1, xs[1], odt)}, {conv(ops[2], 2, xs[2], odt)})"
+    elif kind == "masked_fill":
+        ops = [_scalar_or_tensor(graph, a[0]), _scalar_or_tensor(graph, a[1]), _scalar_or_tensor(graph, a[2])]
+
+        def expr(xs):
+            return f"where({conv(ops[1], 1, xs[1], 'bool')}, {conv(ops[2], 2, xs[2], odt)}, {conv(ops[0], 0, xs[0], odt)})"
+    elif kind in ("cast", "_to_copy", "to"):
+        ops = [_scalar_or_tensor(graph, a[0])]
+
+        def expr(xs):
+            return conv(ops[0], 0, xs[0], odt)
+    elif kind == "expand":
+        ops = [_scalar_or_tensor(graph, a[0])]
+
+        def expr(xs):
+            return xs[0]
+    else:
+        raise UnsupportedOpError(f"not supported: {node.target}")
+    src, inputs, views = elementwise_kernel(_kname(node), out, ops, expr, odt, comment=f"{node.target} ({node.name})")
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [out.shape or (1,)])
+
+
+def _paren(x: str) -> str:
+    simple = x.replace("_", "").replace(".", "").isalnum()
+    return x if simple else f"({x})"
+
+
+def _fin(e: str, have: str, want: str) -> str:
+    return e if have == want else f"cast({e}, {want})"
+
+
+def _kname(node: AtenNode) -> str:
+    return "k_" + "".join(c if c.isalnum() else "_" for c in node.name)
+
+
+# ------------------------------------------------------------------ reductions and row ops
+
+def _norm_dims(dims, rank: int) -> list[int]:
+    if dims is None or dims == []:
+        return list(range(rank))
+    if isinstance(dims, int):
+        dims = [dims]
+    return sorted({d % rank if rank else 0 for d in dims})
+
+
+def _abc(shape: tuple[int, ...], dims: list[int], node: AtenNode) -> tuple[int, int, int]:
+    if not shape:
+        return 1, 1, 1
+    if dims != list(range(dims[0], dims[-1] + 1)):
+        raise UnsupportedOpError(f"not supported: {node.target} over non-adjacent dims {dims}")
+    a = math.prod(shape[:dims[0]])
+    b = math.prod(shape[dims[0]:dims[-1] + 1])
+    c = math.prod(shape[dims[-1] + 1:])
+    return a, b, c
+
+
+_RED_INIT = {"sum": "zeros", "mean": "zeros", "amax": "-inf", "amin": "inf", "max": "-inf", "min": "inf"}
+
+
+def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
+    x = graph.spec(node.args[0])
+    a_ = node.args
+    if kind in ("sum", "mean", "amax", "amin"):
+        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
+    elif kind in ("argmax", "argmin", "max", "min"):
+        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
+    elif kind == "var":
+        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
+    else:
+        raise UnsupportedOpError(f"not supported: {node.target}")
+    rank = len(x.shape)
+    dl = _norm_dims(dims, rank)
+    A, B, C = _abc(x.shape, dl, node)
+    xdt = _dt(x)
+    outs = node.outs
+    kb = KernelBuilder(_kname(node))
+    cdt = "f32" if xdt in ("bf16", "f16") else xdt
+    red = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min", "max": "max", "min": "min",
+           "argmax": "argmax", "argmin": "argmin", "var": "var"}[kind]
+    if C == 1:
+        view = (A, B)
+        tb = divisor_at_most(B, ROW_CAP)
+        ta = divisor_at_most(A, max(1, TILE_CAP // tb))
+        p = kb.param(xdt, view)
+        (s,) = kb.op(f"load({p}, tile={_list([ta, tb])}, par=4)")
+        ax, init_shape = 1, [ta, 1]
+    else:
+        view = (A, B, C)
+        tc = divisor_at_most(C, TILE_CAP)
+        tb = divisor_at_most(B, max(1, BLOCK_CAP // tc)) if red in ("var", "argmax", "argmin") else \
+            divisor_at_most(B, max(1, TILE_CAP // tc))
+        p = kb.param(xdt, view)
+        (s,) = kb.op(f"load({p}, tile={_list([1, tb, tc])}, par=4)")
+        ax, init_shape = 0, [1, tc]
+        ta = None
+    whole = tb == B
+    xin = "t" if cdt == xdt else f"cast(t, {cdt})"
+    results = []
+    if red in ("sum", "max", "min"):
+        combine = {"sum": "acc + {r}", "max": "maximum(acc, {r})", "min": "minimum(acc, {r})"}[red]
+        rexpr = f"{red}({xin}, axis={ax})"
+        if whole:
+            f = kb.fn(["t"], rexpr)
+            (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+        else:
+            init = "zeros(" + _list(init_shape) + (f", dtype={cdt})" if cdt != "f32" else ")") if red == "sum" else \
+                f"full({_list(init_shape)}, {_RED_INIT[kind] if kind in _RED_INIT else '-inf'}" + \
+                (f", dtype={cdt})" if cdt != "f32" else ")")
+            f = kb.fn(["acc", "t"], combine.format(r=rexpr))
+            (r,) = kb.op(f"accum({s}, rank=1, init={init}, fn={f}, par=8)")
+        final = "v"
+        if kind == "mean":
+            final = f"v / {_lit(float(B))}"
+        odt = _dt(outs[0])
+        if final != "v" or cdt != odt:
+            g = kb.fn(["v"], _fin(final, cdt, odt))
+            (r,) = kb.op(f"map({r}, fn={g})")
+        results.append((r, odt))
+        if kind in ("max", "min") and len(outs) > 1:
+            raise UnsupportedOpError(f"not supported: {node.target} with indices")
+    elif red in ("argmax", "argmin"):
+        if not whole:
+            raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
+        f = kb.fn(["t"], f"{red}({xin}, axis={ax})")
+        (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+        results.append((r, "i32"))
+    else:  # var
+        if not whole:
+            raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
+        corr = node.kwargs.get("correction", 1)
+        corr = 1 if corr is None else corr
+        f = kb.fn(["t"], _fin(f"sum(d * d, axis={ax}) / {_lit(float(B - corr))}", cdt, _dt(outs[0])),
+                  [("u", f"mean({xin}, axis={ax})"), ("d", f"{xin} - u")])
+        (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+        results.append((r, _dt(outs[0])))
+    out_view = (A, 1) if C == 1 else (A, 1, C)
+    for r, odt in results:
+        o = kb.result(odt, out_view)
+        kb.do(f"store({o}, {r}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [view],
+                    [outs[0].name], [out_view])
+
+
+def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
+    x = graph.spec(node.args[0])
+    dim = node.args[1] % max(1, len(x.shape)) if x.shape else 0
+    A, B, C = _abc(x.shape, [dim], node)
+    xdt, odt = _dt(x), _dt(node.outs[0])
+    kb = KernelBuilder(_kname(node))
+    xin = "t" if xdt == "f32" else "cast(t, f32)"
+    if C == 1:
+        tb = divisor_at_most(B, ROW_CAP)
+        ta = divisor_at_most(A, max(1, TILE_CAP // tb))
+        view, tile, ax, st = (A, B), [ta, tb], 1, [ta, 1]
+    else:
+        tc = divisor_at_most(C, max(1, TILE_CAP // B)) if B <= ROW_CAP else None
+        if tc is None:
+            raise UnsupportedOpError(f"not supported: {node.target} over {B} elements along an inner dim")
+        view, tile, ax, st = (A, B, C), [1, B, tc], 0, [1, tc]
+        tb = B
+    p = kb.param(xdt, view)
+    if tb == B:
+        (s,) = kb.op(f"load({p}, tile={_list(tile)}, par=4)")
+        res = "z - log(sum(exp(z), axis=%d))" % ax if log else "e / sum(e, axis=%d)" % ax
+        f = kb.fn(["t"], _fin(res, "f32", odt), [("z", f"{xin} - max({xin}, axis={ax})"), ("e", "exp(z)")])
+        (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+    else:
+        # the row does not fit one tile: an online pass for (max, sum), then a second read
+        (s1,) = kb.op(f"load({p}, tile={_list(tile)}, par=4)")
+        on = kb.fn(["m", "l", "t"], f"(m2, l * exp(m - m2) + sum(exp({xin} - m2), axis={ax}))",
+                   [("m2", f"maximum(m, max({xin}, axis={ax}))")])
+        m, l_ = kb.op(f"accum({s1}, rank=1, init=(full({_list(st)}, -inf), zeros({_list(st)})), fn={on}, par=8)", 2)
+        (s2,) = kb.op(f"load({p}, tile={_list(tile)}, par=4)")
+        (mr,) = kb.op(f"repeat({m}, {B // tb})")
+        (lr,) = kb.op(f"repeat({l_}, {B // tb})")
+        res = f"{xin} - m - log(l)" if log else f"exp({xin} - m) / l"
+        f = kb.fn(["t", "m", "l"], _fin(res, "f32", odt))
+        (r,) = kb.op(f"map({s2}, {mr}, {lr}, fn={f}, par=8)")
+    o = kb.result(odt, view)
+    kb.do(f"store({o}, {r}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [view],
+                    [node.outs[0].name], [view])
+
+
+def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    x = graph.spec(node.args[0])
+    ns = node.args[1]
+    w = node.args[2] if len(node.args) > 2 else None
+    b = node.args[3] if len(node.args) > 3 else None
+    eps = node.args[4] if len(node.args) > 4 else 1e-5
+    B = math.prod(ns)
+    A = x.numel // B
+    if B > ROW_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
+    xdt = _dt(x)
+    kb = KernelBuilder(_kname(node))
+    ta = divisor_at_most(A, max(1, TILE_CAP // B))
+    p = kb.param(xdt, (A, B))
+    (s,) = kb.op(f"load({p}, tile={_list([ta, B])}, par=4)")
+    streams, params, inputs, views = [s], ["t"], [x.name], [(A, B)]
+    for ref, nm in ((w, "g"), (b, "c")):
+        if isinstance(ref, Ref):
+            spec = graph.spec(ref)
+            q = kb.param(_dt(spec), (1, B))
+            (ws,) = kb.op(f"load({q}, tile={_list([1, B])})")
+            (wr,) = kb.op(f"repeat({ws}, {A // ta})")
+            streams.append(wr)
+            params.append(nm)
+            inputs.append(spec.name)
+            views.append((1, B))
+    xin = "t" if xdt == "f32" else "cast(t, f32)"
+    y = "d * r"
+    if "g" in params:
+        y += " * " + ("g" if _dt(graph.spec(w)) == "f32" else "cast(g, f32)")
+    if "c" in params:
+        y += " + " + ("c" if _dt(graph.spec(b)) == "f32" else "cast(c, f32)")
+    odts = [_dt(o) for o in node.outs]
+    f = kb.fn(params, f"({_fin(y, 'f32', odts[0])}, {_fin('u', 'f32', odts[1])}, {_fin('r', 'f32', odts[2])})",
+              [("u", f"mean({xin}, axis=1)"), ("d", f"{xin} - u"),
+               ("r", f"rsqrt(mean(d * d, axis=1) + {_lit(float(eps))})")])
+    ys, us, rs = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)", 3)
+    outs = []
+    for st, od, view in ((ys, odts[0], (A, B)), (us, odts[1], (A, 1)), (rs, odts[2], (A, 1))):
+        o = kb.result(od, view)
+        kb.do(f"store({o}, {st}, par=4)")
+        outs.append(view)
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
+                    [o.name for o in node.outs], outs)
+
+
+# ------------------------------------------------------------------ matmul family
+
+def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
+    if kind == "addmm":
+        bias, a, b = node.args[0], node.args[1], node.args[2]
+        beta = node.kwargs.get("beta", 1)
+        alpha = node.kwargs.get("alpha", 1)
+    else:
+        bias, a, b = None, node.args[0], node.args[1]
+        beta = alpha = 1
+    sa, sb = graph.spec(a), graph.spec(b)
+    out = node.outs[0]
+    if kind == "bmm":
+        bt, M, K = sa.shape
+        N = sb.shape[2]
+    else:
+        (M, K), N = sa.shape, sb.shape[1]
+        bt = None
+    dt = _dt(out)
+    if _dt(sa) != dt or _dt(sb) != dt:
+        raise UnsupportedOpError(f"not supported: {node.target} with mixed dtypes")
+    tm, tn, tk = divisor_at_most(M, MM_TILE), divisor_at_most(N, MM_TILE), divisor_at_most(K, MM_TILE)
+    kb = KernelBuilder(_kname(node))
+    pa = kb.param(dt, sa.shape)
+    pb = kb.param(dt, sb.shape)
+    inputs, views = [sa.name, sb.name], [sa.shape, sb.shape]
+    lead = [1] if bt is not None else []
+    # A: [(B,) M/tm, K/tk] -> insert N/tn before K ; B: [(B,) K/tk, N/tn] -> order (B, N, K), insert M/tm
+    a_dims = ([bt] if bt and bt > 1 else []) + ([M // tm] if tm < M else []) + ([K // tk] if tk < K else [])
+    del a_dims
+    off = 1 if (bt and bt > 1) else 0
+    m_kept, n_kept, k_kept = tm < M, tn < N, tk < K
+    a_call = f"load({pa}, tile={_list(lead + [tm, tk])}"
+    if n_kept:
+        a_call += f", repeat={N // tn}, at={off + (1 if m_kept else 0)}"
+    (xa,) = kb.op(a_call + ", par=4)")
+    b_call = f"load({pb}, tile={_list(lead + [tk, tn])}"
+    if k_kept and n_kept:
+        b_call += f", order={_list(([0] if off else []) + [off + 1, off])}"
+    if m_kept:
+        b_call += f", repeat={M // tm}, at={off}"
+    (xb,) = kb.op(b_call + ", par=4)")
+    zero = f"zeros({_list([tm, tn])}" + (f", dtype={dt})" if dt != "f32" else ")")
+    if dt == "f32":
+        mac = kb.fn(["acc", "x", "y"], "acc + matmul(x, y)")
+        acc_init = zero
+    else:
+        # 16-bit operands: the systolic array accumulates in f32
+        mac = kb.fn(["acc", "x", "y"], "acc + cast(matmul(x, y), f32)")
+        acc_init = f"zeros({_list([tm, tn])})"
+    if k_kept:
+        (c,) = kb.op(f"accum({xa}, {xb}, rank=1, init={acc_init}, fn={mac}, par=16)")
+    else:
+        mm = kb.fn(["x", "y"], "matmul(x, y)" if dt == "f32" else "cast(matmul(x, y), f32)")
+        (c,) = kb.op(f"map({xa}, {xb}, fn={mm}, par=16)")
+    streams, params = [c], ["c"]
+    if isinstance(bias, Ref):
+        bs = graph.spec(bias)
+        if len(bs.shape) == 1 or (len(bs.shape) == 2 and bs.shape[0] == 1):
+            pbias = kb.param(_dt(bs), (1, N))
+            views.append((1, N))
+            call = f"load({pbias}, tile={_list([1, tn])}"
+            if m_kept:
+                call += f", repeat={M // tm}, at=0"
+            (bb,) = kb.op(call + ")")
+        else:
+            pbias = kb.param(_dt(bs), (M, N))
+            views.append((M, N))
+            (bb,) = kb.op(f"load({pbias}, tile={_list([tm, tn])})")
+        inputs.append(bs.name)
+        streams.append(bb)
+        params.append("b")
+    expr = "c"
+    if alpha != 1:
+        expr = f"c * {_lit(alpha)}"
+    if "b" in params:
+        bexpr = "b" if _dt(graph.spec(bias)) == "f32" else "cast(b, f32)"
+        expr = f"{expr} + {bexpr}" + (f" * {_lit(beta)}" if beta != 1 else "")
+    if expr != "c" or dt != "f32":
+        f = kb.fn(params, _fin(expr, "f32", dt))
+        (c,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
+    o = kb.result(dt, out.shape)
+    kb.do(f"store({o}, {c}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
+                    [out.name], [out.shape])
+
+
+# ------------------------------------------------------------------ layout and structural ops
+
+def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Alias:
+    x = graph.spec(node.args[0])
+    k = len(x.shape)
+    if kind == "permute":
+        perm = [d % k for d in node.args[1]]
+    elif kind == "t":
+        perm = [1, 0] if k == 2 else list(range(k))
+    else:  # transpose(x, d0, d1)
+        d0, d1 = node.args[1] % k, node.args[2] % k
+        perm = list(range(k))
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    out = node.outs[0]
+    # moving only size-1 axes is a relabelling
+    if [a for a in perm if x.shape[a] != 1] == [a for a in range(k) if x.shape[a] != 1]:
+        return Alias(node.name, node.target, x.name, out.name)
+    dt = _dt(x)
+    kb = KernelBuilder(_kname(node))
+    p = kb.param(dt, x.shape)
+    if perm[-1] == k - 1:
+        tile = [1] * (k - 1) + [x.shape[-1]]
+        kept = [a for a in range(k - 1) if x.shape[a] != 1]
+        order = [kept.index(a) for a in perm[:-1] if a in kept]
+        call = f"load({p}, tile={_list(tile)}" + (f", order={_list(order)}" if order != sorted(order) else "") + ", par=4)"
+        (s,) = kb.op(call)
+    elif perm[-2] == k - 1:
+        a_ax = perm[-1]
+        if x.shape[a_ax] * x.shape[-1] > BLOCK_CAP:
+            raise UnsupportedOpError(f"not supported: {node.target} of {list(x.shape)} (block too large)")
+        tile = [x.shape[a] if a in (a_ax, k - 1) else 1 for a in range(k)]
+        kept = [a for a in range(k) if tile[a] != x.shape[a]]
+        order = [kept.index(a) for a in perm[:-2] if a in kept]
+        call = f"load({p}, tile={_list(tile)}" + (f", order={_list(order)}" if order != sorted(order) else "") + ", par=4)"
+        (s0,) = kb.op(call)
+        f = kb.fn(["t"], "transpose(t)")
+        (s,) = kb.op(f"map({s0}, fn={f}, par=8)")
+    else:
+        raise UnsupportedOpError(f"not supported: {node.target} with permutation {perm}")
+    o = kb.result(dt, out.shape)
+    kb.do(f"store({o}, {s}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [x.shape],
+                    [out.name], [out.shape])
+
+
+def _block(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
+    dim = dim % len(shape)
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_len: int,
+                  body: Callable[[list[str]], str], lets=(), extra=None) -> OpKernel:
+    """View every operand as [A, S_i, C] and process whole [S_i, C] blocks in one tile."""
+    out = node.outs[0]
+    A, _, C = _block(graph.spec(refs[0]).shape, dim)
+    kb = KernelBuilder(_kname(node))
+    streams, params, inputs, views = [], [], [], []
+    for i, r in enumerate(refs):
+        spec = graph.spec(r)
+        a_, s_, c_ = _block(spec.shape, dim) if spec.shape else (1, 1, 1)
+        if a_ != A:
+            raise UnsupportedOpError(f"not supported: {node.target} with operands of different outer sizes")
+        if s_ * c_ > BLOCK_CAP:
+            raise UnsupportedOpError(f"not supported: {node.target} on blocks of {s_ * c_} elements")
+        p = kb.param(_dt(spec), (A, s_, c_))
+        (s,) = kb.op(f"load({p}, tile={_list([1, s_, c_])}, par=4)")
+        streams.append(s)
+        params.append(f"x{i}")
+        inputs.append(spec.name)
+        views.append((A, s_, c_))
+    f = kb.fn(params, body(params), list(lets))
+    (r,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
+    view = (A, out_len, C)
+    o = kb.result(_dt(out), view)
+    kb.do(f"store({o}, {r}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
+                    [out.name], [view])
+
+
+def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
+    a = node.args
+    if kind == "cat":
+        refs = [r for r in a[0]]
+        rank = len(graph.spec(refs[0]).shape)
+        dim = (a[1] if len(a) > 1 else node.kwargs.get("dim", 0)) % rank
+        total = sum(graph.spec(r).shape[dim] for r in refs)
+
+        def body(ps):
+            e = ps[0]
+            for p in ps[1:]:
+                e = f"concat({e}, {p}, axis=0)"
+            return e
+        return _block_kernel(node, graph, refs, dim, total, body)
+    x = graph.spec(a[0])
+    rank = len(x.shape)
+    if kind == "slice":
+        dim = (a[1] if len(a) > 1 else 0) % rank
+        n = x.shape[dim]
+        start = a[2] if len(a) > 2 and a[2] is not None else 0
+        end = a[3] if len(a) > 3 and a[3] is not None else n
+        step = a[4] if len(a) > 4 else 1
+        start = max(0, min(n, start + n if start < 0 else start))
+        end = max(0, min(n, end + n if end < 0 else end))
+        length = len(range(start, end, step))
+        if length == 0:
+            raise UnsupportedOpError(f"not supported: {node.target} producing an empty tensor")
+        return _block_kernel(node, graph, [a[0]], dim, length,
+                             lambda ps: f"slice({ps[0]}, axis=0, start={start}, stop={end}, step={step})")
+    if kind == "select":
+        dim = a[1] % rank
+        idx = a[2] % x.shape[dim]
+        return _block_kernel(node, graph, [a[0]], dim, 1,
+                             lambda ps: f"slice({ps[0]}, axis=0, start={idx}, stop={idx + 1})")
+    if kind == "flip":
+        dims = [d % rank for d in a[1]]
+        if len(dims) != 1:
+            raise UnsupportedOpError(f"not supported: {node.target} over several dims {dims}")
+        return _block_kernel(node, graph, [a[0]], dims[0], x.shape[dims[0]], lambda ps: f"flip({ps[0]}, axis=0)")
+    if kind == "cumsum":
+        dim = a[1] % rank
+        odt = _dt(node.outs[0])
+
+        def body(ps):
+            v = ps[0] if _dt(x) == odt else f"cast({ps[0]}, {odt})"
+            return f"cumsum({v}, axis=0)"
+        return _block_kernel(node, graph, [a[0]], dim, x.shape[dim], body)
+    if kind in ("gather", "index_select", "scatter"):
+        dim = a[1] % rank
+        idx = a[2]
+        ispec = graph.spec(idx)
+        if kind == "index_select":
+            raise UnsupportedOpError(f"not supported: {node.target}")
+        A, S, C = _block(x.shape, dim)
+        ia, isz, ic = _block(ispec.shape, dim)
+        if (ia, ic) != (A, C):
+            raise UnsupportedOpError(f"not supported: {node.target} with an index smaller than the input off dim {dim}")
+        if kind == "gather":
+            return _block_kernel(node, graph, [a[0], idx], dim, isz, lambda ps: f"take({ps[0]}, {ps[1]}, axis=0)")
+        src = a[3] if len(a) > 3 else node.kwargs.get("src", node.kwargs.get("value"))
+        if isinstance(src, Ref):
+            return _block_kernel(node, graph, [a[0], idx, src], dim, S,
+                                 lambda ps: f"put({ps[0]}, {ps[1]}, {ps[2]}, axis=0)")
+        return _block_kernel(node, graph, [a[0], idx], dim, S, lambda ps: f"put({ps[0]}, {ps[1]}, {_lit(src)}, axis=0)")
+    raise UnsupportedOpError(f"not supported: {node.target}")
+
+
+def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    x = graph.spec(node.args[0])
+    k = node.args[1]
+    dim = (node.args[2] if len(node.args) > 2 else -1) % len(x.shape)
+    largest = node.args[3] if len(node.args) > 3 else True
+    if dim != len(x.shape) - 1:
+        raise UnsupportedOpError(f"not supported: {node.target} along a dim other than the last")
+    A, B = x.numel // x.shape[-1], x.shape[-1]
+    if B > ROW_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} over {B} elements")
+    kb = KernelBuilder(_kname(node))
+    dt = _dt(x)
+    ta = divisor_at_most(A, max(1, TILE_CAP // B))
+    p = kb.param(dt, (A, B))
+    (s,) = kb.op(f"load({p}, tile={_list([ta, B])}, par=4)")
+    if largest:
+        f = kb.fn(["t"], f"(topk(t, k={k}, axis=1), argtopk(t, k={k}, axis=1))")
+    else:
+        f = kb.fn(["t"], f"(-topk(-t, k={k}, axis=1), argtopk(-t, k={k}, axis=1))")
+    v, i = kb.op(f"map({s}, fn={f}, par=8)", 2)
+    ov = kb.result(dt, (A, k))
+    oi = kb.result("i32", (A, k))
+    kb.do(f"store({ov}, {v}, par=4)")
+    kb.do(f"store({oi}, {i}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [(A, B)],
+                    [o.name for o in node.outs], [(A, k), (A, k)])
+
+
+# ------------------------------------------------------------------ dispatch
+
+_ELEMENTWISE = set(_UNARY) | set(_BINARY) | {"gelu", "elu", "leaky_relu", "clamp", "hardtanh", "where",
+                                             "masked_fill", "_to_copy", "expand"}
+
+
+def _base(target: str) -> str:
+    parts = target.split(".")
+    return parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
+
+
+def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
+    """The baseline step for one node (``constants``: graph values known ahead of time)."""
+    base = _base(node.target)
+    refs = [r.name for r in node.refs()]
+    if base in CONST_TARGETS or (refs and all(r in constants for r in refs)) or (not refs and base != "getitem"):
+        return Const(node.name, node.target)
+    if base in ALIAS_KINDS:
+        return Alias(node.name, node.target, refs[0], node.name)
+    if base in ("_softmax", "softmax"):
+        return lower_softmax(node, graph, log=False)
+    if base in ("_log_softmax", "log_softmax"):
+        return lower_softmax(node, graph, log=True)
+    if base in ("sum", "mean", "amax", "amin", "argmax", "argmin", "var") or (base in ("max", "min") and
+                                                                              node.target.endswith(".dim")):
+        return lower_reduction(node, graph, base)
+    if base in ("max", "min") and node.target.endswith(".default") and len(node.args) == 1:
+        return lower_reduction(node, graph, "amax" if base == "max" else "amin")
+    if base == "native_layer_norm":
+        return lower_layer_norm(node, graph)
+    if base in ("mm", "bmm", "addmm"):
+        return lower_matmul(node, graph, base)
+    if base in ("permute", "transpose", "t"):
+        return lower_permute(node, graph, base)
+    if base in ("cat", "slice", "select", "flip", "cumsum", "gather", "scatter", "index_select"):
+        return lower_structural(node, graph, base)
+    if base == "topk":
+        return lower_topk(node, graph)
+    if base in _ELEMENTWISE:
+        kind = "cast" if base == "_to_copy" else base
+        if base == "_to_copy" and node.kwargs.get("dtype") is None:
+            return Alias(node.name, node.target, refs[0], node.name)
+        return lower_elementwise(node, graph, kind)
+    raise UnsupportedOpError(f"not supported: {node.target}")
+
+
+__all__ = ["lower_node", "OpKernel", "Alias", "Const", "Step", "UnsupportedOpError", "divisor_at_most"]

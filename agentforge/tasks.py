@@ -1,0 +1,638 @@
+"""Tasks: loading PyTorch reference problems, instantiating them at chosen sizes, making inputs.
+
+A *task* is a Python file in the KernelBench layout (module-level int size constants,
+``class Model(nn.Module)``, ``get_inputs()``, ``get_init_inputs()``) plus an optional TOML
+sidecar with the same stem (group, level, description, tolerance, extra size sets). The full
+format is documented in ``docs/tasks.md``.
+
+Why the sizes are rewritten in the source instead of patched into the module afterwards: a task
+may derive values from its sizes at import time (``HIDDEN2 = HIDDEN * 2``) or use them as
+default arguments; rewriting the literal before the module runs makes every such use see the
+requested size, exactly as if the user had edited the file.
+
+Task code is trusted reference code written by the user. This module is the only place in
+agentforge where it is executed (``instantiate`` / ``make_inputs``); nothing an agent writes
+ever reaches ``exec``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import itertools
+import math
+import sys
+import tomllib
+import traceback
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agentforge.errors import TaskError
+
+__all__ = [
+    "GROUPS",
+    "DISTRIBUTIONS",
+    "Task",
+    "Instance",
+    "load_task",
+    "load_suite",
+    "instantiate",
+    "make_inputs",
+    "derive_seed",
+]
+
+#: Task groups a sidecar may name (the published agentic-library groups plus the extra ones of
+#: the agentforge suite).
+GROUPS: frozenset[str] = frozenset(
+    {
+        "attention",
+        "gemm",
+        "bmm",
+        "norm",
+        "rope",
+        "moe_index",
+        "moe_expert",
+        "moe",
+        "activation",
+        "reduction",
+        "softmax",
+        "cumsum",
+        "loss",
+        "elementwise",
+        "layer",
+    }
+)
+
+#: Input distributions understood by :func:`make_inputs`.
+DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "heavy", "mixed_scale")
+
+#: Level given to a task without a sidecar (or whose sidecar has no ``level``).
+DEFAULT_LEVEL = 1
+
+_REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
+_SIDECAR_SECTIONS = {"task", "tolerance", "sizes"}
+_TASK_KEYS = {"group", "level", "description", "tags"}
+_TOLERANCE_KEYS = {"atol", "rtol"}
+_HEAVY_CLIP = 1e4
+_EXEC_COUNTER = itertools.count()
+
+
+# --------------------------------------------------------------------------------------------
+# Task
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Task:
+    """One loaded (validated, not yet executed) task.
+
+    ``sizes`` are the module-level int constants of the file, in file order, with their default
+    values; ``size_sets`` are the sidecar's ``[[sizes]]`` tables as written (each a partial
+    override of ``sizes``; use :meth:`resolved_size_sets` for the merged dicts). ``atol`` /
+    ``rtol`` are ``None`` when the sidecar does not set them, so that the verifier can apply its
+    own per-dtype defaults.
+    """
+
+    name: str
+    path: Path
+    source: str = field(repr=False)
+    sizes: dict[str, int] = field(hash=False)
+    group: str | None = None
+    level: int = DEFAULT_LEVEL
+    description: str = ""
+    atol: float | None = None
+    rtol: float | None = None
+    size_sets: list[dict[str, int]] = field(default_factory=list, hash=False)
+    tags: tuple[str, ...] = ()
+
+    def sizes_for(self, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Return the task's sizes with ``overrides`` applied (a new dict, file order kept).
+
+        Unknown names and non-int values are :class:`TaskError`: a typo in a size name would
+        otherwise silently run the task at its (possibly huge) default size.
+        """
+        merged = dict(self.sizes)
+        for key, value in (overrides or {}).items():
+            if key not in self.sizes:
+                raise TaskError(
+                    self.path,
+                    f"size override {key!r} is not a size of this task",
+                    _known_sizes_hint(self.sizes),
+                )
+            if not _is_int(value):
+                raise TaskError(
+                    self.path,
+                    f"size override {key}={value!r} is not an int",
+                    "sizes are plain integers, e.g. BATCH = 4",
+                )
+            if value < 0:
+                raise TaskError(
+                    self.path,
+                    f"size override {key}={value} is negative",
+                    "use a size >= 0",
+                )
+            merged[key] = int(value)
+        return merged
+
+    def resolved_size_sets(self) -> list[dict[str, int]]:
+        """The sidecar's ``[[sizes]]`` entries, each merged over the default sizes."""
+        return [self.sizes_for(s) for s in self.size_sets]
+
+    @property
+    def sidecar_path(self) -> Path:
+        """Where this task's TOML sidecar is (or would be)."""
+        return self.path.with_suffix(".toml")
+
+
+def _known_sizes_hint(sizes: Mapping[str, int]) -> str:
+    if not sizes:
+        return "this task defines no module-level int sizes, so none can be overridden"
+    return "known sizes: " + ", ".join(sizes)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+def load_task(path: str | Path) -> Task:
+    """Load and validate one task file (and its sidecar, if any) without executing it.
+
+    Validation is static (``ast`` + ``tomllib``) so that a whole suite can be checked quickly
+    and so that broken files are reported with the file and line before any code runs.
+    """
+    path = Path(path).resolve()
+    if path.is_dir():
+        raise TaskError(path, "is a folder, not a task file", "use load_suite() for a folder of tasks")
+    if not path.is_file():
+        raise TaskError(path, "task file does not exist", "check the path (a task is a .py file)")
+    if path.suffix != ".py":
+        raise TaskError(path, "a task file must be a .py file", "rename it to <name>.py")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise TaskError(path, f"task file is not valid UTF-8 ({exc})", "save it as UTF-8") from None
+    tree = _parse(path, source)
+    sizes = _module_sizes(tree)
+    _check_required_names(path, tree)
+    meta = _load_sidecar(path, sizes)
+    description = meta.get("description") or _docstring_summary(tree)
+    return Task(
+        name=path.stem,
+        path=path,
+        source=source,
+        sizes=sizes,
+        group=meta.get("group"),
+        level=meta.get("level", DEFAULT_LEVEL),
+        description=description,
+        atol=meta.get("atol"),
+        rtol=meta.get("rtol"),
+        size_sets=meta.get("size_sets", []),
+        tags=tuple(meta.get("tags", ())),
+    )
+
+
+def load_suite(folder: str | Path) -> list[Task]:
+    """Load every task in ``folder`` (not recursive), sorted by name.
+
+    Files whose name starts with ``_`` (``__init__.py``, helpers) are not tasks. A folder
+    without any task is an error rather than an empty list, because an empty campaign is
+    almost always a wrong path. A ``.toml`` file with a ``[task]`` table but no matching
+    ``.py`` is reported too: it is a sidecar whose task was renamed or misspelt.
+    """
+    folder = Path(folder).resolve()
+    if not folder.is_dir():
+        raise TaskError(folder, "suite folder does not exist", "pass a folder that holds task .py files")
+    files = sorted(p for p in folder.glob("*.py") if not p.name.startswith("_"))
+    for toml_path in sorted(folder.glob("*.toml")):
+        if toml_path.with_suffix(".py").exists():
+            continue
+        try:
+            data = tomllib.loads(toml_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            data = {}
+        if "task" in data:
+            raise TaskError(
+                toml_path,
+                "sidecar has no task file next to it",
+                f"create {toml_path.with_suffix('.py').name} or rename the sidecar to match its task",
+            )
+    if not files:
+        raise TaskError(
+            folder,
+            "no task files (*.py) in this folder",
+            "add task files in the KernelBench layout (see docs/tasks.md) or pass another folder",
+        )
+    tasks = [load_task(p) for p in files]
+    return sorted(tasks, key=lambda t: t.name)
+
+
+def _parse(path: Path, source: str) -> ast.Module:
+    try:
+        return ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        col = f", column {exc.offset}" if exc.offset else ""
+        raise TaskError(
+            path,
+            f"syntax error: {exc.msg} (line {exc.lineno}{col})",
+            "fix the Python syntax at that line",
+            line=exc.lineno,
+        ) from None
+
+
+def _size_targets(stmt: ast.stmt) -> list[str]:
+    """Names that ``stmt`` binds to a plain non-negative int literal at module level."""
+    if isinstance(stmt, ast.Assign):
+        value, targets = stmt.value, stmt.targets
+    elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None and stmt.simple:
+        value, targets = stmt.value, [stmt.target]
+    else:
+        return []
+    if not (isinstance(value, ast.Constant) and _is_int(value.value)):
+        return []
+    if not all(isinstance(t, ast.Name) for t in targets):
+        return []
+    return [t.id for t in targets]  # type: ignore[attr-defined]
+
+
+def _module_sizes(tree: ast.Module) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for stmt in tree.body:
+        for name in _size_targets(stmt):
+            sizes[name] = int(stmt.value.value)  # type: ignore[attr-defined]
+    return sizes
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(stmt.name)
+        elif isinstance(stmt, ast.Assign):
+            for target in stmt.targets:
+                names.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
+        elif isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+            names.add(stmt.target.id)
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            for alias in stmt.names:
+                names.add((alias.asname or alias.name).split(".")[0])
+    return names
+
+
+def _check_required_names(path: Path, tree: ast.Module) -> None:
+    defined = _module_names(tree)
+    missing = [n for n in _REQUIRED_NAMES if n not in defined]
+    if missing:
+        what = {
+            "Model": "class Model(nn.Module) with forward(*inputs)",
+            "get_inputs": "def get_inputs(): return [tensors...]",
+            "get_init_inputs": "def get_init_inputs(): return [constructor args...] (or [])",
+        }
+        raise TaskError(
+            path,
+            "missing module-level " + ", ".join(missing),
+            "a task defines " + "; ".join(what[n] for n in missing),
+        )
+
+
+def _docstring_summary(tree: ast.Module) -> str:
+    doc = ast.get_docstring(tree)
+    return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
+
+
+def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
+    """Read and validate ``<stem>.toml``; returns the normalised fields (empty when absent)."""
+    sidecar = path.with_suffix(".toml")
+    if not sidecar.exists():
+        return {}
+    try:
+        data = tomllib.loads(sidecar.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise TaskError(sidecar, f"malformed TOML: {exc}", "fix the TOML syntax of the sidecar") from None
+    except UnicodeDecodeError as exc:
+        raise TaskError(sidecar, f"sidecar is not valid UTF-8 ({exc})", "save it as UTF-8") from None
+
+    out: dict[str, Any] = {}
+    unknown = set(data) - _SIDECAR_SECTIONS
+    if unknown:
+        raise TaskError(
+            sidecar,
+            f"unknown section(s) {sorted(unknown)}",
+            "a sidecar has only [task], [tolerance] and [[sizes]]",
+        )
+
+    task_tbl = data.get("task", {})
+    if not isinstance(task_tbl, dict):
+        raise TaskError(sidecar, "'task' must be a table", "write it as [task]")
+    unknown = set(task_tbl) - _TASK_KEYS
+    if unknown:
+        raise TaskError(
+            sidecar,
+            f"unknown key(s) {sorted(unknown)} in [task]",
+            "allowed keys: " + ", ".join(sorted(_TASK_KEYS)),
+        )
+    if "group" in task_tbl:
+        group = task_tbl["group"]
+        if group not in GROUPS:
+            raise TaskError(
+                sidecar,
+                f"unknown group {group!r}",
+                "use one of: " + ", ".join(sorted(GROUPS)),
+            )
+        out["group"] = group
+    if "level" in task_tbl:
+        level = task_tbl["level"]
+        if not _is_int(level) or not 1 <= level <= 3:
+            raise TaskError(sidecar, f"level must be 1, 2 or 3, not {level!r}", "set level = 1, 2 or 3")
+        out["level"] = level
+    if "description" in task_tbl:
+        if not isinstance(task_tbl["description"], str):
+            raise TaskError(sidecar, "description must be a string", 'write description = "..."')
+        out["description"] = task_tbl["description"]
+    if "tags" in task_tbl:
+        tags = task_tbl["tags"]
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise TaskError(sidecar, "tags must be a list of strings", 'write tags = ["a", "b"]')
+        out["tags"] = tags
+
+    tol = data.get("tolerance", {})
+    if not isinstance(tol, dict):
+        raise TaskError(sidecar, "'tolerance' must be a table", "write it as [tolerance]")
+    unknown = set(tol) - _TOLERANCE_KEYS
+    if unknown:
+        raise TaskError(sidecar, f"unknown key(s) {sorted(unknown)} in [tolerance]", "allowed keys: atol, rtol")
+    for key in ("atol", "rtol"):
+        if key in tol:
+            value = tol[key]
+            if not _is_number(value) or value < 0 or not math.isfinite(value):
+                raise TaskError(
+                    sidecar,
+                    f"{key} must be a finite number >= 0, not {value!r}",
+                    f"write e.g. {key} = 1e-4",
+                )
+            out[key] = float(value)
+
+    size_sets = data.get("sizes", [])
+    if not isinstance(size_sets, list) or not all(isinstance(s, dict) for s in size_sets):
+        raise TaskError(sidecar, "'sizes' must be an array of tables", "write each size set as [[sizes]]")
+    checked: list[dict[str, int]] = []
+    for i, entry in enumerate(size_sets, start=1):
+        for key, value in entry.items():
+            if key not in sizes:
+                raise TaskError(
+                    sidecar,
+                    f"size set #{i} names {key!r}, which is not a module-level int size of "
+                    f"{path.name}",
+                    _known_sizes_hint(sizes),
+                )
+            if not _is_int(value) or value < 0:
+                raise TaskError(
+                    sidecar,
+                    f"size set #{i}: {key} = {value!r} is not a non-negative int",
+                    f"sizes are plain integers, e.g. {key} = 4",
+                )
+        checked.append(dict(entry))
+    out["size_sets"] = checked
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Executing a task
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Instance:
+    """A task executed at concrete sizes: the model (in eval mode) and its inputs.
+
+    Instances are not meant to be pickled (the model's class lives in a module that exists only
+    in this process); a worker process should call :func:`instantiate` itself: the same task,
+    sizes and seed give the same weights and inputs.
+    """
+
+    task: Task
+    model: nn.Module
+    inputs: list[torch.Tensor]
+    sizes: dict[str, int]
+    seed: int = 0
+    init_inputs: list[Any] = field(default_factory=list)
+    namespace: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """A stable 63-bit seed for ``purpose`` derived from ``seed`` (same in every process).
+
+    Weights and inputs use different derived streams so that, e.g., ``torch.randn(H)`` in the
+    constructor and ``torch.randn(B, H)`` in ``get_inputs`` do not start with the same numbers
+    (correlated weights and inputs can hide a kernel that swaps operands).
+    """
+    digest = hashlib.sha256(f"{int(seed)}:{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _rewrite_sizes(tree: ast.Module, sizes: Mapping[str, int]) -> ast.Module:
+    """Replace the literal of every module-level size assignment by its value in ``sizes``."""
+    new_body: list[ast.stmt] = []
+    for stmt in tree.body:
+        names = [n for n in _size_targets(stmt) if n in sizes]
+        if not names:
+            new_body.append(stmt)
+        elif len({sizes[n] for n in names}) == 1 and len(names) == len(_size_targets(stmt)):
+            stmt.value = ast.copy_location(ast.Constant(sizes[names[0]]), stmt.value)  # type: ignore[attr-defined]
+            new_body.append(stmt)
+        else:  # ``A = B = 4`` with A and B given different sizes: one assignment per name
+            default = stmt.value.value  # type: ignore[attr-defined]
+            for name in _size_targets(stmt):
+                assign = ast.Assign(
+                    targets=[ast.Name(id=name, ctx=ast.Store())],
+                    value=ast.Constant(sizes.get(name, default)),
+                )
+                new_body.append(ast.copy_location(assign, stmt))
+    tree.body = new_body
+    ast.fix_missing_locations(tree)
+    return tree
+
+
+def _task_failure(task: Task, phase: str, exc: BaseException) -> TaskError:
+    """Turn an exception raised by task code into a TaskError pointing at the task's line."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if frame.filename == str(task.path):
+            line = frame.lineno
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return TaskError(
+        task.path,
+        f"{phase} raised {detail}",
+        "the task's own code failed; run it directly with these sizes to debug it",
+        line=line,
+    )
+
+
+def _load_namespace(task: Task, sizes: Mapping[str, int]) -> dict[str, Any]:
+    """Execute the task module (sizes rewritten) in a fresh namespace and return it."""
+    tree = _rewrite_sizes(ast.parse(task.source, filename=str(task.path)), sizes)
+    code = compile(tree, str(task.path), "exec")
+    module = types.ModuleType(f"agentforge_task_{task.name}_{next(_EXEC_COUNTER)}")
+    module.__file__ = str(task.path)
+    namespace = module.__dict__
+    # Registered while it runs so that dataclasses / typing inside the task can find their
+    # module; removed afterwards so that instances never share state and nothing leaks.
+    sys.modules[module.__name__] = module
+    try:
+        exec(code, namespace)  # noqa: S102 - trusted user reference code, see module docstring
+    except (Exception, SystemExit) as exc:
+        raise _task_failure(task, "importing the task", exc) from None
+    finally:
+        sys.modules.pop(module.__name__, None)
+    for name in _REQUIRED_NAMES:
+        if not callable(namespace.get(name)):
+            raise TaskError(task.path, f"{name} is not callable after import", f"define {name} at module level")
+    return namespace
+
+
+def _call(task: Task, phase: str, fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except (Exception, SystemExit) as exc:
+        raise _task_failure(task, phase, exc) from None
+
+
+def _call_get_inputs(task: Task, namespace: Mapping[str, Any], seed: int) -> list[torch.Tensor]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "inputs"))
+        inputs = _call(task, "get_inputs()", namespace["get_inputs"])
+    if not isinstance(inputs, (list, tuple)):
+        raise TaskError(
+            task.path,
+            f"get_inputs() returned {type(inputs).__name__}, not a list",
+            "return a list of tensors: return [x, y]",
+        )
+    for i, value in enumerate(inputs):
+        if not isinstance(value, torch.Tensor):
+            raise TaskError(
+                task.path,
+                f"get_inputs() item {i} is a {type(value).__name__}, not a tensor",
+                "pass non-tensor arguments to the constructor via get_init_inputs()",
+            )
+    return list(inputs)
+
+
+def instantiate(task: Task, sizes: Mapping[str, int] | None = None, seed: int = 0) -> Instance:
+    """Execute ``task`` at ``sizes`` (overrides merged over the defaults) with ``seed``.
+
+    Torch's global RNG is seeded before ``get_init_inputs()``/``Model(...)`` (with ``seed``) and
+    before ``get_inputs()`` (with ``derive_seed(seed, "inputs")``), inside ``fork_rng`` so the
+    caller's RNG state is untouched. The same task, sizes and seed give bit-identical weights
+    and inputs in any process.
+    """
+    resolved = task.sizes_for(sizes)
+    namespace = _load_namespace(task, resolved)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        init_inputs = _call(task, "get_init_inputs()", namespace["get_init_inputs"])
+        if not isinstance(init_inputs, (list, tuple)):
+            raise TaskError(
+                task.path,
+                f"get_init_inputs() returned {type(init_inputs).__name__}, not a list",
+                "return a list of constructor arguments (or [])",
+            )
+        model = _call(task, "Model(*get_init_inputs())", namespace["Model"], *init_inputs)
+    if not isinstance(model, nn.Module):
+        raise TaskError(
+            task.path,
+            f"Model(...) built a {type(model).__name__}, not an nn.Module",
+            "make Model a subclass of torch.nn.Module",
+        )
+    model.eval()
+    inputs = _call_get_inputs(task, namespace, seed)
+    return Instance(
+        task=task,
+        model=model,
+        inputs=inputs,
+        sizes=resolved,
+        seed=int(seed),
+        init_inputs=list(init_inputs),
+        namespace=namespace,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Input distributions
+# --------------------------------------------------------------------------------------------
+
+
+def make_inputs(
+    source: Instance | Task,
+    sizes: Mapping[str, int] | None = None,
+    seed: int = 0,
+    distribution: str = "normal",
+) -> list[torch.Tensor]:
+    """Inputs for ``source`` at ``sizes`` with floating-point values drawn from ``distribution``.
+
+    Why: a kernel that is only ever checked on ``randn`` inputs can pass with analytic
+    shortcuts or precision bugs that other value ranges expose. The task's own ``get_inputs()``
+    always runs first (seeded as in :func:`instantiate`, so ``"normal"`` reproduces
+    ``instantiate(task, sizes, seed).inputs`` exactly); integer and bool tensors (indices,
+    masks) are kept as it made them, floating-point tensors are replaced:
+
+    - ``"normal"``: unchanged, the task's own values;
+    - ``"uniform"``: U(-1, 1);
+    - ``"heavy"``: Student-t with 2 degrees of freedom (infinite variance), clipped to +-1e4;
+    - ``"mixed_scale"``: N(0, 1) times 10**U(-3, 3), one scale per row (last dim).
+
+    Shapes and dtypes are preserved exactly. Values come from a ``torch.Generator`` seeded from
+    ``(seed, distribution)``, so results are reproducible and independent of global RNG state.
+    With an :class:`Instance` and ``sizes=None`` its sizes are used, and its already-executed
+    module is reused when the sizes match.
+    """
+    if distribution not in DISTRIBUTIONS:
+        raise ValueError(f"unknown distribution {distribution!r}; choose from {', '.join(DISTRIBUTIONS)}")
+    if isinstance(source, Instance):
+        task = source.task
+        resolved = task.sizes_for(source.sizes if sizes is None else {**source.sizes, **sizes})
+        namespace = source.namespace if resolved == source.sizes and source.namespace else None
+    else:
+        task = source
+        resolved = task.sizes_for(sizes)
+        namespace = None
+    if namespace is None:
+        namespace = _load_namespace(task, resolved)
+    base = _call_get_inputs(task, namespace, seed)
+    if distribution == "normal":
+        return base
+    gen = torch.Generator().manual_seed(derive_seed(seed, f"distribution:{distribution}"))
+    return [_redraw(t, distribution, gen) if t.is_floating_point() else t for t in base]
+
+
+def _redraw(t: torch.Tensor, distribution: str, gen: torch.Generator) -> torch.Tensor:
+    work = torch.float64 if t.dtype == torch.float64 else torch.float32
+    shape = tuple(t.shape)
+    if distribution == "uniform":
+        values = torch.rand(shape, generator=gen, dtype=work) * 2 - 1
+    elif distribution == "heavy":
+        # Student-t(2) = Z / sqrt(V / 2) with V ~ chi2(2) = Exp(mean 2), i.e. V / 2 = -log(U).
+        z = torch.randn(shape, generator=gen, dtype=work)
+        u = torch.rand(shape, generator=gen, dtype=work).clamp_min(torch.finfo(work).tiny)
+        values = (z / torch.sqrt(-torch.log(u))).clamp(-_HEAVY_CLIP, _HEAVY_CLIP)
+    elif distribution == "mixed_scale":
+        z = torch.randn(shape, generator=gen, dtype=work)
+        row_shape = shape[:-1] + (1,) if len(shape) >= 1 else ()
+        exponent = torch.rand(row_shape, generator=gen, dtype=work) * 6 - 3
+        values = z * torch.pow(10.0, exponent)
+    else:  # pragma: no cover - guarded by make_inputs
+        raise ValueError(distribution)
+    return values.to(t.dtype)
