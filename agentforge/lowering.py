@@ -434,7 +434,10 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     xdt = _dt(x)
     outs = node.outs
     kb = KernelBuilder(_kname(node))
+    odt0 = _dt(outs[0])
     cdt = "f32" if xdt in ("bf16", "f16") else xdt
+    if kind in ("sum", "mean") and xdt != odt0 and odt0 not in ("bf16", "f16"):
+        cdt = odt0  # e.g. summing bools counts them in i32
     red = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min", "max": "max", "min": "min",
            "argmax": "argmax", "argmin": "argmin", "var": "var"}[kind]
     if C == 1:
@@ -450,7 +453,12 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         tb = divisor_at_most(B, max(1, BLOCK_CAP // tc)) if red in ("var", "argmax", "argmin") else \
             divisor_at_most(B, max(1, TILE_CAP // tc))
         p = kb.param(xdt, view)
-        (s,) = kb.op(f"load({p}, tile={_list([1, tb, tc])}, par=4)")
+        kept = [i for i, (n, t) in enumerate(zip(view, (1, tb, tc))) if n != t]
+        order = [kept.index(i) for i in (0, 2, 1) if i in kept]  # the reduced axis innermost
+        call = f"load({p}, tile={_list([1, tb, tc])}"
+        if order != sorted(order):
+            call += f", order={_list(order)}"
+        (s,) = kb.op(call + ", par=4)")
         ax, init_shape = 0, [1, tc]
         ta = None
     whole = tb == B
@@ -562,8 +570,9 @@ def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
         if isinstance(ref, Ref):
             spec = graph.spec(ref)
             q = kb.param(_dt(spec), (1, B))
-            (ws,) = kb.op(f"load({q}, tile={_list([1, B])})")
-            (wr,) = kb.op(f"repeat({ws}, {A // ta})")
+            (wr,) = kb.op(f"load({q}, tile={_list([1, B])})")
+            if A // ta > 1:
+                (wr,) = kb.op(f"repeat({wr}, {A // ta})")
             streams.append(wr)
             params.append(nm)
             inputs.append(spec.name)
@@ -695,25 +704,27 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     dt = _dt(x)
     kb = KernelBuilder(_kname(node))
     p = kb.param(dt, x.shape)
+    tile = [1] * k
     if perm[-1] == k - 1:
-        tile = [1] * (k - 1) + [x.shape[-1]]
-        kept = [a for a in range(k - 1) if x.shape[a] != 1]
-        order = [kept.index(a) for a in perm[:-1] if a in kept]
-        call = f"load({p}, tile={_list(tile)}" + (f", order={_list(order)}" if order != sorted(order) else "") + ", par=4)"
-        (s,) = kb.op(call)
+        tile[-1] = divisor_at_most(x.shape[-1], TILE_CAP)
+        out_tile = [1] * (k - 1) + [tile[-1]]
+        swap = False
     elif perm[-2] == k - 1:
         a_ax = perm[-1]
-        if x.shape[a_ax] * x.shape[-1] > BLOCK_CAP:
-            raise UnsupportedOpError(f"not supported: {node.target} of {list(x.shape)} (block too large)")
-        tile = [x.shape[a] if a in (a_ax, k - 1) else 1 for a in range(k)]
-        kept = [a for a in range(k) if tile[a] != x.shape[a]]
-        order = [kept.index(a) for a in perm[:-2] if a in kept]
-        call = f"load({p}, tile={_list(tile)}" + (f", order={_list(order)}" if order != sorted(order) else "") + ", par=4)"
-        (s0,) = kb.op(call)
-        f = kb.fn(["t"], "transpose(t)")
-        (s,) = kb.op(f"map({s0}, fn={f}, par=8)")
+        tile[-1] = divisor_at_most(x.shape[-1], MM_TILE)
+        tile[a_ax] = divisor_at_most(x.shape[a_ax], MM_TILE)
+        out_tile = [1] * (k - 2) + [tile[-1], tile[a_ax]]
+        swap = True
     else:
         raise UnsupportedOpError(f"not supported: {node.target} with permutation {perm}")
+    in_kept = [a for a in range(k) if tile[a] != x.shape[a]]
+    out_kept = [j for j in range(k) if out_tile[j] != out.shape[j]]
+    order = [in_kept.index(perm[j]) for j in out_kept]
+    call = f"load({p}, tile={_list(tile)}" + (f", order={_list(order)}" if order != sorted(order) else "") + ", par=4)"
+    (s,) = kb.op(call)
+    if swap:
+        f = kb.fn(["t"], "transpose(t)")
+        (s,) = kb.op(f"map({s}, fn={f}, par=8)")
     o = kb.result(dt, out.shape)
     kb.do(f"store({o}, {s}, par=4)")
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [x.shape],
@@ -727,20 +738,25 @@ def _block(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_len: int,
                   body: Callable[[list[str]], str], lets=(), extra=None) -> OpKernel:
-    """View every operand as [A, S_i, C] and process whole [S_i, C] blocks in one tile."""
+    """View every operand as [A, S_i, C] and process [S_i, TC] blocks, one per tile.
+
+    The op works along the S axis only, so C can be cut into chunks of TC freely.
+    """
     out = node.outs[0]
     A, _, C = _block(graph.spec(refs[0]).shape, dim)
+    longest = max([out_len] + [_block(graph.spec(r).shape, dim)[1] for r in refs])
+    tc = divisor_at_most(C, max(1, TILE_CAP // longest))
+    if longest * tc > BLOCK_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} along a dimension of {longest} elements")
     kb = KernelBuilder(_kname(node))
     streams, params, inputs, views = [], [], [], []
     for i, r in enumerate(refs):
         spec = graph.spec(r)
         a_, s_, c_ = _block(spec.shape, dim) if spec.shape else (1, 1, 1)
-        if a_ != A:
+        if a_ != A or c_ != C:
             raise UnsupportedOpError(f"not supported: {node.target} with operands of different outer sizes")
-        if s_ * c_ > BLOCK_CAP:
-            raise UnsupportedOpError(f"not supported: {node.target} on blocks of {s_ * c_} elements")
         p = kb.param(_dt(spec), (A, s_, c_))
-        (s,) = kb.op(f"load({p}, tile={_list([1, s_, c_])}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={_list([1, s_, tc])}, par=4)")
         streams.append(s)
         params.append(f"x{i}")
         inputs.append(spec.name)

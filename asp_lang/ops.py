@@ -17,7 +17,7 @@ import numpy as np
 from .consts import eval_int, eval_int_list, eval_positive
 from .errors import (ArgumentError, LimitError, NameError_, RoutingError, ShapeError, SizeError,
                      TypeError_)
-from .ir import BinOp, Call, Expr, FnDef, Name, TupleExpr
+from .ir import BinOp, Call, Expr, FnDef, ListExpr, Name, TupleExpr
 from .tilefn import FnCost, TypedFn, check_fn, eval_fn
 from .types import BufT, Dyn, Elem, SelT, StreamT, TensorT, TileT, TupT, round_to
 from .values import SVal, nbytes, tmap
@@ -258,7 +258,7 @@ def _work_compute(node: Node) -> OpWork:
 
 # ---------------------------------------------------------------- off-chip memory
 
-@operator("load", "load(x, tile=[..], order=[..]?, repeat=n?, at=k?, par=p?)", "mem",
+@operator("load", "load(x, tile=[..], order=[..]?, repeat=n|[n, ..]?, at=k|[k, ..]?, par=p?)", "mem",
           "Read tensor x tile by tile (row-major over the tile grid). Axes the tile covers whole "
           "are not stream dimensions. `order` permutes the stream dimensions; `repeat=n, at=k` "
           "re-reads from memory, inserting a dimension of size n at position k.")
@@ -273,17 +273,40 @@ def _load_check(ctx: "CheckCtx", call: Call, ntargets: int):
     order = _order(ctx, call, len(dims))
     if order:
         dims = tuple(dims[i] for i in order)
-    rep = call.kw("repeat")
-    n = eval_positive(rep, ctx.sizes, "repeat") if rep is not None else None
-    at = eval_int(call.kw("at"), ctx.sizes, "at") if call.kw("at") is not None else 0
-    if call.kw("at") is not None and rep is None:
-        raise ArgumentError("at= only goes with repeat=", _span(call.kw("at")))
-    if n is not None:
-        if not 0 <= at <= len(dims):
-            raise ArgumentError(f"at={at} must be between 0 and {len(dims)}", _span(call.kw("at")))
+    repeats = _load_repeats(ctx, call, len(dims))
+    for at, n in repeats:
         dims = dims[:at] + (n,) + dims[at:]
     out = StreamT(dims, TileT(tensor.dtype, tl.elem))
-    return [out], {"tiling": tl, "order": order, "repeat": n, "at": at}, None, tensor
+    return [out], {"tiling": tl, "order": order, "repeats": repeats}, None, tensor
+
+
+def _load_repeats(ctx: "CheckCtx", call: Call, rank: int) -> list[tuple[int, int]]:
+    """``repeat=n, at=k`` or ``repeat=[n1, n2], at=[k1, k2]``: re-reads inserting dimensions.
+
+    Positions refer to the stream as it is after the earlier insertions, left to right.
+    """
+    rep, at_e = call.kw("repeat"), call.kw("at")
+    if rep is None:
+        if at_e is not None:
+            raise ArgumentError("at= only goes with repeat=", _span(at_e))
+        return []
+    if isinstance(rep, ListExpr):
+        ns = [eval_positive(r, ctx.sizes, "repeat") for r in rep.items]
+        if at_e is None or not isinstance(at_e, ListExpr) or len(at_e.items) != len(ns):
+            raise ArgumentError("repeat=[...] needs at=[...] with one position per count", _span(call))
+        ats = [eval_int(a, ctx.sizes, "at") for a in at_e.items]
+    else:
+        ns = [eval_positive(rep, ctx.sizes, "repeat")]
+        if isinstance(at_e, ListExpr):
+            raise ArgumentError("at=[...] goes with repeat=[...]", _span(at_e))
+        ats = [eval_int(at_e, ctx.sizes, "at") if at_e is not None else 0]
+    out = []
+    for n, at in zip(ns, ats):
+        if not 0 <= at <= rank:
+            raise ArgumentError(f"at={at} must be between 0 and {rank}", _span(at_e))
+        out.append((at, n))
+        rank += 1
+    return out
 
 
 @_load_check.run
@@ -294,8 +317,7 @@ def _load_run(node: Node, ins: list[SVal], rt: "RunCtx") -> list[SVal]:
     if order:
         nd = len(order)
         data = data.transpose(list(order) + list(range(nd, data.ndim)))
-    if node.attrs["repeat"] is not None:
-        at, n = node.attrs["at"], node.attrs["repeat"]
+    for at, n in node.attrs["repeats"]:
         data = np.expand_dims(data, at)
         shape = list(data.shape)
         shape[at] = n
@@ -560,9 +582,11 @@ def _map_run(node, ins, rt):
     args = _flat_args(ins)
     rt.charge_elements(node, node.in_types[0].count if not node.in_types[0].dynamic else
                        len(np.asarray(args[0])))
-    outs = eval_fn(node.fn, args, _static_pos(node))
     lengths = ins[0].lengths
     batch = _batch_shape(args[0], node.fn.arg_types[0])
+    outs = _eval_chunked(node.fn, args, _static_pos(node), batch)
+    if outs is None:
+        outs = eval_fn(node.fn, args, _static_pos(node))
     return [SVal(np.broadcast_to(np.asarray(o), batch + t.shape), lengths)
             for o, t in zip(outs, node.fn.results)]
 
@@ -571,6 +595,77 @@ def _batch_shape(arg, tile: TileT) -> tuple[int, ...]:
     """The stream axes of an argument array (a fn may ignore its inputs and return a constant)."""
     a = np.asarray(arg)
     return a.shape[:a.ndim - len(tile.shape)]
+
+
+# Chunked evaluation. A tile function over a large stream is evaluated a slice of the stream
+# at a time, so a chain of elementwise operations works on cache-resident temporaries instead
+# of making one pass over memory (and one fresh allocation) per operation. Every tile-function
+# operation is per stream element, so cutting along stream axes gives the same numbers.
+_CHUNK_ELEMS = 1 << 17       # about this many values per temporary (512 KiB of f32)
+_CHUNK_MIN_ELEMS = 1 << 20   # streams smaller than this are evaluated in one go
+
+
+def _fn_elem_size(tf: TypedFn) -> int:
+    """The largest tile (values) a tile function holds: its arguments or any intermediate."""
+    return max([t.numel for t in tf.types.values()] + [t.numel for t in tf.arg_types] + [1])
+
+
+def _chunk_index(batch: tuple, per_elem: int, target: int):
+    """Index tuples (slices on leading stream axes, rank kept) cutting ``batch`` into chunks
+    of about ``target`` values, ``per_elem`` values per stream element."""
+    if not batch:
+        yield ()
+        return
+    inner = math.prod(batch[1:]) * per_elem
+    if len(batch) > 1 and inner > target:
+        for i in range(batch[0]):
+            for rest in _chunk_index(batch[1:], per_elem, target):
+                yield (slice(i, i + 1),) + rest
+        return
+    step = max(1, target // max(inner, 1))
+    for s in range(0, batch[0], step):
+        yield (slice(s, min(s + step, batch[0])),)
+
+
+def _chunkable(arrs: list, lead: tuple) -> bool:
+    return all(a.ndim >= len(lead) and a.shape[:len(lead)] == lead for a in arrs)
+
+
+def _slice_pos(pos, idx: tuple):
+    """``pos`` for the chunk ``idx`` of the stream."""
+    if pos is None:
+        return None
+
+    def p(d):
+        a = pos(d)
+        return a[(slice(None),) * d + (idx[d],)] if d < len(idx) else a
+    return p
+
+
+def _empty_like_stream(arrs: list, shape: tuple, dtype) -> np.ndarray:
+    """A result array laid out in memory like an argument of the same shape (so that a stream
+    read from a tensor keeps the tensor's layout and its store needs no transposing copy)."""
+    for a in arrs:
+        if a.shape == shape and all(s != 0 for s, n in zip(a.strides, a.shape) if n > 1):
+            return np.empty_like(a, dtype=dtype)
+    return np.empty(shape, dtype)
+
+
+def _eval_chunked(tf: TypedFn, args: list, pos, batch: tuple) -> list | None:
+    """``eval_fn`` chunk by chunk into preallocated results; None when the stream is small
+    (or oddly shaped) and one ``eval_fn`` over it all is as good."""
+    per = _fn_elem_size(tf)
+    arrs = [np.asarray(a) for a in args]
+    if math.prod(batch) * per < _CHUNK_MIN_ELEMS or not batch or not _chunkable(arrs, batch):
+        return None
+    outs: list = [None] * len(tf.results)
+    for idx in _chunk_index(batch, per, _CHUNK_ELEMS):
+        res = eval_fn(tf, [a[idx] for a in arrs], _slice_pos(pos, idx))
+        for k, (v, t) in enumerate(zip(res, tf.results)):
+            if outs[k] is None:
+                outs[k] = _empty_like_stream(arrs, batch + t.shape, np.asarray(v).dtype)
+            outs[k][idx] = v
+    return outs
 
 
 _map_check.work(_work_compute)
@@ -671,6 +766,109 @@ def _init_arrays(node: Node) -> list:
     return [np.asarray(v) for v in eval_fn(node.attrs["init"], [])]
 
 
+def _matmul_term(tf: TypedFn) -> tuple[int, int] | None:
+    """The argument positions (i, j) when a term fn is exactly ``matmul(x_i, x_j)`` (or
+    ``x_i @ x_j``) of two f32 matrix tiles."""
+    e = tf.fn.result
+    if isinstance(e, Call) and e.func == "matmul" and len(e.args) == 2 and not e.kwargs:
+        a, b = e.args
+    elif isinstance(e, BinOp) and e.op == "@":
+        a, b = e.left, e.right
+    else:
+        return None
+    params = list(tf.fn.params)
+    if not (isinstance(a, Name) and isinstance(b, Name) and a.id in params and b.id in params):
+        return None
+    i, j = params.index(a.id), params.index(b.id)
+    ta, tb = tf.arg_types[i], tf.arg_types[j]
+    if len(ta.shape) != 2 or len(tb.shape) != 2 or ta.dtype != "f32" or tb.dtype != "f32":
+        return None
+    return i, j
+
+
+def _sum_matmul(x: np.ndarray, y: np.ndarray, no: int, nr: int) -> np.ndarray | None:
+    """sum over the nr reduced stream axes of x @ y, for x: outer + red + [TM, TK] and
+    y: outer + red + [TK, TN], as one BLAS matmul contracting over (red, TK) at once.
+
+    Outer axes along which one operand is a broadcast (a repeated load) are folded into the
+    other operand's free dimension, so e.g. a tiled GEMM becomes a single A @ B on views of
+    the inputs: no per-tile products are materialised and memory stays that of the inputs.
+    """
+    lead = x.shape[:no + nr]
+    if x.ndim != no + nr + 2 or y.ndim != no + nr + 2 or y.shape[:no + nr] != lead:
+        return None
+    outer, red = lead[:no], lead[no:]
+    tm, tk = x.shape[-2:]
+    tn = y.shape[-1]
+    batch, fold_m, fold_n, both = [], [], [], []
+    for o in range(no):
+        xz, yz = x.strides[o] == 0, y.strides[o] == 0
+        if outer[o] == 1 or not (xz or yz):
+            batch.append(o)
+        elif xz and yz:
+            both.append(o)
+        elif yz:
+            fold_m.append(o)   # y is the same along this axis: it extends x's rows
+        else:
+            fold_n.append(o)   # x is the same along this axis: it extends y's columns
+    xi = tuple(0 if (o in fold_n or o in both) else slice(None) for o in range(no))
+    yi = tuple(0 if (o in fold_m or o in both) else slice(None) for o in range(no))
+    xs, ys = x[xi], y[yi]
+    # axes of xs: kept outer (batch + fold_m, in order) + red + [TM, TK]
+    xo = [o for o in range(no) if o in batch or o in fold_m]
+    yo = [o for o in range(no) if o in batch or o in fold_n]
+    nb = len(batch)
+    rk = math.prod(red) * tk
+    bshape = tuple(outer[o] for o in batch)
+    xperm = ([xo.index(o) for o in batch] + [xo.index(o) for o in fold_m] + [len(xo) + nr]
+             + [len(xo) + i for i in range(nr)] + [len(xo) + nr + 1])
+    yperm = ([yo.index(o) for o in batch] + [len(yo) + i for i in range(nr + 1)]
+             + [yo.index(o) for o in fold_n] + [len(yo) + nr + 1])
+    mf = math.prod(outer[o] for o in fold_m)
+    nf = math.prod(outer[o] for o in fold_n)
+    x2 = xs.transpose(xperm).reshape(bshape + (mf * tm, rk))
+    y2 = ys.transpose(yperm).reshape(bshape + (rk, nf * tn))
+    c = np.matmul(x2, y2)
+    c = c.reshape(bshape + tuple(outer[o] for o in fold_m) + (tm,) + tuple(outer[o] for o in fold_n) + (tn,))
+    # back to outer order + [TM, TN]; 'both' axes come back as broadcasts
+    pos = {o: k for k, o in enumerate(batch + fold_m)}
+    pos.update({o: nb + len(fold_m) + 1 + k for k, o in enumerate(fold_n)})
+    tm_ax = nb + len(fold_m)
+    tn_ax = c.ndim - 1
+    perm = [pos[o] for o in range(no) if o not in both] + [tm_ax, tn_ax]
+    c = c.transpose(perm)
+    if both:
+        c = np.expand_dims(c, tuple(both))
+        c = np.broadcast_to(c, outer + (tm, tn))
+    return c
+
+
+def _reduce_terms(kind: str, term_tf: TypedFn, args: list, pos, nd: int, r: int) -> np.ndarray:
+    """The fast accum path's reduction of the term over the innermost r stream axes, chunked
+    along the outer axes (each chunk holds whole reductions, so the sums are unchanged)."""
+    f = np.sum if kind == "sum" else (np.max if kind == "maximum" else np.min)
+    axes = tuple(range(nd - r, nd))
+    arrs = [np.asarray(a) for a in args]
+    res_shape = term_tf.results[0].shape
+
+    def one(xs, p):
+        (term,) = eval_fn(term_tf, xs, p)
+        term = np.broadcast_to(np.asarray(term), _batch_shape(xs[0], term_tf.arg_types[0]) + res_shape)
+        return f(term, axis=axes)
+    batch = _batch_shape(arrs[0], term_tf.arg_types[0])
+    outer = batch[:nd - r]
+    per = _fn_elem_size(term_tf) * math.prod(batch[nd - r:nd])
+    if len(batch) != nd or not outer or math.prod(outer) * per < _CHUNK_MIN_ELEMS or not _chunkable(arrs, batch):
+        return one(arrs, pos)
+    out = None
+    for idx in _chunk_index(outer, per, _CHUNK_ELEMS):
+        part = one([a[idx] for a in arrs], _slice_pos(pos, idx))
+        if out is None:
+            out = np.empty(outer + part.shape[len(outer):], part.dtype)
+        out[idx] = part
+    return out
+
+
 def _run_reduce_static(node: Node, args: list, rt: "RunCtx", scan: bool, pos) -> list:
     """Reduce/scan the innermost r stream axes of static arrays (shape dims + tile)."""
     t = node.in_types[0]
@@ -684,23 +882,44 @@ def _run_reduce_static(node: Node, args: list, rt: "RunCtx", scan: bool, pos) ->
     if fast is not None and not scan:
         kind, term_tf = fast
         rt.charge_elements(node, t.count)
-        (term,) = eval_fn(term_tf, args, pos)
-        batch = _batch_shape(args[0], term_tf.arg_types[0])
-        term = np.broadcast_to(np.asarray(term), batch + term_tf.results[0].shape)
-        axes = tuple(range(nd - r, nd))
+        acc_t = node.out_types[0].elem
+        red_out = None
+        mm = _matmul_term(term_tf) if kind == "sum" and acc_t.dtype == "f32" else None
+        if mm is not None:
+            red_out = _sum_matmul(np.asarray(args[mm[0]]), np.asarray(args[mm[1]]), nd - r, r)
+        if red_out is None:
+            red_out = _reduce_terms(kind, term_tf, args, pos, nd, r)
         with np.errstate(all="ignore"):
             if kind == "sum":
-                out = np.add(init[0], np.sum(term, axis=axes))
+                out = np.add(init[0], red_out)
             else:
-                f = np.max if kind == "maximum" else np.min
-                out = (np.maximum if kind == "maximum" else np.minimum)(init[0], f(term, axis=axes))
-        acc_t = node.out_types[0].elem
+                out = (np.maximum if kind == "maximum" else np.minimum)(init[0], red_out)
         out = np.broadcast_to(out, outer + acc_t.shape)
         return [round_to(acc_t.dtype, out)]
     rt.charge_steps(node, steps)
     rt.charge_elements(node, t.count)
-    flat = [np.asarray(a).reshape(outer + (steps,) + np.asarray(a).shape[nd:]) if np.asarray(a).ndim >= nd
-            else np.asarray(a) for a in args]
+    arrs = [np.asarray(a) for a in args]
+    per = _fn_elem_size(node.fn)
+    if (outer and math.prod(outer) * per * steps >= _CHUNK_MIN_ELEMS and _chunkable(arrs, outer + red)):
+        # whole loops over chunks of the outer axes: each step's temporaries stay in cache
+        outs: list = []
+        for idx in _chunk_index(outer, per, _CHUNK_ELEMS):
+            res = _reduce_loop(node, [a[idx] for a in arrs], scan, pos, nd, r, init, idx)
+            if not outs:
+                outs = [np.empty(outer + v.shape[len(outer):], v.dtype) for v in res]
+            for o, v in zip(outs, res):
+                o[idx] = v
+        return outs
+    return _reduce_loop(node, arrs, scan, pos, nd, r, init, ())
+
+
+def _reduce_loop(node: Node, args: list, scan: bool, pos, nd: int, r: int, init: list, at: tuple) -> list:
+    """The general accum/scan loop over the reduced steps, for a (chunk of the) stream whose
+    outer axes start at the offsets of the slices ``at`` (for ``pos``)."""
+    outer = tuple(args[0].shape[:nd - r]) if nd - r else ()
+    red = tuple(args[0].shape[nd - r:nd])
+    steps = math.prod(red)
+    flat = [a.reshape(outer + (steps,) + a.shape[nd:]) if a.ndim >= nd else a for a in args]
     accs = [np.broadcast_to(i, outer + i.shape) for i in init]
     emitted: list[list] = [[] for _ in accs]
     for j in range(steps):
@@ -713,7 +932,8 @@ def _run_reduce_static(node: Node, args: list, rt: "RunCtx", scan: bool, pos) ->
                 if d < len(outer):
                     shape = [1] * len(outer)
                     shape[d] = outer[d]
-                    return np.arange(outer[d], dtype=np.int32).reshape(shape)
+                    start = at[d].start if d < len(at) else 0
+                    return np.arange(start, start + outer[d], dtype=np.int32).reshape(shape)
                 return np.int32(_idx[d - len(outer)])
         accs = [np.asarray(a) for a in eval_fn(node.fn, accs + xs, step_pos)]
         accs = [np.broadcast_to(a, outer + a.shape[a.ndim - len(i.shape):]) for a, i in zip(accs, init)]

@@ -470,6 +470,70 @@ for _name, _want in (("topk", False), ("argtopk", True)):
                               _topk_rule, _topk_impl(_want), "reduce",
                               "the k largest values" if not _want else "indices of the k largest values")
 
+@builtin("flip", ("x",), (("axis", "int", _REQUIRED),), cost="free", doc="reverse a tile along an axis")
+def _flip_rule(call, ts, st):
+    _axis(ts[0], st["axis"], call)
+    return ts[0]
+
+
+@_flip_rule.impl
+def _flip_impl(a, st, ts, rt):
+    return np.flip(a[0], axis=_np_axis(ts[0], st["axis"]))
+
+
+def _index_tile(call, x: TileT, idx: TileT, axis: int, what: str) -> int:
+    ax = _axis(x, axis, call)
+    if idx.dtype != "i32":
+        raise _err(TypeError_, f"{what}'s indices must be i32, got {idx}", call)
+    if len(idx.shape) != len(x.shape) or any(i != j for k, (i, j) in enumerate(zip(idx.shape, x.shape)) if k != ax):
+        raise _err(ShapeError, f"{what}: indices {list(idx.shape)} must match {list(x.shape)} except on axis {ax}", call)
+    return ax
+
+
+@builtin("take", ("x", "idx"), (("axis", "int", _REQUIRED),), cost="simd",
+         doc="x's values at the i32 positions idx along axis (take_along_axis); out-of-range indices wrap")
+def _take_rule(call, ts, st):
+    x, idx = ts
+    _index_tile(call, x, idx, st["axis"], "take")
+    return TileT(x.dtype, idx.shape)
+
+
+@_take_rule.impl
+def _take_impl(a, st, ts, rt):
+    x, idx = np.asarray(a[0]), np.asarray(a[1])
+    ax = _np_axis(ts[0], st["axis"])
+    n = x.shape[ax]
+    lead = np.broadcast_shapes(x.shape[:x.ndim - len(ts[0].shape)], idx.shape[:idx.ndim - len(ts[1].shape)])
+    x = np.broadcast_to(x, lead + x.shape[x.ndim - len(ts[0].shape):])
+    idx = np.broadcast_to(idx, lead + idx.shape[idx.ndim - len(ts[1].shape):])
+    return np.take_along_axis(x, np.mod(idx, n), axis=ax)
+
+
+@builtin("put", ("x", "idx", "src"), (("axis", "int", _REQUIRED),), cost="simd",
+         doc="a copy of x with src written at the i32 positions idx along axis (put_along_axis)")
+def _put_rule(call, ts, st):
+    x, idx, src = ts
+    ax = _index_tile(call, x, idx, st["axis"], "put")
+    if src.shape != idx.shape and src.shape != ():
+        raise _err(ShapeError, f"put: values {list(src.shape)} must have the indices' shape {list(idx.shape)}", call)
+    unify_dtype(x.dtype, src.dtype, call, "put")
+    del ax
+    return x
+
+
+@_put_rule.impl
+def _put_impl(a, st, ts, rt):
+    x, idx, src = np.asarray(a[0]), np.asarray(a[1]), np.asarray(a[2])
+    r = len(ts[0].shape)
+    ax = _np_axis(ts[0], st["axis"])
+    lead = np.broadcast_shapes(x.shape[:x.ndim - r], idx.shape[:idx.ndim - r])
+    out = np.array(np.broadcast_to(x, lead + x.shape[x.ndim - r:]))
+    idx = np.broadcast_to(idx, lead + idx.shape[idx.ndim - r:])
+    src = np.broadcast_to(src, idx.shape)
+    np.put_along_axis(out, np.mod(idx, out.shape[ax]), src, axis=ax)
+    return out
+
+
 CONSTANTS = {"inf": math.inf, "nan": math.nan, "pi": math.pi}
 _ARITH = ("+", "-", "*", "/", "%", "**")
 _COMPARE = ("==", "!=", "<", "<=", ">", ">=")
@@ -488,6 +552,7 @@ class _FnChecker:
         self.cost = FnCost()
         self.uses_pos = False
         self.scope: dict[str, TileT] = {}
+        self.let_consts: dict[str, object] = {}
         self.statics: dict[int, dict] = {}
 
     def run(self, arg_types: tuple[TileT, ...]) -> TypedFn:
@@ -500,6 +565,8 @@ class _FnChecker:
             if let.name in self.scope:
                 raise _err(NameError_, f"'{let.name}' is already defined in fn {fn.name}", let)
             self.scope[let.name] = self.expr(let.value)
+            if id(let.value) in self.consts:  # a let bound to a constant is that constant
+                self.let_consts[let.name] = self.consts[id(let.value)]
         res = fn.result
         outs = res.items if isinstance(res, TupleExpr) else (res,)
         results = []
@@ -544,6 +611,8 @@ class _FnChecker:
             return self._fold(e, e.value)
         if isinstance(e, Name):
             if e.id in self.scope:
+                if e.id in self.let_consts:
+                    self.consts[id(e)] = self.let_consts[e.id]
                 return self.scope[e.id]
             if e.id in self.sizes:
                 return self._fold(e, self.sizes[e.id])
@@ -703,7 +772,13 @@ def _fold_binop(op: str, a, b, node):
         if op == "**":
             if isinstance(a, int) and isinstance(b, int) and b >= 0 and abs(a) > 1 and b * math.log2(abs(a)) > 62:
                 raise _err(ArgumentError, "constant is too large", node)
-            return float(a) ** float(b) if isinstance(a, float) or isinstance(b, float) or b < 0 else a ** b
+            if not (isinstance(a, float) or isinstance(b, float) or b < 0):
+                return a ** b
+            if a == 0 and b < 0:  # as numpy: +-inf, not a ZeroDivisionError
+                with np.errstate(all="ignore"):
+                    return float(np.power(np.float64(a), np.float64(b)))
+            v = float(a) ** float(b)
+            return math.nan if isinstance(v, complex) else v  # (-8) ** (1/3) is complex in Python
     except OverflowError:
         raise _err(ArgumentError, "constant overflows", node) from None
     except (ValueError, ZeroDivisionError):

@@ -1,0 +1,201 @@
+"""The op-by-op baseline: every ATen op of a task as its own ASP kernel, intermediates
+through HBM, the way an instruction-driven accelerator runs a model.
+
+It is the bar every generated kernel must beat, so it must be correct (it is verified like
+any candidate) and honestly timed: each kernel is profiled at the task's own sizes and every
+switch between kernels pays the machine's reconfiguration cost.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+import asp_lang
+from asp_lang import Machine
+
+from .capture import AtenGraph, AtenNode, Ref, capture, torch_dtype
+from .errors import AgentforgeError
+from .lowering import Alias, Const, OpKernel, Step, UnsupportedOpError, lower_node
+from .tasks import Task, instantiate
+
+__all__ = ["Baseline", "build_baseline", "capture_at", "to_numpy", "to_torch", "BaselineTiming"]
+
+
+def capture_at(task: Task, sizes: Mapping[str, int] | None = None, meta: bool = False) -> AtenGraph:
+    """Capture ``task`` at ``sizes``; ``meta`` builds it without data (any size, no memory)."""
+    if meta:
+        with torch.device("meta"):
+            return capture(instantiate(task, sizes))
+    return capture(instantiate(task, sizes))
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A tensor in ASP storage: floats as float32 (bf16/f16 exactly representable), ints as int64."""
+    t = t.detach()
+    if t.dtype in (torch.bfloat16, torch.float16, torch.float64):
+        t = t.float()
+    return t.contiguous().numpy()
+
+
+def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(torch_dtype(dtype))
+
+
+def _to_torch_arg(v: Any, env: dict[str, torch.Tensor]) -> Any:
+    if isinstance(v, Ref):
+        return env[v.name]
+    if isinstance(v, list):
+        return [_to_torch_arg(x, env) for x in v]
+    if isinstance(v, tuple):
+        return tuple(_to_torch_arg(x, env) for x in v)
+    return v
+
+
+def _torch_kwargs(kwargs: dict, env) -> dict:
+    out = {}
+    for k, v in kwargs.items():
+        if k == "dtype" and isinstance(v, str):
+            out[k] = torch_dtype(v)
+        elif k == "device":
+            out[k] = torch.device("cpu")
+        elif k == "layout":
+            out[k] = torch.strided
+        elif k == "memory_format":
+            out[k] = torch.contiguous_format if v else None
+        else:
+            out[k] = _to_torch_arg(v, env)
+    return out
+
+
+def eval_const(node: AtenNode, env: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Evaluate a data-independent node on the host (it becomes a tensor preloaded in HBM)."""
+    ns, name, overload = node.target.split(".")
+    op = getattr(getattr(getattr(torch.ops, ns), name), overload)
+    res = op(*_to_torch_arg(node.args, env), **_torch_kwargs(node.kwargs, env))
+    return list(res) if isinstance(res, (tuple, list)) else [res]
+
+
+@dataclass
+class BaselineTiming:
+    seconds: float
+    cycles: float
+    hbm_bytes: float
+    kernels: list[dict]
+    reconfigurations: int
+
+
+@dataclass
+class Baseline:
+    """The op-by-op chain for one captured graph."""
+    graph: AtenGraph
+    steps: list[Step]
+    machine: Machine
+    _programs: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def kernels(self) -> list[OpKernel]:
+        return [s for s in self.steps if isinstance(s, OpKernel)]
+
+    def program(self, i: int, step: OpKernel):
+        if i not in self._programs:
+            self._programs[i] = asp_lang.compile(step.source, self.machine, filename=f"{step.node}.asp")
+        return self._programs[i]
+
+    def run(self, inputs: list[torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
+            limits: asp_lang.Limits | None = None) -> list[torch.Tensor]:
+        """Run the chain on the emulator; returns the graph's outputs as tensors."""
+        g = self.graph
+        params = dict(g.param_values if params is None else params)
+        tenv: dict[str, torch.Tensor] = {}
+        for spec, t in zip(g.inputs, inputs):
+            tenv[spec.name] = t
+        for spec in g.params:
+            tenv[spec.name] = params[spec.name]
+        env: dict[str, np.ndarray] = {k: to_numpy(v) for k, v in tenv.items()}
+        node_by_name = {n.name: n for n in g.nodes}
+        for i, step in enumerate(self.steps):
+            node = node_by_name[step.node]
+            if isinstance(step, Const):
+                for r in node.refs():
+                    if r.name not in tenv:
+                        tenv[r.name] = to_torch(env[r.name], g.spec(r).dtype)
+                for spec, val in zip(node.outs, eval_const(node, tenv)):
+                    tenv[spec.name] = val
+                    env[spec.name] = to_numpy(val)
+            elif isinstance(step, Alias):
+                src = env[step.source]
+                spec = node.outs[0]
+                env[spec.name] = src.reshape(spec.shape)
+                if step.source in tenv:
+                    tenv[spec.name] = tenv[step.source].reshape(spec.shape)
+            else:
+                prog = self.program(i, step)
+                feed = {}
+                for pname, name, view in zip(prog.params, step.inputs, step.input_views):
+                    a = env[name]
+                    if a.dtype == np.int64:
+                        a = a.astype(np.int32)
+                    feed[pname] = a.reshape(view)
+                outs = asp_lang.run(prog, feed, limits)
+                for rname, name in zip(prog.results, step.outputs):
+                    spec = g.spec(name) if name in g._spec_table else _multi_spec(node, name)
+                    env[name] = outs[rname].reshape(spec.shape)
+        result = []
+        for ref in g.outputs:
+            spec = g.spec(ref)
+            result.append(to_torch(env[ref.name], spec.dtype).reshape(spec.shape))
+        return result
+
+    def time(self) -> BaselineTiming:
+        """Profile every kernel at this graph's sizes (no data needed) and add reconfigurations."""
+        cycles = 0.0
+        hbm = 0.0
+        rows = []
+        for i, step in enumerate(self.steps):
+            if not isinstance(step, OpKernel):
+                continue
+            rep = asp_lang.profile(self.program(i, step))
+            cycles += rep.cycles
+            hbm += rep.hbm_bytes
+            rows.append({"node": step.node, "target": step.target, "seconds": rep.seconds,
+                         "hbm_bytes": rep.hbm_bytes, "roofline_fraction": rep.roofline_fraction,
+                         "bottleneck": rep.bottleneck})
+        reconf = max(0, len(rows) - 1)
+        cycles += reconf * self.machine.reconfig.cycles
+        return BaselineTiming(cycles / (self.machine.clock_ghz * 1e9), cycles, hbm, rows, reconf)
+
+    def sources(self) -> dict[str, str]:
+        """ASP text of every kernel, by node name (what `agentforge baseline -o DIR` writes)."""
+        return {k.node: k.source for k in self.kernels}
+
+
+def _multi_spec(node: AtenNode, name: str):
+    for o in node.outs:
+        if o.name == name:
+            return o
+    raise KeyError(name)
+
+
+def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Baseline:
+    """Lower every node of ``graph``; unsupported ops raise UnsupportedOpError naming the op."""
+    m = machine if isinstance(machine, Machine) else asp_lang.load_machine(machine)
+    constants: set[str] = set()
+    steps: list[Step] = []
+    for node in graph.nodes:
+        if node.target == "getitem":
+            src, idx = node.args[0], node.args[1]
+            steps.append(Alias(node.name, node.target, f"{src.name}.{idx}", node.name))
+            if f"{src.name}.{idx}" in constants:
+                constants.add(node.name)
+            continue
+        step = lower_node(node, graph, constants)
+        if isinstance(step, Const):
+            constants.update(o.name for o in node.outs)
+        steps.append(step)
+    return Baseline(graph, steps, m)
