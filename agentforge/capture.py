@@ -190,6 +190,17 @@ class AtenGraph:
     nodes: list[AtenNode]
     outputs: list[Ref]
     param_values: dict[str, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+    #: param name -> the model attribute it was lifted from ("q_proj.weight"); constants are absent
+    param_targets: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def with_weights(self, model: torch.nn.Module) -> "AtenGraph":
+        """The same graph with ``model``'s parameters and buffers (same structure, other seed)."""
+        state = model.state_dict(keep_vars=False)
+        values = dict(self.param_values)
+        for name, target in self.param_targets.items():
+            if target in state:
+                values[name] = state[target].detach()
+        return AtenGraph(self.inputs, self.params, self.nodes, self.outputs, values, self.param_targets)
 
     def spec(self, name: str | Ref) -> TensorSpec:
         """The :class:`TensorSpec` of a value (input, param or single-output node) by name."""
@@ -356,6 +367,7 @@ def _convert(exported: torch.export.ExportedProgram, task_name: str, path: str) 
     inputs: list[TensorSpec] = []
     params: list[TensorSpec] = []
     param_values: dict[str, torch.Tensor] = {}
+    param_targets: dict[str, str] = {}
     for spec in sig.input_specs:
         if not isinstance(spec.arg, TensorArgument):
             raise TaskError(
@@ -374,6 +386,8 @@ def _convert(exported: torch.export.ExportedProgram, task_name: str, path: str) 
                 value = exported.constants.get(spec.target)
             if isinstance(value, torch.Tensor):
                 param_values[name] = value.detach()
+            if spec.kind in (InputKind.PARAMETER, InputKind.BUFFER):
+                param_targets[name] = spec.target
         else:
             raise TaskError(
                 path,
@@ -430,7 +444,8 @@ def _convert(exported: torch.export.ExportedProgram, task_name: str, path: str) 
                 out=_out_spec(node),
             )
         )
-    return AtenGraph(inputs=inputs, params=params, nodes=nodes, outputs=outputs, param_values=param_values)
+    return AtenGraph(inputs=inputs, params=params, nodes=nodes, outputs=outputs, param_values=param_values,
+                     param_targets=param_targets)
 
 
 # --------------------------------------------------------------------------------------------

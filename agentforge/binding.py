@@ -1,0 +1,125 @@
+"""Binding a candidate kernel to a task: which tensor goes to which parameter, at what sizes.
+
+A kernel's parameters take, in order, the task's inputs (``get_inputs()`` order) and then
+the model's parameters and buffers (capture order); its results are the model's outputs in
+order. Size names used in parameter shapes are solved from the actual shapes. Other sizes
+(tile sizes, typically) keep the kernel's defaults; where a default does not divide the
+task's dimensions at a small correctness size, it is halved until it does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asp_lang
+from asp_lang.checker import bind_sizes
+from asp_lang.consts import eval_int
+from asp_lang.errors import AspError, SizeError
+from asp_lang.ir import Kernel, Name
+
+from .capture import AtenGraph, TensorSpec
+
+# task dtype -> the ASP dtype a kernel must declare for it
+KERNEL_DTYPE = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i64": "i32", "i32": "i32", "bool": "bool"}
+
+
+class BindingError(Exception):
+    """The kernel's interface does not fit the task (a rejection reason, not a crash)."""
+
+
+@dataclass(frozen=True)
+class Binding:
+    sizes: dict[str, int]
+    inputs: list[TensorSpec]       # graph values bound to the kernel's parameters, in order
+    outputs: list[TensorSpec]
+
+
+def graph_operands(graph: AtenGraph) -> list[TensorSpec]:
+    return list(graph.inputs) + list(graph.params)
+
+
+def _solve_shapes(kernel: Kernel, specs: list[TensorSpec], outs: list[TensorSpec]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    decls = list(kernel.params) + list(kernel.results)
+    actual = list(specs) + list(outs)
+    for p, spec in zip(decls, actual):
+        shape = spec.shape or (1,)
+        if len(p.shape) != len(shape):
+            raise BindingError(f"'{p.name}' is declared with rank {len(p.shape)} but the task's "
+                               f"'{spec.name}' has shape {list(spec.shape)}")
+        for e, n in zip(p.shape, shape):
+            if isinstance(e, Name):
+                if sizes.get(e.id, n) != n:
+                    raise BindingError(f"size {e.id} would be both {sizes[e.id]} and {n} "
+                                       f"('{p.name}' vs the task's '{spec.name}')")
+                sizes[e.id] = n
+    return sizes
+
+
+def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", source: str | None = None,
+         max_tries: int = 40) -> tuple[Binding, "asp_lang.Program"]:
+    """Match ``kernel`` to ``graph`` and return the binding and the checked program."""
+    specs = graph_operands(graph)
+    outs = graph.output_specs
+    if len(kernel.params) != len(specs):
+        names = ", ".join(f"{s.name}{list(s.shape)}" for s in specs)
+        raise BindingError(f"the kernel has {len(kernel.params)} parameter(s) but the task provides "
+                           f"{len(specs)}: {names} (inputs first, then the model's weights)")
+    if len(kernel.results) != len(outs):
+        raise BindingError(f"the kernel has {len(kernel.results)} result(s) but the task has {len(outs)} output(s)")
+    for p, s in zip(list(kernel.params) + list(kernel.results), specs + outs):
+        want = KERNEL_DTYPE.get(s.dtype)
+        if want is None:
+            raise BindingError(f"the task's '{s.name}' has dtype {s.dtype}, which ASP cannot hold")
+        if p.dtype != want:
+            raise BindingError(f"'{p.name}' is declared {p.dtype} but the task's '{s.name}' is {s.dtype} "
+                               f"(declare {want}; computing in another precision is not allowed)")
+    solved = _solve_shapes(kernel, specs, outs)
+    defaults = kernel.default_sizes()
+    free = {k: v for k, v in defaults.items() if k not in solved}
+    for attempt in range(max_tries):
+        sizes = {**free, **solved}
+        try:
+            bind_sizes(kernel, sizes)
+            for p, spec in zip(list(kernel.params) + list(kernel.results), specs + outs):
+                got = tuple(eval_int(e, sizes) for e in p.shape)
+                if got != (spec.shape or (1,)):
+                    raise BindingError(f"'{p.name}' has shape {list(got)} at sizes {sizes} but the task's "
+                                       f"'{spec.name}' is {list(spec.shape)}")
+            prog = asp_lang.check(kernel, machine, sizes, filename, source)
+            return Binding(sizes, specs, outs), prog
+        except SizeError as e:
+            culprit = _shrinkable(e, kernel, free)
+            if culprit is None:
+                raise
+            free[culprit] //= 2
+    raise BindingError(f"no tile sizes dividing the task's sizes were found from the defaults {defaults}")
+
+
+def _shrinkable(err: AspError, kernel: Kernel, free: dict[str, int]) -> str | None:
+    """A free size used on the failing line, the largest first (halving it is the fix we try)."""
+    line = err.span.line
+    used = set()
+    for st in kernel.body:
+        if st.call.span.line == line or st.span.line == line:
+            used |= _names(st.call)
+    cands = [k for k in free if k in used and free[k] > 1]
+    if not cands:
+        cands = [k for k in free if free[k] > 1 and f"{free[k]}" in err.message]
+    return max(cands, key=lambda k: free[k]) if cands else None
+
+
+def _names(e) -> set[str]:
+    if isinstance(e, Name):
+        return {e.id}
+    out: set[str] = set()
+    for attr in ("left", "right", "operand"):
+        if hasattr(e, attr):
+            out |= _names(getattr(e, attr))
+    for a in getattr(e, "args", ()) or ():
+        out |= _names(a)
+    for _, v in getattr(e, "kwargs", ()) or ():
+        out |= _names(v)
+    for i in getattr(e, "items", ()) or ():
+        out |= _names(i)
+    return out

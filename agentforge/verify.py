@@ -1,0 +1,346 @@
+"""Verification and scoring: whether a candidate counts, and how good it is.
+
+A candidate (one ASP kernel, or the op-by-op baseline chain) is run on every check: the
+task's small size sets x 3 seeds, each seed with its own input distribution (normal,
+heavy-tailed Student-t, uniform). Each run is compared with the task computed in float64
+from the same inputs. It counts only if every check passes:
+
+- shapes and dtypes exactly as the task's outputs (no lower precision);
+- values within dtype-aware tolerances: |c - r| <= atol * max(1, max|r|) + rtol * |r|;
+- NaN and +-Inf at exactly the reference's positions (outputs start poisoned with NaN, so
+  an unwritten element is caught);
+- not constant or all-zero where the reference is not;
+- inputs unmodified.
+
+Then it is timed at the task's own sizes (timing-only, no data) and scored against the
+baseline. ``evaluate`` does this in-process; :class:`Evaluator` does it in a child process
+with a time limit and a memory cap, so a pathological kernel cannot take the caller down.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import asp_lang
+from asp_lang import AspError
+from asp_lang.timing import EmulatorError
+
+from .baseline import Baseline, build_baseline, capture_at, to_numpy, to_torch
+from .binding import BindingError, bind
+from .capture import AtenGraph, capture, io_bytes
+from .errors import AgentforgeError, TaskError
+from .lowering import UnsupportedOpError
+from .tasks import Task, instantiate, load_task, make_inputs
+
+SCHEMA_VERSION = 1
+DISTRIBUTIONS = ("normal", "heavy", "uniform")
+DEFAULT_TOLERANCE = {"f32": (1e-4, 1e-4), "bf16": (2e-2, 2e-2), "f16": (1e-3, 1e-3)}
+SUSPICIOUS_SPEEDUP = 10.0
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    machine: str = "sn40l"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    size_sets: int = 2
+    timeout_s: float = 120.0
+    memory_mb: int = 4096
+    limits: asp_lang.Limits = asp_lang.Limits(max_elements=1 << 28, max_steps=1 << 18, max_array_bytes=1 << 30)
+
+    def checks(self, task: Task) -> list[tuple[dict, int, str]]:
+        sets = task.resolved_size_sets()[: self.size_sets] or [task.sizes]
+        return [(s, seed, DISTRIBUTIONS[i % len(DISTRIBUTIONS)]) for s in sets for i, seed in enumerate(self.seeds)]
+
+
+@dataclass
+class Check:
+    sizes: dict
+    seed: int
+    distribution: str
+    passed: bool
+    reason: str | None = None
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class Evaluation:
+    """One candidate's verdict and score: the documented JSON schema (docs/evaluation.md)."""
+    task: str
+    candidate: str
+    verified: bool
+    reason: str | None
+    simulated_seconds: float | None = None
+    baseline_seconds: float | None = None
+    speedup: float | None = None
+    roofline_fraction: float | None = None
+    hbm_bytes: float | None = None
+    flops: float | None = None
+    bottleneck: str | None = None
+    machine: str = ""
+    emulator: str = asp_lang.EMULATOR_VERSION
+    own_sizes: dict = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    kernel_sha256: str | None = None
+    error: dict | None = None
+    eval_seconds: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def from_dict(d: dict) -> "Evaluation":
+        d = dict(d)
+        d["checks"] = [Check(**c) for c in d.get("checks", [])]
+        return Evaluation(**d)
+
+
+# ------------------------------------------------------------------ comparison
+
+def compare(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> tuple[str | None, float, float]:
+    """Why ``out`` does not match ``ref`` (None when it does), with the max abs/rel errors."""
+    if tuple(out.shape) != tuple(ref.shape):
+        return f"shape {list(out.shape)} but the reference is {list(ref.shape)}", math.inf, math.inf
+    if not ref.dtype.is_floating_point:
+        if out.dtype != ref.dtype:
+            return f"dtype {out.dtype} but the reference is {ref.dtype}", math.inf, math.inf
+        wrong = (out != ref)
+        if wrong.any():
+            idx = tuple(int(i) for i in wrong.nonzero()[0])
+            return (f"{int(wrong.sum())} of {out.numel()} values differ (first at {list(idx)}: "
+                    f"{out[idx].item()} vs {ref[idx].item()})"), math.inf, math.inf
+        return None, 0.0, 0.0
+    o = out.double()
+    r = ref.double()
+    for name, f in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
+        mo, mr = f(o), f(r)
+        if not torch.equal(mo, mr):
+            where = (mo != mr).nonzero()[0].tolist()
+            extra = " (an output never written?)" if name == "NaN" and bool(mo[tuple(where)]) else ""
+            return f"{name} positions differ from the reference (first at {where}){extra}", math.inf, math.inf
+    finite = torch.isfinite(r)
+    if not finite.any():
+        return None, 0.0, 0.0
+    of, rf = o[finite], r[finite]
+    err = (of - rf).abs()
+    scale = max(1.0, rf.abs().max().item())
+    bound = atol * scale + rtol * rf.abs()
+    max_abs = err.max().item()
+    max_rel = (err / rf.abs().clamp_min(1e-30)).max().item()
+    if (err > bound).any():
+        i = int((err - bound).argmax())
+        return (f"values differ: max abs error {max_abs:.3g} (at value {rf[i].item():.6g}, got {of[i].item():.6g}); "
+                f"allowed {atol:g} * {scale:.3g} + {rtol:g} * |ref|"), max_abs, max_rel
+    if rf.numel() > 1 and (rf.max() - rf.min()).item() > 1e-6 * scale and (of.max() - of.min()).item() == 0:
+        return "output is constant where the reference varies", max_abs, max_rel
+    return None, max_abs, max_rel
+
+
+# ------------------------------------------------------------------ candidates
+
+class KernelCandidate:
+    """One ASP kernel for the whole task."""
+
+    def __init__(self, source: str, filename: str, machine: asp_lang.Machine):
+        self.source = source
+        self.filename = filename
+        self.machine = machine
+        self.kernel = asp_lang.parse(source, filename)
+
+    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
+        _, prog = bind(self.kernel, graph, self.machine, self.filename, self.source)
+        values = list(inputs) + [graph.param_values[p.name] for p in graph.params]
+        feed = {}
+        for pname, t in zip(prog.params, values):
+            a = to_numpy(t)
+            feed[pname] = (a.astype(np.int32) if a.dtype == np.int64 else a).reshape(prog.tensors[pname].shape)
+        outs = asp_lang.run(prog, feed, limits)
+        return [to_torch(outs[r], spec.dtype).reshape(spec.shape) for r, spec in zip(prog.results, graph.output_specs)]
+
+    def profile(self, graph: AtenGraph) -> asp_lang.Report:
+        _, prog = bind(self.kernel, graph, self.machine, self.filename, self.source)
+        return asp_lang.profile(prog)
+
+
+class BaselineCandidate:
+    """The op-by-op chain, lowered afresh for each captured graph."""
+
+    def __init__(self, machine: asp_lang.Machine):
+        self.machine = machine
+        self._chains: dict[tuple, Baseline] = {}
+
+    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
+        key = tuple((s.name, s.shape, s.dtype) for s in graph.inputs + graph.params)
+        if key not in self._chains:
+            self._chains[key] = build_baseline(graph, self.machine)
+        return self._chains[key].run(inputs, params=graph.param_values, limits=limits)
+
+
+def _reference(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    model = model.double()
+    args = [t.double() if t.dtype.is_floating_point else t for t in inputs]
+    with torch.no_grad():
+        out = model(*args)
+    return list(out) if isinstance(out, (tuple, list)) else [out]
+
+
+def _digest(ts: list[torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for t in ts:
+        h.update(to_numpy(t).tobytes())
+    return h.hexdigest()
+
+
+def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
+    checks: list[Check] = []
+    graphs: dict[tuple, AtenGraph] = {}
+    for sizes, seed, dist in cfg.checks(task):
+        t0 = time.perf_counter()
+        inst = instantiate(task, sizes, seed=seed)
+        key = tuple(sorted(inst.sizes.items()))
+        if key not in graphs:
+            graphs[key] = capture(inst)
+        g = graph = graphs[key].with_weights(inst.model)  # this seed's weights
+        inputs = make_inputs(inst, sizes, seed=seed, distribution=dist)
+        before = _digest(inputs)
+        check = Check(dict(inst.sizes), seed, dist, False)
+        try:
+            outs = candidate.run(g, [t.clone() for t in inputs], cfg.limits)
+            if _digest(inputs) != before:
+                raise AssertionError("inputs were modified")
+            refs = _reference(inst.model, inputs)
+            check.reason = _compare_all(task, outs, refs, graph)
+        except AspError as e:
+            check.reason = e.short()
+        except (BindingError, UnsupportedOpError) as e:
+            check.reason = str(e)
+        if check.reason is None:
+            check.passed = True
+        check.seconds = time.perf_counter() - t0
+        checks.append(check)
+        if not check.passed:
+            break  # one failure decides; the rest would cost time and say nothing new
+    return checks
+
+
+def _compare_all(task: Task, outs, refs, graph: AtenGraph) -> str | None:
+    if len(outs) != len(refs):
+        return f"{len(outs)} outputs but the task has {len(refs)}"
+    for i, (o, r, spec) in enumerate(zip(outs, refs, graph.output_specs)):
+        want = spec.dtype
+        atol, rtol = DEFAULT_TOLERANCE.get(want, (0.0, 0.0))
+        if task.atol is not None:
+            atol = task.atol
+        if task.rtol is not None:
+            rtol = task.rtol
+        if str(o.dtype).removeprefix("torch.") != str(getattr(torch, _torch_name(want))).removeprefix("torch."):
+            return f"output {i} has dtype {o.dtype}, the task's is {want}"
+        ref = r if not r.dtype.is_floating_point else r.double()
+        if not r.dtype.is_floating_point and o.dtype != r.dtype:
+            o = o.to(r.dtype)
+        reason, _, _ = compare(o, ref, atol, rtol)
+        if reason:
+            return f"output {i}: {reason}"
+    return None
+
+
+def _torch_name(dtype: str) -> str:
+    return {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "i64": "int64", "i32": "int32",
+            "bool": "bool", "f64": "float64"}[dtype]
+
+
+# ------------------------------------------------------------------ evaluation
+
+_BASELINE_CACHE: dict[tuple, tuple[float, float, float]] = {}
+
+
+def baseline_timing(task: Task, machine: asp_lang.Machine) -> tuple[float, float, float]:
+    """Seconds, roofline seconds and HBM bytes of the op-by-op chain at the task's own sizes."""
+    key = (task.name, task.source, machine)
+    if key not in _BASELINE_CACHE:
+        graph = capture_at(task, meta=True)
+        t = build_baseline(graph, machine).time()
+        roof = max(io_bytes(graph) / (machine.hbm.bandwidth_gbs * 1e9),
+                   max((k["seconds"] * k["roofline_fraction"] for k in t.kernels), default=0.0))
+        _BASELINE_CACHE[key] = (t.seconds, roof, t.hbm_bytes)
+    return _BASELINE_CACHE[key]
+
+
+def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None = None,
+             baseline_seconds: float | None = None) -> Evaluation:
+    """Verify and score one candidate in this process. ``candidate`` is
+    ``{"kind": "kernel", "source": str, "filename": str}`` or ``{"kind": "baseline"}``."""
+    cfg = cfg or VerifyConfig()
+    t0 = time.perf_counter()
+    task = task if isinstance(task, Task) else load_task(task)
+    machine = asp_lang.load_machine(cfg.machine)
+    kind = candidate.get("kind")
+    ev = Evaluation(task.name, kind or "?", False, None, machine=machine.name, own_sizes=dict(task.sizes))
+    try:
+        if kind == "kernel":
+            src = candidate["source"]
+            ev.kernel_sha256 = hashlib.sha256(src.encode()).hexdigest()
+            cand = KernelCandidate(src, candidate.get("filename", "kernel.asp"), machine)
+        elif kind == "baseline":
+            cand = BaselineCandidate(machine)
+        else:
+            raise ValueError(f"unknown candidate kind {kind!r}")
+        ev.checks = run_checks(task, cand, cfg)
+        failed = [c for c in ev.checks if not c.passed]
+        if failed:
+            c = failed[0]
+            ev.reason = f"{c.reason} [sizes {c.sizes}, seed {c.seed}, {c.distribution} inputs]"
+            return ev
+        # timing at the task's own sizes: shapes only
+        if baseline_seconds is None or kind == "baseline":
+            bsec, broof, bhbm = baseline_timing(task, machine)
+            baseline_seconds = baseline_seconds or bsec
+        if kind == "baseline":
+            ev.simulated_seconds = bsec
+            ev.roofline_fraction = min(1.0, broof / bsec)
+            ev.hbm_bytes = bhbm
+            ev.bottleneck = "op-by-op chain"
+        else:
+            rep = cand.profile(capture_at(task, meta=True))
+            ev.simulated_seconds = rep.seconds
+            ev.roofline_fraction = rep.roofline_fraction
+            ev.hbm_bytes = rep.hbm_bytes
+            ev.flops = rep.flops
+            ev.bottleneck = rep.bottleneck
+        ev.baseline_seconds = baseline_seconds
+        ev.speedup = baseline_seconds / ev.simulated_seconds if ev.simulated_seconds else None
+        if ev.speedup and ev.speedup > SUSPICIOUS_SPEEDUP:
+            ev.warnings.append(f"speedup {ev.speedup:.1f}x over the baseline is above {SUSPICIOUS_SPEEDUP:g}x: "
+                               "check it does the task's work (e.g. routing vs a dense reference)")
+        ev.verified = True
+    except EmulatorError as e:
+        ev.reason = f"EMULATOR BUG: {e.message}"
+        ev.error = {"kind": "EmulatorError", "message": e.message}
+    except AspError as e:
+        ev.reason = e.short()
+        ev.error = {"kind": e.kind, "message": e.render()}
+    except (BindingError, UnsupportedOpError, TaskError) as e:
+        ev.reason = str(e)
+        ev.error = {"kind": type(e).__name__, "message": str(e)}
+    except AgentforgeError as e:
+        ev.reason = str(e)
+        ev.error = {"kind": type(e).__name__, "message": str(e)}
+    finally:
+        ev.eval_seconds = time.perf_counter() - t0
+    return ev
+
+
+def _internal(e: BaseException) -> dict:
+    return {"kind": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(limit=8)}
