@@ -68,6 +68,7 @@ class Check:
     distribution: str
     passed: bool
     reason: str | None = None
+    code: str | None = None
     max_abs_error: float | None = None
     max_rel_error: float | None = None
     seconds: float = 0.0
@@ -80,6 +81,7 @@ class Evaluation:
     candidate: str
     verified: bool
     reason: str | None
+    reason_code: str | None = None
     simulated_seconds: float | None = None
     baseline_seconds: float | None = None
     speedup: float | None = None
@@ -109,19 +111,59 @@ class Evaluation:
 
 # ------------------------------------------------------------------ comparison
 
+class Mismatch(Exception):
+    """A check failed; ``code`` classifies why (see REASON_CODES)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+#: Why a candidate was rejected. Stable strings: reports and tests key on them.
+REASON_CODES = {
+    "shape": "an output has the wrong shape",
+    "dtype": "an output or parameter has the wrong dtype (e.g. lower precision than the task)",
+    "mismatch": "values outside the tolerance",
+    "nonfinite": "NaN/Inf where the reference has none, or the reverse (incl. unwritten outputs)",
+    "constant": "a constant output where the reference varies",
+    "inputs_modified": "the candidate changed its inputs",
+    "interface": "the kernel's parameters/results do not fit the task",
+    "compile": "the kernel does not parse or check",
+    "runtime": "the kernel failed while running (routing, inputs)",
+    "limit": "the kernel exceeded the interpreter's work limits",
+    "unsupported": "the baseline cannot lower an op of the task",
+    "timeout": "the evaluation exceeded its time limit",
+    "memory": "the evaluation exceeded its memory cap",
+    "crash": "the evaluation process died",
+    "emulator_bug": "the timing model contradicted itself (beat the roofline)",
+    "task": "the task itself is broken",
+}
+
+
 def compare(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> tuple[str | None, float, float]:
-    """Why ``out`` does not match ``ref`` (None when it does), with the max abs/rel errors."""
+    """Why ``out`` does not match ``ref`` (None when it does), with the max abs/rel errors.
+
+    Raises nothing; use :func:`check_output` for a classified failure."""
+    try:
+        return (None, *check_output(out, ref, atol, rtol))
+    except Mismatch as m:
+        return m.message, math.inf, math.inf
+
+
+def check_output(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> tuple[float, float]:
+    """Raise :class:`Mismatch` unless ``out`` matches ``ref``; return the max abs/rel errors."""
     if tuple(out.shape) != tuple(ref.shape):
-        return f"shape {list(out.shape)} but the reference is {list(ref.shape)}", math.inf, math.inf
+        raise Mismatch("shape", f"shape {list(out.shape)} but the reference is {list(ref.shape)}")
     if not ref.dtype.is_floating_point:
         if out.dtype != ref.dtype:
-            return f"dtype {out.dtype} but the reference is {ref.dtype}", math.inf, math.inf
+            raise Mismatch("dtype", f"dtype {out.dtype} but the reference is {ref.dtype}")
         wrong = (out != ref)
         if wrong.any():
             idx = tuple(int(i) for i in wrong.nonzero()[0])
-            return (f"{int(wrong.sum())} of {out.numel()} values differ (first at {list(idx)}: "
-                    f"{out[idx].item()} vs {ref[idx].item()})"), math.inf, math.inf
-        return None, 0.0, 0.0
+            raise Mismatch("mismatch", f"{int(wrong.sum())} of {out.numel()} values differ (first at {list(idx)}: "
+                                       f"{out[idx].item()} vs {ref[idx].item()})")
+        return 0.0, 0.0
     o = out.double()
     r = ref.double()
     for name, f in (("NaN", torch.isnan), ("+Inf", torch.isposinf), ("-Inf", torch.isneginf)):
@@ -129,23 +171,23 @@ def compare(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float) -> t
         if not torch.equal(mo, mr):
             where = (mo != mr).nonzero()[0].tolist()
             extra = " (an output never written?)" if name == "NaN" and bool(mo[tuple(where)]) else ""
-            return f"{name} positions differ from the reference (first at {where}){extra}", math.inf, math.inf
+            raise Mismatch("nonfinite", f"{name} positions differ from the reference (first at {where}){extra}")
     finite = torch.isfinite(r)
     if not finite.any():
-        return None, 0.0, 0.0
+        return 0.0, 0.0
     of, rf = o[finite], r[finite]
     err = (of - rf).abs()
     scale = max(1.0, rf.abs().max().item())
     bound = atol * scale + rtol * rf.abs()
     max_abs = err.max().item()
     max_rel = (err / rf.abs().clamp_min(1e-30)).max().item()
+    if rf.numel() > 1 and (rf.max() - rf.min()).item() > 1e-6 * scale and (of.max() - of.min()).item() == 0:
+        raise Mismatch("constant", f"output is constant ({of[0].item():.6g}) where the reference varies")
     if (err > bound).any():
         i = int((err - bound).argmax())
-        return (f"values differ: max abs error {max_abs:.3g} (at value {rf[i].item():.6g}, got {of[i].item():.6g}); "
-                f"allowed {atol:g} * {scale:.3g} + {rtol:g} * |ref|"), max_abs, max_rel
-    if rf.numel() > 1 and (rf.max() - rf.min()).item() > 1e-6 * scale and (of.max() - of.min()).item() == 0:
-        return "output is constant where the reference varies", max_abs, max_rel
-    return None, max_abs, max_rel
+        raise Mismatch("mismatch", f"values differ: max abs error {max_abs:.3g} (at value {rf[i].item():.6g}, "
+                                   f"got {of[i].item():.6g}); allowed {atol:g} * {scale:.3g} + {rtol:g} * |ref|")
+    return max_abs, max_rel
 
 
 # ------------------------------------------------------------------ candidates
@@ -217,17 +259,22 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
         before = _digest(inputs)
         check = Check(dict(inst.sizes), seed, dist, False)
         try:
-            outs = candidate.run(g, [t.clone() for t in inputs], cfg.limits)
-            if _digest(inputs) != before:
-                raise AssertionError("inputs were modified")
+            fed = [t.clone() for t in inputs]
+            outs = candidate.run(g, fed, cfg.limits)
+            if _digest(fed) != before:
+                raise Mismatch("inputs_modified", "the candidate modified its inputs")
             refs = _reference(inst.model, inputs)
-            check.reason = _compare_all(task, outs, refs, graph)
-        except AspError as e:
-            check.reason = e.short()
-        except (BindingError, UnsupportedOpError) as e:
-            check.reason = str(e)
-        if check.reason is None:
+            check.max_abs_error, check.max_rel_error = _compare_all(task, outs, refs, graph)
             check.passed = True
+        except Mismatch as m:
+            check.code, check.reason = m.code, m.message
+        except AspError as e:
+            check.code, check.reason = _asp_code(e), e.short()
+        except BindingError as e:
+            check.code, check.reason = ("dtype" if "dtype" in str(e) or "declared" in str(e) and "precision" in str(e)
+                                        else "interface"), str(e)
+        except UnsupportedOpError as e:
+            check.code, check.reason = "unsupported", str(e)
         check.seconds = time.perf_counter() - t0
         checks.append(check)
         if not check.passed:
@@ -235,9 +282,21 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
     return checks
 
 
-def _compare_all(task: Task, outs, refs, graph: AtenGraph) -> str | None:
+def _asp_code(e: AspError) -> str:
+    if e.kind in ("ParseError", "NameError", "TypeError", "ShapeError", "ArgumentError", "SizeError",
+                  "AffineError", "ResourceError"):
+        return "compile"
+    if e.kind == "LimitError":
+        return "limit"
+    if e.kind == "EmulatorError":
+        return "emulator_bug"
+    return "runtime"
+
+
+def _compare_all(task: Task, outs, refs, graph: AtenGraph) -> tuple[float, float]:
     if len(outs) != len(refs):
-        return f"{len(outs)} outputs but the task has {len(refs)}"
+        raise Mismatch("interface", f"{len(outs)} outputs but the task has {len(refs)}")
+    worst = (0.0, 0.0)
     for i, (o, r, spec) in enumerate(zip(outs, refs, graph.output_specs)):
         want = spec.dtype
         atol, rtol = DEFAULT_TOLERANCE.get(want, (0.0, 0.0))
@@ -245,15 +304,17 @@ def _compare_all(task: Task, outs, refs, graph: AtenGraph) -> str | None:
             atol = task.atol
         if task.rtol is not None:
             rtol = task.rtol
-        if str(o.dtype).removeprefix("torch.") != str(getattr(torch, _torch_name(want))).removeprefix("torch."):
-            return f"output {i} has dtype {o.dtype}, the task's is {want}"
+        if o.dtype != getattr(torch, _torch_name(want)):
+            raise Mismatch("dtype", f"output {i} has dtype {o.dtype}, the task's is {want}")
         ref = r if not r.dtype.is_floating_point else r.double()
         if not r.dtype.is_floating_point and o.dtype != r.dtype:
             o = o.to(r.dtype)
-        reason, _, _ = compare(o, ref, atol, rtol)
-        if reason:
-            return f"output {i}: {reason}"
-    return None
+        try:
+            errs = check_output(o, ref, atol, rtol)
+        except Mismatch as m:
+            raise Mismatch(m.code, f"output {i}: {m.message}") from None
+        worst = (max(worst[0], errs[0]), max(worst[1], errs[1]))
+    return worst
 
 
 def _torch_name(dtype: str) -> str:
@@ -302,6 +363,7 @@ def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None 
         if failed:
             c = failed[0]
             ev.reason = f"{c.reason} [sizes {c.sizes}, seed {c.seed}, {c.distribution} inputs]"
+            ev.reason_code = c.code
             return ev
         # timing at the task's own sizes: shapes only
         if baseline_seconds is None or kind == "baseline":
@@ -326,16 +388,19 @@ def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None 
                                "check it does the task's work (e.g. routing vs a dense reference)")
         ev.verified = True
     except EmulatorError as e:
-        ev.reason = f"EMULATOR BUG: {e.message}"
+        ev.reason, ev.reason_code = f"EMULATOR BUG: {e.message}", "emulator_bug"
         ev.error = {"kind": "EmulatorError", "message": e.message}
     except AspError as e:
-        ev.reason = e.short()
+        ev.reason, ev.reason_code = e.short(), _asp_code(e)
         ev.error = {"kind": e.kind, "message": e.render()}
-    except (BindingError, UnsupportedOpError, TaskError) as e:
-        ev.reason = str(e)
+    except BindingError as e:
+        ev.reason, ev.reason_code = str(e), "interface"
+        ev.error = {"kind": type(e).__name__, "message": str(e)}
+    except UnsupportedOpError as e:
+        ev.reason, ev.reason_code = str(e), "unsupported"
         ev.error = {"kind": type(e).__name__, "message": str(e)}
     except AgentforgeError as e:
-        ev.reason = str(e)
+        ev.reason, ev.reason_code = str(e), "task"
         ev.error = {"kind": type(e).__name__, "message": str(e)}
     finally:
         ev.eval_seconds = time.perf_counter() - t0

@@ -77,6 +77,9 @@ def _names_in(e) -> set[str]:
     return out
 
 
+MAX_PAR = 4096  # more replicas than any machine has units
+
+
 class CheckCtx:
     """What an operator's type rule may ask of the checker."""
 
@@ -97,6 +100,13 @@ class CheckCtx:
         self.notes: list[str] = []
         self.routing_notes: list[str] = []
         self.partitions = 0
+
+    def declared_shape(self, name: str) -> tuple:
+        """The shape expressions a parameter or result was declared with."""
+        for p in self.kernel.params + self.kernel.results:
+            if p.name == name:
+                return p.shape
+        return ()
 
     # --- argument access used by operators ---
     def expect_args(self, call: Call, npos: int | None, kwargs: tuple[str, ...]) -> None:
@@ -249,8 +259,8 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
         par = 1
         if call.kw("par") is not None:
             par = eval_int(call.kw("par"), sizes, "par")
-            if par <= 0:
-                raise ArgumentError("par must be positive", call.kw("par").span)
+            if not 0 < par <= MAX_PAR:
+                raise ArgumentError(f"par must be between 1 and {MAX_PAR}, got {par}", call.kw("par").span)
         in_types = tuple(ctx.streams[n] for n in ctx.inputs)
         for t, o in zip(st.targets, outs):
             if t == "_":  # an output the program does not need

@@ -17,7 +17,7 @@ import numpy as np
 from .consts import eval_int, eval_int_list, eval_positive
 from .errors import (ArgumentError, LimitError, NameError_, RoutingError, ShapeError, SizeError,
                      TypeError_)
-from .ir import BinOp, Call, Expr, FnDef, ListExpr, Name, TupleExpr
+from .ir import BinOp, Call, Expr, FnDef, ListExpr, Name, Num, TupleExpr
 from .tilefn import FnCost, TypedFn, check_fn, eval_fn
 from .types import BufT, Dyn, Elem, SelT, StreamT, TensorT, TileT, TupT, round_to
 from .values import SVal, nbytes, tmap
@@ -54,6 +54,7 @@ class OpWork:
     offchip_bytes: float = 0.0
     tier: str = "hbm"
     sram_bytes: float = 0.0   # on-chip memory held (buffers are double-buffered)
+    buffer_bytes: float = 0.0 # one on-chip buffer this operator fills or reads (its PMUs serve it)
     groups: float = 1.0       # outputs that wait for a whole group of inputs (accum) or buffers filled
 
     @property
@@ -125,11 +126,15 @@ def dyn_index(t: StreamT) -> int | None:
     return None
 
 
-def squeeze_tile(tile: tuple[int, ...]) -> tuple[int, ...]:
-    """A tile spec's element shape: leading 1s dropped while more than two entries remain."""
+def squeeze_tile(tile: tuple[int, ...], literal_one: tuple[bool, ...] | None = None) -> tuple[int, ...]:
+    """A tile spec's element shape: leading entries written as the literal 1 are dropped while
+    more than two entries remain (``[1, 1, BQ, D]`` -> ``[BQ, D]``). The rule looks at what is
+    written, not at values, so a kernel means the same thing at every size."""
     t = list(tile)
-    while len(t) > 2 and t[0] == 1:
+    ones = list(literal_one) if literal_one is not None else [v == 1 for v in tile]
+    while len(t) > 2 and ones[0]:
         t.pop(0)
+        ones.pop(0)
     return tuple(t)
 
 
@@ -146,7 +151,11 @@ class Tiling:
         return tuple(self.grid[i] for i in self.kept)
 
 
-def make_tiling(tensor: TensorT, tile: tuple[int, ...], node) -> Tiling:
+def make_tiling(tensor: TensorT, tile: tuple[int, ...], node, whole: tuple[bool, ...] | None = None,
+                literal_one: tuple[bool, ...] | None = None) -> Tiling:
+    """How a tile spec cuts a tensor. ``whole[i]`` marks axes the tile covers entirely by
+    construction (the tile entry is written as the tensor's dimension); those are not stream
+    dimensions. Without ``whole``, axes whose tile equals the dimension are dropped."""
     if len(tile) != len(tensor.shape):
         raise ShapeError(f"tile {list(tile)} has {len(tile)} entries but '{tensor.name}' has rank "
                          f"{len(tensor.shape)} ({tensor})", _span(node))
@@ -158,8 +167,57 @@ def make_tiling(tensor: TensorT, tile: tuple[int, ...], node) -> Tiling:
             raise SizeError(f"tile {list(tile)} does not divide '{tensor.name}' {list(tensor.shape)}: "
                             f"{t} does not divide {s} (axis {i})", _span(node))
         grid.append(s // t)
-    kept = tuple(i for i, (s, t) in enumerate(zip(tensor.shape, tile)) if t != s)
-    return Tiling(tensor.shape, tuple(tile), tuple(grid), kept, squeeze_tile(tuple(tile)))
+    if whole is None:
+        whole = tuple(t == s for s, t in zip(tensor.shape, tile))
+    kept = tuple(i for i in range(len(tile)) if not whole[i])
+    return Tiling(tensor.shape, tuple(tile), tuple(grid), kept, squeeze_tile(tuple(tile), literal_one))
+
+
+def tiling_from_spec(ctx: "CheckCtx", tensor: TensorT, tile_e) -> Tiling:
+    """The tiling a written ``tile=[...]`` gives: entries written exactly as the tensor's declared
+    dimension cover that axis whole; the others make stream dimensions (even of size 1)."""
+    tile = eval_int_list(tile_e, ctx.sizes, "tile")
+    decl = ctx.declared_shape(tensor.name)
+    items = tile_e.items
+    whole = tuple(i < len(decl) and i < len(items) and items[i] == decl[i] for i in range(len(tile)))
+    ones = tuple(isinstance(e, Num) and e.value == 1 for e in items)
+    return make_tiling(tensor, tile, tile_e, whole, ones)
+
+
+def match_tiling(tensor: TensorT, elem: tuple[int, ...], dims: tuple, node, what: str) -> Tiling:
+    """The tiling under which a stream of ``dims`` with ``elem`` tiles covers ``tensor``.
+
+    The element shape, right-aligned against the tensor, is the tile; the stream's dimensions
+    must be the tile grid's sizes on a subsequence of axes that includes every axis the grid
+    cuts (axes of grid size 1 may or may not be stream dimensions)."""
+    if len(elem) > len(tensor.shape):
+        raise ShapeError(f"tile {list(elem)} has more axes than '{tensor.name}' {list(tensor.shape)}", _span(node))
+    tile = (1,) * (len(tensor.shape) - len(elem)) + tuple(elem)
+    tl = make_tiling(tensor, tile, node)
+    kept = _match_axes(tl.grid, tuple(dims))
+    if kept is None:
+        cut = [g for g in tl.grid if g > 1]
+        raise ShapeError(f"{what} a stream of dimensions [{', '.join(map(str, dims))}] with tiles {list(elem)} "
+                         f"into '{tensor.name}' {list(tensor.shape)} needs dimensions "
+                         f"[{', '.join(map(str, cut))}] (size-1 dimensions may be added)", _span(node))
+    return Tiling(tl.shape, tl.tile, tl.grid, kept, tuple(elem))
+
+
+def _match_axes(grid: tuple[int, ...], dims: tuple) -> tuple[int, ...] | None:
+    """Axes i_0 < i_1 < ... with grid[i_j] == dims[j], covering every axis with grid > 1."""
+    def go(i: int, j: int) -> tuple[int, ...] | None:
+        if j == len(dims):
+            return () if all(g == 1 for g in grid[i:]) else None
+        if i == len(grid):
+            return None
+        if grid[i] == dims[j]:
+            rest = go(i + 1, j + 1)
+            if rest is not None:
+                return (i,) + rest
+        if grid[i] == 1:
+            return go(i + 1, j)
+        return None
+    return go(0, 0)
 
 
 def tensor_to_stream(arr: np.ndarray, tl: Tiling) -> np.ndarray:
@@ -189,16 +247,6 @@ def _order(ctx: "CheckCtx", call: Call, rank: int) -> tuple[int, ...] | None:
     if sorted(order) != list(range(rank)):
         raise ArgumentError(f"order {list(order)} must be a permutation of 0..{rank - 1}", _span(e))
     return order
-
-
-def _par(ctx: "CheckCtx", call: Call) -> int:
-    e = call.kw("par")
-    if e is None:
-        return 1
-    p = eval_positive(e, ctx.sizes, "par")
-    if p > 4096:
-        raise ArgumentError(f"par={p} is more than any machine has units (max 4096)", _span(e))
-    return p
 
 
 def _same_dims(streams: list[StreamT], call: Call, what: str) -> tuple:
@@ -268,7 +316,7 @@ def _load_check(ctx: "CheckCtx", call: Call, ntargets: int):
     tile_e = call.kw("tile")
     if tile_e is None:
         raise ArgumentError("load needs tile=[...] (one entry per tensor axis)", _span(call))
-    tl = make_tiling(tensor, eval_int_list(tile_e, ctx.sizes, "tile"), tile_e)
+    tl = tiling_from_spec(ctx, tensor, tile_e)
     dims = tl.dims
     order = _order(ctx, call, len(dims))
     if order:
@@ -347,19 +395,12 @@ def _store_check(ctx: "CheckCtx", call: Call, ntargets: int):
     if s.elem.dtype != tensor.dtype:
         raise TypeError_(f"storing {s.elem.dtype} tiles into {tensor.dtype} result '{tensor.name}'; "
                          f"cast in a map first", _span(call))
-    es = s.elem.shape
-    if len(es) > len(tensor.shape):
-        raise ShapeError(f"tile {list(es)} has more axes than '{tensor.name}' {list(tensor.shape)}", _span(call))
-    tile = (1,) * (len(tensor.shape) - len(es)) + es
-    tl = make_tiling(tensor, tile, call)
-    dims = tl.dims
-    order = _order(ctx, call, len(dims))
+    order = _order(ctx, call, s.rank)
+    dims = tuple(s.dims)
     if order:
-        dims = tuple(dims[i] for i in order)
-    if tuple(s.dims) != dims:
-        raise ShapeError(f"storing a stream of dimensions [{', '.join(map(str, s.dims))}] with tiles "
-                         f"{list(es)} into '{tensor.name}' {list(tensor.shape)} needs dimensions "
-                         f"[{', '.join(map(str, dims))}]", _span(call))
+        inv = [order.index(i) for i in range(len(order))]
+        dims = tuple(dims[i] for i in inv)
+    tl = match_tiling(tensor, s.elem.shape, dims, call, "storing")
     return [], {"tiling": tl, "order": order}, None, tensor
 
 
@@ -385,7 +426,7 @@ def _store_work(node: Node) -> OpWork:
 def _index_tiling(ctx, call, tensor, tile_e):
     if tile_e is None:
         raise ArgumentError(f"{call.func} needs tile=[...]", _span(call))
-    tl = make_tiling(tensor, eval_int_list(tile_e, ctx.sizes, "tile"), tile_e)
+    tl = tiling_from_spec(ctx, tensor, tile_e)
     if len(tl.dims) != 1:
         raise ShapeError(f"{call.func} needs a tile that leaves exactly one stream dimension of "
                          f"'{tensor.name}' to index, it leaves [{', '.join(map(str, tl.dims))}]", _span(tile_e))
@@ -409,7 +450,7 @@ def _indices(idx: SVal, n: int, what: str) -> np.ndarray:
     return flat
 
 
-@operator("gather", "gather(x, idx, tile=[..])", "mem",
+@operator("gather", "gather(x, idx, tile=[..], par=p?)", "mem",
           "Read the tiles of x selected by an index stream (one i32 per element); the tile must "
           "leave one stream dimension of x, which the index selects along.")
 def _gather_check(ctx, call, ntargets):
@@ -439,7 +480,7 @@ def _gather_work(node):
     return OpWork("mem", out.count, 4.0, b, offchip_bytes=out.count * b, tier=node.tensor.tier)
 
 
-@operator("scatter", "scatter(y, idx, s)", "mem",
+@operator("scatter", "scatter(y, idx, s, par=p?)", "mem",
           "Write each tile of s to the position of y named by the index stream. Positions never "
           "written hold no defined value (the interpreter fills NaN or the i32 minimum).")
 def _scatter_check(ctx, call, ntargets):
@@ -455,9 +496,11 @@ def _scatter_check(ctx, call, ntargets):
         raise ShapeError("scatter's index and value streams need equal dimensions", _span(call))
     tile = (1,) * (len(tensor.shape) - len(s.elem.shape)) + s.elem.shape
     tl = make_tiling(tensor, tile, call)
-    if len(tl.dims) != 1:
+    cut = [i for i, g in enumerate(tl.grid) if g > 1] or [0]
+    if len(cut) != 1:
         raise ShapeError(f"scatter's tiles {list(s.elem.shape)} must leave exactly one stream dimension of "
                          f"'{tensor.name}'", _span(call))
+    tl = Tiling(tl.shape, tl.tile, tl.grid, tuple(cut), tl.elem)
     return [], {"tiling": tl}, None, tensor
 
 
@@ -484,7 +527,7 @@ def _scatter_work(node):
 
 # ---------------------------------------------------------------- on-chip buffers
 
-@operator("bufferize", "bufferize(s, rank=r)", "buffer",
+@operator("bufferize", "bufferize(s, rank=r?)", "buffer",
           "Collect each innermost rank-r sub-stream into an on-chip buffer (double-buffered) and "
           "emit one reference per buffer.")
 def _bufferize_check(ctx, call, ntargets):
@@ -512,7 +555,7 @@ def _bufferize_work(node):
     s = node.in_types[0]
     out = node.out_types[0]
     return OpWork("buffer", s.count, s.elem.nbytes, 0.0, sram_bytes=2 * out.elem.nbytes,
-                  groups=max(out.count, 1.0))
+                  groups=max(out.count, 1.0), buffer_bytes=out.elem.nbytes)
 
 
 @operator("streamify", "streamify(b, repeat=n?)", "buffer",
@@ -551,7 +594,7 @@ def _streamify_run(node, ins, rt):
 @_streamify_check.work
 def _streamify_work(node):
     out = node.out_types[0]
-    return OpWork("buffer", out.count, 0.0, out.elem.nbytes)
+    return OpWork("buffer", out.count, 0.0, out.elem.nbytes, buffer_bytes=node.in_types[0].elem.nbytes)
 
 
 # ---------------------------------------------------------------- higher-order (compute)
@@ -601,7 +644,7 @@ def _batch_shape(arg, tile: TileT) -> tuple[int, ...]:
 # at a time, so a chain of elementwise operations works on cache-resident temporaries instead
 # of making one pass over memory (and one fresh allocation) per operation. Every tile-function
 # operation is per stream element, so cutting along stream axes gives the same numbers.
-_CHUNK_ELEMS = 1 << 17       # about this many values per temporary (512 KiB of f32)
+_CHUNK_ELEMS = 1 << 16       # about this many values per temporary (256 KiB of f32)
 _CHUNK_MIN_ELEMS = 1 << 20   # streams smaller than this are evaluated in one go
 
 
@@ -755,7 +798,7 @@ def _accum_like_check(ctx, call, ntargets, scan: bool):
             {"rank": r, "init": init_tf, "fast": fast}, tf, None)
 
 
-@operator("accum", "accum(s1, ..., rank=r, init=e, fn=f, par=p?)", "compute",
+@operator("accum", "accum(s1, ..., rank=r?, init=e, fn=f, par=p?)", "compute",
           "Reduce the innermost r dimensions: the accumulator starts at init (a tile expression "
           "or a tuple of them) and f(acc..., x...) returns the next accumulator.")
 def _accum_check(ctx, call, ntargets):
@@ -788,11 +831,12 @@ def _matmul_term(tf: TypedFn) -> tuple[int, int] | None:
 
 def _sum_matmul(x: np.ndarray, y: np.ndarray, no: int, nr: int) -> np.ndarray | None:
     """sum over the nr reduced stream axes of x @ y, for x: outer + red + [TM, TK] and
-    y: outer + red + [TK, TN], as one BLAS matmul contracting over (red, TK) at once.
+    y: outer + red + [TK, TN], with large BLAS matmuls.
 
     Outer axes along which one operand is a broadcast (a repeated load) are folded into the
-    other operand's free dimension, so e.g. a tiled GEMM becomes a single A @ B on views of
-    the inputs: no per-tile products are materialised and memory stays that of the inputs.
+    other operand's free dimension, so e.g. a tiled GEMM becomes, per K step, one
+    [M, TK] @ [TK, N] product on views of the inputs; the products are then summed in step
+    order (see _sum_step_products), exactly as the tile-by-tile accumulation does.
     """
     lead = x.shape[:no + nr]
     if x.ndim != no + nr + 2 or y.ndim != no + nr + 2 or y.shape[:no + nr] != lead:
@@ -826,9 +870,10 @@ def _sum_matmul(x: np.ndarray, y: np.ndarray, no: int, nr: int) -> np.ndarray | 
              + [yo.index(o) for o in fold_n] + [len(yo) + nr + 1])
     mf = math.prod(outer[o] for o in fold_m)
     nf = math.prod(outer[o] for o in fold_n)
-    x2 = xs.transpose(xperm).reshape(bshape + (mf * tm, rk))
-    y2 = ys.transpose(yperm).reshape(bshape + (rk, nf * tn))
-    c = np.matmul(x2, y2)
+    steps = math.prod(red)
+    x2 = xs.transpose(xperm).reshape(bshape + (mf * tm, steps, tk))
+    y2 = ys.transpose(yperm).reshape(bshape + (steps, tk, nf * tn))
+    c = _sum_step_products(x2, y2)
     c = c.reshape(bshape + tuple(outer[o] for o in fold_m) + (tm,) + tuple(outer[o] for o in fold_n) + (tn,))
     # back to outer order + [TM, TN]; 'both' axes come back as broadcasts
     pos = {o: k for k, o in enumerate(batch + fold_m)}
@@ -841,6 +886,55 @@ def _sum_matmul(x: np.ndarray, y: np.ndarray, no: int, nr: int) -> np.ndarray | 
         c = np.expand_dims(c, tuple(both))
         c = np.broadcast_to(c, outer + (tm, tn))
     return c
+
+
+def _sum_step_products(x2: np.ndarray, y2: np.ndarray) -> np.ndarray:
+    """sum over s of x2[..., s, :] @ y2[..., s, :, :], for x2: b + [M, S, K], y2: b + [S, K, N].
+
+    The products are added in step order, ((p0 + p1) + p2) + ..., so the result is bit for
+    bit that of accumulating tile products one step at a time, never a reassociated sum.
+    Memory: the result and one product.
+    """
+    if x2.shape[-2] == 1:
+        return np.matmul(x2[..., 0, :], y2[..., 0, :, :])
+    out = np.matmul(x2[..., 0, :], y2[..., 0, :, :])
+    tmp = np.empty_like(out)
+    for j in range(1, x2.shape[-2]):
+        np.matmul(x2[..., j, :], y2[..., j, :, :], out=tmp)
+        _add_inplace(out, tmp)
+    return out
+
+
+_PAR_ADD_MIN = 1 << 20   # values; smaller accumulations are added on the calling thread
+_add_pool: list = []     # [(pid, ThreadPoolExecutor, workers)], made on first use
+
+
+def _add_inplace(acc: np.ndarray, t: np.ndarray) -> None:
+    """acc += t for C-contiguous arrays of one shape. A large one is cut into contiguous
+    ranges added on a few threads (numpy releases the GIL), so the accumulation between
+    the BLAS calls uses the cores those calls use; elementwise, so the bits do not depend on
+    the cut."""
+    import os
+    n = acc.size
+    try:
+        k = len(os.sched_getaffinity(0))
+    except AttributeError:
+        k = os.cpu_count() or 1
+    k = max(1, min(k, 16, n // (_PAR_ADD_MIN // 4) if n >= _PAR_ADD_MIN else 1))
+    if k == 1 or not (acc.flags.c_contiguous and t.flags.c_contiguous):
+        np.add(acc, t, out=acc)
+        return
+    if not _add_pool or _add_pool[0][0] != os.getpid() or _add_pool[0][2] < k:  # none yet, forked, or too few
+        from concurrent.futures import ThreadPoolExecutor
+        _add_pool[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=k, thread_name_prefix="asp-add"), k)]
+    a, b = acc.reshape(-1), t.reshape(-1)
+    cuts = [n * i // k for i in range(k + 1)]
+
+    def add(i):
+        lo, hi = cuts[i], cuts[i + 1]
+        with np.errstate(all="ignore"):
+            np.add(a[lo:hi], b[lo:hi], out=a[lo:hi])
+    list(_add_pool[0][1].map(add, range(k)))
 
 
 def _reduce_terms(kind: str, term_tf: TypedFn, args: list, pos, nd: int, r: int) -> np.ndarray:
@@ -889,6 +983,11 @@ def _run_reduce_static(node: Node, args: list, rt: "RunCtx", scan: bool, pos) ->
             red_out = _sum_matmul(np.asarray(args[mm[0]]), np.asarray(args[mm[1]]), nd - r, r)
         if red_out is None:
             red_out = _reduce_terms(kind, term_tf, args, pos, nd, r)
+        tr, ar = len(term_tf.results[0].shape), len(acc_t.shape)
+        if tr < ar:  # a lower-rank term broadcasts against the tile axes, not the stream axes
+            red_out = np.asarray(red_out)
+            red_out = red_out.reshape(red_out.shape[:red_out.ndim - tr] + (1,) * (ar - tr)
+                                      + red_out.shape[red_out.ndim - tr:])
         with np.errstate(all="ignore"):
             if kind == "sum":
                 out = np.add(init[0], red_out)
@@ -1002,7 +1101,7 @@ def _accum_work(node):
     return w
 
 
-@operator("scan", "scan(s1, ..., rank=r, init=e, fn=f, par=p?)", "compute",
+@operator("scan", "scan(s1, ..., rank=r?, init=e, fn=f, par=p?)", "compute",
           "Like accum, but emit the running accumulator after every element; it restarts at "
           "init for each rank-r group.")
 def _scan_check(ctx, call, ntargets):

@@ -172,7 +172,8 @@ def _busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
     if w.kind == "route":
         return w.elements * m.network.route_cycles_per_element, "route"
     if w.kind == "buffer":
-        bw = m.pmu.bandwidth_bytes_per_cycle * max(1, units.pmus)
+        # a buffer spread over several PMUs is written and read through all of their ports
+        bw = m.pmu.bandwidth_bytes_per_cycle * max(1, math.ceil(w.buffer_bytes / m.pmu_bytes))
         return w.elements * max(w.in_bytes, w.out_bytes) / bw, "onchip"
     return 0.0, "none"
 
@@ -288,7 +289,7 @@ def profile(prog) -> Report:
         flops=flops, hbm_bytes=hbm, ddr_bytes=ddr, hbm_bandwidth_gbs=bw,
         hbm_bandwidth_fraction=bw / m.hbm.bandwidth_gbs,
         pcu_allocated=u["pcus"], pmu_allocated=u["pmus"], agcu_allocated=u["agcus"], sram_bytes=u["sram_bytes"],
-        pcu_utilisation=pcu_busy / (total * m.pcu.count * max(1, len(prog.sections))) if total else 0.0,
+        pcu_utilisation=pcu_busy / (total * m.pcu.count) if total else 0.0,
         pmu_utilisation=min(1.0, u["pmus"] / (m.pmu.count * len(prog.sections))),
         sram_utilisation=u["sram_bytes"] / (m.sram_bytes * len(prog.sections)),
         bottleneck=busiest[0], roofline_cycles=roof, roofline_seconds=roof / (m.clock_ghz * 1e9),
