@@ -45,7 +45,10 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
 
 
 def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(a)).to(torch_dtype(dtype))
+    a = np.ascontiguousarray(a)
+    if not a.flags.writeable:
+        a = a.copy()
+    return torch.from_numpy(a).to(torch_dtype(dtype))
 
 
 def _to_torch_arg(v: Any, env: dict[str, torch.Tensor]) -> Any:

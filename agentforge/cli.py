@@ -1,0 +1,171 @@
+"""``agentforge``: evaluate kernels against tasks and run the op-by-op baseline.
+
+Exit codes: 0 verified, 1 rejected (the reason is printed), 2 a user error (bad task, bad
+file, an op the baseline cannot lower), 3 an internal error (a bug: one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import AgentforgeError
+
+
+class UsageError(AgentforgeError):
+    """A bad command line."""
+
+
+def _task(path: str):
+    from .tasks import load_task
+
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{path}: no such task file (a task is a .py file in the KernelBench layout)")
+    return load_task(p)
+
+
+def _verify_config(args):
+    from .verify import VerifyConfig
+
+    return VerifyConfig(machine=args.machine, timeout_s=args.timeout, memory_mb=args.memory_mb)
+
+
+def _print_eval(ev, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(ev.to_dict(), indent=2))
+        return
+    status = "VERIFIED" if ev.verified else f"REJECTED ({ev.reason_code})"
+    print(f"{ev.task}: {status}")
+    if not ev.verified:
+        print(f"  reason: {ev.reason}")
+    passed = sum(c.passed for c in ev.checks)
+    print(f"  checks: {passed}/{len(ev.checks)} passed"
+          + (f" ({', '.join(sorted({c.distribution for c in ev.checks}))} inputs)" if ev.checks else ""))
+    if ev.simulated_seconds is not None:
+        print(f"  simulated {ev.simulated_seconds * 1e6:,.2f} us on {ev.machine} at {ev.own_sizes}; "
+              f"baseline {ev.baseline_seconds * 1e6:,.2f} us; speedup {ev.speedup:.2f}x; "
+              f"roofline {ev.roofline_fraction:.1%}; HBM {ev.hbm_bytes / 2**20:,.1f} MiB")
+    for w in ev.warnings:
+        print(f"  warning: {w}")
+
+
+def cmd_eval(args) -> int:
+    from .sandbox import Evaluator
+    from .verify import evaluate
+
+    task = _task(args.task)
+    kp = Path(args.kernel)
+    if not kp.is_file():
+        raise UsageError(f"{args.kernel}: no such kernel file")
+    try:
+        source = kp.read_text()
+    except UnicodeDecodeError:
+        raise UsageError(f"{args.kernel}: not a UTF-8 text file") from None
+    cand = {"kind": "kernel", "source": source, "filename": str(kp)}
+    cfg = _verify_config(args)
+    if args.in_process:
+        ev = evaluate(task, cand, cfg)
+    else:
+        with Evaluator(cfg) as worker:
+            ev = worker.evaluate(task.path, cand)
+    _print_eval(ev, args.json)
+    if ev.reason_code == "emulator_bug":
+        return 3
+    return 0 if ev.verified else 1
+
+
+def cmd_baseline(args) -> int:
+    import asp_lang
+
+    from .baseline import build_baseline, capture_at
+    from .lowering import UnsupportedOpError
+    from .verify import evaluate
+
+    task = _task(args.task)
+    machine = asp_lang.load_machine(args.machine)
+    try:
+        graph = capture_at(task, meta=True)
+        bl = build_baseline(graph, machine)
+    except UnsupportedOpError as e:
+        raise UsageError(f"{task.path}: {e}") from None
+    ev = evaluate(task, {"kind": "baseline"}, _verify_config(args))
+    if ev.reason_code == "unsupported":
+        raise UsageError(f"{task.path}: {ev.reason}")
+    timing = bl.time()
+    kernels = [{"index": i, "node": k.node, "target": k.target, "file": f"{i:03d}_{k.node}.asp", **row}
+               for i, (k, row) in enumerate(zip(bl.kernels, timing.kernels))]
+    if args.output:
+        out = Path(args.output)
+        out.mkdir(parents=True, exist_ok=True)
+        for k, row in zip(bl.kernels, kernels):
+            (out / row["file"]).write_text(k.source)
+        (out / "baseline.json").write_text(json.dumps({"evaluation": ev.to_dict(), "kernels": kernels}, indent=2))
+    if args.json:
+        print(json.dumps({"evaluation": ev.to_dict(), "kernels": kernels,
+                          "reconfigurations": timing.reconfigurations}, indent=2))
+    else:
+        _print_eval(ev, False)
+        print(f"  {len(kernels)} kernels, {timing.reconfigurations} reconfigurations:")
+        for row in kernels:
+            print(f"    {row['index']:3d} {row['target']:<32} {row['seconds'] * 1e6:12,.2f} us  "
+                  f"{row['hbm_bytes'] / 2**20:10,.2f} MiB")
+        if args.output:
+            print(f"  kernels written to {args.output}/")
+    return 0 if ev.verified else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    ap = argparse.ArgumentParser(prog="agentforge", description="Agents that write kernels for an emulated RDU")
+    ap.add_argument("--version", action="version", version=f"agentforge {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def common(p):
+        p.add_argument("--machine", default="sn40l", help="machine preset (sn40l, rdu-mini) or a TOML file")
+        p.add_argument("--json", action="store_true", help="print the evaluation as JSON (docs/evaluation.md)")
+        p.add_argument("--timeout", type=float, default=300.0, help="seconds before an evaluation is killed")
+        p.add_argument("--memory-mb", type=int, default=4096, help="memory cap of the evaluation process")
+
+    p = sub.add_parser("eval", help="verify and score one ASP kernel against a task")
+    p.add_argument("task", help="a task .py file")
+    p.add_argument("kernel", help="an .asp kernel file")
+    common(p)
+    p.add_argument("--in-process", action="store_true", help="no worker process (no time or memory cap)")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("baseline", help="lower a task op by op to ASP, verify and time the chain")
+    p.add_argument("task", help="a task .py file")
+    p.add_argument("-o", "--output", help="write every kernel and baseline.json to this folder")
+    common(p)
+    p.set_defaults(func=cmd_baseline)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from asp_lang import AspError
+
+    try:
+        return args.func(args)
+    except AgentforgeError as e:
+        print(f"agentforge: error: {e}", file=sys.stderr)
+        return 2
+    except AspError as e:
+        print(e.render(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except Exception as e:  # a bug in agentforge: one line, not a traceback
+        print(f"agentforge: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())
