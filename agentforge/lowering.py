@@ -210,6 +210,9 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
         args.append(f"x{len(streams) - 1}")
     params = [f"x{i}" for i in range(len(streams))]
     body = expr(args)
+    elem = [tr, tq] if k >= 2 else [tq]
+    if any(_bcast_operand(op, shape) for op in operands):
+        body = f"broadcast({body}, {_list(elem)})"
     odt = out_dtype or _dt(out)
     fname = kb.fn(params, body)
     if not streams:
@@ -218,6 +221,15 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     oname = kb.result(odt, shape)
     kb.do(f"store({oname}, {res}, par=4)")
     return kb.text(comment), inputs, views
+
+
+def _bcast_operand(op: "_Operand", shape: tuple[int, ...]) -> bool:
+    """Whether an operand's tile is smaller than the output's (so the result must be broadcast)."""
+    if op.kind == "scalar":
+        return True
+    p = tuple(op.spec.shape)
+    p = (1,) * (len(shape) - len(p)) + p
+    return p[-2:] != tuple(shape[-2:])
 
 
 # ------------------------------------------------------------------ op table
@@ -821,8 +833,6 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         dim = a[1] % rank
         idx = a[2]
         ispec = graph.spec(idx)
-        if kind == "index_select":
-            raise UnsupportedOpError(f"not supported: {node.target}")
         A, S, C = _block(x.shape, dim)
         ia, isz, ic = _block(ispec.shape, dim)
         if (ia, ic) != (A, C):
@@ -835,6 +845,35 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
                                  lambda ps: f"put({ps[0]}, {ps[1]}, {ps[2]}, axis=0)")
         return _block_kernel(node, graph, [a[0], idx], dim, S, lambda ps: f"put({ps[0]}, {ps[1]}, {_lit(src)}, axis=0)")
     raise UnsupportedOpError(f"not supported: {node.target}")
+
+
+def lower_index_select(node: AtenNode, graph: AtenGraph, embedding: bool = False) -> OpKernel:
+    """x.index_select(dim, idx) (and embedding(weight, idx) = weight.index_select(0, idx.flatten()))."""
+    if embedding:
+        x, idx, dim = graph.spec(node.args[0]), graph.spec(node.args[1]), 0
+    else:
+        x, dim, idx = graph.spec(node.args[0]), node.args[1] % len(graph.spec(node.args[0]).shape), graph.spec(node.args[2])
+    A, S, C = _block(x.shape, dim)
+    n = idx.numel
+    tc = divisor_at_most(C, max(1, TILE_CAP // max(S, n)))
+    if max(S, n) * tc > BLOCK_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} along a dimension of {S} elements")
+    kb = KernelBuilder(_kname(node))
+    px = kb.param(_dt(x), (A, S, C))
+    pi = kb.param("i32", (n, 1))
+    (sx,) = kb.op(f"load({px}, tile={_list([1, S, tc])}, par=4)")
+    kept = ([A] if A > 1 else []) + ([C // tc] if tc < C else [])
+    call = f"load({pi}, tile={_list([n, 1])}"
+    if kept:
+        call += f", repeat={_list(kept)}, at={_list(list(range(len(kept))))}"
+    (si,) = kb.op(call + ")")
+    f = kb.fn(["t", "i"], f"take(t, broadcast(i, {_list([n, tc])}), axis=0)")
+    (r,) = kb.op(f"map({sx}, {si}, fn={f}, par=8)")
+    out = node.outs[0]
+    o = kb.result(_dt(out), (A, n, C))
+    kb.do(f"store({o}, {r}, par=4)")
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name, idx.name],
+                    [(A, S, C), (n, 1)], [out.name], [(A, n, C)])
 
 
 def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
@@ -899,10 +938,14 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_matmul(node, graph, base)
     if base in ("permute", "transpose", "t"):
         return lower_permute(node, graph, base)
-    if base in ("cat", "slice", "select", "flip", "cumsum", "gather", "scatter", "index_select"):
+    if base in ("cat", "slice", "select", "flip", "cumsum", "gather", "scatter"):
         return lower_structural(node, graph, base)
     if base == "topk":
         return lower_topk(node, graph)
+    if base == "index_select":
+        return lower_index_select(node, graph)
+    if base == "embedding":
+        return lower_index_select(node, graph, embedding=True)
     if base in _ELEMENTWISE:
         kind = "cast" if base == "_to_copy" else base
         if base == "_to_copy" and node.kwargs.get("dtype") is None:
