@@ -37,16 +37,21 @@ class RunCtx:
         self.steps = 0
         for name in prog.params:
             self.arrays[name] = inputs[name]
-        for name in prog.results:
-            t = prog.tensors[name]
-            self.arrays[name] = np.full(t.shape, POISON[t.dtype], dtype=NUMPY_STORAGE[t.dtype])
+        # results are made on first use (see tensor): most are stored whole, never read
 
     def tensor(self, name: str) -> np.ndarray:
-        return self.arrays[name]
+        a = self.arrays.get(name)
+        if a is None:  # a result not written yet: poison marks positions never written
+            t = self.prog.tensors[name]
+            a = self.arrays[name] = np.full(t.shape, POISON[t.dtype], dtype=NUMPY_STORAGE[t.dtype])
+        return a
 
     def write(self, name: str, arr: np.ndarray, partial: bool = False) -> None:
         t = self.prog.tensors[name]
-        self.arrays[name] = round_to(t.dtype, np.asarray(arr)).reshape(t.shape)
+        a = round_to(t.dtype, np.asarray(arr)).reshape(t.shape)
+        if any(np.may_share_memory(a, self.arrays[p]) for p in self.prog.params):
+            a = a.copy()  # inputs are not copied (prepare_inputs): a result never aliases one
+        self.arrays[name] = a
 
     def charge_elements(self, node: Node, n: float) -> None:
         self.elements += int(n)
@@ -74,30 +79,36 @@ class RunCtx:
 def prepare_inputs(prog, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Validate and convert user arrays to the kernel's declared dtypes (bf16/f16 rounded)."""
     out = {}
+    at = {p.name: p.span for p in prog.kernel.params}  # errors point at the parameter's declaration
     missing = [p for p in prog.params if p not in inputs]
     if missing:
-        raise InputError(f"missing input(s): {', '.join(missing)} (kernel parameters: {', '.join(prog.params)})")
+        raise InputError(f"missing input(s): {', '.join(missing)} (kernel parameters: {', '.join(prog.params)})",
+                         at[missing[0]])
     extra = [k for k in inputs if k not in prog.params]
     if extra:
-        raise InputError(f"unknown input(s): {', '.join(extra)} (kernel parameters: {', '.join(prog.params)})")
+        raise InputError(f"unknown input(s): {', '.join(extra)} (kernel parameters: {', '.join(prog.params)})",
+                         prog.kernel.span)
     for name in prog.params:
         t = prog.tensors[name]
         a = np.asarray(inputs[name])
         if tuple(a.shape) != t.shape:
             raise InputError(f"input '{name}' has shape {list(a.shape)}, the kernel declares {list(t.shape)} "
-                             f"at sizes {prog.sizes}")
+                             f"at sizes {prog.sizes}", at[name])
         if t.dtype == "i32":
             if a.dtype.kind not in "iub":
-                raise InputError(f"input '{name}' is {a.dtype}; the kernel declares i32")
+                raise InputError(f"input '{name}' is {a.dtype}; the kernel declares i32", at[name])
             if a.size and (a.min() < -2**31 or a.max() >= 2**31):
-                raise InputError(f"input '{name}' has values outside the i32 range")
+                raise InputError(f"input '{name}' has values outside the i32 range", at[name])
         elif t.dtype == "bool":
             if a.dtype.kind != "b":
-                raise InputError(f"input '{name}' is {a.dtype}; the kernel declares bool")
+                raise InputError(f"input '{name}' is {a.dtype}; the kernel declares bool", at[name])
         elif a.dtype.kind not in "fiub":
-            raise InputError(f"input '{name}' is {a.dtype}; the kernel declares {t.dtype}")
-        out[name] = round_to(t.dtype, a).copy()
-        out[name].setflags(write=False)
+            raise InputError(f"input '{name}' is {a.dtype}; the kernel declares {t.dtype}", at[name])
+        # no defensive copy of a C-contiguous input: the run reads it through a read-only view
+        v = round_to(t.dtype, a)
+        v = (v if v.flags.c_contiguous else v.copy(order="C")).view()
+        v.setflags(write=False)
+        out[name] = v
     return out
 
 
@@ -132,7 +143,12 @@ def run(prog, inputs: dict[str, np.ndarray], limits: Limits | None = None) -> di
         with np.errstate(all="ignore"):
             for node in prog.nodes:
                 ins = [values.pop(n) for n in node.inputs]
-                outs = OPS[node.op].run(node, ins, rt)
+                try:
+                    outs = OPS[node.op].run(node, ins, rt)
+                except AspError as e:  # run-time errors (routing, indices) point at their operator
+                    if e.span.line <= 0:
+                        e.span = node.call.span
+                    raise
                 for name, v in zip(node.outputs, outs):
                     rt.check_value(node, v)
                     if name != "_":

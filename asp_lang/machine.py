@@ -6,12 +6,13 @@ Every field is validated with a message that names it.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
-from .errors import MachineError
+from .errors import MachineError, Span
 
 
 @dataclass(frozen=True)
@@ -158,8 +159,36 @@ def presets() -> list[str]:
                   if p.name.endswith(".toml"))
 
 
+def _field_span(text: str, section: str | None, key: str | None) -> Span | None:
+    """Where ``key`` of ``[section]`` (top level when None) is written; the header when key is None."""
+    cur = None
+    for i, line in enumerate(text.splitlines(), 1):
+        head = re.match(r"\s*\[\s*([\w-]+)\s*\]", line)
+        if head:
+            cur = head.group(1)
+            if key is None and cur == section:
+                return Span(i, line.index("[") + 1, line.index("]") + 2)
+        elif cur == section and key and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            col = line.index(key) + 1
+            return Span(i, col, col + len(key))
+    return None
+
+
+def _error_span(text: str, message: str) -> Span | None:
+    """The line of a TOML file a machine_from_dict message is about (it names section and field)."""
+    for pat, sec, key in ((r"\[([\w-]+)\] is missing '(\w+)'", 1, None), (r"\[([\w-]+)\] has unknown field\(s\) (\w+)", 1, 2),
+                          (r"\[([\w-]+)\] (\w+) must be", 1, 2), (r"\[([\w-]+)\] must be a table", None, 1),
+                          (r"unknown key\(s\) ([\w-]+)", None, 1), (r"(clock_ghz) must be", None, 1)):
+        m = re.search(pat, message)
+        if m:
+            return _field_span(text, m.group(sec) if sec else None, m.group(key) if key else None)
+    return None
+
+
 def load_machine(name_or_path: str | Path) -> Machine:
-    """A preset by name (``sn40l``, ``rdu-mini``) or a TOML file of the same form."""
+    """A preset by name (``sn40l``, ``rdu-mini``) or a TOML file of the same form.
+
+    Errors in a file are located there (``file.toml:LINE:COL``) at the field they name."""
     s = str(name_or_path)
     if s in presets():
         text = resources.files("asp_lang").joinpath("machines").joinpath(f"{s}.toml").read_text()
@@ -167,11 +196,22 @@ def load_machine(name_or_path: str | Path) -> Machine:
     else:
         p = Path(s)
         if not p.is_file():
-            raise MachineError(f"unknown machine '{s}': not a preset ({', '.join(presets())}) or a file")
-        text = p.read_text()
+            raise MachineError(f"unknown machine '{s}': not a preset ({', '.join(presets())}) or a file",
+                               filename=s)
+        try:
+            text = p.read_text()
+        except UnicodeDecodeError:
+            raise MachineError(f"machine description {p} is not a UTF-8 text file", filename=str(p)) from None
         origin = str(p)
+    where = origin if not origin.startswith("preset ") else f"{s}.toml"
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise MachineError(f"machine description {origin} is not valid TOML: {e}") from None
-    return machine_from_dict(d, origin)
+        pos = re.search(r"at line (\d+), column (\d+)", str(e))
+        span = Span(int(pos.group(1)), int(pos.group(2))) if pos else None
+        raise MachineError(f"machine description {origin} is not valid TOML: {e}", span, where, text) from None
+    try:
+        return machine_from_dict(d, origin)
+    except MachineError as e:
+        e.span = _error_span(text, e.message) or e.span
+        raise e.located(where, text) from None

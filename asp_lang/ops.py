@@ -527,11 +527,12 @@ def _scatter_work(node):
 
 # ---------------------------------------------------------------- on-chip buffers
 
-@operator("bufferize", "bufferize(s, rank=r?)", "buffer",
+@operator("bufferize", "bufferize(s, rank=r?, par=p?)", "buffer",
           "Collect each innermost rank-r sub-stream into an on-chip buffer (double-buffered) and "
-          "emit one reference per buffer.")
+          "emit one reference per buffer. par=p banks the buffer over at least p PMUs, so it is "
+          "written p times as fast.")
 def _bufferize_check(ctx, call, ntargets):
-    ctx.expect_args(call, 1, ("rank",))
+    ctx.expect_args(call, 1, ("rank", "par"))
     s = ctx.stream_arg(call.args[0])
     r = eval_positive(call.kw("rank"), ctx.sizes, "rank") if call.kw("rank") is not None else 1
     if r > s.rank:
@@ -558,11 +559,11 @@ def _bufferize_work(node):
                   groups=max(out.count, 1.0), buffer_bytes=out.elem.nbytes)
 
 
-@operator("streamify", "streamify(b, repeat=n?)", "buffer",
+@operator("streamify", "streamify(b, repeat=n?, par=p?)", "buffer",
           "Re-read each buffer as a stream (n times when repeat=n, adding a dimension of size n "
           "before the buffer's dimensions).")
 def _streamify_check(ctx, call, ntargets):
-    ctx.expect_args(call, 1, ("repeat",))
+    ctx.expect_args(call, 1, ("repeat", "par"))
     s = ctx.stream_arg(call.args[0])
     if not isinstance(s.elem, BufT):
         raise TypeError_(f"streamify needs a stream of buffer references (from bufferize), got {s}",

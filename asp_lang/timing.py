@@ -56,7 +56,7 @@ def node_units(node: Node, w: OpWork, m: Machine) -> Units:
     elif node.op in ("partition", "merge"):
         u.pcus += 1
     if w.sram_bytes:
-        u.pmus += math.ceil(w.sram_bytes / pmu_bytes)
+        u.pmus += max(math.ceil(w.sram_bytes / pmu_bytes), node.par if w.kind == "buffer" else 0)
         u.sram_bytes += w.sram_bytes
     return u
 
@@ -172,8 +172,8 @@ def _busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
     if w.kind == "route":
         return w.elements * m.network.route_cycles_per_element, "route"
     if w.kind == "buffer":
-        # a buffer spread over several PMUs is written and read through all of their ports
-        bw = m.pmu.bandwidth_bytes_per_cycle * max(1, math.ceil(w.buffer_bytes / m.pmu_bytes))
+        # a buffer spread (or banked, par=) over several PMUs is written and read through all their ports
+        bw = m.pmu.bandwidth_bytes_per_cycle * max(par, math.ceil(w.buffer_bytes / m.pmu_bytes))
         return w.elements * max(w.in_bytes, w.out_bytes) / bw, "onchip"
     return 0.0, "none"
 

@@ -39,7 +39,7 @@ def round_bf16(x: np.ndarray) -> np.ndarray:
     out = rounded.view(np.float32)
     if nan.any():
         out = np.where(nan, np.float32(np.nan), out)
-    return out
+    return out.reshape(np.shape(x))  # ascontiguousarray turns a 0-d array into shape (1,)
 
 
 def round_to(dtype: str, x):
@@ -55,7 +55,10 @@ def round_to(dtype: str, x):
         a = np.asarray(x)
         if a.dtype.kind == "f":
             with np.errstate(all="ignore"):
-                a = np.where(np.isfinite(a), np.trunc(a), 0)
+                # in float64: 2**31 - 1 is not a float32, so a float32 clip overflows the cast;
+                # out-of-range values (and +-inf) saturate, NaN becomes 0
+                a = np.asarray(a, dtype=np.float64)
+                a = np.where(np.isnan(a), 0.0, np.trunc(a))
                 a = np.clip(a, -2**31, 2**31 - 1)
         return a.astype(np.int32)
     if dtype == "bool":
