@@ -100,6 +100,7 @@ class Baseline:
     graph: AtenGraph
     steps: list[Step]
     machine: Machine
+    tune_par: bool = True   # the op-by-op baseline picks each kernel's parallelism; plans carry their own
     _programs: dict[int, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -123,12 +124,19 @@ class Baseline:
             tenv[spec.name] = params[spec.name]
         env: dict[str, np.ndarray] = {k: to_numpy(v) for k, v in tenv.items()}
         node_by_name = {n.name: n for n in g.nodes}
+        out_specs = {o.name: o for n in g.nodes for o in n.outs}
+        out_specs.update({n.name: n.outs[0] for n in g.nodes})
         for i, step in enumerate(self.steps):
             node = node_by_name[step.node]
             if isinstance(step, Const):
                 for r in node.refs():
-                    if r.name not in tenv:
-                        tenv[r.name] = to_torch(env[r.name], g.spec(r).dtype)
+                    if r.name in tenv:
+                        continue
+                    spec = g.spec(r)
+                    if r.name in env:
+                        tenv[r.name] = to_torch(env[r.name], spec.dtype)
+                    else:  # a *_like constant reads only the shape of a value not computed yet
+                        tenv[r.name] = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype))
                 for spec, val in zip(node.outs, eval_const(node, tenv)):
                     tenv[spec.name] = val
                     env[spec.name] = to_numpy(val)
@@ -148,8 +156,7 @@ class Baseline:
                     feed[pname] = a.reshape(view)
                 outs = asp_lang.run(prog, feed, limits)
                 for rname, name in zip(prog.results, step.outputs):
-                    spec = g.spec(name) if name in g._spec_table else _multi_spec(node, name)
-                    env[name] = outs[rname].reshape(spec.shape)
+                    env[name] = outs[rname].reshape(out_specs[name].shape)
         result = []
         for ref in g.outputs:
             spec = g.spec(ref)
@@ -180,6 +187,9 @@ class Baseline:
         return BaselineTiming(cycles / (self.machine.clock_ghz * 1e9), cycles, hbm, rows, reconf)
 
     def _fastest(self, step: OpKernel):
+        if not self.tune_par:
+            prog = self.program(self.steps.index(step), step)
+            return asp_lang.profile(prog), None
         best = None
         for c in PAR_COMPUTE:
             for m in PAR_MEMORY:
@@ -210,13 +220,6 @@ def with_par(source: str, compute: int, memory: int) -> str:
         is_mem = "load(" in line or "store(" in line
         out.append(_PAR.sub(f"par={memory if is_mem else compute}", line))
     return "".join(out)
-
-
-def _multi_spec(node: AtenNode, name: str):
-    for o in node.outs:
-        if o.name == name:
-            return o
-    raise KeyError(name)
 
 
 def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Baseline:

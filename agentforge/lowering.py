@@ -267,6 +267,15 @@ def _gelu(x: str, approximate: str) -> str:
 
 
 def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
+    ops, expr, odt = elementwise_parts(node, graph, kind)
+    out = node.outs[0]
+    src, inputs, views = elementwise_kernel(_kname(node), out, ops, expr, odt, comment=f"{node.target} ({node.name})")
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [out.shape or (1,)])
+
+
+def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
+    """The operands of an elementwise node and a function from their tile expressions to the
+    node's tile expression (shared by the op-by-op lowering and the fusing author)."""
     out = node.outs[0]
     odt = _dt(out)
     a = node.args
@@ -388,8 +397,7 @@ def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
             return xs[0]
     else:
         raise UnsupportedOpError(f"not supported: {node.target}")
-    src, inputs, views = elementwise_kernel(_kname(node), out, ops, expr, odt, comment=f"{node.target} ({node.name})")
-    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [out.shape or (1,)])
+    return ops, expr, odt
 
 
 def _paren(x: str) -> str:
@@ -910,6 +918,10 @@ _ELEMENTWISE = set(_UNARY) | set(_BINARY) | {"gelu", "elu", "leaky_relu", "clamp
                                              "masked_fill", "_to_copy", "expand"}
 
 
+def elementwise_kind(base: str) -> str:
+    return "cast" if base == "_to_copy" else base
+
+
 def _base(target: str) -> str:
     parts = target.split(".")
     return parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
@@ -947,10 +959,9 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
     if base == "embedding":
         return lower_index_select(node, graph, embedding=True)
     if base in _ELEMENTWISE:
-        kind = "cast" if base == "_to_copy" else base
         if base == "_to_copy" and node.kwargs.get("dtype") is None:
             return Alias(node.name, node.target, refs[0], node.name)
-        return lower_elementwise(node, graph, kind)
+        return lower_elementwise(node, graph, elementwise_kind(base))
     raise UnsupportedOpError(f"not supported: {node.target}")
 
 

@@ -230,6 +230,24 @@ class BaselineCandidate:
         return self._chains[key].run(inputs, params=graph.param_values, limits=limits)
 
 
+class PlanCandidate:
+    """A fusion plan (agentforge.author): realized as a chain of kernels for each captured graph."""
+
+    def __init__(self, plan: dict, machine: asp_lang.Machine):
+        from .author import Plan
+
+        self.plan = Plan.from_dict(plan)
+        self.machine = machine
+
+    def chain(self, graph: AtenGraph):
+        from .author import realize
+
+        return realize(self.plan, graph, self.machine)
+
+    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
+        return self.chain(graph).run(inputs, params=graph.param_values, limits=limits)
+
+
 def _reference(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     model = model.double()
     args = [t.double() if t.dtype.is_floating_point else t for t in inputs]
@@ -272,7 +290,7 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
             check.code, check.reason = _asp_code(e), e.short()
         except BindingError as e:
             check.code, check.reason = ("dtype" if "dtype" in str(e) or "declared" in str(e) and "precision" in str(e)
-                                        else "interface"), str(e)
+                                        else getattr(e, "code", "interface")), str(e)
         except UnsupportedOpError as e:
             check.code, check.reason = "unsupported", str(e)
         check.seconds = time.perf_counter() - t0
@@ -356,6 +374,8 @@ def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None 
             cand = KernelCandidate(src, candidate.get("filename", "kernel.asp"), machine)
         elif kind == "baseline":
             cand = BaselineCandidate(machine)
+        elif kind == "plan":
+            cand = PlanCandidate(candidate["plan"], machine)
         else:
             raise ValueError(f"unknown candidate kind {kind!r}")
         ev.checks = run_checks(task, cand, cfg)
@@ -374,6 +394,14 @@ def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None 
             ev.roofline_fraction = min(1.0, broof / bsec)
             ev.hbm_bytes = bhbm
             ev.bottleneck = "op-by-op chain"
+        elif kind == "plan":
+            t = cand.chain(capture_at(task, meta=True)).time()
+            ev.simulated_seconds = t.seconds
+            ev.hbm_bytes = t.hbm_bytes
+            roof = max(io_bytes(capture_at(task, meta=True)) / (machine.hbm.bandwidth_gbs * 1e9),
+                       max((k["seconds"] * k["roofline_fraction"] for k in t.kernels), default=0.0))
+            ev.roofline_fraction = min(1.0, roof / t.seconds)
+            ev.bottleneck = max(t.kernels, key=lambda k: k["seconds"])["bottleneck"] if t.kernels else None
         else:
             rep = cand.profile(capture_at(task, meta=True))
             ev.simulated_seconds = rep.seconds
@@ -394,17 +422,33 @@ def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None 
         ev.reason, ev.reason_code = e.short(), _asp_code(e)
         ev.error = {"kind": e.kind, "message": e.render()}
     except BindingError as e:
-        ev.reason, ev.reason_code = str(e), "interface"
+        ev.reason, ev.reason_code = str(e), getattr(e, "code", "interface")
         ev.error = {"kind": type(e).__name__, "message": str(e)}
     except UnsupportedOpError as e:
         ev.reason, ev.reason_code = str(e), "unsupported"
         ev.error = {"kind": type(e).__name__, "message": str(e)}
     except AgentforgeError as e:
-        ev.reason, ev.reason_code = str(e), "task"
-        ev.error = {"kind": type(e).__name__, "message": str(e)}
+        if _out_of_memory(e):  # task code wraps a MemoryError (e.g. under the sandbox's cap) as a TaskError
+            ev.reason, ev.reason_code = ("the evaluation ran out of memory (a MemoryError while running the "
+                                         "task's code, e.g. under the sandbox's memory cap)"), "memory"
+            ev.error = {"kind": "MemoryError", "message": str(e)}
+        else:
+            ev.reason, ev.reason_code = str(e), "task"
+            ev.error = {"kind": type(e).__name__, "message": str(e)}
     finally:
         ev.eval_seconds = time.perf_counter() - t0
     return ev
+
+
+def _out_of_memory(e: BaseException | None) -> bool:
+    """Whether ``e`` was caused by a MemoryError (followed through ``raise ... from``/context)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, MemoryError):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _internal(e: BaseException) -> dict:
