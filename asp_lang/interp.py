@@ -49,8 +49,8 @@ class RunCtx:
     def write(self, name: str, arr: np.ndarray, partial: bool = False) -> None:
         t = self.prog.tensors[name]
         a = round_to(t.dtype, np.asarray(arr)).reshape(t.shape)
-        if any(np.may_share_memory(a, self.arrays[p]) for p in self.prog.params):
-            a = a.copy()  # inputs are not copied (prepare_inputs): a result never aliases one
+        if any(np.may_share_memory(a, b) for k, b in self.arrays.items() if k != name):
+            a = a.copy()  # a result never aliases an input (not copied, see prepare_inputs) or another result
         self.arrays[name] = a
 
     def charge_elements(self, node: Node, n: float) -> None:

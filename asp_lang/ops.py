@@ -902,40 +902,8 @@ def _sum_step_products(x2: np.ndarray, y2: np.ndarray) -> np.ndarray:
     tmp = np.empty_like(out)
     for j in range(1, x2.shape[-2]):
         np.matmul(x2[..., j, :], y2[..., j, :, :], out=tmp)
-        _add_inplace(out, tmp)
+        np.add(out, tmp, out=out)
     return out
-
-
-_PAR_ADD_MIN = 1 << 20   # values; smaller accumulations are added on the calling thread
-_add_pool: list = []     # [(pid, ThreadPoolExecutor, workers)], made on first use
-
-
-def _add_inplace(acc: np.ndarray, t: np.ndarray) -> None:
-    """acc += t for C-contiguous arrays of one shape. A large one is cut into contiguous
-    ranges added on a few threads (numpy releases the GIL), so the accumulation between
-    the BLAS calls uses the cores those calls use; elementwise, so the bits do not depend on
-    the cut."""
-    import os
-    n = acc.size
-    try:
-        k = len(os.sched_getaffinity(0))
-    except AttributeError:
-        k = os.cpu_count() or 1
-    k = max(1, min(k, 16, n // (_PAR_ADD_MIN // 4) if n >= _PAR_ADD_MIN else 1))
-    if k == 1 or not (acc.flags.c_contiguous and t.flags.c_contiguous):
-        np.add(acc, t, out=acc)
-        return
-    if not _add_pool or _add_pool[0][0] != os.getpid() or _add_pool[0][2] < k:  # none yet, forked, or too few
-        from concurrent.futures import ThreadPoolExecutor
-        _add_pool[:] = [(os.getpid(), ThreadPoolExecutor(max_workers=k, thread_name_prefix="asp-add"), k)]
-    a, b = acc.reshape(-1), t.reshape(-1)
-    cuts = [n * i // k for i in range(k + 1)]
-
-    def add(i):
-        lo, hi = cuts[i], cuts[i + 1]
-        with np.errstate(all="ignore"):
-            np.add(a[lo:hi], b[lo:hi], out=a[lo:hi])
-    list(_add_pool[0][1].map(add, range(k)))
 
 
 def _reduce_terms(kind: str, term_tf: TypedFn, args: list, pos, nd: int, r: int) -> np.ndarray:
@@ -948,7 +916,9 @@ def _reduce_terms(kind: str, term_tf: TypedFn, args: list, pos, nd: int, r: int)
 
     def one(xs, p):
         (term,) = eval_fn(term_tf, xs, p)
-        term = np.broadcast_to(np.asarray(term), _batch_shape(xs[0], term_tf.arg_types[0]) + res_shape)
+        want = _batch_shape(xs[0], term_tf.arg_types[0]) + res_shape
+        if np.shape(term) != want:
+            term = np.broadcast_to(np.asarray(term), want)
         return f(term, axis=axes)
     batch = _batch_shape(arrs[0], term_tf.arg_types[0])
     outer = batch[:nd - r]
@@ -990,11 +960,14 @@ def _run_reduce_static(node: Node, args: list, rt: "RunCtx", scan: bool, pos) ->
             red_out = red_out.reshape(red_out.shape[:red_out.ndim - tr] + (1,) * (ar - tr)
                                       + red_out.shape[red_out.ndim - tr:])
         with np.errstate(all="ignore"):
-            if kind == "sum":
+            if mm is not None and red_out.flags.writeable and red_out.shape == outer + acc_t.shape:
+                out = np.add(red_out, init[0], out=red_out)  # a fresh product sum: add init in place
+            elif kind == "sum":
                 out = np.add(init[0], red_out)
             else:
                 out = (np.maximum if kind == "maximum" else np.minimum)(init[0], red_out)
-        out = np.broadcast_to(out, outer + acc_t.shape)
+        if out.shape != outer + acc_t.shape:
+            out = np.broadcast_to(out, outer + acc_t.shape)
         return [round_to(acc_t.dtype, out)]
     rt.charge_steps(node, steps)
     rt.charge_elements(node, t.count)
@@ -1076,8 +1049,9 @@ def _run_reduce(node: Node, ins: list[SVal], rt: "RunCtx", scan: bool) -> list[S
         sub.in_types = tuple(StreamT((1, n) + x.dims[d + 1:], x.elem) for x in node.in_types)
         if n == 0:
             init = _init_arrays(node)
+            # an empty branch: one (empty) result per accumulator, of the accumulator's dtype
             outs = [np.broadcast_to(i, (1,) + i.shape) for i in init] if not scan else \
-                [np.zeros((1, 0) + x.dims[d + 1:] + i.shape, np.float32) for i, x in zip(init, node.in_types)]
+                [np.zeros((1, 0) + tuple(t.dims[d + 1:]) + i.shape, i.dtype) for i in init]
         else:
             outs = _run_reduce_static(sub, seg_args, rt, scan, None)
         results.append([np.asarray(o)[0] for o in outs])

@@ -15,7 +15,7 @@ kernel flash_attention(q: f32[B, H, S, D], k: f32[B, H, S, D], v: f32[B, H, S, D
     return (m2, l * c + sum(p, axis=1), acc * c + matmul(p, vt))
   }
   fn finish(l, acc) = acc / l
-  qs = load(q, tile=[1, 1, BQ, D], par=2)  # [B, H, S/BQ] (B is dropped when B = 1)
+  qs = load(q, tile=[1, 1, BQ, D], par=2)  # [B, H, S/BQ]
   qr = repeat(qs, S / BK)  # [.., S/BQ, S/BK]
   ks = load(k, tile=[1, 1, BK, D], par=2)
   kb = bufferize(ks, rank=1)  # one buffer per head

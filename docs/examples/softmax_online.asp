@@ -14,8 +14,8 @@ kernel softmax_online(x: f32[M, N]) -> (y: f32[M, N]) {
   xs = load(x, tile=[R, T], par=4)  # [M/R, N/T] of f32[R, T]
   xa, xb = copy(xs)
   m, l = accum(xa, rank=1, init=(full([R, 1], -inf), zeros([R, 1])), fn=online, par=8)
-  rows = bufferize(xb, rank=1)  # [M/R] of buf[N/T] of f32[R, T]
-  xr = streamify(rows)
+  rows = bufferize(xb, rank=1, par=8)  # [M/R] of buf[N/T] of f32[R, T], banked over 8 PMUs
+  xr = streamify(rows, par=8)
   mr = repeat(m, N / T)
   lr = repeat(l, N / T)
   ys = map(xr, mr, lr, fn=normalise, par=8)
