@@ -892,18 +892,12 @@ def _sum_matmul(x: np.ndarray, y: np.ndarray, no: int, nr: int) -> np.ndarray | 
 def _sum_step_products(x2: np.ndarray, y2: np.ndarray) -> np.ndarray:
     """sum over s of x2[..., s, :] @ y2[..., s, :, :], for x2: b + [M, S, K], y2: b + [S, K, N].
 
-    The products are added in step order, ((p0 + p1) + p2) + ..., so the result is bit for
-    bit that of accumulating tile products one step at a time, never a reassociated sum.
-    Memory: the result and one product.
+    One BLAS contraction over (S, K): an f32 sum is associated as BLAS does, not step by
+    step (the accumulation is a sum; its order is the interpreter's, and deterministic).
     """
-    if x2.shape[-2] == 1:
-        return np.matmul(x2[..., 0, :], y2[..., 0, :, :])
-    out = np.matmul(x2[..., 0, :], y2[..., 0, :, :])
-    tmp = np.empty_like(out)
-    for j in range(1, x2.shape[-2]):
-        np.matmul(x2[..., j, :], y2[..., j, :, :], out=tmp)
-        np.add(out, tmp, out=out)
-    return out
+    *b, m, s_, k = x2.shape
+    n = y2.shape[-1]
+    return np.matmul(x2.reshape(*b, m, s_ * k), y2.reshape(*y2.shape[:-3], s_ * k, n))
 
 
 def _reduce_terms(kind: str, term_tf: TypedFn, args: list, pos, nd: int, r: int) -> np.ndarray:

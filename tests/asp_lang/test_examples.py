@@ -79,7 +79,9 @@ def test_example_matches_pytorch(name, seed):
     (out,) = asp_lang.run(prog, inputs).values()
     ref = REFERENCES[name](inputs).numpy()
     assert out.shape == ref.shape
-    np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-5)
+    # f32 against a float64 reference: relative error, plus an absolute part scaled by the output
+    # (long f32 sums such as gemm's K = 512 carry roundoff proportional to their magnitude)
+    np.testing.assert_allclose(out, ref, rtol=2e-4, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCES))
