@@ -1,0 +1,1 @@
+"""The agent roles (planner, worker, reflector) and their backends."""
