@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import re
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -332,6 +333,11 @@ def _target_name(target: Any) -> str:
     return getattr(target, "__name__", None) or str(target)
 
 
+#: torch.export keeps global tracing state: captures in one process run one at a time (the
+#: agent loop evaluates parallel workers' candidates on threads).
+_EXPORT_LOCK = threading.RLock()
+
+
 def capture(instance: Instance) -> AtenGraph:
     """Export ``instance.model`` on ``instance.inputs`` and convert it to an :class:`AtenGraph`.
 
@@ -343,7 +349,7 @@ def capture(instance: Instance) -> AtenGraph:
     """
     task = instance.task
     path = str(task.path)
-    with _quiet_torch():
+    with _EXPORT_LOCK, _quiet_torch():
         try:
             exported = torch.export.export(instance.model, tuple(instance.inputs))
             exported = exported.run_decompositions()

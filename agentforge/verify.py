@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -357,10 +358,20 @@ def baseline_timing(task: Task, machine: asp_lang.Machine) -> tuple[float, float
     return _BASELINE_CACHE[key]
 
 
+_EVAL_LOCK = threading.RLock()
+
+
 def evaluate(task: Task | str | Path, candidate: dict, cfg: VerifyConfig | None = None,
              baseline_seconds: float | None = None) -> Evaluation:
     """Verify and score one candidate in this process. ``candidate`` is
-    ``{"kind": "kernel", "source": str, "filename": str}`` or ``{"kind": "baseline"}``."""
+    ``{"kind": "kernel", "source": str, "filename": str}``, ``{"kind": "plan", "plan": {...}}``
+    or ``{"kind": "baseline"}``. Calls from several threads run one at a time (task code seeds
+    torch's global RNG); evaluate in parallel with worker processes (agentforge.sandbox)."""
+    with _EVAL_LOCK:
+        return _evaluate(task, candidate, cfg, baseline_seconds)
+
+
+def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds: float | None) -> Evaluation:
     cfg = cfg or VerifyConfig()
     t0 = time.perf_counter()
     task = task if isinstance(task, Task) else load_task(task)

@@ -1,0 +1,261 @@
+"""The agent loop, as a LangGraph graph:
+
+    plan (plan cache first) -> fan out N workers (Send) -> each writes a candidate and has it
+    evaluated -> reflect on the reports -> accept, or revise the plan and go round again,
+    until a candidate is verified and good enough or the task's attempt budget is spent.
+
+The state holds only JSON-serialisable data (plans, candidates, evaluations), so a run can be
+checkpointed and resumed; the roles and the evaluator are closed over by the node functions.
+A failing node is recorded as a failed attempt, never an exception that ends the run.
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, TypedDict
+
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+import asp_lang
+
+from .agents.roles import Candidate, Demo, Feedback, Planner, Reflector, TaskContext, Usage, Worker
+from .author import baseline_plan
+from .baseline import capture_at
+from .capture import signature
+from .tasks import Task
+from .verify import Evaluation, VerifyConfig, baseline_timing, evaluate
+
+
+class SolveState(TypedDict, total=False):
+    attempt: int
+    plan: dict | None
+    plan_source: str
+    history: Annotated[list[dict], operator.add]
+    best: dict | None
+    done: bool
+    notes: Annotated[list[str], operator.add]
+
+
+@dataclass
+class SolveConfig:
+    max_attempts: int = 4          # rounds of (workers -> reflect)
+    workers: int = 1               # candidates per round (LangGraph Send fan-out)
+    min_speedup: float = 1.0       # a verified candidate at least this fast ends the loop
+    demos: int = 3
+
+
+@dataclass
+class SolveResult:
+    task: str
+    best: Evaluation | None
+    best_candidate: Candidate | None
+    attempts: int
+    plan_cache_hit: bool
+    usage: Usage
+    history: list[dict] = field(default_factory=list)
+    plan: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        return bool(self.best and self.best.verified)
+
+    def to_dict(self) -> dict:
+        ev = self.best.to_dict() if self.best else {"task": self.task, "verified": False,
+                                                      "reason": "no candidate was evaluated"}
+        return {**ev, "attempts": self.attempts, "plan_cache_hit": self.plan_cache_hit,
+                "llm_calls": self.usage.calls,
+                "tokens": {"prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
+                           "cached": self.usage.cached_tokens},
+                "cost": self.usage.cost, "plan": self.plan, "notes": self.notes,
+                "candidate": self.best_candidate.to_dict() if self.best_candidate else None}
+
+
+def task_context(task: Task, machine: asp_lang.Machine | str = "sn40l", size_sets: int = 2,
+                 asp_reference: str = "") -> TaskContext:
+    m = machine if isinstance(machine, asp_lang.Machine) else asp_lang.load_machine(machine)
+    own = capture_at(task, meta=True)
+    small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:size_sets]]
+    bsec, _, _ = baseline_timing(task, m)
+    return TaskContext(task, own, small, signature(own), m, bsec, asp_reference)
+
+
+def feedback_of(ev: Evaluation) -> Feedback:
+    err = None
+    if ev.error and isinstance(ev.error, dict):
+        err = ev.error.get("message")
+    return Feedback(ev.verified, ev.reason_code, ev.reason, ev.speedup, ev.roofline_fraction, ev.bottleneck, err)
+
+
+def _better(a: dict | None, b: dict) -> bool:
+    """Is record b better than a? Verified first, then faster."""
+    if a is None:
+        return True
+    ea, eb = a["evaluation"], b["evaluation"]
+    if eb["verified"] != ea["verified"]:
+        return eb["verified"]
+    return (eb.get("speedup") or 0.0) > (ea.get("speedup") or 0.0)
+
+
+def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], reflector: Reflector,
+                evaluate_fn: Callable[[dict], Evaluation], cfg: SolveConfig, plan_cache=None,
+                experience=None):
+    """The LangGraph graph for one task (compile it with a checkpointer to make it resumable)."""
+    demos_cache: list[Demo] = []
+
+    def demos() -> list[Demo]:
+        if experience is not None and not demos_cache:
+            try:
+                demos_cache.extend(experience.demonstrations(cfg.demos))
+            except Exception:  # noqa: BLE001 - memory is an aid, never a reason to fail
+                pass
+        return demos_cache
+
+    def plan_node(state: SolveState) -> dict:
+        if plan_cache is not None:
+            cached = plan_cache.lookup(ctx.signature)
+            if cached is not None:
+                adapted = plan_cache.adapt(cached, ctx.graph_own)
+                if adapted is not None:
+                    return {"plan": adapted, "plan_source": "cache", "attempt": 0,
+                            "notes": [f"plan cache hit ({ctx.signature.key()})"]}
+        try:
+            plan = planner.plan(ctx, demos())
+            return {"plan": plan, "plan_source": "planner", "attempt": 0}
+        except Exception as e:  # noqa: BLE001 - a failed planner is recorded; workers go on unplanned
+            return {"plan": None, "plan_source": "failed", "attempt": 0,
+                    "notes": [f"planner failed: {type(e).__name__}: {e}"]}
+
+    def fan_out(state: SolveState) -> list[Send]:
+        last = [h for h in state.get("history", []) if h["attempt"] == state["attempt"] - 1]
+        fb = None
+        if last:
+            worst_first = sorted(last, key=lambda h: h["evaluation"]["verified"])
+            fb = worst_first[0]["feedback"]
+        return [Send("work", {"worker": i, "plan": state.get("plan"), "attempt": state["attempt"], "feedback": fb})
+                for i in range(len(workers))]
+
+    def work_node(payload: dict) -> dict:
+        i, attempt = payload["worker"], payload["attempt"]
+        plan = payload["plan"] or {}
+        fb = Feedback(**payload["feedback"]) if payload.get("feedback") else None
+        t0 = time.perf_counter()
+        try:
+            cand = workers[i].write(ctx, plan, fb, demos(), attempt)
+        except Exception as e:  # noqa: BLE001 - a failed worker is a failed attempt
+            ev = Evaluation(ctx.task.name, "none", False, f"worker failed: {type(e).__name__}: {e}",
+                            reason_code="worker_error", machine=ctx.machine.name)
+            ev.error = {"kind": "worker_error", "message": traceback.format_exc(limit=6)}
+            return {"history": [_record(attempt, i, None, ev, t0)]}
+        try:
+            ev = evaluate_fn(cand.for_evaluation())
+        except Exception as e:  # noqa: BLE001
+            ev = Evaluation(ctx.task.name, cand.kind, False, f"evaluation failed: {type(e).__name__}: {e}",
+                            reason_code="crash", machine=ctx.machine.name)
+        return {"history": [_record(attempt, i, cand, ev, t0)]}
+
+    def reflect_node(state: SolveState) -> dict:
+        attempt = state["attempt"]
+        this_round = [h for h in state.get("history", []) if h["attempt"] == attempt]
+        best = state.get("best")
+        for h in this_round:
+            if _better(best, h):
+                best = h
+        if experience is not None:
+            for h in this_round:
+                try:
+                    experience.record_attempt(ctx.task.name, ctx.signature, h["evaluation"]["verified"])
+                except Exception:  # noqa: BLE001
+                    pass
+        good = best is not None and best["evaluation"]["verified"] and \
+            (best["evaluation"].get("speedup") or 0.0) >= cfg.min_speedup
+        if good or attempt + 1 >= cfg.max_attempts:
+            return {"best": best, "done": True, "attempt": attempt + 1}
+        latest = this_round[0] if this_round else None
+        plan = state.get("plan") or {}
+        if latest is None or latest["candidate"] is None:
+            return {"best": best, "done": False, "attempt": attempt + 1}
+        try:
+            r = reflector.reflect(ctx, plan, Candidate(**latest["candidate"]), Feedback(**latest["feedback"]), attempt)
+        except Exception as e:  # noqa: BLE001
+            return {"best": best, "done": False, "attempt": attempt + 1,
+                    "notes": [f"reflector failed: {type(e).__name__}: {e}"]}
+        if r.accept and best is not None and best["evaluation"]["verified"]:
+            return {"best": best, "done": True, "attempt": attempt + 1, "notes": [r.note] if r.note else []}
+        return {"best": best, "done": False, "attempt": attempt + 1, "plan": r.plan if r.plan is not None else plan,
+                "plan_source": "reflector", "notes": [r.note] if r.note else []}
+
+    def route(state: SolveState):
+        return END if state.get("done") else fan_out(state)
+
+    g = StateGraph(SolveState)
+    g.add_node("plan", plan_node)
+    g.add_node("work", work_node)
+    g.add_node("reflect", reflect_node)
+    g.add_edge(START, "plan")
+    g.add_conditional_edges("plan", fan_out, ["work"])
+    g.add_edge("work", "reflect")
+    g.add_conditional_edges("reflect", route, ["work", END])
+    return g
+
+
+def _record(attempt: int, worker: int, cand: Candidate | None, ev: Evaluation, t0: float) -> dict:
+    return {"attempt": attempt, "worker": worker, "candidate": cand.to_dict() if cand else None,
+            "evaluation": ev.to_dict(), "feedback": feedback_of(ev).__dict__, "seconds": time.perf_counter() - t0}
+
+
+def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflector,
+          machine: asp_lang.Machine | str = "sn40l", cfg: SolveConfig | None = None,
+          evaluate_fn: Callable[[dict], Evaluation] | None = None, plan_cache=None, experience=None,
+          ctx: TaskContext | None = None, checkpointer=None, thread_id: str | None = None) -> SolveResult:
+    """Run the loop on one task and return the best candidate found."""
+    cfg = cfg or SolveConfig()
+    ctx = ctx or task_context(task, machine)
+    if evaluate_fn is None:
+        vcfg = VerifyConfig(machine=ctx.machine.name)
+
+        def evaluate_fn(c: dict) -> Evaluation:
+            return evaluate(task, c, vcfg, baseline_seconds=ctx.baseline_seconds)
+    graph = build_graph(ctx, planner, workers, reflector, evaluate_fn, cfg, plan_cache, experience)
+    app = graph.compile(checkpointer=checkpointer)
+    config = {"recursion_limit": 10 + 4 * cfg.max_attempts}
+    if checkpointer is not None:
+        config["configurable"] = {"thread_id": thread_id or task.name}
+    final = app.invoke({"attempt": 0, "history": [], "notes": []}, config)
+    usage = Usage()
+    for role in [planner, reflector, *workers]:
+        usage.add(getattr(role, "usage", Usage()))
+    best = final.get("best")
+    best_ev = Evaluation.from_dict(best["evaluation"]) if best else None
+    best_cand = Candidate(**best["candidate"]) if best and best.get("candidate") else None
+    hit = final.get("plan_source") == "cache" or any("plan cache hit" in n for n in final.get("notes", []))
+    if best_ev is not None and best_ev.verified and best_cand is not None:
+        if plan_cache is not None and best_cand.kind == "plan":
+            try:
+                plan_cache.store(ctx.signature, best_cand.plan, {"speedup": best_ev.speedup, "verified": True,
+                                                                "task": task.name})
+            except Exception:  # noqa: BLE001
+                pass
+        if experience is not None:
+            try:
+                experience.add(task.name, ctx.signature, best_cand.kind,
+                               best_cand.source if best_cand.kind == "kernel" else best_cand.plan, best_ev)
+            except Exception:  # noqa: BLE001
+                pass
+    rounds = len({h["attempt"] for h in final.get("history", [])})
+    return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
+                       final.get("plan"), final.get("notes", []))
+
+
+def offline_roles(workers: int = 1, priors: dict | None = None):
+    from .agents.offline import OfflinePlanner, OfflineReflector, OfflineWorker
+
+    return OfflinePlanner(priors), [OfflineWorker(i) for i in range(workers)], OfflineReflector()
+
+
+__all__ = ["solve", "build_graph", "SolveConfig", "SolveResult", "task_context", "offline_roles", "baseline_plan",
+           "Any"]
