@@ -118,6 +118,92 @@ def cmd_baseline(args) -> int:
     return 0 if ev.verified else 1
 
 
+def _write_solution(out: Path, res, task, machine) -> list[str]:
+    """The best candidate as files: kernel.asp, or plan.json and the chain's kernels at own sizes."""
+    from .author import Plan, realize
+    from .baseline import capture_at
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    cand = res.best_candidate
+    if cand is not None and cand.kind == "kernel":
+        (out / "kernel.asp").write_text(cand.source or "")
+        written.append("kernel.asp")
+    elif cand is not None and cand.kind == "plan":
+        (out / "plan.json").write_text(json.dumps(cand.plan, indent=2))
+        written.append("plan.json")
+        chain = realize(Plan.from_dict(cand.plan), capture_at(task, meta=True), machine)
+        kdir = out / "kernels"
+        kdir.mkdir(exist_ok=True)
+        for i, k in enumerate(chain.kernels):
+            name = f"{i:03d}_{k.node}.asp"
+            (kdir / name).write_text(k.source)
+            written.append(f"kernels/{name}")
+    (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))
+    written.append("evaluation.json")
+    return written
+
+
+def cmd_solve(args) -> int:
+    import asp_lang
+
+    from .loop import SolveConfig, offline_roles, solve, task_context
+
+    task = _task(args.task)
+    machine = asp_lang.load_machine(args.machine)
+    if args.attempts < 1 or args.workers < 1:
+        raise UsageError("--attempts and --workers must be at least 1")
+    plan_cache = experience = None
+    if args.plan_cache:
+        from .store.plan_cache import PlanCache
+
+        plan_cache = PlanCache(args.plan_cache)
+    if args.experience:
+        from .store.experience import ExperienceLibrary
+
+        experience = ExperienceLibrary(args.experience)
+    ctx = task_context(task, machine)
+    if args.llm == "offline":
+        priors = experience.priors(ctx.signature) if experience is not None else None
+        planner, workers, reflector = offline_roles(args.workers, priors)
+    else:
+        planner, workers, reflector = _llm_roles(args, ctx)
+    cfg = SolveConfig(max_attempts=args.attempts, workers=args.workers)
+    evaluate_fn = None
+    if args.llm != "offline" or args.isolate:
+        from .sandbox import Evaluator
+        from .verify import VerifyConfig
+
+        evaluator = Evaluator(VerifyConfig(machine=machine.name, timeout_s=args.timeout, memory_mb=args.memory_mb))
+
+        def evaluate_fn(c: dict):
+            return evaluator.evaluate(task.path, c, baseline_seconds=ctx.baseline_seconds)
+    try:
+        res = solve(task, planner, workers, reflector, machine, cfg, evaluate_fn, plan_cache, experience, ctx)
+    finally:
+        if evaluate_fn is not None:
+            evaluator.close()
+    written = _write_solution(Path(args.output), res, task, machine) if args.output and res.verified else []
+    if args.json:
+        print(json.dumps(res.to_dict(), indent=2))
+    else:
+        if res.best is not None:
+            _print_eval(res.best, False)
+        else:
+            print(f"{task.name}: no candidate was evaluated")
+        print(f"  attempts: {res.attempts}; plan cache hit: {res.plan_cache_hit}; LLM calls: {res.usage.calls}; "
+              f"tokens: {res.usage.prompt_tokens + res.usage.completion_tokens}")
+        for n in res.notes:
+            print(f"  note: {n}")
+        if written:
+            print(f"  written to {args.output}/: {', '.join(written)}")
+    return 0 if res.verified else 1
+
+
+def _llm_roles(args, ctx):
+    raise UsageError(f"--llm {args.llm} is not available in this build")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -142,6 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write every kernel and baseline.json to this folder")
     common(p)
     p.set_defaults(func=cmd_baseline)
+    p = sub.add_parser("solve", help="run the agent loop on one task and write the best verified kernel")
+    p.add_argument("task", help="a task .py file")
+    p.add_argument("--llm", choices=("offline", "openai", "replay"), default="offline",
+                   help="who plans and writes kernels (default: the offline author, no network)")
+    p.add_argument("-o", "--output", help="write the best verified candidate here")
+    p.add_argument("--attempts", type=int, default=4, help="rounds of write -> evaluate -> reflect")
+    p.add_argument("--workers", type=int, default=1, help="candidates written per round")
+    p.add_argument("--plan-cache", help="SQLite plan cache to consult and update")
+    p.add_argument("--experience", help="SQLite experience library to learn from and add to")
+    p.add_argument("--isolate", action="store_true", help="evaluate in a worker process (always for LLMs)")
+    p.add_argument("--model", help="LLM model name (openai)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (openai)")
+    p.add_argument("--transcript", help="JSONL transcript to record (openai) or replay (replay)")
+    common(p)
+    p.set_defaults(func=cmd_solve)
     return ap
 
 
