@@ -835,35 +835,41 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
     sem = semantic_nodes(graph_own)
     tried = 0
     regions = []
+    per_region = max(1, budget // max(1, len(plan.regions)))
     for ri, region in enumerate(plan.regions):
-        grid = {"row": ROW_GRID, "matmul": MM_GRID, "single": SINGLE_GRID}[region.template]
-        start = dict(priors.get(region.template, {}))
-        best = None
-        cands = _grid_order(grid, start)
-        for params in cands[: max(1, budget // max(1, len(plan.regions)))]:
-            tried += 1
-            single = Plan([Region(region.template, list(region.nodes), params)])
-            try:
-                secs = _region_seconds(single, graph_own, machine, sem)
-            except (asp_lang.AspError, UnsupportedOpError, ValueError):
-                continue
-            if best is None or secs < best[0]:
-                best = (secs, params)
+        best, n = _best_params(region, graph_own, machine, sem, priors, per_region)
+        tried += n
         if region.template != "single":
             # fusing must pay: compare with the same ops as separate kernels (+ reconfigurations)
-            split = [tune(Plan([Region("single", [i])]), graph_own, machine, priors, budget=16) for i in region.nodes]
-            tried += sum(t.configs_tried for t in split)
-            split_secs = sum(t.seconds for t in split) + \
-                (len(split) - 1) * machine.reconfig.cycles / (machine.clock_ghz * 1e9)
-            if best is None or split_secs < best[0]:
-                regions.extend(t.plan.regions[0] for t in split)
-                continue
+            singles = [_best_params(Region("single", [i]), graph_own, machine, sem, priors, 8) for i in region.nodes]
+            tried += sum(k for _, k in singles)
+            if all(b is not None for b, _ in singles):
+                split_secs = sum(b[0] for b, _ in singles) + \
+                    (len(singles) - 1) * machine.reconfig.cycles / (machine.clock_ghz * 1e9)
+                if best is None or split_secs < best[0]:
+                    regions.extend(Region("single", [i], b[1]) for i, (b, _) in zip(region.nodes, singles))
+                    continue
         if best is None:
             raise UnsupportedOpError(f"no parameters fit region {ri} ({region.template}) on {machine.name}")
         regions.append(Region(region.template, list(region.nodes), best[1]))
     tuned = Plan(regions, notes=plan.notes)
     chain = realize(tuned, graph_own, machine)
     return Tuned(tuned, chain.time().seconds, len(chain.kernels), tried)
+
+
+def _best_params(region: Region, graph: AtenGraph, machine: Machine, sem, priors: dict, limit: int):
+    """(seconds, params) of the fastest parameters for one region alone, and how many were tried."""
+    grid = {"row": ROW_GRID, "matmul": MM_GRID, "single": SINGLE_GRID}[region.template]
+    best = None
+    cands = _grid_order(grid, dict(priors.get(region.template, {})))[:max(1, limit)]
+    for params in cands:
+        try:
+            secs = _region_seconds(Plan([Region(region.template, list(region.nodes), params)]), graph, machine, sem)
+        except (asp_lang.AspError, UnsupportedOpError, ValueError):
+            continue
+        if best is None or secs < best[0]:
+            best = (secs, params)
+    return best, len(cands)
 
 
 def _grid_order(grid: dict, start: dict) -> list[dict]:
