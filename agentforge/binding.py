@@ -24,7 +24,14 @@ KERNEL_DTYPE = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i64": "i32", "i32":
 
 
 class BindingError(Exception):
-    """The kernel's interface does not fit the task (a rejection reason, not a crash)."""
+    """The kernel's interface does not fit the task (a rejection reason, not a crash).
+
+    ``code`` is the verifier's reason code: ``"shape"`` when a declared *result* has another
+    shape than the task's output, ``"interface"`` otherwise."""
+
+    def __init__(self, message: str, code: str = "interface"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -42,16 +49,17 @@ def _solve_shapes(kernel: Kernel, specs: list[TensorSpec], outs: list[TensorSpec
     sizes: dict[str, int] = {}
     decls = list(kernel.params) + list(kernel.results)
     actual = list(specs) + list(outs)
-    for p, spec in zip(decls, actual):
+    for i, (p, spec) in enumerate(zip(decls, actual)):
         shape = spec.shape or (1,)
+        code = "shape" if i >= len(kernel.params) else "interface"
         if len(p.shape) != len(shape):
             raise BindingError(f"'{p.name}' is declared with rank {len(p.shape)} but the task's "
-                               f"'{spec.name}' has shape {list(spec.shape)}")
+                               f"'{spec.name}' has shape {list(spec.shape)}", code)
         for e, n in zip(p.shape, shape):
             if isinstance(e, Name):
                 if sizes.get(e.id, n) != n:
                     raise BindingError(f"size {e.id} would be both {sizes[e.id]} and {n} "
-                                       f"('{p.name}' vs the task's '{spec.name}')")
+                                       f"('{p.name}' vs the task's '{spec.name}')", code)
                 sizes[e.id] = n
     return sizes
 
@@ -81,11 +89,12 @@ def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", 
         sizes = {**free, **solved}
         try:
             bind_sizes(kernel, sizes)
-            for p, spec in zip(list(kernel.params) + list(kernel.results), specs + outs):
+            for i, (p, spec) in enumerate(zip(list(kernel.params) + list(kernel.results), specs + outs)):
                 got = tuple(eval_int(e, sizes) for e in p.shape)
                 if got != (spec.shape or (1,)):
                     raise BindingError(f"'{p.name}' has shape {list(got)} at sizes {sizes} but the task's "
-                                       f"'{spec.name}' is {list(spec.shape)}")
+                                       f"'{spec.name}' is {list(spec.shape)}",
+                                       "shape" if i >= len(kernel.params) else "interface")
             prog = asp_lang.check(kernel, machine, sizes, filename, source)
             return Binding(sizes, specs, outs), prog
         except SizeError as e:

@@ -72,6 +72,8 @@ def cmd_eval(args) -> int:
     else:
         with Evaluator(cfg) as worker:
             ev = worker.evaluate(task.path, cand)
+    if ev.reason_code == "task":  # the task itself is broken: a user error, not a rejected kernel
+        raise UsageError(ev.reason or f"{task.path}: the task could not be run")
     _print_eval(ev, args.json)
     if ev.reason_code == "emulator_bug":
         return 3
@@ -200,6 +202,24 @@ def cmd_solve(args) -> int:
     return 0 if res.verified else 1
 
 
+def cmd_cache(args) -> int:
+    from .store.plan_cache import cache_clear, cache_stats
+
+    if not Path(args.db).exists():
+        raise UsageError(f"{args.db}: no plan cache there (it is created by `agentforge solve --plan-cache PATH`)")
+    if args.action == "clear":
+        n = cache_clear(args.db)
+        print(f"{args.db}: removed {n} cached plan(s)")
+        return 0
+    st = cache_stats(args.db)
+    if args.json:
+        print(json.dumps(st, indent=2))
+    else:
+        for k, v in st.items():
+            print(f"{k:>20}: {v}")
+    return 0
+
+
 def _llm_roles(args, ctx):
     raise UsageError(f"--llm {args.llm} is not available in this build")
 
@@ -243,6 +263,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcript", help="JSONL transcript to record (openai) or replay (replay)")
     common(p)
     p.set_defaults(func=cmd_solve)
+    p = sub.add_parser("cache", help="plan cache statistics or clearing")
+    p.add_argument("action", choices=("stats", "clear"))
+    p.add_argument("--db", default=".agentforge/memory.sqlite", help="the plan cache file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache)
     return ap
 
 

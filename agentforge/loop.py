@@ -23,7 +23,7 @@ from langgraph.types import Send
 import asp_lang
 
 from .agents.roles import Candidate, Demo, Feedback, Planner, Reflector, TaskContext, Usage, Worker
-from .author import baseline_plan
+from .author import baseline_plan, tune
 from .baseline import capture_at
 from .capture import signature
 from .tasks import Task
@@ -110,7 +110,7 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
     def demos() -> list[Demo]:
         if experience is not None and not demos_cache:
             try:
-                demos_cache.extend(experience.demonstrations(cfg.demos))
+                demos_cache.extend(experience.demonstrations(cfg.demos, 0, exclude_tasks=(ctx.task.name,)))
             except Exception:  # noqa: BLE001 - memory is an aid, never a reason to fail
                 pass
         return demos_cache
@@ -119,9 +119,12 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         if plan_cache is not None:
             cached = plan_cache.lookup(ctx.signature)
             if cached is not None:
-                adapted = plan_cache.adapt(cached, ctx.graph_own)
+                adapted = plan_cache.adapt(cached, ctx.graph_own, ctx.machine)
                 if adapted is not None:
-                    return {"plan": adapted, "plan_source": "cache", "attempt": 0,
+                    # adapting to this task's sizes is a cheap re-tune on the timing model, not a planner call
+                    tuned = tune(adapted, ctx.graph_own, ctx.machine, priors=cached.priors())
+                    plan_cache.record_saved(planner_calls=1, tokens=0)
+                    return {"plan": tuned.plan.to_dict(), "plan_source": "cache", "attempt": 0,
                             "notes": [f"plan cache hit ({ctx.signature.key()})"]}
         try:
             plan = planner.plan(ctx, demos())

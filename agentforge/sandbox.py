@@ -141,7 +141,12 @@ class Evaluator:
                                "killed", time.perf_counter() - t0, self.cfg)
             d = _recv(self._proc.stdout)
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError, pickle.UnpicklingError):
-            code = self._proc.poll() if self._proc else None
+            code = None
+            if self._proc is not None:
+                try:  # EOF can arrive before the exit is visible: give the OS a moment to report it
+                    code = self._proc.wait(2)
+                except subprocess.TimeoutExpired:
+                    code = self._proc.poll()
             self._kill()
             return _failed(name, candidate, "crash", f"the evaluation process died (exit code {code})",
                            time.perf_counter() - t0, self.cfg)
@@ -150,7 +155,10 @@ class Evaluator:
                 self._kill()  # its heap may be fragmented near the cap: start clean
             return _failed(name, candidate, d["__error__"], d["message"], time.perf_counter() - t0, self.cfg,
                            d.get("traceback"))
-        return Evaluation.from_dict(d)
+        ev = Evaluation.from_dict(d)
+        if ev.reason_code == "memory":
+            self._kill()  # it ran out of memory inside evaluate(): start clean too
+        return ev
 
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

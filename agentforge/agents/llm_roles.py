@@ -1,0 +1,206 @@
+"""LLM implementations of the planner, worker and reflector roles (see roles.py).
+
+Each role renders its template from ``prompts/``, sends it through a client (an
+:class:`~agentforge.llm.LLMClient`, a :class:`~agentforge.llm.ReplayClient` or a
+:class:`~agentforge.llm.RecordingClient`; roles of one campaign share the client and so its
+:class:`~agentforge.llm.Ledger`), and turns the reply into the plain data the loop passes on.
+Each role's ``usage`` adds up what its calls cost.
+
+What can go wrong, and what the role does:
+
+- the worker's reply holds no kernel: the Candidate carries the raw reply as its source (the
+  evaluator rejects it with reason ``compile``) and the parse error in ``notes``; the next
+  attempt's prompt says what was wrong. Never an exception.
+- the planner's reply holds no usable plan after the repair round: the ``fallback`` planner's
+  plan is used, with the reason in its ``notes``; without a fallback, :class:`ReplyError`.
+- the reflector's reply is unusable: ``Reflection(accept=False, plan=None, note=<why>)``.
+- transport failures (:class:`LLMCallError`) and spent budgets (:class:`BudgetExceeded`)
+  propagate: the loop decides.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from ..author import semantic_nodes
+from ..llm.client import messages_tokens
+from ..llm.context import context_vars, demo_view, interface
+from ..llm.errors import ReplyError
+from ..llm.feedback import render_feedback
+from ..llm.parsing import ReplyParseError, extract_kernel
+from ..llm.prompting import load_asp_reference, render_messages, trim_reference
+from ..llm.schemas import PLAN_SCHEMA, REFLECTION_SCHEMA, normalize_plan, plan_checker, reflection_checker
+from .roles import Candidate, Demo, Feedback, Planner, Reflection, TaskContext, Usage
+
+DEFAULT_MAX_PROMPT_TOKENS = 40000
+REFERENCE_SHARE = 0.75       # at most this share of the prompt budget goes to the ASP reference
+
+
+class Notebook:
+    """What the reflector last told the workers, per task (shared by the roles of one campaign)."""
+
+    def __init__(self) -> None:
+        self._notes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def write(self, task: str, note: str) -> None:
+        with self._lock:
+            self._notes[task] = note
+
+    def read(self, task: str) -> str:
+        with self._lock:
+            return self._notes.get(task, "")
+
+
+class _LLMRole:
+    role = "?"
+
+    def __init__(self, client: Any):
+        self.client = client
+        self.usage = Usage()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.client!r})"
+
+    def _account(self, reply: Any) -> None:
+        u = Usage(calls=reply.calls, prompt_tokens=reply.usage.prompt_tokens,
+                  completion_tokens=reply.usage.completion_tokens, cached_tokens=reply.usage.cached_tokens or 0,
+                  cost=reply.cost)
+        with self._lock:
+            self.usage.add(u)
+
+
+def _max_prompt_tokens(client: Any, given: int | None) -> int:
+    if given is not None:
+        return given
+    cfg = getattr(client, "config", None) or getattr(getattr(client, "inner", None), "config", None)
+    return getattr(cfg, "max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS)
+
+
+class LLMPlanner(_LLMRole):
+    """Asks for a JSON plan (agentforge.llm.schemas.PLAN_SCHEMA), checked against the op graph."""
+    role = "planner"
+
+    def __init__(self, client: Any, fallback: Planner | None = None):
+        super().__init__(client)
+        self.fallback = fallback
+
+    def messages(self, ctx: TaskContext, demos: list[Demo]) -> list[dict[str, str]]:
+        return render_messages("planner", **context_vars(ctx), demos=[demo_view(d) for d in demos])
+
+    def plan(self, ctx: TaskContext, demos: list[Demo]) -> dict:
+        n = len(semantic_nodes(ctx.graph_own))
+        reply = self.client.chat(self.messages(ctx, demos), schema=PLAN_SCHEMA, role=self.role,
+                                 check=plan_checker(n))
+        self._account(reply)
+        if reply.parsed_json is not None:
+            plan = normalize_plan(reply.parsed_json)
+            plan["author"] = self.client.author
+            return plan
+        if self.fallback is None:
+            raise ReplyError(f"the planner's reply held no usable plan after a repair round: {reply.error}")
+        plan = dict(self.fallback.plan(ctx, demos))
+        plan["notes"] = (f"{plan.get('notes', '')} [the LLM planner's reply was unusable ({reply.error}); "
+                         f"plan from {type(self.fallback).__name__}]").strip()
+        return plan
+
+
+class LLMWorker(_LLMRole):
+    """Asks for one ASP kernel; the ASP reference in the prompt is trimmed to the token budget."""
+    role = "worker"
+
+    def __init__(self, client: Any, max_prompt_tokens: int | None = None, notebook: Notebook | None = None):
+        super().__init__(client)
+        self.max_prompt_tokens = _max_prompt_tokens(client, max_prompt_tokens)
+        self.notebook = notebook
+        self._last: dict[str, dict] = {}      # task -> {"source", "parse_error"} of this worker's last attempt
+        self.omitted: list[str] = []          # reference headings left out of the last prompt
+
+    def messages(self, ctx: TaskContext, plan: dict, feedback: Feedback | None, demos: list[Demo],
+                 attempt: int) -> list[dict[str, str]]:
+        last = self._last.get(ctx.task.name) if feedback is not None else None
+        plan_view = dict(plan or {})
+        review = self.notebook.read(ctx.task.name) if self.notebook is not None and feedback is not None else ""
+        if review:
+            plan_view["review"] = review
+        sets = ctx.task.resolved_size_sets()
+        base = dict(context_vars(ctx), interface=interface(ctx), plan=plan_view, attempt=attempt,
+                    feedback=render_feedback(feedback), verified=bool(feedback and feedback.verified),
+                    previous=(last or {}).get("source") or "", parse_error=(last or {}).get("parse_error") or "",
+                    test_sizes=[", ".join(f"{k}={v}" for k, v in s.items()) for s in sets])
+        views = [demo_view(d) for d in demos]
+        while True:
+            rest = messages_tokens(render_messages("worker", **base, demos=views, reference=""))
+            if rest <= self.max_prompt_tokens * (1 - REFERENCE_SHARE) or not views:
+                break
+            views = views[:-1]                 # demonstrations give way to the reference first
+        # the reference sits in the system message: a budget that does not depend on the task
+        # (when there is room) keeps that message a stable prefix the server can cache
+        budget = min(self.max_prompt_tokens - rest - 64, int(self.max_prompt_tokens * REFERENCE_SHARE))
+        ref = load_asp_reference(ctx.asp_reference)
+        if budget > 200:
+            text, self.omitted = trim_reference(ref, budget)
+        else:
+            text, self.omitted = "(the ASP reference was left out: no room in the prompt budget)", ["all"]
+        return render_messages("worker", **base, demos=views, reference=text)
+
+    def write(self, ctx: TaskContext, plan: dict, feedback: Feedback | None, demos: list[Demo],
+              attempt: int) -> Candidate:
+        reply = self.client.chat(self.messages(ctx, plan, feedback, demos, attempt), role=self.role)
+        self._account(reply)
+        try:
+            source, problem = extract_kernel(reply.text), None
+        except ReplyParseError as e:
+            source, problem = reply.text, str(e)
+        self._last[ctx.task.name] = {"source": source if problem is None else "", "parse_error": problem}
+        notes = f"parse error: {problem}" if problem else ""
+        return Candidate(kind="kernel", source=source, author=self.client.author, notes=notes)
+
+
+class LLMReflector(_LLMRole):
+    """Asks whether to stop and how to revise the plan (REFLECTION_SCHEMA)."""
+    role = "reflector"
+    MAX_SOURCE_CHARS = 12000
+
+    def __init__(self, client: Any, notebook: Notebook | None = None):
+        super().__init__(client)
+        self.notebook = notebook
+
+    def messages(self, ctx: TaskContext, plan: dict, candidate: Candidate, feedback: Feedback,
+                 attempt: int) -> list[dict[str, str]]:
+        cand = candidate.to_dict()
+        if cand.get("source") and len(cand["source"]) > self.MAX_SOURCE_CHARS:
+            cand["source"] = cand["source"][: self.MAX_SOURCE_CHARS] + "\n# ... (cut)"
+        return render_messages("reflector", **context_vars(ctx), plan=plan or {}, candidate=cand,
+                               feedback=render_feedback(feedback), attempt=attempt)
+
+    def reflect(self, ctx: TaskContext, plan: dict, candidate: Candidate, feedback: Feedback,
+                attempt: int) -> Reflection:
+        n = len(semantic_nodes(ctx.graph_own))
+        reply = self.client.chat(self.messages(ctx, plan, candidate, feedback, attempt), schema=REFLECTION_SCHEMA,
+                                 role=self.role, check=reflection_checker(n))
+        self._account(reply)
+        if reply.parsed_json is None:
+            return Reflection(accept=False, plan=None, note=f"the reflector's reply was unusable: {reply.error}")
+        d = reply.parsed_json
+        revised = normalize_plan(d["plan"]) if isinstance(d.get("plan"), dict) else None
+        if revised is not None:
+            revised["author"] = self.client.author
+        note = str(d.get("note", ""))
+        if self.notebook is not None:
+            self.notebook.write(ctx.task.name, "" if d["accept"] else note)
+        return Reflection(accept=bool(d["accept"]), plan=revised, note=note)
+
+
+def make_roles(client: Any, fallback_planner: Planner | None = None,
+               max_prompt_tokens: int | None = None) -> tuple[LLMPlanner, LLMWorker, LLMReflector]:
+    """The three roles over one client (one ledger), the reflector's notes wired to the worker."""
+    notebook = Notebook()
+    return (LLMPlanner(client, fallback=fallback_planner),
+            LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook),
+            LLMReflector(client, notebook=notebook))
+
+
+__all__ = ["LLMPlanner", "LLMWorker", "LLMReflector", "Notebook", "make_roles"]
