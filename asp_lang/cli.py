@@ -115,7 +115,10 @@ def cmd_fmt(args) -> int:
         return 0
     if args.write:
         if out != src:
-            Path(args.file).write_text(out)
+            try:
+                Path(args.file).write_text(out)
+            except OSError as e:
+                raise UsageError(f"{args.file}: cannot write ({e.strerror or e})") from None
         return 0
     sys.stdout.write(out)
     return 0
@@ -138,7 +141,10 @@ def cmd_run(args) -> int:
     inputs = _load_inputs(args.inputs) if args.inputs else random_inputs(prog, args.seed)
     outs = run(prog, inputs)
     if args.output:
-        np.savez(args.output, **outs)
+        try:
+            np.savez(args.output, **outs)
+        except OSError as e:  # a bad path is the user's mistake, not an internal error
+            raise UsageError(f"--output {args.output}: cannot write ({e.strerror or e})") from None
     report = {"kernel": prog.kernel.name, "machine": prog.machine.name, "sizes": prog.sizes,
               "inputs": "random (seed %d)" % args.seed if not args.inputs else args.inputs,
               "results": {k: _summary(v) for k, v in outs.items()}, "emulator": EMULATOR_VERSION}

@@ -370,7 +370,8 @@ def test_machine_errors_are_located_in_the_toml_file(tmp_path, cid, transform, l
 def test_errors_of_the_examples_are_located_in_their_file(tmp_path):
     """A mistake introduced in a real example is reported in that file, at the edited line."""
     src = (EXAMPLES / "softmax_online.asp").read_text()
-    bad = src.replace("xr = streamify(rows)", "xr = streamify(xb)")
+    assert "xr = streamify(rows, par=8)" in src  # the edit below must change the program
+    bad = src.replace("xr = streamify(rows, par=8)", "xr = streamify(xb)")
     p = tmp_path / "softmax_online.asp"
     p.write_text(bad)
     with pytest.raises(AffineError) as ei:  # xb was already consumed by bufferize
