@@ -79,6 +79,11 @@ def _max_prompt_tokens(client: Any, given: int | None) -> int:
     return getattr(cfg, "max_prompt_tokens", DEFAULT_MAX_PROMPT_TOKENS)
 
 
+def _plan_view(plan: dict | None) -> dict:
+    """A plan as prompts show it: without bookkeeping (who wrote it), so prompts are reproducible."""
+    return {k: v for k, v in (plan or {}).items() if k not in ("author", "version")}
+
+
 class LLMPlanner(_LLMRole):
     """Asks for a JSON plan (agentforge.llm.schemas.PLAN_SCHEMA), checked against the op graph."""
     role = "planner"
@@ -121,13 +126,14 @@ class LLMWorker(_LLMRole):
     def messages(self, ctx: TaskContext, plan: dict, feedback: Feedback | None, demos: list[Demo],
                  attempt: int) -> list[dict[str, str]]:
         last = self._last.get(ctx.task.name) if feedback is not None else None
-        plan_view = dict(plan or {})
+        plan_view = _plan_view(plan)
         review = self.notebook.read(ctx.task.name) if self.notebook is not None and feedback is not None else ""
         if review:
             plan_view["review"] = review
         sets = ctx.task.resolved_size_sets()
         base = dict(context_vars(ctx), interface=interface(ctx), plan=plan_view, attempt=attempt,
-                    feedback=render_feedback(feedback), verified=bool(feedback and feedback.verified),
+                    feedback=render_feedback(feedback, (last or {}).get("source")),
+                    verified=bool(feedback and feedback.verified),
                     previous=(last or {}).get("source") or "", parse_error=(last or {}).get("parse_error") or "",
                     test_sizes=[", ".join(f"{k}={v}" for k, v in s.items()) for s in sets])
         views = [demo_view(d) for d in demos]
@@ -156,6 +162,8 @@ class LLMWorker(_LLMRole):
             source, problem = reply.text, str(e)
         self._last[ctx.task.name] = {"source": source if problem is None else "", "parse_error": problem}
         notes = f"parse error: {problem}" if problem else ""
+        if getattr(reply, "finish_reason", None) == "length":
+            notes = (notes + "; " if notes else "") + "the reply hit the output token limit (max_output_tokens)"
         return Candidate(kind="kernel", source=source, author=self.client.author, notes=notes)
 
 
@@ -173,8 +181,8 @@ class LLMReflector(_LLMRole):
         cand = candidate.to_dict()
         if cand.get("source") and len(cand["source"]) > self.MAX_SOURCE_CHARS:
             cand["source"] = cand["source"][: self.MAX_SOURCE_CHARS] + "\n# ... (cut)"
-        return render_messages("reflector", **context_vars(ctx), plan=plan or {}, candidate=cand,
-                               feedback=render_feedback(feedback), attempt=attempt)
+        return render_messages("reflector", **context_vars(ctx), plan=_plan_view(plan), candidate=cand,
+                               feedback=render_feedback(feedback, candidate.source), attempt=attempt)
 
     def reflect(self, ctx: TaskContext, plan: dict, candidate: Candidate, feedback: Feedback,
                 attempt: int) -> Reflection:
@@ -194,13 +202,26 @@ class LLMReflector(_LLMRole):
         return Reflection(accept=bool(d["accept"]), plan=revised, note=note)
 
 
-def make_roles(client: Any, fallback_planner: Planner | None = None,
-               max_prompt_tokens: int | None = None) -> tuple[LLMPlanner, LLMWorker, LLMReflector]:
-    """The three roles over one client (one ledger), the reflector's notes wired to the worker."""
+def make_roles(client: Any, workers: int = 1, fallback_planner: Planner | None = None,
+               max_prompt_tokens: int | None = None) -> tuple[LLMPlanner, list[LLMWorker], LLMReflector]:
+    """A planner, ``workers`` workers and a reflector over one client (so one ledger), the
+    reflector's notes wired to the workers; the shape of ``agentforge.loop.offline_roles``."""
     notebook = Notebook()
     return (LLMPlanner(client, fallback=fallback_planner),
-            LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook),
+            [LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook) for _ in range(workers)],
             LLMReflector(client, notebook=notebook))
 
 
-__all__ = ["LLMPlanner", "LLMWorker", "LLMReflector", "Notebook", "make_roles"]
+def llm_roles(config: Any, workers: int = 1, fallback_planner: Planner | None = None, ledger: Any = None,
+              check: bool = True) -> tuple[LLMPlanner, list[LLMWorker], LLMReflector]:
+    """Roles for an :class:`~agentforge.llm.LLMConfig`: :func:`~agentforge.llm.preflight` first
+    (``check``; raises PreflightError), then :func:`~agentforge.llm.make_client` (recording when
+    ``config.record_path`` is set) and :func:`make_roles`."""
+    from ..llm import make_client, preflight
+
+    if check:
+        preflight(config)
+    return make_roles(make_client(config, ledger), workers, fallback_planner, config.max_prompt_tokens)
+
+
+__all__ = ["LLMPlanner", "LLMWorker", "LLMReflector", "Notebook", "make_roles", "llm_roles"]

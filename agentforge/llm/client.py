@@ -205,8 +205,12 @@ class LLMClient:
         if problem is None:
             first.parsed_json = value
             return first
-        fixed = self._call(sent + [{"role": "assistant", "content": first.text}, repair_message(problem)],
-                           rf, role, "repair")
+        try:
+            fixed = self._call(sent + [{"role": "assistant", "content": first.text}, repair_message(problem)],
+                               rf, role, "repair")
+        except LLMCallError as e:              # the first reply was paid for: return it, with both problems
+            first.error = f"{problem} (the repair round failed: {e})"
+            return first
         value, problem2 = parse_structured(fixed.text, schema, check)
         return LLMReply(text=fixed.text, parsed_json=value, usage=first.usage + fixed.usage,
                         cost=first.cost + fixed.cost, latency_s=first.latency_s + fixed.latency_s,
@@ -219,7 +223,9 @@ class LLMClient:
         est_in = messages_tokens(messages)
         est_out = cfg.max_output_tokens or 0
         rec = self.ledger.begin(role, cfg.model, est_in + est_out, cfg.cost(est_in, est_out, 0), kind)
-        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages, "temperature": cfg.temperature}
+        kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages}
+        if cfg.temperature is not None:
+            kwargs["temperature"] = cfg.temperature
         if cfg.seed is not None:
             kwargs["seed"] = cfg.seed
         if cfg.max_output_tokens is not None:

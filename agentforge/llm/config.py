@@ -39,7 +39,7 @@ class LLMConfig:
     backoff_base_s: float = 1.0              # first backoff; doubles per retry, jittered
     backoff_cap_s: float = 30.0              # longest backoff
     retry_after_cap_s: float = 120.0         # longest wait a server's Retry-After may impose
-    temperature: float = 0.2
+    temperature: float | None = 0.2         # None: not sent (models that only take their default)
     seed: int | None = 0                     # sent to the server; also seeds the retry jitter
     max_output_tokens: int | None = None     # sent as max_completion_tokens when set
     price_per_mtok_in: float = 0.0           # USD per million prompt tokens
@@ -151,7 +151,8 @@ def _validate(c: LLMConfig) -> None:
     need(_is_num(c.backoff_cap_s) and c.backoff_cap_s >= c.backoff_base_s, "backoff_cap_s",
          "must be a number >= backoff_base_s")
     need(_is_num(c.retry_after_cap_s) and c.retry_after_cap_s >= 0, "retry_after_cap_s", "must be a number >= 0")
-    need(_is_num(c.temperature) and 0 <= c.temperature <= 2, "temperature", "must be a number in 0..2")
+    need(c.temperature is None or (_is_num(c.temperature) and 0 <= c.temperature <= 2), "temperature",
+         "must be a number in 0..2 or None")
     need(c.seed is None or _is_int(c.seed), "seed", "must be an integer or None")
     need(c.max_output_tokens is None or (_is_int(c.max_output_tokens) and c.max_output_tokens > 0),
          "max_output_tokens", "must be a positive integer or None")

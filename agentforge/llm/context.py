@@ -75,8 +75,7 @@ def interface(ctx: Any) -> dict:
         dim_names[values] = name
         return name
 
-    kname = _ident(ctx.task.name, set())
-    taken = {kname}
+    taken: set[str] = set()
     names = _operand_names(own, taken)
     n_out = len(own.outputs)
     out_names = [_ident("y" if n_out == 1 else f"y{i}", taken) for i in range(n_out)]
@@ -100,6 +99,8 @@ def interface(ctx: Any) -> dict:
                         "decl": f"{name}: {dtype}[{', '.join(dims)}]"})
     params = [e for e in entries if e["origin"] != "output"]
     results = [e for e in entries if e["origin"] == "output"]
+    kname = _ident(ctx.task.name, set())
+    kname = kname if kname not in taken else _ident(f"{kname}_kernel", taken)
     header = (f"kernel {kname}({', '.join(e['decl'] for e in params)}) -> "
               f"({', '.join(e['decl'] for e in results)})")
     used = {d for e in entries for d in e["dims"] if not d.isdigit()}
@@ -159,7 +160,7 @@ def machine_summary(machine: Any) -> dict:
 
 
 def demo_view(demo: Any, max_chars: int = 6000) -> dict:
-    src = demo.source or ""
+    src = (demo.source or "").rstrip()
     if len(src) > max_chars:
         src = src[:max_chars] + "\n# ... (cut)\n"
     return {"task": demo.task, "kind": demo.kind, "level": demo.level, "speedup": demo.speedup,

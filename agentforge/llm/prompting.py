@@ -61,9 +61,12 @@ def _env(folder: str) -> jinja2.Environment:
 
 
 def _tojson_pretty(value: Any) -> str:
+    """Indented JSON with lists of numbers kept on one line (``"nodes": [0, 1, 2]``)."""
     import json
 
-    return json.dumps(value, indent=1, ensure_ascii=False)
+    text = json.dumps(value, indent=1, ensure_ascii=False)
+    return re.sub(r"\[([^\[\]{}\"]*)\]", lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")
+                                                                  if x.strip()) + "]", text)
 
 
 def numbered(source: str, start: int = 1) -> str:

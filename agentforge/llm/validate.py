@@ -56,8 +56,9 @@ def _check(v: Any, s: dict, path: str, errors: list[str]) -> None:
                 break
             branches.append(e)
         else:
-            # report the branch that got furthest (fewest errors), or the type mismatch
-            best = min(branches, key=len) if branches else []
+            # report a branch of the value's own type (the fewest errors), else the type mismatch
+            typed = [b for b in branches if not (len(b) == 1 and b[0].startswith(f"{path}: expected "))]
+            best = min(typed or branches, key=len) if branches else []
             errors.extend(best or [f"{path}: matches none of the allowed forms"])
             return
     if "type" in s:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+import pickle
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -88,6 +88,21 @@ def test_config_errors_name_the_field(tmp_path):
     p.write_text('[llm]\nmodel = "m"\nbase_url = "http://127.0.0.1:1/v1"\nmax_calls = 3\n')
     cfg = LLMConfig.from_toml(p)
     assert (cfg.model, cfg.max_calls) == ("m", 3)
+
+
+def test_errors_pickle():
+    from agentforge.llm.errors import LLMConfigError as E
+
+    for err in (E("timeout_s", "must be > 0"), BudgetExceeded("calls", 3, 1, 3), LLMCallError("x", 429, 2, True)):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+
+
+def test_temperature_none_is_not_sent(server, key):
+    server.push(chat("t"))
+    LLMClient(make_cfg(server, temperature=None, seed=None)).chat(MSGS)
+    body = server.chat_requests[0].body
+    assert "temperature" not in body and "seed" not in body
 
 
 def test_config_never_holds_the_key(key):
@@ -478,7 +493,9 @@ def test_validator_subset():
     assert "missing required keys 'strategy', 'rewrites', 'notes'" in text
     assert validate({"accept": True, "plan": None, "note": ""}, REFLECTION_SCHEMA) == []
     assert validate({"accept": "yes", "plan": None, "note": ""}, REFLECTION_SCHEMA)
-    assert validate({"accept": True, "plan": {"regions": []}, "note": ""}, REFLECTION_SCHEMA)
+    errs = validate({"accept": True, "plan": {"regions": [], "strategy": "", "rewrites": [], "notes": ""},
+                     "note": ""}, REFLECTION_SCHEMA)
+    assert errs == ["$.plan.regions: needs at least 1 item(s), got 0"]
     with pytest.raises(SchemaError):
         validate(1, {"type": "integer", "multipleOf": 2})
 
@@ -490,3 +507,10 @@ def test_normalize_plan_is_author_compatible():
     assert plan["regions"][0]["params"] == {"rows": 4, "par": 8, "par_mem": 4}
     p = Plan.from_dict(plan)
     assert p.regions[0].template == "row" and p.regions[0].nodes == [0]
+
+
+def test_failed_repair_round_returns_the_first_reply(server, key):
+    server.push(chat("not json at all", prompt_tokens=70), status(400, "no more"))
+    r = LLMClient(make_cfg(server)).chat(MSGS, schema=PLAN_SCHEMA, role="planner")
+    assert r.parsed_json is None and r.usage.prompt_tokens == 70
+    assert "no JSON" in r.error and "repair round failed" in r.error
