@@ -221,7 +221,24 @@ def cmd_cache(args) -> int:
 
 
 def _llm_roles(args, ctx):
-    raise UsageError(f"--llm {args.llm} is not available in this build")
+    """LLM roles from flags; a missing key or unreachable server stops here (preflight), never a
+    silent switch to another backend."""
+    from .agents.llm_roles import llm_roles
+    from .agents.offline import OfflinePlanner
+    from .llm import LLMConfig
+
+    if args.llm == "replay":
+        if not args.transcript:
+            raise UsageError("--llm replay needs --transcript FILE (a JSONL transcript recorded with --llm openai)")
+        cfg = LLMConfig(provider="replay", replay_path=args.transcript)
+    else:
+        if not args.model:
+            raise UsageError("--llm openai needs --model NAME (and --base-url for a non-OpenAI server)")
+        kw = {"model": args.model, "record_path": args.transcript}
+        if args.base_url:
+            kw["base_url"] = args.base_url
+        cfg = LLMConfig(**kw)
+    return llm_roles(cfg, workers=args.workers, fallback_planner=OfflinePlanner())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,6 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _llm_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from .llm.errors import LLMError
+        return (LLMError,)
+    except ImportError:  # pragma: no cover
+        return ()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from asp_lang import AspError
@@ -282,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except AspError as e:
         print(e.render(), file=sys.stderr)
+        return 2
+    except _llm_errors() as e:  # no key, unreachable server, spent budget: the user's to fix
+        print(f"agentforge: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

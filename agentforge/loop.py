@@ -30,6 +30,18 @@ from .tasks import Task
 from .verify import Evaluation, VerifyConfig, baseline_timing, evaluate
 
 
+def _stop_exceptions() -> tuple[type[BaseException], ...]:
+    """Errors that end the run instead of failing one attempt: a spent budget."""
+    try:
+        from .llm.errors import BudgetExceeded
+        return (BudgetExceeded,)
+    except ImportError:  # pragma: no cover
+        return ()
+
+
+_STOP = _stop_exceptions()
+
+
 class SolveState(TypedDict, total=False):
     attempt: int
     plan: dict | None
@@ -129,18 +141,17 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         try:
             plan = planner.plan(ctx, demos())
             return {"plan": plan, "plan_source": "planner", "attempt": 0}
+        except _STOP:
+            raise
         except Exception as e:  # noqa: BLE001 - a failed planner is recorded; workers go on unplanned
             return {"plan": None, "plan_source": "failed", "attempt": 0,
                     "notes": [f"planner failed: {type(e).__name__}: {e}"]}
 
     def fan_out(state: SolveState) -> list[Send]:
-        last = [h for h in state.get("history", []) if h["attempt"] == state["attempt"] - 1]
-        fb = None
-        if last:
-            worst_first = sorted(last, key=lambda h: h["evaluation"]["verified"])
-            fb = worst_first[0]["feedback"]
-        return [Send("work", {"worker": i, "plan": state.get("plan"), "attempt": state["attempt"], "feedback": fb})
-                for i in range(len(workers))]
+        # each worker hears about its own last candidate (its code and its error go together)
+        last = {h["worker"]: h["feedback"] for h in state.get("history", []) if h["attempt"] == state["attempt"] - 1}
+        return [Send("work", {"worker": i, "plan": state.get("plan"), "attempt": state["attempt"],
+                              "feedback": last.get(i)}) for i in range(len(workers))]
 
     def work_node(payload: dict) -> dict:
         i, attempt = payload["worker"], payload["attempt"]
@@ -149,6 +160,8 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         t0 = time.perf_counter()
         try:
             cand = workers[i].write(ctx, plan, fb, demos(), attempt)
+        except _STOP:
+            raise
         except Exception as e:  # noqa: BLE001 - a failed worker is a failed attempt
             ev = Evaluation(ctx.task.name, "none", False, f"worker failed: {type(e).__name__}: {e}",
                             reason_code="worker_error", machine=ctx.machine.name)
@@ -184,6 +197,8 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
             return {"best": best, "done": False, "attempt": attempt + 1}
         try:
             r = reflector.reflect(ctx, plan, Candidate(**latest["candidate"]), Feedback(**latest["feedback"]), attempt)
+        except _STOP:
+            raise
         except Exception as e:  # noqa: BLE001
             return {"best": best, "done": False, "attempt": attempt + 1,
                     "notes": [f"reflector failed: {type(e).__name__}: {e}"]}
