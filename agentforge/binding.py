@@ -15,7 +15,7 @@ import asp_lang
 from asp_lang.checker import bind_sizes
 from asp_lang.consts import eval_int
 from asp_lang.errors import AspError, SizeError
-from asp_lang.ir import Kernel, Name
+from asp_lang.ir import Kernel, Name, names
 
 from .capture import AtenGraph, TensorSpec
 
@@ -111,24 +111,8 @@ def _shrinkable(err: AspError, kernel: Kernel, free: dict[str, int]) -> str | No
     used = set()
     for st in kernel.body:
         if st.call.span.line == line or st.span.line == line:
-            used |= _names(st.call)
+            used |= names(st.call)
     cands = [k for k in free if k in used and free[k] > 1]
     if not cands:
         cands = [k for k in free if free[k] > 1 and f"{free[k]}" in err.message]
     return max(cands, key=lambda k: free[k]) if cands else None
-
-
-def _names(e) -> set[str]:
-    if isinstance(e, Name):
-        return {e.id}
-    out: set[str] = set()
-    for attr in ("left", "right", "operand"):
-        if hasattr(e, attr):
-            out |= _names(getattr(e, attr))
-    for a in getattr(e, "args", ()) or ():
-        out |= _names(a)
-    for _, v in getattr(e, "kwargs", ()) or ():
-        out |= _names(v)
-    for i in getattr(e, "items", ()) or ():
-        out |= _names(i)
-    return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from .consts import eval_int
 from .errors import (AffineError, ArgumentError, AspError, NameError_, ResourceError, RoutingError,
                      SizeError, TypeError_)
-from .ir import Call, FnDef, Kernel, Name
+from .ir import Call, FnDef, Kernel, Name, names
 from .machine import Machine
 from .ops import OPS, Node
 from .tilefn import TypedFn, check_fn
@@ -48,7 +48,7 @@ def bind_sizes(kernel: Kernel, overrides: dict[str, int] | None = None) -> dict[
     used = set()
     for p in kernel.params + kernel.results:
         for e in p.shape:
-            used |= _names_in(e)
+            used |= names(e)
     for k, v in (overrides or {}).items():
         if k not in sizes and k not in used:
             known = sorted(set(sizes) | used)
@@ -58,23 +58,11 @@ def bind_sizes(kernel: Kernel, overrides: dict[str, int] | None = None) -> dict[
         sizes[k] = v
     for p in kernel.params + kernel.results:
         for e in p.shape:
-            for n in _names_in(e):
+            for n in names(e):
                 if n not in sizes:
                     raise SizeError(f"size '{n}' has no value: add 'sizes {n} = ...' to the kernel "
                                     f"or pass it (--sizes {n}=...)", e.span)
     return sizes
-
-
-def _names_in(e) -> set[str]:
-    if isinstance(e, Name):
-        return {e.id}
-    out: set[str] = set()
-    for attr in ("left", "right", "operand"):
-        if hasattr(e, attr):
-            out |= _names_in(getattr(e, attr))
-    for a in getattr(e, "args", ()) or ():
-        out |= _names_in(a)
-    return out
 
 
 MAX_PAR = 4096  # more replicas than any machine has units

@@ -140,3 +140,23 @@ class Kernel:
 
     def default_sizes(self) -> dict[str, int]:
         return {s.name: s.value for s in self.sizes}
+
+
+def names(e) -> set[str]:
+    """Every identifier an expression (or call, with its keyword arguments) mentions."""
+    if isinstance(e, Name):
+        return {e.id}
+    out: set[str] = set()
+    if isinstance(e, (BinOp,)):
+        return names(e.left) | names(e.right)
+    if isinstance(e, UnOp):
+        return names(e.operand)
+    if isinstance(e, Call):
+        for a in e.args:
+            out |= names(a)
+        for _, v in e.kwargs:
+            out |= names(v)
+    if isinstance(e, (ListExpr, TupleExpr)):
+        for i in e.items:
+            out |= names(i)
+    return out
