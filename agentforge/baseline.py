@@ -8,10 +8,8 @@ switch between kernels pays the machine's reconfiguration cost.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Mapping
 
 import numpy as np
@@ -21,8 +19,7 @@ import asp_lang
 from asp_lang import Machine
 
 from .capture import AtenGraph, AtenNode, Ref, capture, torch_dtype
-from .errors import AgentforgeError
-from .lowering import Alias, Const, OpKernel, Step, UnsupportedOpError, lower_node
+from .lowering import Alias, Const, OpKernel, Step, lower_node
 from .tasks import Task, instantiate
 
 __all__ = ["Baseline", "build_baseline", "capture_at", "to_numpy", "to_torch", "BaselineTiming"]

@@ -577,10 +577,10 @@ def node_flops(node: AtenNode, operand_specs: list[TensorSpec]) -> int:
         return 0
     if kind in ("mm", "bmm", "addmm", "baddbmm", "mv", "addmv", "dot", "vdot"):
         if kind in ("addmm", "baddbmm", "addmv"):
-            a, b = operand_specs[1], operand_specs[2]
+            a = operand_specs[1]
             bias = out_numel
         else:
-            a, b = operand_specs[0], operand_specs[1]
+            a = operand_specs[0]
             bias = 0
         contraction = a.shape[-1] if a.shape else 1
         return 2 * out_numel * contraction + bias

@@ -11,7 +11,7 @@ lowered wrongly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from .capture import AtenGraph, AtenNode, Ref, TensorSpec
@@ -645,8 +645,6 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     inputs, views = [sa.name, sb.name], [sa.shape, sb.shape]
     lead = [1] if bt is not None else []
     # A: [(B,) M/tm, K/tk] -> insert N/tn before K ; B: [(B,) K/tk, N/tn] -> order (B, N, K), insert M/tm
-    a_dims = ([bt] if bt and bt > 1 else []) + ([M // tm] if tm < M else []) + ([K // tk] if tk < K else [])
-    del a_dims
     off = 1 if (bt and bt > 1) else 0
     m_kept, n_kept, k_kept = tm < M, tn < N, tk < K
     a_call = f"load({pa}, tile={_list(lead + [tm, tk])}"

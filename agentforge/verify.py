@@ -23,10 +23,8 @@ import hashlib
 import math
 import threading
 import time
-import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +36,7 @@ from asp_lang.timing import EmulatorError
 from .baseline import Baseline, build_baseline, capture_at, to_numpy, to_torch
 from .binding import BindingError, bind
 from .capture import AtenGraph, capture, io_bytes
-from .errors import AgentforgeError, TaskError
+from .errors import AgentforgeError
 from .lowering import UnsupportedOpError
 from .tasks import Task, instantiate, load_task, make_inputs
 
@@ -460,7 +458,3 @@ def _out_of_memory(e: BaseException | None) -> bool:
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
-
-
-def _internal(e: BaseException) -> dict:
-    return {"kind": type(e).__name__, "message": str(e), "traceback": traceback.format_exc(limit=8)}

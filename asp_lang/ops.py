@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .consts import eval_int, eval_int_list, eval_positive
-from .errors import (ArgumentError, LimitError, NameError_, RoutingError, ShapeError, SizeError,
+from .errors import (ArgumentError, RoutingError, ShapeError, SizeError,
                      TypeError_)
-from .ir import BinOp, Call, Expr, FnDef, ListExpr, Name, Num, TupleExpr
-from .tilefn import FnCost, TypedFn, check_fn, eval_fn
+from .ir import BinOp, Call, Expr, FnDef, ListExpr, Name, Num
+from .tilefn import FnCost, TypedFn, eval_fn
 from .types import BufT, Dyn, Elem, SelT, StreamT, TensorT, TileT, TupT, round_to
 from .values import SVal, nbytes, tmap
 
@@ -863,7 +863,6 @@ def _sum_matmul(x: np.ndarray, y: np.ndarray, no: int, nr: int) -> np.ndarray | 
     xo = [o for o in range(no) if o in batch or o in fold_m]
     yo = [o for o in range(no) if o in batch or o in fold_n]
     nb = len(batch)
-    rk = math.prod(red) * tk
     bshape = tuple(outer[o] for o in batch)
     xperm = ([xo.index(o) for o in batch] + [xo.index(o) for o in fold_m] + [len(xo) + nr]
              + [len(xo) + i for i in range(nr)] + [len(xo) + nr + 1])
@@ -1510,8 +1509,4 @@ def _merge_work(node):
     return OpWork("route", out.count, out.elem.nbytes, out.elem.nbytes)
 
 
-def limit_error(msg: str) -> LimitError:
-    return LimitError(msg)
-
-
-__all__ = ["OPS", "Node", "OpWork", "OpSpec", "Tiling", "make_tiling", "nbytes", "NameError_"]
+__all__ = ["OPS", "Node", "OpWork", "OpSpec", "Tiling", "make_tiling", "nbytes"]

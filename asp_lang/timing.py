@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import AspError, ResourceError
 from .machine import Machine
 from .ops import OPS, Node, OpWork
-from .types import BufT, TileT
+from .types import BufT
 
 EMULATOR_VERSION = "asp-emu 0.1 (fast model)"
 

@@ -50,7 +50,7 @@ def interface(ctx: Any) -> dict:
     graphs = [own] + [g for g in ctx.graphs_small
                       if len(g.inputs) == len(own.inputs) and len(g.params) == len(own.params)
                       and len(g.outputs) == len(own.outputs)]
-    small = graphs[1] if len(graphs) > 1 else own
+
     sizes = dict(ctx.task.sizes)
     size_sets = [dict(ctx.task.sizes)] + [dict(s) for s in ctx.task.resolved_size_sets()][: len(graphs) - 1]
 
