@@ -70,14 +70,14 @@ GROUPS: frozenset[str] = frozenset(
 )
 
 #: Input distributions understood by :func:`make_inputs`.
-DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "heavy", "mixed_scale")
+DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "heavy", "mixed_scale", "large")
 
 #: Level given to a task without a sidecar (or whose sidecar has no ``level``).
 DEFAULT_LEVEL = 1
 
 _REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
 _SIDECAR_SECTIONS = {"task", "tolerance", "sizes"}
-_TASK_KEYS = {"group", "level", "description", "tags"}
+_TASK_KEYS = {"group", "level", "description", "tags", "distributions"}
 _TOLERANCE_KEYS = {"atol", "rtol"}
 _HEAVY_CLIP = 1e4
 _EXEC_COUNTER = itertools.count()
@@ -110,6 +110,8 @@ class Task:
     rtol: float | None = None
     size_sets: list[dict[str, int]] = field(default_factory=list, hash=False)
     tags: tuple[str, ...] = ()
+    #: extra input distributions the verifier must also check (sidecar [task] distributions)
+    distributions: tuple[str, ...] = ()
 
     def sizes_for(self, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
         """Return the task's sizes with ``overrides`` applied (a new dict, file order kept).
@@ -203,6 +205,7 @@ def load_task(path: str | Path) -> Task:
         rtol=meta.get("rtol"),
         size_sets=meta.get("size_sets", []),
         tags=tuple(meta.get("tags", ())),
+        distributions=tuple(meta.get("distributions", ())),
     )
 
 
@@ -363,6 +366,12 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
         if not isinstance(task_tbl["description"], str):
             raise TaskError(sidecar, "description must be a string", 'write description = "..."')
         out["description"] = task_tbl["description"]
+    if "distributions" in task_tbl:
+        dists = task_tbl["distributions"]
+        if not isinstance(dists, list) or not all(isinstance(d, str) and d in DISTRIBUTIONS for d in dists):
+            raise TaskError(sidecar, f"distributions must be a list of names from {list(DISTRIBUTIONS)}",
+                            'write distributions = ["large"]')
+        out["distributions"] = dists
     if "tags" in task_tbl:
         tags = task_tbl["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
@@ -628,6 +637,9 @@ def _redraw(t: torch.Tensor, distribution: str, gen: torch.Generator) -> torch.T
         z = torch.randn(shape, generator=gen, dtype=work)
         u = torch.rand(shape, generator=gen, dtype=work).clamp_min(torch.finfo(work).tiny)
         values = (z / torch.sqrt(-torch.log(u))).clamp(-_HEAVY_CLIP, _HEAVY_CLIP)
+    elif distribution == "large":
+        # standard normal x 100: past exp's float32 range (88), so an unguarded exp overflows
+        values = torch.randn(shape, generator=gen, dtype=work) * 100.0
     elif distribution == "mixed_scale":
         z = torch.randn(shape, generator=gen, dtype=work)
         row_shape = shape[:-1] + (1,) if len(shape) >= 1 else ()

@@ -56,8 +56,13 @@ class VerifyConfig:
     limits: asp_lang.Limits = asp_lang.Limits(max_elements=1 << 28, max_steps=1 << 18, max_array_bytes=1 << 30)
 
     def checks(self, task: Task) -> list[tuple[dict, int, str]]:
+        """Every size set x every seed (seed i draws DISTRIBUTIONS[i]), then one check per extra
+        distribution the task asks for (e.g. "large" inputs where overflow is the trap)."""
         sets = task.resolved_size_sets()[: self.size_sets] or [task.sizes]
-        return [(s, seed, DISTRIBUTIONS[i % len(DISTRIBUTIONS)]) for s in sets for i, seed in enumerate(self.seeds)]
+        plan = [(s, seed, DISTRIBUTIONS[i % len(DISTRIBUTIONS)]) for s in sets for i, seed in enumerate(self.seeds)]
+        extra_seed = max(self.seeds, default=0) + 1
+        plan += [(sets[0], extra_seed + j, d) for j, d in enumerate(task.distributions) if d not in DISTRIBUTIONS]
+        return plan
 
 
 @dataclass

@@ -30,6 +30,7 @@ BENCHMARK_GROUPS = {"attention", "gemm", "bmm", "norm", "rope", "moe_index", "mo
 LEVELS = {1, 2, 3}
 TOP_LEVEL_KEYS = {"task", "tolerance", "sizes"}
 TASK_KEYS = {"group", "level", "description"}
+OPTIONAL_TASK_KEYS = {"distributions"}
 TOLERANCE_KEYS = {"atol", "rtol"}
 MAX_SMALL_NUMEL = 1 << 20  # every tensor at a small size set stays under ~1M elements
 
@@ -176,7 +177,9 @@ def test_sidecar(name: str):
     meta = _sidecar(name)
     assert set(meta) <= TOP_LEVEL_KEYS, f"{name}: unknown top-level keys {set(meta) - TOP_LEVEL_KEYS}"
     task = meta["task"]
-    assert set(task) == TASK_KEYS, f"{name}: [task] must have exactly {TASK_KEYS}"
+    assert TASK_KEYS <= set(task) <= TASK_KEYS | OPTIONAL_TASK_KEYS, \
+        f"{name}: [task] must have {TASK_KEYS} and at most {OPTIONAL_TASK_KEYS} besides"
+    assert set(task.get("distributions", [])) <= {"large"}
     assert task["group"] in GROUPS
     assert type(task["level"]) is int and task["level"] in LEVELS
     assert isinstance(task["description"], str) and task["description"].strip()

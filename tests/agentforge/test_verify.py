@@ -147,11 +147,12 @@ def test_default_plan_three_seeds_two_size_sets_three_distributions():
     assert "heavy" in DISTRIBUTIONS and "normal" in DISTRIBUTIONS and len(set(DISTRIBUTIONS)) >= 2
     task = load_task(SOFTMAX)
     plan = cfg.checks(task)
-    assert len(plan) == len(cfg.seeds) * cfg.size_sets
+    assert len(plan) == len(cfg.seeds) * cfg.size_sets + len(task.distributions)
+    assert [d for _, _, d in plan[len(plan) - len(task.distributions):]] == list(task.distributions)
     sizes = [s for s, _, _ in plan]
     assert {tuple(sorted(s.items())) for s in sizes} == {tuple(sorted(s.items())) for s in task.resolved_size_sets()[:2]}
     for s in task.resolved_size_sets()[:2]:
-        row = [(seed, d) for z, seed, d in plan if z == s]
+        row = [(seed, d) for z, seed, d in plan if z == s and d in DISTRIBUTIONS]
         assert {seed for seed, _ in row} == set(cfg.seeds)
         assert {d for _, d in row} >= {"normal", "heavy", "uniform"}
 
@@ -171,7 +172,8 @@ def test_every_bundled_task_gets_the_full_plan():
 def test_plan_follows_the_config():
     task = load_task(SOFTMAX)
     plan = VerifyConfig(seeds=(7, 8, 9, 10), size_sets=1).checks(task)
-    assert [seed for _, seed, _ in plan] == [7, 8, 9, 10]
+    assert [seed for _, seed, d in plan if d in DISTRIBUTIONS] == [7, 8, 9, 10]
+    assert [seed for _, seed, d in plan if d not in DISTRIBUTIONS] == [11]  # softmax also asks for "large"
     assert [d for _, _, d in plan][:3] == list(DISTRIBUTIONS[:3])
 
 
@@ -225,9 +227,9 @@ def softmax_task():
 
 def test_honest_fake_candidate_passes_every_check(softmax_task):
     checks = run_checks(softmax_task, Honest(), CFG)
-    assert len(checks) == 6 and all(c.passed for c in checks)
+    assert len(checks) == 6 + len(softmax_task.distributions) and all(c.passed for c in checks)
     assert all(c.max_abs_error is not None and c.max_abs_error < 1e-6 for c in checks)
-    assert {c.distribution for c in checks} == {"normal", "heavy", "uniform"}
+    assert {c.distribution for c in checks} == {"normal", "heavy", "uniform", *softmax_task.distributions}
 
 
 def test_modified_inputs_are_detected(softmax_task):
@@ -272,7 +274,8 @@ def test_verified_kernel_is_scored(verified, softmax_task):
     assert ev.hbm_bytes >= 2 * b * d * 4
     assert ev.flops > 0 and ev.bottleneck
     assert ev.kernel_sha256 and len(ev.kernel_sha256) == 64
-    assert len(ev.checks) == 6 and all(isinstance(c, Check) and c.passed for c in ev.checks)
+    assert len(ev.checks) == 6 + len(softmax_task.distributions)
+    assert all(isinstance(c, Check) and c.passed for c in ev.checks)
     assert ev.eval_seconds > 0 and ev.error is None and ev.warnings == []
 
 
