@@ -56,7 +56,7 @@ def worker():
 
 def test_result_crosses_the_process_boundary(worker):
     ev = worker.evaluate(SOFTMAX, CONTROL)
-    assert isinstance(ev, Evaluation) and ev.verified and ev.speedup > 0 and len(ev.checks) == 6
+    assert isinstance(ev, Evaluation) and ev.verified and ev.speedup > 0 and len(ev.checks) == 7  # 6 + "large"
 
 
 def test_timeout_kills_and_the_next_evaluation_restarts(worker):
