@@ -174,7 +174,8 @@ class CheckCtx:
                                 f"but {self.machine.name} has {self.machine.sram_bytes / 2**20:.1f} MiB; "
                                 f"buffer a smaller sub-stream (lower rank) or smaller tiles", call.span)
 
-    def routing_assumption(self, call: Call, n: int, count: int) -> float:
+    def routing_assumption(self, call: Call, n: int, count: int) -> tuple[float, float]:
+        """(mean branch length, longest / mean) for a partition of ``count`` elements over n."""
         self.partitions += 1
         counts = self.routing.get("counts")
         if counts is not None:
@@ -182,10 +183,12 @@ class CheckCtx:
                 raise RoutingError(f"routing counts {list(counts)} must name {n} branches summing to {count}",
                                    call.span)
             self.routing_notes.append(f"partition at line {call.span.line}: given counts {list(counts)}")
+            mean = count / n
+            return mean, (max(counts) / mean if mean else 1.0)
         else:
             self.routing_notes.append(f"partition at line {call.span.line}: uniform routing assumed "
                                       f"({count} elements over {n} branches, {count / n:g} each)")
-        return count / n
+        return count / n, 1.0
 
 
 def check(kernel: Kernel, machine: Machine, sizes: dict[str, int] | None = None,

@@ -1434,8 +1434,8 @@ def _partition_check(ctx, call, ntargets):
                          f"the stream's outer dimensions [{', '.join(map(str, outer))}]", _span(call))
     n, k = sel.elem.n, sel.elem.k
     count = math.prod(outer) * k
-    assumed = ctx.routing_assumption(call, n, count)
-    dyn = Dyn(f"p{ctx.node_index}", assumed)
+    assumed, skew = ctx.routing_assumption(call, n, count)
+    dyn = Dyn(f"p{ctx.node_index}", assumed, skew)
     return [StreamT((n, dyn) + tuple(s.dims[s.rank - r:]), s.elem)], {"rank": r, "n": n, "k": k}, None, None
 
 

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from .errors import AspError, ResourceError
 from .machine import Machine
 from .ops import OPS, Node, OpWork
-from .types import BufT
+from .types import BufT, Dyn
 
 EMULATOR_VERSION = "asp-emu 0.1 (fast model)"
 
@@ -153,7 +153,22 @@ class EmulatorError(AspError):
     kind = "EmulatorError"
 
 
+def _skew(node: Node) -> float:
+    """How much longer than the mean the busiest routed branch is (1 without routing)."""
+    s = 1.0
+    for t in node.in_types:
+        for d in t.dims:
+            if isinstance(d, Dyn):
+                s = max(s, d.skew)
+    return s
+
+
 def _busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
+    b, limit = _busy_even(node, w, m, units)
+    return b * _skew(node), limit
+
+
+def _busy_even(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
     par = max(1, node.par)
     if w.kind == "compute":
         fn = w.fn

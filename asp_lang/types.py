@@ -133,11 +133,14 @@ Elem = TileT | SelT | BufT | TupT
 class Dyn:
     """A dimension whose length is known only at run time (after partition).
 
-    ``assumed`` is the mean length the timing model uses (uniform routing by default, or
-    counts given by the user); ``total`` is the sum over the static dims before it.
+    ``assumed`` is the mean branch length the timing model uses (uniform routing by default,
+    or counts given by the user); ``skew`` is the longest branch over the mean (1 when uniform):
+    operators on a routed stream spread their replicas over the branches, so the busiest
+    branch sets their pace.
     """
     label: str
     assumed: float
+    skew: float = 1.0
 
     def __str__(self) -> str:
         return f"?{self.label}"

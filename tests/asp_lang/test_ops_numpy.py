@@ -796,6 +796,10 @@ def test_routing_counts_drive_the_timing_not_the_numbers():
     inputs = asp_lang.random_inputs(p_uniform, 3)
     np.testing.assert_array_equal(asp_lang.run(p_uniform, inputs)["y"], asp_lang.run(p_skew, inputs)["y"])
     assert asp_lang.profile(p_skew).routing["counts"] == [8, 0, 0, 0]
+    # all tokens on one expert: the routed operators run at a quarter of their replicas
+    assert asp_lang.profile(p_skew).cycles > asp_lang.profile(p_uniform).cycles
+    even = asp_lang.compile(text, sizes={"T": 8, "D": 8, "E": 4, "F": 8}, routing={"counts": [2, 2, 2, 2]})
+    assert asp_lang.profile(even).cycles == asp_lang.profile(p_uniform).cycles
     with pytest.raises(AspError) as ei:
         asp_lang.compile(text, sizes={"T": 8, "D": 8, "E": 4, "F": 8}, routing={"counts": [8, 0, 0]})
     assert ei.value.kind == "RoutingError"
