@@ -814,6 +814,7 @@ ROW_GRID = {"rows": (1, 4, 16, 64), "par": (16, 64, 256), "par_mem": (4, 16)}
 MM_GRID = {"tm": (64, 128, 256), "tn": (64, 128, 256), "tk": (128, 256), "par": (64, 256, 1024),
            "par_mem": (8, 16), "par_epi": (16, 64)}
 SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
+PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
 
 @dataclass
@@ -861,7 +862,12 @@ def _best_params(region: Region, graph: AtenGraph, machine: Machine, sem, priors
     """(seconds, params) of the fastest parameters for one region alone, and how many were tried."""
     grid = {"row": ROW_GRID, "matmul": MM_GRID, "single": SINGLE_GRID}[region.template]
     best = None
-    cands = _grid_order(grid, dict(priors.get(region.template, {})))[:max(1, limit)]
+    prior = {k: v for k, v in dict(priors.get(region.template, {})).items() if k in grid}
+    cands = _grid_order(grid, prior)
+    if prior:
+        # experience says where good parameters are: search their neighbourhood only
+        cands = [c for c in cands if sum(c[k] != prior.get(k, c[k]) for k in grid) <= PRIOR_RADIUS]
+    cands = cands[:max(1, limit)]
     for params in cands:
         try:
             secs = _region_seconds(Plan([Region(region.template, list(region.nodes), params)]), graph, machine, sem)

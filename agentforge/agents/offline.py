@@ -23,9 +23,11 @@ class OfflinePlanner:
     def __init__(self, priors: dict | None = None):
         self.usage = Usage()
         self.priors = priors or {}
+        self.search_evaluations = 0   # timing-model evaluations spent searching parameters
 
     def plan(self, ctx: TaskContext, demos: list[Demo]) -> dict:
         tuned = author_plan(ctx.graph_own, ctx.machine, self.priors, graphs_small=ctx.graphs_small)
+        self.search_evaluations += tuned.configs_tried
         return tuned.plan.to_dict()
 
 
