@@ -31,7 +31,7 @@ from .baseline import Baseline, with_par
 from .capture import TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, op_kind
 from .lowering import (_ELEMENTWISE, ALIAS_KINDS, CONST_TARGETS, MM_TILE, ROW_CAP, TILE_CAP, Alias, Const,
                        KernelBuilder, OpKernel, Step, UnsupportedOpError, _base, _dt, _fin, _kname, _list, _lit,
-                       divisor_at_most, elementwise_kind, elementwise_parts, lower_node)
+                       divisor_at_most, elementwise_kind, elementwise_parts, is_noop_expand, lower_node)
 
 PLAN_VERSION = 1
 
@@ -83,9 +83,10 @@ def _is_const(node: AtenNode, constants: set[str]) -> bool:
     return base in CONST_TARGETS or (refs and all(r in constants for r in refs)) or (not refs and base != "getitem")
 
 
-def _is_alias(node: AtenNode) -> bool:
+def _is_alias(node: AtenNode, graph: AtenGraph | None = None) -> bool:
     return node.target == "getitem" or _base(node.target) in ALIAS_KINDS or \
-        (_base(node.target) == "_to_copy" and node.kwargs.get("dtype") is None)
+        (_base(node.target) == "_to_copy" and node.kwargs.get("dtype") is None) or \
+        (graph is not None and is_noop_expand(node, graph))
 
 
 def row_view(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -173,7 +174,7 @@ class _Partitioner:
                     self.alias_of[node.name] = src
                     self._alias_view(node, src)
                 continue
-            if _is_alias(node):
+            if _is_alias(node, self.g):
                 src = node.refs()[0].name
                 if src in self.constants:
                     self.constants.add(node.name)
@@ -326,7 +327,7 @@ class _Partitioner:
         while changed:  # follow aliases of the permuted value
             changed = False
             for n in self.g.nodes:
-                if n.name not in names and (_is_alias(n) or op_kind(n.target) in TRANSPARENT_KINDS) and \
+                if n.name not in names and (_is_alias(n, self.g) or op_kind(n.target) in TRANSPARENT_KINDS) and \
                         n.refs() and n.refs()[0].name in names:
                     names.add(n.name)
                     changed = True
@@ -368,7 +369,7 @@ def partition(graph: AtenGraph) -> list[Region]:
 def baseline_plan(graph: AtenGraph) -> Plan:
     """Every op its own region: the op-by-op baseline as a plan."""
     return Plan([Region("single", [i]) for i in range(len(semantic_nodes(graph)))
-                 if not _is_alias(semantic_nodes(graph)[i])], notes="op by op")
+                 if not _is_alias(semantic_nodes(graph)[i], graph)], notes="op by op")
 
 
 # ------------------------------------------------------------------ realize
@@ -385,7 +386,7 @@ def _const_and_alias_steps(graph: AtenGraph) -> tuple[dict[str, Step], set[str]]
         elif _is_const(node, constants):
             constants.update(o.name for o in node.outs)
             steps[node.name] = Const(node.name, node.target)
-        elif op_kind(node.target) in TRANSPARENT_KINDS or _is_alias(node):
+        elif op_kind(node.target) in TRANSPARENT_KINDS or _is_alias(node, graph):
             steps[node.name] = Alias(node.name, node.target, node.refs()[0].name, node.name)
     return steps, constants
 

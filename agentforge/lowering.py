@@ -916,6 +916,12 @@ _ELEMENTWISE = set(_UNARY) | set(_BINARY) | {"gelu", "elu", "leaky_relu", "clamp
                                              "masked_fill", "_to_copy", "expand"}
 
 
+def is_noop_expand(node: AtenNode, graph: AtenGraph) -> bool:
+    """An expand to the shape its operand already has relabels memory; it copies nothing."""
+    return _base(node.target) == "expand" and isinstance(node.args[0], Ref) and \
+        tuple(graph.spec(node.args[0]).shape) == tuple(node.outs[0].shape)
+
+
 def elementwise_kind(base: str) -> str:
     return "cast" if base == "_to_copy" else base
 
@@ -931,7 +937,7 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
     refs = [r.name for r in node.refs()]
     if base in CONST_TARGETS or (refs and all(r in constants for r in refs)) or (not refs and base != "getitem"):
         return Const(node.name, node.target)
-    if base in ALIAS_KINDS:
+    if base in ALIAS_KINDS or is_noop_expand(node, graph):
         return Alias(node.name, node.target, refs[0], node.name)
     if base in ("_softmax", "softmax"):
         return lower_softmax(node, graph, log=False)
