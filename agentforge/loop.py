@@ -118,13 +118,14 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                 experience=None):
     """The LangGraph graph for one task (compile it with a checkpointer to make it resumable)."""
     demos_cache: list[Demo] = []
+    memory_errors: list[str] = []   # memory is an aid, never a reason to fail; but failures are reported
 
     def demos() -> list[Demo]:
-        if experience is not None and not demos_cache:
+        if experience is not None and not demos_cache and not memory_errors:
             try:
                 demos_cache.extend(experience.demonstrations(cfg.demos, 0, exclude_tasks=(ctx.task.name,)))
-            except Exception:  # noqa: BLE001 - memory is an aid, never a reason to fail
-                pass
+            except Exception as e:  # noqa: BLE001
+                memory_errors.append(f"experience library: demonstrations failed: {type(e).__name__}: {e}")
         return demos_cache
 
     def plan_node(state: SolveState) -> dict:
@@ -185,12 +186,12 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
             for h in this_round:
                 try:
                     experience.record_attempt(ctx.task.name, ctx.signature, h["evaluation"]["verified"])
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as e:  # noqa: BLE001
+                    memory_errors.append(f"experience library: recording an attempt failed: {type(e).__name__}: {e}")
         good = best is not None and best["evaluation"]["verified"] and \
             (best["evaluation"].get("speedup") or 0.0) >= cfg.min_speedup
         if good or attempt + 1 >= cfg.max_attempts:
-            return {"best": best, "done": True, "attempt": attempt + 1}
+            return {"best": best, "done": True, "attempt": attempt + 1, "notes": list(dict.fromkeys(memory_errors))}
         latest = this_round[0] if this_round else None
         plan = state.get("plan") or {}
         if latest is None or latest["candidate"] is None:
@@ -251,22 +252,23 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     best_ev = Evaluation.from_dict(best["evaluation"]) if best else None
     best_cand = Candidate(**best["candidate"]) if best and best.get("candidate") else None
     hit = final.get("plan_source") == "cache" or any("plan cache hit" in n for n in final.get("notes", []))
+    notes = list(final.get("notes", []))
     if best_ev is not None and best_ev.verified and best_cand is not None:
         if plan_cache is not None and best_cand.kind == "plan":
             try:
                 plan_cache.store(ctx.signature, best_cand.plan, {"speedup": best_ev.speedup, "verified": True,
                                                                 "task": task.name})
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
+                notes.append(f"plan cache: storing the verified plan failed: {type(e).__name__}: {e}")
         if experience is not None:
             try:
                 experience.add(task.name, ctx.signature, best_cand.kind,
                                best_cand.source if best_cand.kind == "kernel" else best_cand.plan, best_ev)
-            except Exception:  # noqa: BLE001
-                pass
+            except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
+                notes.append(f"experience library: adding the verified candidate failed: {type(e).__name__}: {e}")
     rounds = len({h["attempt"] for h in final.get("history", [])})
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
-                       final.get("plan"), final.get("notes", []))
+                       final.get("plan"), notes)
 
 
 def offline_roles(workers: int = 1, priors: dict | None = None):

@@ -81,3 +81,20 @@ def test_the_attempt_budget_ends_the_loop(rmsnorm):
     assert not res.verified
     assert res.attempts == 2
     assert all(h["evaluation"]["reason_code"] == "compile" for h in res.history)
+
+
+class _BrokenMemory:
+    """An experience library whose every call fails (a locked or corrupt database)."""
+
+    def demonstrations(self, *a, **k):
+        raise OSError("database is locked")
+
+    record_attempt = add = demonstrations
+
+
+def test_a_failing_memory_is_reported_not_fatal_and_not_silent(rmsnorm):
+    task, ctx = rmsnorm
+    planner, workers, reflector = offline_roles()
+    res = solve(task, planner, workers, reflector, ctx=ctx, experience=_BrokenMemory())
+    assert res.verified
+    assert any("experience library" in n and "database is locked" in n for n in res.notes)
