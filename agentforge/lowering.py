@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import asp_lang
+
 from .capture import AtenGraph, AtenNode, Ref, TensorSpec
 from .errors import AgentforgeError
 
@@ -145,9 +147,10 @@ class KernelBuilder:
         self.body.append(f"  {call}")
 
     def text(self, comment: str) -> str:
+        """The kernel in canonical form (what `asp fmt` prints), so generated files diff cleanly."""
         lines = [f"# {comment}", f"kernel {self.name}({', '.join(self.params)}) -> ({', '.join(self.results)}) {{"]
         lines += self.fns + self.body + ["}"]
-        return "\n".join(lines) + "\n"
+        return asp_lang.format_kernel(asp_lang.parse("\n".join(lines) + "\n", f"{self.name}.asp"))
 
 
 def _list(xs) -> str:
