@@ -391,19 +391,31 @@ def _const_and_alias_steps(graph: AtenGraph) -> tuple[dict[str, Step], set[str]]
     return steps, constants
 
 
+@dataclass
+class _GraphIndex:
+    """What realizing any plan on one graph needs to know about it, computed once."""
+    sem: list[AtenNode]
+    fixed: dict[str, Step]
+    constants: set[str]
+    consumers: dict[str, set[str]]
+    outputs: set[str]
+
+
+def _index(graph: AtenGraph) -> _GraphIndex:
+    fixed, constants = _const_and_alias_steps(graph)
+    return _GraphIndex(semantic_nodes(graph), fixed, constants, _consumers(graph), {r.name for r in graph.outputs})
+
+
 def realize(plan: Plan, graph: AtenGraph, machine: Machine) -> Baseline:
     """The chain of kernels ``plan`` gives for ``graph`` (a Baseline-shaped chain)."""
-    sem = semantic_nodes(graph)
-    fixed, constants = _const_and_alias_steps(graph)
+    idx = _index(graph)
+    sem, fixed, constants, consumers, outputs = idx.sem, idx.fixed, idx.constants, idx.consumers, idx.outputs
     owner: dict[str, int] = {}
     for ri, region in enumerate(plan.regions):
         for i in region.nodes:
             if not 0 <= i < len(sem):
                 raise ValueError(f"plan refers to node {i}; the graph has {len(sem)}")
             owner[sem[i].name] = ri
-    consumers = _consumers(graph)
-    outputs = {r.name for r in graph.outputs}
-    # values an alias chain makes visible outside a region count as used outside
     steps: list[Step] = []
     emitted: set[int] = set()
     last = {ri: max(graph.nodes.index(sem[i]) for i in reg.nodes) for ri, reg in enumerate(plan.regions)}
@@ -834,16 +846,16 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
          budget: int = 400) -> Tuned:
     """Search each region's parameters against the timing model at the task's own sizes."""
     priors = priors or {}
-    sem = semantic_nodes(graph_own)
+    idx = _index(graph_own)
     tried = 0
     regions = []
     per_region = max(1, budget // max(1, len(plan.regions)))
     for ri, region in enumerate(plan.regions):
-        best, n = _best_params(region, graph_own, machine, sem, priors, per_region)
+        best, n = _best_params(region, graph_own, machine, idx, priors, per_region)
         tried += n
         if region.template != "single":
             # fusing must pay: compare with the same ops as separate kernels (+ reconfigurations)
-            singles = [_best_params(Region("single", [i]), graph_own, machine, sem, priors, 8) for i in region.nodes]
+            singles = [_best_params(Region("single", [i]), graph_own, machine, idx, priors, 8) for i in region.nodes]
             tried += sum(k for _, k in singles)
             if all(b is not None for b, _ in singles):
                 split_secs = sum(b[0] for b, _ in singles) + \
@@ -859,7 +871,7 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
     return Tuned(tuned, chain.time().seconds, len(chain.kernels), tried)
 
 
-def _best_params(region: Region, graph: AtenGraph, machine: Machine, sem, priors: dict, limit: int):
+def _best_params(region: Region, graph: AtenGraph, machine: Machine, idx: _GraphIndex, priors: dict, limit: int):
     """(seconds, params) of the fastest parameters for one region alone, and how many were tried."""
     grid = {"row": ROW_GRID, "matmul": MM_GRID, "single": SINGLE_GRID}[region.template]
     best = None
@@ -871,7 +883,7 @@ def _best_params(region: Region, graph: AtenGraph, machine: Machine, sem, priors
     cands = cands[:max(1, limit)]
     for params in cands:
         try:
-            secs = _region_seconds(Plan([Region(region.template, list(region.nodes), params)]), graph, machine, sem)
+            secs = _region_seconds(Region(region.template, list(region.nodes), params), graph, machine, idx)
         except (asp_lang.AspError, UnsupportedOpError, ValueError):
             continue
         if best is None or secs < best[0]:
@@ -887,13 +899,11 @@ def _grid_order(grid: dict, start: dict) -> list[dict]:
     return combos
 
 
-def _region_seconds(single: Plan, graph: AtenGraph, machine: Machine, sem) -> float:
-    region = single.regions[0]
-    nodes = [sem[i] for i in region.nodes]
-    fixed, _ = _const_and_alias_steps(graph)
+def _region_seconds(region: Region, graph: AtenGraph, machine: Machine, idx: _GraphIndex) -> float:
+    """One region's kernel, alone, timed at the graph's sizes (inf if it needs sections)."""
+    nodes = [idx.sem[i] for i in region.nodes]
     owner = {n.name: 0 for n in nodes}
-    consumers = _consumers(graph)
-    k = _region_kernel(region, nodes, graph, fixed, owner, 0, consumers, {r.name for r in graph.outputs})
+    k = _region_kernel(region, nodes, graph, idx.fixed, owner, 0, idx.consumers, idx.outputs)
     if not isinstance(k, OpKernel):
         return 0.0
     prog = asp_lang.compile(k.source, machine, filename="region.asp")

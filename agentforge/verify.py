@@ -409,10 +409,11 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
             ev.hbm_bytes = bhbm
             ev.bottleneck = "op-by-op chain"
         elif kind == "plan":
-            t = cand.chain(capture_at(task, meta=True)).time()
+            own = capture_at(task, meta=True)
+            t = cand.chain(own).time()
             ev.simulated_seconds = t.seconds
             ev.hbm_bytes = t.hbm_bytes
-            roof = max(io_bytes(capture_at(task, meta=True)) / (machine.hbm.bandwidth_gbs * 1e9),
+            roof = max(io_bytes(own) / (machine.hbm.bandwidth_gbs * 1e9),
                        max((k["seconds"] * k["roofline_fraction"] for k in t.kernels), default=0.0))
             ev.roofline_fraction = min(1.0, roof / t.seconds)
             ev.bottleneck = max(t.kernels, key=lambda k: k["seconds"])["bottleneck"] if t.kernels else None
