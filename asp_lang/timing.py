@@ -193,19 +193,55 @@ def _busy_even(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, 
     return 0.0, "none"
 
 
-def _latency(node: Node, w: OpWork, m: Machine, section_time: float) -> float:
+def _latency(node: Node, w: OpWork, m: Machine) -> float:
+    """Cycles from an operator taking an element to delivering its result (pipeline depth)."""
     if w.kind == "compute":
-        lat = m.pcu.latency_cycles
-        if node.op == "accum":
-            lat += section_time / max(w.groups, 1.0)  # the first result waits for a whole group
-        return lat
+        return m.pcu.latency_cycles
     if w.kind == "mem":
         return m.latency_cycles(w.tier)
     if w.kind == "route":
         return m.network.route_cycles_per_element
-    if node.op == "bufferize":
-        return section_time / max(w.groups, 1.0)  # downstream starts once the first buffer is full
     return 0.0
+
+
+def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, float],
+                    candidates: dict[str, float], producer: dict[str, int]) -> float:
+    """A section's time: every operator streams concurrently, so each delivers its last result
+    no earlier than its first input arrives plus its own busy time, and no earlier than its
+    producers' last results; it adds its pipeline latency. First results flow down the graph
+    after each latency and, for ``accum`` and ``bufferize``, after a whole group has come in
+    at the pace of the slowest operator (or memory channel) upstream of it. Memory operators
+    share their tier: each moves its own traffic, and the section is not done before the tier has
+    moved all of it and a last latency has passed."""
+    m = prog.machine
+    first: dict[int, float] = {}
+    last: dict[int, float] = {}
+    pace: dict[int, float] = {}
+    for i in sec:
+        node, w = prog.nodes[i], works[i]
+        ins = [producer[n] for n in node.inputs]
+        outside = candidates["hbm"]  # a stream from another section is read back from HBM
+        tier = candidates[w.tier] if w.kind == "mem" else 0.0
+        pace[i] = max([busy[i], tier] + [pace.get(j, outside) for j in ins])
+        lat = _latency(node, w, m)
+        first_in = max((first.get(j, 0.0) for j in ins), default=0.0)
+        wait = pace[i] / max(w.groups, 1.0) if node.op in ("accum", "bufferize") else 0.0
+        first[i] = first_in + wait + lat
+        own = _tier_cycles(m, w.tier, w.offchip_bytes, w.elements) if w.kind == "mem" else 0.0
+        last_in = max((last.get(j, outside) for j in ins), default=0.0)
+        last[i] = max(first_in + max(busy[i], own), last_in) + lat
+    # the tiers serve the whole section's traffic from its start; the last transfer then takes
+    # the tier's latency to complete
+    tiers = [candidates[t] + m.latency_cycles(t) for t in ("hbm", "ddr") if candidates[t] > 0]
+    return max(list(last.values()) + tiers, default=0.0)
+
+
+def _tier_cycles(m: Machine, tier: str, nbytes: float, requests: float) -> float:
+    """Cycles an off-chip tier needs for a section's traffic: its bandwidth, or its request slots
+    (``max_outstanding`` requests of one stream element each, every one held for the latency)
+    when the elements are too small to fill the bandwidth."""
+    mem = m.mem(tier)
+    return max(nbytes / m.bytes_per_cycle(tier), requests * m.latency_cycles(tier) / mem.max_outstanding)
 
 
 def roofline(prog) -> tuple[float, str]:
@@ -247,19 +283,25 @@ def profile(prog) -> Report:
     units = [node_units(n, w, m) for n, w in zip(prog.nodes, works)]
     section_of = {i: s for s, sec in enumerate(prog.sections) for i in sec}
     producer = {o: i for i, n in enumerate(prog.nodes) for o in n.outputs if o != "_"}
+    consumer = {n: i for i, node in enumerate(prog.nodes) for n in node.inputs}
     total = 0.0
     hbm = ddr = 0.0
     op_timings: list[OpTiming] = []
     busiest = ("", -1.0)
     pcu_busy = 0.0
     for s, sec in enumerate(prog.sections):
-        spill = 0.0
+        # a stream crossing a cut is written to HBM by the section that makes it and read back
+        # by the section that uses it: each pays for its own half
+        traffic = {"hbm": 0.0, "ddr": 0.0}
+        requests = {"hbm": 0.0, "ddr": 0.0}
         for i in sec:
-            for name in prog.nodes[i].inputs:
-                if section_of[producer[name]] != s:
-                    t = prog.streams[name]
-                    spill += 2 * t.count * _edge_bytes(t.elem)
-        traffic = {"hbm": spill, "ddr": 0.0}
+            node = prog.nodes[i]
+            crossing = [(n, t) for n, t in zip(node.inputs, node.in_types) if section_of[producer[n]] != s]
+            crossing += [(n, t) for n, t in zip(node.outputs, node.out_types)
+                         if n != "_" and section_of.get(consumer.get(n, i), s) != s]
+            for _, t in crossing:
+                traffic["hbm"] += t.count * _edge_bytes(t.elem)
+                requests["hbm"] += t.count
         busy = {}
         for i in sec:
             w = works[i]
@@ -267,17 +309,13 @@ def profile(prog) -> Report:
             busy[i] = (b, limit)
             if w.offchip_bytes:
                 traffic[w.tier] += w.offchip_bytes
+                requests[w.tier] += w.elements
         candidates = {f"{prog.nodes[i].op}@{prog.nodes[i].call.span.line}": busy[i][0] for i in sec}
-        candidates["hbm"] = traffic["hbm"] / m.bytes_per_cycle("hbm")
-        candidates["ddr"] = traffic["ddr"] / m.bytes_per_cycle("ddr")
+        for tier in ("hbm", "ddr"):
+            candidates[tier] = _tier_cycles(m, tier, traffic[tier], requests[tier])
         sec_bottleneck = max(candidates, key=candidates.get)
         steady = candidates[sec_bottleneck]
-        finish: dict[int, float] = {}
-        for i in sec:
-            node = prog.nodes[i]
-            start = max((finish.get(producer[n], 0.0) for n in node.inputs), default=0.0)
-            finish[i] = start + _latency(node, works[i], m, steady)
-        sec_time = steady + max(finish.values(), default=0.0)
+        sec_time = _section_cycles(prog, sec, works, {i: b for i, (b, _) in busy.items()}, candidates, producer)
         if steady > busiest[1]:
             busiest = (sec_bottleneck, steady)
         total += sec_time

@@ -361,10 +361,11 @@ def test_more_par_is_never_slower_within_one_section(name, stmt, machine):
         assert r1.cycles <= r0.cycles * (1 + 1e-12), f"par {p0} -> {p1}: {r0.cycles} -> {r1.cycles}"
         # par changes how fast, never how much: same traffic and flops
         assert r1.hbm_bytes == r0.hbm_bytes and r1.flops == r0.flops
-        # once HBM bandwidth is the bottleneck, more par does not help any more
+        # once HBM bandwidth is the bottleneck, more par helps little: it only shortens the
+        # pipeline's fill and drain around the HBM-bound steady state
         if r0.bottleneck == "hbm":
             assert r1.bottleneck == "hbm"
-            assert r1.cycles == pytest.approx(r0.cycles, rel=1e-12)
+            assert r1.cycles == pytest.approx(r0.cycles, rel=0.15)
 
 
 @pytest.mark.parametrize("name,stmt,machine", [
@@ -379,8 +380,8 @@ def test_par_helps_until_hbm_saturates(name, stmt, machine):
     assert last.cycles < first.cycles
     m = load_machine(machine)
     plateau = [r for _, r in runs if r.bottleneck == "hbm"]
-    for r in plateau:
-        assert r.cycles == pytest.approx(plateau[0].cycles)
+    for r in plateau:  # only the fill and drain around the HBM-bound steady state still shrink
+        assert r.cycles == pytest.approx(plateau[0].cycles, rel=0.15)
         assert r.cycles >= r.hbm_bytes / m.bytes_per_cycle("hbm")
         assert r.hbm_bandwidth_fraction > 0.25
 
@@ -531,8 +532,15 @@ def assert_bottleneck_is_busiest(prog, rep):
     m = prog.machine
     busiest = max(o.busy_cycles for o in rep.ops)
     if rep.bottleneck in ("hbm", "ddr"):
-        total = rep.hbm_bytes if rep.bottleneck == "hbm" else rep.ddr_bytes
-        assert total / m.bytes_per_cycle(rep.bottleneck) >= busiest * (1 - 1e-12)
+        # a tier's time is its bytes at full bandwidth, or its requests (one per stream element
+        # of its memory operators) through max_outstanding slots held for its latency
+        tier = rep.bottleneck
+        total = rep.hbm_bytes if tier == "hbm" else rep.ddr_bytes
+        requests = sum(o.elements for o in rep.ops
+                       if o.offchip_bytes and prog.nodes[o.index].tensor.tier == tier)
+        tier_time = max(total / m.bytes_per_cycle(tier),
+                        requests * m.latency_cycles(tier) / m.mem(tier).max_outstanding)
+        assert tier_time >= busiest * (1 - 1e-12)
     else:
         named = [o for o in rep.ops if f"{o.op}@{o.line}" == rep.bottleneck]
         assert named, rep.bottleneck
