@@ -179,6 +179,11 @@ class OpFamily:
             return cands[0] if cands else None
 
     qualname_hint = "op"
+    namespace = "rdu"
+
+    def call_op(self, *args: torch.Tensor) -> Any:
+        """Call the registered ``torch.ops.<namespace>.<op>`` (so autograd and tracing see the op)."""
+        return getattr(getattr(torch.ops, self.namespace), self.op)(*args)
 
     def seconds(self, v: Verified) -> float:
         """Simulated seconds of ``v``'s kernel at ``v``'s sizes (timing model, no data)."""
@@ -461,6 +466,7 @@ def load_library(path: str | os.PathLike[str], namespace: str = "rdu", *, machin
     for op, entries in lib.by_op().items():
         fam = OpFamily(lib, op, entries, m, fallback, verify_new_sizes)
         fam.qualname_hint = f"torch.ops.{namespace}.{op}"
+        fam.namespace = namespace
         _register(namespace, op, fam)
         families[op] = fam
     return TorchLibrary(lib, namespace, m, families)

@@ -1,0 +1,381 @@
+"""Find library kernels inside a model's graph and run the model with those parts on the chip.
+
+How matching works (and why it is trustworthy): the model is exported and decomposed to core
+ATen exactly as the campaign captured its tasks (``torch.export`` + ``run_decompositions`` +
+``agentforge.capture``), so a block written like a task decomposes to the same ops. Each
+kernel family's task graph is a *pattern*; it is matched backwards from its outputs through
+the model's graph (same op kinds, same argument structure and bool/str attributes, same
+wiring; layout copies are looked through on both sides, as the signature does). A structural
+match is then checked the way the campaign keyed its kernels: the matched subgraph is written
+in the pattern's order and its :func:`agentforge.capture.signature` must have the
+``sized_key`` of a problem the family was verified on (same op pattern, shapes, scalars such
+as eps and scale, dtypes). Only then is the subgraph replaced by a call of the family's
+custom op. A match whose intermediate values are used elsewhere in the model, or that would
+need the rest of the model to run in between, is refused (the reason goes in the report).
+Matches are taken largest first, so a fused kernel (attention, an MLP block) wins over the
+smaller kernels inside it. Commutative operands are not reordered: ``a + b`` does not match
+``b + a``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, _EXPORT_LOCK, _convert,
+                                _quiet_torch, signature)
+from agentforge.torch.ops import OpFamily, TorchLibrary, Verified, _fmt_args, problem_key
+
+__all__ = ["Region", "EagerOp", "OffloadPlan", "plan_offload", "export_graph"]
+
+
+@dataclass
+class Region:
+    """A subgraph of the model replaced by one call of a library op."""
+    family: OpFamily
+    verified: Verified
+    nodes: set[str]                 # model node names the call replaces
+    semantic: list[str]             # the matched (non-copy) nodes, in the pattern's order
+    args: list[str]                 # model values passed to the op: the task's inputs, then its params
+    outputs: dict[str, int]         # model node name -> index of the op output that gives its value
+
+    @property
+    def op(self) -> str:
+        return self.family.qualname_hint
+
+
+@dataclass
+class EagerOp:
+    """A model op that runs in PyTorch, and why it was not offloaded."""
+    node: str
+    kind: str
+    reason: str
+
+
+@dataclass
+class OffloadPlan:
+    """The model's graph split into library calls (regions) and eager ops, in a runnable order."""
+    graph: AtenGraph
+    exported: Any                   # torch.export.ExportedProgram (decomposed)
+    regions: list[Region]
+    eager: list[EagerOp]
+    schedule: list[Any] = field(default_factory=list)   # Region | torch.fx.Node, dependency order
+
+    def run(self, args: Sequence[Any]) -> Any:
+        """Run the model: regions through ``torch.ops.<ns>.<op>``, the rest as the exported ATen ops."""
+        ep = self.exported
+        env: dict[str, Any] = {}
+        user = iter(args)
+        state = {**ep.state_dict, **getattr(ep, "constants", {})}
+        for spec in ep.graph_signature.input_specs:
+            if spec.kind.name == "USER_INPUT":
+                env[spec.arg.name] = next(user)
+            else:
+                env[spec.arg.name] = state[spec.target]
+        for unit in self.schedule:
+            if isinstance(unit, Region):
+                outs = unit.family.call_op(*(env[a] for a in unit.args))
+                outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+                for name, i in unit.outputs.items():
+                    env[name] = outs[i]
+                continue
+            n = unit
+            if n.op == "placeholder":
+                continue
+            if n.op == "output":
+                continue
+            a = torch.fx.node.map_arg(n.args, lambda x: env[x.name])
+            k = torch.fx.node.map_arg(n.kwargs, lambda x: env[x.name])
+            env[n.name] = n.target(*a, **k)
+        out_node = next(n for n in ep.graph.nodes if n.op == "output")
+        flat = [env[x.name] if isinstance(x, torch.fx.Node) else x for x in out_node.args[0]]
+        return torch.utils._pytree.tree_unflatten(flat, ep.call_spec.out_spec)
+
+
+def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model") -> tuple[Any, AtenGraph]:
+    """Export ``fn`` on ``args`` and decompose it the way the campaign captured its tasks."""
+    with _EXPORT_LOCK, _quiet_torch():
+        ep = torch.export.export(fn, tuple(args))
+        ep = ep.run_decompositions()
+    return ep, _convert(ep, name, f"<{name}>")
+
+
+# ---------------------------------------------------------------------- graph views
+
+class _View:
+    """Lookups over an AtenGraph: nodes by name, copies looked through, consumers of each value."""
+
+    def __init__(self, g: AtenGraph):
+        self.g = g
+        self.nodes = {n.name: n for n in g.nodes}
+        self.users: dict[str, list[str]] = {}
+        for n in g.nodes:
+            for r in n.refs():
+                self.users.setdefault(r.name, []).append(n.name)
+        for r in g.outputs:
+            self.users.setdefault(r.name, []).append("<output>")
+        self.by_kind: dict[str, list[str]] = {}
+        for n in g.nodes:
+            if not self.transparent(n.name):
+                self.by_kind.setdefault(n.kind, []).append(n.name)
+
+    def transparent(self, name: str) -> bool:
+        n = self.nodes.get(name)
+        return n is not None and n.kind in TRANSPARENT_KINDS and bool(n.refs())
+
+    def resolve(self, name: str) -> str:
+        while self.transparent(name):
+            name = self.nodes[name].refs()[0].name
+        return name
+
+
+#: Placement kwargs (where a tensor is created, not what it holds): the signature's ``attrs``
+#: ignore them, but its ``scalars`` keep them, so a task captured on the meta device (as the
+#: campaign does) and a model captured on the CPU would never share a sized key. The subgraph
+#: takes the pattern's values for them.
+_PLACEMENT = frozenset({"device", "layout", "pin_memory", "memory_format", "non_blocking"})
+
+
+def _same_structure(p: Any, g: Any) -> bool:
+    """Same argument layout: refs where refs are, equal bools/strings/None; numbers may differ
+    (sizes and scalars are compared by the sized signature afterwards)."""
+    if isinstance(p, Ref) or isinstance(g, Ref):
+        return isinstance(p, Ref) and isinstance(g, Ref)
+    if isinstance(p, (list, tuple)) or isinstance(g, (list, tuple)):
+        return isinstance(p, (list, tuple)) and isinstance(g, (list, tuple)) and len(p) == len(g) and \
+            all(_same_structure(a, b) for a, b in zip(p, g))
+    if isinstance(p, dict) or isinstance(g, dict):
+        return isinstance(p, dict) and isinstance(g, dict) and p.keys() == g.keys() and \
+            all(k in _PLACEMENT or _same_structure(p[k], g[k]) for k in p)
+    if isinstance(p, (bool, str)) or p is None or isinstance(g, (bool, str)) or g is None:
+        return type(p) is type(g) and p == g
+    return isinstance(p, (int, float)) and isinstance(g, (int, float))
+
+
+class _Matcher:
+    """One attempt to embed a pattern graph into the model graph (no backtracking inside an attempt)."""
+
+    def __init__(self, P: _View, G: _View):
+        self.P, self.G = P, G
+        self.slots = {s.name: i for i, s in enumerate([*P.g.inputs, *P.g.params])}
+        self.nodes: dict[str, str] = {}
+        self.rev: dict[str, str] = {}
+        self.bind: dict[int, str] = {}
+
+    def copy(self) -> "_Matcher":
+        m = _Matcher.__new__(_Matcher)
+        m.P, m.G, m.slots = self.P, self.G, self.slots
+        m.nodes, m.rev, m.bind = dict(self.nodes), dict(self.rev), dict(self.bind)
+        return m
+
+    def value(self, pv: str, gv: str) -> bool:
+        pv, gv = self.P.resolve(pv), self.G.resolve(gv)
+        if pv in self.slots:
+            s = self.slots[pv]
+            if s in self.bind:
+                return self.bind[s] == gv
+            self.bind[s] = gv
+            return True
+        if gv not in self.G.nodes:
+            return False
+        return self.node(pv, gv)
+
+    def node(self, pn: str, gn: str) -> bool:
+        if pn in self.nodes:
+            return self.nodes[pn] == gn
+        if gn in self.rev:
+            return False
+        p, g = self.P.nodes[pn], self.G.nodes[gn]
+        if p.kind != g.kind or not _same_structure(p.args, g.args) or not _same_structure(p.kwargs, g.kwargs):
+            return False
+        if p.kind == "getitem" and p.args[1] != g.args[1]:
+            return False
+        self.nodes[pn], self.rev[gn] = gn, pn
+        return all(self.value(pr.name, gr.name) for pr, gr in zip(p.refs(), g.refs()))
+
+
+def _swap_refs(g: Any, p: Any, P: _View) -> Any:
+    if isinstance(g, Ref):
+        return Ref(P.resolve(p.name))
+    if isinstance(g, list):
+        return [_swap_refs(a, b, P) for a, b in zip(g, p)]
+    if isinstance(g, tuple):
+        return tuple(_swap_refs(a, b, P) for a, b in zip(g, p))
+    if isinstance(g, dict):
+        return {k: p[k] if k in _PLACEMENT else _swap_refs(g[k], p[k], P) for k in g}
+    return g
+
+
+def _renamed(out: Any, name: str) -> Any:
+    if isinstance(out, tuple):
+        return tuple(TensorSpec(f"{name}.{i}", o.shape, o.dtype) for i, o in enumerate(out))
+    return TensorSpec(name, out.shape, out.dtype)
+
+
+def _subgraph(m: _Matcher) -> AtenGraph:
+    """The matched model subgraph in the pattern's order and names (so its signature is comparable)."""
+    P, G = m.P, m.G
+    specs = [G.g.spec(m.bind[i]) for i in range(len(m.slots))]
+    n_in = len(P.g.inputs)
+    inputs = [TensorSpec(p.name, s.shape, s.dtype) for p, s in zip(P.g.inputs, specs[:n_in])]
+    params = [TensorSpec(p.name, s.shape, s.dtype) for p, s in zip(P.g.params, specs[n_in:])]
+    nodes = []
+    for pn in P.g.nodes:
+        if P.transparent(pn.name):
+            continue
+        gn = G.nodes[m.nodes[pn.name]]
+        nodes.append(AtenNode(pn.name, gn.target, _swap_refs(gn.args, pn.args, P),
+                              _swap_refs(gn.kwargs, pn.kwargs, P), _renamed(gn.out, pn.name)))
+    return AtenGraph(inputs, params, nodes, [Ref(P.resolve(r.name)) for r in P.g.outputs])
+
+
+# ---------------------------------------------------------------------- planning
+
+def _patterns(tl: TorchLibrary) -> list[tuple[OpFamily, _View]]:
+    out = []
+    for fam in tl.families.values():
+        if fam.template.nodes:
+            out.append((fam, _View(fam.template)))
+    return out
+
+
+def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str]) -> list[Region]:
+    found: list[Region] = []
+    outs = [P.resolve(r.name) for r in P.g.outputs]
+    if any(o not in P.nodes for o in outs):
+        return found     # an output that is an input as it is: nothing to fuse
+    semantic_p = [n.name for n in P.g.nodes if not P.transparent(n.name)]
+    anchors = G.by_kind.get(P.nodes[outs[0]].kind, [])
+    for a in anchors:
+        ms = [_Matcher(P, G)]
+        for k, o in enumerate(outs):
+            nxt = []
+            cands = [a] if k == 0 else G.by_kind.get(P.nodes[o].kind, [])
+            for m in ms:
+                for c in cands:
+                    mm = m.copy()
+                    if mm.node(o, c):
+                        nxt.append(mm)
+                        break
+            ms = nxt
+        if not ms:
+            continue
+        m = ms[0]
+        if len(m.nodes) != len(semantic_p) or len(m.bind) != len(m.slots):
+            continue
+        region_or_reason = _region(fam, m, outs)
+        if isinstance(region_or_reason, str):
+            for gn in m.nodes.values():
+                reasons.setdefault(gn, region_or_reason)
+            continue
+        found.append(region_or_reason)
+    return found
+
+
+def _region(fam: OpFamily, m: _Matcher, outs: list[str]) -> Region | str:
+    P, G = m.P, m.G
+    mapped = set(m.nodes.values())
+    members = set(mapped)
+    for name in G.nodes:
+        if G.transparent(name) and G.resolve(name) in mapped:
+            members.add(name)
+    bound = set(m.bind.values())
+    if bound & members:
+        return f"a match of {fam.qualname_hint} would feed one of its own results back in"
+    out_vals = [m.nodes[o] for o in outs]
+    outputs: dict[str, int] = {}
+    for r in members:
+        users = G.users.get(r, [])
+        if any(u not in members for u in users):
+            v = G.resolve(r)
+            if v not in out_vals:
+                return (f"matches {fam.qualname_hint}, but its intermediate {r} is also used outside the "
+                        f"subgraph the kernel computes")
+            outputs[r] = out_vals.index(v)
+    sub = _subgraph(m)
+    key = signature(sub).sized_key()
+    vs = fam.problems.by_sized_key.get(key)
+    if not vs:
+        got = problem_key([*sub.inputs, *sub.params])
+        return (f"matches the structure of {fam.qualname_hint}, but not a verified problem: arguments "
+                f"({_fmt_args(got)}); verified:\n{fam.describe_verified()}")
+    v = min(vs, key=fam.seconds) if len(vs) > 1 else vs[0]
+    semantic = [m.nodes[n.name] for n in P.g.nodes if not P.transparent(n.name)]
+    return Region(fam, v, members, semantic, [m.bind[i] for i in range(len(m.slots))], outputs)
+
+
+def _schedule(ep: Any, regions: list[Region]) -> list[Any] | None:
+    """Dependency order of regions and the remaining fx nodes (None: a region is not convex)."""
+    fx_nodes = list(ep.graph.nodes)
+    index = {n.name: i for i, n in enumerate(fx_nodes)}
+    unit_of: dict[str, Any] = {n.name: n.name for n in fx_nodes}
+    units: dict[Any, Any] = {n.name: n for n in fx_nodes}
+    for ri, r in enumerate(regions):
+        for n in r.nodes:
+            unit_of[n] = ("region", ri)
+        units[("region", ri)] = r
+    deps: dict[Any, set[Any]] = {u: set() for u in units}
+    for n in fx_nodes:
+        u = unit_of[n.name]
+        for a in n.all_input_nodes:
+            ua = unit_of[a.name]
+            if ua != u:
+                deps[u].add(ua)
+    users: dict[Any, set[Any]] = {u: set() for u in units}
+    for u, ds in deps.items():
+        for d in ds:
+            users[d].add(u)
+    first = {u: index[u] if isinstance(u, str) else min(index[n] for n in regions[u[1]].nodes) for u in units}
+    missing = {u: len(ds) for u, ds in deps.items()}
+    ready = [(first[u], str(u), u) for u, c in missing.items() if c == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, _, u = heapq.heappop(ready)
+        order.append(units[u])
+        for w in users[u]:
+            missing[w] -= 1
+            if missing[w] == 0:
+                heapq.heappush(ready, (first[w], str(w), w))
+    return order if len(order) == len(units) else None
+
+
+def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph) -> OffloadPlan:
+    """Match the library's kernels in ``graph`` (exported as ``ep``) and order the result for running."""
+    G = _View(graph)
+    reasons: dict[str, str] = {}
+    cands: list[Region] = []
+    for fam, P in _patterns(tl):
+        cands.extend(_try_family(fam, P, G, reasons))
+    cands.sort(key=lambda r: (-len(r.semantic), r.family.seconds(r.verified)))
+    chosen: list[Region] = []
+    taken: set[str] = set()
+    for r in cands:
+        if r.nodes & taken:
+            continue
+        if _schedule(ep, [*chosen, r]) is None:
+            for n in r.semantic:
+                reasons.setdefault(n, f"a match of {r.op} would need other model ops to run in its middle")
+            continue
+        chosen.append(r)
+        taken |= r.nodes
+    schedule = _schedule(ep, chosen) or list(ep.graph.nodes)
+    eager = []
+    ops = ", ".join(sorted(tl.families)) or "(none)"
+    for n in graph.nodes:
+        if n.name in taken:
+            continue
+        if G.transparent(n.name) or n.kind == "getitem":
+            why = "a copy or element pick (no computation)"
+        else:
+            why = reasons.get(n.name, f"no library kernel computes it (library ops: {ops})")
+        eager.append(EagerOp(n.name, n.kind, why))
+    return OffloadPlan(graph, ep, chosen, eager, schedule)
+
+
+def semantic_nodes(nodes: Iterable[AtenNode]) -> list[AtenNode]:
+    return [n for n in nodes if n.kind not in TRANSPARENT_KINDS and n.kind != "getitem"]
+
