@@ -220,6 +220,81 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_campaign(args) -> int:
+    from .campaign import load_config, run_campaign
+    from .campaign.console import CampaignView
+
+    flags = {"suite": args.suite, "llm": args.llm, "machine": args.machine, "out": args.out, "workers": args.workers,
+             "executor": args.executor, "ray_address": args.ray_address, "budget": args.budget,
+             "attempts_per_task": args.attempts, "tasks": args.tasks, "task_timeout_s": args.task_timeout}
+    cfg = load_config(**flags)
+    if args.model or args.base_url:
+        table = dict(cfg.llm_config)
+        table.update({k: v for k, v in (("model", args.model), ("base_url", args.base_url)) if v})
+        cfg = cfg.replace(llm_config=table)
+    overrides = {k: v for k, v in (("workers", args.workers), ("executor", args.executor),
+                                   ("budget", cfg.budget if args.budget else None),
+                                   ("task_timeout_s", args.task_timeout)) if v is not None}
+    view = CampaignView("jsonl" if args.jsonl else "quiet" if args.quiet else "rich")
+    res = run_campaign(cfg, resume=args.resume, on_event=view, overrides=overrides)
+    view.summary(res)
+    return 1 if res.status == "stopped" else 0
+
+
+def cmd_library(args) -> int:
+    from .library import Library, verify_library
+
+    lib = Library.open(args.path)
+    if args.action == "list":
+        rows = [{"id": e.id, "op": e.op, "kind": e.kind, "dtypes": e.dtypes, "speedup": e.speedup,
+                 "roofline_fraction": e.roofline_fraction, "simulated_seconds": e.simulated_seconds,
+                 "sizes": [v["sizes"] for v in e.verified_at]} for e in lib.entries]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print(f"{lib.root}: {len(rows)} kernel(s), machine {lib.manifest.get('machine')}, "
+                  f"{lib.manifest.get('emulator_version')}")
+            for r in rows:
+                roof = f"{r['roofline_fraction']:.0%}" if r["roofline_fraction"] is not None else "-"
+                print(f"  {r['id']:<40} {r['kind']:<6} {','.join(r['dtypes']):<10} {r['speedup']:6.2f}x  "
+                      f"roofline {roof:>4}  {r['simulated_seconds'] * 1e6:10.1f} us")
+        return 0
+    if args.action == "show":
+        if not args.name:
+            raise UsageError("library show needs a kernel id, op or task name")
+        found = lib.get(args.name)
+        if not found:
+            raise UsageError(f"{args.name}: no such kernel in {lib.root} (see `agentforge library list {args.path}`)")
+        for e in found:
+            if args.json:
+                print(json.dumps(e.to_dict(), indent=2))
+            else:
+                print(json.dumps({k: v for k, v in e.to_dict().items() if k != "plan"}, indent=2))
+                print(lib.source(e))
+        return 0
+    if args.action == "merge":
+        if not args.name:
+            raise UsageError("library merge needs the library to merge in: agentforge library merge INTO FROM")
+        stats = lib.merge(Library.open(args.name))
+        print(json.dumps(stats) if args.json else
+              f"merged {args.name} into {args.path}: {stats['added']} added, {stats['replaced']} replaced by faster "
+              f"kernels, {stats['kept_existing']} kept as they were")
+        return 0
+    rows = verify_library(lib, timeout_s=args.timeout)
+    bad = [r for r in rows if not r["verified"]]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            mark = "ok  " if r["verified"] else "FAIL"
+            extra = "" if r["verified"] else f": {r['reason']}"
+            drift = "" if r["timing_matches"] or not r["verified"] else \
+                f" (timing now {r['simulated_seconds']:.3g}s, recorded {r['recorded_seconds']:.3g}s)"
+            print(f"{mark} {r['id']}{extra}{drift}")
+        print(f"{len(rows) - len(bad)}/{len(rows)} kernels verified")
+    return 1 if bad else 0
+
+
 def _llm_roles(args, ctx):
     """LLM roles from flags; a missing key or unreachable server stops here (preflight), never a
     silent switch to another backend."""
@@ -280,6 +355,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--transcript", help="JSONL transcript to record (openai) or replay (replay)")
     common(p)
     p.set_defaults(func=cmd_solve)
+    p = sub.add_parser("campaign", help="run a suite to a verified kernel library (resumable, under a budget)")
+    p.add_argument("suite", nargs="?", help="a folder of task files (default: the bundled suite)")
+    p.add_argument("--llm", choices=("offline", "openai", "replay"), help="who writes kernels (default offline)")
+    p.add_argument("--model", help="LLM model name (openai)")
+    p.add_argument("--base-url", help="OpenAI-compatible endpoint (openai)")
+    p.add_argument("--machine", help="machine preset (sn40l, rdu-mini) or a TOML file")
+    p.add_argument("--out", help="the run directory (default runs/SUITE-DATE; with --resume: the latest run)")
+    p.add_argument("--workers", type=int, help="tasks solved at once, each in its own process")
+    p.add_argument("--executor", choices=("local", "ray"), help="local processes or a Ray cluster")
+    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--budget", help="hard limits, e.g. attempts=200,tokens=1000000,cost=5,minutes=30")
+    p.add_argument("--attempts", type=int, help="rounds per task (default 4)")
+    p.add_argument("--tasks", help="only these tasks (comma-separated names)")
+    p.add_argument("--task-timeout", type=float, help="seconds before a task is killed (default 900)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after a crash, kill or budget")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quiet", action="store_true", help="only the summary")
+    mode.add_argument("--jsonl", action="store_true", help="every event as a JSON line on stdout")
+    p.set_defaults(func=cmd_campaign)
+    p = sub.add_parser("library", help="list, show, merge or re-verify a kernel library")
+    p.add_argument("action", choices=("list", "show", "merge", "verify"))
+    p.add_argument("path", help="a library folder (a campaign's OUT/library)")
+    p.add_argument("name", nargs="?", help="show: a kernel id, op or task; merge: the library to merge in")
+    p.add_argument("--timeout", type=float, default=300.0, help="verify: seconds before one check is killed")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_library)
     p = sub.add_parser("cache", help="plan cache statistics or clearing")
     p.add_argument("action", choices=("stats", "clear"))
     p.add_argument("--db", default=".agentforge/memory.sqlite", help="the plan cache file")

@@ -50,6 +50,7 @@ class SolveState(TypedDict, total=False):
     best: dict | None
     done: bool
     notes: Annotated[list[str], operator.add]
+    plans: Annotated[list[dict], operator.add]    # every plan used, in order: {"source", "plan"}
 
 
 @dataclass
@@ -71,6 +72,8 @@ class SolveResult:
     history: list[dict] = field(default_factory=list)
     plan: dict | None = None
     notes: list[str] = field(default_factory=list)
+    plan_source: str | None = None          # "planner" | "cache" | "reflector" | "failed"
+    plans: list[dict] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
@@ -115,7 +118,7 @@ def _better(a: dict | None, b: dict) -> bool:
 
 def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], reflector: Reflector,
                 evaluate_fn: Callable[[dict], Evaluation], cfg: SolveConfig, plan_cache=None,
-                experience=None):
+                experience=None, on_record: Callable[[dict], None] | None = None):
     """The LangGraph graph for one task (compile it with a checkpointer to make it resumable)."""
     demos_cache: list[Demo] = []
     memory_errors: list[str] = []   # memory is an aid, never a reason to fail; but failures are reported
@@ -137,11 +140,14 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                     # adapting to this task's sizes is a cheap re-tune on the timing model, not a planner call
                     tuned = tune(adapted, ctx.graph_own, ctx.machine, priors=cached.priors())
                     plan_cache.record_saved(planner_calls=1, tokens=0)
-                    return {"plan": tuned.plan.to_dict(), "plan_source": "cache", "attempt": 0,
+                    plan = tuned.plan.to_dict()
+                    return {"plan": plan, "plan_source": "cache", "attempt": 0,
+                            "plans": [{"source": "cache", "plan": plan}],
                             "notes": [f"plan cache hit ({ctx.signature.key()})"]}
         try:
             plan = planner.plan(ctx, demos())
-            return {"plan": plan, "plan_source": "planner", "attempt": 0}
+            return {"plan": plan, "plan_source": "planner", "attempt": 0,
+                    "plans": [{"source": "planner", "plan": plan}] if plan else []}
         except _STOP:
             raise
         except Exception as e:  # noqa: BLE001 - a failed planner is recorded; workers go on unplanned
@@ -173,7 +179,10 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         except Exception as e:  # noqa: BLE001
             ev = Evaluation(ctx.task.name, cand.kind, False, f"evaluation failed: {type(e).__name__}: {e}",
                             reason_code="crash", machine=ctx.machine.name)
-        return {"history": [_record(attempt, i, cand, ev, t0)]}
+        rec = _record(attempt, i, cand, ev, t0)
+        if on_record is not None:
+            on_record(rec)
+        return {"history": [rec]}
 
     def reflect_node(state: SolveState) -> dict:
         attempt = state["attempt"]
@@ -205,8 +214,11 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                     "notes": [f"reflector failed: {type(e).__name__}: {e}"]}
         if r.accept and best is not None and best["evaluation"]["verified"]:
             return {"best": best, "done": True, "attempt": attempt + 1, "notes": [r.note] if r.note else []}
+        revised = r.plan is not None and r.plan != plan
         return {"best": best, "done": False, "attempt": attempt + 1, "plan": r.plan if r.plan is not None else plan,
-                "plan_source": "reflector", "notes": [r.note] if r.note else []}
+                "plan_source": "reflector" if revised else state.get("plan_source", "planner"),
+                "plans": [{"source": "reflector", "plan": r.plan}] if revised else [],
+                "notes": [r.note] if r.note else []}
 
     def route(state: SolveState):
         return END if state.get("done") else fan_out(state)
@@ -230,8 +242,14 @@ def _record(attempt: int, worker: int, cand: Candidate | None, ev: Evaluation, t
 def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflector,
           machine: asp_lang.Machine | str = "sn40l", cfg: SolveConfig | None = None,
           evaluate_fn: Callable[[dict], Evaluation] | None = None, plan_cache=None, experience=None,
-          ctx: TaskContext | None = None, checkpointer=None, thread_id: str | None = None) -> SolveResult:
-    """Run the loop on one task and return the best candidate found."""
+          ctx: TaskContext | None = None, checkpointer=None, thread_id: str | None = None,
+          on_record: Callable[[dict], None] | None = None) -> SolveResult:
+    """Run the loop on one task and return the best candidate found.
+
+    With a ``checkpointer`` every step is saved under ``thread_id``; calling again with the same
+    thread continues an interrupted run from its last checkpoint (finished attempts are not
+    redone) and returns a finished run's result without running anything. ``on_record`` is
+    called with each attempt's record as soon as it is evaluated (progress, event streams)."""
     cfg = cfg or SolveConfig()
     ctx = ctx or task_context(task, machine)
     if evaluate_fn is None:
@@ -239,12 +257,19 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
 
         def evaluate_fn(c: dict) -> Evaluation:
             return evaluate(task, c, vcfg, baseline_seconds=ctx.baseline_seconds)
-    graph = build_graph(ctx, planner, workers, reflector, evaluate_fn, cfg, plan_cache, experience)
+    graph = build_graph(ctx, planner, workers, reflector, evaluate_fn, cfg, plan_cache, experience, on_record)
     app = graph.compile(checkpointer=checkpointer)
     config = {"recursion_limit": 10 + 4 * cfg.max_attempts}
+    final = None
     if checkpointer is not None:
         config["configurable"] = {"thread_id": thread_id or task.name}
-    final = app.invoke({"attempt": 0, "history": [], "notes": []}, config)
+        snap = app.get_state(config)
+        if snap.values and snap.next:
+            final = app.invoke(None, config)      # interrupted: go on from the last checkpoint
+        elif snap.values and snap.values.get("done"):
+            final = snap.values                   # finished before: nothing to redo
+    if final is None:
+        final = app.invoke({"attempt": 0, "history": [], "notes": [], "plans": []}, config)
     usage = Usage()
     for role in [planner, reflector, *workers]:
         usage.add(getattr(role, "usage", Usage()))
@@ -268,7 +293,7 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
                 notes.append(f"experience library: adding the verified candidate failed: {type(e).__name__}: {e}")
     rounds = len({h["attempt"] for h in final.get("history", [])})
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
-                       final.get("plan"), notes)
+                       final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])))
 
 
 def offline_roles(workers: int = 1, priors: dict | None = None):

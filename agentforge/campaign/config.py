@@ -1,0 +1,198 @@
+"""Campaign configuration: defaults, then ``agentforge.toml`` (user level, then project level),
+then command-line flags. Secrets never come from a file: keys are read from the environment
+variable the ``[llm]`` table names (``api_key_env``).
+
+``agentforge.toml``::
+
+    [campaign]
+    suite = "evals/suite"        # a folder of tasks
+    llm = "offline"              # offline | openai | replay
+    machine = "sn40l"
+    workers = 2                  # tasks solved at once (worker processes)
+    executor = "local"           # local | ray
+    ray_address = ""             # "" starts a local Ray instance
+    attempts_per_task = 4
+    workers_per_task = 1
+    budget = "attempts=400,tokens=2000000,cost=5,minutes=60"
+    task_timeout_s = 900
+    memory = ""                  # a shared plan cache / experience file ("" = the run directory's)
+
+    [llm]                        # agentforge.llm.LLMConfig fields (model, base_url, prices, ...)
+    model = "gpt-4.1-mini"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import AgentforgeError
+
+LLM_CHOICES = ("offline", "openai", "replay")
+EXECUTORS = ("local", "ray")
+CONFIG_NAME = "agentforge.toml"
+_SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token_value", "bearer")
+
+
+class ConfigError(AgentforgeError):
+    """A campaign configuration (file or flags) is invalid; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Hard limits over a whole campaign (None: unlimited).
+
+    ``attempts`` counts evaluated candidates; ``tokens`` and ``cost`` (USD) count LLM use;
+    ``minutes`` is wall time. A campaign that reaches one stops, says which, and can be resumed
+    with a larger budget."""
+    attempts: int | None = None
+    tokens: int | None = None
+    cost: float | None = None
+    minutes: float | None = None
+
+    @staticmethod
+    def parse(text: str | dict | None) -> "Budget":
+        if text is None or text == "":
+            return Budget()
+        items: dict[str, Any]
+        if isinstance(text, dict):
+            items = dict(text)
+        else:
+            items = {}
+            for part in str(text).split(","):
+                part = part.strip()
+                if not part:
+                    continue
+                if "=" not in part:
+                    raise ConfigError(f"budget: {part!r} is not NAME=VALUE\n  how to fix: write e.g. "
+                                      f"--budget attempts=200,tokens=1000000,cost=5,minutes=30")
+                k, v = (s.strip() for s in part.split("=", 1))
+                items[k] = v
+        out: dict[str, Any] = {}
+        for k, v in items.items():
+            if k not in ("attempts", "tokens", "cost", "minutes"):
+                raise ConfigError(f"budget: unknown limit {k!r}\n  how to fix: use attempts, tokens, cost or minutes")
+            try:
+                num = float(v)
+            except (TypeError, ValueError):
+                raise ConfigError(f"budget: {k}={v!r} is not a number") from None
+            if not math.isfinite(num) or num <= 0:
+                raise ConfigError(f"budget: {k} must be a positive number, got {v!r}")
+            if k in ("attempts", "tokens"):
+                if num != int(num):
+                    raise ConfigError(f"budget: {k} must be a whole number, got {v!r}")
+                num = int(num)
+            out[k] = num
+        return Budget(**out)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def bundled_suite() -> Path:
+    """The suite shipped with agentforge (evals/suite next to the package)."""
+    return Path(__file__).resolve().parents[2] / "evals" / "suite"
+
+
+@dataclass(frozen=True)
+class CampaignConfig:
+    suite: str = ""
+    llm: str = "offline"
+    machine: str = "sn40l"
+    out: str = ""
+    workers: int = 1
+    executor: str = "local"
+    ray_address: str = ""
+    attempts_per_task: int = 4
+    workers_per_task: int = 1
+    budget: Budget = field(default_factory=Budget)
+    task_timeout_s: float = 900.0
+    eval_timeout_s: float = 120.0
+    memory_mb: int = 4096
+    memory: str = ""
+    seed: int = 0
+    tasks: tuple[str, ...] = ()
+    llm_config: dict = field(default_factory=dict)   # the [llm] table (never a key)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    def replace(self, **changes: Any) -> "CampaignConfig":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _validate(c: CampaignConfig) -> None:
+    def need(ok: bool, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"campaign config: {what}")
+
+    need(c.llm in LLM_CHOICES, f"llm must be one of {', '.join(LLM_CHOICES)}, got {c.llm!r}")
+    need(c.executor in EXECUTORS, f"executor must be one of {', '.join(EXECUTORS)}, got {c.executor!r}")
+    for name in ("workers", "attempts_per_task", "workers_per_task", "memory_mb"):
+        v = getattr(c, name)
+        need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a whole number >= 1, got {v!r}")
+    for name in ("task_timeout_s", "eval_timeout_s"):
+        v = getattr(c, name)
+        need(isinstance(v, (int, float)) and v > 0, f"{name} must be a positive number of seconds, got {v!r}")
+    need(isinstance(c.budget, Budget), "budget must be a Budget")
+    for k in c.llm_config:
+        need(not any(w in k.lower() for w in _SECRET_WORDS) or k == "api_key_env",
+             f"[llm] {k}: secrets are never read from a file\n  how to fix: remove it and set the key in the "
+             f"environment variable named by api_key_env (default OPENAI_API_KEY)")
+
+
+_CAMPAIGN_KEYS = {f.name for f in dataclasses.fields(CampaignConfig)} - {"llm_config", "tasks"} | {"tasks"}
+
+
+def config_files(cwd: Path | None = None) -> list[Path]:
+    """The configuration files read, lowest precedence first: user level, then project level."""
+    home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    cands = [home / "agentforge" / CONFIG_NAME, (cwd or Path.cwd()) / CONFIG_NAME]
+    return [p for p in cands if p.is_file()]
+
+
+def load_config(files: list[Path] | None = None, **flags: Any) -> CampaignConfig:
+    """Defaults < config files (in order) < flags (None means "not given")."""
+    values: dict[str, Any] = {}
+    llm_table: dict[str, Any] = {}
+    for path in (config_files() if files is None else files):
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML ({e})") from None
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
+        unknown = set(data) - {"campaign", "llm", "torch"}
+        if unknown:
+            raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}\n  how to fix: use [campaign], "
+                              f"[llm] or [torch]")
+        camp = data.get("campaign", {})
+        bad = set(camp) - _CAMPAIGN_KEYS
+        if bad:
+            raise ConfigError(f"{path}: [campaign] has unknown key(s) {', '.join(sorted(bad))}\n  known: "
+                              f"{', '.join(sorted(_CAMPAIGN_KEYS))}")
+        values.update(camp)
+        llm_table.update(data.get("llm", {}))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "budget" in values and not isinstance(values["budget"], Budget):
+        values["budget"] = Budget.parse(values["budget"])
+    if "tasks" in values:
+        t = values["tasks"]
+        values["tasks"] = tuple(x.strip() for x in (t.split(",") if isinstance(t, str) else t) if x.strip())
+    try:
+        return CampaignConfig(**values, llm_config=llm_table)
+    except TypeError as e:
+        raise ConfigError(f"campaign config: {e}") from None
+
+
+__all__ = ["CampaignConfig", "Budget", "ConfigError", "load_config", "config_files", "bundled_suite"]

@@ -1,0 +1,115 @@
+"""What a person (or a script) sees of a campaign: live progress, then a summary table.
+
+Three modes: ``rich`` (a live progress line: tasks done / verified / failing, the tasks running,
+attempts, tokens and cost so far, elapsed and an estimate of what remains), ``quiet`` (only the
+summary) and ``jsonl`` (every event as one JSON line on stdout, for scripts and CI).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any, TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class CampaignView:
+    """An ``on_event`` sink for :func:`agentforge.campaign.run_campaign`."""
+
+    def __init__(self, mode: str = "rich", stream: TextIO | None = None):
+        self.mode = mode
+        self.stream = stream or sys.stdout
+        self.console = Console(file=self.stream, stderr=False, highlight=False)
+        self.progress: Progress | None = None
+        self.bar = None
+        self.running: dict[str, int] = {}
+        self.total = self.done = self.verified = self.failed = self.attempts = 0
+        self.tokens, self.cost = 0, 0.0
+        self.t0 = time.monotonic()
+        self.durations: list[float] = []
+        self.workers = 1
+
+    # ------------------------------------------------------------------ events
+
+    def __call__(self, e: dict) -> None:
+        if self.mode == "jsonl":
+            self.stream.write(json.dumps(e, sort_keys=True, default=str) + "\n")
+            self.stream.flush()
+            return
+        kind = e["event"]
+        if kind == "campaign_start":
+            self.total, self.done, self.workers = e["tasks"], e["done"], max(1, e.get("workers", 1))
+            if self.mode == "rich":
+                self.console.print(f"[bold]campaign[/] {e['run']} -> {e['run_dir']} "
+                                   f"({'resumed, ' if e['resume'] else ''}{e['todo']} of {e['tasks']} tasks to do, "
+                                   f"{e['workers']} worker(s), {e['llm']}, {e['machine']})")
+                self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                         TimeElapsedColumn(), TextColumn("{task.fields[status]}"),
+                                         console=self.console, transient=False)
+                self.progress.start()
+                self.bar = self.progress.add_task("tasks", total=self.total, completed=self.done, status="")
+        elif kind == "task_start":
+            self.running[e["task"]] = 0
+        elif kind == "attempt":
+            self.attempts += 1
+            self.running[e["task"]] = e["attempt"] + 1
+        elif kind == "task_end":
+            self.running.pop(e["task"], None)
+            self.done += 1
+            self.verified += bool(e["verified"])
+            self.failed += not e["verified"]
+            self.tokens += e.get("tokens") or 0
+            self.cost += e.get("cost") or 0.0
+            if e.get("seconds"):
+                self.durations.append(e["seconds"])
+            if self.mode == "rich" and not e["verified"]:
+                self.console.print(f"  [red]failed[/] {e['task']}: {e.get('reason') or e.get('error_code')}")
+        elif kind == "campaign_end" and self.progress is not None:
+            self.progress.stop()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if self.progress is None or self.bar is None:
+            return
+        elapsed = time.monotonic() - self.t0
+        left = self.total - self.done
+        eta = ""
+        if self.durations and left:
+            per = sum(self.durations) / len(self.durations) / self.workers
+            eta = f", ~{per * left:.0f}s left"
+        cur = ", ".join(f"{t}#{a}" for t, a in list(self.running.items())[:3])
+        status = (f"verified {self.verified} failing {self.failed} | attempts {self.attempts} | "
+                  f"tokens {self.tokens} ${self.cost:.4f} | {elapsed:.0f}s{eta}" + (f" | {cur}" if cur else ""))
+        self.progress.update(self.bar, completed=self.done, status=status)
+
+    # ------------------------------------------------------------------ the end
+
+    def summary(self, result: Any) -> None:
+        if self.mode == "jsonl":
+            self.stream.write(json.dumps({"event": "summary", **result.to_dict()}, default=str) + "\n")
+            return
+        t = Table(title=f"campaign {result.run_id}: {result.status}"
+                  + (f" ({result.stop_reason})" if result.stop_reason else ""))
+        for col, just in (("task", "left"), ("status", "left"), ("attempts", "right"), ("speedup", "right"),
+                          ("roofline", "right"), ("plan", "left")):
+            t.add_column(col, justify=just)
+        for r in result.tasks:
+            style = {"verified": "green", "failed": "red"}.get(r["status"], "yellow")
+            t.add_row(r["name"], f"[{style}]{r['status']}[/]", str(r["attempts"]),
+                      f"{r['speedup']:.2f}x" if r["speedup"] else "-",
+                      f"{r['roofline_fraction']:.0%}" if r["roofline_fraction"] is not None else "-",
+                      r["plan_source"] or "-")
+        tot = result.totals
+        self.console.print(t)
+        self.console.print(
+            f"verified {tot['verified']}/{tot['tasks']}  fast_1 {tot['fast_1']:.2f}  fast_2 {tot['fast_2']:.2f}  "
+            f"LLM calls {tot['llm_calls']}  tokens {tot['tokens']}  cost ${tot['cost']:.4f}  "
+            f"plan-cache hit rate {tot['plan_cache_hit_rate']:.0%}  wall {result.wall_seconds:.1f}s")
+        self.console.print(f"library: {result.library}   run: {result.run_dir}")
+
+
+__all__ = ["CampaignView"]
