@@ -5,6 +5,7 @@ Typical use::
     prog = asp_lang.compile(source, machine="sn40l", sizes={"N": 4096}, filename="k.asp")
     outs = asp_lang.run(prog, {"x": x})        # numbers (numpy)
     rep = asp_lang.profile(prog)               # cycles, bytes, utilisation, roofline
+    rep = asp_lang.simulate(prog)              # the same, from the event-level model
 
 asp_lang knows nothing of agents, LLMs or PyTorch.
 """
@@ -21,6 +22,7 @@ from .machine import Machine, load_machine, presets
 from .printer import format_kernel
 from .syntax import parse
 from .timing import EMULATOR_VERSION, Report, profile
+from .event import simulate
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,6 @@ def compile_file(path: str | Path, machine: str | Machine = "sn40l", sizes: dict
     return compile(p.read_text(), machine, sizes, str(p), routing)
 
 
-__all__ = ["compile", "compile_file", "parse", "check", "run", "profile", "random_inputs", "format_kernel",
+__all__ = ["compile", "compile_file", "parse", "check", "run", "profile", "simulate", "random_inputs", "format_kernel",
            "load_machine", "presets", "bind_sizes", "Program", "Kernel", "Machine", "Report", "Limits",
            "AspError", "ERROR_KINDS", "Span", "EMULATOR_VERSION", "__version__"]

@@ -22,7 +22,7 @@ from .interp import random_inputs, run
 from .machine import load_machine, presets
 from .printer import format_kernel
 from .syntax import parse
-from .timing import profile
+from .event import MODELS, profile
 
 
 class UsageError(Exception):
@@ -161,7 +161,7 @@ def cmd_profile(args) -> int:
     prog = _compile(args)
     if not args.timing_only:
         run(prog, random_inputs(prog, args.seed))  # the numbers must exist before the time means anything
-    rep = profile(prog)
+    rep = profile(prog, args.model)
     if args.json:
         print(json.dumps(rep.to_dict(), indent=2))
         return 0
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="time a kernel with the emulator's timing model")
     common(p)
     p.add_argument("--timing-only", action="store_true", help="no data: time at any size without allocating")
+    p.add_argument("--model", choices=sorted(MODELS), default="fast",
+                   help="timing model: fast (analytic, the default) or event (discrete-event simulation)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_profile)
     return ap

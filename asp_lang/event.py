@@ -216,6 +216,7 @@ class _Sim:
                 hi = (j + 1) * c.k  # this step needs positions up to hi / p.k (in chunks)
                 need = -(-hi // p.k) - 1
                 if len(c.chunks) <= need:
+                    self._consume_early(p, c, need, now)
                     return  # woken again when the chunk is produced
                 begin = max(begin, _at(c, j * c.k, p.k, lo=True))
                 end = max(end, _at(c, hi, p.k, lo=False))
@@ -231,6 +232,18 @@ class _Sim:
                 self.wake(p, s)
                 return
             self._fire(p, s, end)
+
+    def _consume_early(self, p: _Proc, c: _Chan, need: int, now: float) -> None:
+        """A step that needs many input chunks (a whole group) takes them as they come: free
+        the ones already here, or the producer could never send the rest."""
+        upto = min(len(c.chunks), need)
+        if len(c.released) >= upto:
+            return
+        while len(c.released) < upto:
+            ch = c.chunks[len(c.released)]
+            c.released.append(max(ch.last, p.free, now))
+        if c.producer is not None:
+            self.wake(c.producer, now)
 
     def _fire(self, p: _Proc, s: float, end: float) -> None:
         j = p.step
@@ -317,9 +330,11 @@ def _proc_for(node: Node, w: OpWork, m: Machine, busy: float, ins: list[_Chan], 
 
 
 def _inflight(m: Machine, tier: str, c: _Chan) -> int:
-    """Chunks a reader may have in flight: its outstanding requests (one per element) land in
-    the memory system's response buffers, not in the FIFO, so latency is hidden up to them."""
-    return math.ceil(m.mem(tier).max_outstanding * c.k / max(c.count, 1.0))
+    """Chunks a reader may have in flight beyond its FIFO: enough requests (one per element)
+    to cover the tier's latency at full bandwidth, and never more than its request slots."""
+    elems = min(m.mem(tier).max_outstanding,
+                math.ceil(m.latency_cycles(tier) * m.bytes_per_cycle(tier) / max(c.elem_bytes, 1.0)))
+    return math.ceil(elems * c.k / max(c.count, 1.0))
 
 
 def _build_section(prog, sec: list[int], works: list[OpWork], units, max_chunks: int):

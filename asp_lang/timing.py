@@ -221,13 +221,12 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
         node, w = prog.nodes[i], works[i]
         ins = [producer[n] for n in node.inputs]
         outside = candidates["hbm"]  # a stream from another section is read back from HBM
-        tier = candidates[w.tier] if w.kind == "mem" else 0.0
-        pace[i] = max([busy[i], tier] + [pace.get(j, outside) for j in ins])
+        own = _tier_cycles(m, w.tier, w.offchip_bytes, w.elements) if w.kind == "mem" else 0.0
+        pace[i] = max([busy[i], own] + [pace.get(j, outside) for j in ins])
         lat = _latency(node, w, m)
         first_in = max((first.get(j, 0.0) for j in ins), default=0.0)
         wait = pace[i] / max(w.groups, 1.0) if node.op in ("accum", "bufferize") else 0.0
         first[i] = first_in + wait + lat
-        own = _tier_cycles(m, w.tier, w.offchip_bytes, w.elements) if w.kind == "mem" else 0.0
         last_in = max((last.get(j, outside) for j in ins), default=0.0)
         last[i] = max(first_in + max(busy[i], own), last_in) + lat
     # the tiers serve the whole section's traffic from its start; the last transfer then takes
