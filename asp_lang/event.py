@@ -441,12 +441,14 @@ def simulate(prog, max_chunks: int = MAX_CHUNKS) -> Report:
         name = max(cands, key=cands.get)
         if cands[name] > busiest[1]:
             busiest = (name, cands[name])
+    finish = {tr.index: tr.finish for tr in r.traces if tr.index is not None}
     for i, node in enumerate(prog.nodes):
         w = works[i]
         b, limit = _busy(node, w, m, units[i])
         pcu_busy += b * units[i].pcus
         ops.append(OpTiming(i, node.op, node.call.span.line, list(node.outputs), w.elements, b, limit,
-                            node.par, units[i].pcus, units[i].pmus, w.flops, w.offchip_bytes, section_of[i]))
+                            node.par, units[i].pcus, units[i].pmus, w.flops, w.offchip_bytes, section_of[i],
+                            finish[i]))
     seconds = r.cycles / (m.clock_ghz * 1e9)
     u = prog.units
     bw = r.hbm_bytes / seconds / 1e9

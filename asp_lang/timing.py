@@ -110,6 +110,7 @@ class OpTiming:
     flops: float
     offchip_bytes: float
     section: int
+    finish_cycles: float = 0.0  # when (from its section's start) it delivers its last result
 
 
 @dataclass
@@ -205,7 +206,8 @@ def _latency(node: Node, w: OpWork, m: Machine) -> float:
 
 
 def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, float],
-                    candidates: dict[str, float], producer: dict[str, int]) -> float:
+                    candidates: dict[str, float], producer: dict[str, int],
+                    consumer: dict[str, int]) -> tuple[float, dict[int, float]]:
     """A section's time: every operator streams concurrently, so each delivers its last result
     no earlier than its first input arrives plus its own busy time, and no earlier than its
     producers' last results; it adds its pipeline latency. First results flow down the graph
@@ -232,7 +234,17 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
     # the tiers serve the whole section's traffic from its start; the last transfer then takes
     # the tier's latency to complete
     tiers = [candidates[t] + m.latency_cycles(t) for t in ("hbm", "ddr") if candidates[t] > 0]
-    return max(list(last.values()) + tiers, default=0.0)
+    # back-pressure: a producer cannot run further ahead of a slower consumer than the FIFO
+    # between them holds, so it finishes no earlier than the consumer takes its last elements
+    done = dict(last)
+    for i in reversed(sec):
+        for n in prog.nodes[i].outputs:
+            c = consumer.get(n)
+            if c in done:
+                per = busy[c] / max(works[c].elements, 1.0)
+                lat = _latency(prog.nodes[c], works[c], m)
+                done[i] = max(done[i], done[c] - lat - m.network.fifo_depth * per)
+    return max(list(last.values()) + tiers, default=0.0), done
 
 
 def _tier_cycles(m: Machine, tier: str, nbytes: float, requests: float) -> float:
@@ -314,7 +326,8 @@ def profile(prog) -> Report:
             candidates[tier] = _tier_cycles(m, tier, traffic[tier], requests[tier])
         sec_bottleneck = max(candidates, key=candidates.get)
         steady = candidates[sec_bottleneck]
-        sec_time = _section_cycles(prog, sec, works, {i: b for i, (b, _) in busy.items()}, candidates, producer)
+        sec_time, done = _section_cycles(prog, sec, works, {i: b for i, (b, _) in busy.items()}, candidates,
+                                         producer, consumer)
         if steady > busiest[1]:
             busiest = (sec_bottleneck, steady)
         total += sec_time
@@ -325,7 +338,7 @@ def profile(prog) -> Report:
             pcu_busy += busy[i][0] * units[i].pcus
             op_timings.append(OpTiming(i, node.op, node.call.span.line, list(node.outputs), w.elements,
                                        busy[i][0], busy[i][1], node.par, units[i].pcus, units[i].pmus,
-                                       w.flops, w.offchip_bytes, s))
+                                       w.flops, w.offchip_bytes, s, done[i]))
     reconfig = (len(prog.sections) - 1) * m.reconfig.cycles
     total += reconfig
     total = max(total, 1.0)

@@ -1,0 +1,209 @@
+"""Specification of the event-level timing model (asp_lang/event.py) and of its agreement with
+the fast model (asp_lang/timing.py).
+
+* the two models agree within 15% of total simulated time on every example in docs/examples
+  (both presets) and on every kernel of the bundled suite's op-by-op baseline at small sizes;
+* neither model ever beats the roofline (bytes at full bandwidth, flops at peak);
+* both show back-pressure: a cheap producer feeding an expensive map finishes when the map
+  lets it, not at its own pace;
+* the event model honours the allocator's sections and is deterministic, chunk-size
+  insensitive, and reachable as ``asp profile --model event``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+import asp_lang
+from asp_lang import cli
+from asp_lang.event import EMULATOR_VERSION, MODELS, profile, run_events, simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "docs" / "examples").glob("*.asp"))
+TIMING_ONLY = sorted((ROOT / "docs" / "examples" / "timing_only").glob("*.asp"))
+MACHINES = ("sn40l", "rdu-mini")
+AGREEMENT = 0.15
+
+
+def disagreement(prog) -> float:
+    """|fast / event - 1| for one program."""
+    return abs(asp_lang.profile(prog).cycles / simulate(prog).cycles - 1)
+
+
+# ------------------------------------------------------------------ agreement
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_models_agree_on_every_example(path, machine):
+    prog = asp_lang.compile_file(path, machine=machine)
+    assert disagreement(prog) <= AGREEMENT
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+@pytest.mark.parametrize("path", TIMING_ONLY, ids=lambda p: p.stem)
+def test_models_agree_on_the_decoder_layer(path, batch):
+    prog = asp_lang.compile_file(path, machine="sn40l", sizes={"B": batch})
+    assert disagreement(prog) <= AGREEMENT
+
+
+def test_there_is_a_timing_only_decoder_example():
+    assert any(p.stem.startswith("decoder_") for p in TIMING_ONLY)
+
+
+@functools.cache
+def _suite_programs() -> list[tuple[str, object]]:
+    """Every kernel of the op-by-op baseline of every bundled task, at its first (small) size set."""
+    from agentforge.baseline import build_baseline, capture_at
+    from agentforge.lowering import OpKernel
+    from agentforge.tasks import load_suite
+
+    out = []
+    for task in load_suite(ROOT / "evals" / "suite"):
+        baseline = build_baseline(capture_at(task, task.resolved_size_sets()[0], meta=True), "sn40l")
+        for i, step in enumerate(baseline.steps):
+            if isinstance(step, OpKernel):
+                out.append((f"{task.name}/{step.node}", baseline.program(i, step)))
+    return out
+
+
+@pytest.mark.slow
+def test_models_agree_on_every_suite_baseline_kernel():
+    programs = _suite_programs()
+    assert len(programs) > 100
+    off = {name: disagreement(prog) for name, prog in programs}
+    worst = max(off, key=off.get)
+    assert off[worst] <= AGREEMENT, f"{worst}: {off[worst]:.1%}"
+    assert statistics.median(off.values()) <= 0.05
+
+
+# ------------------------------------------------------------------ physical bounds
+
+@pytest.mark.parametrize("machine", MACHINES)
+@pytest.mark.parametrize("path", EXAMPLES + TIMING_ONLY, ids=lambda p: p.stem)
+def test_neither_model_beats_the_roofline(path, machine):
+    prog = asp_lang.compile_file(path, machine=machine)
+    m = prog.machine
+    hbm_params = sum(t.nbytes for t in prog.tensors.values() if t.tier == "hbm")
+    mm = sum((n.fn.cost.mm + n.fn.cost.mm32) * n.in_types[0].count for n in prog.nodes if n.fn)
+    for rep in (asp_lang.profile(prog), simulate(prog)):
+        assert rep.cycles >= hbm_params / m.bytes_per_cycle("hbm") * (1 - 1e-9)
+        assert rep.cycles >= mm / (m.mm_flops_per_cycle("bf16") * m.pcu.count) * (1 - 1e-9)
+        assert rep.cycles >= rep.roofline_cycles * (1 - 1e-9)
+        assert rep.hbm_bandwidth_fraction <= 1 + 1e-9
+        assert 0 < rep.roofline_fraction <= 1
+
+
+# ------------------------------------------------------------------ back-pressure
+
+SLOW_CONSUMER = """
+kernel slow_consumer(x: f32[N]) -> (y: f32[N]) {
+  sizes N = 4194304
+  fn heavy(t) = exp(sin(cos(exp(tanh(sigmoid(t))))))
+  xs = load(x, tile=[1024], par=8)
+  ys = map(xs, fn=heavy)
+  store(y, ys, par=8)
+}
+"""
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_a_slow_consumer_paces_its_producer(model):
+    prog = asp_lang.compile(SLOW_CONSUMER, machine="sn40l", filename="slow.asp")
+    rep = profile(prog, model)
+    load, mapped, _ = rep.ops
+    assert mapped.busy_cycles > 20 * load.busy_cycles  # the load alone would be done early
+    # ... but it can run ahead of the map by no more than the FIFO between them and the
+    # reads in flight (4096 tiles here, against a few hundred in flight)
+    assert load.finish_cycles >= 0.9 * mapped.finish_cycles
+    assert load.finish_cycles > 10 * load.busy_cycles
+    assert rep.cycles >= mapped.busy_cycles
+
+
+def test_without_a_slow_consumer_the_producer_finishes_early():
+    """The same load feeding a cheap map is not held back (the test above can fail)."""
+    src = SLOW_CONSUMER.replace("exp(sin(cos(exp(tanh(sigmoid(t))))))", "t + 1")
+    rep = simulate(asp_lang.compile(src, machine="sn40l", filename="fast.asp"))
+    load, mapped, store = rep.ops
+    assert load.finish_cycles < store.finish_cycles
+
+
+# ------------------------------------------------------------------ the simulator itself
+
+def test_event_report_has_the_fast_reports_fields():
+    prog = asp_lang.compile_file(ROOT / "docs" / "examples" / "softmax_online.asp")
+    fast, event = asp_lang.profile(prog), simulate(prog)
+    assert fast.to_dict().keys() == event.to_dict().keys()
+    assert event.emulator == EMULATOR_VERSION != fast.emulator
+    assert event.hbm_bytes == pytest.approx(fast.hbm_bytes)
+    assert event.flops == fast.flops
+    assert event.bottleneck == fast.bottleneck
+
+
+def test_event_model_is_deterministic():
+    prog = asp_lang.compile_file(ROOT / "docs" / "examples" / "moe_top1.asp")
+    assert simulate(prog).to_dict() == simulate(prog).to_dict()
+
+
+@pytest.mark.parametrize("name", ["flash_attention", "softmax_online", "gemm"])
+def test_finer_chunks_change_little(name):
+    prog = asp_lang.compile_file(ROOT / "docs" / "examples" / f"{name}.asp")
+    coarse, fine = simulate(prog, max_chunks=64).cycles, simulate(prog, max_chunks=1024).cycles
+    assert coarse == pytest.approx(fine, rel=0.05)
+
+
+def test_sections_run_one_after_another_with_spills_through_hbm():
+    prog = asp_lang.compile_file(ROOT / "docs" / "examples" / "gemm.asp", machine="rdu-mini")
+    assert len(prog.sections) == 2
+    r = run_events(prog)
+    assert r.cycles == pytest.approx(sum(r.section_cycles) + prog.machine.reconfig.cycles)
+    spills = [t for t in r.traces if t.index is None]
+    assert {t.op.split()[0] for t in spills} == {"spill-store", "spill-load"}
+    rep = simulate(prog)
+    assert rep.sections == 2 and rep.hbm_bytes == pytest.approx(asp_lang.profile(prog).hbm_bytes)
+
+
+def test_small_tiles_are_limited_by_outstanding_requests():
+    """4-byte tiles cannot use HBM's bandwidth: each request holds a slot for the latency."""
+    src = """
+kernel tiny_tiles(x: f32[N]) -> (y: f32[N]) {
+  sizes N = 16384
+  xs = load(x, tile=[1], par=8)
+  store(y, xs, par=8)
+}
+"""
+    prog = asp_lang.compile(src, machine="sn40l")
+    m = prog.machine
+    slots = 2 * 16384 * m.latency_cycles("hbm") / m.hbm.max_outstanding
+    for rep in (asp_lang.profile(prog), simulate(prog)):
+        assert rep.cycles >= slots
+        assert rep.hbm_bandwidth_fraction < 0.05
+
+
+def test_unknown_model_is_a_clear_error():
+    prog = asp_lang.compile_file(ROOT / "docs" / "examples" / "vector_add.asp")
+    with pytest.raises(ValueError, match="unknown timing model 'gpu'.*fast, event"):
+        profile(prog, "gpu")
+
+
+# ------------------------------------------------------------------ the command line
+
+def test_cli_profile_with_the_event_model(capsys):
+    path = ROOT / "docs" / "examples" / "vector_add.asp"
+    assert cli.main(["profile", str(path), "--timing-only", "--model", "event", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["emulator"] == EMULATOR_VERSION
+    assert cli.main(["profile", str(path), "--timing-only", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["emulator"] != EMULATOR_VERSION
+
+
+def test_cli_rejects_an_unknown_model(capsys):
+    path = ROOT / "docs" / "examples" / "vector_add.asp"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["profile", str(path), "--model", "gpu"])
+    assert e.value.code == 2
+    assert "invalid choice: 'gpu'" in capsys.readouterr().err
