@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import functools
+import tempfile
 from pathlib import Path
 
 import asp_lang
@@ -45,3 +47,12 @@ def build_library(task_paths: list[str | os.PathLike[str]], out: str | os.PathLi
                                                ctx.machine)
         lib.add(entry, files, task_files)
     return Library.open(out), notes
+
+
+@functools.lru_cache(maxsize=8)
+def cached_library(task_paths: tuple[str, ...], machine: str = "sn40l") -> Path:
+    """A library of ``task_paths`` built once per process in a temporary folder (test fixtures
+    in several test files share it without a conftest)."""
+    out = Path(tempfile.mkdtemp(prefix="agentforge-torch-lib-")) / "library"
+    build_library(list(task_paths), out, machine)
+    return out

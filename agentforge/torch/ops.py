@@ -58,6 +58,29 @@ class NoDerivativeError(TorchBridgeError):
     """Backward was asked of an op whose reference has no usable derivative."""
 
 
+def _clean_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn`` in a fresh thread: capturing a task (torch.export) fails inside an op's
+    implementation, where the dispatcher has switched autograd off for this thread."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn(*args)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=run, name="agentforge-capture")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _capture_meta(task: Task, sizes: Mapping[str, int] | None) -> AtenGraph:
+    return _clean_thread(capture_at, task, sizes, True)
+
+
 def _fmt_args(shapes: Sequence[tuple[tuple[int, ...], str]]) -> str:
     return ", ".join(f"{dt}{list(sh)}" for sh, dt in shapes)
 
@@ -290,7 +313,7 @@ class OpFamily:
             for combo in itertools.islice(itertools.product(*options.values()), 64):
                 sizes = dict(zip(options, combo))
                 try:
-                    g = capture_at(task, sizes, meta=True)
+                    g = _capture_meta(task, sizes)
                 except AgentforgeError:
                     continue
                 if problem_key([*g.inputs, *g.params]) == key:
@@ -315,8 +338,8 @@ class OpFamily:
                 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
                 with unset_fake_temporarily():
-                    inst = instantiate(self.task, sizes)
-                    g = capture_at(self.task, sizes, meta=True)
+                    inst = _clean_thread(instantiate, self.task, sizes)
+                    g = _capture_meta(self.task, sizes)
                 model = inst.model
                 model._agentforge_targets = [g.param_targets.get(p.name) for p in g.params]  # type: ignore[attr-defined]
                 self._refs[skey] = model
@@ -341,7 +364,7 @@ class OpFamily:
             raise UnverifiedProblemError(
                 f"{self.qualname_hint}: cannot infer output shapes for arguments ({_fmt_args(key)}): no sizes of "
                 f"task {self.task.name!r} give them; verified problems:\n{self.describe_verified()}")
-        return capture_at(self.task, sizes, meta=True).output_specs
+        return _capture_meta(self.task, sizes).output_specs
 
     def _verify_at_new_sizes(self, key: ProblemKey) -> list[Verified]:
         """Run the task's checks at the sizes of ``key`` for every entry; keep those that pass."""
@@ -358,9 +381,9 @@ class OpFamily:
                 cand: Any = PlanCandidate(e.plan or {}, self.machine)
             else:
                 cand = KernelCandidate((self.library.root / e.files[0]).read_text(), e.files[0], self.machine)
-            checks = run_checks(task, cand, cfg)
+            checks = _clean_thread(run_checks, task, cand, cfg)
             if checks and all(c.passed for c in checks):
-                g = capture_at(task, sizes, meta=True)
+                g = _capture_meta(task, sizes)
                 v = Verified(e, dict(sizes), g, signature(g).sized_key(), how="on first use")
                 self.problems.add(v)
                 out.append(v)
@@ -467,6 +490,7 @@ def load_library(path: str | os.PathLike[str], namespace: str = "rdu", *, machin
         fam = OpFamily(lib, op, entries, m, fallback, verify_new_sizes)
         fam.qualname_hint = f"torch.ops.{namespace}.{op}"
         fam.namespace = namespace
+        fam.problems  # capture every verified size set now, outside any op's dispatch
         _register(namespace, op, fam)
         families[op] = fam
     return TorchLibrary(lib, namespace, m, families)
