@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -267,11 +266,17 @@ class Library:
             atomic_write_text(self.root / rel, text)
         if old is not None:
             self.entries.remove(old)
-            if not any(set(old.files) & set(e.files) for e in self.entries) and old.id != entry.id:
-                shutil.rmtree(self.root / "kernels" / old.id, ignore_errors=True)
         self.entries.append(entry)
         self.entries.sort(key=lambda e: (e.op, e.id))
         self.save()
+        if old is not None:   # only after the manifest stopped naming them, and only files no entry uses
+            used = {f for e in self.entries for f in e.files}
+            for f in old.files:
+                if f not in used:
+                    (self.root / f).unlink(missing_ok=True)
+            folder = self.root / "kernels" / old.id
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         return True
 
     def merge(self, other: "Library") -> dict[str, int]:

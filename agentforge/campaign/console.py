@@ -109,7 +109,10 @@ class CampaignView:
             f"verified {tot['verified']}/{tot['tasks']}  fast_1 {tot['fast_1']:.2f}  fast_2 {tot['fast_2']:.2f}  "
             f"LLM calls {tot['llm_calls']}  tokens {tot['tokens']}  cost ${tot['cost']:.4f}  "
             f"plan-cache hit rate {tot['plan_cache_hit_rate']:.0%}  wall {result.wall_seconds:.1f}s")
-        self.console.print(f"library: {result.library}   run: {result.run_dir}")
+        if result.stop_reason:
+            self.console.print(f"stopped: {result.stop_reason}; continue with --resume --out {result.run_dir}",
+                               soft_wrap=True)
+        self.console.print(f"library: {result.library}   run: {result.run_dir}", soft_wrap=True)
 
 
 __all__ = ["CampaignView"]

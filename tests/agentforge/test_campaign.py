@@ -1,0 +1,271 @@
+"""Campaigns: a suite in, a library out; budgets; resume after kill -9; clear errors; no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentforge.campaign import Budget, ConfigError, RunDB, RunDirError, load_config, run_campaign
+from agentforge.cli import main
+from agentforge.library import Library, LibraryError
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "evals" / "suite"
+SMALL = ("softmax", "rmsnorm", "silu_mul")   # quick tasks, each verified by the offline author
+
+
+def small_suite(tmp: Path, names=SMALL) -> Path:
+    d = tmp / "suite"
+    d.mkdir()
+    for n in names:
+        for ext in (".py", ".toml"):
+            if (SUITE / f"{n}{ext}").exists():
+                shutil.copy(SUITE / f"{n}{ext}", d / f"{n}{ext}")
+    return d
+
+
+def library_digest(lib_dir: Path) -> dict:
+    """What must be equal between two runs: kernel ids, their files and numbers (not dates)."""
+    lib = Library.open(lib_dir)
+    return {e.id: (e.op, e.speedup, e.simulated_seconds, tuple((lib_dir / f).read_text() for f in e.files))
+            for e in lib.entries}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("ref")
+    suite = small_suite(tmp)
+    res = run_campaign(load_config([], suite=str(suite), out=str(tmp / "run"), workers=1))
+    assert res.status == "finished"
+    return tmp / "run"
+
+
+def test_a_campaign_writes_a_verified_library_and_a_run_database(reference_run):
+    lib = Library.open(reference_run / "library")
+    assert sorted(e.task for e in lib.entries) == sorted(SMALL)
+    for e in lib.entries:
+        assert e.speedup >= 1.0 and e.provenance.author == "offline" and e.provenance.machine == "sn40l"
+        assert all((reference_run / "library" / f).read_text().strip() for f in e.files)
+        assert e.verified_at and e.dtypes
+    with RunDB(reference_run / "run.sqlite") as db:
+        run = db.run()
+        assert run["status"] == "finished" and run["manifest"]["emulator_version"]
+        assert "torch" in run["manifest"]["packages"]
+        tasks = db.tasks()
+        assert [t["status"] for t in tasks] == ["verified"] * len(SMALL)
+        for t in tasks:
+            cands = db.candidates(t["name"])
+            assert cands and cands[0]["evaluation"]["verified"] is True
+            assert t["kernel_id"] in {e.id for e in lib.entries}
+        kinds = [e["event"] for e in db.events()]
+        assert kinds[0] == "campaign_start" and kinds[-1] == "campaign_end" and kinds.count("task_end") == len(SMALL)
+    lines = [json.loads(x) for x in (reference_run / "events.jsonl").read_text().splitlines()]
+    assert {"campaign_start", "task_start", "attempt", "task_end", "campaign_end"} <= {e["event"] for e in lines}
+
+
+def test_sigkill_after_the_first_verified_kernel_then_resume_gives_the_same_library(tmp_path, reference_run):
+    suite = small_suite(tmp_path)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "agentforge.cli", "campaign", str(suite), "--out", str(out), "--workers", "1",
+           "--jsonl"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            e = json.loads(line)
+            if e["event"] == "task_end" and e["verified"]:
+                os.killpg(proc.pid, signal.SIGKILL)   # the campaign and its worker processes, no cleanup
+                break
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    with RunDB(out / "run.sqlite") as db:
+        done_before = {t["name"] for t in db.tasks() if t["status"] == "verified"}
+        assert 1 <= len(done_before) < len(SMALL)
+        tries_before = {t["name"]: t["tries"] for t in db.tasks()}
+    Library.open(out / "library")   # still a valid library after the kill
+
+    assert main(["campaign", "--out", str(out), "--resume", "--quiet"]) == 0
+    assert library_digest(out / "library") == library_digest(reference_run / "library")
+    with RunDB(out / "run.sqlite") as db:
+        tasks = db.tasks()
+        assert all(t["status"] == "verified" for t in tasks)
+        for t in tasks:   # no finished task was redone
+            if t["name"] in done_before:
+                assert t["tries"] == tries_before[t["name"]]
+
+
+def test_a_second_campaign_on_a_busy_run_directory_is_refused(tmp_path):
+    from agentforge.campaign.runner import RunLock
+
+    out = tmp_path / "run"
+    lock = RunLock(out)
+    try:
+        with pytest.raises(RunDirError, match="another campaign"):
+            run_campaign(load_config([], suite=str(small_suite(tmp_path, ("softmax",))), out=str(out)))
+    finally:
+        lock.release()
+
+
+def test_a_used_run_directory_needs_resume_and_resume_needs_a_run(tmp_path, reference_run, capsys):
+    assert main(["campaign", str(SUITE), "--out", str(reference_run), "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["campaign", "--out", str(tmp_path / "empty"), "--resume", "--quiet"]) == 2
+    assert "no campaign to resume" in capsys.readouterr().err
+
+
+def test_attempt_budget_stops_the_campaign_and_says_so(tmp_path, capsys):
+    suite = small_suite(tmp_path)
+    out = tmp_path / "run"
+    rc = main(["campaign", str(suite), "--out", str(out), "--budget", "attempts=2", "--quiet"])
+    assert rc == 1
+    text = capsys.readouterr().out
+    assert "attempts budget reached (2 of 2 used)" in text
+    with RunDB(out / "run.sqlite") as db:
+        assert db.candidate_count() == 2
+        assert db.run()["status"] == "stopped"
+        assert [t["status"] for t in db.tasks()].count("pending") == len(SMALL) - 2
+    # a larger budget on resume finishes the rest
+    assert main(["campaign", "--out", str(out), "--resume", "--budget", "attempts=10", "--quiet"]) == 0
+    with RunDB(out / "run.sqlite") as db:
+        assert all(t["status"] == "verified" for t in db.tasks())
+
+
+def test_budget_parsing_says_what_to_fix():
+    assert Budget.parse("attempts=3,tokens=1000,cost=0.5,minutes=2") == Budget(3, 1000, 0.5, 2.0)
+    for bad, msg in (("attempts", "NAME=VALUE"), ("dollars=3", "unknown limit"), ("tokens=-1", "positive"),
+                     ("tokens=1.5", "whole number"), ("cost=abc", "not a number")):
+        with pytest.raises(ConfigError, match=msg):
+            Budget.parse(bad)
+
+
+def test_bad_suites_and_configs_get_clear_errors(tmp_path, capsys):
+    assert main(["campaign", str(tmp_path / "nope"), "--out", str(tmp_path / "r1"), "--quiet"]) == 2
+    assert "no such suite folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["campaign", str(empty), "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert "no task files" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "bad.py").write_text("import torch\nclass Model(torch.nn.Module):\n    def forward(self, x) return x\n")
+    assert main(["campaign", str(broken), "--out", str(tmp_path / "r3"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.py" in err and "Traceback" not in err
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r3").exists()   # nothing written for a refused run
+
+    cfgfile = tmp_path / "agentforge.toml"
+    cfgfile.write_text("[campaign]\nworkers = 0\n")
+    with pytest.raises(ConfigError, match="workers must be a whole number >= 1"):
+        load_config([cfgfile])
+    cfgfile.write_text("[campaign]\nwrokers = 2\n")
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_config([cfgfile])
+    cfgfile.write_text("[llm]\napi_key = 'sk-secret'\n")
+    with pytest.raises(ConfigError, match="secrets are never read from a file"):
+        load_config([cfgfile])
+    cfgfile.write_text("[campaign\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config([cfgfile])
+
+
+def test_flags_override_project_config_which_overrides_defaults(tmp_path):
+    f = tmp_path / "agentforge.toml"
+    f.write_text('[campaign]\nworkers = 2\nmachine = "rdu-mini"\nbudget = "attempts=9"\n[llm]\nmodel = "m1"\n')
+    c = load_config([f], workers=3)
+    assert (c.workers, c.machine, c.budget.attempts, c.llm_config["model"]) == (3, "rdu-mini", 9, "m1")
+
+
+def test_a_task_that_overruns_its_time_limit_is_killed_and_the_campaign_goes_on(tmp_path):
+    suite = small_suite(tmp_path, ("softmax", "rmsnorm"))
+    res = run_campaign(load_config([], suite=str(suite), out=str(tmp_path / "run"), task_timeout_s=0.5))
+    assert res.status == "finished"
+    with RunDB(tmp_path / "run" / "run.sqlite") as db:
+        for t in db.tasks():
+            assert t["status"] == "failed" and "longer than 0.5 s" in t["reason"]
+
+
+def test_library_cli_lists_shows_merges_and_verifies(reference_run, tmp_path, capsys):
+    lib = reference_run / "library"
+    assert main(["library", "list", str(lib), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert sorted(r["op"] for r in rows) == sorted(SMALL)
+    assert main(["library", "show", str(lib), "softmax"]) == 0
+    assert "kernel" in capsys.readouterr().out
+    assert main(["library", "show", str(lib), "nope"]) == 2
+    copy = tmp_path / "copy"
+    shutil.copytree(lib, copy)
+    assert main(["library", "merge", str(copy), str(lib), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"added": 0, "replaced": 0, "kept_existing": len(SMALL)}
+    assert main(["library", "verify", str(lib), "--json"]) == 0
+    assert all(r["verified"] and r["timing_matches"] for r in json.loads(capsys.readouterr().out))
+
+
+def test_merge_keeps_the_faster_kernel_per_problem(reference_run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(reference_run / "library", a)
+    shutil.copytree(reference_run / "library", b)
+    m = json.loads((b / "manifest.json").read_text())
+    faster = m["kernels"][0]
+    faster["simulated_seconds"] /= 2
+    faster["id"] = faster["id"][:-4] + "beef"
+    (b / "manifest.json").write_text(json.dumps(m))
+    stats = Library.open(a).merge(Library.open(b))
+    assert stats == {"added": 0, "replaced": 1, "kept_existing": len(SMALL) - 1}
+    merged = Library.open(a)
+    assert faster["id"] in {e.id for e in merged.entries} and len(merged.entries) == len(SMALL)
+
+
+def test_a_damaged_manifest_is_refused_with_what_to_fix(reference_run, tmp_path):
+    lib = tmp_path / "lib"
+    shutil.copytree(reference_run / "library", lib)
+    m = json.loads((lib / "manifest.json").read_text())
+    del m["kernels"][0]["speedup"]
+    (lib / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(LibraryError, match=r"kernels\[0\]: missing field 'speedup'"):
+        Library.open(lib)
+    (lib / "manifest.json").write_text("{")
+    with pytest.raises(LibraryError, match="not valid JSON"):
+        Library.open(lib)
+    (lib / "manifest.json").write_text(json.dumps({"format": "agentforge-library", "schema_version": 99,
+                                                   "kernels": []}))
+    with pytest.raises(LibraryError, match="newer"):
+        Library.open(lib)
+
+
+def test_no_secret_reaches_any_file_in_the_run_directory(tmp_path, monkeypatch):
+    """An LLM campaign against a scripted local server: the key is in the environment only."""
+    from llm_server import ScriptedServer, chat
+    from test_llm_roles import PLAN, RELU_KERNEL
+
+    secret = "sk-campaign-SECRET-0123456789"
+    monkeypatch.setenv("AF_TEST_KEY", secret)
+    suite = small_suite(tmp_path, ("relu",))
+    with ScriptedServer() as srv:
+        srv.push(chat(json.dumps(PLAN)), chat(f"```asp\n{RELU_KERNEL}```"))
+        cfg = load_config([], suite=str(suite), out=str(tmp_path / "run"), llm="openai", attempts_per_task=1)
+        cfg = cfg.replace(llm_config={"base_url": srv.url, "model": "test-model", "api_key_env": "AF_TEST_KEY",
+                                      "max_retries": 0})
+        res = run_campaign(cfg)
+        auth = [v for r in srv.chat_requests for k, v in r.headers.items() if k.lower() == "authorization"]
+        assert auth and all(a == f"Bearer {secret}" for a in auth)   # the key did go to the server
+    assert res.totals["verified"] == 1, res.tasks
+    assert res.totals["llm_calls"] >= 2 and res.totals["tokens"] > 0
+    lib = Library.open(tmp_path / "run" / "library")
+    assert lib.entries[0].provenance.model == "test-model" and lib.entries[0].provenance.prompt_hash
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert secret.encode() not in f.read_bytes(), f
+    con = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    assert con.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0] >= 1
