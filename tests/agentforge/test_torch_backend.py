@@ -1,0 +1,165 @@
+"""torch.compile(model, backend="agentforge"): library kernels run the subgraphs they were
+verified for (fused attention, MLP, norms, a whole MoE layer), the rest runs eagerly, outputs
+match eager PyTorch, and the report says what was offloaded, what was not and why, and the
+simulated chip time against the same model op by op. A failure inside the backend never
+breaks the model (strict mode raises)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from agentforge.torch import TorchBridgeError
+from agentforge.torch._build import cached_library
+from agentforge.torch.backend import BackendConfig, compiled_graphs
+from agentforge.torch.report import load_model_file, report
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "tests" / "agentforge" / "fixtures"
+TASKS = tuple(str(p) for p in sorted((FIX / "torch_tasks").glob("*.py"))) + (str(ROOT / "evals" / "suite" / "softmax.py"),)
+
+
+@pytest.fixture(scope="module")
+def lib() -> str:
+    return str(cached_library(TASKS))
+
+
+def _compile(model, lib, **extra):
+    return torch.compile(model, backend="agentforge", dynamic=False, options={"library": lib, **extra})
+
+
+@pytest.fixture(scope="module")
+def llama(lib):
+    model, inputs = load_model_file(FIX / "torch_models" / "llama_block.py")
+    return model, inputs, report(model, inputs, library=lib)
+
+
+@pytest.fixture(scope="module")
+def moe(lib):
+    model, inputs = load_model_file(FIX / "torch_models" / "moe_block.py")
+    return model, inputs, report(model, inputs, library=lib)
+
+
+def test_decoder_block_compiled_matches_eager_with_fused_kernels(lib, llama):
+    model, inputs, _ = llama
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = _compile(model, lib)(*inputs)
+        ref = model(*inputs)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    c = compiled_graphs()[-1]
+    assert c.error is None and c.calls == 1
+    assert sorted(r.family.op for r in c.plan.regions) == [
+        "causal_attention_small", "rmsnorm_small", "rmsnorm_small", "swiglu_mlp_small"]
+
+
+def test_decoder_block_report_names_fused_kernels_and_beats_op_by_op(llama):
+    r = llama[2]
+    assert {"torch.ops.rdu.causal_attention_small", "torch.ops.rdu.swiglu_mlp_small",
+            "torch.ops.rdu.rmsnorm_small"} <= set(r.offloaded_ops)
+    attn = next(x for x in r.regions if x.op.endswith("causal_attention_small"))
+    assert attn.kind == "plan" and attn.ops > 10           # one call covers the whole attention subgraph
+    assert r.chip_seconds > 0 and r.op_by_op_seconds > r.chip_seconds and r.speedup > 1.0
+    assert any(e.kind == "cat" for e in r.eager)            # RoPE is not in the library: it runs eagerly
+    text = str(r)
+    assert "causal_attention_small" in text and "op by op" in text and "ran eagerly" in text
+
+
+def test_decoder_block_backward_through_the_backend_matches_eager(lib, llama):
+    model, inputs, _ = llama
+    x = inputs[0].clone().requires_grad_()
+    _compile(model, lib)(x, *inputs[1:]).sum().backward()
+    x2 = inputs[0].clone().requires_grad_()
+    model(x2, *inputs[1:]).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_moe_layer_compiled_matches_eager_and_report_names_it(lib, moe):
+    model, inputs, r = moe
+    with torch.no_grad():
+        out = _compile(model, lib)(*inputs)
+        ref = model(*inputs)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert {"torch.ops.rdu.moe_layer_small", "torch.ops.rdu.rmsnorm_small"} <= set(r.offloaded_ops)
+    assert [e.kind for e in r.eager] == ["add"]              # only the residual runs eagerly
+    assert r.speedup > 1.0
+
+
+class _Partial(torch.nn.Module):
+    """An RMSNorm the library has, a cumsum it lacks, and a softmax at a size it was not verified for."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(64))
+
+    def forward(self, x):
+        h = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+        return torch.softmax(torch.cumsum(h, dim=-1), dim=-1)
+
+
+def test_a_model_with_ops_the_library_lacks_still_runs_and_the_report_says_why(lib):
+    model, x = _Partial(), torch.randn(1, 16, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_compile(model, lib)(x), model(x), atol=1e-5, rtol=1e-5)
+    r = report(model, [x], library=lib)
+    assert r.offloaded_ops == ["torch.ops.rdu.rmsnorm_small"]
+    why = {e.kind: e.reason for e in r.eager}
+    assert "no library kernel computes it" in why["cumsum"]
+    assert "not a verified problem" in why["softmax"] and "f32[1, 16, 64]" in why["softmax"]
+
+
+def test_an_internal_error_falls_back_to_eager_with_a_warning_and_strict_raises(lib, monkeypatch):
+    import agentforge.torch.match as match
+
+    def broken(*a, **k):
+        raise RuntimeError("matcher bug")
+
+    monkeypatch.setattr(match, "plan_offload", broken)
+    model, x = _Partial(), torch.randn(1, 16, 64)
+    torch._dynamo.reset()
+    with pytest.warns(UserWarning, match="matcher bug"), torch.no_grad():
+        torch.testing.assert_close(_compile(model, lib)(x), model(x))
+    torch._dynamo.reset()
+    with pytest.raises(Exception, match="matcher bug"), torch.no_grad():
+        _compile(model, lib, strict=True)(x)
+    torch._dynamo.reset()
+
+
+def test_config_comes_from_agentforge_toml_and_mistakes_are_named(lib, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TorchBridgeError, match="needs a kernel library"):
+        BackendConfig.resolve({})
+    (tmp_path / "agentforge.toml").write_text(f'[torch]\nlibrary = "{lib}"\nmachine = "sn40l"\n')
+    cfg = BackendConfig.resolve({})
+    assert cfg.library == lib and cfg.machine == "sn40l" and not cfg.strict
+    assert BackendConfig.resolve({"strict": True}).strict
+    with pytest.raises(TorchBridgeError, match="libary"):
+        BackendConfig.resolve({"libary": lib})
+    model, x = _Partial(), torch.randn(1, 16, 64)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend="agentforge")(x), model(x), atol=1e-5, rtol=1e-5)
+    assert compiled_graphs()[-1].plan is not None
+
+
+def test_report_cli_prints_the_report(lib):
+    from agentforge.torch.cli import main
+
+    assert main(["report", str(FIX / "torch_models" / "moe_block.py"), "--library", lib, "--json"]) == 0
+    assert main(["report", "no_such_model.py", "--library", lib]) == 2
+
+
+def test_docs_example_runs():
+    text = (ROOT / "docs" / "pytorch.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks, "docs/pytorch.md has no python example"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(blocks[0])], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch.ops.rdu_docs.rmsnorm" in proc.stdout
