@@ -13,6 +13,7 @@ reports Content-Security-Policy violations and failed loads).
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -64,6 +65,7 @@ class Chromium:
             raise BrowserUnavailable("no Chromium found (apt-get install chromium, or set $CHROMIUM)")
         self.timeout_s = timeout_s
         self._profile = tempfile.mkdtemp(prefix="af-chromium-")
+        self._stack = contextlib.ExitStack()
         self._proc = subprocess.Popen(
             [self.binary, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
@@ -72,7 +74,8 @@ class Chromium:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             port, path = self._devtools_address()
-            self._ws = connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=timeout_s)
+            self._ws = self._stack.enter_context(
+                connect(f"ws://127.0.0.1:{port}{path}", max_size=None, open_timeout=timeout_s))
         except BaseException:
             self.close()
             raise
@@ -175,12 +178,10 @@ class Chromium:
         return p
 
     def close(self) -> None:
-        ws = getattr(self, "_ws", None)
-        if ws is not None:
-            try:
-                ws.close()
-            except Exception:  # noqa: BLE001
-                pass
+        try:
+            self._stack.close()
+        except Exception:  # noqa: BLE001 - the browser may already be gone
+            pass
         if self._proc.poll() is None:
             self._proc.terminate()
             try:
