@@ -269,3 +269,14 @@ def test_no_secret_reaches_any_file_in_the_run_directory(tmp_path, monkeypatch):
             assert secret.encode() not in f.read_bytes(), f
     con = sqlite3.connect(tmp_path / "run" / "run.sqlite")
     assert con.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0] >= 1
+
+
+def test_the_ray_executor_gives_the_same_verified_set_as_the_local_one(tmp_path, reference_run):
+    pytest.importorskip("ray", reason="Ray is the optional extra agentforge[ray]; .ci/run installs it")
+    suite = small_suite(tmp_path)
+    res = run_campaign(load_config([], suite=str(suite), out=str(tmp_path / "run"), workers=2, executor="ray"))
+    assert res.status == "finished"
+    with RunDB(reference_run / "run.sqlite") as db:
+        local = {t["name"] for t in db.tasks() if t["status"] == "verified"}
+    assert {t["name"] for t in res.tasks if t["status"] == "verified"} == local
+    assert library_digest(tmp_path / "run" / "library") == library_digest(reference_run / "library")
