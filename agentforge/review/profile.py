@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class KernelTiming:
     sizes: dict = field(default_factory=dict)
     ops: tuple[OpRow, ...] = ()
     error: str | None = None
+    at: str = ""                            # which sizes it was timed at (own sizes, or the kernel's defaults)
 
 
 def report_to_timing(file: str, rep: Any) -> KernelTiming:
@@ -123,8 +124,9 @@ def kernel_timings(kind: str, files: list[tuple[str, str]], machine: str, task_p
     if kind == "kernel" and len(files) == 1 and task_path is not None and task_path.is_file():
         bound = _profile_bound(files[0][1], machine, files[0][0], task_path)
         if bound is not None:
-            return [bound]
-    return [_profile_text(text, machine, name) for name, text in files]
+            return [replace(bound, at="the task's own sizes")]
+    at = "the task's own sizes" if kind == "plan" else "the kernel's default sizes (it did not bind to its task)"
+    return [replace(_profile_text(text, machine, name), at=at) for name, text in files]
 
 
 @functools.lru_cache(maxsize=256)

@@ -86,12 +86,12 @@ def timing_tables(t: TaskView) -> list[Any]:
         tab = Table(title=Text(f"timing: {k.file} ({fmt_seconds(k.seconds)}, roofline {fmt_pct(k.roofline_fraction)}, "
                                f"{k.roofline_limit}-bound; bottleneck {k.bottleneck_op} on {k.bottleneck}; "
                                f"PCU {fmt_pct(k.pcu_utilisation)}, HBM bw {fmt_pct(k.hbm_bandwidth_fraction)}, "
-                               f"{fmt_bytes(k.hbm_bytes)} HBM)"), title_justify="left")
+                               f"{fmt_bytes(k.hbm_bytes)} HBM; at {k.at})"), title_justify="left")
         for col in ("#", "op", "line", "limit", "busy cycles", "", "par"):
             tab.add_column(col)
         for o in k.ops:
             bar = Text("#" * max(1, round(o.share * 20)), style="red" if o.share >= 0.999 else "blue")
-            tab.add_row(str(o.index), o.op, str(o.line), o.limit, fmt_num(o.busy_cycles), bar, str(o.par))
+            tab.add_row(str(o.index), o.op, str(o.line), o.limit, f"{o.busy_cycles:,.0f}", bar, str(o.par))
         out.append(tab)
     return out
 

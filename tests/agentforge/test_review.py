@@ -75,7 +75,7 @@ def test_final_kernel_checks_and_timing_come_from_the_library_and_the_timing_mod
     assert tm.error is None and tm.seconds > 0 and tm.bottleneck_op and tm.ops
     assert max(o.share for o in tm.ops) == pytest.approx(1.0)
     # timed at the task's own sizes (bound like the verifier), so it agrees with the evaluation
-    assert tm.seconds == pytest.approx(sm.simulated_seconds, rel=0.05)
+    assert tm.at == "the task's own sizes" and tm.seconds == pytest.approx(sm.simulated_seconds, rel=0.05)
     assert sm.roofline.point("kernel") and sm.roofline.point("baseline")
     relu = review.task("relu")
     assert relu.kind == "plan" and relu.plan and relu.plan_cache_hit is False and relu.plan_source
