@@ -381,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="verify: seconds before one check is killed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_library)
+    from .review.cli import add_parsers as add_review_parsers
+    from .torch.cli import add_report_parser
+
+    add_review_parsers(sub)      # review, show
+    add_report_parser(sub)       # report
     p = sub.add_parser("cache", help="plan cache statistics or clearing")
     p.add_argument("action", choices=("stats", "clear"))
     p.add_argument("--db", default=".agentforge/memory.sqlite", help="the plan cache file")

@@ -8,7 +8,7 @@ variable the ``[llm]`` table names (``api_key_env``).
     suite = "evals/suite"        # a folder of tasks
     llm = "offline"              # offline | openai | replay
     machine = "sn40l"
-    workers = 2                  # tasks solved at once (worker processes)
+    workers = 2                  # tasks solved at once (worker processes; default: CPUs, at most 4)
     executor = "local"           # local | ray
     ray_address = ""             # "" starts a local Ray instance
     attempts_per_task = 4
@@ -105,7 +105,7 @@ class CampaignConfig:
     llm: str = "offline"
     machine: str = "sn40l"
     out: str = ""
-    workers: int = 1
+    workers: int = field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)))
     executor: str = "local"
     ray_address: str = ""
     attempts_per_task: int = 4
