@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from test_review_helpers import HOSTILE_COMMENT, HOSTILE_TASK, OFFLINE_TASKS, build_real_run
+from test_review_helpers import CAMPAIGN_TASKS, HOSTILE_COMMENT, HOSTILE_TASK, OFFLINE_TASKS, build_real_run, run_campaign
 
 from agentforge.review import ReviewError, load_review, render_html
 from agentforge.review.charts import speedup_bins
@@ -37,6 +37,11 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def campaign_dir(tmp_path_factory) -> Path:
+    return run_campaign(tmp_path_factory.mktemp("review-campaign") / "run")
+
+
+@pytest.fixture(scope="session")
 def review(run_dir):
     return load_review(run_dir)
 
@@ -47,6 +52,20 @@ def report(review) -> str:
 
 
 # ------------------------------------------------------------------ reading a run
+
+def test_a_real_campaign_run_is_reviewed_whole(campaign_dir, tmp_path):
+    """`agentforge campaign` output as is: every task, its final kernel, checks, timing, lineage."""
+    rv = load_review(campaign_dir)
+    assert sorted(t.name for t in rv.tasks) == sorted(CAMPAIGN_TASKS) and rv.has_run and not rv.notes
+    assert rv.manifest["machine"] == "sn40l" and "packages" in rv.manifest and rv.run["status"] == "finished"
+    for t in rv.tasks:
+        assert t.status == "verified" and t.kernel_id and t.files and t.checks and t.candidates
+        assert all(k.error is None and k.bottleneck_op for k in t.timings) and t.timings
+        assert t.roofline is not None and t.roofline.point("kernel")
+    page = render_html(rv)
+    assert page.count('<details class="task"') == len(CAMPAIGN_TASKS)
+    assert all(f'data-name="{n}"' in page for n in CAMPAIGN_TASKS)
+
 
 def test_review_reads_every_task_of_the_run_in_order(review):
     assert [t.name for t in review.tasks] == [*OFFLINE_TASKS, "softmax", HOSTILE_TASK]

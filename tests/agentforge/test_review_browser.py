@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_review_helpers import HOSTILE_TASK, build_real_run
+from test_review_helpers import CAMPAIGN_TASKS, HOSTILE_TASK, build_real_run, run_campaign
 
 from agentforge.review import load_review, render_html
 from agentforge.review.browser import BrowserUnavailable, Chromium, find_chromium
@@ -26,6 +26,17 @@ def page(tmp_path_factory) -> Path:
     out = d / "report.html"
     out.write_text(render_html(load_review(run)))
     return out
+
+
+@pytest.fixture(scope="module")
+def campaign_page(tmp_path_factory) -> Path:
+    """The report of a real `agentforge campaign` run, written by the review command."""
+    from agentforge.review.cli import main
+
+    d = tmp_path_factory.mktemp("review-campaign")
+    run = run_campaign(d / "run")
+    assert main(["review", str(run), "-o", str(d / "report.html")]) == 0
+    return d / "report.html"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +66,17 @@ def test_report_loads_without_console_errors_and_shows_its_parts(browser, page, 
     assert counts["manifest"] >= 5 and counts["asp"] >= 3
     shot = browser.screenshot(tmp_path / "report.png")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_a_real_campaign_report_loads_clean(browser, campaign_page, tmp_path):
+    load = browser.load(campaign_page)
+    assert load.errors == [] and browser.evaluate("document.documentElement.dataset.ready") == "1"
+    assert browser.evaluate("Array.from(document.querySelectorAll('#task-table tbody tr'))"
+                            ".map(r => r.dataset.name).sort()") == sorted(CAMPAIGN_TASKS)
+    assert browser.evaluate("document.querySelectorAll('details.task .timing svg.chart').length") == len(CAMPAIGN_TASKS)
+    browser.evaluate("(() => { const d = document.getElementById('k-0'); d.open = true; d.scrollIntoView(); })()")
+    shot = browser.screenshot(tmp_path / "campaign.png")
+    assert shot.stat().st_size > 10_000
 
 
 def test_table_filters_and_sorts(browser, page):

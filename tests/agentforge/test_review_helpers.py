@@ -1,14 +1,19 @@
-"""Builds a REAL small campaign run directory for the review tests (no tests here).
+"""Run directories for the review tests (no tests here).
 
-Until ``agentforge campaign`` is wired, the run is made the way a campaign makes it: the
-offline agent loop solves two suite tasks, the results go through ``RunDB.record_result`` and
-verified answers into a ``Library``. A third task, softmax, gets a hand-written lineage whose
-every candidate is evaluated for real: a kernel that forgets the max subtraction (rejected),
-its fix with a hostile comment (verified), and a second worker's plan.
+* :func:`run_campaign`: a real ``agentforge campaign`` of the bundled suite on a few tasks,
+  untouched: what a user reviews.
+* :func:`build_real_run`: a run made the way a campaign makes it (the offline agent loop
+  solves two suite tasks, results go through ``RunDB.record_result``, verified answers into a
+  ``Library``) plus what an offline campaign cannot produce: a softmax task with a
+  hand-written lineage whose every candidate is evaluated for real (a kernel that forgets the
+  max subtraction, rejected; its fix with a hostile comment, verified; a second worker's
+  plan), LLM usage, and a failed task whose name, group, reason and note are hostile markup.
 """
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +23,16 @@ SUITE = REPO / "evals" / "suite"
 HOSTILE_COMMENT = "# <script>alert('kernel')</script> <b>bold</b> [bold red]markup[/]"
 HOSTILE_TASK = "<img src=x onerror=alert(1)>task"
 OFFLINE_TASKS = ("relu", "add")
+CAMPAIGN_TASKS = ("relu", "add")
+
+
+def run_campaign(out: Path) -> Path:
+    """``agentforge campaign evals/suite --tasks relu,add --out OUT`` in a child process."""
+    cmd = [sys.executable, "-m", "agentforge.cli", "campaign", str(SUITE), "--tasks", ",".join(CAMPAIGN_TASKS),
+           "--out", str(out), "--workers", "1", "--quiet"]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return out
 
 
 def _result(res, ctx, seconds: float) -> dict:
