@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 W, H = 420, 260
 PAD_L, PAD_R, PAD_T, PAD_B = 56, 16, 16, 40

@@ -10,7 +10,6 @@ whose task is a real task file. Everything is seeded: the same arguments give th
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import time

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import html as htmllib
 import re
-import shutil
 from pathlib import Path
 
 import pytest
-
-from test_review_helpers import CAMPAIGN_TASKS, HOSTILE_COMMENT, HOSTILE_TASK, OFFLINE_TASKS, build_real_run, run_campaign
+from test_review_helpers import (
+    CAMPAIGN_TASKS,
+    HOSTILE_COMMENT,
+    HOSTILE_TASK,
+    OFFLINE_TASKS,
+    build_real_run,
+    run_campaign,
+)
 
 from agentforge.review import ReviewError, load_review, render_html
 from agentforge.review.charts import speedup_bins
 from agentforge.review.cli import main as review_main
 from agentforge.review.data import NO_RUN_NOTE, unified_diff
-from agentforge.review.highlight import tokenize, to_html
+from agentforge.review.highlight import to_html, tokenize
 
 
 def _cli_main():

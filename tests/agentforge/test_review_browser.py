@@ -9,8 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from test_review_helpers import CAMPAIGN_TASKS, HOSTILE_TASK, build_real_run, run_campaign
+from test_review_helpers import (
+    CAMPAIGN_TASKS,
+    HOSTILE_TASK,
+    build_real_run,
+    run_campaign,
+)
 
 from agentforge.review import load_review, render_html
 from agentforge.review.browser import BrowserUnavailable, Chromium, find_chromium

@@ -53,7 +53,6 @@ def softmax_lineage() -> tuple[str, str]:
 
 def build_real_run(out: Path) -> Path:
     import asp_lang
-
     from agentforge import __version__
     from agentforge.campaign.rundb import RunDB
     from agentforge.library import Library, Provenance, build_entry
