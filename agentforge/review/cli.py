@@ -12,8 +12,20 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import AgentforgeError
+
+if TYPE_CHECKING:
+    from .data import Review
+
+
+def default_output(review: "Review") -> Path:
+    """RUN/report.html for a run directory; ./report.html for a library (which may be shipped as is)."""
+    src = Path(review.source)
+    if review.has_run:
+        return (src.parent if src.is_file() else src) / "report.html"
+    return Path("report.html")
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -22,8 +34,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     from .html import render_html
 
     review = load_review(args.path, timing=not args.no_timing)
-    out = Path(args.output) if args.output else Path(args.path) / "report.html" if Path(args.path).is_dir() \
-        else Path("report.html")
+    out = Path(args.output) if args.output else default_output(review)
     atomic_write_text(out, render_html(review))
     t = review.totals
     print(f"wrote {out} ({out.stat().st_size / 1024:,.0f} KiB): {t.get('verified')}/{t.get('tasks')} verified")
@@ -47,7 +58,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``review`` and ``show`` to the ``agentforge`` command's subparsers."""
     p = sub.add_parser("review", help="write a self-contained HTML report of a campaign run or kernel library")
     p.add_argument("path", metavar="RUN_OR_LIBRARY", help="a campaign's --out directory, or a kernel library")
-    p.add_argument("-o", "--output", help="the HTML file to write (default: RUN/report.html)")
+    p.add_argument("-o", "--output",
+                   help="the HTML file to write (default: RUN/report.html; ./report.html for a bare library)")
     p.add_argument("--no-timing", action="store_true",
                    help="skip recomputing each kernel's timing breakdown and the baseline's traffic (faster)")
     p.set_defaults(func=cmd_review)
