@@ -62,7 +62,7 @@ __all__ = [
 COMPUTE_BOUND_INTENSITY: float = 32.0
 
 #: Bumped whenever the meaning of any signature field changes, so that old cache keys miss.
-SIGNATURE_VERSION: int = 1
+SIGNATURE_VERSION: int = 2
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {
     torch.float32: "f32",
@@ -803,7 +803,8 @@ def signature(graph: AtenGraph) -> Signature:
                 if isinstance(val, (bool, str)) and pos not in _ATTR_IGNORED_KWARGS
             )
         )
-        scalars.append(tuple((pos, _freeze(val)) for pos, val in flat))
+        # placement (device, layout...) is not part of the problem: meta and CPU captures agree
+        scalars.append(tuple((pos, _freeze(val)) for pos, val in flat if pos not in _ATTR_IGNORED_KWARGS))
         if _is_reduction(node):
             reduced.append((kind, _reduced_dims(node, _ref_specs(specs, node))))
 
