@@ -9,6 +9,8 @@ switch between kernels pays the machine's reconfiguration cost.
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -25,12 +27,32 @@ from .tasks import Task, instantiate
 __all__ = ["Baseline", "build_baseline", "capture_at", "to_numpy", "to_torch", "BaselineTiming"]
 
 
+_META_GRAPHS: "OrderedDict[tuple, AtenGraph]" = OrderedDict()
+_META_LOCK = threading.Lock()
+_META_KEEP = 128
+
+
 def capture_at(task: Task, sizes: Mapping[str, int] | None = None, meta: bool = False) -> AtenGraph:
-    """Capture ``task`` at ``sizes``; ``meta`` builds it without data (any size, no memory)."""
-    if meta:
-        with torch.device("meta"):
-            return capture(instantiate(task, sizes))
-    return capture(instantiate(task, sizes))
+    """Capture ``task`` at ``sizes``; ``meta`` builds it without data (any size, no memory).
+
+    Meta captures are remembered per (task file, its text, sizes): planning, the baseline's
+    timing and a candidate's timing all need the same shapes-only graph, and torch.export is
+    the slowest step of an evaluation. The graph is frozen and holds no data, so sharing it
+    is safe; captures with data are never reused (their weights depend on the seed)."""
+    if not meta:
+        return capture(instantiate(task, sizes))
+    key = (str(task.path), hash(task.source), tuple(sorted(task.sizes_for(sizes).items())))
+    with _META_LOCK:
+        if key in _META_GRAPHS:
+            _META_GRAPHS.move_to_end(key)
+            return _META_GRAPHS[key]
+    with torch.device("meta"):
+        g = capture(instantiate(task, sizes))
+    with _META_LOCK:
+        _META_GRAPHS[key] = g
+        while len(_META_GRAPHS) > _META_KEEP:
+            _META_GRAPHS.popitem(last=False)
+    return g
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
