@@ -310,8 +310,9 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
             while queue and executor.free() > 0 and stop_reason is None:
                 row = queue[0]
                 caps = book.reserve(row["name"], cfg.attempts_per_task * cfg.workers_per_task, executor.free())
-                if caps is None:
-                    stop_reason = book.exhausted() or "a budget is spent"
+                if caps is None:   # all that is left is reserved by running tasks: wait for them
+                    if not executor.running():
+                        stop_reason = book.exhausted() or "a budget is spent"
                     break
                 queue.pop(0)
                 rounds = max(1, int(caps.get("attempts", cfg.attempts_per_task * cfg.workers_per_task))
