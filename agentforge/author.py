@@ -7,7 +7,10 @@ It is a small compiler, not a lookup table:
    layer norm, cumsum, slices and concatenation along the last dimension, over one space of
    rows: one map over row tiles whose tile function holds the whole region), and *matmul*
    regions (mm / addmm, their transposed weight, and an elementwise epilogue on the output
-   tiles). Anything else is a region of one op lowered as the baseline does.
+   tiles), and *attention* regions (Q K^T, a scale, a constant mask, softmax and the product
+   with V, found whole before the greedy walk: one flash-attention kernel whose online-softmax
+   ``accum`` streams K/V blocks held on chip, so the scores never reach HBM). Anything else is
+   a region of one op lowered as the baseline does.
 2. **Plan**: the regions (by semantic node index, so a plan applies at every size of the task
    and to every task with the same signature) and each region's parameters (tile sizes,
    parallelism). JSON-serialisable: it is what the plan cache stores.
@@ -34,13 +37,14 @@ from .lowering import (_ELEMENTWISE, ALIAS_KINDS, CONST_TARGETS, MM_TILE, ROW_CA
                        divisor_at_most, elementwise_kind, elementwise_parts, is_noop_expand, lower_node)
 
 PLAN_VERSION = 1
+TEMPLATES = ("row", "matmul", "attention", "single")
 
 
 # ------------------------------------------------------------------ plans
 
 @dataclass
 class Region:
-    template: str                 # "row" | "matmul" | "single"
+    template: str                 # "row" | "matmul" | "attention" | "single"
     nodes: list[int]              # semantic node indices (see semantic_nodes)
     params: dict = field(default_factory=dict)
 
@@ -60,8 +64,8 @@ class Plan:
             raise ValueError("a plan is an object with a 'regions' list")
         regions = []
         for r in d["regions"]:
-            if r.get("template") not in ("row", "matmul", "single"):
-                raise ValueError(f"unknown region template {r.get('template')!r} (row, matmul, single)")
+            if r.get("template") not in TEMPLATES:
+                raise ValueError(f"unknown region template {r.get('template')!r} ({', '.join(TEMPLATES)})")
             regions.append(Region(r["template"], [int(i) for i in r["nodes"]], dict(r.get("params", {}))))
         return Plan(regions, int(d.get("version", PLAN_VERSION)), str(d.get("notes", "")))
 
@@ -142,8 +146,9 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
 class _Partitioner:
     """Greedy, in graph order, one open region at a time (regions stay convex)."""
 
-    def __init__(self, graph: AtenGraph):
+    def __init__(self, graph: AtenGraph, attention: list[Region] = ()):
         self.g = graph
+        self.attention = {i: r for r in attention for i in r.nodes}   # nodes taken by attention regions
         self.sem = semantic_nodes(graph)
         self.sem_index = {n.name: i for i, n in enumerate(self.sem)}
         self.constants: set[str] = set()
@@ -186,6 +191,12 @@ class _Partitioner:
             for o in node.outs:
                 self.producer[o.name] = i
             self.producer[node.name] = i
+            if i in self.attention:  # an attention region is matched whole, before the greedy walk
+                self._close()
+                region = self.attention[i]
+                if i == max(region.nodes):
+                    self.regions.append(Region("attention", list(region.nodes), dict(region.params)))
+                continue
             if not self._join(node, i):
                 self._close()
                 self._start(node, i)
@@ -362,8 +373,16 @@ class _Partitioner:
         return True
 
 
-def partition(graph: AtenGraph) -> list[Region]:
-    return _Partitioner(graph).run()
+def attention_regions(graph: AtenGraph) -> list[Region]:
+    """The graph's attention patterns (QK^T, scale, mask, softmax, PV) as whole regions."""
+    return [Region("attention", list(a.nodes)) for a in _attention_matches(graph)]
+
+
+def partition(graph: AtenGraph, attention: bool | list[Region] = True) -> list[Region]:
+    """Greedy regions; ``attention``: detect attention regions first (True), or take these ones."""
+    if attention is True:
+        attention = attention_regions(graph)
+    return _Partitioner(graph, list(attention or [])).run()
 
 
 def baseline_plan(graph: AtenGraph) -> Plan:
@@ -467,7 +486,7 @@ def _consumers(graph: AtenGraph) -> dict[str, set[str]]:
 
 def _region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixed: dict, owner: dict, ri: int,
                    consumers: dict, outputs: set) -> Step:
-    if region.template == "single" or len(nodes) == 1 and region.template != "matmul":
+    if region.template == "single" or len(nodes) == 1 and region.template not in ("matmul", "attention"):
         if len(nodes) != 1:
             raise ValueError("a 'single' region holds one node")
         step = lower_node(nodes[0], graph, set())
@@ -477,6 +496,8 @@ def _region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixe
         return step
     if region.template == "row":
         return RowKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
+    if region.template == "attention":
+        return AttentionKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
     return MatmulKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
 
 
@@ -821,12 +842,320 @@ class MatmulKernel(_RegionCode):
                         [o.name for o in results], [(M, N)] * len(results))
 
 
+# ------------------------------------------------------------------ attention
+
+@dataclass
+class _Attention:
+    """One matched attention pattern: softmax(ops(Q K^T or S)) V with Q/K/V read in place."""
+    nodes: list[int]              # semantic indices the region computes
+    mode: str                     # "qk": scores from Q K^T; "scores": scores read from a tensor
+    q: str | None                 # [BH * G, Sq, D] contiguous (qk mode)
+    k: str | None                 # [BH, Sk, D] contiguous (qk mode)
+    s: str | None                 # [BH * G, Sq, Sk] contiguous (scores mode)
+    v: str                        # [BH, Sk, Dv] contiguous
+    group: int                    # query heads per K/V head (GQA)
+    ops: list[tuple]              # between scores and softmax, in order: ("scale", c) | ("fill", mask, value)
+                                  # | ("bias", mask)
+    out: AtenNode                 # the second bmm
+    dims: tuple[int, int, int, int, int]   # BH (K/V heads), Sq, Sk, D, Dv
+
+
+def _attention_matches(graph: AtenGraph) -> list[_Attention]:
+    """Every attention pattern of ``graph`` whose intermediates are used by nothing else."""
+    sem = semantic_nodes(graph)
+    sem_index = {n.name: i for i, n in enumerate(sem)}
+    by_name = {n.name: n for n in graph.nodes}
+    consumers = _consumers(graph)
+    outputs = {r.name for r in graph.outputs}
+    _, constants = _const_and_alias_steps(graph)
+    found = []
+    for node in sem:
+        if _base(node.target) != "bmm":
+            continue
+        try:
+            m = _match_attention(graph, node, sem_index, by_name, consumers, outputs, constants)
+        except (KeyError, IndexError, TypeError, ValueError, UnsupportedOpError):
+            m = None
+        if m is not None and not any(set(m.nodes) & set(f.nodes) for f in found):
+            found.append(m)
+    return found
+
+
+def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, constants) -> _Attention | None:
+    def node_of(v):
+        return by_name.get(v)
+
+    def is_relabel(n):
+        return n is not None and n.target != "getitem" and \
+            (op_kind(n.target) in TRANSPARENT_KINDS or _is_alias(n, graph))
+
+    def back(v, path):
+        """Follow relabels back to the value they relabel; ``path`` collects them."""
+        while is_relabel(node_of(v)):
+            path.append(v)
+            v = node_of(v).refs()[0].name
+        return v
+
+    def exclusive(values, inside):
+        """Every consumer of ``values`` is in ``inside``; none is a graph output."""
+        for v in values:
+            if v in outputs or not consumers.get(v, set()) <= inside:
+                return False
+        return True
+
+    def gqa(v, path):
+        """(source, group): an expand of an unsqueezed [.., 1, S, D] to [.., G, S, D] shares K/V heads."""
+        n = node_of(v)
+        if n is None or _base(n.target) != "expand" or is_noop_expand(n, graph):
+            return v, 1, None
+        src_shape = graph.spec(n.args[0]).shape
+        out_shape = n.outs[0].shape
+        if len(src_shape) != len(out_shape) or len(out_shape) < 3 or src_shape[-3] != 1 or \
+                tuple(src_shape[:-3]) + tuple(src_shape[-2:]) != tuple(out_shape[:-3]) + tuple(out_shape[-2:]):
+            raise UnsupportedOpError("not a K/V head expansion")
+        return back(n.args[0].name, path), out_shape[-3], n
+
+    if len(bmm2.args) != 2 or not all(isinstance(a, Ref) for a in bmm2.args):
+        return None
+    chain: list[str] = []       # relabels and values that only the region may read
+    nodes: list[AtenNode] = [bmm2]
+    p = back(bmm2.args[0].name, chain)
+    soft = node_of(p)
+    if soft is None or _base(soft.target) != "_softmax" or not _last_dim(soft, graph, soft.args[1]) or \
+            (len(soft.args) > 2 and soft.args[2]):
+        return None
+    chain.append(soft.name)
+    nodes.append(soft)
+    ops: list[tuple] = []
+    path: list[str] = []
+    x = back(soft.args[0].name, path)
+    while True:
+        n = node_of(x)
+        base = _base(n.target) if n is not None else ""
+        if n is None or n.name in constants or tuple(n.outs[0].shape) != tuple(graph.spec(soft.args[0]).shape):
+            break
+        if base in ("mul", "div") and len(n.args) == 2 and isinstance(n.args[0], Ref) and \
+                isinstance(n.args[1], (int, float)) and not isinstance(n.args[1], bool):
+            c = float(n.args[1])
+            ops.append(("scale", c if base == "mul" else 1.0 / c))
+        elif base == "where" and len(n.args) == 3 and isinstance(n.args[0], Ref) and \
+                n.args[0].name in constants and isinstance(n.args[2], Ref) and n.args[2].name not in constants \
+                and graph.spec(n.args[0]).dtype == "bool":
+            fill = n.args[1]
+            if isinstance(fill, Ref):
+                fnode = node_of(fill.name)
+                if fnode is None or _base(fnode.target) != "scalar_tensor":
+                    return None
+                fill = fnode.args[0]
+            if not isinstance(fill, (int, float)):
+                return None
+            ops.append(("fill", n.args[0].name, float(fill)))
+        elif base == "add" and len(n.args) == 2 and all(isinstance(a, Ref) for a in n.args) and \
+                sum(a.name in constants for a in n.args) == 1 and n.kwargs.get("alpha", 1) == 1:
+            mask = next(a.name for a in n.args if a.name in constants)
+            if graph.spec(mask).dtype not in ("f32", "bf16", "f16"):
+                return None
+            ops.append(("bias", mask))
+        else:
+            break
+        chain.extend(path)
+        path = []
+        chain.append(n.name)
+        nodes.append(n)
+        data = [a for a in n.refs() if a.name not in constants]
+        x = back(data[0].name, path)
+    ops.reverse()
+    scores_shape = tuple(graph.spec(soft.args[0]).shape)
+    Sq, Sk = scores_shape[-2], scores_shape[-1]
+    for op in ops:
+        if op[0] in ("fill", "bias"):
+            ms = tuple(graph.spec(op[1]).shape)
+            if len(ms) < 2 or tuple(ms[-2:]) != (Sq, Sk) or any(d != 1 for d in ms[:-2]):
+                return None  # only a mask shared by every batch and head
+    first = node_of(x)
+    mode, q, k, s, group_k = "scores", None, None, x, 1
+    if first is not None and _base(first.target) == "bmm" and len(first.args) == 2:
+        kpath: list[str] = []
+        qv = back(first.args[0].name, [])
+        kt = back(first.args[1].name, kpath)
+        pn = node_of(kt)
+        if pn is not None and _base(pn.target) in ("permute", "transpose", "t"):
+            rank = len(pn.outs[0].shape)
+            if _base(pn.target) == "permute":
+                dims = [d % rank for d in pn.args[1]]
+                ok = dims == list(range(rank - 2)) + [rank - 1, rank - 2]
+            elif _base(pn.target) == "transpose":
+                ok = sorted(d % rank for d in pn.args[1:3]) == [rank - 2, rank - 1]
+            else:
+                ok = rank == 2
+            if ok and rank >= 3:
+                mode, q, s = "qk", qv, None
+                chain.extend(path)
+                chain.append(first.name)
+                nodes.append(first)
+                kpath2: list[str] = []
+                k, group_k, kexp = gqa(back(pn.args[0].name, kpath2), kpath2)
+                # the permute (and a head expansion) are the region's when nothing else reads them
+                inside_k = {pn.name} | set(kpath) | set(kpath2) | {first.name}
+                if exclusive([pn.name] + kpath, set(kpath) | {first.name}):
+                    nodes.append(pn)
+                    if kexp is not None and exclusive([kexp.name] + kpath2, inside_k | {kexp.name}):
+                        nodes.append(kexp)
+    vpath: list[str] = []
+    v, group_v, vexp = gqa(back(bmm2.args[1].name, vpath), vpath)
+    if vexp is not None and exclusive([vexp.name] + vpath, set(vpath) | {vexp.name, bmm2.name}):
+        nodes.append(vexp)
+    inside = {n.name for n in nodes} | set(chain)
+    if not exclusive(chain, inside):
+        return None
+    vs = tuple(graph.spec(v).shape)
+    Dv = vs[-1]
+    if tuple(bmm2.outs[0].shape)[-2:] != (Sq, Dv) or vs[-2] != Sk:
+        return None
+    BHq = math.prod(bmm2.outs[0].shape[:-2])
+    if mode == "qk":
+        qs, ks = tuple(graph.spec(q).shape), tuple(graph.spec(k).shape)
+        if len(qs) < 3 or len(ks) < 3 or qs[-2] != Sq or ks[-2] != Sk or qs[-1] != ks[-1] or \
+                math.prod(qs[:-2]) != BHq:
+            return None
+        D = qs[-1]
+        if group_k != group_v or math.prod(ks[:-2]) * group_k != BHq or math.prod(vs[:-2]) * group_v != BHq:
+            return None
+    else:
+        ss = tuple(graph.spec(s).shape)
+        if len(ss) < 3 or ss[-2:] != (Sq, Sk) or math.prod(ss[:-2]) != BHq or \
+                math.prod(vs[:-2]) != BHq or group_v != 1:
+            return None
+        D = 0
+    dts = {_dt(graph.spec(x_)) for x_ in ([q, k] if mode == "qk" else [s]) + [v]} | {_dt(bmm2.outs[0])}
+    if len(dts) != 1 or dts - {"f32", "bf16", "f16"}:
+        return None
+    if any(n.name not in sem_index for n in nodes):
+        return None
+    return _Attention(sorted(sem_index[n.name] for n in nodes), mode, q, k, s, v, group_v, ops, bmm2,
+                      (BHq // group_v, Sq, Sk, D, Dv))
+
+
+class AttentionKernel(_RegionCode):
+    """softmax(scale * Q K^T [masked]) V as one streaming kernel (flash attention): per (K/V head,
+    query block) the K/V blocks, held on chip, stream past an online-softmax ``accum`` of the
+    running max m, sum l and output acc; the scores never reach HBM."""
+
+    def build(self) -> OpKernel:
+        g = self.g
+        sem = semantic_nodes(g)
+        names = {n.name for n in self.nodes}
+        att = next((a for a in _attention_matches(g) if a.out.name in names), None)
+        if att is None or {sem[i].name for i in att.nodes} != names:
+            raise UnsupportedOpError("plan does not fit this graph: the region is not a whole attention pattern")
+        BH, Sq, Sk, D, Dv = att.dims
+        G = att.group
+        p = self.region.params
+        bq = divisor_at_most(Sq, int(p.get("bq", 128)))
+        bk = divisor_at_most(Sk, int(p.get("bk", 128)))
+        par, par_m, par_b = int(p.get("par", 128)), int(p.get("par_mem", 4)), int(p.get("par_buf", 8))
+        kv_buf = bool(p.get("kv_buf", 1))
+        dt = _dt(att.out.outs[0])
+        kb = KernelBuilder(f"fused_{self.ri}_attention")
+        sizes = {"BH": BH, "SQ": G * Sq, "SK": Sk, "DV": Dv, "BQ": bq, "BK": bk}
+        if att.mode == "qk":
+            sizes["D"] = D
+        if G > 1:
+            sizes["SM"] = Sq
+        kb.fns.append("  sizes " + ", ".join(f"{k} = {v}" for k, v in sizes.items()))
+        inputs, views, streams, params = [], [], [], []
+
+        def kv(name: str, dcol: str) -> str:
+            pn = kb.param(dt, ("BH", "SK", dcol))
+            inputs.append(name)
+            views.append((BH, Sk, D if dcol == "D" else Dv))
+            if kv_buf:
+                (s,) = kb.op(f"load({pn}, tile=[1, BK, {dcol}], par={par_m})")
+                (b,) = kb.op(f"bufferize({s}, rank=1, par={par_b})")
+                (r,) = kb.op(f"streamify({b}, repeat=SQ / BQ, par={par_b})")
+            else:  # re-read from HBM for every query block
+                (r,) = kb.op(f"load({pn}, tile=[1, BK, {dcol}], repeat=SQ / BQ, at=1, par={par_m})")
+            return r
+
+        if att.mode == "qk":
+            pq = kb.param(dt, ("BH", "SQ", "D"))
+            inputs.append(att.q)
+            views.append((BH, G * Sq, D))
+            (qs,) = kb.op(f"load({pq}, tile=[1, BQ, D], par={par_m})")
+            (qr,) = kb.op(f"repeat({qs}, SK / BK)")
+            streams += [qr, kv(att.k, "D")]
+            params += ["qt", "kt"]
+            s = "matmul(qt, transpose(kt))"
+        else:
+            ps = kb.param(dt, ("BH", "SQ", "SK"))
+            inputs.append(att.s)
+            views.append((BH, G * Sq, Sk))
+            (ss,) = kb.op(f"load({ps}, tile=[1, BQ, BK], par={par_m})")
+            streams.append(ss)
+            params.append("st")
+            s = "st"
+        streams.append(kv(att.v, "DV"))
+        params.append("vt")
+        self.lets = []
+        cur = self.let(s if dt == "f32" else f"cast({s}, f32)", "s")
+        guard = False
+        for op in att.ops:
+            if op[0] == "scale":
+                cur = self.let(f"{cur} * {_lit(op[1])}", "s")
+                continue
+            mspec = g.spec(op[1])
+            pm = kb.param(_dt(mspec), ("SM" if G > 1 else "SQ", "SK"))
+            inputs.append(op[1])
+            views.append((Sq, Sk))
+            (ms,) = kb.op(f"load({pm}, tile=[BQ, BK], par={par_m})")
+            (mb,) = kb.op(f"bufferize({ms}, rank=2, par={par_b})")
+            (mr,) = kb.op(f"streamify({mb}, repeat=BH * {G}, par={par_b})" if G > 1 else
+                          f"streamify({mb}, repeat=BH, par={par_b})")
+            if G > 1:  # [BH * G, Sq/BQ, Sk/BK] -> [BH, G * Sq/BQ, Sk/BK]: query rows of G heads per K/V head
+                (mf,) = kb.op(f"flatten({mr}, dims=[0, 1])")
+                (mr,) = kb.op(f"reshape({mf}, dim=0, chunk=SQ / BQ)")
+            streams.append(mr)
+            mt = f"mt{len(params)}"
+            params.append(mt)
+            if op[0] == "fill":
+                cur = self.let(f"where({mt}, {_lit(op[2])}, {cur})", "s")
+                guard = guard or op[2] == -math.inf
+            else:
+                cur = self.let(f"{cur} + {mt if _dt(mspec) == 'f32' else f'cast({mt}, f32)'}", "s")
+                guard = True
+        m2 = self.let(f"maximum(m, max({cur}, axis=1))", "m")
+        base = m2
+        if guard:  # a row whose blocks so far are all masked has m = -inf: exp(-inf - -inf) would be NaN
+            base = self.let(f"where({m2} == -inf, 0, {m2})", "m")
+        pe = self.let(f"exp({cur} - {base})", "p")
+        c = self.let(f"exp(m - {base})", "c")
+        pv = f"matmul({pe}, vt)" if dt == "f32" else f"cast(matmul(cast({pe}, {dt}), vt), f32)"
+        step = kb.fn(["m", "l", "acc"] + params, f"({m2}, l * {c} + sum({pe}, axis=1), acc * {c} + {pv})",
+                     self.lets)
+        fin = kb.fn(["l", "acc"], "acc / l" if dt == "f32" else f"cast(acc / l, {dt})")
+        kb.n += 1
+        lo, acc = f"l{kb.n}", f"acc{kb.n}"
+        kb.body.append(f"  _, {lo}, {acc} = accum({', '.join(streams)}, rank=1, init=(full([BQ, 1], -inf), "
+                       f"zeros([BQ, 1]), zeros([BQ, DV])), fn={step}, par={par})")
+        (os_,) = kb.op(f"map({lo}, {acc}, fn={fin}, par=16)")
+        oname = kb.result(dt, ("BH", "SQ", "DV"))
+        kb.do(f"store({oname}, {os_}, par={par_m})")
+        comment = "fused attention region (online softmax): " + ", ".join(n.target for n in self.nodes)
+        return OpKernel(att.out.name, "fused.attention", kb.text(comment), inputs, views, [att.out.name],
+                        [(BH, G * Sq, Dv)])
+
+
 # ------------------------------------------------------------------ search
 
 ROW_GRID = {"rows": (1, 4, 16, 64), "par": (16, 64, 256), "par_mem": (4, 16)}
 MM_GRID = {"tm": (64, 128, 256), "tn": (64, 128, 256), "tk": (128, 256), "par": (64, 256, 1024),
            "par_mem": (8, 16), "par_epi": (16, 64)}
 SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
+# attention: query / key block, accum copies (each needs ceil(fn ops / stages) PCUs), memory and buffer
+# parallelism, K/V held on chip (1) or re-read from HBM per query block (0)
+ATTN_GRID = {"bq": (128, 64, 256), "bk": (128, 64, 256), "par": (320, 256, 192, 128, 64), "par_mem": (4, 16),
+             "par_buf": (8,), "kv_buf": (1, 0)}
+GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "single": SINGLE_GRID}
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
 
@@ -873,7 +1202,7 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
 
 def _best_params(region: Region, graph: AtenGraph, machine: Machine, idx: _GraphIndex, priors: dict, limit: int):
     """(seconds, params) of the fastest parameters for one region alone, and how many were tried."""
-    grid = {"row": ROW_GRID, "matmul": MM_GRID, "single": SINGLE_GRID}[region.template]
+    grid = GRIDS[region.template]
     best = None
     prior = {k: v for k, v in dict(priors.get(region.template, {})).items() if k in grid}
     cands = _grid_order(grid, prior)
@@ -912,14 +1241,20 @@ def _region_seconds(region: Region, graph: AtenGraph, machine: Machine, idx: _Gr
     return asp_lang.profile(prog).seconds
 
 
-def common_partition(graphs: list[AtenGraph]) -> list[Region]:
+def common_partition(graphs: list[AtenGraph], attention: bool = True) -> list[Region]:
     """Regions that are valid in every graph (the task at several sizes): the coarsest common
-    refinement, so a fusion that only works because two sizes happen to be equal is split."""
-    parts = [partition(g) for g in graphs]
+    refinement, so a fusion that only works because two sizes happen to be equal is split.
+    Attention regions are kept where every graph has the same pattern (``attention=False``:
+    none, attention is then matmul, row and matmul regions through HBM)."""
     sem = semantic_nodes(graphs[0])
     n = len(sem)
     if any(len(semantic_nodes(g)) != n for g in graphs):
         raise UnsupportedOpError("the task's graph changes shape with its sizes; plans cannot be shared")
+    # attention regions only where every size matches the same pattern; the rest is partitioned around them
+    found = [attention_regions(g) if attention else [] for g in graphs]
+    common = [r for r in found[0] if all(any(r2.nodes == r.nodes for r2 in f) for f in found[1:])]
+    taken = {i for r in common for i in r.nodes}
+    parts = [partition(g, common) if any(found) or not attention else partition(g) for g in graphs]
     ids = []
     for regs in parts:
         m = {}
@@ -929,7 +1264,7 @@ def common_partition(graphs: list[AtenGraph]) -> list[Region]:
         ids.append(m)
     out: list[Region] = []
     for i in range(n):
-        if i not in ids[0]:
+        if i not in ids[0] or i in taken:
             continue
         key = tuple(m.get(i) for m in ids)
         templates = {k[1] for k in key if k}
@@ -947,6 +1282,8 @@ def common_partition(graphs: list[AtenGraph]) -> list[Region]:
             final.append(Region("single", list(r.nodes)))
         else:
             final.append(Region(r.template, list(r.nodes)))
+    final.extend(Region("attention", list(r.nodes)) for r in common)
+    final.sort(key=lambda r: max(r.nodes))
     return final
 
 
@@ -959,4 +1296,4 @@ def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = No
 
 
 __all__ = ["Plan", "Region", "partition", "realize", "tune", "author_plan", "baseline_plan", "semantic_nodes",
-           "Tuned", "with_par", "Any"]
+           "Tuned", "with_par", "Any", "TEMPLATES", "attention_regions", "AttentionKernel"]

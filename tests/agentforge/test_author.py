@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import asp_lang
-from agentforge.author import Plan, Region, author_plan, baseline_plan, common_partition, partition, realize, \
-    semantic_nodes
+from agentforge.author import Plan, Region, attention_regions, author_plan, baseline_plan, common_partition, partition, \
+    realize, semantic_nodes, tune
 from agentforge.baseline import build_baseline, capture_at
 from agentforge.tasks import load_task
 from agentforge.verify import evaluate
@@ -91,3 +91,145 @@ def test_a_plan_for_another_graph_is_refused_not_miscompiled():
     _, own, _ = _graphs("rmsnorm")
     with pytest.raises(ValueError):
         realize(Plan([Region("row", [999])]), own, SN40L)
+
+
+# ------------------------------------------------------------------ attention
+
+ATTENTION_TASKS = ["attention", "causal_attention", "gqa_causal_attention", "decode_attention", "multihead_attention",
+                   "self_attention_proj", "transformer_encoder_block", "llama_decoder_block", "softmax_matmul"]
+
+
+@pytest.mark.parametrize("name", ATTENTION_TASKS)
+def test_attention_tasks_get_one_attention_region_in_canonical_asp(name):
+    _, own, small = _graphs(name)
+    regions = common_partition([own, *small])
+    attention = [r for r in regions if r.template == "attention"]
+    assert len(attention) == 1
+    ops = _templates(own, attention)[0][1]
+    assert ops.count("bmm") == (1 if name == "softmax_matmul" else 2) and "_softmax" in ops
+    for graph in (own, *small):  # the plan realizes at every size, as one kernel for the region
+        chain = realize(Plan(regions), graph, SN40L)
+        (kernel,) = [k for k in chain.kernels if k.target == "fused.attention"]
+        assert kernel.source == asp_lang.format_kernel(asp_lang.parse(kernel.source, "k.asp"))
+        assert "accum(" in kernel.source and "bufferize(" in kernel.source
+
+
+@pytest.mark.parametrize("name", ["causal_attention", "gqa_causal_attention", "decode_attention", "softmax_matmul"])
+def test_attention_plans_verify_and_beat_the_matmul_row_matmul_plan(name):
+    task, own, small = _graphs(name)
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    assert any(r.template == "attention" for r in tuned.plan.regions)
+    ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
+    assert ev.verified, ev.reason
+    unfused = tune(Plan(common_partition([own, *small], attention=False)), own, SN40L)
+    assert not any(r.template == "attention" for r in unfused.plan.regions)
+    assert tuned.seconds < 0.8 * unfused.seconds  # the scores no longer go through HBM
+    assert ev.speedup > 1.5
+
+
+def _write_task(tmp_path, name: str, body: str, sizes: str) -> Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text("import torch\nimport torch.nn as nn\n\n" + body)
+    path.with_suffix(".toml").write_text(f'[task]\ngroup = "attention"\nlevel = 2\ndescription = "{name}"\n\n'
+                                         + sizes)
+    return path
+
+
+_ATTN_SIZES = "[[sizes]]\nB = 2\nS = 16\nD = 8\n\n[[sizes]]\nB = 3\nS = 32\nD = 16\n"
+
+
+def test_attention_with_a_shared_intermediate_falls_back_to_matmul_row_matmul(tmp_path):
+    # the probabilities are also an output: they must reach HBM, so no flash kernel
+    path = _write_task(tmp_path, "attn_probs", '''B = 4
+S = 64
+D = 32
+
+
+class Model(nn.Module):
+    def forward(self, q, k, v):
+        p = torch.softmax(torch.matmul(q, k.transpose(-2, -1)) * 0.25, dim=-1)
+        return torch.matmul(p, v), p
+
+
+def get_inputs():
+    return [torch.randn(B, S, D), torch.randn(B, S, D), torch.randn(B, S, D)]
+
+
+def get_init_inputs():
+    return []
+''', _ATTN_SIZES)
+    task = load_task(path)
+    own = capture_at(task, meta=True)
+    small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:2]]
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    assert not any(r.template == "attention" for r in tuned.plan.regions)
+    ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
+    assert ev.verified, ev.reason
+
+
+def test_attention_with_a_per_batch_mask_keeps_the_scores_out_of_the_kernel(tmp_path):
+    # a mask that differs per batch element is not a constant [Sq, Sk] tile shared by every head:
+    # Q K^T and the mask stay outside, the region streams the scores from HBM (softmax @ V only)
+    path = _write_task(tmp_path, "attn_batch_mask", '''B = 4
+S = 64
+D = 32
+
+
+class Model(nn.Module):
+    def forward(self, q, k, v, bias):
+        s = torch.matmul(q, k.transpose(-2, -1)) * 0.25 + bias
+        return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def get_inputs():
+    return [torch.randn(B, S, D), torch.randn(B, S, D), torch.randn(B, S, D), torch.randn(B, S, S)]
+
+
+def get_init_inputs():
+    return []
+''', _ATTN_SIZES)
+    task = load_task(path)
+    own = capture_at(task, meta=True)
+    small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:2]]
+    (region,) = attention_regions(own)
+    assert [op for op in _templates(own, [region])[0][1]] == ["_softmax", "bmm"]
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
+    assert ev.verified, ev.reason
+
+
+def test_attention_with_a_window_mask_and_small_blocks_guards_fully_masked_blocks(tmp_path):
+    # a sliding window masks whole key blocks of some rows; with 4 x 4 blocks the online softmax
+    # meets rows whose first blocks are all -inf and must not turn them into NaN
+    path = _write_task(tmp_path, "attn_window", '''B = 2
+S = 64
+D = 16
+
+
+class Model(nn.Module):
+    def forward(self, q, k, v):
+        seq = q.shape[-2]
+        i = torch.arange(seq, device=q.device)
+        mask = (i[None, :] > i[:, None]) | (i[None, :] < i[:, None] - 3)
+        s = torch.matmul(q, k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        s = s.masked_fill(mask, float("-inf")) + (i[None, :] - i[:, None]).float() * 0.01
+        return torch.matmul(torch.softmax(s, dim=-1), v)
+
+
+def get_inputs():
+    return [torch.randn(B, S, D), torch.randn(B, S, D), torch.randn(B, S, D)]
+
+
+def get_init_inputs():
+    return []
+''', _ATTN_SIZES)
+    task = load_task(path)
+    own = capture_at(task, meta=True)
+    small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:2]]
+    regions = common_partition([own, *small])
+    assert [r.template for r in regions if r.template != "single"] == ["attention"]
+    for r in regions:
+        if r.template == "attention":
+            r.params = {"bq": 4, "bk": 4, "par": 16}
+    ev = evaluate(task, {"kind": "plan", "plan": Plan(regions).to_dict()})
+    assert ev.verified, ev.reason
