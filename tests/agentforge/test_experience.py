@@ -274,7 +274,38 @@ def test_priors_per_template_from_the_fastest_plans(lib, sigs):
     assert lib.priors(large) == {"row": {"rows": 64, "par": 16}}
     assert lib.priors(other) == {}
     # they are what author.tune takes
-    assert set(lib.priors(small)) <= {"row", "matmul", "single"}
+    assert set(lib.priors(small)) <= set(author.TEMPLATES)
+
+
+def test_attention_priors_are_kept(lib, sigs):
+    params = {"bq": 64, "bk": 128, "par": 256, "par_mem": 4, "par_buf": 8, "kv_buf": 1}
+    lib.add("attention", sigs["small"], "plan", plan([("attention", [0])], params), ok(2.2))
+    assert lib.priors(sigs["small"]) == {"attention": params}
+
+
+def test_a_version_1_database_migrates_and_keeps_its_priors(tmp_path, sigs):
+    # version 1 refused the 'attention' template (a CHECK constraint SQLite cannot alter)
+    import sqlite3
+
+    from agentforge.store.db import Database
+    from agentforge.store.experience import EXPERIENCE_SCHEMA
+
+    path = tmp_path / "old.sqlite"
+    key, class_key = sigs["small"].key(), sigs["small"].class_key()
+    with Database(path, EXPERIENCE_SCHEMA.upto(1)) as old:
+        assert old.version == 1
+        with old.transaction() as c:
+            c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
+                      " task, updated_at) VALUES (?, ?, 'row', '{\"rows\": 8}', 1.5, 'softmax', 0)", (key, class_key))
+            with pytest.raises(sqlite3.IntegrityError):
+                c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
+                          " task, updated_at) VALUES (?, ?, 'attention', '{}', 2.0, 'softmax', 0)",
+                          (key, class_key))
+    with ExperienceLibrary(path) as lib:
+        assert lib.db.version == EXPERIENCE_SCHEMA.version >= 2
+        assert lib.priors(sigs["small"]) == {"row": {"rows": 8}}
+        lib.add("attention", sigs["small"], "plan", plan([("attention", [0])], {"bq": 64}), ok(2.0))
+        assert lib.priors(sigs["small"]) == {"row": {"rows": 8}, "attention": {"bq": 64}}
 
 
 # ------------------------------------------------------------------ persistence
