@@ -108,7 +108,8 @@ class RunDB:
             c.execute("UPDATE tasks SET status = 'running', tries = tries + 1, started = COALESCE(started, ?)"
                       " WHERE name = ?", (time.time(), name))
 
-    def record_result(self, name: str, result: dict, kernel_id: str | None, event: dict | None = None) -> None:
+    def record_result(self, name: str, result: dict, kernel_id: str | None, event: dict | None = None,
+                      replaced: tuple[str, str] | None = None) -> None:
         """Everything one finished task produced, in one transaction (see module doc)."""
         now = time.time()
         with self.db.transaction() as c:
@@ -160,6 +161,8 @@ class RunDB:
                  None if verified else (best.get("reason") or result.get("error")),
                  None if verified else (best.get("reason_code") or result.get("error_code")), kernel_id,
                  result.get("signature_key"), now, result.get("seconds"), json.dumps(result.get("notes", [])), name))
+            if replaced is not None:
+                c.execute("UPDATE tasks SET kernel_id = ? WHERE kernel_id = ?", (replaced[1], replaced[0]))
             if event is not None:
                 self._event(c, event)
 

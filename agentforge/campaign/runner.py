@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AgentforgeError
-from ..library import KernelEntry, Library, _entry_from_dict
+from ..library import KernelEntry, Library, _entry_from_dict, dispatch_key
 from .config import Budget, CampaignConfig, ConfigError, bundled_suite
 from .executor import make_executor
 from .rundb import TASK_DONE, RunDB
@@ -354,13 +354,17 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
     database in one transaction, so a kill between the two only makes resume re-add the same kernel."""
     name = job["task"]
     kernel_id = None
+    replaced: tuple[str, str] | None = None
     notes = list(res.get("notes", []))
     if res.get("entry"):
         e = res["entry"]
         entry: KernelEntry = _entry_from_dict(e["entry"], f"kernel of {name}")
+        old = next((x.id for x in library.entries if dispatch_key(x) == dispatch_key(entry)), None)
         kept = library.add(entry, e["files"], e["task_files"])
-        kernel_id = entry.id if kept else next(
-            (x.id for x in library.entries if x.signature["sized_key"] == entry.signature["sized_key"]), entry.id)
+        kernel_id = entry.id if kept else (old or entry.id)
+        if kept and old is not None and old != entry.id:
+            replaced = (old, entry.id)   # tasks that pointed at the slower kernel now point at this one
+            notes.append(f"replaced the slower kernel {old} of the same problem")
         if not kept:
             notes.append(f"the library already held a kernel at least as fast for this problem ({kernel_id})")
     res["notes"] = notes
@@ -376,7 +380,7 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
              "reason": None if best.get("verified") else (best.get("reason") or res.get("error")),
              "error_code": res.get("error_code")}
     event["ts"] = time.time()
-    db.record_result(name, res, kernel_id, event)    # the event is stored with the result, atomically
+    db.record_result(name, res, kernel_id, event, replaced)    # the event is stored with the result, atomically
     emit(event, store=False)
 
 

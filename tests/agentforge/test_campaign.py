@@ -280,3 +280,17 @@ def test_the_ray_executor_gives_the_same_verified_set_as_the_local_one(tmp_path,
         local = {t["name"] for t in db.tasks() if t["status"] == "verified"}
     assert {t["name"] for t in res.tasks if t["status"] == "verified"} == local
     assert library_digest(tmp_path / "run" / "library") == library_digest(reference_run / "library")
+
+
+def test_the_readme_default_campaign_verifies_every_bundled_task(default_campaign):
+    from agentforge.tasks import load_suite
+
+    names = {t.name for t in load_suite(SUITE)}
+    lib = Library.open(default_campaign / "library")
+    with RunDB(default_campaign / "run.sqlite") as db:
+        assert db.run()["status"] == "finished"
+        tasks = db.tasks()
+    assert {t["name"] for t in tasks if t["status"] == "verified"} == names
+    # one kernel per problem: two tasks computing the same problem share the faster kernel
+    assert {t["kernel_id"] for t in tasks} == {e.id for e in lib.entries}
+    assert all(e.speedup >= 0.999 for e in lib.entries)   # never slower than the op-by-op baseline
