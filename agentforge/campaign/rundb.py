@@ -108,6 +108,22 @@ class RunDB:
             c.execute("UPDATE tasks SET status = 'running', tries = tries + 1, started = COALESCE(started, ?)"
                       " WHERE name = ?", (time.time(), name))
 
+    def task_pending(self, name: str, llm_calls: list[dict]) -> None:
+        """A task stopped by a budget: pending again; the LLM calls it made are kept (they were paid for)."""
+        with self.db.transaction() as c:
+            c.execute("UPDATE tasks SET status = 'pending' WHERE name = ?", (name,))
+            self._insert_calls(c, name, llm_calls)
+
+    @staticmethod
+    def _insert_calls(c: Any, name: str, llm_calls: list[dict]) -> None:
+        for call in llm_calls:
+            c.execute("INSERT INTO llm_calls (task, role, model, kind, ok, error, prompt_tokens,"
+                      " completion_tokens, cached_tokens, cost, latency_s, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                      (name, call.get("role"), call.get("model"), call.get("kind"), int(bool(call.get("ok"))),
+                       call.get("error"), call.get("prompt_tokens", 0), call.get("completion_tokens", 0),
+                       call.get("cached_tokens"), call.get("cost", 0.0), call.get("latency_s", 0.0),
+                       call.get("started")))
+
     def record_result(self, name: str, result: dict, kernel_id: str | None, event: dict | None = None,
                       replaced: tuple[str, str] | None = None) -> None:
         """Everything one finished task produced, in one transaction (see module doc)."""
@@ -116,7 +132,6 @@ class RunDB:
             c.execute("DELETE FROM evaluations WHERE candidate IN (SELECT id FROM candidates WHERE task = ?)", (name,))
             c.execute("DELETE FROM candidates WHERE task = ?", (name,))
             c.execute("DELETE FROM plans WHERE task = ?", (name,))
-            c.execute("DELETE FROM llm_calls WHERE task = ?", (name,))
             for p in result.get("plans", []):
                 c.execute("INSERT INTO plans (task, source, plan_json, created) VALUES (?,?,?,?)",
                           (name, p["source"], json.dumps(p["plan"], sort_keys=True), now))
@@ -141,13 +156,7 @@ class RunDB:
                            ev.get("bottleneck"), json.dumps(ev, sort_keys=True)))
                 if result.get("best_index") is not None and h is result["history"][result["best_index"]]:
                     best_id = cid
-            for call in result.get("llm_calls", []):
-                c.execute("INSERT INTO llm_calls (task, role, model, kind, ok, error, prompt_tokens,"
-                          " completion_tokens, cached_tokens, cost, latency_s, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                          (name, call.get("role"), call.get("model"), call.get("kind"), int(bool(call.get("ok"))),
-                           call.get("error"), call.get("prompt_tokens", 0), call.get("completion_tokens", 0),
-                           call.get("cached_tokens"), call.get("cost", 0.0), call.get("latency_s", 0.0),
-                           call.get("started")))
+            self._insert_calls(c, name, result.get("llm_calls", []))
             best = result.get("best") or {}
             verified = bool(best.get("verified"))
             c.execute(

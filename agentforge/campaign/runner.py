@@ -342,6 +342,9 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
                     emit(data)
                 else:
                     _finish(job, data, db, library, book, emit)
+                    if stop_reason is None and data.get("error_code") == "budget":
+                        # an LLM call would have passed the task's share of a budget: nothing more fits
+                        stop_reason = book.exhausted() or f"LLM budget reached ({data.get('error')})"
                     if stop_reason is None and book.exhausted() and queue:
                         stop_reason = book.exhausted()
         return stop_reason
@@ -372,6 +375,14 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
     cost = sum(c.get("cost") or 0.0 for c in res.get("llm_calls", []))
     attempts = len(res.get("history", []))
     book.settle(name, attempts, tokens, cost)
+    if res.get("error_code") == "budget" and not (res.get("best") or {}).get("verified"):
+        # stopped by a budget, not failed: back to pending (its checkpoint keeps what it did), its
+        # LLM calls are kept for the accounts, and --resume with a larger budget goes on with it
+        db.task_pending(name, res.get("llm_calls", []))
+        emit({"event": "task_end", "task": name, "verified": False, "stopped": True, "reason": res.get("error"),
+              "error_code": "budget", "tokens": tokens, "cost": cost, "attempts": res.get("attempts", 0),
+              "candidates": attempts, "seconds": res.get("seconds")})
+        return
     best = res.get("best") or {}
     event = {"event": "task_end", "task": name, "verified": bool(best.get("verified")),
              "attempts": res.get("attempts", 0), "candidates": attempts, "speedup": best.get("speedup"),

@@ -294,3 +294,42 @@ def test_the_readme_default_campaign_verifies_every_bundled_task(default_campaig
     # one kernel per problem: two tasks computing the same problem share the faster kernel
     assert {t["kernel_id"] for t in tasks} == {e.id for e in lib.entries}
     assert all(e.speedup >= 0.999 for e in lib.entries)   # never slower than the op-by-op baseline
+
+
+def test_token_budget_stops_before_a_call_would_pass_it_and_resume_goes_on(tmp_path, monkeypatch, capsys):
+    from llm_server import ScriptedServer, chat
+    from test_llm_roles import PLAN, RELU_KERNEL
+
+    monkeypatch.setenv("AF_TEST_KEY", "sk-test")
+    suite = small_suite(tmp_path, ("relu",))
+    out = tmp_path / "run"
+    (tmp_path / "agentforge.toml").write_text('[llm]\nmodel = "test-model"\napi_key_env = "AF_TEST_KEY"\n'
+                                              'max_retries = 0\n')
+    monkeypatch.chdir(tmp_path)
+    with ScriptedServer() as srv:
+        (tmp_path / "agentforge.toml").write_text((tmp_path / "agentforge.toml").read_text()
+                                                  + f'base_url = "{srv.url}"\n')
+        rc = main(["campaign", str(suite), "--out", str(out), "--llm", "openai", "--workers", "1",
+                   "--attempts", "1", "--budget", "tokens=1", "--quiet"])
+        assert rc == 1
+        assert "stopped: " in capsys.readouterr().out
+        assert srv.chat_requests == []          # nothing was sent that could pass the budget
+        with RunDB(out / "run.sqlite") as db:
+            assert db.run()["status"] == "stopped" and "budget" in db.run()["stop_reason"]
+            assert [t["status"] for t in db.tasks()] == ["pending"]
+        srv.push(chat(json.dumps(PLAN)), chat(f"```asp\n{RELU_KERNEL}```"))
+        rc = main(["campaign", "--out", str(out), "--resume", "--budget", "tokens=10000000", "--quiet"])
+        assert rc == 0, capsys.readouterr()
+    with RunDB(out / "run.sqlite") as db:
+        assert [t["status"] for t in db.tasks()] == ["verified"]
+        assert db.totals()["tokens"] > 0
+
+
+def test_minutes_budget_stops_running_tasks_which_resume_from_their_checkpoints(tmp_path):
+    suite = small_suite(tmp_path, ("softmax", "rmsnorm"))
+    out = tmp_path / "run"
+    res = run_campaign(load_config([], suite=str(suite), out=str(out), workers=1, budget="minutes=0.02"))
+    assert res.status == "stopped" and res.stop_reason.startswith("minutes budget reached")
+    assert res.totals["verified"] < 2
+    res = run_campaign(load_config([], out=str(out)), resume=True, overrides={"budget": Budget()})
+    assert res.status == "finished" and res.totals["verified"] == 2
