@@ -21,10 +21,10 @@ import asp_lang
 from asp_lang import Machine
 
 from .capture import AtenGraph, AtenNode, Ref, capture, torch_dtype
-from .lowering import Alias, Const, OpKernel, Step, lower_node
+from .lowering import Alias, Const, OpKernel, Step, UnsupportedOpError, lower_node
 from .tasks import Task, instantiate
 
-__all__ = ["Baseline", "build_baseline", "capture_at", "to_numpy", "to_torch", "BaselineTiming"]
+__all__ = ["Baseline", "build_baseline", "lower_steps", "capture_at", "to_numpy", "to_torch", "BaselineTiming"]
 
 
 _META_GRAPHS: "OrderedDict[tuple, AtenGraph]" = OrderedDict()
@@ -241,9 +241,10 @@ def with_par(source: str, compute: int, memory: int) -> str:
     return "".join(out)
 
 
-def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Baseline:
-    """Lower every node of ``graph``; unsupported ops raise UnsupportedOpError naming the op."""
-    m = machine if isinstance(machine, Machine) else asp_lang.load_machine(machine)
+def lower_steps(graph: AtenGraph, skip: dict[str, str] | None = None) -> list[Step]:
+    """Every node of ``graph`` as its own step. Unsupported ops raise UnsupportedOpError naming the
+    op, unless ``skip`` is given: then the node is left out and ``skip[node] = why`` (partial
+    lowering, for reports of models only partly covered)."""
     constants: set[str] = set()
     steps: list[Step] = []
     for node in graph.nodes:
@@ -253,8 +254,20 @@ def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Baseli
             if f"{src.name}.{idx}" in constants:
                 constants.add(node.name)
             continue
-        step = lower_node(node, graph, constants)
+        try:
+            step = lower_node(node, graph, constants)
+        except Exception as e:  # noqa: BLE001 - re-raised unless the caller collects what was skipped
+            if skip is None:
+                raise
+            skip[node.name] = str(e) if isinstance(e, UnsupportedOpError) else f"{type(e).__name__}: {e}"
+            continue
         if isinstance(step, Const):
             constants.update(o.name for o in node.outs)
         steps.append(step)
-    return Baseline(graph, steps, m)
+    return steps
+
+
+def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Baseline:
+    """Lower every node of ``graph``; unsupported ops raise UnsupportedOpError naming the op."""
+    m = machine if isinstance(machine, Machine) else asp_lang.load_machine(machine)
+    return Baseline(graph, lower_steps(graph), m)

@@ -9,12 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import AgentforgeError
 
 if TYPE_CHECKING:
     from .data import Review
@@ -73,20 +71,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m agentforge.review.cli``) with the main command's error handling."""
-    ap = argparse.ArgumentParser(prog="agentforge")
-    add_parsers(ap.add_subparsers(dest="command", required=True))
-    args = ap.parse_args(argv)
-    try:
-        return args.func(args)
-    except AgentforgeError as e:
-        print(f"agentforge: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")
-        return 0
+    """Standalone entry (``python -m agentforge.review.cli review ...``): the main command's parser
+    and error handling."""
+    from ..cli import main as agentforge_main
+
+    return agentforge_main(argv)
 
 
 if __name__ == "__main__":

@@ -48,12 +48,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m agentforge.torch.cli report MODEL_FILE``) until the main CLI wires it."""
-    parser = argparse.ArgumentParser(prog="agentforge")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_report_parser(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """Standalone entry (``python -m agentforge.torch.cli report MODEL_FILE``): the main command's
+    parser and error handling."""
+    from agentforge.cli import main as agentforge_main
+
+    return agentforge_main(argv)
 
 
 if __name__ == "__main__":

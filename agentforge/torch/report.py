@@ -117,29 +117,10 @@ class OffloadReport:
 
 def _op_by_op(graph: AtenGraph, machine: Any) -> tuple[dict[str, dict], dict[str, str], float]:
     """Per-node op-by-op kernel timings (rows by node), the nodes that cannot be lowered, reconfig seconds."""
-    from agentforge.lowering import Alias, Const, UnsupportedOpError, lower_node
+    from agentforge.baseline import lower_steps
 
-    constants: set[str] = set()
-    steps = []
     missing: dict[str, str] = {}
-    for node in graph.nodes:
-        if node.target == "getitem":
-            src, idx = node.args[0], node.args[1]
-            steps.append(Alias(node.name, node.target, f"{src.name}.{idx}", node.name))
-            if f"{src.name}.{idx}" in constants:
-                constants.add(node.name)
-            continue
-        try:
-            step = lower_node(node, graph, constants)
-        except UnsupportedOpError as e:
-            missing[node.name] = str(e)
-            continue
-        except Exception as e:  # noqa: BLE001 - a lowering bug must not take the report down
-            missing[node.name] = f"{type(e).__name__}: {e}"
-            continue
-        if isinstance(step, Const):
-            constants.update(o.name for o in node.outs)
-        steps.append(step)
+    steps = lower_steps(graph, skip=missing)
     t = Baseline(graph, steps, machine).time()
     rows = {r["node"]: r for r in t.kernels}
     reconf = machine.reconfig.cycles / (machine.clock_ghz * 1e9)

@@ -656,7 +656,7 @@ def test_partition_with_two_accumulators(route, d, seed, op):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((t, d)).astype(np.float32)
     if op == "scan":
-        tail = f"""  ma = merge(a, s2)
+        tail = """  ma = merge(a, s2)
   mc = merge(c, s3)
   fa = flatten(ma, dims=[0, 1])
   fc = flatten(mc, dims=[0, 1])
@@ -754,7 +754,7 @@ def test_top2_selector_from_argtopk():
     assert ei.value.kind == "ArgumentError"
     src = src.replace("fn expert(u) = u * cast(pos(0) + 1, f32)", "fn expert(u, s) = u * s").replace(
         "o = map(parts, fn=expert)",
-        f"p1, p2 = copy(parts)\n  sc = load(scales, tile=[1, 1])\n  se = expand(sc, like=p2)\n  o = map(p1, se, fn=expert)")
+        "p1, p2 = copy(parts)\n  sc = load(scales, tile=[1, 1])\n  se = expand(sc, like=p2)\n  o = map(p1, se, fn=expert)")
     src = src.replace(f"wr: f32[{d}, {e}])", f"wr: f32[{d}, {e}], scales: f32[{e}, 1])")
     scales = np.array([[1.0], [10.0], [100.0]], np.float32)
     _, outs = run(src, {"x": x, "wr": wr, "scales": scales})
