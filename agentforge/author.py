@@ -1051,8 +1051,8 @@ class AttentionKernel(_RegionCode):
         BH, Sq, Sk, D, Dv = att.dims
         G = att.group
         p = self.region.params
-        bq = divisor_at_most(Sq, int(p.get("bq", 128)))
-        bk = divisor_at_most(Sk, int(p.get("bk", 128)))
+        bq = divisor_at_most(Sq, int(p.get("tm", 128)))    # query rows per block
+        bk = divisor_at_most(Sk, int(p.get("tk", 128)))    # keys per block
         par, par_m, par_b = int(p.get("par", 128)), int(p.get("par_mem", 4)), int(p.get("par_buf", 8))
         kv_buf = bool(p.get("kv_buf", 1))
         dt = _dt(att.out.outs[0])
@@ -1151,10 +1151,11 @@ ROW_GRID = {"rows": (1, 4, 16, 64), "par": (16, 64, 256), "par_mem": (4, 16)}
 MM_GRID = {"tm": (64, 128, 256), "tn": (64, 128, 256), "tk": (128, 256), "par": (64, 256, 1024),
            "par_mem": (8, 16), "par_epi": (16, 64)}
 SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
-# attention: query / key block, accum copies (each needs ceil(fn ops / stages) PCUs), memory and buffer
-# parallelism, K/V held on chip (1) or re-read from HBM per query block (0)
-ATTN_GRID = {"bq": (128, 64, 256), "bk": (128, 64, 256), "par": (320, 256, 192, 128, 64), "par_mem": (4, 16),
+# attention: query rows (tm) and keys (tk) per block, accum copies (each needs ceil(fn ops / stages) PCUs),
+# memory and buffer parallelism, K/V held on chip (1) or re-read from HBM per query block (0)
+ATTN_GRID = {"tm": (128, 64, 256), "tk": (128, 256, 64), "par": (340, 320, 256, 192, 128, 64), "par_mem": (4, 16),
              "par_buf": (8,), "kv_buf": (1, 0)}
+ATTN_MIN_TRIES = 96  # an attention region is most of its task's time: it gets this much search in any plan
 GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "single": SINGLE_GRID}
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
@@ -1180,7 +1181,8 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
     regions = []
     per_region = max(1, budget // max(1, len(plan.regions)))
     for ri, region in enumerate(plan.regions):
-        best, n = _best_params(region, graph_own, machine, idx, priors, per_region)
+        limit = max(per_region, ATTN_MIN_TRIES) if region.template == "attention" else per_region
+        best, n = _best_params(region, graph_own, machine, idx, priors, limit)
         tried += n
         if region.template != "single":
             # fusing must pay: compare with the same ops as separate kernels (+ reconfigurations)

@@ -24,12 +24,15 @@ PLAN_VERSION = 1
 PARAM_KEYS = {
     "row": ("rows", "par", "par_mem"),
     "matmul": ("tm", "tn", "tk", "par", "par_mem", "par_epi"),
+    "attention": ("tm", "tk", "par", "par_mem"),   # par_buf and kv_buf are left to the tuner
     "single": ("compute", "memory"),
 }
+TEMPLATES = tuple(PARAM_KEYS)
 ALL_PARAM_KEYS = ("rows", "tm", "tn", "tk", "par", "par_mem", "par_epi", "compute", "memory")
 PARAM_HELP = {
     "rows": "row template: rows per tile",
-    "tm": "matmul: output tile rows", "tn": "matmul: output tile columns", "tk": "matmul: reduction tile",
+    "tm": "matmul: output tile rows; attention: query rows per block", "tn": "matmul: output tile columns",
+    "tk": "matmul: reduction tile; attention: keys per block",
     "par": "compute parallelism (PCUs) of the main map/accum",
     "par_mem": "memory parallelism (AGCUs) of loads/stores",
     "par_epi": "matmul: parallelism of the epilogue map",
@@ -49,7 +52,7 @@ _REGION = {
     "additionalProperties": False,
     "required": ["template", "nodes", "params", "why"],
     "properties": {
-        "template": {"type": "string", "enum": ["row", "matmul", "single"]},
+        "template": {"type": "string", "enum": list(TEMPLATES)},
         "nodes": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0},
                   "description": "indices of the op graph's numbered nodes fused in this region"},
         "params": _PARAMS,

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import asp_lang
-from agentforge.author import Plan, Region, attention_regions, author_plan, baseline_plan, common_partition, partition, \
-    realize, semantic_nodes, tune
+from agentforge.author import (Plan, Region, attention_regions, author_plan, baseline_plan, common_partition,
+                               partition, realize, semantic_nodes, tune)
 from agentforge.baseline import build_baseline, capture_at
 from agentforge.tasks import load_task
 from agentforge.verify import evaluate
@@ -230,6 +230,6 @@ def get_init_inputs():
     assert [r.template for r in regions if r.template != "single"] == ["attention"]
     for r in regions:
         if r.template == "attention":
-            r.params = {"bq": 4, "bk": 4, "par": 16}
+            r.params = {"tm": 4, "tk": 4, "par": 16}
     ev = evaluate(task, {"kind": "plan", "plan": Plan(regions).to_dict()})
     assert ev.verified, ev.reason

@@ -278,7 +278,7 @@ def test_priors_per_template_from_the_fastest_plans(lib, sigs):
 
 
 def test_attention_priors_are_kept(lib, sigs):
-    params = {"bq": 64, "bk": 128, "par": 256, "par_mem": 4, "par_buf": 8, "kv_buf": 1}
+    params = {"tm": 64, "tk": 128, "par": 256, "par_mem": 4, "par_buf": 8, "kv_buf": 1}
     lib.add("attention", sigs["small"], "plan", plan([("attention", [0])], params), ok(2.2))
     assert lib.priors(sigs["small"]) == {"attention": params}
 
@@ -304,8 +304,8 @@ def test_a_version_1_database_migrates_and_keeps_its_priors(tmp_path, sigs):
     with ExperienceLibrary(path) as lib:
         assert lib.db.version == EXPERIENCE_SCHEMA.version >= 2
         assert lib.priors(sigs["small"]) == {"row": {"rows": 8}}
-        lib.add("attention", sigs["small"], "plan", plan([("attention", [0])], {"bq": 64}), ok(2.0))
-        assert lib.priors(sigs["small"]) == {"row": {"rows": 8}, "attention": {"bq": 64}}
+        lib.add("attention", sigs["small"], "plan", plan([("attention", [0])], {"tm": 64}), ok(2.0))
+        assert lib.priors(sigs["small"]) == {"row": {"rows": 8}, "attention": {"tm": 64}}
 
 
 # ------------------------------------------------------------------ persistence
