@@ -874,8 +874,8 @@ def _attention_matches(graph: AtenGraph) -> list[_Attention]:
             continue
         try:
             m = _match_attention(graph, node, sem_index, by_name, consumers, outputs, constants)
-        except (KeyError, IndexError, TypeError, ValueError, UnsupportedOpError):
-            m = None
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, UnsupportedOpError):
+            m = None  # not an attention pattern this matcher understands: the greedy regions take it
         if m is not None and not any(set(m.nodes) & set(f.nodes) for f in found):
             found.append(m)
     return found
@@ -1036,6 +1036,9 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
                       (BHq // group_v, Sq, Sk, D, Dv))
 
 
+M_FLOOR = -1e30   # the online softmax's initial running max (finite: see AttentionKernel)
+
+
 class AttentionKernel(_RegionCode):
     """softmax(scale * Q K^T [masked]) V as one streaming kernel (flash attention): per (K/V head,
     query block) the K/V blocks, held on chip, stream past an online-softmax ``accum`` of the
@@ -1065,16 +1068,20 @@ class AttentionKernel(_RegionCode):
         kb.fns.append("  sizes " + ", ".join(f"{k} = {v}" for k, v in sizes.items()))
         inputs, views, streams, params = [], [], [], []
 
-        def kv(name: str, dcol: str) -> str:
+        def kv(name: str, dcol: str, augment: str | None = None) -> str:
             pn = kb.param(dt, ("BH", "SK", dcol))
             inputs.append(name)
             views.append((BH, Sk, D if dcol == "D" else Dv))
             if kv_buf:
                 (s,) = kb.op(f"load({pn}, tile=[1, BK, {dcol}], par={par_m})")
+                if augment:
+                    (s,) = kb.op(f"map({s}, fn={augment}, par=4)")
                 (b,) = kb.op(f"bufferize({s}, rank=1, par={par_b})")
                 (r,) = kb.op(f"streamify({b}, repeat=SQ / BQ, par={par_b})")
             else:  # re-read from HBM for every query block
                 (r,) = kb.op(f"load({pn}, tile=[1, BK, {dcol}], repeat=SQ / BQ, at=1, par={par_m})")
+                if augment:
+                    (r,) = kb.op(f"map({r}, fn={augment}, par=16)")
             return r
 
         if att.mode == "qk":
@@ -1094,11 +1101,13 @@ class AttentionKernel(_RegionCode):
             streams.append(ss)
             params.append("st")
             s = "st"
-        streams.append(kv(att.v, "DV"))
+        # V gets a column of ones: the product P V then carries the softmax denominator sum(P) in its
+        # last column, and the accumulator is (m, acc) only (fewer operations per step: fewer PCUs a copy)
+        aug = kb.fn(["vt"], f"concat(vt, ones([BK, 1]{'' if dt == 'f32' else f', dtype={dt}'}), axis=1)")
+        streams.append(kv(att.v, "DV", aug))
         params.append("vt")
         self.lets = []
         cur = self.let(s if dt == "f32" else f"cast({s}, f32)", "s")
-        guard = False
         for op in att.ops:
             if op[0] == "scale":
                 cur = self.let(f"{cur} * {_lit(op[1])}", "s")
@@ -1119,25 +1128,23 @@ class AttentionKernel(_RegionCode):
             params.append(mt)
             if op[0] == "fill":
                 cur = self.let(f"where({mt}, {_lit(op[2])}, {cur})", "s")
-                guard = guard or op[2] == -math.inf
             else:
                 cur = self.let(f"{cur} + {mt if _dt(mspec) == 'f32' else f'cast({mt}, f32)'}", "s")
-                guard = True
+        # m starts at a finite floor, not -inf: a row whose blocks so far are all masked (max -inf) keeps
+        # m = floor and gets p = exp(-inf) = 0, c = 1, never exp(-inf - -inf) = NaN; a row masked whole
+        # ends with 0 / 0 = NaN, as softmax gives
         m2 = self.let(f"maximum(m, max({cur}, axis=1))", "m")
-        base = m2
-        if guard:  # a row whose blocks so far are all masked has m = -inf: exp(-inf - -inf) would be NaN
-            base = self.let(f"where({m2} == -inf, 0, {m2})", "m")
-        pe = self.let(f"exp({cur} - {base})", "p")
-        c = self.let(f"exp(m - {base})", "c")
+        pe = self.let(f"exp({cur} - {m2})", "p")
+        c = self.let(f"exp(m - {m2})", "c")
         pv = f"matmul({pe}, vt)" if dt == "f32" else f"cast(matmul(cast({pe}, {dt}), vt), f32)"
-        step = kb.fn(["m", "l", "acc"] + params, f"({m2}, l * {c} + sum({pe}, axis=1), acc * {c} + {pv})",
-                     self.lets)
-        fin = kb.fn(["l", "acc"], "acc / l" if dt == "f32" else f"cast(acc / l, {dt})")
+        step = kb.fn(["m", "acc"] + params, f"({m2}, acc * {c} + {pv})", self.lets)
+        ratio = "slice(acc, axis=1, stop=DV) / slice(acc, axis=1, start=DV)"
+        fin = kb.fn(["acc"], ratio if dt == "f32" else f"cast({ratio}, {dt})")
         kb.n += 1
-        lo, acc = f"l{kb.n}", f"acc{kb.n}"
-        kb.body.append(f"  _, {lo}, {acc} = accum({', '.join(streams)}, rank=1, init=(full([BQ, 1], -inf), "
-                       f"zeros([BQ, 1]), zeros([BQ, DV])), fn={step}, par={par})")
-        (os_,) = kb.op(f"map({lo}, {acc}, fn={fin}, par=16)")
+        acc = f"acc{kb.n}"
+        kb.body.append(f"  _, {acc} = accum({', '.join(streams)}, rank=1, init=(full([BQ, 1], {_lit(M_FLOOR)}), "
+                       f"zeros([BQ, DV + 1])), fn={step}, par={par})")
+        (os_,) = kb.op(f"map({acc}, fn={fin}, par=16)")
         oname = kb.result(dt, ("BH", "SQ", "DV"))
         kb.do(f"store({oname}, {os_}, par={par_m})")
         comment = "fused attention region (online softmax): " + ", ".join(n.target for n in self.nodes)
@@ -1153,9 +1160,10 @@ MM_GRID = {"tm": (64, 128, 256), "tn": (64, 128, 256), "tk": (128, 256), "par": 
 SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
 # attention: query rows (tm) and keys (tk) per block, accum copies (each needs ceil(fn ops / stages) PCUs),
 # memory and buffer parallelism, K/V held on chip (1) or re-read from HBM per query block (0)
-ATTN_GRID = {"tm": (128, 64, 256), "tk": (128, 256, 64), "par": (340, 320, 256, 192, 128, 64), "par_mem": (4, 16),
+ATTN_GRID = {"tm": (128, 64, 256), "tk": (128, 256, 64), "par": (510, 500, 480, 448, 400, 340, 256, 128, 64),
+             "par_mem": (4, 16),
              "par_buf": (8,), "kv_buf": (1, 0)}
-ATTN_MIN_TRIES = 96  # an attention region is most of its task's time: it gets this much search in any plan
+ATTN_MIN_TRIES = 108  # an attention region is most of its task's time: it gets this much search in any plan
 GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "single": SINGLE_GRID}
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
