@@ -1075,13 +1075,13 @@ class AttentionKernel(_RegionCode):
             if kv_buf:
                 (s,) = kb.op(f"load({pn}, tile=[1, BK, {dcol}], par={par_m})")
                 if augment:
-                    (s,) = kb.op(f"map({s}, fn={augment}, par=4)")
+                    (s,) = kb.op(f"map({s}, fn={augment}, par={min(4, par)})")
                 (b,) = kb.op(f"bufferize({s}, rank=1, par={par_b})")
                 (r,) = kb.op(f"streamify({b}, repeat=SQ / BQ, par={par_b})")
             else:  # re-read from HBM for every query block
                 (r,) = kb.op(f"load({pn}, tile=[1, BK, {dcol}], repeat=SQ / BQ, at=1, par={par_m})")
                 if augment:
-                    (r,) = kb.op(f"map({r}, fn={augment}, par=16)")
+                    (r,) = kb.op(f"map({r}, fn={augment}, par={min(16, par)})")
             return r
 
         if att.mode == "qk":
@@ -1116,10 +1116,13 @@ class AttentionKernel(_RegionCode):
             pm = kb.param(_dt(mspec), ("SM" if G > 1 else "SQ", "SK"))
             inputs.append(op[1])
             views.append((Sq, Sk))
-            (ms,) = kb.op(f"load({pm}, tile=[BQ, BK], par={par_m})")
-            (mb,) = kb.op(f"bufferize({ms}, rank=2, par={par_b})")
-            (mr,) = kb.op(f"streamify({mb}, repeat=BH * {G}, par={par_b})" if G > 1 else
-                          f"streamify({mb}, repeat=BH, par={par_b})")
+            heads = f"BH * {G}" if G > 1 else "BH"
+            if kv_buf:  # loaded once into an on-chip buffer, re-read for every head
+                (ms,) = kb.op(f"load({pm}, tile=[BQ, BK], par={par_m})")
+                (mb,) = kb.op(f"bufferize({ms}, rank=2, par={par_b})")
+                (mr,) = kb.op(f"streamify({mb}, repeat={heads}, par={par_b})")
+            else:  # re-read from HBM for every head (where the buffer does not fit)
+                (mr,) = kb.op(f"load({pm}, tile=[BQ, BK], repeat={heads}, at=0, par={par_m})")
             if G > 1:  # [BH * G, Sq/BQ, Sk/BK] -> [BH, G * Sq/BQ, Sk/BK]: query rows of G heads per K/V head
                 (mf,) = kb.op(f"flatten({mr}, dims=[0, 1])")
                 (mr,) = kb.op(f"reshape({mf}, dim=0, chunk=SQ / BQ)")
@@ -1144,7 +1147,7 @@ class AttentionKernel(_RegionCode):
         acc = f"acc{kb.n}"
         kb.body.append(f"  _, {acc} = accum({', '.join(streams)}, rank=1, init=(full([BQ, 1], {_lit(M_FLOOR)}), "
                        f"zeros([BQ, DV + 1])), fn={step}, par={par})")
-        (os_,) = kb.op(f"map({acc}, fn={fin}, par=16)")
+        (os_,) = kb.op(f"map({acc}, fn={fin}, par={min(16, par)})")
         oname = kb.result(dt, ("BH", "SQ", "DV"))
         kb.do(f"store({oname}, {os_}, par={par_m})")
         comment = "fused attention region (online softmax): " + ", ".join(n.target for n in self.nodes)
@@ -1160,10 +1163,9 @@ MM_GRID = {"tm": (64, 128, 256), "tn": (64, 128, 256), "tk": (128, 256), "par": 
 SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
 # attention: query rows (tm) and keys (tk) per block, accum copies (each needs ceil(fn ops / stages) PCUs),
 # memory and buffer parallelism, K/V held on chip (1) or re-read from HBM per query block (0)
-ATTN_GRID = {"tm": (128, 64, 256), "tk": (128, 256, 64), "par": (510, 500, 480, 448, 400, 340, 256, 128, 64),
-             "par_mem": (4, 16),
-             "par_buf": (8,), "kv_buf": (1, 0)}
-ATTN_MIN_TRIES = 108  # an attention region is most of its task's time: it gets this much search in any plan
+ATTN_GRID = {"tm": (128, 64), "tk": (256, 128), "par": (510, 500, 480, 448, 400, 340, 256, 128, 64, 16, 8),
+             "par_mem": (4, 16, 1), "par_buf": (8,), "kv_buf": (1, 0)}
+ATTN_MIN_TRIES = 264  # the whole grid: an attention region is most of its task's time
 GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "single": SINGLE_GRID}
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
@@ -1300,9 +1302,18 @@ def common_partition(graphs: list[AtenGraph], attention: bool = True) -> list[Re
 def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = None,
                 graphs_small: list[AtenGraph] = ()) -> Tuned:
     """The offline planner: regions valid at every size, parameters from the timing model."""
-    plan = Plan(common_partition([graph_own, *graphs_small]),
-                notes="offline: greedy row/matmul fusion, tuned on the timing model")
-    return tune(plan, graph_own, machine, priors)
+    graphs = [graph_own, *graphs_small]
+    plan = Plan(common_partition(graphs), notes="offline: greedy row/matmul fusion, tuned on the timing model")
+    tuned = tune(plan, graph_own, machine, priors)
+    if any(r.template == "attention" for r in plan.regions) and \
+            not any(r.template == "attention" for r in tuned.plan.regions):
+        # no attention kernel fits or pays on this machine: the ops fall back to single kernels in
+        # tune; the greedy row/matmul regions over the same ops may do better
+        alt = tune(Plan(common_partition(graphs, attention=False), notes=plan.notes), graph_own, machine, priors)
+        tried = tuned.configs_tried + alt.configs_tried
+        tuned = alt if alt.seconds < tuned.seconds else tuned
+        tuned.configs_tried = tried
+    return tuned
 
 
 __all__ = ["Plan", "Region", "partition", "realize", "tune", "author_plan", "baseline_plan", "semantic_nodes",

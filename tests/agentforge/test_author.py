@@ -233,3 +233,15 @@ def get_init_inputs():
             r.params = {"tm": 4, "tk": 4, "par": 16}
     ev = evaluate(task, {"kind": "plan", "plan": Plan(regions).to_dict()})
     assert ev.verified, ev.reason
+
+
+def test_where_no_attention_kernel_pays_the_greedy_regions_come_back():
+    # on the small preset the flash kernel does not beat the ops it covers: the plan is then the
+    # matmul / row regions of today, not one kernel per op
+    mini = asp_lang.load_machine("rdu-mini")
+    _, own, small = _graphs("attention")
+    tuned = author_plan(own, mini, graphs_small=small)
+    assert not any(r.template == "attention" for r in tuned.plan.regions)
+    unfused = tune(Plan(common_partition([own, *small], attention=False)), own, mini)
+    assert tuned.seconds <= unfused.seconds * (1 + 1e-9)
+    assert any(r.template == "row" for r in tuned.plan.regions)
