@@ -74,6 +74,7 @@ PLAN_CACHE_SCHEMA = Schema("plan_cache", (
 PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "row": ("rows", "par", "par_mem"),
     "matmul": ("tm", "tn", "tk", "par", "par_mem", "par_epi"),
+    "attention": ("tm", "tk", "par", "par_mem", "par_buf", "kv_buf"),
     "single": ("compute", "memory"),
 }
 

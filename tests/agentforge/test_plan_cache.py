@@ -343,3 +343,13 @@ def test_a_failed_transaction_leaves_nothing(cache, softmax):
             c.execute("UPDATE plan_cache_counters SET value = 7 WHERE name = 'hits'")
             raise RuntimeError("boom")
     assert cache.stats()["hits"] == 0
+
+
+def test_every_author_template_has_its_tunable_parameters_listed():
+    """A template the cache cannot adapt would crash every cache hit of its tasks."""
+    from agentforge.author import GRIDS, TEMPLATES
+    from agentforge.store.plan_cache import PARAM_KEYS
+
+    assert set(PARAM_KEYS) == set(TEMPLATES)
+    for template, grid in GRIDS.items():
+        assert set(grid) <= set(PARAM_KEYS[template]), template
