@@ -19,12 +19,15 @@ never sees half a manifest. Loading validates the manifest and says what to fix.
 from __future__ import annotations
 
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +256,31 @@ class Library:
         self.manifest["updated"] = _now()
         atomic_write_text(self.root / "manifest.json", json.dumps(self.manifest, indent=2, sort_keys=False) + "\n")
 
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Writers of one library take turns (a campaign adding while a user merges into it); each
+        re-reads the manifest under the lock so nobody's additions are overwritten."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            if (self.root / "manifest.json").is_file():
+                fresh = Library.open(self.root)
+                self.manifest, self.entries = fresh.manifest, fresh.entries
+            yield
+
     def add(self, entry: KernelEntry, files: dict[str, str], task_files: dict[str, str]) -> bool:
         """Add ``entry`` (its files given as {relative path: text}); keep the faster kernel when the
         library already has one for the same problem. Returns whether ``entry`` was kept. Files are
         written before the manifest names them, each atomically, so a kill leaves a valid library."""
         _entry_from_dict(entry.to_dict(), f"kernel {entry.id}")   # validate before anything is written
+        with self._locked():
+            return self._add(entry, files, task_files)
+
+    def _add(self, entry: KernelEntry, files: dict[str, str], task_files: dict[str, str]) -> bool:
+        folder = Path(entry.task_file).parent
+        if any(e.op == entry.op and Path(e.task_file).parent != folder for e in self.entries):
+            # another task already owns this op name: one name, one computation (torch.ops.<ns>.<op>)
+            entry = replace(entry, op=f"{entry.op}_{folder.name[:8]}")
         key = dispatch_key(entry)
         old = next((e for e in self.entries if dispatch_key(e) == key), None)
         if old is not None and not _better(old, entry):
@@ -284,6 +307,11 @@ class Library:
         if other.manifest.get("machine") != self.manifest.get("machine"):
             raise LibraryError(f"cannot merge a library for machine {other.manifest.get('machine')!r} into one for "
                                f"{self.manifest.get('machine')!r}: their timings are not comparable")
+        if other.manifest.get("emulator_version") != self.manifest.get("emulator_version"):
+            raise LibraryError(f"cannot merge: the libraries were timed by different emulators "
+                               f"({other.manifest.get('emulator_version')!r} vs "
+                               f"{self.manifest.get('emulator_version')!r}), so 'faster' is not comparable\n"
+                               f"  how to fix: regenerate the older one with this agentforge's campaign")
         kept = replaced = skipped = 0
         for e in other.entries:
             before = {dispatch_key(x): x.id for x in self.entries}

@@ -13,6 +13,7 @@ import time
 from typing import Any, TextIO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -44,7 +45,7 @@ class CampaignView:
         if kind == "campaign_start":
             self.total, self.done, self.workers = e["tasks"], e["done"], max(1, e.get("workers", 1))
             if self.mode == "rich":
-                self.console.print(f"[bold]campaign[/] {e['run']} -> {e['run_dir']} "
+                self.console.print(f"[bold]campaign[/] {e['run']} -> {escape(e['run_dir'])} "
                                    f"({'resumed, ' if e['resume'] else ''}{e['todo']} of {e['tasks']} tasks to do, "
                                    f"{e['workers']} worker(s), {e['llm']}, {e['machine']})")
                 self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -67,7 +68,8 @@ class CampaignView:
             if e.get("seconds"):
                 self.durations.append(e["seconds"])
             if self.mode == "rich" and not e["verified"]:
-                self.console.print(f"  [red]failed[/] {e['task']}: {e.get('reason') or e.get('error_code')}")
+                why = escape(str(e.get("reason") or e.get("error_code")))   # reasons quote sizes in [..]
+                self.console.print(f"  [red]failed[/] {escape(e['task'])}: {why}")
         elif kind == "campaign_end" and self.progress is not None:
             self.progress.stop()
         self._refresh()
@@ -81,7 +83,7 @@ class CampaignView:
         if self.durations and left:
             per = sum(self.durations) / len(self.durations) / self.workers
             eta = f", ~{per * left:.0f}s left"
-        cur = ", ".join(f"{t}#{a}" for t, a in list(self.running.items())[:3])
+        cur = escape(", ".join(f"{t}#{a}" for t, a in list(self.running.items())[:3]))
         status = (f"verified {self.verified} failing {self.failed} | attempts {self.attempts} | "
                   f"tokens {self.tokens} ${self.cost:.4f} | {elapsed:.0f}s{eta}" + (f" | {cur}" if cur else ""))
         self.progress.update(self.bar, completed=self.done, status=status)
@@ -93,13 +95,13 @@ class CampaignView:
             self.stream.write(json.dumps({"event": "summary", **result.to_dict()}, default=str) + "\n")
             return
         t = Table(title=f"campaign {result.run_id}: {result.status}"
-                  + (f" ({result.stop_reason})" if result.stop_reason else ""))
+                  + (f" ({escape(result.stop_reason)})" if result.stop_reason else ""))
         for col, just in (("task", "left"), ("status", "left"), ("attempts", "right"), ("speedup", "right"),
                           ("roofline", "right"), ("plan", "left")):
             t.add_column(col, justify=just)
         for r in result.tasks:
             style = {"verified": "green", "failed": "red"}.get(r["status"], "yellow")
-            t.add_row(r["name"], f"[{style}]{r['status']}[/]", str(r["attempts"]),
+            t.add_row(escape(r["name"]), f"[{style}]{r['status']}[/]", str(r["attempts"]),
                       f"{r['speedup']:.2f}x" if r["speedup"] else "-",
                       f"{r['roofline_fraction']:.0%}" if r["roofline_fraction"] is not None else "-",
                       r["plan_source"] or "-")
@@ -110,7 +112,7 @@ class CampaignView:
             f"LLM calls {tot['llm_calls']}  tokens {tot['tokens']}  cost ${tot['cost']:.4f}  "
             f"plan-cache hit rate {tot['plan_cache_hit_rate']:.0%}  wall {result.wall_seconds:.1f}s")
         if result.stop_reason:
-            self.console.print(f"stopped: {result.stop_reason}; continue with --resume --out {result.run_dir}",
+            self.console.print(f"stopped: {escape(result.stop_reason)}; continue with --resume --out {result.run_dir}",
                                soft_wrap=True)
         self.console.print(f"library: {result.library}   run: {result.run_dir}", soft_wrap=True)
 

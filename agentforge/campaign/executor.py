@@ -14,7 +14,7 @@ import select
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,36 @@ class _Slot:
     proc: subprocess.Popen | None = None
     job: dict | None = None
     started: float = 0.0
+    buf: bytearray = field(default_factory=bytearray)   # bytes read from the worker, not yet a whole frame
+
+
+def _send_all(stream: Any, obj: Any) -> None:
+    """One frame to an unbuffered pipe: raw writes may be partial, so loop until all is written."""
+    import pickle
+
+    from ..sandbox import _HEADER
+
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        n = stream.write(view)
+        view = view[n or 0:]
+
+
+def _frames(buf: bytearray) -> list[Any]:
+    """Take every complete frame (8-byte length + pickle, as agentforge.sandbox writes them) off ``buf``."""
+    import pickle
+
+    from ..sandbox import _HEADER
+
+    out = []
+    while len(buf) >= _HEADER.size:
+        (n,) = _HEADER.unpack(bytes(buf[:_HEADER.size]))
+        if len(buf) < _HEADER.size + n:
+            break
+        out.append(pickle.loads(bytes(buf[_HEADER.size:_HEADER.size + n])))
+        del buf[:_HEADER.size + n]
+    return out
 
 
 class LocalExecutor:
@@ -49,14 +79,15 @@ class LocalExecutor:
         self.memory_mb = memory_mb
 
     def _start(self, slot: _Slot) -> None:
-        from ..sandbox import _HEADER  # noqa: F401 - the same framing as the sandbox
-
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", "1")
+        # unbuffered: poll() reads what select() says is there with os.read, so no message can hide
+        # in a Python-side buffer where select() cannot see it
         slot.proc = subprocess.Popen([sys.executable, "-m", "agentforge.campaign.job"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
+        slot.buf = bytearray()
 
     def free(self) -> int:
         return sum(s.job is None for s in self.slots)
@@ -65,18 +96,16 @@ class LocalExecutor:
         return [s.job for s in self.slots if s.job is not None]
 
     def submit(self, job: dict) -> None:
-        from ..sandbox import _send
-
         slot = next(s for s in self.slots if s.job is None)
         if slot.proc is None or slot.proc.poll() is not None:
             self._start(slot)
         slot.job, slot.started = job, time.monotonic()
         try:
-            _send(slot.proc.stdin, job)
+            _send_all(slot.proc.stdin, job)
         except (BrokenPipeError, OSError):
             self._kill(slot)
             self._start(slot)
-            _send(slot.proc.stdin, job)
+            _send_all(slot.proc.stdin, job)
 
     def _kill(self, slot: _Slot) -> None:
         if slot.proc is not None:
@@ -93,8 +122,6 @@ class LocalExecutor:
         slot.proc = None
 
     def poll(self, timeout: float) -> list[Message]:
-        from ..sandbox import _recv
-
         out: list[Message] = []
         now = time.monotonic()
         for s in self.slots:   # time limits first: a hung task is killed, the others go on
@@ -117,27 +144,30 @@ class LocalExecutor:
             s = busy[fd]
             job = s.job
             try:
-                msg = _recv(s.proc.stdout)
-            except (EOFError, OSError, Exception):  # noqa: BLE001 - a dead worker is a crashed task
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    raise EOFError("the worker closed its output")
+                s.buf += chunk
+                msgs = _frames(s.buf)
+            except Exception:  # noqa: BLE001 - a dead worker (or a garbled stream) is a crashed task
                 code = s.proc.poll() if s.proc else None
                 self._kill(s)
                 s.job = None
                 out.append((job, "result", failed_result(job, "crash", f"the worker process died (exit code {code})",
                                                          time.monotonic() - s.started)))
                 continue
-            if msg["kind"] == "result":
-                s.job = None
-            out.append((job, msg["kind"], msg["data"]))
+            for msg in msgs:
+                if msg["kind"] == "result":
+                    s.job = None
+                out.append((job, msg["kind"], msg["data"]))
         return out
 
     def close(self) -> None:
-        from ..sandbox import _send
-
         for s in self.slots:
             if s.proc is not None and s.proc.poll() is None:
                 if s.job is None:
                     try:
-                        _send(s.proc.stdin, None)
+                        _send_all(s.proc.stdin, None)
                         s.proc.wait(5)
                     except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                         pass

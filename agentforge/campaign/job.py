@@ -35,7 +35,7 @@ def _checkpointer(path: str):
     return SqliteSaver(conn), conn
 
 
-def _roles(job: dict, ctx: Any, experience: Any):
+def _roles(job: dict, ctx: Any, experience: Any, emit: Emit):
     """The planner, workers and reflector the job names; LLM roles share one budgeted ledger."""
     from ..loop import offline_roles
 
@@ -48,9 +48,18 @@ def _roles(job: dict, ctx: Any, experience: Any):
     from ..llm import LLMConfig
     from ..llm.ledger import Ledger
 
+    class StreamingLedger(Ledger):
+        """Reports each finished call at once, so the controller books what was paid even if this
+        process is killed before the task ends (timeouts, the minutes budget, kill -9)."""
+
+        def end(self, rec, *args, **kwargs):
+            rec = super().end(rec, *args, **kwargs)
+            emit({"event": "llm_call", "task": ctx.task.name, "call": rec.to_dict()})
+            return rec
+
     cfg = LLMConfig.from_dict(job["llm"]["config"])
     caps = job.get("caps", {})
-    ledger = Ledger(caps.get("calls"), caps.get("tokens"), caps.get("cost"))
+    ledger = StreamingLedger(cfg.max_calls, caps.get("tokens"), caps.get("cost"))   # max_calls: per task
     p, w, r = llm_roles(cfg, workers=job["workers_per_task"], fallback_planner=OfflinePlanner(), ledger=ledger,
                         check=False)
     return p, w, r, ledger
@@ -93,7 +102,7 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
             experience = ExperienceLibrary(job["memory_path"])
         ctx = task_context(task, machine)
         out["signature_key"] = ctx.signature.key()
-        planner, workers, reflector, ledger = _roles(job, ctx, experience)
+        planner, workers, reflector, ledger = _roles(job, ctx, experience, emit)
         vcfg = VerifyConfig(machine=machine.name, timeout_s=job["eval_timeout_s"], memory_mb=job["memory_mb"])
         if job["isolate"]:
             from ..sandbox import Evaluator

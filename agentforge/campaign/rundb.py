@@ -114,6 +114,10 @@ class RunDB:
             c.execute("UPDATE tasks SET status = 'pending' WHERE name = ?", (name,))
             self._insert_calls(c, name, llm_calls)
 
+    def add_llm_calls(self, name: str, llm_calls: list[dict]) -> None:
+        with self.db.transaction() as c:
+            self._insert_calls(c, name, llm_calls)
+
     @staticmethod
     def _insert_calls(c: Any, name: str, llm_calls: list[dict]) -> None:
         for call in llm_calls:

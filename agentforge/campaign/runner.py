@@ -152,6 +152,16 @@ class BudgetBook:
         self.reserved[task] = r
         return r
 
+    def spend(self, task: str, tokens: float, cost: float) -> None:
+        """A call of a running task, booked as it happens (its reservation shrinks by as much)."""
+        self.spent["tokens"] += tokens
+        self.spent["cost"] += cost
+        r = self.reserved.get(task)
+        if r is not None:
+            for k, v in (("tokens", tokens), ("cost", cost)):
+                if k in r:
+                    r[k] = max(0.0, r[k] - v)
+
     def settle(self, task: str, attempts: float, tokens: float, cost: float) -> None:
         self.reserved.pop(task, None)
         self.spent["attempts"] += attempts
@@ -165,6 +175,10 @@ class BudgetBook:
             if limit is not None and self.spent[k] >= limit - (1e-9 if k == "cost" else 0.5):
                 return f"{k} budget reached ({_fmt(self.spent[k])} of {_fmt(limit)} used)"
         return None
+
+
+def _least(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _fmt(x: float) -> str:
@@ -274,6 +288,10 @@ def run_campaign(cfg: CampaignConfig, resume: bool = False, on_event: Callable[[
             if on_event is not None:
                 on_event(e)
 
+        if llm_job["provider"] != "offline":   # [llm] max_tokens / max_cost are campaign-wide limits too
+            lc, b = llm_job["config"], cfg.budget
+            cfg = cfg.replace(budget=Budget(b.attempts, _least(b.tokens, lc.get("max_tokens")),
+                                            _least(b.cost, lc.get("max_cost")), b.minutes))
         rows = db.tasks()
         calls = db.llm_calls()
         book = BudgetBook(cfg.budget, {"attempts": float(db.candidate_count()),
@@ -304,12 +322,16 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
     deadline = t_start + cfg.budget.minutes * 60 if cfg.budget.minutes else None
     queue = list(todo)
     stop_reason: str | None = None
+    streamed: dict[str, dict] = {}     # per running task: LLM call ids and attempts already reported
     executor = make_executor(cfg.executor, min(cfg.workers, max(1, len(queue))), cfg.ray_address, cfg.memory_mb)
     try:
         while queue or executor.running():
             while queue and executor.free() > 0 and stop_reason is None:
                 row = queue[0]
                 caps = book.reserve(row["name"], cfg.attempts_per_task * cfg.workers_per_task, executor.free())
+                if caps is not None and caps.get("attempts", cfg.workers_per_task) < cfg.workers_per_task:
+                    book.reserved.pop(row["name"], None)   # not even one round fits
+                    caps = None
                 if caps is None:   # all that is left is reserved by running tasks: wait for them
                     if not executor.running():
                         stop_reason = book.exhausted() or "a budget is spent"
@@ -325,6 +347,7 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
                        "checkpoint_path": str(run_dir / "checkpoints.sqlite"), "thread_id": f"{run_id}:{row['name']}",
                        "seed": cfg.seed, "run_id": run_id,
                        "caps": {k: (int(v) if k == "tokens" else v) for k, v in caps.items() if k != "attempts"}}
+                streamed[row["name"]] = {"calls": set(), "attempts": 0}
                 db.task_started(row["name"])
                 emit({"event": "task_start", "task": row["name"], "try": row["tries"] + 1})
                 executor.submit(job)
@@ -339,9 +362,18 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
             wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             for job, kind, data in executor.poll(wait):
                 if kind == "event":
+                    seen = streamed.setdefault(job["task"], {"calls": set(), "attempts": 0})
+                    if data.get("event") == "llm_call":     # booked at once: paid even if the task dies
+                        call = data["call"]
+                        seen["calls"].add(call["id"])
+                        db.add_llm_calls(job["task"], [call])
+                        book.spend(job["task"], (call.get("prompt_tokens") or 0) + (call.get("completion_tokens") or 0),
+                                   call.get("cost") or 0.0)
+                    elif data.get("event") == "attempt":
+                        seen["attempts"] += 1
                     emit(data)
                 else:
-                    _finish(job, data, db, library, book, emit)
+                    _finish(job, data, db, library, book, emit, streamed.pop(job["task"], None))
                     if stop_reason is None and data.get("error_code") == "budget":
                         # an LLM call would have passed the task's share of a budget: nothing more fits
                         stop_reason = book.exhausted() or f"LLM budget reached ({data.get('error')})"
@@ -352,7 +384,8 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
         executor.close()
 
 
-def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook, emit: Callable[..., None]) -> None:
+def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook, emit: Callable[..., None],
+            streamed: dict | None = None) -> None:
     """Record one task's result: the kernel into the library first (atomic files), then the run
     database in one transaction, so a kill between the two only makes resume re-add the same kernel."""
     name = job["task"]
@@ -371,10 +404,14 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
         if not kept:
             notes.append(f"the library already held a kernel at least as fast for this problem ({kernel_id})")
     res["notes"] = notes
-    tokens = sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0) for c in res.get("llm_calls", []))
-    cost = sum(c.get("cost") or 0.0 for c in res.get("llm_calls", []))
-    attempts = len(res.get("history", []))
-    book.settle(name, attempts, tokens, cost)
+    streamed = streamed or {"calls": set(), "attempts": 0}
+    calls = res.get("llm_calls", [])
+    res["llm_calls"] = [c for c in calls if c.get("id") not in streamed["calls"]]   # the rest are booked
+    tokens = sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0) for c in calls)
+    cost = sum(c.get("cost") or 0.0 for c in calls)
+    attempts = max(len(res.get("history", [])), streamed["attempts"])
+    book.settle(name, attempts, sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0)
+                                    for c in res["llm_calls"]), sum(c.get("cost") or 0.0 for c in res["llm_calls"]))
     if res.get("error_code") == "budget" and not (res.get("best") or {}).get("verified"):
         # stopped by a budget, not failed: back to pending (its checkpoint keeps what it did), its
         # LLM calls are kept for the accounts, and --resume with a larger budget goes on with it
