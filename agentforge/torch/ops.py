@@ -310,6 +310,7 @@ class OpFamily:
                                 read.add(key[ai][0][d])
                 options[name] = sorted(read) + sorted(seen - read)
             found = None
+            problems: set[str] = set()
             for combo in itertools.islice(itertools.product(*options.values()), 64):
                 sizes = dict(zip(options, combo))
                 try:
@@ -317,10 +318,12 @@ class OpFamily:
                 except AgentforgeError:
                     continue
                 if problem_key([*g.inputs, *g.params]) == key:
-                    found = sizes
-                    break
-            self._inferred[key] = found
-            return found
+                    found = found or sizes
+                    problems.add(signature(g).sized_key())
+            # sizes that the arguments do not pin down (a top-k's k, say) could name several
+            # problems with the same argument shapes: guessing one could be silently wrong
+            self._inferred[key] = found if len(problems) == 1 else None
+            return self._inferred[key]
 
     def reference(self, args: Sequence[torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
         """The task's PyTorch reference at the sizes of ``args``, as a function of (inputs, params)."""
