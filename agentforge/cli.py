@@ -173,10 +173,11 @@ def cmd_solve(args) -> int:
     cfg = SolveConfig(max_attempts=args.attempts, workers=args.workers)
     evaluate_fn = None
     if args.llm != "offline" or args.isolate:
-        from .sandbox import Evaluator
+        from .sandbox import EvaluatorPool
         from .verify import VerifyConfig
 
-        evaluator = Evaluator(VerifyConfig(machine=machine.name, timeout_s=args.timeout, memory_mb=args.memory_mb))
+        evaluator = EvaluatorPool(VerifyConfig(machine=machine.name, timeout_s=args.timeout, memory_mb=args.memory_mb),
+                                  size=args.workers)   # the loop's workers evaluate in parallel
 
         def evaluate_fn(c: dict):
             return evaluator.evaluate(task.path, c, baseline_seconds=ctx.baseline_seconds)

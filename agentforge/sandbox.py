@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import pickle
+import queue
 import select
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -176,6 +178,51 @@ class Evaluator:
         self.close()
 
 
+class EvaluatorPool:
+    """``size`` worker processes for callers in several threads (the loop's parallel workers).
+
+    One :class:`Evaluator` talks over one pipe and must not be used by two threads at once; the
+    pool lends each evaluation a worker of its own, starting up to ``size`` of them on demand."""
+
+    def __init__(self, cfg: VerifyConfig | None = None, size: int = 1, threads: int = 1):
+        self.cfg, self.size, self.threads = cfg or VerifyConfig(), max(1, size), threads
+        self._idle: "queue.Queue[Evaluator]" = queue.Queue()
+        self._all: list[Evaluator] = []
+        self._lock = threading.Lock()
+
+    def _borrow(self) -> Evaluator:
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            pass
+        with self._lock:
+            if len(self._all) < self.size:
+                ev = Evaluator(self.cfg, self.threads)
+                self._all.append(ev)
+                return ev
+        return self._idle.get()
+
+    def evaluate(self, task_path: str | Path, candidate: dict, baseline_seconds: float | None = None,
+                 timeout_s: float | None = None) -> Evaluation:
+        ev = self._borrow()
+        try:
+            return ev.evaluate(task_path, candidate, baseline_seconds, timeout_s)
+        finally:
+            self._idle.put(ev)
+
+    def close(self) -> None:
+        with self._lock:
+            for ev in self._all:
+                ev.close()
+            self._all.clear()
+
+    def __enter__(self) -> "EvaluatorPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def _failed(task: str, candidate: dict, code: str, message: str, seconds: float, cfg: VerifyConfig,
             tb: str | None = None) -> Evaluation:
     ev = Evaluation(task, candidate.get("kind", "?"), False, message, reason_code=code, machine=cfg.machine,
@@ -184,7 +231,7 @@ def _failed(task: str, candidate: dict, code: str, message: str, seconds: float,
     return ev
 
 
-__all__ = ["Evaluator"]
+__all__ = ["Evaluator", "EvaluatorPool"]
 
 if __name__ == "__main__":
     worker_main(int(sys.argv[1]), int(sys.argv[2]))

@@ -105,9 +105,9 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
         planner, workers, reflector, ledger = _roles(job, ctx, experience, emit)
         vcfg = VerifyConfig(machine=machine.name, timeout_s=job["eval_timeout_s"], memory_mb=job["memory_mb"])
         if job["isolate"]:
-            from ..sandbox import Evaluator
+            from ..sandbox import EvaluatorPool
 
-            evaluator = Evaluator(vcfg)
+            evaluator = EvaluatorPool(vcfg, size=job["workers_per_task"])   # the loop's workers evaluate at once
 
             def evaluate_fn(c: dict):
                 return evaluator.evaluate(task.path, c, baseline_seconds=ctx.baseline_seconds)

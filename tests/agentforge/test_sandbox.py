@@ -113,3 +113,20 @@ def _wait_gone(pid: int) -> None:
     for _ in range(50):
         os.kill(pid, 0)
         time.sleep(0.1)
+
+
+def test_a_pool_serves_threads_at_once_and_each_gets_its_own_result():
+    """The loop's parallel workers share one pool: no two evaluations may cross on one pipe."""
+    from agentforge.sandbox import EvaluatorPool
+
+    bad = {"kind": "kernel", "source": CONTROL["source"].replace("exp(", "exp(2.0 * "), "filename": "bad.asp"}
+    results: dict[int, Evaluation] = {}
+    with EvaluatorPool(VerifyConfig(timeout_s=120.0), size=2) as pool:
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, pool.evaluate(
+            SOFTMAX, CONTROL if i % 2 == 0 else bad))) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert len(pool._all) == 2
+    assert [results[i].verified for i in range(4)] == [True, False, True, False]
