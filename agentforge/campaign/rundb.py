@@ -54,6 +54,9 @@ RUN_SCHEMA = Schema("run", (
         "CREATE INDEX candidates_task ON candidates(task, attempt, worker)",
         "CREATE INDEX events_ts ON events(ts)",
     ]),
+    Migration(2, "the problem (library dispatch key) of each task's kernel", [
+        "ALTER TABLE tasks ADD COLUMN problem_key TEXT",
+    ]),
 ))
 
 TASK_DONE = ("verified", "failed")
@@ -129,7 +132,7 @@ class RunDB:
                        call.get("started")))
 
     def record_result(self, name: str, result: dict, kernel_id: str | None, event: dict | None = None,
-                      replaced: tuple[str, str] | None = None) -> None:
+                      replaced: tuple[str, str] | None = None, problem_key: str | None = None) -> None:
         """Everything one finished task produced, in one transaction (see module doc)."""
         now = time.time()
         with self.db.transaction() as c:
@@ -174,6 +177,8 @@ class RunDB:
                  None if verified else (best.get("reason") or result.get("error")),
                  None if verified else (best.get("reason_code") or result.get("error_code")), kernel_id,
                  result.get("signature_key"), now, result.get("seconds"), json.dumps(result.get("notes", [])), name))
+            if problem_key is not None:
+                c.execute("UPDATE tasks SET problem_key = ? WHERE name = ?", (problem_key, name))
             if replaced is not None:
                 c.execute("UPDATE tasks SET kernel_id = ? WHERE kernel_id = ?", (replaced[1], replaced[0]))
             if event is not None:
@@ -207,6 +212,21 @@ class RunDB:
             d["evaluation"] = json.loads(ej) if ej else None
             out.append(d)
         return out
+
+    def repoint_kernels(self, current: dict[str, str]) -> int:
+        """Point every task whose kernel is no longer in the library at the library's kernel for the
+        same problem (``current``: problem key -> kernel id). Repairs what a kill between a library
+        replacement and the run database's update left behind. Returns how many were re-pointed."""
+        with self.db.transaction() as c:
+            rows = c.execute("SELECT name, kernel_id, problem_key FROM tasks WHERE kernel_id IS NOT NULL"
+                             " AND problem_key IS NOT NULL").fetchall()
+            n = 0
+            for r in rows:
+                new = current.get(r["problem_key"])
+                if new is not None and new != r["kernel_id"]:
+                    c.execute("UPDATE tasks SET kernel_id = ? WHERE name = ?", (new, r["name"]))
+                    n += 1
+            return n
 
     def candidate_count(self) -> int:
         return int(self.db.query("SELECT COUNT(*) FROM candidates")[0][0])

@@ -303,6 +303,7 @@ def run_campaign(cfg: CampaignConfig, resume: bool = False, on_event: Callable[[
               "tasks": len(rows), "todo": len(todo), "done": len(rows) - len(todo), "workers": cfg.workers,
               "executor": cfg.executor, "llm": cfg.llm, "machine": machine.name})
         stop_reason = _drive(cfg, db, library, todo, book, emit, run_dir, run_id, llm_job, t_start)
+        db.repoint_kernels({json.dumps(dispatch_key(e)): e.id for e in library.entries})
         status = "stopped" if stop_reason else "finished"
         db.set_status(status, stop_reason)
         totals = db.totals()
@@ -428,7 +429,8 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
              "reason": None if best.get("verified") else (best.get("reason") or res.get("error")),
              "error_code": res.get("error_code")}
     event["ts"] = time.time()
-    db.record_result(name, res, kernel_id, event, replaced)    # the event is stored with the result, atomically
+    problem = json.dumps(dispatch_key(entry)) if res.get("entry") else None
+    db.record_result(name, res, kernel_id, event, replaced, problem)    # the event is stored with the result, atomically
     emit(event, store=False)
 
 

@@ -332,3 +332,18 @@ def test_minutes_budget_stops_running_tasks_which_resume_from_their_checkpoints(
     assert res.totals["verified"] < 2
     res = run_campaign(load_config([], out=str(out)), resume=True, overrides={"budget": Budget()})
     assert res.status == "finished" and res.totals["verified"] == 2
+
+
+def test_tasks_follow_their_problem_to_the_kernel_the_library_holds_now(tmp_path):
+    """After a kill between a library replacement and the run database's update, the next run
+    re-points the older task at the faster kernel of the same problem."""
+    from types import SimpleNamespace
+
+    with RunDB(tmp_path / "run.sqlite") as db:
+        t = SimpleNamespace(name="a", path="a.py", group=None, level=1)
+        db.start_run("r1", "suite", {}, {}, [t, SimpleNamespace(**{**t.__dict__, "name": "b", "path": "b.py"})])
+        best = {"verified": True, "speedup": 2.0}
+        db.record_result("a", {"best": best}, "a-000000000001", problem_key='["p", ["f32"]]')
+        db.record_result("b", {"best": best}, "b-000000000002", problem_key='["q", ["f32"]]')
+        assert db.repoint_kernels({'["p", ["f32"]]': "b-000000000009", '["q", ["f32"]]': "b-000000000002"}) == 1
+        assert {t["name"]: t["kernel_id"] for t in db.tasks()} == {"a": "b-000000000009", "b": "b-000000000002"}
