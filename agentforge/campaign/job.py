@@ -82,8 +82,9 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
     from .. import __version__
     from ..library import Provenance, build_entry
     from ..loop import SolveConfig, solve, task_context
+    from ..agents.roles import Candidate
     from ..tasks import load_task
-    from ..verify import VerifyConfig, evaluate
+    from ..verify import Evaluation, VerifyConfig, evaluate
 
     emit = emit or (lambda e: None)
     t0 = time.perf_counter()
@@ -117,13 +118,36 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
         checkpointer, conn = _checkpointer(job["checkpoint_path"])
         lock = threading.Lock()
 
+        def entry_payload(cand: Any, ev: Any, plan_source: str | None) -> dict:
+            llm = job["llm"]
+            prov = Provenance(
+                author=cand.author, model=llm.get("config", {}).get("model") if llm["provider"] != "offline" else None,
+                plan_source=plan_source, prompt_hash=prompt_hash() if llm["provider"] != "offline" else None,
+                date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+                machine=machine.name, emulator_version=asp_lang.EMULATOR_VERSION, agentforge_version=__version__,
+                seed=job.get("seed", 0), run=job.get("run_id"))
+            entry, files, task_files = build_entry(task, cand.kind, cand.source, cand.plan, ev, ctx.signature, prov,
+                                                   machine)
+            return {"entry": entry.to_dict(), "files": files, "task_files": task_files}
+
+        lock = threading.Lock()
+        best_seen = [0.0]
+
         def on_record(rec: dict) -> None:
             ev = rec["evaluation"]
+            private: dict[str, Any] = {"record": rec}
+            if ev["verified"] and rec.get("candidate") and (ev.get("speedup") or 0.0) > best_seen[0]:
+                # the controller keeps this, so a task killed later (time limit) keeps its best kernel
+                best_seen[0] = ev.get("speedup") or 0.0
+                try:
+                    private["entry"] = entry_payload(Candidate(**rec["candidate"]), Evaluation.from_dict(ev), None)
+                except Exception:  # noqa: BLE001 - only a safety net; the final result builds it again
+                    pass
             with lock:
                 emit({"event": "attempt", "task": name, "attempt": rec["attempt"], "worker": rec["worker"],
                       "verified": ev["verified"], "reason_code": ev.get("reason_code"),
                       "speedup": ev.get("speedup"), "tokens": ledger.tokens if ledger else 0,
-                      "cost": ledger.cost if ledger else 0.0})
+                      "cost": ledger.cost if ledger else 0.0, "_private": private})
 
         cfg = SolveConfig(max_attempts=job["attempts_per_task"], workers=job["workers_per_task"])
         res = solve(task, planner, workers, reflector, machine, cfg, evaluate_fn, plan_cache, experience, ctx,
@@ -135,17 +159,7 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
             bi = [i for i, h in enumerate(res.history) if h["evaluation"] == out["best"]]
             out["best_index"] = bi[0] if bi else None
         if res.verified and res.best_candidate is not None:
-            c = res.best_candidate
-            llm = job["llm"]
-            prov = Provenance(
-                author=c.author, model=llm.get("config", {}).get("model") if llm["provider"] != "offline" else None,
-                plan_source=res.plan_source, prompt_hash=prompt_hash() if llm["provider"] != "offline" else None,
-                date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-                machine=machine.name, emulator_version=asp_lang.EMULATOR_VERSION, agentforge_version=__version__,
-                seed=job.get("seed", 0), run=job.get("run_id"))
-            entry, files, task_files = build_entry(task, c.kind, c.source, c.plan, res.best, ctx.signature, prov,
-                                                   machine)
-            out["entry"] = {"entry": entry.to_dict(), "files": files, "task_files": task_files}
+            out["entry"] = entry_payload(res.best_candidate, res.best, res.plan_source)
     except Exception as e:  # noqa: BLE001 - the task failed; the campaign goes on
         from ..llm.errors import BudgetExceeded
 

@@ -372,6 +372,10 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
                                    call.get("cost") or 0.0)
                     elif data.get("event") == "attempt":
                         seen["attempts"] += 1
+                        private = data.pop("_private", None) or {}
+                        seen.setdefault("records", []).append(private.get("record"))
+                        if private.get("entry"):
+                            seen["entry"] = private["entry"]
                     emit(data)
                 else:
                     _finish(job, data, db, library, book, emit, streamed.pop(job["task"], None))
@@ -385,10 +389,26 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
         executor.close()
 
 
+def _salvage(res: dict, streamed: dict) -> dict:
+    """A task killed (time limit) or crashed after it had verified a kernel: keep the best one it
+    reported, with the attempts it reported, instead of losing it."""
+    records = [r for r in streamed.get("records", []) if r]
+    best_i = max((i for i, r in enumerate(records) if r["evaluation"]["verified"]),
+                 key=lambda i: records[i]["evaluation"].get("speedup") or 0.0)
+    why = res.get("error")
+    return {**res, "history": records, "best": records[best_i]["evaluation"], "best_index": best_i,
+            "entry": streamed["entry"], "attempts": len({r["attempt"] for r in records}),
+            "notes": [*res.get("notes", []), f"the task ended early ({why}); its best verified kernel was kept"],
+            "error_code": None}
+
+
 def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook, emit: Callable[..., None],
             streamed: dict | None = None) -> None:
     """Record one task's result: the kernel into the library first (atomic files), then the run
     database in one transaction, so a kill between the two only makes resume re-add the same kernel."""
+    streamed = streamed or {"calls": set(), "attempts": 0}
+    if res.get("error_code") in ("timeout", "crash") and streamed.get("entry"):
+        res = _salvage(res, streamed)
     name = job["task"]
     kernel_id = None
     replaced: tuple[str, str] | None = None
@@ -405,7 +425,6 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
         if not kept:
             notes.append(f"the library already held a kernel at least as fast for this problem ({kernel_id})")
     res["notes"] = notes
-    streamed = streamed or {"calls": set(), "attempts": 0}
     calls = res.get("llm_calls", [])
     res["llm_calls"] = [c for c in calls if c.get("id") not in streamed["calls"]]   # the rest are booked
     tokens = sum((c.get("prompt_tokens") or 0) + (c.get("completion_tokens") or 0) for c in calls)

@@ -347,3 +347,39 @@ def test_tasks_follow_their_problem_to_the_kernel_the_library_holds_now(tmp_path
         db.record_result("b", {"best": best}, "b-000000000002", problem_key='["q", ["f32"]]')
         assert db.repoint_kernels({'["p", ["f32"]]': "b-000000000009", '["q", ["f32"]]': "b-000000000002"}) == 1
         assert {t["name"]: t["kernel_id"] for t in db.tasks()} == {"a": "b-000000000009", "b": "b-000000000002"}
+
+
+def test_a_task_killed_after_it_verified_a_kernel_keeps_that_kernel(tmp_path):
+    """The worker streams each verified attempt (record and library entry) as it happens; when the
+    task is then killed by its time limit, the controller keeps what was streamed."""
+    from types import SimpleNamespace
+
+    import asp_lang
+    from agentforge.campaign.executor import failed_result
+    from agentforge.campaign.job import run_job
+    from agentforge.campaign.runner import BudgetBook, _finish
+
+    events: list[dict] = []
+    job = {"task_path": str(SUITE / "relu.py"), "task": "relu", "machine": "sn40l", "llm": {"provider": "offline"},
+           "attempts_per_task": 1, "workers_per_task": 1, "eval_timeout_s": 60, "task_timeout_s": 60,
+           "memory_mb": 4096, "isolate": False, "memory_path": None, "thread_id": "t:relu",
+           "checkpoint_path": str(tmp_path / "ck.sqlite"), "seed": 0, "run_id": "t"}
+    run_job(job, events.append)
+    streamed = {"calls": set(), "attempts": 0}
+    for e in events:   # what the controller's poll loop does with them
+        if e["event"] == "attempt":
+            streamed["attempts"] += 1
+            private = e.pop("_private")
+            streamed.setdefault("records", []).append(private["record"])
+            streamed["entry"] = private.get("entry") or streamed.get("entry")
+    assert streamed.get("entry"), "a verified attempt carries its library entry"
+
+    with RunDB(tmp_path / "run.sqlite") as db:
+        db.start_run("t", "suite", {}, {}, [SimpleNamespace(name="relu", path=job["task_path"], group=None, level=1)])
+        lib = Library.create(tmp_path / "library", "sn40l", asp_lang.EMULATOR_VERSION)
+        killed = failed_result(job, "timeout", "the task took longer than 60 s and was killed", 60.0)
+        _finish(job, killed, db, lib, BudgetBook(Budget(), {}), lambda e, store=True: None, streamed)
+        row = db.tasks()[0]
+        assert row["status"] == "verified" and row["kernel_id"] in {e.id for e in Library.open(lib.root).entries}
+        assert any("best verified kernel was kept" in n for n in row["notes"])
+        assert db.candidates("relu")[0]["evaluation"]["verified"]
