@@ -10,8 +10,11 @@ match is then checked the way the campaign keyed its kernels: the matched subgra
 in the pattern's order and its :func:`agentforge.capture.signature` must have the
 ``sized_key`` of a problem the family was verified on (same op pattern, shapes, scalars such
 as eps and scale, dtypes). Only then is the subgraph replaced by a call of the family's
-custom op. A match whose intermediate values are used elsewhere in the model, or that would
-need the rest of the model to run in between, is refused (the reason goes in the report).
+custom op. Only the task's outputs may leave the matched subgraph: a task with several outputs
+(residual add + RMSNorm returning ``(rmsnorm(h), h)``) covers a pre-norm block's ``h = x + f(x);
+norm(h)`` even though the next residual add reads ``h``, because the kernel returns ``h`` too.
+A match with any other intermediate used elsewhere in the model, or that would need the rest
+of the model to run in between, is refused (the reason goes in the report).
 Matches are taken largest first, so a fused kernel (attention, an MLP block) wins over the
 smaller kernels inside it. Commutative operands are not reordered: ``a + b`` does not match
 ``b + a``.
@@ -255,6 +258,9 @@ def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str]) -> l
             nxt = []
             cands = [a] if k == 0 else G.by_kind.get(P.nodes[o].kind, [])
             for m in ms:
+                if o in m.nodes:        # an output the earlier outputs are computed from (h of (norm(h), h))
+                    nxt.append(m)
+                    continue
                 for c in cands:
                     mm = m.copy()
                     if mm.node(o, c):
@@ -291,9 +297,9 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str]) -> Region | str:
         users = G.users.get(r, [])
         if any(u not in members for u in users):
             v = G.resolve(r)
-            if v not in out_vals:
+            if v not in out_vals:      # only what the kernel returns may be read by the rest of the model
                 return (f"matches {fam.qualname_hint}, but its intermediate {r} is also used outside the "
-                        f"subgraph the kernel computes")
+                        f"subgraph the kernel computes (the kernel returns only {', '.join(out_vals)})")
             outputs[r] = out_vals.index(v)
     sub = _subgraph(m)
     key = signature(sub).sized_key()

@@ -1,5 +1,5 @@
 """torch.compile(model, backend="agentforge"): library kernels run the subgraphs they were
-verified for (fused attention, MLP, norms, a whole MoE layer), the rest runs eagerly, outputs
+verified for (fused attention, MLP, norms, residual add + norm, a whole MoE layer), the rest runs eagerly, outputs
 match eager PyTorch, and the report says what was offloaded, what was not and why, and the
 simulated chip time against the same model op by op. A failure inside the backend never
 breaks the model (strict mode raises)."""
@@ -56,19 +56,26 @@ def test_decoder_block_compiled_matches_eager_with_fused_kernels(lib, llama):
     c = compiled_graphs()[-1]
     assert c.error is None and c.calls == 1
     assert sorted(r.family.op for r in c.plan.regions) == [
-        "causal_attention_small", "rmsnorm_small", "rmsnorm_small", "swiglu_mlp_small"]
+        "add_rmsnorm_small", "causal_attention_small", "rmsnorm_small", "swiglu_mlp_small"]
+    # norm + residual: `x = x + o_proj(attn)` and post_norm(x) are one call; x is also read by the
+    # last residual add, so the call hands back both of its outputs (normed, h) to the model
+    fused = next(r for r in c.plan.regions if r.family.op == "add_rmsnorm_small")
+    assert sorted(fused.outputs.values()) == [0, 1]
 
 
 def test_decoder_block_report_names_fused_kernels_and_beats_op_by_op(llama):
     r = llama[2]
     assert {"torch.ops.rdu.causal_attention_small", "torch.ops.rdu.swiglu_mlp_small",
-            "torch.ops.rdu.rmsnorm_small"} <= set(r.offloaded_ops)
+            "torch.ops.rdu.rmsnorm_small", "torch.ops.rdu.add_rmsnorm_small"} <= set(r.offloaded_ops)
+    norm_res = next(x for x in r.regions if x.op.endswith("add_rmsnorm_small"))
+    assert norm_res.ops == 7 and norm_res.speedup > 1.0     # residual add + the whole RMSNorm
     attn = next(x for x in r.regions if x.op.endswith("causal_attention_small"))
     assert attn.kind == "plan" and attn.ops > 10           # one call covers the whole attention subgraph
     assert r.chip_seconds > 0 and r.op_by_op_seconds > r.chip_seconds and r.speedup > 1.0
     assert any(e.kind == "cat" for e in r.eager)            # RoPE is not in the library: it runs eagerly
     text = str(r)
-    assert "causal_attention_small" in text and "op by op" in text and "ran eagerly" in text
+    assert "causal_attention_small" in text and "add_rmsnorm_small" in text and "op by op" in text
+    assert "ran eagerly" in text
 
 
 def test_decoder_block_backward_through_the_backend_matches_eager(lib, llama):
@@ -89,6 +96,54 @@ def test_moe_layer_compiled_matches_eager_and_report_names_it(lib, moe):
     assert {"torch.ops.rdu.moe_layer_small", "torch.ops.rdu.rmsnorm_small"} <= set(r.offloaded_ops)
     assert [e.kind for e in r.eager] == ["add"]              # only the residual runs eagerly
     assert r.speedup > 1.0
+
+
+class _AddNorm(torch.nn.Module):
+    """Residual add + RMSNorm; ``leak`` also returns the norm's rsqrt, an intermediate the
+    add_rmsnorm_small kernel does not return."""
+
+    def __init__(self, leak: bool = False):
+        super().__init__()
+        self.weight = torch.nn.Parameter(1.0 + 0.1 * torch.randn(64))
+        self.leak = leak
+
+    def forward(self, x, y):
+        h = x + y
+        r = torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)
+        out = h * r * self.weight
+        return (out, r) if self.leak else out
+
+
+def test_the_norm_residual_kernel_returns_normed_and_the_residual_stream_and_passes_opcheck(lib):
+    from agentforge.torch import load_library
+
+    tl = load_library(lib, namespace="rdu_addnorm")
+    assert tl.families["add_rmsnorm_small"].schema() == \
+        "(Tensor residual, Tensor update, Tensor p_weight) -> (Tensor, Tensor)"
+    x, y, w = tl.sample_args("add_rmsnorm_small")
+    normed, h = torch.ops.rdu_addnorm.add_rmsnorm_small(x, y, w)
+    torch.testing.assert_close(h, x + y)
+    torch.testing.assert_close(normed, (x + y) * torch.rsqrt((x + y).pow(2).mean(-1, keepdim=True) + 1e-6) * w,
+                               atol=1e-5, rtol=1e-5)
+    args = tuple(a.requires_grad_() for a in (x, y, w))
+    assert set(torch.library.opcheck(tl.op("add_rmsnorm_small"), args).values()) == {"SUCCESS"}
+
+
+def test_only_outputs_of_a_multi_output_kernel_may_leave_its_subgraph(lib):
+    x, y = torch.randn(1, 16, 64), torch.randn(1, 16, 64)
+    for leak in (False, True):
+        model = _AddNorm(leak)
+        torch._dynamo.reset()
+        with torch.no_grad():
+            torch.testing.assert_close(_compile(model, lib)(x, y), model(x, y), atol=1e-5, rtol=1e-5)
+        c = compiled_graphs()[-1]
+        assert c.error is None
+        if not leak:     # h is not used elsewhere: one call, the model reads only its normed output
+            assert [(r.family.op, sorted(r.outputs.values())) for r in c.plan.regions] == [("add_rmsnorm_small", [0])]
+        else:            # rsqrt is not an output of either norm kernel: nothing is offloaded, and why is said
+            assert c.plan.regions == []
+            why = {e.kind: e.reason for e in c.plan.eager}
+            assert "add_rmsnorm_small, but its intermediate" in why["add"] and "also used outside" in why["add"]
 
 
 class _Partial(torch.nn.Module):
