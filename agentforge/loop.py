@@ -25,6 +25,7 @@ import asp_lang
 from .agents.roles import Candidate, Demo, Feedback, Planner, Reflector, TaskContext, Usage, Worker
 from .author import baseline_plan, tune
 from .baseline import capture_at
+from .store.experience import DemoSchedule
 from .capture import signature
 from .tasks import Task
 from .verify import Evaluation, VerifyConfig, baseline_timing, evaluate
@@ -51,6 +52,7 @@ class SolveState(TypedDict, total=False):
     done: bool
     notes: Annotated[list[str], operator.add]
     plans: Annotated[list[dict], operator.add]    # every plan used, in order: {"source", "plan"}
+    demo_schedule: dict                           # the adaptive demonstration schedule (DemoSchedule.to_dict)
 
 
 @dataclass
@@ -120,68 +122,97 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                 evaluate_fn: Callable[[dict], Evaluation], cfg: SolveConfig, plan_cache=None,
                 experience=None, on_record: Callable[[dict], None] | None = None):
     """The LangGraph graph for one task (compile it with a checkpointer to make it resumable)."""
-    demos_cache: list[Demo] = []
+    demos_by_stage: dict[int, list[Demo]] = {}
     memory_errors: list[str] = []   # memory is an aid, never a reason to fail; but failures are reported
 
-    def demos() -> list[Demo]:
-        if experience is not None and not demos_cache and not memory_errors:
-            try:
-                demos_cache.extend(experience.demonstrations(cfg.demos, 0, exclude_tasks=(ctx.task.name,)))
-            except Exception as e:  # noqa: BLE001
-                memory_errors.append(f"experience library: demonstrations failed: {type(e).__name__}: {e}")
-        return demos_cache
+    def demos(stage: int = 0) -> list[Demo]:
+        """Demonstrations at the schedule's stage (0 hard, 1 hard + medium, 2 all). A stage whose
+        levels hold nothing yet (early in a campaign every solved task may share one level)
+        widens to the next, so a worker is never shown nothing while the library has something."""
+        if experience is None or memory_errors:
+            return []
+        for s in range(stage, 3):
+            if s not in demos_by_stage:
+                try:
+                    demos_by_stage[s] = experience.demonstrations(cfg.demos, s, exclude_tasks=(ctx.task.name,))
+                except Exception as e:  # noqa: BLE001
+                    memory_errors.append(f"experience library: demonstrations failed: {type(e).__name__}: {e}")
+                    return []
+            if demos_by_stage[s]:
+                return demos_by_stage[s]
+        return []
+
+    def note_error(what: str, e: Exception) -> None:
+        memory_errors.append(f"{what} failed: {type(e).__name__}: {e}")
+
+    def cached_plan() -> tuple[dict | None, list[str]]:
+        """The plan cache's plan for this signature, adapted and re-tuned to this task's sizes
+        (a cheap step on the timing model, not a planner call); a broken cache is reported and
+        the planner is asked instead."""
+        try:
+            cached = plan_cache.lookup(ctx.signature)
+            if cached is None:
+                return None, []
+            adapted = plan_cache.adapt(cached, ctx.graph_own, ctx.machine)
+            if adapted is None:
+                return None, []
+            tuned = tune(adapted, ctx.graph_own, ctx.machine, priors=cached.priors())
+            plan_cache.record_saved(planner_calls=1, tokens=int(cached.evaluation.get("planner_tokens") or 0))
+            return tuned.plan.to_dict(), [f"plan cache hit ({ctx.signature.key()})"]
+        except Exception as e:  # noqa: BLE001
+            return None, [f"plan cache failed, the planner was asked instead: {type(e).__name__}: {e}"]
 
     def plan_node(state: SolveState) -> dict:
+        notes: list[str] = []
         if plan_cache is not None:
-            cached = plan_cache.lookup(ctx.signature)
-            if cached is not None:
-                adapted = plan_cache.adapt(cached, ctx.graph_own, ctx.machine)
-                if adapted is not None:
-                    # adapting to this task's sizes is a cheap re-tune on the timing model, not a planner call
-                    tuned = tune(adapted, ctx.graph_own, ctx.machine, priors=cached.priors())
-                    plan_cache.record_saved(planner_calls=1, tokens=0)
-                    plan = tuned.plan.to_dict()
-                    return {"plan": plan, "plan_source": "cache", "attempt": 0,
-                            "plans": [{"source": "cache", "plan": plan}],
-                            "notes": [f"plan cache hit ({ctx.signature.key()})"]}
+            plan, notes = cached_plan()
+            if plan is not None:
+                return {"plan": plan, "plan_source": "cache", "attempt": 0,
+                        "plans": [{"source": "cache", "plan": plan}], "notes": notes}
         try:
-            plan = planner.plan(ctx, demos())
-            return {"plan": plan, "plan_source": "planner", "attempt": 0,
+            plan = planner.plan(ctx, demos(0))
+            return {"plan": plan, "plan_source": "planner", "attempt": 0, "notes": notes,
                     "plans": [{"source": "planner", "plan": plan}] if plan else []}
         except _STOP:
             raise
         except Exception as e:  # noqa: BLE001 - a failed planner is recorded; workers go on unplanned
             return {"plan": None, "plan_source": "failed", "attempt": 0,
-                    "notes": [f"planner failed: {type(e).__name__}: {e}"]}
+                    "notes": [*notes, f"planner failed: {type(e).__name__}: {e}"]}
 
     def fan_out(state: SolveState) -> list[Send]:
         # each worker hears about its own last candidate (its code and its error go together)
         last = {h["worker"]: h["feedback"] for h in state.get("history", []) if h["attempt"] == state["attempt"] - 1}
+        stage = (state.get("demo_schedule") or {}).get("stage", 0)
         return [Send("work", {"worker": i, "plan": state.get("plan"), "attempt": state["attempt"],
-                              "feedback": last.get(i)}) for i in range(len(workers))]
+                              "feedback": last.get(i), "demo_stage": stage,
+                              "plan_no": len(state.get("plans", [])) - 1}) for i in range(len(workers))]
 
     def work_node(payload: dict) -> dict:
         i, attempt = payload["worker"], payload["attempt"]
         plan = payload["plan"] or {}
         fb = Feedback(**payload["feedback"]) if payload.get("feedback") else None
         t0 = time.perf_counter()
+        shown = demos(payload.get("demo_stage", 0))
         try:
-            cand = workers[i].write(ctx, plan, fb, demos(), attempt)
+            cand = workers[i].write(ctx, plan, fb, shown, attempt)
         except _STOP:
             raise
         except Exception as e:  # noqa: BLE001 - a failed worker is a failed attempt
             ev = Evaluation(ctx.task.name, "none", False, f"worker failed: {type(e).__name__}: {e}",
                             reason_code="worker_error", machine=ctx.machine.name)
             ev.error = {"kind": "worker_error", "message": traceback.format_exc(limit=6)}
-            return {"history": [_record(attempt, i, None, ev, t0)]}
+            return {"history": [_record(attempt, i, None, ev, t0, shown, payload.get("plan_no"))]}
         try:
             ev = evaluate_fn(cand.for_evaluation())
         except Exception as e:  # noqa: BLE001
             ev = Evaluation(ctx.task.name, cand.kind, False, f"evaluation failed: {type(e).__name__}: {e}",
                             reason_code="crash", machine=ctx.machine.name)
-        rec = _record(attempt, i, cand, ev, t0)
+        rec = _record(attempt, i, cand, ev, t0, shown, payload.get("plan_no"))
         if on_record is not None:
-            on_record(rec)
+            try:
+                on_record(rec)
+            except Exception as e:  # noqa: BLE001 - progress reporting must not fail an attempt
+                note_error("reporting an attempt", e)
         return {"history": [rec]}
 
     def reflect_node(state: SolveState) -> dict:
@@ -197,25 +228,31 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                     experience.record_attempt(ctx.task.name, ctx.signature, h["evaluation"]["verified"])
                 except Exception as e:  # noqa: BLE001
                     memory_errors.append(f"experience library: recording an attempt failed: {type(e).__name__}: {e}")
+        # the adaptive schedule: restart at hard when the pass rate improves, widen when it stalls
+        schedule = DemoSchedule.from_dict(state.get("demo_schedule") or {})
+        if this_round:
+            schedule.update(sum(h["evaluation"]["verified"] for h in this_round) / len(this_round))
+        sched = {"demo_schedule": schedule.to_dict()}
         good = best is not None and best["evaluation"]["verified"] and \
             (best["evaluation"].get("speedup") or 0.0) >= cfg.min_speedup
         if good or attempt + 1 >= cfg.max_attempts:
-            return {"best": best, "done": True, "attempt": attempt + 1, "notes": list(dict.fromkeys(memory_errors))}
+            return {**sched, "best": best, "done": True, "attempt": attempt + 1, "notes": list(dict.fromkeys(memory_errors))}
         latest = this_round[0] if this_round else None
         plan = state.get("plan") or {}
         if latest is None or latest["candidate"] is None:
-            return {"best": best, "done": False, "attempt": attempt + 1}
+            return {**sched, "best": best, "done": False, "attempt": attempt + 1}
         try:
             r = reflector.reflect(ctx, plan, Candidate(**latest["candidate"]), Feedback(**latest["feedback"]), attempt)
         except _STOP:
             raise
         except Exception as e:  # noqa: BLE001
-            return {"best": best, "done": False, "attempt": attempt + 1,
+            return {**sched, "best": best, "done": False, "attempt": attempt + 1,
                     "notes": [f"reflector failed: {type(e).__name__}: {e}"]}
         if r.accept and best is not None and best["evaluation"]["verified"]:
-            return {"best": best, "done": True, "attempt": attempt + 1, "notes": [r.note] if r.note else []}
+            return {**sched, "best": best, "done": True, "attempt": attempt + 1,
+                    "notes": [*([r.note] if r.note else []), *dict.fromkeys(memory_errors)]}
         revised = r.plan is not None and r.plan != plan
-        return {"best": best, "done": False, "attempt": attempt + 1, "plan": r.plan if r.plan is not None else plan,
+        return {**sched, "best": best, "done": False, "attempt": attempt + 1, "plan": r.plan if r.plan is not None else plan,
                 "plan_source": "reflector" if revised else state.get("plan_source", "planner"),
                 "plans": [{"source": "reflector", "plan": r.plan}] if revised else [],
                 "notes": [r.note] if r.note else []}
@@ -234,9 +271,12 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
     return g
 
 
-def _record(attempt: int, worker: int, cand: Candidate | None, ev: Evaluation, t0: float) -> dict:
-    return {"attempt": attempt, "worker": worker, "candidate": cand.to_dict() if cand else None,
-            "evaluation": ev.to_dict(), "feedback": feedback_of(ev).__dict__, "seconds": time.perf_counter() - t0}
+def _record(attempt: int, worker: int, cand: Candidate | None, ev: Evaluation, t0: float,
+            demos: list[Demo] = (), plan_no: int | None = None) -> dict:
+    """One attempt: ``plan_no`` indexes the state's ``plans`` (the plan the worker followed)."""
+    return {"attempt": attempt, "worker": worker, "plan_no": plan_no, "candidate": cand.to_dict() if cand else None,
+            "evaluation": ev.to_dict(), "feedback": feedback_of(ev).__dict__, "seconds": time.perf_counter() - t0,
+            "demos": [{"task": d.task, "level": d.level} for d in demos]}
 
 
 def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflector,
@@ -261,13 +301,16 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     app = graph.compile(checkpointer=checkpointer)
     config = {"recursion_limit": 10 + 4 * cfg.max_attempts}
     final = None
+    replayed = False
+    planner_usage = getattr(planner, "usage", Usage())
+    planner_tokens_before = planner_usage.prompt_tokens + planner_usage.completion_tokens
     if checkpointer is not None:
         config["configurable"] = {"thread_id": thread_id or task.name}
         snap = app.get_state(config)
         if snap.values and snap.next:
             final = app.invoke(None, config)      # interrupted: go on from the last checkpoint
         elif snap.values and snap.values.get("done"):
-            final = snap.values                   # finished before: nothing to redo
+            final, replayed = snap.values, True   # finished before: nothing to redo (or to store again)
     if final is None:
         final = app.invoke({"attempt": 0, "history": [], "notes": [], "plans": []}, config)
     usage = Usage()
@@ -278,11 +321,17 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     best_cand = Candidate(**best["candidate"]) if best and best.get("candidate") else None
     hit = final.get("plan_source") == "cache" or any("plan cache hit" in n for n in final.get("notes", []))
     notes = list(final.get("notes", []))
-    if best_ev is not None and best_ev.verified and best_cand is not None:
-        if plan_cache is not None and best_cand.kind == "plan":
+    if best_ev is not None and best_ev.verified and best_cand is not None and not replayed:
+        followed = _followed_plan(best, final.get("plans", []))
+        cacheable = best_cand.plan if best_cand.kind == "plan" else followed
+        if plan_cache is not None and cacheable:
+            # the plan that led to the verified kernel (the offline author's candidate is the plan
+            # itself; an LLM worker's kernel followed the planner's or reflector's plan)
             try:
-                plan_cache.store(ctx.signature, best_cand.plan, {"speedup": best_ev.speedup, "verified": True,
-                                                                "task": task.name})
+                now = getattr(planner, "usage", Usage())
+                spent = now.prompt_tokens + now.completion_tokens - planner_tokens_before
+                plan_cache.store(ctx.signature, cacheable, {"speedup": best_ev.speedup, "verified": True,
+                                                           "task": task.name, "planner_tokens": spent})
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
                 notes.append(f"plan cache: storing the verified plan failed: {type(e).__name__}: {e}")
         if experience is not None:
@@ -294,6 +343,15 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     rounds = len({h["attempt"] for h in final.get("history", [])})
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
                        final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])))
+
+
+def _followed_plan(best: dict, plans: list[dict]) -> dict | None:
+    """The plan (from the planner or the reflector, not the cache) a record's worker followed."""
+    no = best.get("plan_no")
+    if no is None or not 0 <= no < len(plans) or plans[no]["source"] == "cache":
+        return None
+    plan = plans[no]["plan"]
+    return plan if isinstance(plan, dict) and plan.get("regions") else None
 
 
 def offline_roles(workers: int = 1, priors: dict | None = None):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agentforge.agents.offline import OfflineReflector, OfflineWorker
-from agentforge.agents.roles import Candidate, Usage
+from agentforge.agents.roles import Candidate, Demo, Reflection, Usage
 from agentforge.author import Plan, Region, partition
 from agentforge.loop import SolveConfig, offline_roles, solve, task_context
 from agentforge.tasks import load_task
@@ -98,3 +98,138 @@ def test_a_failing_memory_is_reported_not_fatal_and_not_silent(rmsnorm):
     res = solve(task, planner, workers, reflector, ctx=ctx, experience=_BrokenMemory())
     assert res.verified
     assert any("experience library" in n and "database is locked" in n for n in res.notes)
+
+
+class _StagedMemory:
+    """An experience library with one demonstration per level: stage s shows s + 1 of them."""
+
+    def __init__(self, empty_stages=()):
+        self.empty_stages = set(empty_stages)
+        self.recorded = []
+
+    def demonstrations(self, k, stage, exclude_tasks=()):
+        if stage in self.empty_stages:
+            return []
+        return [Demo(f"task_{lv}", "key", "kernel", "kernel k() {}", None, 1.0, lv)
+                for lv in ("hard", "medium", "easy")[:stage + 1]]
+
+    def record_attempt(self, task, signature, success):
+        self.recorded.append(success)
+
+    def add(self, *a, **k):
+        pass
+
+
+class _FailsFirst:
+    """Fails its first attempt, then writes what the offline worker writes."""
+    usage = Usage()
+
+    def __init__(self):
+        self.inner = OfflineWorker()
+
+    def write(self, ctx, plan, feedback, demos, attempt):
+        if attempt == 0:
+            return Candidate("kernel", source="kernel nope(", author="test")
+        return self.inner.write(ctx, plan, feedback, demos, attempt)
+
+
+class _NeverAccepts:
+    usage = Usage()
+
+    def reflect(self, ctx, plan, candidate, feedback, attempt):
+        return Reflection(accept=False)
+
+
+def test_workers_get_demonstrations_on_the_adaptive_schedule(rmsnorm):
+    # hard first; a round with no verified candidate widens to hard + medium; the pass rate
+    # improving restarts at hard; stalling again widens again
+    task, ctx = rmsnorm
+    planner, _, _ = offline_roles()
+    res = solve(task, planner, [_FailsFirst()], _NeverAccepts(), ctx=ctx, experience=_StagedMemory(),
+                cfg=SolveConfig(max_attempts=4, min_speedup=1e9))
+    shown = [[d["level"] for d in h["demos"]] for h in res.history]
+    assert shown == [["hard"], ["hard", "medium"], ["hard"], ["hard", "medium"]]
+    assert [h["evaluation"]["verified"] for h in res.history] == [False, True, True, True]
+
+
+def test_a_stage_with_no_demonstrations_widens_to_the_next(rmsnorm):
+    # early in a campaign every solved task can share one level: hard is empty, show the next
+    task, ctx = rmsnorm
+    planner, workers, reflector = offline_roles()
+    res = solve(task, planner, workers, reflector, ctx=ctx, experience=_StagedMemory(empty_stages={0}))
+    assert [d["level"] for d in res.history[0]["demos"]] == ["hard", "medium"]
+
+
+class _BrokenCache:
+    def lookup(self, signature):
+        raise OSError("database is locked")
+
+    store = lookup
+
+
+def test_a_failing_plan_cache_falls_back_to_the_planner_and_says_so(rmsnorm):
+    task, ctx = rmsnorm
+    planner, workers, reflector = offline_roles()
+    res = solve(task, planner, workers, reflector, ctx=ctx, plan_cache=_BrokenCache())
+    assert res.verified and res.plan_source == "planner" and not res.plan_cache_hit
+    assert any("plan cache failed" in n and "database is locked" in n for n in res.notes)
+    assert any("storing the verified plan failed" in n for n in res.notes)
+
+
+def test_a_failing_progress_callback_does_not_fail_the_attempt(rmsnorm):
+    task, ctx = rmsnorm
+    planner, workers, reflector = offline_roles()
+
+    def on_record(rec):
+        raise BrokenPipeError("the console went away")
+
+    res = solve(task, planner, workers, reflector, ctx=ctx, on_record=on_record)
+    assert res.verified
+    assert any("reporting an attempt failed" in n and "console went away" in n for n in res.notes)
+
+
+RELU_KERNEL = """\
+kernel relu(x: f32[BATCH, DIM]) -> (y: f32[BATCH, DIM]) {
+  sizes R = 4
+  fn f(t) = relu(t)
+  xs = load(x, tile=[R, DIM], par=4)
+  ys = map(xs, fn=f, par=8)
+  store(y, ys, par=4)
+}
+"""
+
+
+class _KernelWorker:
+    """Writes a kernel, as an LLM worker does (not a plan)."""
+    usage = Usage()
+
+    def write(self, ctx, plan, feedback, demos, attempt):
+        return Candidate("kernel", source=RELU_KERNEL, author="llm-like")
+
+
+class _TokenPlanner:
+    """The offline planner's plan, billed like an LLM planner's."""
+
+    def __init__(self):
+        self.inner = offline_roles()[0]
+        self.usage = Usage()
+
+    def plan(self, ctx, demos):
+        self.usage.add(Usage(calls=1, prompt_tokens=900, completion_tokens=100))
+        return self.inner.plan(ctx, demos)
+
+
+def test_a_plan_that_led_to_a_verified_kernel_enters_the_cache_with_its_tokens(tmp_path):
+    from agentforge.store.plan_cache import PlanCache
+
+    task = load_task(SUITE / "relu.py")
+    ctx = task_context(task)
+    with PlanCache(tmp_path / "cache.sqlite") as cache:
+        first = solve(task, _TokenPlanner(), [_KernelWorker()], OfflineReflector(), ctx=ctx, plan_cache=cache)
+        assert first.verified and first.best_candidate.kind == "kernel" and not first.plan_cache_hit
+        assert len(cache.entries()) == 1
+        planner = _TokenPlanner()
+        second = solve(task, planner, [_KernelWorker()], OfflineReflector(), ctx=ctx, plan_cache=cache)
+        assert second.verified and second.plan_cache_hit and planner.usage.calls == 0
+        stats = cache.stats()
+        assert stats["planner_calls_saved"] == 1 and stats["tokens_saved"] == 1000
