@@ -34,7 +34,7 @@ from typing import Any, Callable
 from ..errors import AgentforgeError
 from ..library import KernelEntry, Library, _entry_from_dict, dispatch_key
 from .config import Budget, CampaignConfig, ConfigError, bundled_suite
-from .executor import make_executor
+from .executor import failed_result, make_executor
 from .rundb import TASK_DONE, RunDB
 
 RUNS_DIR = "runs"
@@ -359,6 +359,10 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
             if deadline is not None and time.monotonic() >= deadline:
                 stop_reason = f"minutes budget reached ({cfg.budget.minutes:g} min); running tasks were stopped " \
                               f"and resume from their checkpoints"
+                for job in executor.running():     # a stopped task keeps the kernel it already verified
+                    if (streamed.get(job["task"]) or {}).get("entry"):
+                        _finish(job, failed_result(job, "timeout", stop_reason, 0.0), db, library, book, emit,
+                                streamed.pop(job["task"]))
                 break
             wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             for job, kind, data in executor.poll(wait):
@@ -390,8 +394,8 @@ def _drive(cfg: CampaignConfig, db: RunDB, library: Library, todo: list[dict], b
 
 
 def _salvage(res: dict, streamed: dict) -> dict:
-    """A task killed (time limit) or crashed after it had verified a kernel: keep the best one it
-    reported, with the attempts it reported, instead of losing it."""
+    """A task killed (time limit), crashed or stopped by a budget after it had verified a kernel:
+    keep the best one it reported, with the attempts it reported, instead of losing it."""
     records = [r for r in streamed.get("records", []) if r]
     best_i = max((i for i, r in enumerate(records) if r["evaluation"]["verified"]),
                  key=lambda i: records[i]["evaluation"].get("speedup") or 0.0)
@@ -407,7 +411,8 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
     """Record one task's result: the kernel into the library first (atomic files), then the run
     database in one transaction, so a kill between the two only makes resume re-add the same kernel."""
     streamed = streamed or {"calls": set(), "attempts": 0}
-    if res.get("error_code") in ("timeout", "crash") and streamed.get("entry"):
+    if res.get("error_code") in ("timeout", "crash", "budget") and streamed.get("entry") \
+            and not (res.get("best") or {}).get("verified"):
         res = _salvage(res, streamed)
     name = job["task"]
     kernel_id = None

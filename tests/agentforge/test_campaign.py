@@ -383,3 +383,42 @@ def test_a_task_killed_after_it_verified_a_kernel_keeps_that_kernel(tmp_path):
         assert row["status"] == "verified" and row["kernel_id"] in {e.id for e in Library.open(lib.root).entries}
         assert any("best verified kernel was kept" in n for n in row["notes"])
         assert db.candidates("relu")[0]["evaluation"]["verified"]
+
+
+SLOW_RELU = """\
+kernel relu(x: f32[BATCH, DIM]) -> (y: f32[BATCH, DIM]) {
+  sizes R = 1
+  fn f(t) = relu(t)
+  xs = load(x, tile=[R, DIM])
+  ys = map(xs, fn=f)
+  store(y, ys)
+}
+"""
+
+
+def test_a_task_stopped_by_the_token_budget_keeps_the_kernel_it_verified(tmp_path, monkeypatch, capsys):
+    """The worker's kernel verifies but is slower than the baseline, so the loop goes on to the
+    reflector; that call would pass the token budget and stops the campaign. The verified kernel
+    must still reach the library (a budget stop never loses a verified kernel)."""
+    from llm_server import ScriptedServer, chat
+    from test_llm_roles import PLAN
+
+    monkeypatch.setenv("AF_TEST_KEY", "sk-test")
+    suite = small_suite(tmp_path, ("relu",))
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    with ScriptedServer() as srv:
+        (tmp_path / "agentforge.toml").write_text(
+            f'[llm]\nmodel = "test-model"\napi_key_env = "AF_TEST_KEY"\nmax_retries = 0\nbase_url = "{srv.url}"\n')
+        srv.push(chat(json.dumps(PLAN), prompt_tokens=100),
+                 chat(f"```asp\n{SLOW_RELU}```", prompt_tokens=449_800))   # the worker's call uses the budget up
+        rc = main(["campaign", str(suite), "--out", str(out), "--llm", "openai", "--workers", "1",
+                   "--attempts", "3", "--budget", "tokens=450000", "--quiet"])
+        assert rc == 1
+        assert len(srv.chat_requests) == 2        # the reflector's call was never sent
+    with RunDB(out / "run.sqlite") as db:
+        assert db.run()["status"] == "stopped" and "budget" in db.run()["stop_reason"]
+        (task,) = db.tasks()
+        assert task["status"] == "verified" and task["kernel_id"]
+    lib = Library.open(out / "library")
+    assert [e.op for e in lib.entries] == ["relu"] and lib.entries[0].speedup < 1.0
