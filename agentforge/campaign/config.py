@@ -136,6 +136,11 @@ def _validate(c: CampaignConfig) -> None:
         if not ok:
             raise ConfigError(f"campaign config: {what}")
 
+    for name in ("suite", "llm", "machine", "out", "executor", "ray_address", "memory"):
+        v = getattr(c, name)
+        need(isinstance(v, str), f"{name} must be a string, got {v!r}")
+    need(isinstance(c.seed, int) and not isinstance(c.seed, bool), f"seed must be a whole number, got {c.seed!r}")
+    need(all(isinstance(t, str) for t in c.tasks), f"tasks must be task names, got {list(c.tasks)!r}")
     need(c.llm in LLM_CHOICES, f"llm must be one of {', '.join(LLM_CHOICES)}, got {c.llm!r}")
     need(c.executor in EXECUTORS, f"executor must be one of {', '.join(EXECUTORS)}, got {c.executor!r}")
     for name in ("workers", "attempts_per_task", "workers_per_task", "memory_mb"):
@@ -143,7 +148,8 @@ def _validate(c: CampaignConfig) -> None:
         need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be a whole number >= 1, got {v!r}")
     for name in ("task_timeout_s", "eval_timeout_s"):
         v = getattr(c, name)
-        need(isinstance(v, (int, float)) and v > 0, f"{name} must be a positive number of seconds, got {v!r}")
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+             f"{name} must be a positive number of seconds, got {v!r}")
     need(isinstance(c.budget, Budget), "budget must be a Budget")
     for k in c.llm_config:
         need(not any(w in k.lower() for w in _SECRET_WORDS) or k == "api_key_env",
@@ -176,6 +182,10 @@ def load_config(files: list[Path] | None = None, **flags: Any) -> CampaignConfig
         if unknown:
             raise ConfigError(f"{path}: unknown table(s) {', '.join(sorted(unknown))}\n  how to fix: use [campaign], "
                               f"[llm] or [torch]")
+        for table in ("campaign", "llm", "torch"):
+            if not isinstance(data.get(table, {}), dict):
+                raise ConfigError(f"{path}: {table} must be a table\n  how to fix: write [{table}] on its own line "
+                                  f"and the settings under it")
         camp = data.get("campaign", {})
         bad = set(camp) - _CAMPAIGN_KEYS
         if bad:
@@ -188,7 +198,11 @@ def load_config(files: list[Path] | None = None, **flags: Any) -> CampaignConfig
         values["budget"] = Budget.parse(values["budget"])
     if "tasks" in values:
         t = values["tasks"]
-        values["tasks"] = tuple(x.strip() for x in (t.split(",") if isinstance(t, str) else t) if x.strip())
+        if not isinstance(t, (str, list, tuple)):
+            raise ConfigError(f"campaign config: tasks must be a list of task names or a comma-separated string, "
+                              f"got {t!r}")
+        values["tasks"] = tuple(x.strip() if isinstance(x, str) else x
+                                for x in (t.split(",") if isinstance(t, str) else t) if not isinstance(x, str) or x.strip())
     try:
         return CampaignConfig(**values, llm_config=llm_table)
     except TypeError as e:

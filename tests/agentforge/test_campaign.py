@@ -149,7 +149,7 @@ def test_budget_parsing_says_what_to_fix():
             Budget.parse(bad)
 
 
-def test_bad_suites_and_configs_get_clear_errors(tmp_path, capsys):
+def test_bad_suites_and_configs_get_clear_errors(tmp_path, capsys, monkeypatch):
     assert main(["campaign", str(tmp_path / "nope"), "--out", str(tmp_path / "r1"), "--quiet"]) == 2
     assert "no such suite folder" in capsys.readouterr().err
     empty = tmp_path / "empty"
@@ -177,6 +177,19 @@ def test_bad_suites_and_configs_get_clear_errors(tmp_path, capsys):
     cfgfile.write_text("[campaign\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config([cfgfile])
+    for text, msg in (("[campaign]\nsuite = 5\n", "suite must be a string"),
+                      ("campaign = 3\n", "campaign must be a table"),
+                      ("[campaign]\nseed = 'x'\n", "seed must be a whole number"),
+                      ("[campaign]\ntask_timeout_s = true\n", "task_timeout_s must be a positive number"),
+                      ("[campaign]\ntasks = 7\n", "tasks must be a list")):
+        cfgfile.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            load_config([cfgfile])
+    # and on the command line: exit 2 with the message, not an internal error
+    cfgfile.write_text("[campaign]\nsuite = 5\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["campaign", "--out", str(tmp_path / "r4"), "--quiet"]) == 2
+    assert "suite must be a string" in capsys.readouterr().err
 
 
 def test_flags_override_project_config_which_overrides_defaults(tmp_path):
