@@ -297,23 +297,31 @@ def cmd_library(args) -> int:
 
 
 def _llm_roles(args, ctx):
-    """LLM roles from flags; a missing key or unreachable server stops here (preflight), never a
-    silent switch to another backend."""
+    """LLM roles from the [llm] table of agentforge.toml (user, then project level), overridden
+    by flags; a missing key or unreachable server stops here (preflight), never a silent switch
+    to another backend."""
     from .agents.llm_roles import llm_roles
     from .agents.offline import OfflinePlanner
+    from .campaign.config import load_config
     from .llm import LLMConfig
 
+    table = dict(load_config().llm_config)    # secrets in a file are refused there
     if args.llm == "replay":
-        if not args.transcript:
+        table["provider"] = "replay"
+        table["replay_path"] = args.transcript or table.get("replay_path")
+        if not table["replay_path"]:
             raise UsageError("--llm replay needs --transcript FILE (a JSONL transcript recorded with --llm openai)")
-        cfg = LLMConfig(provider="replay", replay_path=args.transcript)
     else:
-        if not args.model:
-            raise UsageError("--llm openai needs --model NAME (and --base-url for a non-OpenAI server)")
-        kw = {"model": args.model, "record_path": args.transcript}
-        if args.base_url:
-            kw["base_url"] = args.base_url
-        cfg = LLMConfig(**kw)
+        for key, flag in (("model", args.model), ("base_url", args.base_url), ("record_path", args.transcript)):
+            if flag:
+                table[key] = flag
+        if not table.get("model"):
+            raise UsageError("--llm openai needs a model: --model NAME, or model = \"...\" in the [llm] table of "
+                             "agentforge.toml (and --base-url or base_url for a non-OpenAI server)")
+    try:
+        cfg = LLMConfig.from_dict(table)
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"[llm]: {e}") from None
     return llm_roles(cfg, workers=args.workers, fallback_planner=OfflinePlanner())
 
 

@@ -57,6 +57,10 @@ RUN_SCHEMA = Schema("run", (
     Migration(2, "the problem (library dispatch key) of each task's kernel", [
         "ALTER TABLE tasks ADD COLUMN problem_key TEXT",
     ]),
+    Migration(3, "HTTP attempts of each LLM call and the errors of the attempts that were retried", [
+        "ALTER TABLE llm_calls ADD COLUMN attempts INTEGER",
+        "ALTER TABLE llm_calls ADD COLUMN retry_errors TEXT",
+    ]),
 ))
 
 TASK_DONE = ("verified", "failed")
@@ -125,11 +129,12 @@ class RunDB:
     def _insert_calls(c: Any, name: str, llm_calls: list[dict]) -> None:
         for call in llm_calls:
             c.execute("INSERT INTO llm_calls (task, role, model, kind, ok, error, prompt_tokens,"
-                      " completion_tokens, cached_tokens, cost, latency_s, started) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                      " completion_tokens, cached_tokens, cost, latency_s, started, attempts, retry_errors)"
+                      " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                       (name, call.get("role"), call.get("model"), call.get("kind"), int(bool(call.get("ok"))),
                        call.get("error"), call.get("prompt_tokens", 0), call.get("completion_tokens", 0),
                        call.get("cached_tokens"), call.get("cost", 0.0), call.get("latency_s", 0.0),
-                       call.get("started")))
+                       call.get("started"), call.get("attempts"), json.dumps(call.get("retry_errors") or [])))
 
     def record_result(self, name: str, result: dict, kernel_id: str | None, event: dict | None = None,
                       replaced: tuple[str, str] | None = None, problem_key: str | None = None) -> None:

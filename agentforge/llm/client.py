@@ -234,6 +234,7 @@ class LLMClient:
             kwargs["response_format"] = response_format
         t0 = self._clock()
         attempts = 0
+        retried: list[str] = []
         while True:
             attempts += 1
             try:
@@ -252,15 +253,16 @@ class LLMClient:
                 cause = e.__cause__ or e.__context__
                 error = f"cannot connect to {cfg.base_url}" + (f": {type(cause).__name__}" if cause else "")
             except BaseException as e:         # anything else (a key gone missing, a bug): record, re-raise
-                self.ledger.end(rec, None, 0.0, self._clock() - t0, attempts, f"{type(e).__name__}")
+                self.ledger.end(rec, None, 0.0, self._clock() - t0, attempts, f"{type(e).__name__}", retried)
                 raise
             error = self._scrub(error)
             if not retryable or attempts > cfg.max_retries:
                 latency = self._clock() - t0
-                self.ledger.end(rec, None, 0.0, latency, attempts, error)
+                self.ledger.end(rec, None, 0.0, latency, attempts, error, retried)
                 why = "not retried" if not retryable else f"gave up after {attempts} attempt(s)"
                 raise LLMCallError(f"{role} call failed ({why}): {error}", status, attempts, retryable)
             delay = min(wait, cfg.retry_after_cap_s) if wait is not None else self._backoff(attempts - 1)
+            retried.append(error)
             self.delays.append(delay)
             self._sleep(delay)
         latency = self._clock() - t0
@@ -269,7 +271,7 @@ class LLMClient:
         text = (getattr(msg, "content", None) or getattr(msg, "refusal", None) or "") if msg is not None else ""
         usage = _usage(resp, est_in, text)
         cost = cfg.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        self.ledger.end(rec, usage, cost, latency, attempts, None)
+        self.ledger.end(rec, usage, cost, latency, attempts, None, retried)
         return LLMReply(text=text, usage=usage, cost=cost, latency_s=latency, attempts=attempts, calls=1,
                         model=getattr(resp, "model", None) or cfg.model,
                         finish_reason=getattr(choice, "finish_reason", None))

@@ -64,6 +64,7 @@ class CallRecord:
     latency_s: float = 0.0
     attempts: int = 0
     started: float = field(default_factory=time.time)
+    retry_errors: list[str] = field(default_factory=list)   # why each retried HTTP attempt failed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -143,14 +144,16 @@ class Ledger:
             return rec
 
     def end(self, rec: CallRecord, usage: TokenUsage | None = None, cost: float = 0.0, latency_s: float = 0.0,
-            attempts: int = 1, error: str | None = None) -> CallRecord:
-        """Record what a reserved call used (also for a failed call: ``error`` set)."""
+            attempts: int = 1, error: str | None = None, retry_errors: list[str] | None = None) -> CallRecord:
+        """Record what a reserved call used (also for a failed call: ``error`` set); ``retry_errors``:
+        the failures of earlier HTTP attempts of this call (429s, 5xx, timeouts) that were retried."""
         usage = usage or TokenUsage()
         rec.ok = error is None
         rec.error = error
         rec.prompt_tokens, rec.completion_tokens = usage.prompt_tokens, usage.completion_tokens
         rec.cached_tokens = usage.cached_tokens
         rec.cost, rec.latency_s, rec.attempts = cost, latency_s, attempts
+        rec.retry_errors = list(retry_errors or [])
         with self._lock:
             self._pending.pop(rec.id, None)
             self.records.append(rec)

@@ -435,3 +435,53 @@ def test_a_task_stopped_by_the_token_budget_keeps_the_kernel_it_verified(tmp_pat
         assert task["status"] == "verified" and task["kernel_id"]
     lib = Library.open(out / "library")
     assert [e.op for e in lib.entries] == ["relu"] and lib.entries[0].speedup < 1.0
+
+
+def test_an_llm_campaign_survives_every_kind_of_bad_reply_and_records_each(tmp_path, monkeypatch, capsys):
+    """One run against a real (scripted) server on 127.0.0.1: malformed JSON from the planner
+    (repaired in one round), invalid ASP from the worker (fed back), a timeout and a 429 (retried)
+    before a good kernel. The run finishes verified; every failure is in the run database; the key
+    and prices come from the environment and agentforge.toml; the key is in no file written."""
+    from llm_server import ScriptedServer, chat, status
+    from test_llm_roles import BAD_KERNEL, PLAN, RELU_KERNEL
+
+    key = "sk-e2e-SECRET-0123456789abcdef"
+    monkeypatch.setenv("AF_TEST_KEY", key)
+    suite = small_suite(tmp_path, ("relu",))
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    with ScriptedServer() as srv:
+        (tmp_path / "agentforge.toml").write_text(
+            f'[llm]\nmodel = "test-model"\napi_key_env = "AF_TEST_KEY"\nbase_url = "{srv.url}"\n'
+            'timeout_s = 1.0\nmax_retries = 2\nbackoff_base_s = 0.01\nprice_per_mtok_in = 2.0\n'
+            'price_per_mtok_out = 8.0\n')
+        srv.push(chat('{"regions": [ oops'),                                  # planner: malformed JSON
+                 chat(json.dumps(PLAN)),                                      # ... repaired
+                 chat(f"```asp\n{BAD_KERNEL}```"),                            # worker: invalid ASP
+                 chat(json.dumps({"accept": False, "plan": None, "note": "each stream is read once"})),
+                 chat("too late", delay_s=3.0),                               # worker: a timeout
+                 status(429, headers={"Retry-After": "0"}),                   # ... then rate-limited
+                 chat(f"```asp\n{RELU_KERNEL}```"))                           # ... then the kernel
+        rc = main(["campaign", str(suite), "--out", str(out), "--llm", "openai", "--workers", "1",
+                   "--attempts", "3", "--quiet"])
+        assert rc == 0, capsys.readouterr()
+        assert "no answer" not in capsys.readouterr().err
+    with RunDB(out / "run.sqlite") as db:
+        (task,) = db.tasks()
+        assert task["status"] == "verified"
+        calls = db.db.query("SELECT role, kind, ok, error, attempts, retry_errors, cost FROM llm_calls ORDER BY id")
+        evals = db.db.query("SELECT c.attempt, e.verified, e.reason_code, e.reason FROM candidates c "
+                         "JOIN evaluations e ON e.candidate = c.id ORDER BY c.attempt")
+    assert [(c["role"], c["kind"]) for c in calls] == [("planner", "chat"), ("planner", "repair"),
+                                                       ("worker", "chat"), ("reflector", "chat"),
+                                                       ("worker", "chat")]
+    retried = json.loads(calls[-1]["retry_errors"])
+    assert calls[-1]["ok"] and calls[-1]["attempts"] == 3
+    assert "no answer" in retried[0] and "HTTP 429" in retried[1]
+    assert all(c["cost"] > 0 for c in calls)                  # prices from agentforge.toml
+    assert [(e["attempt"], bool(e["verified"]), e["reason_code"]) for e in evals] == [(0, False, "compile"),
+                                                                                      (1, True, None)]
+    assert "candidate.asp:" in evals[0]["reason"]             # the error points at the line
+    for f in tmp_path.rglob("*"):
+        if f.is_file():
+            assert key not in f.read_text(errors="ignore"), f"the API key leaked into {f}"

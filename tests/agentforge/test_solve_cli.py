@@ -61,3 +61,22 @@ def test_llm_flags_are_checked_before_any_work(tmp_path, capsys, monkeypatch):
                  "--base-url", "http://127.0.0.1:9/v1"]) == 2                          # no key: preflight
     err = capsys.readouterr().err
     assert "OPENAI_API_KEY" in err and "Traceback" not in err
+
+
+def test_solve_reads_the_llm_table_of_agentforge_toml(tmp_path, capsys, monkeypatch):
+    # model, endpoint, key variable and prices from the project's agentforge.toml; flags would override
+    monkeypatch.setenv("AF_SOLVE_KEY", KEY)
+    monkeypatch.chdir(tmp_path)
+    with ScriptedServer() as srv:
+        (tmp_path / "agentforge.toml").write_text(
+            f'[llm]\nmodel = "test-model"\nbase_url = "{srv.url}"\napi_key_env = "AF_SOLVE_KEY"\n'
+            'price_per_mtok_in = 1.0\nprice_per_mtok_out = 4.0\n')
+        srv.push(chat(json.dumps(PLAN)), chat(f"```asp\n{RELU_KERNEL}```"))
+        rc, res = _run(capsys, "solve", str(SUITE / "relu.py"), "--llm", "openai", "--json", "--attempts", "1")
+        sent = [r.body["model"] for r in srv.chat_requests]
+    assert rc == 0 and res["verified"]
+    assert sent == ["test-model", "test-model"]
+    assert res["cost"] == pytest.approx(2 * (100 * 1.0 + 20 * 4.0) / 1e6)
+    (tmp_path / "agentforge.toml").write_text('[llm]\napi_key = "sk-in-a-file"\n')
+    assert main(["solve", str(SUITE / "relu.py"), "--llm", "openai", "--model", "m"]) == 2
+    assert "secrets are never read from a file" in capsys.readouterr().err
