@@ -321,6 +321,8 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     best_cand = Candidate(**best["candidate"]) if best and best.get("candidate") else None
     hit = final.get("plan_source") == "cache" or any("plan cache hit" in n for n in final.get("notes", []))
     notes = list(final.get("notes", []))
+    for role in [planner, reflector, *workers]:     # what an LLM client decided on its own (e.g. json_object)
+        notes.extend(n for n in getattr(getattr(role, "client", None), "notes", []) or [] if n not in notes)
     if best_ev is not None and best_ev.verified and best_cand is not None and not replayed:
         followed = _followed_plan(best, final.get("plans", []))
         cacheable = best_cand.plan if best_cand.kind == "plan" else followed

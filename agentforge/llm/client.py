@@ -141,6 +141,13 @@ def parse_structured(text: str, schema: dict, check: Check | None = None) -> tup
     return value, None
 
 
+def _refuses_schema(e: "LLMCallError") -> bool:
+    """An HTTP 400 that blames the structured-output request (vLLM, Ollama and most compatible
+    servers name response_format or json_schema in the message)."""
+    text = str(e).lower()
+    return e.status == 400 and any(w in text for w in ("response_format", "json_schema", "schema"))
+
+
 class LLMClient:
     """Chat with an OpenAI-compatible endpoint: retries, budgets, structured output.
 
@@ -159,6 +166,8 @@ class LLMClient:
         self._sdk: openai.OpenAI | None = None
         self._sdk_lock = threading.Lock()
         self.delays: list[float] = []          # every backoff waited, for reports and tests
+        self.schema_refused = False            # response_format "auto": the server refused json_schema
+        self.notes: list[str] = []             # what the client decided on its own (said, never silent)
 
     def __repr__(self) -> str:
         return f"LLMClient(model={self.config.model!r}, base_url={self.config.base_url!r})"
@@ -193,6 +202,8 @@ class LLMClient:
         if schema is None:
             return self._call(messages, None, role, "chat")
         fmt = self.config.response_format
+        if fmt == "auto":
+            fmt = "json_object" if self.schema_refused else "json_schema"
         if fmt == "json_schema":
             sent = [dict(m) for m in messages]
             rf: dict | None = {"type": "json_schema", "json_schema": {
@@ -200,7 +211,16 @@ class LLMClient:
         else:
             sent = with_schema_instruction(messages, schema)
             rf = {"type": "json_object"} if fmt == "json_object" else None
-        first = self._call(sent, rf, role, "chat")
+        try:
+            first = self._call(sent, rf, role, "chat")
+        except LLMCallError as e:
+            if not (self.config.response_format == "auto" and fmt == "json_schema" and _refuses_schema(e)):
+                raise
+            # the server does not do json_schema: say so once, then json_object + validation from now on
+            self.schema_refused = True
+            self.notes.append(f"{self.config.base_url} refused json_schema structured output ({e}); "
+                              f"using json_object with validation and a repair round from now on")
+            return self.chat(messages, schema, role, check)
         value, problem = parse_structured(first.text, schema, check)
         if problem is None:
             first.parsed_json = value

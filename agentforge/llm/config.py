@@ -18,7 +18,7 @@ from typing import Any
 from .errors import LLMConfigError, PreflightError
 
 PROVIDERS = ("openai", "replay")
-RESPONSE_FORMATS = ("json_schema", "json_object", "text")
+RESPONSE_FORMATS = ("auto", "json_schema", "json_object", "text")
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class LLMConfig:
     price_per_mtok_in: float = 0.0           # USD per million prompt tokens
     price_per_mtok_out: float = 0.0          # USD per million completion tokens
     price_per_mtok_cached: float | None = None   # cached prompt tokens; None: same as price_per_mtok_in
-    response_format: str = "json_schema"     # "json_schema" | "json_object" | "text"
+    response_format: str = "auto"            # "auto" (json_schema, json_object if refused) | "json_schema" | "json_object" | "text"
     max_prompt_tokens: int = 40000           # prompt budget (estimated as chars / 4); trims the ASP reference
     max_calls: int | None = None             # hard budgets over a Ledger's life (None: unlimited)
     max_tokens: int | None = None

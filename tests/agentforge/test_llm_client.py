@@ -244,6 +244,38 @@ def test_json_schema_mode(server, key):
     assert rf["json_schema"]["strict"] is True
 
 
+def test_auto_mode_uses_json_schema_and_switches_to_json_object_when_the_server_refuses_it(server, key):
+    server.push(status(400, "response_format json_schema is not supported by this model"),
+                chat(json.dumps(GOOD_PLAN)), chat(json.dumps(GOOD_PLAN)))
+    client = LLMClient(make_cfg(server))                     # response_format "auto" is the default
+    assert client.config.response_format == "auto"
+    r = client.chat(MSGS, schema=PLAN_SCHEMA, role="planner")
+    assert r.parsed_json == GOOD_PLAN
+    refused, retried = server.chat_requests
+    assert refused.body["response_format"]["type"] == "json_schema"
+    assert retried.body["response_format"] == {"type": "json_object"}
+    assert "JSON Schema" in retried.body["messages"][0]["content"]
+    assert [rec.ok for rec in client.ledger.records] == [False, True]     # the refusal is recorded
+    assert len(client.notes) == 1 and "refused json_schema" in client.notes[0]   # and said
+    client.chat(MSGS, schema=PLAN_SCHEMA, role="planner")                  # later calls go straight there
+    assert server.chat_requests[2].body["response_format"] == {"type": "json_object"}
+
+
+def test_explicit_json_schema_mode_never_switches(server, key):
+    server.push(status(400, "response_format json_schema is not supported"))
+    client = LLMClient(make_cfg(server, response_format="json_schema"))
+    with pytest.raises(LLMCallError, match="HTTP 400"):
+        client.chat(MSGS, schema=PLAN_SCHEMA, role="planner")
+    assert len(server.chat_requests) == 1 and client.notes == []
+
+
+def test_auto_mode_does_not_switch_on_other_400s(server, key):
+    server.push(status(400, "maximum context length exceeded"))
+    with pytest.raises(LLMCallError, match="context length"):
+        LLMClient(make_cfg(server)).chat(MSGS, schema=PLAN_SCHEMA, role="planner")
+    assert len(server.chat_requests) == 1
+
+
 def test_json_object_mode_repairs_malformed_json_once(server, key):
     bad = '```json\n{"regions": [], "strategy": "x", "rewrites": [], "notes": "",}\n```'
     server.push(chat(bad, prompt_tokens=100, completion_tokens=10),
