@@ -176,11 +176,17 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Tasks as Ray remote functions (``ray.init(address=...)``; a local instance by default)."""
+    """Tasks as Ray remote functions (``ray.init(address=...)``; a local instance by default).
+
+    Events stream back as they happen through a Ray queue actor (progress, LLM calls booked at
+    once, verified attempts kept if the task is then killed), as the local executor's pipes do.
+    Jobs carry file paths (task files, the run directory's databases): on a multi-node cluster
+    the run directory and the suite must be on a filesystem every node shares."""
 
     def __init__(self, n: int, address: str = "", memory_mb: int = 0):
         try:
             import ray
+            from ray.util.queue import Queue
         except ImportError:
             from .config import ConfigError
 
@@ -201,6 +207,7 @@ class RayExecutor:
             self._owns = False
         self.n = n
         self._fn = ray.remote(num_cpus=1, max_retries=0)(_ray_job)
+        self.events = Queue(actor_options={"num_cpus": 0})
         self.pending: dict[Any, tuple[dict, float]] = {}
 
     def free(self) -> int:
@@ -210,13 +217,22 @@ class RayExecutor:
         return [j for j, _ in self.pending.values()]
 
     def submit(self, job: dict) -> None:
-        self.pending[self._fn.remote(job)] = (job, time.monotonic())
+        self.pending[self._fn.remote(job, self.events)] = (job, time.monotonic())
+
+    def _drain(self) -> list[Message]:
+        """Events put so far, for tasks still pending (a killed task's late events are dropped)."""
+        n = self.events.qsize()
+        if not n:
+            return []
+        jobs = {j["thread_id"]: j for j, _ in self.pending.values()}
+        return [(jobs[tid], "event", ev) for tid, ev in self.events.get_nowait_batch(n) if tid in jobs]
 
     def poll(self, timeout: float) -> list[Message]:
         out: list[Message] = []
         now = time.monotonic()
         for ref, (job, t0) in list(self.pending.items()):
             if now - t0 > job["task_timeout_s"]:
+                out.extend(m for m in self._drain() if m[0] is job)   # what it reported before the kill
                 self.ray.cancel(ref, force=True)
                 del self.pending[ref]
                 out.append((job, "result", failed_result(job, "timeout", f"the task took longer than "
@@ -226,14 +242,13 @@ class RayExecutor:
                 time.sleep(min(timeout, 0.05))
             return out
         ready, _ = self.ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        out.extend(self._drain())     # a task's events were all put before its result was ready
         for ref in ready:
             job, t0 = self.pending.pop(ref)
             try:
                 res = self.ray.get(ref)
             except Exception as e:  # noqa: BLE001 - a lost worker or node is a crashed task
                 res = failed_result(job, "crash", f"the Ray task failed: {type(e).__name__}: {e}", time.monotonic() - t0)
-            for ev in res.pop("events", []):
-                out.append((job, "event", ev))
             out.append((job, "result", res))
         return out
 
@@ -241,17 +256,18 @@ class RayExecutor:
         for ref in list(self.pending):
             self.ray.cancel(ref, force=True)
         self.pending.clear()
+        try:
+            self.events.shutdown()
+        except Exception:  # noqa: BLE001 - Ray is going down anyway
+            pass
         if self._owns:
             self.ray.shutdown()
 
 
-def _ray_job(job: dict) -> dict:
+def _ray_job(job: dict, events) -> dict:
     from .job import run_job
 
-    events: list[dict] = []
-    res = run_job(job, events.append)
-    res["events"] = events
-    return res
+    return run_job(job, lambda e: events.put((job["thread_id"], e)))
 
 
 def make_executor(kind: str, n: int, address: str = "", memory_mb: int = 0) -> Executor:

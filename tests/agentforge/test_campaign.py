@@ -286,8 +286,15 @@ def test_no_secret_reaches_any_file_in_the_run_directory(tmp_path, monkeypatch):
 def test_the_ray_executor_gives_the_same_verified_set_as_the_local_one(tmp_path, reference_run):
     pytest.importorskip("ray", reason="Ray is the optional extra agentforge[ray]; .ci/run installs it")
     suite = small_suite(tmp_path)
-    res = run_campaign(load_config([], suite=str(suite), out=str(tmp_path / "run"), workers=2, executor="ray"))
+    events: list[dict] = []
+    res = run_campaign(load_config([], suite=str(suite), out=str(tmp_path / "run"), workers=2, executor="ray"),
+                       on_event=events.append)
     assert res.status == "finished"
+    # each task's attempts stream back through the Ray queue before its result
+    for name in SMALL:
+        kinds = [e["event"] for e in events if e.get("task") == name]
+        assert "attempt" in kinds and kinds.index("attempt") < kinds.index("task_end")
+        assert all("_private" not in e for e in events)
     with RunDB(reference_run / "run.sqlite") as db:
         local = {t["name"] for t in db.tasks() if t["status"] == "verified"}
     assert {t["name"] for t in res.tasks if t["status"] == "verified"} == local
