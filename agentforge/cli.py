@@ -225,6 +225,14 @@ def cmd_campaign(args) -> int:
     from .campaign import load_config, run_campaign
     from .campaign.console import CampaignView
 
+    if args.resume:
+        fixed = [f for f, v in (("SUITE", args.suite), ("--llm", args.llm), ("--model", args.model),
+                                ("--base-url", args.base_url), ("--machine", args.machine),
+                                ("--attempts", args.attempts), ("--tasks", args.tasks)) if v is not None]
+        if fixed:
+            raise UsageError(f"--resume continues a run with the settings it started with; {', '.join(fixed)} "
+                             f"cannot change\n  how to fix: drop {', '.join(fixed)} (--workers, --executor, "
+                             f"--budget and --task-timeout may change on resume), or start a new run with --out")
     flags = {"suite": args.suite, "llm": args.llm, "machine": args.machine, "out": args.out, "workers": args.workers,
              "executor": args.executor, "ray_address": args.ray_address, "budget": args.budget,
              "attempts_per_task": args.attempts, "tasks": args.tasks, "task_timeout_s": args.task_timeout}

@@ -122,6 +122,10 @@ def test_a_used_run_directory_needs_resume_and_resume_needs_a_run(tmp_path, refe
     assert "--resume" in capsys.readouterr().err
     assert main(["campaign", "--out", str(tmp_path / "empty"), "--resume", "--quiet"]) == 2
     assert "no campaign to resume" in capsys.readouterr().err
+    # settings that define the run cannot change on resume: refused, not silently ignored
+    assert main(["campaign", "--out", str(reference_run), "--resume", "--llm", "openai", "--attempts", "9"]) == 2
+    err = capsys.readouterr().err
+    assert "--llm, --attempts cannot change" in err and "Traceback" not in err
 
 
 def test_attempt_budget_stops_the_campaign_and_says_so(tmp_path, capsys):
