@@ -83,6 +83,7 @@ class LocalExecutor:
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("OMP_NUM_THREADS", "1")
+        env["AGENTFORGE_CONTROLLER_PID"] = str(os.getpid())   # the worker ends when this process dies
         # unbuffered: poll() reads what select() says is there with os.read, so no message can hide
         # in a Python-side buffer where select() cannot see it
         slot.proc = subprocess.Popen([sys.executable, "-m", "agentforge.campaign.job"], stdin=subprocess.PIPE,

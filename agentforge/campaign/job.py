@@ -182,10 +182,28 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
     return out
 
 
+def _exit_with_parent(interval_s: float = 0.5) -> None:
+    """End this worker when the controller dies (kill -9 included): an orphan would go on writing
+    the task's checkpoints beside the worker a resumed campaign starts for the same task."""
+    # the controller says who it is: by the time this runs (after imports) it may already be gone
+    parent = int(os.environ.get("AGENTFORGE_CONTROLLER_PID") or os.getppid())
+
+    def watch() -> None:
+        if os.getppid() != parent:
+            os._exit(1)
+        while True:
+            time.sleep(interval_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def worker_main() -> None:
     """The local executor's worker: jobs on stdin, events and results on the real stdout."""
     from ..sandbox import _recv, _send
 
+    _exit_with_parent()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)           # a print anywhere below must not corrupt the message stream
     inp = sys.stdin.buffer

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -496,3 +497,51 @@ def test_an_llm_campaign_survives_every_kind_of_bad_reply_and_records_each(tmp_p
     for f in tmp_path.rglob("*"):
         if f.is_file():
             assert key not in f.read_text(errors="ignore"), f"the API key leaked into {f}"
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_worker_processes_end_when_the_controller_is_killed_alone(tmp_path):
+    """kill -9 of the controller only (not its process group): its workers must not live on and
+    write the task's checkpoints beside the workers of a resumed campaign."""
+    suite = small_suite(tmp_path, ("llama_decoder_block",))    # its first attempt takes seconds
+    cmd = [sys.executable, "-m", "agentforge.cli", "campaign", str(suite), "--out", str(tmp_path / "run"),
+           "--workers", "1", "--jsonl"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path,
+                            start_new_session=True)
+    try:
+        for line in proc.stdout:
+            if json.loads(line)["event"] == "task_start":
+                break
+        for _ in range(100):     # the event is sent just before the worker starts
+            workers = _children(proc.pid)
+            if workers:
+                break
+            time.sleep(0.05)
+        assert workers, "the campaign started no worker process"
+        time.sleep(0.5)           # the worker is at work on the task
+        proc.kill()
+        proc.wait(30)
+        for _ in range(30):      # well before the task would next report (and find its pipe gone)
+            alive = [p for p in workers if Path(f"/proc/{p}").exists()
+                     and (Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z")]
+            if not alive:
+                break
+            time.sleep(0.1)
+        assert not alive, f"worker processes {alive} outlived the controller"
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
