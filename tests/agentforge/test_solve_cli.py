@@ -80,3 +80,16 @@ def test_solve_reads_the_llm_table_of_agentforge_toml(tmp_path, capsys, monkeypa
     (tmp_path / "agentforge.toml").write_text('[llm]\napi_key = "sk-in-a-file"\n')
     assert main(["solve", str(SUITE / "relu.py"), "--llm", "openai", "--model", "m"]) == 2
     assert "secrets are never read from a file" in capsys.readouterr().err
+
+
+def test_solve_exits_1_when_the_budget_runs_out_without_a_verified_kernel(tmp_path, capsys, monkeypatch):
+    from test_llm_roles import BAD_KERNEL
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with ScriptedServer() as srv:
+        srv.push(chat(json.dumps(PLAN)), chat(f"```asp\n{BAD_KERNEL}```"))
+        rc, res = _run(capsys, "solve", str(SUITE / "relu.py"), "--llm", "openai", "--model", "test-model",
+                       "--base-url", srv.url, "--json", "--attempts", "1", "-o", str(tmp_path / "out"))
+    assert rc == 1 and res["verified"] is False and res["reason_code"] == "compile"
+    assert res["attempts"] == 1 and res["llm_calls"] == 2
+    assert not (tmp_path / "out").exists()          # nothing is written without a verified kernel
