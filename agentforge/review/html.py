@@ -87,7 +87,11 @@ def fmt_num(v: Any) -> str:
 
 def sort_key(v: float | None) -> str:
     """A data-sort value for the table's JS (missing values sort last)."""
-    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else repr(float(v))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if math.isinf(v):
+        return "Infinity" if v > 0 else "-Infinity"     # what JS parseFloat reads ("inf" would be NaN)
+    return repr(float(v))
 
 
 def flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 REPO = Path(__file__).resolve().parents[2]
 SUITE = REPO / "evals" / "suite"
 HOSTILE_COMMENT = "# <script>alert('kernel')</script> <b>bold</b> [bold red]markup[/]"
-HOSTILE_TASK = "<img src=x onerror=alert(1)>task"
+HOSTILE_TASK = "<script>alert('task')</script><img src=x onerror=alert(1)>task"
 OFFLINE_TASKS = ("relu", "add")
 CAMPAIGN_TASKS = ("relu", "add")
 
