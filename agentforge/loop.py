@@ -158,7 +158,8 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                 return None, []
             tuned = tune(adapted, ctx.graph_own, ctx.machine, priors=cached.priors())
             plan_cache.record_saved(planner_calls=1, tokens=int(cached.evaluation.get("planner_tokens") or 0))
-            return tuned.plan.to_dict(), [f"plan cache hit ({ctx.signature.key()})"]
+            where = "its own size class" if cached.match == "class" else f"another size class ({cached.task})"
+            return tuned.plan.to_dict(), [f"plan cache hit ({ctx.signature.key()}, verified in {where})"]
         except Exception as e:  # noqa: BLE001
             return None, [f"plan cache failed, the planner was asked instead: {type(e).__name__}: {e}"]
 

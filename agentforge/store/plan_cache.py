@@ -6,14 +6,17 @@ extracted keywords (here: :meth:`agentforge.capture.Signature.key`, which ignore
 softmax at 8x64 and at 4096x4096 share an entry), adapted with a cheap step on a hit, and a
 miss calls the full planner.
 
-- :meth:`PlanCache.lookup` finds the entry of a signature's key and counts a hit or a miss.
+- Entries are kept per (key, class key): the class key adds the bound class and the size
+  regime (:meth:`~agentforge.capture.Signature.class_key`). :meth:`PlanCache.lookup` prefers
+  the plan verified in the task's own class and falls back to the fastest of the same key at
+  other sizes; it counts a hit (and a class hit) or a miss.
 - :meth:`PlanCache.adapt` fits a cached plan to the graph of the new task: plans already
   name nodes by semantic index (:func:`agentforge.author.semantic_nodes`) and carry no sizes,
   so adaptation *validates* (indices in range and used once, templates that fit the nodes)
   and drops per-region parameters that do not apply at the new sizes; the tuner then
   re-tunes every region, starting from :meth:`CachedPlan.priors`. ``None`` when it does not fit.
-- :meth:`PlanCache.store` accepts verified plans only and keeps the fastest per key, with
-  the number of verifications seen.
+- :meth:`PlanCache.store` accepts verified plans only and keeps the fastest per (key, class),
+  with the number of verifications seen.
 - :meth:`PlanCache.record_saved` accounts what the hits saved (planner calls, tokens).
 
 Everything lives in SQLite (:mod:`agentforge.store.db`); the schema is in docs/memory.md.
@@ -68,6 +71,30 @@ PLAN_CACHE_SCHEMA = Schema("plan_cache", (
         "CREATE INDEX plan_cache_entries_last_hit ON plan_cache_entries (last_hit_at)",
         "INSERT OR IGNORE INTO plan_cache_counters (name, value) VALUES ('adapt_failures', 0)",
     )),
+    Migration(3, "one entry per (signature key, class key): bound class and size regime", (
+        "CREATE TABLE plan_cache_entries_v3 ("
+        " signature_key TEXT NOT NULL,"
+        " class_key TEXT NOT NULL DEFAULT '',"
+        " plan_json TEXT NOT NULL,"
+        " speedup REAL,"
+        " verifications INTEGER NOT NULL DEFAULT 1 CHECK (verifications >= 1),"
+        " task TEXT NOT NULL DEFAULT '',"
+        " signature_json TEXT NOT NULL DEFAULT '{}',"
+        " evaluation_json TEXT NOT NULL DEFAULT '{}',"
+        " created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL,"
+        " hits INTEGER NOT NULL DEFAULT 0,"
+        " last_hit_at REAL,"
+        " PRIMARY KEY (signature_key, class_key))",
+        "INSERT INTO plan_cache_entries_v3 (signature_key, class_key, plan_json, speedup, verifications, task,"
+        " signature_json, evaluation_json, created_at, updated_at, hits, last_hit_at)"
+        " SELECT signature_key, class_key, plan_json, speedup, verifications, task, signature_json,"
+        " evaluation_json, created_at, updated_at, hits, last_hit_at FROM plan_cache_entries",
+        "DROP TABLE plan_cache_entries",
+        "ALTER TABLE plan_cache_entries_v3 RENAME TO plan_cache_entries",
+        "CREATE INDEX plan_cache_entries_last_hit ON plan_cache_entries (last_hit_at)",
+        "INSERT OR IGNORE INTO plan_cache_counters (name, value) VALUES ('class_hits', 0)",
+    )),
 ))
 
 #: Region parameters each template understands (the keys of author's search grids).
@@ -94,6 +121,7 @@ class CachedPlan:
     created_at: float = 0.0
     updated_at: float = 0.0
     last_hit_at: float | None = None
+    match: str = "key"              # "class": verified in the task's own bound class and size regime
 
     def to_plan(self) -> "Plan":
         from agentforge.author import Plan
@@ -111,6 +139,15 @@ class CachedPlan:
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# the entry for a lookup: the task's own class first, then the fastest of the key's other classes
+_BEST = ("SELECT * FROM plan_cache_entries WHERE signature_key = ? "
+         "ORDER BY (class_key = ?) DESC, speedup IS NULL, speedup DESC, updated_at DESC LIMIT 1")
+
+
+def _class_of(signature: "Signature | str") -> str:
+    return "" if isinstance(signature, str) else signature.class_key()
 
 
 def _key_of(signature: "Signature | str") -> str:
@@ -132,24 +169,33 @@ class PlanCache:
     # ------------------------------------------------------------------ lookups
 
     def lookup(self, signature: "Signature | str") -> CachedPlan | None:
-        """The entry for ``signature.key()``, counting a hit (entry found) or a miss."""
-        key = _key_of(signature)
+        """The entry for ``signature``, counting a hit (entry found) or a miss.
+
+        Entries are kept per (size-free key, class key); the class key adds the bound class and
+        the size regime. A plan verified in the task's own class is preferred (a ``class`` hit);
+        otherwise the fastest plan of the same computation at other sizes (a ``key`` hit), which
+        adaptation and re-tuning fit to the new sizes."""
+        key, cls = _key_of(signature), _class_of(signature)
         now = time.time()
         with self.db.transaction() as c:
-            row = c.execute("SELECT * FROM plan_cache_entries WHERE signature_key = ?", (key,)).fetchone()
+            row = c.execute(_BEST, (key, cls)).fetchone()
             if row is None:
                 self._bump(c, "misses")
                 return None
             self._bump(c, "hits")
-            c.execute("UPDATE plan_cache_entries SET hits = hits + 1, last_hit_at = ? WHERE signature_key = ?",
-                      (now, key))
-            row = c.execute("SELECT * FROM plan_cache_entries WHERE signature_key = ?", (key,)).fetchone()
-        return _entry(row)
+            if cls and row["class_key"] == cls:
+                self._bump(c, "class_hits")
+            c.execute("UPDATE plan_cache_entries SET hits = hits + 1, last_hit_at = ? "
+                      "WHERE signature_key = ? AND class_key = ?", (now, key, row["class_key"]))
+            row = c.execute("SELECT * FROM plan_cache_entries WHERE signature_key = ? AND class_key = ?",
+                            (key, row["class_key"])).fetchone()
+        return _entry(row, cls)
 
     def peek(self, signature: "Signature | str") -> CachedPlan | None:
         """Like :meth:`lookup` but counts nothing (reports, tooling)."""
-        rows = self.db.query("SELECT * FROM plan_cache_entries WHERE signature_key = ?", (_key_of(signature),))
-        return _entry(rows[0]) if rows else None
+        cls = _class_of(signature)
+        rows = self.db.query(_BEST, (_key_of(signature), cls))
+        return _entry(rows[0], cls) if rows else None
 
     def entries(self) -> list[CachedPlan]:
         """Every entry, most recently updated first."""
@@ -248,7 +294,7 @@ class PlanCache:
 
     def store(self, signature: "Signature | str", plan: "Plan | dict", evaluation_summary: Any,
               task: str | None = None) -> CachedPlan:
-        """Record a *verified* plan for ``signature.key()``; keep the fastest per key.
+        """Record a *verified* plan for ``signature``; keep the fastest per (key, class key).
 
         ``evaluation_summary`` is the verifier's report (``Evaluation``, ``Feedback`` or a
         dict) and must say ``verified: true`` (else :class:`~agentforge.store.db.UnverifiedError`).
@@ -267,7 +313,8 @@ class PlanCache:
         speedup = speedup_of(summary)
         now = time.time()
         with self.db.transaction() as c:
-            row = c.execute("SELECT speedup FROM plan_cache_entries WHERE signature_key = ?", (key,)).fetchone()
+            where = "WHERE signature_key = ? AND class_key = ?"
+            row = c.execute(f"SELECT speedup FROM plan_cache_entries {where}", (key, class_key)).fetchone()
             if row is None:
                 c.execute(
                     "INSERT INTO plan_cache_entries (signature_key, plan_json, speedup, verifications, task,"
@@ -278,15 +325,15 @@ class PlanCache:
                 better = speedup is not None and (row["speedup"] is None or speedup > row["speedup"])
                 if better:
                     c.execute(
-                        "UPDATE plan_cache_entries SET plan_json = ?, speedup = ?, task = ?, class_key = ?,"
-                        " signature_json = ?, evaluation_json = ?, verifications = verifications + 1,"
-                        " updated_at = ? WHERE signature_key = ?",
-                        (plan_json, speedup, task_name, class_key, sig_json, canonical_json(summary), now, key))
+                        "UPDATE plan_cache_entries SET plan_json = ?, speedup = ?, task = ?,"
+                        f" signature_json = ?, evaluation_json = ?, verifications = verifications + 1,"
+                        f" updated_at = ? {where}",
+                        (plan_json, speedup, task_name, sig_json, canonical_json(summary), now, key, class_key))
                 else:
-                    c.execute("UPDATE plan_cache_entries SET verifications = verifications + 1 "
-                              "WHERE signature_key = ?", (key,))
-            row = c.execute("SELECT * FROM plan_cache_entries WHERE signature_key = ?", (key,)).fetchone()
-        return _entry(row)
+                    c.execute(f"UPDATE plan_cache_entries SET verifications = verifications + 1 {where}",
+                              (key, class_key))
+            row = c.execute(f"SELECT * FROM plan_cache_entries {where}", (key, class_key)).fetchone()
+        return _entry(row, class_key)
 
     def record_saved(self, planner_calls: int = 1, tokens: int = 0) -> None:
         """Account what a hit saved: planner calls not made and their (estimated) tokens."""
@@ -329,9 +376,10 @@ class PlanCache:
         self.close()
 
 
-def _entry(row: Any) -> CachedPlan:
+def _entry(row: Any, wanted_class: str = "") -> CachedPlan:
     keys = row.keys()
     return CachedPlan(
+        match="class" if wanted_class and row["class_key"] == wanted_class else "key",
         signature_key=row["signature_key"],
         plan=json.loads(row["plan_json"]),
         speedup=row["speedup"],
@@ -353,6 +401,7 @@ def _stats(path: str, entries: int, verifications: int, counters: dict[str, int]
         "entries": entries,
         "verifications": verifications,
         "hits": hits,
+        "class_hits": counters.get("class_hits", 0),
         "misses": misses,
         "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
         "planner_calls_saved": counters.get("planner_calls_saved", 0),

@@ -132,10 +132,31 @@ def test_keeps_the_fastest_plan_and_counts_verifications(cache, softmax):
     cache.store(sig, row_plan({"rows": 4}, "A"), ok(1.5))
     entry = cache.store(sig, row_plan({"rows": 1}, "B"), ok(1.2))   # slower: not kept
     assert entry.plan["notes"] == "A" and entry.verifications == 2
-    entry = cache.store(softmax["sig_large"], row_plan({"rows": 16}, "C"), ok(2.0))  # same key, faster
+    entry = cache.store(sig, row_plan({"rows": 8}, "C"), ok(2.0))   # faster: replaces A
     assert entry.plan["notes"] == "C" and entry.speedup == 2.0 and entry.verifications == 3
     assert cache.stats()["entries"] == 1 and cache.stats()["verifications"] == 3
-    assert entry.priors() == {"row": {"rows": 16}}
+    assert entry.priors() == {"row": {"rows": 8}}
+
+
+def test_plans_are_kept_per_size_class_and_the_tasks_own_class_is_preferred(cache, softmax):
+    small, large = softmax["sig_small"], softmax["sig_large"]
+    assert small.key() == large.key() and small.class_key() != large.class_key()
+    cache.store(small, row_plan({"rows": 4}, "small"), ok(1.5))
+    cache.store(large, row_plan({"rows": 16}, "large"), ok(1.2))   # slower, but its own size regime
+    assert cache.stats()["entries"] == 2
+    hit = cache.lookup(large)
+    assert hit.plan["notes"] == "large" and hit.match == "class"
+    assert cache.lookup(small).plan["notes"] == "small"
+    assert cache.stats()["class_hits"] == 2
+    # a key-only lookup (no class) takes the fastest of the key's classes
+    assert cache.peek(small.key()).plan["notes"] == "small" and cache.peek(small.key()).match == "key"
+
+
+def test_a_task_in_a_class_never_seen_gets_the_fastest_plan_of_its_key(cache, softmax):
+    cache.store(softmax["sig_small"], row_plan({"rows": 4}, "small"), ok(1.5))
+    hit = cache.lookup(softmax["sig_large"])
+    assert hit.plan["notes"] == "small" and hit.match == "key"
+    assert cache.stats()["hits"] == 1 and cache.stats()["class_hits"] == 0
 
 
 # ------------------------------------------------------------------ adaptation
