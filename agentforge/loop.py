@@ -238,9 +238,13 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
             (best["evaluation"].get("speedup") or 0.0) >= cfg.min_speedup
         if good or attempt + 1 >= cfg.max_attempts:
             return {**sched, "best": best, "done": True, "attempt": attempt + 1, "notes": list(dict.fromkeys(memory_errors))}
-        latest = this_round[0] if this_round else None
+        # the reflector reads the round's most promising candidate (verified first, then fastest)
+        latest = None
+        for h in this_round:
+            if h["candidate"] is not None and _better(latest, h):
+                latest = h
         plan = state.get("plan") or {}
-        if latest is None or latest["candidate"] is None:
+        if latest is None:
             return {**sched, "best": best, "done": False, "attempt": attempt + 1}
         try:
             r = reflector.reflect(ctx, plan, Candidate(**latest["candidate"]), Feedback(**latest["feedback"]), attempt)

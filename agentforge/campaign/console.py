@@ -30,6 +30,7 @@ class CampaignView:
         self.running: dict[str, int] = {}
         self.total = self.done = self.verified = self.failed = self.attempts = 0
         self.tokens, self.cost = 0, 0.0
+        self.streamed: dict[str, list] = {}     # per running task: tokens and cost of its streamed calls
         self.t0 = time.monotonic()
         self.durations: list[float] = []
         self.workers = 1
@@ -44,6 +45,8 @@ class CampaignView:
         kind = e["event"]
         if kind == "campaign_start":
             self.total, self.done, self.workers = e["tasks"], e["done"], max(1, e.get("workers", 1))
+            self.verified, self.failed = e.get("verified", 0), e.get("failed", 0)
+            self.attempts, self.tokens, self.cost = e.get("attempts", 0), e.get("tokens", 0), e.get("cost", 0.0)
             if self.mode == "rich":
                 self.console.print(f"[bold]campaign[/] {e['run']} -> {escape(e['run_dir'])} "
                                    f"({'resumed, ' if e['resume'] else ''}{e['todo']} of {e['tasks']} tasks to do, "
@@ -55,16 +58,26 @@ class CampaignView:
                 self.bar = self.progress.add_task("tasks", total=self.total, completed=self.done, status="")
         elif kind == "task_start":
             self.running[e["task"]] = 0
+        elif kind == "llm_call":      # counted as it happens; task_end adds only what was not streamed
+            call = e.get("call") or {}
+            used = (call.get("prompt_tokens") or 0) + (call.get("completion_tokens") or 0)
+            self.tokens += used
+            self.cost += call.get("cost") or 0.0
+            seen = self.streamed.setdefault(e.get("task"), [0, 0.0])
+            seen[0] += used
+            seen[1] += call.get("cost") or 0.0
         elif kind == "attempt":
             self.attempts += 1
             self.running[e["task"]] = e["attempt"] + 1
         elif kind == "task_end":
             self.running.pop(e["task"], None)
-            self.done += 1
-            self.verified += bool(e["verified"])
-            self.failed += not e["verified"]
-            self.tokens += e.get("tokens") or 0
-            self.cost += e.get("cost") or 0.0
+            if not e.get("stopped"):        # a task stopped by a budget is pending again, not done
+                self.done += 1
+                self.verified += bool(e["verified"])
+                self.failed += not e["verified"]
+            seen = self.streamed.pop(e["task"], [0, 0.0])
+            self.tokens += max(0, (e.get("tokens") or 0) - seen[0])
+            self.cost += max(0.0, (e.get("cost") or 0.0) - seen[1])
             if e.get("seconds"):
                 self.durations.append(e["seconds"])
             if self.mode == "rich" and not e["verified"]:

@@ -299,9 +299,12 @@ def run_campaign(cfg: CampaignConfig, resume: bool = False, on_event: Callable[[
                                                            for c in calls)),
                                        "cost": float(sum(c["cost"] or 0.0 for c in calls))})
         todo = [r for r in rows if r["status"] not in TASK_DONE]
+        before = db.totals()     # what earlier sessions of this run did (a resume goes on counting)
         emit({"event": "campaign_start", "run": run_id, "run_dir": str(run_dir), "resume": resume,
               "tasks": len(rows), "todo": len(todo), "done": len(rows) - len(todo), "workers": cfg.workers,
-              "executor": cfg.executor, "llm": cfg.llm, "machine": machine.name})
+              "executor": cfg.executor, "llm": cfg.llm, "machine": machine.name,
+              "verified": before["verified"], "failed": before["failed"], "attempts": before["attempts"],
+              "tokens": before["tokens"], "cost": before["cost"]})
         stop_reason = _drive(cfg, db, library, todo, book, emit, run_dir, run_id, llm_job, t_start)
         db.repoint_kernels({json.dumps(dispatch_key(e)): e.id for e in library.entries})
         status = "stopped" if stop_reason else "finished"

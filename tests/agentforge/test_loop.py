@@ -233,3 +233,24 @@ def test_a_plan_that_led_to_a_verified_kernel_enters_the_cache_with_its_tokens(t
         assert second.verified and second.plan_cache_hit and planner.usage.calls == 0
         stats = cache.stats()
         assert stats["planner_calls_saved"] == 1 and stats["tokens_saved"] == 1000
+
+
+class _RecordingReflector:
+    usage = Usage()
+
+    def __init__(self):
+        self.seen = []
+
+    def reflect(self, ctx, plan, candidate, feedback, attempt):
+        self.seen.append(feedback.verified)
+        return Reflection(accept=False)
+
+
+def test_the_reflector_reads_the_rounds_most_promising_candidate(rmsnorm):
+    # worker 0 fails to compile, worker 1 verifies (slower than asked): the reflection is about worker 1's
+    task, ctx = rmsnorm
+    planner, _, _ = offline_roles()
+    reflector = _RecordingReflector()
+    solve(task, planner, [_NeverVerifies(), OfflineWorker()], reflector, ctx=ctx,
+          cfg=SolveConfig(workers=2, max_attempts=2, min_speedup=1e9))
+    assert reflector.seen == [True]
