@@ -545,3 +545,23 @@ def test_worker_processes_end_when_the_controller_is_killed_alone(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def test_cost_budget_stops_before_a_call_would_pass_it(tmp_path, monkeypatch, capsys):
+    from llm_server import ScriptedServer
+
+    monkeypatch.setenv("AF_TEST_KEY", "sk-test")
+    suite = small_suite(tmp_path, ("relu",))
+    monkeypatch.chdir(tmp_path)
+    with ScriptedServer() as srv:
+        (tmp_path / "agentforge.toml").write_text(
+            f'[llm]\nmodel = "test-model"\napi_key_env = "AF_TEST_KEY"\nbase_url = "{srv.url}"\n'
+            'max_retries = 0\nprice_per_mtok_in = 5.0\nprice_per_mtok_out = 15.0\n')
+        rc = main(["campaign", str(suite), "--out", str(tmp_path / "run"), "--llm", "openai", "--workers", "1",
+                   "--budget", "cost=0.000001", "--quiet"])
+        assert rc == 1 and srv.chat_requests == []       # the first call's estimate already passes $0.000001
+    out = capsys.readouterr().out
+    assert "stopped" in out and "cost" in out
+    with RunDB(tmp_path / "run" / "run.sqlite") as db:
+        assert db.run()["status"] == "stopped" and "cost" in db.run()["stop_reason"]
+        assert [t["status"] for t in db.tasks()] == ["pending"]
