@@ -4,12 +4,12 @@
 this package is named ``torch``). Documented in docs/pytorch.md.
 """
 
-from agentforge.torch.ops import (FALLBACKS, NoDerivativeError, OpFamily, TorchBridgeError, TorchLibrary,
-                                  UnverifiedProblemError, load_library)
+from agentforge.torch.ops import (FALLBACKS, ModelCaptureError, NoDerivativeError, OpFamily, TorchBridgeError,
+                                  TorchLibrary, UnverifiedProblemError, load_library)
 from agentforge.torch._build import build_library
 
 __all__ = ["load_library", "TorchLibrary", "OpFamily", "TorchBridgeError", "UnverifiedProblemError",
-           "NoDerivativeError", "FALLBACKS", "report", "build_library"]
+           "NoDerivativeError", "ModelCaptureError", "FALLBACKS", "report", "build_library"]
 
 
 def report(model, inputs, **options):  # noqa: ANN001, ANN201 - thin lazy wrapper, documented in report.py

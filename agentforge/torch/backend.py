@@ -8,13 +8,20 @@ of ``agentforge.toml`` in the current directory (or the file named by ``options[
     library = "runs/default/library"   # a library folder, or a campaign's run folder
     machine = "sn40l"                  # default: the library's machine
     namespace = "rdu"                  # torch.ops.<namespace>.<op>
-    strict = false                     # true: an internal error raises instead of running eagerly
+    strict = false                     # true: raise where the backend would warn and run eagerly
     fallback = "error"                 # "torch": a library op called at unverified sizes runs the reference
     verify_new_sizes = false
 
+Each call is specialised on its concrete input shapes (graphs dynamo compiles with symbolic
+sizes included): the first call at a shape signature exports the graph at those shapes and
+matches the library's kernels (cached per signature), so every call runs the kernels verified
+for its actual sizes. A library op matched at sizes no kernel is verified for runs eagerly
+with a warning naming the op and its verified problems.
+
 The backend never turns a working model into a failing one: if export, matching or a kernel
-fails, it warns and runs the graph dynamo gave it, eagerly (``strict = true`` raises instead).
-Configuration mistakes (no library, unknown key) are raised: they are the user's to fix.
+fails, it warns and runs the graph dynamo gave it, eagerly, at those shapes (``strict = true``
+raises instead). Configuration mistakes (no library, unknown key) are raised: they are the
+user's to fix.
 """
 
 from __future__ import annotations
@@ -24,15 +31,17 @@ import threading
 import tomllib
 import warnings
 import weakref
+from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from agentforge.torch.ops import FALLBACKS, TorchBridgeError, TorchLibrary, load_library
+from agentforge.torch.ops import FALLBACKS, TorchBridgeError, TorchLibrary, UnverifiedProblemError, load_library
 
-__all__ = ["BackendConfig", "agentforge_backend", "compiled_graphs", "get_library", "CONFIG_FILE"]
+__all__ = ["BackendConfig", "Specialization", "agentforge_backend", "compiled_graphs", "get_library", "CONFIG_FILE",
+           "MAX_SPECIALIZATIONS"]
 
 CONFIG_FILE = "agentforge.toml"
 
@@ -97,48 +106,150 @@ def get_library(cfg: BackendConfig) -> TorchLibrary:
         return _LOADED[key]
 
 
+#: distinct concrete shape signatures one compiled graph keeps a plan for (oldest dropped first)
+MAX_SPECIALIZATIONS = 32
+
+
+@dataclass
+class Specialization:
+    """One compiled graph at one concrete shape signature: the plan made for it (or why none)."""
+    key: tuple                      # per graph input: ("tensor", shape, dtype, device) or ("const", type, value)
+    plan: Any = None                # agentforge.torch.match.OffloadPlan
+    error: str | None = None        # why this signature runs eagerly (planning or running failed)
+    calls: int = 0
+
+    @property
+    def offloaded(self) -> list[str]:
+        """The library ops this signature's calls run (``torch.ops.<ns>.<op>``)."""
+        return [r.op for r in self.plan.regions] if self.plan is not None else []
+
+
+def _signature(args: Sequence[Any]) -> tuple | None:
+    """What a plan depends on: each tensor input's shape, dtype and device, and the value of each
+    other input (the sizes a symbolic-size graph receives). None: an input of another kind."""
+    key = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            key.append(("tensor", tuple(int(d) for d in a.shape), a.dtype, a.device.type))
+        elif isinstance(a, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            return None                  # not concrete: nothing to specialise on
+        elif a is None or isinstance(a, (bool, int, float, str)):
+            key.append(("const", type(a).__name__, a))
+        else:
+            return None
+    return tuple(key)
+
+
+class _Bound(torch.nn.Module):
+    """A graph with its non-tensor inputs (the concrete sizes of a symbolic-size graph) fixed,
+    so that torch.export sees a static graph of tensors only."""
+
+    def __init__(self, gm: torch.fx.GraphModule, args: Sequence[Any]):
+        super().__init__()
+        self.gm = gm
+        self.slots = [None if isinstance(a, torch.Tensor) else (a,) for a in args]
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        it = iter(tensors)
+        return self.gm(*(next(it) if s is None else s[0] for s in self.slots))
+
+
 class _Compiled:
-    """What the backend hands back to dynamo: plans offload on the first call, then runs it."""
+    """What the backend hands back to dynamo. Each call is specialised on its concrete input
+    shapes: the first call at a shape signature exports the graph at those shapes and plans the
+    offload (cached per signature), every call runs the plan of its own signature. So a graph
+    dynamo compiled with symbolic sizes dispatches each call to the kernels verified for its
+    actual sizes, and a failure at one signature leaves the others offloaded."""
 
     def __init__(self, gm: torch.fx.GraphModule, cfg: BackendConfig):
         self.gm = gm
         self.cfg = cfg
-        self.plan: Any = None
-        self.error: str | None = None
         self.calls = 0
+        self.specializations: OrderedDict[tuple, Specialization] = OrderedDict()
+        self.last: Specialization | None = None
+        self._lock = threading.RLock()
+
+    @property
+    def plan(self) -> Any:
+        """The plan of the latest call's shape signature (None: it ran eagerly)."""
+        return self.last.plan if self.last is not None else None
+
+    @property
+    def error(self) -> str | None:
+        """Why the latest call's shape signature runs eagerly (None: planned and ran)."""
+        return self.last.error if self.last is not None else None
 
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
-        if self.plan is None and self.error is None:
+        spec = self._specialization(args)
+        spec.calls += 1
+        if spec.plan is not None:
             try:
-                from agentforge.torch.match import export_graph, plan_offload
-
-                tl = get_library(self.cfg)
-                ep, graph = export_graph(self.gm, args, "compiled graph")
-                self.plan = plan_offload(tl, ep, graph)
-            except Exception as e:  # noqa: BLE001 - anything: the model must keep working
-                self._fail("planning the offload", e)
-        if self.plan is not None:
-            try:
-                return self.plan.run(args)
+                return spec.plan.run([a for a in args if isinstance(a, torch.Tensor)])
+            except UnverifiedProblemError as e:    # these values (not sizes) are not for the chip
+                if self.cfg.strict:
+                    raise
+                warnings.warn(f"agentforge backend: {e}; running this call eagerly (strict=True raises instead)",
+                              stacklevel=2)
+                return self.gm(*args)
             except Exception as e:  # noqa: BLE001
-                self._fail("running the offloaded graph", e)
+                self._fail(spec, "running the offloaded graph", e)
         return self.gm(*args)
 
-    def _fail(self, what: str, e: Exception) -> None:
+    def _specialization(self, args: Sequence[Any]) -> Specialization:
+        key = _signature(args)
+        with self._lock:
+            if key is not None and key in self.specializations:
+                self.specializations.move_to_end(key)
+                self.last = self.specializations[key]
+                return self.last
+            spec = Specialization(key if key is not None else ())
+            self.last = spec
+            if key is None:
+                self._fail(spec, "planning the offload", TorchBridgeError(
+                    f"the graph takes an input of a kind the backend cannot specialise on "
+                    f"({', '.join(sorted({type(a).__name__ for a in args}))})"))
+                return spec
+            self._plan(spec, args)
+            self.specializations[key] = spec
+            while len(self.specializations) > MAX_SPECIALIZATIONS:
+                self.specializations.popitem(last=False)
+            return spec
+
+    def _plan(self, spec: Specialization, args: Sequence[Any]) -> None:
+        try:
+            from agentforge.torch.match import export_graph, plan_offload
+
+            tl = get_library(self.cfg)
+            tensors = [a for a in args if isinstance(a, torch.Tensor)]
+            fn = self.gm if len(tensors) == len(args) else _Bound(self.gm, args)
+            ep, graph = export_graph(fn, tensors, "compiled graph")
+            spec.plan = plan_offload(tl, ep, graph)
+        except Exception as e:  # noqa: BLE001 - anything: the model must keep working
+            self._fail(spec, "planning the offload", e)
+            return
+        for u in spec.plan.unverified:     # the custom ops' rule: refused (strict) or eager with a warning
+            if self.cfg.strict:
+                raise u.error()
+            warnings.warn(f"agentforge backend: {u.message()}; running those ops eagerly (strict=True raises "
+                          f"instead)", stacklevel=4)
+
+    def _fail(self, spec: Specialization, what: str, e: Exception) -> None:
         if self.cfg.strict:
-            raise
-        self.plan = None
-        self.error = f"{what} failed: {type(e).__name__}: {e}"
-        warnings.warn(f"agentforge backend: {self.error}; running this graph eagerly (strict=True raises instead)",
-                      stacklevel=3)
+            raise e
+        spec.plan = None
+        spec.error = f"{what} failed: {type(e).__name__}: {e}"
+        shapes = ", ".join(f"{list(k[1])}" if k[0] == "tensor" else repr(k[2]) for k in spec.key) or "?"
+        warnings.warn(f"agentforge backend: {spec.error}; running this graph eagerly at these input shapes "
+                      f"({shapes}) (strict=True raises instead)", stacklevel=4)
 
 
 _ORDER: list[weakref.ref] = []
 
 
 def compiled_graphs() -> list[_Compiled]:
-    """The graphs the backend compiled in this process, oldest first (``.plan``, ``.error``, ``.calls``)."""
+    """The graphs the backend compiled in this process, oldest first (``.plan`` and ``.error`` of the
+    latest call, ``.calls``, ``.specializations``: one plan per concrete shape signature seen)."""
     return [c for c in (r() for r in _ORDER) if c is not None]
 
 

@@ -23,6 +23,8 @@ smaller kernels inside it. Commutative operands are not reordered: ``a + b`` doe
 from __future__ import annotations
 
 import heapq
+import os
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -30,9 +32,10 @@ import torch
 
 from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, _EXPORT_LOCK, _convert,
                                 _quiet_torch, signature)
-from agentforge.torch.ops import OpFamily, TorchLibrary, Verified, _fmt_args, problem_key
+from agentforge.torch.ops import (ModelCaptureError, OpFamily, ProblemKey, TorchLibrary, UnverifiedProblemError,
+                                  Verified, _fmt_args, problem_key)
 
-__all__ = ["Region", "EagerOp", "OffloadPlan", "plan_offload", "export_graph"]
+__all__ = ["Region", "EagerOp", "Unverified", "OffloadPlan", "plan_offload", "export_graph"]
 
 
 @dataclass
@@ -59,6 +62,30 @@ class EagerOp:
 
 
 @dataclass
+class Unverified:
+    """A part of the model that has the structure of a library op's task, at a problem (sizes,
+    dtypes, scalars) no kernel of the op is verified for: it runs eagerly."""
+    family: OpFamily
+    key: ProblemKey                 # the matched subgraph's arguments (shapes, dtypes)
+    nodes: list[str]                # the model ops it covers (not counting views/copies)
+
+    @property
+    def op(self) -> str:
+        return self.family.qualname_hint
+
+    def message(self) -> str:
+        why = ("its argument shapes and dtypes are verified, but not its scalars (eps, scale, dims...)"
+               if self.key in self.family.problems.by_key else "no kernel is verified for these sizes and dtypes")
+        return (f"{self.op} matches model ops {', '.join(self.nodes)} at arguments ({_fmt_args(self.key)}), "
+                f"but {why}; verified problems: {self.family.verified_short()}")
+
+    def error(self) -> UnverifiedProblemError:
+        return UnverifiedProblemError(
+            f"{self.message()}\n  how to fix: run a campaign that covers these sizes, enable verify_new_sizes, or "
+            f"leave strict off (these ops then run eagerly, with a warning)")
+
+
+@dataclass
 class OffloadPlan:
     """The model's graph split into library calls (regions) and eager ops, in a runnable order."""
     graph: AtenGraph
@@ -66,6 +93,7 @@ class OffloadPlan:
     regions: list[Region]
     eager: list[EagerOp]
     schedule: list[Any] = field(default_factory=list)   # Region | torch.fx.Node, dependency order
+    unverified: list[Unverified] = field(default_factory=list)   # library ops left eager for their sizes
 
     def run(self, args: Sequence[Any]) -> Any:
         """Run the model: regions through ``torch.ops.<ns>.<op>``, the rest as the exported ATen ops."""
@@ -99,11 +127,38 @@ class OffloadPlan:
 
 
 def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model") -> tuple[Any, AtenGraph]:
-    """Export ``fn`` on ``args`` and decompose it the way the campaign captured its tasks."""
+    """Export ``fn`` on ``args`` and decompose it the way the campaign captured its tasks.
+
+    A model torch.export cannot capture (data-dependent Python control flow, an unsupported
+    operation...) raises :class:`ModelCaptureError` naming, where the traceback shows it, the
+    line of the model's code that could not be captured."""
     with _EXPORT_LOCK, _quiet_torch():
-        ep = torch.export.export(fn, tuple(args))
-        ep = ep.run_decompositions()
+        try:
+            ep = torch.export.export(fn, tuple(args))
+            ep = ep.run_decompositions()
+        except Exception as e:  # noqa: BLE001 - anything torch.export raises is about the model
+            raise ModelCaptureError(_capture_failure(name, e)) from e
     return ep, _convert(ep, name, f"<{name}>")
+
+
+_NOT_USER = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _capture_failure(name: str, e: BaseException) -> str:
+    """Why torch.export could not capture ``name``, and the model code it stopped at (the innermost
+    traceback frame outside torch and agentforge, when there is one)."""
+    where = ""
+    for f in reversed(traceback.extract_tb(e.__traceback__)):
+        path = os.path.abspath(f.filename) if not f.filename.startswith("<") else ""
+        if path and not path.startswith(_NOT_USER) and "site-packages" not in path:
+            where = f"\n  the part it could not capture: {f.filename}:{f.lineno} in {f.name}: {(f.line or '').strip()}"
+            break
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    return (f"torch.export could not capture {name}: {type(e).__name__}: {first}{where}\n  how to fix: the offload "
+            f"needs a graph torch.export can capture (no Python branching on tensor values, no unsupported "
+            f"Python objects in forward); rewrite that part (torch.cond, torch.where), or run the model without "
+            f"the library")
 
 
 # ---------------------------------------------------------------------- graph views
@@ -245,7 +300,8 @@ def _patterns(tl: TorchLibrary) -> list[tuple[OpFamily, _View]]:
     return out
 
 
-def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str]) -> list[Region]:
+def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str],
+                unverified: list[Unverified]) -> list[Region]:
     found: list[Region] = []
     outs = [P.resolve(r.name) for r in P.g.outputs]
     if any(o not in P.nodes for o in outs):
@@ -272,7 +328,7 @@ def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str]) -> l
         m = ms[0]
         if len(m.nodes) != len(semantic_p) or len(m.bind) != len(m.slots):
             continue
-        region_or_reason = _region(fam, m, outs)
+        region_or_reason = _region(fam, m, outs, unverified)
         if isinstance(region_or_reason, str):
             for gn in m.nodes.values():
                 reasons.setdefault(gn, region_or_reason)
@@ -281,7 +337,7 @@ def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str]) -> l
     return found
 
 
-def _region(fam: OpFamily, m: _Matcher, outs: list[str]) -> Region | str:
+def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unverified]) -> Region | str:
     P, G = m.P, m.G
     mapped = set(m.nodes.values())
     members = set(mapped)
@@ -303,13 +359,17 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str]) -> Region | str:
             outputs[r] = out_vals.index(v)
     sub = _subgraph(m)
     key = signature(sub).sized_key()
+    got = problem_key([*sub.inputs, *sub.params])
     vs = fam.problems.by_sized_key.get(key)
+    if not vs and fam.verify_new_sizes and got not in fam.problems.by_key:
+        fam.select_key(got)             # the task's checks at these sizes; a passing kernel joins the problems
+        vs = fam.problems.by_sized_key.get(key)
+    semantic = [m.nodes[n.name] for n in P.g.nodes if not P.transparent(n.name)]
     if not vs:
-        got = problem_key([*sub.inputs, *sub.params])
+        unverified.append(Unverified(fam, got, semantic))
         return (f"matches the structure of {fam.qualname_hint}, but not a verified problem: arguments "
                 f"({_fmt_args(got)}); verified:\n{fam.describe_verified()}")
     v = min(vs, key=fam.seconds) if len(vs) > 1 else vs[0]
-    semantic = [m.nodes[n.name] for n in P.g.nodes if not P.transparent(n.name)]
     return Region(fam, v, members, semantic, [m.bind[i] for i in range(len(m.slots))], outputs)
 
 
@@ -354,8 +414,9 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph) -> OffloadPlan:
     G = _View(graph)
     reasons: dict[str, str] = {}
     cands: list[Region] = []
+    unverified: list[Unverified] = []
     for fam, P in _patterns(tl):
-        cands.extend(_try_family(fam, P, G, reasons))
+        cands.extend(_try_family(fam, P, G, reasons, unverified))
     cands.sort(key=lambda r: (-len(r.semantic), r.family.seconds(r.verified)))
     chosen: list[Region] = []
     taken: set[str] = set()
@@ -379,7 +440,13 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph) -> OffloadPlan:
         else:
             why = reasons.get(n.name, f"no library kernel computes it (library ops: {ops})")
         eager.append(EagerOp(n.name, n.kind, why))
-    return OffloadPlan(graph, ep, chosen, eager, schedule)
+    # a match at unverified sizes matters only where its ops stay eager (not inside a larger kernel)
+    left: list[Unverified] = []
+    for u in unverified:
+        if set(u.nodes) - taken and not any(x.family is u.family and x.key == u.key and x.nodes == u.nodes
+                                            for x in left):
+            left.append(u)
+    return OffloadPlan(graph, ep, chosen, eager, schedule, left)
 
 
 def semantic_nodes(nodes: Iterable[AtenNode]) -> list[AtenNode]:

@@ -14,7 +14,9 @@ the argument shapes and dtypes of one of its ``verified_at`` size sets (its task
 those sizes). Anything else is refused with an error that lists what exists, unless the
 library was loaded with ``verify_new_sizes=True`` (the task's checks run at the new sizes on
 first use, the verdict is cached for the process) or ``fallback="torch"`` (the task's PyTorch
-reference runs instead, with a warning). Never a silent wrong answer.
+reference runs instead, with a warning; at other dtypes, the reference at those dtypes). The
+chip computes integers in int32: int64 arguments are converted only when every value fits, else
+refused the same way. Never a silent wrong answer.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from agentforge.library import KernelEntry, Library
 from agentforge.tasks import Task, instantiate, load_task
 
 __all__ = ["load_library", "TorchLibrary", "OpFamily", "TorchBridgeError", "UnverifiedProblemError",
-           "NoDerivativeError", "FALLBACKS"]
+           "NoDerivativeError", "ModelCaptureError", "FALLBACKS"]
 
 FALLBACKS = ("error", "torch")
 _LIMITS = asp_lang.Limits(max_elements=1 << 28, max_steps=1 << 18, max_array_bytes=1 << 30)
@@ -56,6 +58,10 @@ class UnverifiedProblemError(TorchBridgeError):
 
 class NoDerivativeError(TorchBridgeError):
     """Backward was asked of an op whose reference has no usable derivative."""
+
+
+class ModelCaptureError(TorchBridgeError):
+    """torch.export could not capture a model (or a compiled graph) the library is to be matched in."""
 
 
 def _clean_thread(fn: Callable[..., Any], *args: Any) -> Any:
@@ -180,11 +186,20 @@ class OpFamily:
             rows.append(f"    ({_fmt_args(key)}) at {_fmt_sizes(vs[0].sizes)} [{ids}]")
         return "\n".join(rows) or "    (none)"
 
+    def verified_short(self) -> str:
+        """The verified problems on one line (warnings)."""
+        return "; ".join(f"({_fmt_args(key)})" for key in self.problems.by_key) or "none"
+
     # ------------------------------------------------------------------ choosing a kernel
 
     def select(self, args: Sequence[torch.Tensor]) -> Verified | None:
         """The fastest kernel verified for exactly these argument shapes and dtypes (None: none)."""
-        key = args_key(args)
+        return self.select_key(args_key(args))
+
+    def select_key(self, key: ProblemKey) -> Verified | None:
+        """:meth:`select` by argument shapes and dtypes: among the kernels verified for exactly
+        ``key`` (or, with ``verify_new_sizes``, that pass the task's checks there now), the one
+        fastest on the timing model at those sizes (not at the sizes the library recorded)."""
         with self._lock:
             if key in self._ranked:
                 return self._ranked[key][0] if self._ranked[key] else None
@@ -242,16 +257,42 @@ class OpFamily:
             raise TorchBridgeError(f"{self.qualname_hint} takes {len(self.arg_names)} tensors "
                                    f"({', '.join(self.arg_names)}), got {len(args)}")
         v = self.select(args)
-        if v is None:
+        wide = None if v is None else self.out_of_range(args)
+        if v is None or wide is not None:
             if self.fallback == "torch":
-                warnings.warn(f"{self.qualname_hint}: no kernel verified for ({_fmt_args(args_key(args))}); "
-                              f"running the PyTorch reference instead (fallback='torch')", stacklevel=3)
+                why = wide or (f"no kernel verified for ({_fmt_args(args_key(args))}) "
+                               f"(verified: {self.verified_short()})")
+                warnings.warn(f"{self.qualname_hint}: {why}; running the PyTorch reference instead "
+                              f"(fallback='torch')", stacklevel=3)
                 with torch.no_grad():
                     return [o.detach().clone() for o in self.reference(args)(*args)]
-            raise self.refusal(args)
+            raise self.refusal(args) if wide is None else self.range_error(wide)
         return [o.clone() for o in self._run(v, args)]   # clone: never hand back memory an input owns
 
+    def out_of_range(self, args: Sequence[torch.Tensor]) -> str | None:
+        """Why ``args`` cannot go to the chip as they are, or None. The chip computes integers in
+        int32 (kernels are verified on values that fit): an int64 argument holding a value outside
+        int32 would wrap, i.e. a wrong answer."""
+        lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+        for name, a in zip(self.arg_names, args):
+            if a.dtype != torch.int64 or a.numel() == 0:
+                continue
+            amin, amax = int(a.min()), int(a.max())
+            if amin < lo or amax > hi:
+                return (f"argument {name!r} (i64{list(a.shape)}) holds values outside the int32 range the chip "
+                        f"computes integers in (min {amin}, max {amax}; int32 is [{lo}, {hi}])")
+        return None
+
+    def range_error(self, why: str) -> UnverifiedProblemError:
+        return UnverifiedProblemError(
+            f"{self.qualname_hint}: {why}, so the kernel would wrap them and answer wrongly\n  how to fix: pass "
+            f"values that fit in int32, or load the library with fallback='torch' (run the PyTorch reference, "
+            f"with a warning)")
+
     def _run(self, v: Verified, args: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        wide = self.out_of_range(args)
+        if wide is not None:      # int64 -> int32 below (and in a chain's kernels) is lossless only then
+            raise self.range_error(wide)
         inputs = [a.detach() for a in args[: self.n_inputs]]
         params = {p.name: a.detach() for p, a in zip(v.graph.params, args[self.n_inputs:])}
         if v.entry.kind == "plan":
@@ -286,15 +327,17 @@ class OpFamily:
 
     # ------------------------------------------------------------------ new sizes, reference, shapes
 
-    def infer_sizes(self, key: ProblemKey) -> dict[str, int] | None:
+    def infer_sizes(self, key: ProblemKey, dtypes: bool = True) -> dict[str, int] | None:
         """Task sizes at which the task's arguments have exactly these shapes and dtypes (None: none found).
 
         Sizes are read off the dims where they appear at every known size set, the others are
         tried from the values seen; a candidate counts only when the task captured at it
-        reproduces every argument shape (so a wrong guess is never used)."""
+        reproduces every argument shape (so a wrong guess is never used). ``dtypes=False``:
+        shapes only (the reference run at other dtypes: the task is written for its own)."""
+        memo = key if dtypes else ("shapes only", key)
         with self._lock:
-            if key in self._inferred:
-                return self._inferred[key]
+            if memo in self._inferred:
+                return self._inferred[memo]
             known = [(v.sizes, v.graph) for vs in self.problems.by_key.values() for v in vs]
             task = self.task
             options: dict[str, list[int]] = {}
@@ -317,19 +360,26 @@ class OpFamily:
                     g = _capture_meta(task, sizes)
                 except AgentforgeError:
                     continue
-                if problem_key([*g.inputs, *g.params]) == key:
+                got = problem_key([*g.inputs, *g.params])
+                if (got == key) if dtypes else ([sh for sh, _ in got] == [sh for sh, _ in key]):
                     found = found or sizes
                     problems.add(signature(g).sized_key())
             # sizes that the arguments do not pin down (a top-k's k, say) could name several
             # problems with the same argument shapes: guessing one could be silently wrong
-            self._inferred[key] = found if len(problems) == 1 else None
-            return self._inferred[key]
+            self._inferred[memo] = found if len(problems) == 1 else None
+            return self._inferred[memo]
 
     def reference(self, args: Sequence[torch.Tensor]) -> Callable[..., list[torch.Tensor]]:
-        """The task's PyTorch reference at the sizes of ``args``, as a function of (inputs, params)."""
+        """The task's PyTorch reference at the sizes of ``args``, as a function of (inputs, params).
+
+        At dtypes other than the task's (bf16 arguments of an f32 task, say), the task's sizes are
+        found from the shapes alone and its module runs on the arguments as given (its weights are
+        the arguments too), i.e. what PyTorch computes at those dtypes."""
         key = args_key(args)
         v = self.problems.by_key.get(key)
         sizes = v[0].sizes if v else self.infer_sizes(key)
+        if sizes is None:
+            sizes = self.infer_sizes(key, dtypes=False)
         if sizes is None:
             raise UnverifiedProblemError(
                 f"{self.qualname_hint}: no sizes of task {self.task.name!r} give arguments "
@@ -519,8 +569,20 @@ def _register(namespace: str, name: str, fam: OpFamily) -> None:
             return outs[0] if len(outs) == 1 else tuple(outs)
 
         def fake(*args: torch.Tensor) -> Any:
+            fam = reg.family
             key = tuple((tuple(_concrete(d) for d in a.shape), dtype_str(a.dtype)) for a in args)
-            specs = reg.family.output_specs(key)
+            try:
+                specs = fam.output_specs(key)
+            except UnverifiedProblemError as e:
+                if fam.fallback != "torch":
+                    raise
+                # the call will run the reference (other dtypes, say): its outputs on these fake
+                # tensors have exactly the shapes and dtypes the real call returns
+                try:
+                    ref = [o.clone() for o in fam.reference(args)(*args)]
+                except Exception:  # noqa: BLE001 - the reference cannot run there either: say why not
+                    raise e from None
+                return ref[0] if len(ref) == 1 else tuple(ref)
             outs = [args[0].new_empty(s.shape, dtype=torch_dtype(s.dtype)) for s in specs]
             return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -538,7 +600,10 @@ def _register(namespace: str, name: str, fam: OpFamily) -> None:
 
 
 def _concrete(d: Any) -> int:
-    """A dim as an int: shape dispatch is by exact size, so a symbolic size is specialised."""
+    """A dim as an int: shape dispatch is by exact size, so a symbolic size is specialised (``int``
+    of a SymInt installs a guard: a graph traced through the op is reused only at the same size,
+    any other size is traced again and dispatched on its own). The compile backend never traces
+    the op with symbolic sizes: it specialises each call's graph on its concrete shapes first."""
     return int(d)
 
 

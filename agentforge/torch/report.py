@@ -15,13 +15,16 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
 from agentforge.baseline import Baseline
+from agentforge.errors import AgentforgeError
 from agentforge.capture import AtenGraph
 from agentforge.torch.backend import BackendConfig, get_library
 from agentforge.torch.match import OffloadPlan, export_graph, plan_offload
@@ -195,12 +198,39 @@ def load_model_file(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, list
     sys.modules[spec.name] = mod
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        spec.loader.exec_module(mod)
+        with _user_code(p, "importing it"):
+            spec.loader.exec_module(mod)
         for name in ("Model", "get_inputs"):
             if not hasattr(mod, name):
                 raise TorchBridgeError(f"{p}: defines no {name}\n  how to fix: a model file defines `class Model` "
                                        f"and `def get_inputs()` (and `get_init_inputs()` for constructor arguments)")
-        init = list(mod.get_init_inputs()) if hasattr(mod, "get_init_inputs") else []
-        model = mod.Model(*init).eval()
-        inputs = list(mod.get_inputs())
+        with _user_code(p, "calling get_init_inputs()"):
+            init = list(mod.get_init_inputs()) if hasattr(mod, "get_init_inputs") else []
+        with _user_code(p, "building Model(*get_init_inputs())"):
+            model = mod.Model(*init).eval()
+        with _user_code(p, "calling get_inputs()"):
+            inputs = list(mod.get_inputs())
     return model, inputs
+
+
+@contextmanager
+def _user_code(path: Path, what: str) -> Iterator[None]:
+    """Errors of the model file's own code are the user's to fix: a TorchBridgeError naming the
+    file, the line and the error (not an internal error of agentforge)."""
+    from agentforge.torch.ops import TorchBridgeError
+
+    try:
+        yield
+    except AgentforgeError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything the user's code raises
+        where = ""
+        if isinstance(e, SyntaxError):
+            where = f" (line {e.lineno})" if e.lineno else ""
+            msg = f"{type(e).__name__}: {e.msg}{where}"
+        else:
+            mine = [f for f in traceback.extract_tb(e.__traceback__) if Path(f.filename).resolve() == path.resolve()]
+            where = f" at line {mine[-1].lineno} ({(mine[-1].line or '').strip()})" if mine else ""
+            msg = f"{type(e).__name__}: {e}{where}"
+        raise TorchBridgeError(f"{path}: {what} failed: {msg}\n  how to fix: correct the model file (it must "
+                               f"define class Model and get_inputs(), like a suite task)") from e

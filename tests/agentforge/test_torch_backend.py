@@ -10,12 +10,13 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from agentforge.torch import TorchBridgeError
+from agentforge.torch import TorchBridgeError, UnverifiedProblemError
 from agentforge.torch._build import cached_library
 from agentforge.torch.backend import BackendConfig, compiled_graphs
 from agentforge.torch.report import load_model_file, report
@@ -32,6 +33,26 @@ def lib() -> str:
 
 def _compile(model, lib, **extra):
     return torch.compile(model, backend="agentforge", dynamic=False, options={"library": lib, **extra})
+
+
+@pytest.fixture
+def ran(monkeypatch):
+    """(op, task sizes) of every library kernel run on the emulator, in order (what was offloaded)."""
+    from agentforge.torch.ops import OpFamily
+
+    calls: list[tuple[str, dict]] = []
+    real = OpFamily._run
+
+    def spy(self, v, args):
+        calls.append((self.op, dict(v.sizes)))
+        return real(self, v, args)
+
+    monkeypatch.setattr(OpFamily, "_run", spy)
+    return calls
+
+
+def _agentforge_warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if "agentforge" in str(w.message)]
 
 
 @pytest.fixture(scope="module")
@@ -78,21 +99,32 @@ def test_decoder_block_report_names_fused_kernels_and_beats_op_by_op(llama):
     assert "ran eagerly" in text
 
 
-def test_decoder_block_backward_through_the_backend_matches_eager(lib, llama):
+def test_decoder_block_backward_through_the_backend_matches_eager(lib, llama, ran):
     model, inputs, _ = llama
+    torch._dynamo.reset()
     x = inputs[0].clone().requires_grad_()
     _compile(model, lib)(x, *inputs[1:]).sum().backward()
+    c = compiled_graphs()[-1]                # the forward ran offloaded (not the eager fallback)
+    assert c.error is None and c.calls == 1
+    fused = ["add_rmsnorm_small", "causal_attention_small", "rmsnorm_small", "swiglu_mlp_small"]
+    assert sorted(r.family.op for r in c.plan.regions) == fused
+    assert sorted(op for op, _ in ran) == fused
     x2 = inputs[0].clone().requires_grad_()
     model(x2, *inputs[1:]).sum().backward()
     torch.testing.assert_close(x.grad, x2.grad, atol=1e-4, rtol=1e-4)
 
 
-def test_moe_layer_compiled_matches_eager_and_report_names_it(lib, moe):
+def test_moe_layer_compiled_matches_eager_and_report_names_it(lib, moe, ran):
     model, inputs, r = moe
+    torch._dynamo.reset()
     with torch.no_grad():
         out = _compile(model, lib)(*inputs)
         ref = model(*inputs)
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    c = compiled_graphs()[-1]                # offloaded, not the eager fallback
+    assert c.error is None and c.calls == 1
+    assert sorted(r.family.op for r in c.plan.regions) == ["moe_layer_small", "rmsnorm_small"]
+    assert sorted(op for op, _ in ran) == ["moe_layer_small", "rmsnorm_small"]
     assert {"torch.ops.rdu.moe_layer_small", "torch.ops.rdu.rmsnorm_small"} <= set(r.offloaded_ops)
     assert [e.kind for e in r.eager] == ["add"]              # only the residual runs eagerly
     assert r.speedup > 1.0
@@ -169,6 +201,96 @@ def test_a_model_with_ops_the_library_lacks_still_runs_and_the_report_says_why(l
     assert "not a verified problem" in why["softmax"] and "f32[1, 16, 64]" in why["softmax"]
 
 
+class _Softmax(torch.nn.Module):
+    def forward(self, x):
+        return torch.softmax(x, dim=-1) * 2
+
+
+def _symbolic(c) -> bool:
+    return any(isinstance(n.meta.get("example_value"), torch.SymInt) for n in c.gm.graph.nodes if n.op == "placeholder")
+
+
+def test_a_symbolic_size_graph_runs_each_call_on_the_kernel_verified_for_its_sizes(lib, ran):
+    model = _Softmax()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="agentforge", options={"library": lib})      # dynamic shapes allowed
+    for batch, dim in ((8, 64), (16, 128), (8, 64), (16, 128)):    # both verified size sets of softmax.toml
+        x = torch.randn(batch, dim)
+        with warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter("always")
+            out = compiled(x)
+        torch.testing.assert_close(out, model(x))
+        assert _agentforge_warnings(caught) == []
+        assert ran[-1] == ("softmax", {"BATCH": batch, "DIM": dim})            # this call's kernel ran
+        c = compiled_graphs()[-1]
+        assert c.error is None and [r.verified.sizes for r in c.plan.regions] == [{"BATCH": batch, "DIM": dim}]
+    assert len(ran) == 4
+    # the second size made dynamo recompile with symbolic sizes: that one graph served the last three
+    # calls, planned once per concrete shape
+    c = compiled_graphs()[-1]
+    assert _symbolic(c) and c.calls == 3
+    assert {next(k[1] for k in s.key if k[0] == "tensor"): s.calls for s in c.specializations.values()} == {
+        (16, 128): 2, (8, 64): 1}
+
+    # a size no kernel is verified for: eager, with a warning naming the op and the verified sizes
+    x = torch.randn(3, 7)
+    with pytest.warns(UserWarning, match=r"torch\.ops\.rdu\.softmax matches .* at arguments \(f32\[3, 7\]\), but no "
+                                         r"kernel is verified .*verified problems: \(f32\[8, 64\]\); \(f32\[16, 128\]\)"
+                                         r".*running those ops eagerly"), torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x))
+    assert len(ran) == 4 and compiled_graphs()[-1].plan.regions == []
+    with torch.no_grad():                    # and the verified sizes still run their kernels
+        compiled(torch.randn(16, 128))
+    assert ran[-1] == ("softmax", {"BATCH": 16, "DIM": 128})
+
+    # strict: refused, naming what exists
+    torch._dynamo.reset()
+    strict = torch.compile(model, backend="agentforge", options={"library": lib, "strict": True})
+    with torch.no_grad():
+        strict(torch.randn(8, 64))
+        with pytest.raises(UnverifiedProblemError, match=r"f32\[3, 7\].*verified problems: \(f32\[8, 64\]\)"):
+            strict(torch.randn(3, 7))
+    torch._dynamo.reset()
+
+
+def test_with_verify_new_sizes_the_backend_checks_a_new_size_and_offloads_it(lib, ran):
+    model, x = _Softmax(), torch.randn(4, 32)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="agentforge", dynamic=False,
+                            options={"library": lib, "namespace": "rdu_backend_new", "verify_new_sizes": True})(x)
+    torch.testing.assert_close(out, model(x))
+    (region,) = compiled_graphs()[-1].plan.regions
+    assert region.verified.how == "on first use" and region.verified.sizes == {"BATCH": 4, "DIM": 32}
+    assert ran == [("softmax", {"BATCH": 4, "DIM": 32})]
+    torch._dynamo.reset()
+
+
+def test_a_failure_at_one_size_leaves_the_other_sizes_offloaded(lib, ran, monkeypatch):
+    import agentforge.torch.match as match
+
+    real = match.plan_offload
+
+    def broken_at_16(tl, ep, graph):
+        if graph.inputs[0].shape[0] == 16:
+            raise RuntimeError("matcher bug at 16 rows")
+        return real(tl, ep, graph)
+
+    monkeypatch.setattr(match, "plan_offload", broken_at_16)
+    model = _Softmax()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="agentforge", options={"library": lib})
+    with torch.no_grad():
+        compiled(torch.randn(8, 64))
+        with pytest.warns(UserWarning, match=r"matcher bug at 16 rows.*eagerly at these input shapes"):
+            torch.testing.assert_close(compiled(x := torch.randn(16, 128)), model(x))
+        assert compiled_graphs()[-1].error is not None
+        compiled(torch.randn(8, 64))
+    assert ran == [("softmax", {"BATCH": 8, "DIM": 64})] * 2
+    assert compiled_graphs()[-1].error is None
+    torch._dynamo.reset()
+
+
 def test_an_internal_error_falls_back_to_eager_with_a_warning_and_strict_raises(lib, monkeypatch):
     import agentforge.torch.match as match
 
@@ -208,6 +330,32 @@ def test_report_cli_prints_the_report(lib):
 
     assert main(["report", str(FIX / "torch_models" / "moe_block.py"), "--library", lib, "--json"]) == 0
     assert main(["report", "no_such_model.py", "--library", lib]) == 2
+
+
+def test_report_cli_names_what_is_wrong_with_a_bad_model_file(lib, tmp_path, capsys):
+    from agentforge.torch.cli import main
+
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\nclass Model(torch.nn.Module)\n    pass\n")
+    assert main(["report", str(broken), "--library", lib]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken}: importing it failed: SyntaxError" in err and "line 3" in err and "internal error" not in err
+
+    failing = tmp_path / "failing.py"
+    failing.write_text("import torch\n\nclass Model(torch.nn.Module):\n    pass\n\n"
+                       "def get_inputs():\n    return [torch.randn(2, 2) @ torch.randn(3, 3)]\n")
+    assert main(["report", str(failing), "--library", lib]) == 2
+    err = capsys.readouterr().err
+    assert "calling get_inputs() failed: RuntimeError" in err and "line 7" in err and "internal error" not in err
+
+    branchy = tmp_path / "branchy.py"          # Python branching on a tensor's value: torch.export cannot capture it
+    branchy.write_text("import torch\n\nclass Model(torch.nn.Module):\n    def forward(self, x):\n"
+                       "        if x.sum() > 0:\n            return torch.softmax(x, -1)\n        return x\n\n"
+                       "def get_inputs():\n    return [torch.randn(8, 64)]\n")
+    assert main(["report", str(branchy), "--library", lib]) == 2
+    err = capsys.readouterr().err
+    assert "torch.export could not capture Model" in err and "internal error" not in err
+    assert f"the part it could not capture: {branchy}:5 in forward: if x.sum() > 0:" in err
 
 
 def test_docs_example_runs():
