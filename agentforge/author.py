@@ -9,7 +9,12 @@ It is a small compiler, not a lookup table:
    regions (mm / addmm, their transposed weight, and an elementwise epilogue on the output
    tiles), and *attention* regions (Q K^T, a scale, a constant mask, softmax and the product
    with V, found whole before the greedy walk: one flash-attention kernel whose online-softmax
-   ``accum`` streams K/V blocks held on chip, so the scores never reach HBM). Anything else is
+   ``accum`` streams K/V blocks held on chip, so the scores never reach HBM), and *moe* regions
+   (a dense-masked mixture of experts: every expert's MLP on every token, weighted by a gate
+   matrix with at most k non-zeros per token and summed over experts, also found whole: one
+   routed kernel, ``selector``/``partition``/``merge``, each token through its k experts only).
+   A row region may end in a *split reduction* (a reduction across its rows: each row tile
+   reduces to a partial in the parallel map, a small ``accum`` combines them). Anything else is
    a region of one op lowered as the baseline does.
 2. **Plan**: the regions (by semantic node index, so a plan applies at every size of the task
    and to every task with the same signature) and each region's parameters (tile sizes,
@@ -37,14 +42,14 @@ from .lowering import (_ELEMENTWISE, ALIAS_KINDS, CONST_TARGETS, MM_TILE, ROW_CA
                        divisor_at_most, elementwise_kind, elementwise_parts, is_noop_expand, lower_node)
 
 PLAN_VERSION = 1
-TEMPLATES = ("row", "matmul", "attention", "single")
+TEMPLATES = ("row", "matmul", "attention", "moe", "single")
 
 
 # ------------------------------------------------------------------ plans
 
 @dataclass
 class Region:
-    template: str                 # "row" | "matmul" | "attention" | "single"
+    template: str                 # "row" | "matmul" | "attention" | "moe" | "single"
     nodes: list[int]              # semantic node indices (see semantic_nodes)
     params: dict = field(default_factory=dict)
 
@@ -93,6 +98,27 @@ def _is_alias(node: AtenNode, graph: AtenGraph | None = None) -> bool:
         (graph is not None and is_noop_expand(node, graph))
 
 
+def row_period(p: tuple[int, ...], out_shape: tuple[int, ...]) -> int | None:
+    """Rows an operand of shape ``p`` (padded to the rank of ``out_shape``) repeats with, when it
+    broadcasts over the leading dims only (``[S, D]`` against ``[B, H, S, D]``: S rows, used by
+    every (b, h)); None otherwise."""
+    lead_p, lead_o = tuple(p[:-1]), tuple(out_shape[:-1])
+    for j in range(1, len(lead_o)):
+        if all(d == 1 for d in lead_p[:j]) and lead_p[j:] == lead_o[j:]:
+            period = math.prod(lead_o[j:])
+            return period if 1 < period < math.prod(lead_o) else None
+    return None
+
+
+def _interleave(node: AtenNode, graph: AtenGraph, rows: int) -> bool:
+    """A cat along a new last dim of size n of n values [.., a, 1] (stacked pairs): in a row region
+    over ``rows`` rows, n values of a columns interleaved into one of a * n."""
+    out = tuple(node.outs[0].shape)
+    refs = node.args[0]
+    return len(out) >= 3 and out[-1] == len(refs) and math.prod(out[:-2]) == rows and \
+        all(isinstance(r, Ref) and tuple(graph.spec(r).shape) == out[:-1] + (1,) for r in refs)
+
+
 def row_view(shape: tuple[int, ...]) -> tuple[int, int]:
     if not shape:
         return 1, 1
@@ -111,6 +137,24 @@ def _last_dim(node: AtenNode, graph: AtenGraph, dims) -> bool:
     return [d % rank for d in dims] == [rank - 1]
 
 
+def total_kind(node: AtenNode, graph: AtenGraph) -> str | None:
+    """A reduction across rows: "all" (every dim, to one value) or "columns" (every dim but the
+    last: one value per column), or None. In a row region it is a split reduction: each row tile
+    reduces to a partial, in parallel, and a second stage combines the partials."""
+    if node.kwargs.get("dtype") is not None:
+        return None
+    rank = len(graph.spec(node.args[0]).shape)
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if rank == 0:
+        return None
+    if dims is None or dims == []:
+        return "all"
+    dims = {d % rank for d in ([dims] if isinstance(dims, int) else dims)}
+    if dims == set(range(rank)):
+        return "all"
+    return "columns" if rank >= 2 and dims == set(range(rank - 1)) else None
+
+
 def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
     """How a node works on rows (None: it cannot join a row region)."""
     base = _base(node.target)
@@ -121,13 +165,20 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
         return "expand"
     if base in ("sum", "mean", "amax", "amin", "argmax", "argmin", "var"):
         dims = a[1] if len(a) > 1 else node.kwargs.get("dim")
-        return "reduce" if _last_dim(node, graph, dims) else None
+        if _last_dim(node, graph, dims):
+            return "reduce"
+        return "total" if base in ("sum", "mean", "amax", "amin") and total_kind(node, graph) else None
     if base in ("_softmax", "_log_softmax"):
         return "softmax" if _last_dim(node, graph, a[1]) else None
     if base == "native_layer_norm":
         return "layer_norm" if len(a[1]) == 1 else None
     if base == "cumsum":
         return "cumsum" if _last_dim(node, graph, a[1]) else None
+    if base == "flip":
+        return "flip" if _last_dim(node, graph, list(a[1])) else None
+    if base == "select":   # one element of short groups along the rows ([.., D/2, 2][..., i]): a strided slice
+        rank = len(graph.spec(a[0]).shape)
+        return "select" if rank >= 3 and a[1] % rank == rank - 1 else None
     if base == "slice":
         return "slice" if _last_dim(node, graph, a[1] if len(a) > 1 else 0) else None
     if base == "cat":
@@ -138,6 +189,13 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
         x = graph.spec(a[0])
         dim = a[2] if len(a) > 2 else -1
         return "topk" if dim % len(x.shape) == len(x.shape) - 1 else None
+    if base == "scatter" and len(a) >= 3 and isinstance(a[0], Ref) and isinstance(a[2], Ref) and \
+            not node.kwargs.get("reduce") and len(a) < 5:
+        x = graph.spec(a[0])
+        if len(x.shape) < 1 or a[1] % len(x.shape) != len(x.shape) - 1 or \
+                len(graph.spec(a[2]).shape) != len(x.shape):
+            return None
+        return "scatter"   # along rows: put(row, idx, src)
     return None
 
 
@@ -146,9 +204,9 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
 class _Partitioner:
     """Greedy, in graph order, one open region at a time (regions stay convex)."""
 
-    def __init__(self, graph: AtenGraph, attention: list[Region] = ()):
+    def __init__(self, graph: AtenGraph, matched: list[Region] = ()):
         self.g = graph
-        self.attention = {i: r for r in attention for i in r.nodes}   # nodes taken by attention regions
+        self.matched = {i: r for r in matched for i in r.nodes}   # nodes taken by attention / moe regions
         self.sem = semantic_nodes(graph)
         self.sem_index = {n.name: i for i, n in enumerate(self.sem)}
         self.constants: set[str] = set()
@@ -158,6 +216,7 @@ class _Partitioner:
         self.open: Region | None = None
         self.views: dict[str, tuple[int, int]] = {}  # logical (rows, cols) of values in the open row region
         self.rows = 0
+        self.tail: set[str] = set()   # values after the open row region's split reduction (no rows left)
 
     def root(self, v: str) -> str:
         while v in self.alias_of:
@@ -191,11 +250,11 @@ class _Partitioner:
             for o in node.outs:
                 self.producer[o.name] = i
             self.producer[node.name] = i
-            if i in self.attention:  # an attention region is matched whole, before the greedy walk
+            if i in self.matched:  # attention and moe regions are matched whole, before the greedy walk
                 self._close()
-                region = self.attention[i]
+                region = self.matched[i]
                 if i == max(region.nodes):
-                    self.regions.append(Region("attention", list(region.nodes), dict(region.params)))
+                    self.regions.append(Region(region.template, list(region.nodes), dict(region.params)))
                 continue
             if not self._join(node, i):
                 self._close()
@@ -209,11 +268,12 @@ class _Partitioner:
             self.regions.append(self.open)
         self.open = None
         self.views = {}
+        self.tail = set()
 
     def _start(self, node: AtenNode, i: int) -> None:
         base = _base(node.target)
         kind = row_kind(node, self.g)
-        if kind not in (None, "expand") and self._row_start(node):
+        if kind not in (None, "expand", "total") and self._row_start(node):
             self.open = Region("row", [i])
             return
         if base in ("permute", "t", "transpose") and self._feeds_matmul_b(node):
@@ -237,6 +297,9 @@ class _Partitioner:
 
     def _alias_view(self, node: AtenNode, src: str) -> None:
         """An alias stays inside the open region only if it keeps the logical row view."""
+        if self.open is not None and src in self.tail:
+            self.tail.add(node.name)
+            return
         if self.open is None or src not in self.views:
             return
         spec = node.outs[0]
@@ -261,6 +324,9 @@ class _Partitioner:
                 return (self.rows, p[-1])
             if all(d == 1 for d in p[:-1]):
                 return (1, p[-1])
+            period = row_period(p, out_shape)
+            if period is not None and self.rows % period == 0:
+                return (period, p[-1])   # the same rows again and again (cos/sin tables shared by heads)
             return None
         return self.views.get(name)
 
@@ -281,6 +347,30 @@ class _Partitioner:
         kind = row_kind(node, self.g)
         if kind is None:
             return False
+        if kind == "select":  # of a tensor read from HBM, its last two dims merged into the row
+            src = node.args[0]
+            o = tuple(node.outs[0].shape)
+            if self._operand_in_region(src) or src.name in self.constants or math.prod(o[:-1]) != self.rows:
+                return False
+            self.views[node.name] = (self.rows, o[-1])
+            return True
+        if kind == "cat" and _interleave(node, self.g, self.rows):
+            # cat of [.., a, 1] relabels of [.., a] row values: interleaving them along the row
+            out = node.outs[0].shape
+            if not all(self._operand_in_region(r) and self.views.get(self.root(r.name)) == (self.rows, out[-2])
+                       for r in node.args[0]):
+                return False
+            self.views[node.name] = (self.rows, out[-2] * out[-1])
+            return True
+        if kind == "total":  # a split reduction of a value of the region: it ends the rows
+            src = node.args[0]
+            if not self._operand_in_region(src) or self.views.get(src.name, (0, 0))[0] != self.rows:
+                return False
+            if total_kind(node, self.g) == "columns" and \
+                    row_view(self.g.spec(src).shape) != self.views[src.name]:
+                return False
+            self.tail = {o.name for o in node.outs}
+            return True
         out = node.outs[0]
         ins = [r for r in node.refs()]
         views = []
@@ -292,7 +382,7 @@ class _Partitioner:
         if kind in ("elementwise", "expand"):
             if row_view(out.shape)[0] != self.rows:
                 return False
-            if any(v[0] not in (1, self.rows) for v in views):
+            if any(self.rows % v[0] for v in views):
                 return False
             if all(v[0] == 1 for v in views) and kind != "expand":
                 return False  # weights-only arithmetic: not a row computation
@@ -313,16 +403,34 @@ class _Partitioner:
             k = node.args[1]
             for o in node.outs:
                 self.views[o.name] = (self.rows, k)
+        elif kind == "scatter":  # the index and the source are rows of their own, as long as the base's
+            if any(v[0] != self.rows for v in views):
+                return False
+            self.views[node.name] = (self.rows, out.shape[-1])
         else:
             self.views[node.name] = (self.rows, out.shape[-1])
             if kind == "cat" and any(v[0] != self.rows for v in views):
                 return False
         return True
 
+    def _operand_in_region(self, ref: Ref) -> bool:
+        return self.open is not None and self.producer.get(self.root(ref.name)) in self.open.nodes
+
+    def _tail_join(self, node: AtenNode) -> bool:
+        """After a split reduction only elementwise ops on its result (and scalars) may follow."""
+        if row_kind(node, self.g) != "elementwise" or not node.refs():
+            return False
+        if not all(r.name in self.tail for r in node.refs()):
+            return False
+        self.tail.update(o.name for o in node.outs)
+        return True
+
     def _join(self, node: AtenNode, i: int) -> bool:
         if self.open is None:
             return False
-        if self.open.template == "row":
+        if self.open.template == "row" and self.tail:
+            ok = self._tail_join(node)
+        elif self.open.template == "row":
             ok = self._row_views(node)
         else:
             ok = self._epilogue(node)
@@ -378,10 +486,11 @@ def attention_regions(graph: AtenGraph) -> list[Region]:
     return [Region("attention", list(a.nodes)) for a in _attention_matches(graph)]
 
 
-def partition(graph: AtenGraph, attention: bool | list[Region] = True) -> list[Region]:
-    """Greedy regions; ``attention``: detect attention regions first (True), or take these ones."""
+def partition(graph: AtenGraph, attention: bool | list[Region] = True, moe: bool = True) -> list[Region]:
+    """Greedy regions; ``attention``: detect attention (and, with ``moe``, mixture-of-experts)
+    regions first (True), or take these pre-matched regions."""
     if attention is True:
-        attention = attention_regions(graph)
+        attention = attention_regions(graph) + (moe_regions(graph) if moe else [])
     return _Partitioner(graph, list(attention or [])).run()
 
 
@@ -486,7 +595,7 @@ def _consumers(graph: AtenGraph) -> dict[str, set[str]]:
 
 def _region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixed: dict, owner: dict, ri: int,
                    consumers: dict, outputs: set) -> Step:
-    if region.template == "single" or len(nodes) == 1 and region.template not in ("matmul", "attention"):
+    if region.template == "single" or len(nodes) == 1 and region.template not in ("matmul", "attention", "moe"):
         if len(nodes) != 1:
             raise ValueError("a 'single' region holds one node")
         step = lower_node(nodes[0], graph, set())
@@ -498,6 +607,8 @@ def _region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixe
         return RowKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
     if region.template == "attention":
         return AttentionKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
+    if region.template == "moe":
+        return MoeKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
     return MatmulKernel(region, nodes, graph, fixed, owner, ri, consumers, outputs).build()
 
 
@@ -553,7 +664,7 @@ class _RegionCode:
                 step = self.fixed.get(c)
                 if isinstance(step, Alias):
                     todo.append(c)
-                else:
+                elif not isinstance(step, Const):  # a constant (zeros_like...) reads only the shape
                     return True
         return False
 
@@ -578,6 +689,9 @@ def _reduce_expr(node: AtenNode, x: str, xdt: str, odt: str, cols: int) -> str:
                 f"{_lit(float(cols - corr))}", cdt, odt)
 
 
+PERIODIC_BUFFER_CAP = 16 << 20   # bytes of a row-periodic operand held on chip rather than re-read
+
+
 class RowKernel(_RegionCode):
     """One map over tiles of R rows; the tile function computes the whole region."""
 
@@ -588,7 +702,16 @@ class RowKernel(_RegionCode):
         cols = [row_view(o.shape)[1] for n in self.nodes for o in n.outs if o.dtype != "none"]
         widest = max(cols + [row_view(g.spec(r.name).shape)[1] for n in self.nodes for r in n.refs()
                              if self.resolve(r.name) not in self.inside])
-        r_tile = divisor_at_most(rows, max(1, min(self.region.params.get("rows", TILE_CAP), TILE_CAP // widest)))
+        base_rows = rows
+        for n in self.nodes:   # row tiles must not straddle the period of an operand that repeats its rows
+            if row_kind(n, g) in ("elementwise", "expand"):
+                for r in n.refs():
+                    if self.resolve(r.name) not in self.inside:
+                        sp = tuple(g.spec(r.name).shape)
+                        period = row_period((1,) * (len(n.outs[0].shape) - len(sp)) + sp, n.outs[0].shape)
+                        if period is not None:
+                            base_rows = math.gcd(base_rows, period)
+        r_tile = divisor_at_most(base_rows, max(1, min(self.region.params.get("rows", TILE_CAP), TILE_CAP // widest)))
         par_c = int(self.region.params.get("par", 16))
         par_m = int(self.region.params.get("par_mem", 4))
         kb = KernelBuilder(f"fused_{self.ri}_{_kname(first)[2:]}")
@@ -599,9 +722,35 @@ class RowKernel(_RegionCode):
             if name in self.expr:
                 return self.expr[name]
             spec = g.spec(ref.name)
+            if out_shape is None:   # read as rows of the region, whatever its shape: [rows, numel / rows]
+                out_shape = (rows, math.prod(spec.shape) // rows)
+                spec = TensorSpec(spec.name, out_shape, spec.dtype)
             p = (1,) * (len(out_shape) - len(spec.shape)) + tuple(spec.shape) if out_shape else tuple(spec.shape)
             lead_full = tuple(p[:-1]) == tuple(out_shape[:-1]) if out_shape else False
             c = p[-1] if p else 1
+            period = row_period(p, out_shape) if out_shape and not lead_full else None
+            if period is not None and rows % period == 0 and period % r_tile == 0:
+                pname = kb.param(_dt(spec), (period, c))
+                tile = _list([r_tile, c])
+                if period == r_tile:   # one tile: re-emit it for every row tile
+                    (s,) = kb.op(f"load({pname}, tile={tile}, par={par_m})")
+                    (s,) = kb.op(f"repeat({s}, {rows // r_tile})")
+                elif period * c * 4 <= PERIODIC_BUFFER_CAP:   # held on chip, re-read for each period
+                    (s,) = kb.op(f"load({pname}, tile={tile}, par={par_m})")
+                    (b,) = kb.op(f"bufferize({s}, rank=1, par=16)")
+                    (s,) = kb.op(f"streamify({b}, repeat={rows // period}, par=16)")
+                    (s,) = kb.op(f"flatten({s}, dims=[0, 1])")
+                else:   # re-read from HBM for each period
+                    (s,) = kb.op(f"load({pname}, tile={tile}, repeat={rows // period}, at=0, par={par_m})")
+                    (s,) = kb.op(f"flatten({s}, dims=[0, 1])")
+                streams.append(s)
+                pn = f"x{len(params)}"
+                params.append(pn)
+                inputs.append(ref.name)
+                views.append((period, c))
+                self.expr[name] = pn
+                self.expr[ref.name] = pn
+                return pn
             if not lead_full and any(d != 1 for d in p[:-1]):
                 raise UnsupportedOpError(f"plan does not fit this graph: '{ref.name}' {list(spec.shape)} is neither "
                                          f"a full-row nor a broadcast operand of a row region over {rows} rows")
@@ -621,9 +770,38 @@ class RowKernel(_RegionCode):
             self.expr[ref.name] = pn
             return pn
 
+        total = None          # the split reduction: (node, partial, combine, dtype, width)
+        stage1: list = []
+        after: set[str] = set()   # values of the second stage: the reduction's result and what follows it
         for node in self.nodes:
             kind = row_kind(node, g)
             out = node.outs[0]
+            if total is not None:  # after the split reduction: elementwise ops on its (combined) result
+                ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
+                self.expr[node.name] = self.let(fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor"
+                                                       else _lit(o.value) for o in ops]))
+                after.update(o.name for o in node.outs)
+                continue
+            if kind == "total":
+                xs = g.spec(node.args[0])
+                x = operand(node.args[0], xs.shape)
+                base, xdt, odt = _base(node.target), _dt(xs), _dt(out)
+                cdt = "f32" if xdt in ("bf16", "f16") else xdt
+                if base in ("sum", "mean") and xdt != odt and odt not in ("bf16", "f16"):
+                    cdt = odt  # e.g. counting bools in i32
+                xin = x if cdt == xdt else f"cast({x}, {cdt})"
+                red = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min"}[base]
+                whole = total_kind(node, g) == "all"
+                # stage 1, in the map over row tiles (in parallel): each tile's partial
+                partial = self.let(f"{red}({red}({xin}, axis=1), axis=0)" if whole else f"{red}({xin}, axis=0)")
+                width = 1 if whole else xs.shape[-1]
+                total = (node, partial, red, cdt, width)
+                stage1, self.lets = self.lets, []
+                count = math.prod(xs.shape) if whole else math.prod(xs.shape[:-1])
+                fin = _fin("t" if base != "mean" else f"t / {_lit(float(count))}", cdt, odt)
+                self.expr[node.name] = fin if fin == "t" else self.let(fin)
+                after.update(o.name for o in node.outs)
+                continue
             if kind == "elementwise":
                 ops, fexpr, odt = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
                 xs = [operand(Ref(o.value), out.shape) if o.kind == "tensor" else _lit(o.value) for o in ops]
@@ -668,6 +846,9 @@ class RowKernel(_RegionCode):
                 x = operand(node.args[0], xs.shape)
                 odt = _dt(out)
                 self.expr[node.name] = self.let(f"cumsum({x if _dt(xs) == odt else f'cast({x}, {odt})'}, axis=1)")
+            elif kind == "flip":
+                x = operand(node.args[0], g.spec(node.args[0]).shape)
+                self.expr[node.name] = self.let(f"flip({x}, axis=1)")
             elif kind == "slice":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
@@ -679,12 +860,26 @@ class RowKernel(_RegionCode):
                 start = max(0, min(n, start + n if start < 0 else start))
                 end = max(0, min(n, end + n if end < 0 else end))
                 self.expr[node.name] = self.let(f"slice({x}, axis=1, start={start}, stop={end}, step={step})")
+            elif kind == "cat" and _interleave(node, g, rows):
+                a = out.shape[-2]
+                parts = [f"reshape({self.expr[self.resolve(r.name)]}, shape={_list([r_tile, a, 1])})"
+                         for r in node.args[0]]
+                e = parts[0]
+                for p in parts[1:]:
+                    e = f"concat({e}, {p}, axis=2)"
+                self.expr[node.name] = self.let(f"reshape({e}, shape={_list([r_tile, a * len(parts)])})")
             elif kind == "cat":
                 parts = [operand(r, out.shape) for r in node.args[0]]
                 e = parts[0]
                 for p in parts[1:]:
                     e = f"concat({e}, {p}, axis=1)"
                 self.expr[node.name] = self.let(e)
+            elif kind == "select":
+                xs = g.spec(node.args[0])
+                x = operand(node.args[0], None)
+                b = xs.shape[-1]
+                self.expr[node.name] = self.let(f"slice({x}, axis=1, start={node.args[2] % b}, "
+                                                f"stop={math.prod(xs.shape) // rows}, step={b})")
             elif kind == "topk":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
@@ -695,36 +890,65 @@ class RowKernel(_RegionCode):
                 else:
                     self.expr[node.outs[0].name] = self.let(f"-topk(-{x}, k={k}, axis=1)")
                 self.expr[node.outs[1].name] = self.let(f"argtopk({x if largest else '-' + x}, k={k}, axis=1)")
+            elif kind == "scatter":
+                xs = g.spec(node.args[0])
+                odt = _dt(out)
+                if _Walk(g).is_zero(node.args[0]):  # scattering into zeros: no need to read them
+                    base = f"zeros({_list([r_tile, xs.shape[-1]])}" + (f", dtype={odt})" if odt != "f32" else ")")
+                else:
+                    base = operand(node.args[0], xs.shape)
+                idx = operand(node.args[2], g.spec(node.args[2]).shape)
+                src = node.args[3] if len(node.args) > 3 else node.kwargs.get("src", node.kwargs.get("value"))
+                if isinstance(src, Ref):
+                    sv = operand(src, g.spec(src).shape)
+                    sv = sv if _dt(g.spec(src)) == odt else f"cast({sv}, {odt})"
+                else:
+                    sv = _lit(src)
+                self.expr[node.name] = self.let(f"put({base}, {idx}, {sv}, axis=1)")
             else:
                 raise UnsupportedOpError(f"not supported in a row region: {node.target}")
-        results = []
+        fin_lets = []
+        if total is not None:
+            fin_lets, self.lets = self.lets, stage1
+        results, finals = [], []
         for node in self.nodes:
             for o in node.outs:
                 if o.dtype != "none" and self.used_outside(o.name) and o.name in self.expr:
-                    results.append(o)
-        if not results:
+                    (finals if o.name in after else results).append(o)
+        if not results and not finals:
             raise UnsupportedOpError("a row region with no result used outside it")
-        names = [self.expr[o.name] for o in results]
+        names = [self.expr[o.name] for o in results] + ([total[1]] if total is not None else [])
         f = kb.fn(params, names[0] if len(names) == 1 else "(" + ", ".join(names) + ")", self.lets)
-        outs = kb.op(f"map({', '.join(streams)}, fn={f}, par={par_c})", len(results))
+        outs = kb.op(f"map({', '.join(streams)}, fn={f}, par={par_c})", len(names))
         out_views = []
+        if total is not None:
+            # stage 2: combine the tiles' partials (one small accumulator), then what follows the reduction
+            node, _, red, cdt, width = total
+            part = outs[-1]
+            if rows // r_tile > 1:
+                dt_ = "" if cdt == "f32" else f", dtype={cdt}"
+                init = f"zeros([1, {width}]{dt_})" if red == "sum" else \
+                    f"full([1, {width}], {'-inf' if red == 'max' else 'inf'}{dt_})"
+                comb = kb.fn(["acc", "p"], {"sum": "acc + p", "max": "maximum(acc, p)", "min": "minimum(acc, p)"}[red])
+                (part,) = kb.op(f"accum({part}, rank=1, init={init}, fn={comb})")
+            fnames = [self.expr[o.name] for o in finals]
+            fouts = [part]
+            if fnames != ["t"]:
+                fin = kb.fn(["t"], fnames[0] if len(fnames) == 1 else "(" + ", ".join(fnames) + ")", fin_lets)
+                fouts = kb.op(f"map({part}, fn={fin})", len(fnames))
         for s, o in zip(outs, results):
-            c = row_view(o.shape)[1] if not self._reduced(o) else 1
-            view = (rows, c)
+            view = (rows, math.prod(o.shape) // rows)
             oname = kb.result(_dt(o), view)
             kb.do(f"store({oname}, {s}, par={par_m})")
             out_views.append(view)
+        if total is not None:
+            for s, o in zip(fouts, finals):
+                view = (1, max(1, math.prod(o.shape)))
+                kb.do(f"store({kb.result(_dt(o), view)}, {s})")
+                out_views.append(view)
         comment = "fused row region: " + ", ".join(n.target for n in self.nodes)
         return OpKernel(self.nodes[-1].name, "fused.row", kb.text(comment), inputs, views,
-                        [o.name for o in results], out_views)
-
-    def _reduced(self, o: TensorSpec) -> bool:
-        for n in self.nodes:
-            if n.name == o.name and row_kind(n, self.g) == "reduce":
-                return True
-            if row_kind(n, self.g) == "layer_norm" and o.name in (n.outs[1].name, n.outs[2].name):
-                return True
-        return False
+                        [o.name for o in results + finals], out_views)
 
 
 class MatmulKernel(_RegionCode):
@@ -1155,6 +1379,350 @@ class AttentionKernel(_RegionCode):
                         [(BH, G * Sq, Dv)])
 
 
+# ------------------------------------------------------------------ mixture of experts (routing)
+
+@dataclass
+class _Moe:
+    """A dense-masked mixture of experts: every expert's MLP runs on every token and a gate matrix
+    with at most ``k`` non-zero entries per token weights the experts' outputs, summed over experts.
+    Routed, each token goes only through the experts its gates name: E/k fewer flops."""
+    nodes: list[int]                    # semantic indices the region computes
+    gates: str                          # G [T, E]: at most k non-zeros per row (read from HBM)
+    k: int
+    x: str                              # the tokens, viewed [T, D]
+    up: list[tuple[AtenNode, str]]      # (bmm of the expanded tokens, its stacked weight [E, D, F])
+    hidden: list[AtenNode]              # elementwise ops from the up products to the down product, in order
+    h: str                              # the value the down product reads ([E, T, F])
+    down: tuple[AtenNode, str]          # (bmm, its stacked weight [E, F, N])
+    post: list[AtenNode]                # elementwise ops of one operand on the expert outputs, in order
+    out: AtenNode                       # the sum over experts
+    dims: tuple[int, int, int, int, int]   # E, T, D, F, N
+
+
+class _Walk:
+    """Following values back through relabels (views, unsqueezes, no-op expands)."""
+
+    def __init__(self, graph: AtenGraph):
+        self.g = graph
+        self.by_name = {n.name: n for n in graph.nodes}
+        self.consumers = _consumers(graph)
+        self.outputs = {r.name for r in graph.outputs}
+        _, self.constants = _const_and_alias_steps(graph)
+        self.order = {n.name: i for i, n in enumerate(graph.nodes)}
+
+    def node(self, v: str) -> AtenNode | None:
+        return self.by_name.get(v)
+
+    def relabel(self, n: AtenNode | None) -> bool:
+        return n is not None and n.target != "getitem" and \
+            (op_kind(n.target) in TRANSPARENT_KINDS or _is_alias(n, self.g))
+
+    def back(self, v: str, path: list[str]) -> str:
+        while self.relabel(self.node(v)):
+            path.append(v)
+            v = self.node(v).refs()[0].name
+        return v
+
+    def exclusive(self, values, inside: set[str]) -> bool:
+        return all(v not in self.outputs and self.consumers.get(v, set()) <= inside for v in values)
+
+    def is_zero(self, v) -> bool:
+        """A constant zero: a scalar 0, or a zeros / full(0) tensor computed ahead of time."""
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return v == 0
+        if not isinstance(v, Ref) or v.name not in self.constants:
+            return False
+        n = self.node(self.back(v.name, []))
+        if n is None:
+            return False
+        base = _base(n.target)
+        if base in ("zeros", "zeros_like", "new_zeros"):
+            return True
+        fill = {"full": 1, "full_like": 1, "new_full": 2, "scalar_tensor": 0}.get(base)
+        return fill is not None and len(n.args) > fill and isinstance(n.args[fill], (int, float)) and \
+            not isinstance(n.args[fill], bool) and n.args[fill] == 0
+
+
+def _moe_nonzeros(w: _Walk, gates: str, T: int, E: int) -> int | None:
+    """k when the gate matrix has at most k non-zero entries per row by construction, else None:
+    ``where(idx[:, None] == arange(E), P, 0)`` (k = 1) or ``zeros.scatter(1, idx [T, k], src)``."""
+    n = w.node(w.back(gates, []))
+    if n is None:
+        return None
+    base = _base(n.target)
+    if base == "where" and len(n.args) == 3 and isinstance(n.args[0], Ref) and w.is_zero(n.args[2]):
+        cond = w.node(w.back(n.args[0].name, []))
+        if cond is None or _base(cond.target) != "eq" or len(cond.args) != 2 or \
+                not all(isinstance(a, Ref) for a in cond.args):
+            return None
+        for a, b in (cond.args, cond.args[::-1]):
+            ar = w.node(w.back(b.name, []))
+            # a column of one index per token against E distinct expert ids: one True per row at most
+            if ar is not None and _base(ar.target) == "arange" and b.name in w.constants and \
+                    math.prod(w.g.spec(b).shape) == E and tuple(w.g.spec(a).shape)[-2:] == (T, 1) and \
+                    math.prod(w.g.spec(a).shape) == T:
+                return 1
+        return None
+    if base == "scatter" and len(n.args) >= 3 and isinstance(n.args[1], int) and n.args[1] % 2 == 1 and \
+            w.is_zero(n.args[0]) and isinstance(n.args[2], Ref) and not n.kwargs.get("reduce"):
+        ishape = tuple(w.g.spec(n.args[2]).shape)
+        if len(ishape) == 2 and ishape[0] == T and 1 <= ishape[1] <= E:
+            return ishape[1]
+    return None
+
+
+def _moe_matches(graph: AtenGraph) -> list[_Moe]:
+    """Every dense-masked mixture of experts of ``graph`` whose intermediates nothing else reads."""
+    sem = semantic_nodes(graph)
+    sem_index = {n.name: i for i, n in enumerate(sem)}
+    w = _Walk(graph)
+    found = []
+    for node in sem:
+        if _base(node.target) != "sum":
+            continue
+        try:
+            m = _match_moe(w, node, sem_index)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, UnsupportedOpError):
+            m = None
+        if m is not None and not any(set(m.nodes) & set(f.nodes) for f in found):
+            found.append(m)
+    return found
+
+
+def _match_moe(w: _Walk, s: AtenNode, sem_index: dict) -> _Moe | None:
+    g = w.g
+    if len(s.args) < 2 or not isinstance(s.args[0], Ref) or s.kwargs.get("dtype") is not None:
+        return None
+    src = g.spec(s.args[0])
+    dims = [s.args[1]] if isinstance(s.args[1], int) else list(s.args[1] or [])
+    if len(src.shape) != 3 or [d % 3 for d in dims] != [0]:
+        return None
+    E, T, N = src.shape
+    chain: list[str] = []               # values only the region may read
+    mul = w.node(w.back(s.args[0].name, chain))
+    if mul is None or _base(mul.target) != "mul" or len(mul.args) != 2 or \
+            not all(isinstance(a, Ref) for a in mul.args):
+        return None
+    chain.append(mul.name)
+    nodes = [s, mul]
+    # the gate side: G [T, E] transposed to [E, T] and unsqueezed to [E, T, 1]
+    gate = eo = None
+    for a, b in (mul.args, mul.args[::-1]):
+        if tuple(g.spec(a).shape) != (E, T, 1):
+            continue
+        gpath: list[str] = []
+        pn = w.node(w.back(a.name, gpath))
+        if pn is None or _base(pn.target) not in ("permute", "t", "transpose") or len(pn.outs[0].shape) != 2:
+            continue
+        if _base(pn.target) == "permute" and [d % 2 for d in pn.args[1]] != [1, 0]:
+            continue
+        if tuple(g.spec(pn.args[0]).shape) != (T, E):
+            continue
+        gate, eo = (pn, gpath), b
+        break
+    if gate is None:
+        return None
+    pn, gpath = gate
+    chain += gpath + [pn.name]
+    nodes.append(pn)
+    gates = pn.args[0].name
+    k = _moe_nonzeros(w, gates, T, E)
+    if k is None:
+        return None
+    # the expert outputs: [elementwise ops of one operand] after the down product
+    v = w.back(eo.name, chain)
+    post: list[AtenNode] = []
+    while True:
+        n = w.node(v)
+        if n is None or row_kind(n, g) != "elementwise" or len(n.refs()) != 1 or \
+                tuple(n.outs[0].shape) != (E, T, N) or n.name in w.constants:
+            break
+        post.append(n)
+        nodes.append(n)
+        chain.append(n.name)
+        v = w.back(n.refs()[0].name, chain)
+    post.reverse()
+    down = w.node(v)
+    if down is None or _base(down.target) != "bmm" or len(down.args) != 2 or \
+            not all(isinstance(a, Ref) for a in down.args):
+        return None
+    chain.append(down.name)
+    nodes.append(down)
+    h = w.back(down.args[0].name, chain)
+    F = g.spec(down.args[0]).shape[-1]
+
+    def weight(ref: Ref, shape: tuple[int, int, int]) -> str | None:
+        root = w.back(ref.name, [])
+        if root in w.constants or math.prod(g.spec(root).shape) != math.prod(shape) or \
+                tuple(g.spec(ref).shape) != shape:
+            return None
+        return root
+
+    w_down = weight(down.args[1], (E, F, N))
+    if w_down is None:
+        return None
+    # the up products of the expanded tokens, and the elementwise ops combining them
+    up: list[tuple[AtenNode, str]] = []
+    hidden: list[AtenNode] = []
+    tokens: set[str] = set()
+    seen: set[str] = set()
+
+    def visit(v: str) -> bool:
+        n = w.node(v)
+        if n is None or n.name in w.constants:
+            return False
+        if n.name in seen:
+            return True
+        seen.add(n.name)
+        chain.append(n.name)
+        nodes.append(n)
+        if _base(n.target) == "bmm" and len(n.args) == 2 and all(isinstance(a, Ref) for a in n.args):
+            xe = w.node(w.back(n.args[0].name, chain))
+            if xe is None or _base(xe.target) != "expand" or is_noop_expand(xe, g) or \
+                    not isinstance(xe.args[0], Ref):
+                return False
+            tin = tuple(g.spec(xe.args[0]).shape)
+            D = xe.outs[0].shape[-1]
+            if tuple(xe.outs[0].shape) != (E, T, D) or (1,) * (3 - len(tin)) + tin != (1, T, D) or \
+                    tuple(n.outs[0].shape) != (E, T, F):
+                return False
+            wt = weight(n.args[1], (E, D, F))
+            if wt is None:
+                return False
+            tokens.add(w.back(xe.args[0].name, []))
+            if xe.name not in seen:
+                seen.add(xe.name)
+                chain.append(xe.name)
+                nodes.append(xe)
+            up.append((n, wt))
+            return True
+        if row_kind(n, g) == "elementwise" and tuple(n.outs[0].shape) == (E, T, F) and n.refs():
+            hidden.append(n)
+            return all(visit(w.back(r.name, chain)) for r in n.refs())
+        return False
+
+    if not visit(h) or len(tokens) != 1 or not up:
+        return None
+    x = tokens.pop()
+    D = g.spec(up[0][0].args[0]).shape[-1]
+    if any(_dt(g.spec(v_)) != "f32" for v_ in [gates, x, w_down] + [wt for _, wt in up]) or _dt(s.outs[0]) != "f32":
+        return None  # the routed kernel computes in f32 throughout, as the dense graph does
+    inside = set(chain) | {n.name for n in nodes}
+    if not w.exclusive(chain, inside) or any(n.name not in sem_index for n in nodes):
+        return None
+    hidden.sort(key=lambda n: w.order[n.name])
+    up.sort(key=lambda u: w.order[u[0].name])
+    return _Moe(sorted({sem_index[n.name] for n in nodes}), gates, k, x, up, hidden, h, (down, w_down), post, s,
+                (E, T, D, F, N))
+
+
+def moe_regions(graph: AtenGraph) -> list[Region]:
+    """The graph's dense-masked mixtures of experts (gates, expert MLPs, combine) as whole regions."""
+    return [Region("moe", list(m.nodes)) for m in _moe_matches(graph)]
+
+
+class MoeKernel(_RegionCode):
+    """A dense-masked mixture of experts, routed: per token the indices and weights of its (at most
+    k) non-zero gates select the experts (``selector``); ``partition`` sends the token to them only;
+    each expert's weights, held on chip (``bufferize``), are ``expand``ed over its tokens and streamed
+    past an ``accum`` that computes the expert MLP one hidden tile at a time
+    (``acc + act(x W_up[:, j]) W_down[j, :]``); ``merge`` puts the results back in token order, where
+    they are weighted by the gates and summed over the k slots. E/k fewer flops than the dense form."""
+
+    def build(self) -> OpKernel:
+        g = self.g
+        sem = semantic_nodes(g)
+        names = {n.name for n in self.nodes}
+        moe = next((m for m in _moe_matches(g) if m.out.name in names), None)
+        if moe is None or {sem[i].name for i in moe.nodes} != names:
+            raise UnsupportedOpError("plan does not fit this graph: the region is not a whole mixture of experts")
+        E, T, D, F, N = moe.dims
+        k = moe.k
+        p = self.region.params
+        tf = divisor_at_most(F, int(p.get("tk", 128)))      # hidden columns per accum step
+        par, par_m, par_b = int(p.get("par", 256)), int(p.get("par_mem", 8)), int(p.get("par_buf", 128))
+        par_s = min(16, par)                                # the per-token maps (routing, gating)
+        kb = KernelBuilder(f"fused_{self.ri}_moe")
+        kb.fns.append(f"  sizes T = {T}, D = {D}, E = {E}, F = {F}, N = {N}, TF = {tf}")
+        inputs, views = [], []
+
+        def param(name: str, shape_names: tuple, shape: tuple) -> str:
+            inputs.append(name)
+            views.append(shape)
+            return kb.param("f32", shape_names)
+
+        # routing: the experts with a non-zero gate, in ascending order (the order torch's sum over
+        # experts adds them in), padded with zero-gate experts; and their gates
+        route = kb.fn(["g"], "(i, take(g, i, axis=1))", [
+            ("r", "cast(iota([1, E], axis=1), f32)"),
+            ("key", f"where(abs(g) > 0.0, 0.0 - r, {_lit(-float(E))} - r)"),
+            ("i", f"argtopk(key, k={k}, axis=1)")])
+        (gs,) = kb.op(f"load({param(moe.gates, ('T', 'E'), (T, E))}, tile=[1, E], par={par_m})")
+        idx, gv = kb.op(f"map({gs}, fn={route}, par={par_s})", 2)
+        (sel,) = kb.op(f"selector({idx}, n=E)")
+        s_part, s_merge = kb.op(f"copy({sel})", 2)
+        (xs,) = kb.op(f"load({param(moe.x, ('T', 'D'), (T, D))}, tile=[1, D], par={par_m})")
+        (parts,) = kb.op(f"partition({xs}, {s_part})")
+        like = kb.op(f"copy({parts})", 2 + len(moe.up))
+        (xr,) = kb.op(f"repeat({like[0]}, F / TF)")
+
+        def weights(name: str, shape_names: tuple, shape: tuple, tile: str, like_: str) -> str:
+            (ws,) = kb.op(f"load({param(name, shape_names, shape)}, tile={tile}, par={par_m})")
+            (wb,) = kb.op(f"bufferize({ws}, rank=1, par={par_b})")      # [E] of buf[F / TF]: one expert each
+            (we,) = kb.op(f"expand({wb}, like={like_})")                # over the tokens routed to it
+            (wt,) = kb.op(f"streamify({we}, par={par_b})")
+            return wt
+
+        streams = [xr]
+        params = ["xt"]
+        self.lets = []
+        for j, (node, wname) in enumerate(moe.up):
+            streams.append(weights(wname, ("E", "D", "F"), (E, D, F), "[1, D, TF]", like[1 + j]))
+            params.append(f"a{j}")
+            self.expr[node.name] = self.let(f"matmul(xt, a{j})", "u")
+
+        def operands(node: AtenNode) -> list[str]:
+            ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
+            return fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor" else _lit(o.value) for o in ops])
+
+        for node in moe.hidden:
+            self.expr[node.name] = self.let(operands(node), "h")
+        # the up products and the activation (one hidden tile per token and step), then the down
+        # product accumulated over the hidden tiles: two operators, so each copy fits one PCU; both
+        # are bound by reading their weight tiles, and share the ``par`` copies by the bytes they read
+        up_bytes, down_bytes = D + len(moe.up) * D * tf, tf + tf * N
+        par_up = max(1, round(par * up_bytes / (up_bytes + down_bytes)))
+        par_down = max(1, par - par_up)
+        up = kb.fn(params, self.expr[self.resolve(moe.h)], self.lets)
+        (hs,) = kb.op(f"map({', '.join(streams)}, fn={up}, par={par_up})")       # [E, ?, F / TF] of f32[1, TF]
+        down, wdown = moe.down
+        wd = weights(wdown, ("E", "F", "N"), (E, F, N), "[1, TF, N]", like[-1])
+        mac = kb.fn(["acc", "h", "b"], "acc + matmul(h, b)")
+        (o,) = kb.op(f"accum({hs}, {wd}, rank=1, init=zeros([1, N]), fn={mac}, par={par_down})")
+        if moe.post:
+            self.lets = []
+            self.expr[down.name] = "t"
+            for node in moe.post:
+                self.expr[node.name] = self.let(operands(node), "q")
+            post = kb.fn(["t"], self.expr[moe.post[-1].name], self.lets)
+            (o,) = kb.op(f"map({o}, fn={post}, par={par_s})")
+        (m,) = kb.op(f"merge({o}, {s_merge})")                          # [T, k] of f32[1, N]
+        if k == 1:
+            (mf,) = kb.op(f"flatten({m}, dims=[0, 1])")
+            scale = kb.fn(["o", "w"], "o * w")
+            (ys,) = kb.op(f"map({mf}, {gv}, fn={scale}, par={par_s})")
+        else:
+            one = kb.fn(["w"], "w")
+            (gk,) = kb.op(f"flatmap({gv}, fn={one}, split=[1, 1])")    # [T, k] of f32[1, 1]
+            comb = kb.fn(["acc", "o", "w"], "acc + o * w")
+            (ys,) = kb.op(f"accum({m}, {gk}, rank=1, init=zeros([1, N]), fn={comb}, par={par_s})")
+        out = kb.result("f32", ("T", "N"))
+        kb.do(f"store({out}, {ys}, par={par_m})")
+        comment = (f"fused mixture of experts, routed (top-{k} of {E}): " +
+                   ", ".join(n.target for n in self.nodes))
+        return OpKernel(moe.out.name, "fused.moe", kb.text(comment), inputs, views, [moe.out.name], [(T, N)])
+
+
 # ------------------------------------------------------------------ search
 
 ROW_GRID = {"rows": (1, 4, 16, 64), "par": (16, 64, 256), "par_mem": (4, 16)}
@@ -1166,7 +1734,14 @@ SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
 ATTN_GRID = {"tm": (128, 64), "tk": (256, 128), "par": (510, 500, 480, 448, 400, 340, 256, 128, 64, 16, 8),
              "par_mem": (4, 16, 1), "par_buf": (8,), "kv_buf": (1, 0)}
 ATTN_MIN_TRIES = 264  # the whole grid: an attention region is most of its task's time
-GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "single": SINGLE_GRID}
+# moe: hidden columns per accum step (tk), accum copies, banking of the on-chip expert weights (each
+# token re-reads its experts' weights from SRAM: their read bandwidth bounds the kernel) and memory
+# parallelism
+MOE_GRID = {"tk": (128, 64, 256), "par": (960, 896, 768, 640, 512, 384, 256, 128),
+            "par_buf": (448, 384, 320, 256, 192, 128, 64), "par_mem": (8,)}
+MOE_MIN_TRIES = 168  # the whole grid: a moe region is most of its task's time
+GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "moe": MOE_GRID, "single": SINGLE_GRID}
+MIN_TRIES = {"attention": ATTN_MIN_TRIES, "moe": MOE_MIN_TRIES}
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
 
@@ -1191,7 +1766,7 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
     regions = []
     per_region = max(1, budget // max(1, len(plan.regions)))
     for ri, region in enumerate(plan.regions):
-        limit = max(per_region, ATTN_MIN_TRIES) if region.template == "attention" else per_region
+        limit = max(per_region, MIN_TRIES.get(region.template, 0))
         best, n = _best_params(region, graph_own, machine, idx, priors, limit)
         tried += n
         if region.template != "single":
@@ -1253,20 +1828,22 @@ def _region_seconds(region: Region, graph: AtenGraph, machine: Machine, idx: _Gr
     return asp_lang.profile(prog).seconds
 
 
-def common_partition(graphs: list[AtenGraph], attention: bool = True) -> list[Region]:
+def common_partition(graphs: list[AtenGraph], attention: bool = True, moe: bool = True) -> list[Region]:
     """Regions that are valid in every graph (the task at several sizes): the coarsest common
     refinement, so a fusion that only works because two sizes happen to be equal is split.
-    Attention regions are kept where every graph has the same pattern (``attention=False``:
-    none, attention is then matmul, row and matmul regions through HBM)."""
+    Attention and mixture-of-experts regions are kept where every graph has the same pattern
+    (``attention=False``: no attention region, attention is then matmul, row and matmul regions
+    through HBM; ``moe=False``: no moe region, the experts then run densely, op by op)."""
     sem = semantic_nodes(graphs[0])
     n = len(sem)
     if any(len(semantic_nodes(g)) != n for g in graphs):
         raise UnsupportedOpError("the task's graph changes shape with its sizes; plans cannot be shared")
-    # attention regions only where every size matches the same pattern; the rest is partitioned around them
-    found = [attention_regions(g) if attention else [] for g in graphs]
-    common = [r for r in found[0] if all(any(r2.nodes == r.nodes for r2 in f) for f in found[1:])]
+    # attention / moe regions only where every size matches the same pattern; the rest is partitioned around them
+    found = [(attention_regions(g) if attention else []) + (moe_regions(g) if moe else []) for g in graphs]
+    common = [r for r in found[0] if all(any(r2.nodes == r.nodes and r2.template == r.template for r2 in f)
+                                         for f in found[1:])]
     taken = {i for r in common for i in r.nodes}
-    parts = [partition(g, common) if any(found) or not attention else partition(g) for g in graphs]
+    parts = [partition(g, common) if any(found) or not (attention and moe) else partition(g) for g in graphs]
     ids = []
     for regs in parts:
         m = {}
@@ -1294,7 +1871,7 @@ def common_partition(graphs: list[AtenGraph], attention: bool = True) -> list[Re
             final.append(Region("single", list(r.nodes)))
         else:
             final.append(Region(r.template, list(r.nodes)))
-    final.extend(Region("attention", list(r.nodes)) for r in common)
+    final.extend(Region(r.template, list(r.nodes)) for r in common)
     final.sort(key=lambda r: max(r.nodes))
     return final
 
@@ -1305,11 +1882,13 @@ def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = No
     graphs = [graph_own, *graphs_small]
     plan = Plan(common_partition(graphs), notes="offline: greedy row/matmul fusion, tuned on the timing model")
     tuned = tune(plan, graph_own, machine, priors)
-    if any(r.template == "attention" for r in plan.regions) and \
-            not any(r.template == "attention" for r in tuned.plan.regions):
-        # no attention kernel fits or pays on this machine: the ops fall back to single kernels in
-        # tune; the greedy row/matmul regions over the same ops may do better
-        alt = tune(Plan(common_partition(graphs, attention=False), notes=plan.notes), graph_own, machine, priors)
+    dropped = {t for t in ("attention", "moe") if any(r.template == t for r in plan.regions)
+               and not any(r.template == t for r in tuned.plan.regions)}
+    if dropped:
+        # no attention (or moe) kernel fits or pays on this machine: the ops fall back to single
+        # kernels in tune; the greedy row/matmul regions over the same ops may do better
+        alt = tune(Plan(common_partition(graphs, attention="attention" not in dropped, moe="moe" not in dropped),
+                        notes=plan.notes), graph_own, machine, priors)
         tried = tuned.configs_tried + alt.configs_tried
         tuned = alt if alt.seconds < tuned.seconds else tuned
         tuned.configs_tried = tried
@@ -1317,4 +1896,5 @@ def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = No
 
 
 __all__ = ["Plan", "Region", "partition", "realize", "tune", "author_plan", "baseline_plan", "semantic_nodes",
-           "Tuned", "with_par", "Any", "TEMPLATES", "attention_regions", "AttentionKernel"]
+           "Tuned", "with_par", "Any", "TEMPLATES", "attention_regions", "AttentionKernel", "moe_regions",
+           "MoeKernel"]

@@ -25,6 +25,7 @@ PARAM_KEYS = {
     "row": ("rows", "par", "par_mem"),
     "matmul": ("tm", "tn", "tk", "par", "par_mem", "par_epi"),
     "attention": ("tm", "tk", "par", "par_mem"),   # par_buf and kv_buf are left to the tuner
+    "moe": ("tk", "par", "par_mem"),               # par_buf is left to the tuner
     "single": ("compute", "memory"),
 }
 TEMPLATES = tuple(PARAM_KEYS)
@@ -32,7 +33,7 @@ ALL_PARAM_KEYS = ("rows", "tm", "tn", "tk", "par", "par_mem", "par_epi", "comput
 PARAM_HELP = {
     "rows": "row template: rows per tile",
     "tm": "matmul: output tile rows; attention: query rows per block", "tn": "matmul: output tile columns",
-    "tk": "matmul: reduction tile; attention: keys per block",
+    "tk": "matmul: reduction tile; attention: keys per block; moe: expert hidden columns per accum step",
     "par": "compute parallelism (PCUs) of the main map/accum",
     "par_mem": "memory parallelism (AGCUs) of loads/stores",
     "par_epi": "matmul: parallelism of the epilogue map",

@@ -123,6 +123,22 @@ EXPERIENCE_SCHEMA = Schema("experience", (
         "DROP TABLE experience_priors",
         "ALTER TABLE experience_priors_v2 RENAME TO experience_priors",
     )),
+    Migration(3, "plan priors accept the 'moe' template (routed mixture of experts)", (
+        "CREATE TABLE experience_priors_v3 ("
+        " signature_key TEXT NOT NULL,"
+        " class_key TEXT NOT NULL,"
+        " template TEXT NOT NULL CHECK (template IN ('row', 'matmul', 'attention', 'moe', 'single')),"
+        " params_json TEXT NOT NULL,"
+        " speedup REAL,"
+        " task TEXT NOT NULL,"
+        " updated_at REAL NOT NULL,"
+        " PRIMARY KEY (signature_key, class_key, template))",
+        "INSERT INTO experience_priors_v3 (signature_key, class_key, template, params_json, speedup, task,"
+        " updated_at) SELECT signature_key, class_key, template, params_json, speedup, task, updated_at"
+        " FROM experience_priors",
+        "DROP TABLE experience_priors",
+        "ALTER TABLE experience_priors_v3 RENAME TO experience_priors",
+    )),
 ))
 
 
@@ -578,7 +594,7 @@ class ExperienceLibrary:
 
     def priors(self, signature: "Signature | str") -> dict[str, dict]:
         """``{template: params}`` for ``author.tune(priors=...)``: the region parameters of the
-        fastest verified plan per template (row / matmul / attention / single), from plans of the same
+        fastest verified plan per template (row / matmul / attention / moe / single), from plans of the same
         signature class (``class_key``: same computation, same size regime) if there are any,
         else from plans of the same ``key`` (same computation, any size). ``{}`` if none."""
         key, class_key, _ = _sig(signature)

@@ -102,6 +102,7 @@ PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "row": ("rows", "par", "par_mem"),
     "matmul": ("tm", "tn", "tk", "par", "par_mem", "par_epi"),
     "attention": ("tm", "tk", "par", "par_mem", "par_buf", "kv_buf"),
+    "moe": ("tk", "par", "par_mem", "par_buf"),
     "single": ("compute", "memory"),
 }
 

@@ -308,6 +308,32 @@ def test_a_version_1_database_migrates_and_keeps_its_priors(tmp_path, sigs):
         assert lib.priors(sigs["small"]) == {"row": {"rows": 8}, "attention": {"tm": 64}}
 
 
+def test_a_version_2_database_migrates_and_accepts_moe_priors(tmp_path, sigs):
+    # version 2 refused the 'moe' template (the routed mixture of experts): migration 3 rebuilds the table
+    import sqlite3
+
+    from agentforge.store.db import Database
+    from agentforge.store.experience import EXPERIENCE_SCHEMA
+
+    path = tmp_path / "v2.sqlite"
+    key, class_key = sigs["small"].key(), sigs["small"].class_key()
+    with Database(path, EXPERIENCE_SCHEMA.upto(2)) as old:
+        assert old.version == 2
+        with old.transaction() as c:
+            c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
+                      " task, updated_at) VALUES (?, ?, 'attention', '{\"tm\": 64}', 2.0, 'attn', 0)",
+                      (key, class_key))
+            with pytest.raises(sqlite3.IntegrityError):
+                c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
+                          " task, updated_at) VALUES (?, ?, 'moe', '{}', 9.0, 'moe', 0)", (key, class_key))
+    params = {"tk": 128, "par": 960, "par_buf": 448, "par_mem": 8}
+    with ExperienceLibrary(path) as lib:
+        assert lib.db.version == EXPERIENCE_SCHEMA.version >= 3
+        assert lib.priors(sigs["small"]) == {"attention": {"tm": 64}}
+        lib.add("moe", sigs["small"], "plan", plan([("moe", [0])], params), ok(19.0))
+        assert lib.priors(sigs["small"]) == {"attention": {"tm": 64}, "moe": params}
+
+
 # ------------------------------------------------------------------ persistence
 
 
