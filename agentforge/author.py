@@ -595,7 +595,7 @@ def _consumers(graph: AtenGraph) -> dict[str, set[str]]:
 
 def _region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixed: dict, owner: dict, ri: int,
                    consumers: dict, outputs: set) -> Step:
-    if region.template == "single" or len(nodes) == 1 and region.template not in ("matmul", "attention", "moe"):
+    if region.template == "single" or len(nodes) == 1 and region.template not in ("matmul", "attention", "moe", "row"):
         if len(nodes) != 1:
             raise ValueError("a 'single' region holds one node")
         step = lower_node(nodes[0], graph, set())

@@ -406,3 +406,15 @@ def test_rotary_embeddings_and_reversed_scans_are_one_pass_over_hbm(name):
     ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
     assert ev.verified, ev.reason
     assert ev.roofline_fraction > 0.9 and ev.speedup > 3
+
+
+@pytest.mark.parametrize("name", ["bias_add", "mul_broadcast"])
+def test_a_lone_broadcast_op_takes_the_row_kernel_where_it_is_faster(name):
+    # one op is a row region of one node: the row kernel (the broadcast operand loaded once and
+    # repeated on chip) competes with the op's baseline lowering, and the faster is kept
+    task, own, small = _graphs(name)
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    assert [r.template for r in tuned.plan.regions] == ["row"]
+    ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
+    assert ev.verified, ev.reason
+    assert ev.roofline_fraction > 0.95 and ev.speedup > 1.05
