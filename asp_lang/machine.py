@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from importlib import resources
 from pathlib import Path
 
@@ -50,6 +50,9 @@ class Memory:
 class Network:
     fifo_depth: int
     route_cycles_per_element: float
+    # optional (files written before it existed load with one hop): cycles for an element to
+    # reach the consumer of a stream, and for its FIFO credit to come back to the producer
+    send_latency_cycles: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,7 @@ class Machine:
                 "peak_bf16_tflops": round(self.peak_tflops("bf16"), 1)}
 
 
+_MAY_BE_ZERO = ("latency_ns", "send_latency_cycles")
 _SECTIONS = {"pcu": PCU, "pmu": PMU, "agcu": AGCU, "hbm": Memory, "ddr": Memory,
              "network": Network, "reconfig": Reconfig}
 
@@ -126,12 +130,14 @@ def _build(cls, table, where: str):
     vals = {}
     for name, f in names.items():
         if name not in table:
+            if f.default is not MISSING:  # an optional field: its default
+                continue
             raise MachineError(f"[{where}] is missing '{name}'")
         v = table[name]
         want_int = f.type == "int"
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (want_int and not isinstance(v, int)):
             raise MachineError(f"[{where}] {name} must be {'an integer' if want_int else 'a number'}, got {v!r}")
-        if v <= 0 and not (name == "latency_ns" and v == 0):
+        if v <= 0 and not (name in _MAY_BE_ZERO and v == 0):
             raise MachineError(f"[{where}] {name} must be positive, got {v}")
         vals[name] = v
     return cls(**vals)

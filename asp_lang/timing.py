@@ -103,7 +103,7 @@ class OpTiming:
     outputs: list[str]
     elements: float
     busy_cycles: float
-    limit: str                 # what bounds this operator: compute | onchip | memory | route | none
+    limit: str                 # what bounds this operator: compute | onchip | memory | route | fifo | none
     par: int
     pcus: int
     pmus: int
@@ -227,7 +227,13 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
         pace[i] = max([busy[i], own] + [pace.get(j, outside) for j in ins])
         lat = _latency(node, w, m)
         first_in = max((first.get(j, 0.0) for j in ins), default=0.0)
-        wait = pace[i] / max(w.groups, 1.0) if node.op in ("accum", "bufferize") else 0.0
+        wait = 0.0
+        if node.op in ("accum", "bufferize"):
+            # its first group comes in at the upstream pace; its results then spread over the
+            # remaining groups only (one group: a single result, the upstream wait is behind it)
+            groups = max(w.groups, 1.0)
+            wait = pace[i] / groups
+            pace[i] = max(busy[i], own, pace[i] * (1 - 1 / groups))
         first[i] = first_in + wait + lat
         last_in = max((last.get(j, outside) for j in ins), default=0.0)
         last[i] = max(first_in + max(busy[i], own), last_in) + lat
@@ -245,6 +251,68 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
                 lat = _latency(prog.nodes[c], works[c], m)
                 done[i] = max(done[i], done[c] - lat - m.network.fifo_depth * per)
     return max(list(last.values()) + tiers, default=0.0), done
+
+
+def inflight_elements(m: Machine, tier: str, elem_bytes: float) -> float:
+    """Requests (stream elements) a memory reader keeps in flight beyond its output FIFO: enough
+    to cover the tier's latency at full bandwidth, never more than its request slots. The data
+    of a request in flight lands in the AGCU's response buffer, so these count as credits."""
+    return float(min(m.mem(tier).max_outstanding,
+                     math.ceil(m.latency_cycles(tier) * m.bytes_per_cycle(tier) / max(elem_bytes, 1.0))))
+
+
+def request_interval(m: Machine, tier: str, elem_bytes: float, issue: float) -> float:
+    """Cycles from a memory reader issuing one element's request to its data being done, when
+    nothing else uses the tier: its AGCU issue time, the bytes at the tier's bandwidth, or its
+    share of the request slots."""
+    mem = m.mem(tier)
+    return max(issue, elem_bytes / m.bytes_per_cycle(tier), m.latency_cycles(tier) / mem.max_outstanding)
+
+
+def credit_cycles(m: Machine, count: float, depth: float, a_p: float, lat_p: float, a_c: float) -> float:
+    """Cycles a producer needs to send ``count`` elements through a FIFO of ``depth`` elements
+    (credits) when its consumer keeps up. An element holds its credit from the moment the
+    producer issues it (a pipeline that cannot stall needs room for its result) until the
+    consumer has read it and the credit is back: a round trip of the producer's service
+    ``a_p``, its latency, one send latency, the consumer's service ``a_c`` and one send latency
+    back. ``depth`` credits carry at most ``depth`` elements per round trip (Little's law), so a
+    FIFO too shallow for the round trip slows the producer below its own rate."""
+    if count <= depth or depth <= 0:
+        return 0.0
+    rtt = a_p + lat_p + 2 * m.network.send_latency_cycles + a_c
+    return (count - depth) * rtt / depth + depth * a_p
+
+
+def edge_depth(node: Node, w: OpWork, m: Machine, t) -> float:
+    """Credits on one output stream of ``node``: the FIFO's depth (two buffers after a
+    ``bufferize``, which double-buffers), plus the requests a memory reader has in flight."""
+    d = 2.0 if node.op == "bufferize" else float(m.network.fifo_depth)
+    if w.kind == "mem":
+        d += inflight_elements(m, w.tier, _edge_bytes(t.elem))
+    return d
+
+
+def edge_service(node: Node, w: OpWork, m: Machine, busy: float, t) -> float:
+    """The producer's service per element of its output stream ``t`` (issue to done)."""
+    a = busy / max(t.count, 1.0)
+    if w.kind == "mem":
+        a = request_interval(m, w.tier, _edge_bytes(t.elem), a)
+    return a
+
+
+def _credit_busy(prog, i: int, w: OpWork, busy: dict[int, float], consumer: dict[str, int]) -> float:
+    """The cycles operator ``i`` needs to send all its outputs through their FIFOs' credits."""
+    m = prog.machine
+    node = prog.nodes[i]
+    out = 0.0
+    for n, t in zip(node.outputs, node.out_types):
+        c = consumer.get(n)
+        if n == "_" or c is None:
+            continue
+        a_c = busy[c] / max(t.count, 1.0) if c in busy else 0.0  # a spill to HBM takes it at once
+        out = max(out, credit_cycles(m, t.count, edge_depth(node, w, m, t), edge_service(node, w, m, busy[i], t),
+                                     _latency(node, w, m), a_c))
+    return out
 
 
 def _tier_cycles(m: Machine, tier: str, nbytes: float, requests: float) -> float:
@@ -321,13 +389,21 @@ def profile(prog) -> Report:
             if w.offchip_bytes:
                 traffic[w.tier] += w.offchip_bytes
                 requests[w.tier] += w.elements
-        candidates = {f"{prog.nodes[i].op}@{prog.nodes[i].call.span.line}": busy[i][0] for i in sec}
+        # an operator whose output FIFO is too shallow for the round trip to its consumer runs
+        # at the pace of the credits, not of its own unit
+        own = {i: b for i, (b, _) in busy.items()}
+        pace = {}
+        for i in sec:
+            credit = _credit_busy(prog, i, works[i], own, consumer)
+            pace[i] = max(own[i], credit)
+            if credit > own[i]:  # reported as the cycles its credits take
+                busy[i] = (credit, "fifo")
+        candidates = {f"{prog.nodes[i].op}@{prog.nodes[i].call.span.line}": pace[i] for i in sec}
         for tier in ("hbm", "ddr"):
             candidates[tier] = _tier_cycles(m, tier, traffic[tier], requests[tier])
         sec_bottleneck = max(candidates, key=candidates.get)
         steady = candidates[sec_bottleneck]
-        sec_time, done = _section_cycles(prog, sec, works, {i: b for i, (b, _) in busy.items()}, candidates,
-                                         producer, consumer)
+        sec_time, done = _section_cycles(prog, sec, works, pace, candidates, producer, consumer)
         if steady > busiest[1]:
             busiest = (sec_bottleneck, steady)
         total += sec_time
@@ -335,7 +411,7 @@ def profile(prog) -> Report:
         ddr += traffic["ddr"]
         for i in sec:
             node, w = prog.nodes[i], works[i]
-            pcu_busy += busy[i][0] * units[i].pcus
+            pcu_busy += own[i] * units[i].pcus  # service, not credit waits
             op_timings.append(OpTiming(i, node.op, node.call.span.line, list(node.outputs), w.elements,
                                        busy[i][0], busy[i][1], node.par, units[i].pcus, units[i].pmus,
                                        w.flops, w.offchip_bytes, s, done[i]))

@@ -213,7 +213,33 @@ def _check_located(e: MachineError, path: Path, text: str, line: int, token: str
     assert out[2].startswith(" " * (col - 1) + "^")
 
 
-@pytest.mark.parametrize("section,key", ALL_FIELDS)
+OPTIONAL_FIELDS = [("network", "send_latency_cycles")]  # files written before it existed still load
+REQUIRED_FIELDS = [f for f in ALL_FIELDS if f not in OPTIONAL_FIELDS]
+
+
+def test_the_optional_fields_are_the_ones_with_defaults():
+    from dataclasses import MISSING
+    import asp_lang.machine as mm
+    classes = {"pcu": mm.PCU, "pmu": mm.PMU, "agcu": mm.AGCU, "hbm": mm.Memory, "ddr": mm.Memory,
+               "network": mm.Network, "reconfig": mm.Reconfig}
+    with_default = [(sec, f.name) for sec, cls in classes.items() for f in fields(cls) if f.default is not MISSING]
+    assert with_default == OPTIONAL_FIELDS
+
+
+def test_a_file_without_send_latency_loads_with_one_hop(tmp_path):
+    text = edit(preset_text("rdu-mini"), "network", "send_latency_cycles", None)
+    assert "send_latency_cycles" not in text
+    m = load_machine(write(tmp_path, text))
+    assert m.network.send_latency_cycles == 1
+    assert m == load_machine("rdu-mini")
+
+
+def test_send_latency_may_be_zero(tmp_path):
+    text = edit(preset_text("rdu-mini"), "network", "send_latency_cycles", "send_latency_cycles = 0")
+    assert load_machine(write(tmp_path, text)).network.send_latency_cycles == 0
+
+
+@pytest.mark.parametrize("section,key", REQUIRED_FIELDS)
 def test_missing_field_is_named_and_points_at_its_section(tmp_path, section, key):
     text = edit(preset_text("rdu-mini"), section, key, None)
     p = write(tmp_path, text)

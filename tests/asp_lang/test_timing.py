@@ -538,6 +538,11 @@ def assert_bottleneck_is_busiest(prog, rep):
         total = rep.hbm_bytes if tier == "hbm" else rep.ddr_bytes
         requests = sum(o.elements for o in rep.ops
                        if o.offchip_bytes and prog.nodes[o.index].tensor.tier == tier)
+        if tier == "hbm":  # a stream crossing sections: one request per element each way (6.1)
+            section = {o.index: o.section for o in rep.ops}
+            producer = {out: i for i, n in enumerate(prog.nodes) for out in n.outputs}
+            requests += sum(2 * t.count for i, n in enumerate(prog.nodes) for name, t in zip(n.inputs, n.in_types)
+                            if section[producer[name]] != section[i])
         tier_time = max(total / m.bytes_per_cycle(tier),
                         requests * m.latency_cycles(tier) / m.mem(tier).max_outstanding)
         assert tier_time >= busiest * (1 - 1e-12)
