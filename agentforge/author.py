@@ -627,6 +627,16 @@ class _RegionCode:
             self.inside.update(o.name for o in n.outs)
         self.n = 0
 
+    def whole_match(self, matches, what: str):
+        """The pattern match (attention, MoE, ...) this region is exactly: the one that ends at one of
+        its nodes and covers all of them, else the plan does not fit this graph."""
+        sem = semantic_nodes(self.g)
+        names = {n.name for n in self.nodes}
+        m = next((m for m in matches if m.out.name in names), None)
+        if m is None or {sem[i].name for i in m.nodes} != names:
+            raise UnsupportedOpError(f"plan does not fit this graph: the region is not a whole {what}")
+        return m
+
     def root(self, v: str) -> str:
         while v in self.fixed and isinstance(self.fixed[v], Alias) and self.fixed[v].source not in self.inside:
             src = self.fixed[v].source
@@ -1270,11 +1280,7 @@ class AttentionKernel(_RegionCode):
 
     def build(self) -> OpKernel:
         g = self.g
-        sem = semantic_nodes(g)
-        names = {n.name for n in self.nodes}
-        att = next((a for a in _attention_matches(g) if a.out.name in names), None)
-        if att is None or {sem[i].name for i in att.nodes} != names:
-            raise UnsupportedOpError("plan does not fit this graph: the region is not a whole attention pattern")
+        att = self.whole_match(_attention_matches(g), "attention pattern")
         BH, Sq, Sk, D, Dv = att.dims
         G = att.group
         p = self.region.params
@@ -1631,11 +1637,7 @@ class MoeKernel(_RegionCode):
 
     def build(self) -> OpKernel:
         g = self.g
-        sem = semantic_nodes(g)
-        names = {n.name for n in self.nodes}
-        moe = next((m for m in _moe_matches(g) if m.out.name in names), None)
-        if moe is None or {sem[i].name for i in moe.nodes} != names:
-            raise UnsupportedOpError("plan does not fit this graph: the region is not a whole mixture of experts")
+        moe = self.whole_match(_moe_matches(g), "mixture of experts")
         E, T, D, F, N = moe.dims
         k = moe.k
         p = self.region.params

@@ -307,8 +307,7 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     config = {"recursion_limit": 10 + 4 * cfg.max_attempts}
     final = None
     replayed = False
-    planner_usage = getattr(planner, "usage", Usage())
-    planner_tokens_before = planner_usage.prompt_tokens + planner_usage.completion_tokens
+    planner_tokens_before = _tokens(planner)
     if checkpointer is not None:
         config["configurable"] = {"thread_id": thread_id or task.name}
         snap = app.get_state(config)
@@ -335,8 +334,7 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
             # the plan that led to the verified kernel (the offline author's candidate is the plan
             # itself; an LLM worker's kernel followed the planner's or reflector's plan)
             try:
-                now = getattr(planner, "usage", Usage())
-                spent = now.prompt_tokens + now.completion_tokens - planner_tokens_before
+                spent = _tokens(planner) - planner_tokens_before
                 plan_cache.store(ctx.signature, cacheable, {"speedup": best_ev.speedup, "verified": True,
                                                            "task": task.name, "planner_tokens": spent})
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
@@ -350,6 +348,12 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     rounds = len({h["attempt"] for h in final.get("history", [])})
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
                        final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])))
+
+
+def _tokens(role) -> int:
+    """Prompt + completion tokens a role has used so far (0 for roles without usage)."""
+    u = getattr(role, "usage", None) or Usage()
+    return u.prompt_tokens + u.completion_tokens
 
 
 def _followed_plan(best: dict, plans: list[dict]) -> dict | None:

@@ -283,6 +283,12 @@ def test_attention_priors_are_kept(lib, sigs):
     assert lib.priors(sigs["small"]) == {"attention": params}
 
 
+def _insert_prior(c, key, class_key, template, params_json, speedup, task):
+    """A row written as an older schema version would (the library cannot write one itself)."""
+    c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup, task,"
+              " updated_at) VALUES (?, ?, ?, ?, ?, ?, 0)", (key, class_key, template, params_json, speedup, task))
+
+
 def test_a_version_1_database_migrates_and_keeps_its_priors(tmp_path, sigs):
     # version 1 refused the 'attention' template (a CHECK constraint SQLite cannot alter)
     import sqlite3
@@ -295,12 +301,9 @@ def test_a_version_1_database_migrates_and_keeps_its_priors(tmp_path, sigs):
     with Database(path, EXPERIENCE_SCHEMA.upto(1)) as old:
         assert old.version == 1
         with old.transaction() as c:
-            c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
-                      " task, updated_at) VALUES (?, ?, 'row', '{\"rows\": 8}', 1.5, 'softmax', 0)", (key, class_key))
+            _insert_prior(c, key, class_key, "row", '{"rows": 8}', 1.5, "softmax")
             with pytest.raises(sqlite3.IntegrityError):
-                c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
-                          " task, updated_at) VALUES (?, ?, 'attention', '{}', 2.0, 'softmax', 0)",
-                          (key, class_key))
+                _insert_prior(c, key, class_key, "attention", "{}", 2.0, "softmax")
     with ExperienceLibrary(path) as lib:
         assert lib.db.version == EXPERIENCE_SCHEMA.version >= 2
         assert lib.priors(sigs["small"]) == {"row": {"rows": 8}}
@@ -320,12 +323,9 @@ def test_a_version_2_database_migrates_and_accepts_moe_priors(tmp_path, sigs):
     with Database(path, EXPERIENCE_SCHEMA.upto(2)) as old:
         assert old.version == 2
         with old.transaction() as c:
-            c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
-                      " task, updated_at) VALUES (?, ?, 'attention', '{\"tm\": 64}', 2.0, 'attn', 0)",
-                      (key, class_key))
+            _insert_prior(c, key, class_key, "attention", '{"tm": 64}', 2.0, "attn")
             with pytest.raises(sqlite3.IntegrityError):
-                c.execute("INSERT INTO experience_priors (signature_key, class_key, template, params_json, speedup,"
-                          " task, updated_at) VALUES (?, ?, 'moe', '{}', 9.0, 'moe', 0)", (key, class_key))
+                _insert_prior(c, key, class_key, "moe", "{}", 9.0, "moe")
     params = {"tk": 128, "par": 960, "par_buf": 448, "par_mem": 8}
     with ExperienceLibrary(path) as lib:
         assert lib.db.version == EXPERIENCE_SCHEMA.version >= 3

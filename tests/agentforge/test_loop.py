@@ -11,6 +11,7 @@ from agentforge.agents.roles import Candidate, Demo, Reflection, Usage
 from agentforge.author import Plan, Region, partition
 from agentforge.loop import SolveConfig, offline_roles, solve, task_context
 from agentforge.tasks import load_task
+from test_llm_roles import RELU_KERNEL
 
 SUITE = Path(__file__).resolve().parents[2] / "evals" / "suite"
 
@@ -186,17 +187,6 @@ def test_a_failing_progress_callback_does_not_fail_the_attempt(rmsnorm):
     res = solve(task, planner, workers, reflector, ctx=ctx, on_record=on_record)
     assert res.verified
     assert any("reporting an attempt failed" in n and "console went away" in n for n in res.notes)
-
-
-RELU_KERNEL = """\
-kernel relu(x: f32[BATCH, DIM]) -> (y: f32[BATCH, DIM]) {
-  sizes R = 4
-  fn f(t) = relu(t)
-  xs = load(x, tile=[R, DIM], par=4)
-  ys = map(xs, fn=f, par=8)
-  store(y, ys, par=4)
-}
-"""
 
 
 class _KernelWorker:
