@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import numpy as np
 from . import EMULATOR_VERSION, __version__
 from .checker import check
 from .errors import AspError
-from .interp import random_inputs, run
+from .interp import Limits, random_inputs, run
 from .machine import load_machine, presets
 from .printer import format_kernel
 from .syntax import parse
@@ -79,14 +81,33 @@ def _compile(args, need_machine: bool = True):
                  parse_routing(getattr(args, "routing", None)))
 
 
-def _load_inputs(path: str) -> dict[str, np.ndarray]:
+def _declared_nbytes(z, key: str) -> int:
+    """Bytes of one array of an .npz, read from its header before the data: a compressed file
+    can expand to any size, so it is measured before it is loaded."""
+    with z.zip.open(key + ".npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return math.prod(shape) * dtype.itemsize
+
+
+def _load_inputs(path: str, limits: Limits | None = None) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"--inputs {path}: no such file")
+    cap = (limits or Limits()).max_array_bytes
     try:
-        with np.load(p, allow_pickle=False) as z:
+        z = np.load(p, allow_pickle=False, mmap_mode="r")
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise UsageError(f"--inputs {path}: a single array, not an .npz archive with one array per parameter")
+        with z:
+            for k in z.files:
+                n = _declared_nbytes(z, k)
+                if n > cap:
+                    raise UsageError(f"--inputs {path}: array '{k}' is {n / 2**30:.1f} GiB, over the "
+                                     f"{cap / 2**30:.1f} GiB cap on one array")
             return {k: z[k] for k in z.files}
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise UsageError(f"--inputs {path}: not a readable .npz file ({e})") from None
 
 

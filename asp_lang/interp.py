@@ -8,6 +8,7 @@ a LimitError instead of exhausting the machine.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,24 +113,60 @@ def prepare_inputs(prog, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def random_inputs(prog, seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard-normal floats, i32 in [0, 4), random bools: enough to exercise a kernel."""
+def check_declared_sizes(prog, limits: Limits | None = None, results: bool = True) -> None:
+    """Refuse, before anything is allocated, a kernel whose declared inputs (or results) are
+    over the cap on one array (the cap the interpreter applies to the kernel's own streams): a
+    hostile kernel must not exhaust the machine through its declarations either."""
+    limits = limits or Limits()
+    at = {p.name: p.span for p in prog.kernel.params + prog.kernel.results}
+    for name in list(prog.params) + (list(prog.results) if results else []):
+        t = prog.tensors[name]
+        nbytes = math.prod(t.shape) * np.dtype(NUMPY_STORAGE[t.dtype]).itemsize
+        if nbytes > limits.max_array_bytes:
+            what = "input" if name in prog.params else "result"
+            raise LimitError(f"{what} '{name}' is {t.dtype}{list(t.shape)} ({nbytes / 2**30:.1f} GiB), over the "
+                             f"{limits.max_array_bytes / 2**30:.1f} GiB cap on one array; run it at smaller sizes "
+                             "or use profile --timing-only", at.get(name))
+
+
+_CHUNK = 1 << 20  # elements drawn at a time: no float64 temporary the size of a whole input
+
+
+def random_inputs(prog, seed: int = 0, limits: Limits | None = None) -> dict[str, np.ndarray]:
+    """Standard-normal floats, i32 in [0, 4), random bools: enough to exercise a kernel.
+
+    Sizes are checked against ``limits`` (default :class:`Limits`) before anything is
+    allocated, and values are drawn in chunks into the final array, so the memory used is that
+    of the inputs themselves (the numbers are the same as drawing each input at once)."""
+    try:
+        check_declared_sizes(prog, limits, results=False)
+    except AspError as e:
+        raise e.located(prog.filename, prog.source) from None
     rng = np.random.default_rng(seed)
     out = {}
     for name in prog.params:
         t = prog.tensors[name]
         if t.dtype == "i32":
-            out[name] = rng.integers(0, 4, t.shape).astype(np.int32)
+            a = np.empty(t.shape, np.int32)
+            draw = lambda n: rng.integers(0, 4, n)  # noqa: E731
         elif t.dtype == "bool":
-            out[name] = rng.random(t.shape) < 0.5
+            a = np.empty(t.shape, np.bool_)
+            draw = lambda n: rng.random(n) < 0.5  # noqa: E731
         else:
-            out[name] = rng.standard_normal(t.shape).astype(np.float32)
+            a = np.empty(t.shape, np.float32)
+            draw = rng.standard_normal
+        flat = a.reshape(-1)
+        for i in range(0, flat.size, _CHUNK):
+            j = min(flat.size, i + _CHUNK)
+            flat[i:j] = draw(j - i)
+        out[name] = a
     return out
 
 
 def run(prog, inputs: dict[str, np.ndarray], limits: Limits | None = None) -> dict[str, np.ndarray]:
     """Execute ``prog`` on ``inputs`` (name -> array); returns the results by name."""
     try:
+        check_declared_sizes(prog, limits)  # results are allocated whole: refuse over-large ones first
         inputs = prepare_inputs(prog, inputs)
         rt = RunCtx(prog, inputs, limits or Limits())
         # estimate before running so an over-large program fails fast, before allocating
@@ -158,4 +195,4 @@ def run(prog, inputs: dict[str, np.ndarray], limits: Limits | None = None) -> di
         raise e.located(prog.filename, prog.source) from None
 
 
-__all__ = ["run", "random_inputs", "prepare_inputs", "Limits", "ITEMSIZE"]
+__all__ = ["run", "random_inputs", "prepare_inputs", "check_declared_sizes", "Limits", "ITEMSIZE"]

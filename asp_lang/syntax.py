@@ -79,6 +79,13 @@ def tokenize(src: str) -> tuple[list[Token], list[Token]]:
 _BINARY_LEVELS: tuple[tuple[str, ...], ...] = (
     ("|",), ("&",), ("==", "!=", "<", "<=", ">", ">="), ("+", "-"), ("*", "/", "%", "@"),
 )
+_PREC = {op: i + 1 for i, ops in enumerate(_BINARY_LEVELS) for op in ops}  # higher binds tighter
+
+# Bounds on hostile text (docs/asp.md, "Limits"): an expression tree at most this deep, a number
+# literal at most this long (Python refuses to convert integers of more than 4300 digits, and no
+# kernel needs a constant of more than a few dozen characters).
+MAX_EXPR_DEPTH = 100
+MAX_NUMBER_CHARS = 100
 
 
 class _Parser:
@@ -87,6 +94,8 @@ class _Parser:
         self.comments = comments
         self.ci = 0  # next unconsumed comment
         self.i = 0
+        self.nesting = 0  # brackets, calls and unary operators open while parsing (see _enter)
+        self.depth: dict[int, int] = {}  # id(expr) -> depth of its tree, when over 1 (see _built)
 
     # --- token helpers ---
     @property
@@ -208,6 +217,9 @@ class _Parser:
             v = self.tok
             if v.kind != "INT":
                 raise ParseError(f"size '{t.text}' needs a whole number, found {self.describe(v)}", v.span)
+            if len(v.text) > MAX_NUMBER_CHARS:
+                raise ParseError(f"size '{t.text}' has {len(v.text)} digits (at most {MAX_NUMBER_CHARS})",
+                                 Span(v.line, v.col, v.col + 1))
             self.advance()
             out.append(SizeDef(t.text, int(v.text), lead if not out else (), "", t.span))
             if not self.at(","):
@@ -270,28 +282,60 @@ class _Parser:
         return Stmt(tuple(targets), call, lead, note, first.span)
 
     # --- expressions ---
-    def expr(self, level: int = 0) -> Expr:
-        if level == len(_BINARY_LEVELS):
-            return self.unary()
-        left = self.expr(level + 1)
-        while self.tok.kind == "OP" and self.tok.text in _BINARY_LEVELS[level]:
+    # Expressions are parsed by precedence climbing (one frame per binary operator, whatever the
+    # number of levels), and two bounds keep every later tree walk (checker, tile-function
+    # evaluator, printer, equality, pickling) far from Python's recursion limit: brackets, calls
+    # and unary operators may nest at most MAX_EXPR_DEPTH deep while parsing, and the tree built
+    # (a long chain `a + b + c ...` is a left-deep tree) may be at most MAX_EXPR_DEPTH deep. Both
+    # fail with a ParseError at the token that goes too deep, never with a RecursionError.
+    def _enter(self, t: Token) -> None:
+        self.nesting += 1
+        if self.nesting > MAX_EXPR_DEPTH:
+            raise ParseError(f"expression nested more than {MAX_EXPR_DEPTH} levels deep "
+                             "(split it into 'let' lines of a fn)", t.span)
+
+    def _leave(self) -> None:
+        self.nesting -= 1
+
+    def _depth_of(self, e: Expr) -> int:
+        return self.depth.get(id(e), 1)
+
+    def _built(self, e: Expr, t: Token, children) -> Expr:
+        d = 1 + max((self._depth_of(c) for c in children), default=0)
+        if d > MAX_EXPR_DEPTH:
+            raise ParseError(f"expression more than {MAX_EXPR_DEPTH} levels deep (a chain of about "
+                             f"{MAX_EXPR_DEPTH} operators at most; split it into 'let' lines of a fn)", t.span)
+        if d > 1:
+            self.depth[id(e)] = d
+        return e
+
+    def expr(self, min_prec: int = 1) -> Expr:
+        left = self.unary()
+        while self.tok.kind == "OP" and _PREC.get(self.tok.text, 0) >= min_prec:
             op = self.advance()
-            right = self.expr(level + 1)
-            left = BinOp(op.text, left, right, op.span)
+            right = self.expr(_PREC[op.text] + 1)
+            left = self._built(BinOp(op.text, left, right, op.span), op, (left, right))
         return left
 
     def unary(self) -> Expr:
-        if self.at("-") or self.at("~"):
+        # prefix operators, then a power (right-associative: -x ** y is -(x ** y)), built without
+        # a Python frame per operator so that a paren or call level costs three frames in all
+        prefix: list[Token] = []
+        while self.at("-") or self.at("~"):
             op = self.advance()
-            return UnOp(op.text, self.unary(), op.span)
-        return self.power()
-
-    def power(self) -> Expr:
-        base = self.postfix()
+            self._enter(op)
+            prefix.append(op)
+        e = self.postfix() if self.tok.kind == "NAME" else self.atom()
         if self.at("**"):
             op = self.advance()
-            return BinOp("**", base, self.unary(), op.span)
-        return base
+            self._enter(op)
+            exponent = self.unary()
+            self._leave()
+            e = self._built(BinOp("**", e, exponent, op.span), op, (e, exponent))
+        for op in reversed(prefix):
+            self._leave()
+            e = self._built(UnOp(op.text, e, op.span), op, (e,))
+        return e
 
     def postfix(self) -> Expr:
         t = self.tok
@@ -300,6 +344,7 @@ class _Parser:
         if t.kind == "NAME" and self.peek().text == "(":
             self.advance()
             open_tok = self.advance()
+            self._enter(t)
             args: list[Expr] = []
             kwargs: list[tuple[str, Expr]] = []
             while not self.at(")"):
@@ -319,22 +364,25 @@ class _Parser:
                 if not self.at(")"):
                     self.expect(",", "between arguments")
             self.advance()
-            return Call(t.text, tuple(args), tuple(kwargs), t.span)
+            self._leave()
+            return self._built(Call(t.text, tuple(args), tuple(kwargs), t.span), t,
+                               args + [v for _, v in kwargs])
         return self.atom()
 
     def atom(self) -> Expr:
         t = self.tok
-        if t.kind == "INT":
+        if t.kind in ("INT", "FLOAT"):
+            if len(t.text) > MAX_NUMBER_CHARS:
+                raise ParseError(f"number literal of {len(t.text)} characters (at most {MAX_NUMBER_CHARS})",
+                                 Span(t.line, t.col, t.col + 1))
             self.advance()
-            return Num(int(t.text), t.span)
-        if t.kind == "FLOAT":
-            self.advance()
-            return Num(float(t.text), t.span)
+            return Num(int(t.text) if t.kind == "INT" else float(t.text), t.span)
         if t.kind == "NAME":
             self.advance()
             return Name(t.text, t.span)
         if self.at("("):
             self.advance()
+            self._enter(t)
             first = self.expr()
             if self.at(","):
                 items = [first]
@@ -344,11 +392,14 @@ class _Parser:
                         break
                     items.append(self.expr())
                 self.expect(")", f"to close '(' opened at {t.line}:{t.col}")
-                return TupleExpr(tuple(items), t.span)
+                self._leave()
+                return self._built(TupleExpr(tuple(items), t.span), t, items)
             self.expect(")", f"to close '(' opened at {t.line}:{t.col}")
+            self._leave()
             return first
         if self.at("["):
             self.advance()
+            self._enter(t)
             items = []
             while not self.at("]"):
                 if self.tok.kind == "EOF":
@@ -357,7 +408,8 @@ class _Parser:
                 if not self.at("]"):
                     self.expect(",", "between list items")
             self.advance()
-            return ListExpr(tuple(items), t.span)
+            self._leave()
+            return self._built(ListExpr(tuple(items), t.span), t, items)
         raise ParseError(f"expected an expression, found {self.describe(t)}", t.span)
 
 
