@@ -382,6 +382,7 @@ def _schedule(ep: Any, regions: list[Region]) -> list[Any] | None:
     for ri, r in enumerate(regions):
         for n in r.nodes:
             unit_of[n] = ("region", ri)
+            units.pop(n, None)      # the region's call computes it: it must not also run as an ATen op
         units[("region", ri)] = r
     deps: dict[Any, set[Any]] = {u: set() for u in units}
     for n in fx_nodes:

@@ -51,6 +51,20 @@ def ran(monkeypatch):
     return calls
 
 
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every library kernel answers 7 everywhere (a deliberately wrong kernel): where a region is
+    offloaded, the model's output must change; if it does not, PyTorch recomputed the region."""
+    from agentforge.torch.ops import OpFamily
+
+    real = OpFamily._run
+
+    def sevens(self, v, args):
+        return [torch.full_like(o, 7) for o in real(self, v, args)]
+
+    monkeypatch.setattr(OpFamily, "_run", sevens)
+
+
 def _agentforge_warnings(caught) -> list[str]:
     return [str(w.message) for w in caught if "agentforge" in str(w.message)]
 
@@ -128,6 +142,56 @@ def test_moe_layer_compiled_matches_eager_and_report_names_it(lib, moe, ran):
     assert {"torch.ops.rdu.moe_layer_small", "torch.ops.rdu.rmsnorm_small"} <= set(r.offloaded_ops)
     assert [e.kind for e in r.eager] == ["add"]              # only the residual runs eagerly
     assert r.speedup > 1.0
+
+
+def _swiglu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("swiglu_mlp_small", FIX / "torch_tasks" / "swiglu_mlp_small.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    torch.manual_seed(0)
+    return mod.Model(64, 128), torch.randn(1, 16, 64)
+
+
+def test_a_region_run_on_a_generated_kernel_is_not_also_computed_by_pytorch(lib):
+    model, x = _swiglu()
+    torch._dynamo.reset()
+    compiled = _compile(model, lib)
+    with torch.no_grad():
+        compiled(x)                                  # plan once, outside the profile
+        with torch.profiler.profile() as prof:
+            out = compiled(x)
+    torch.testing.assert_close(out, model(x), atol=1e-4, rtol=1e-4)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert counts.get("rdu::swiglu_mlp_small") == 1
+    # the region's three projections (and its silu and product) ran on the kernel only
+    assert not {"aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::sigmoid", "aten::mul"} & set(counts)
+
+
+def _poison_cases():
+    return {
+        "swiglu": lambda: (lambda m, x: (m, [x]))(*_swiglu()),
+        "llama_block": lambda: load_model_file(FIX / "torch_models" / "llama_block.py"),
+        "moe_block": lambda: load_model_file(FIX / "torch_models" / "moe_block.py"),
+        "add_rmsnorm": lambda: (_AddNorm(), [torch.randn(1, 16, 64), torch.randn(1, 16, 64)]),
+        "partial": lambda: (_Partial(), [torch.randn(1, 16, 64)]),
+        "softmax": lambda: (_Softmax(), [torch.randn(8, 64)]),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_poison_cases()))
+def test_a_wrong_kernel_changes_the_compiled_output(lib, case, poisoned):
+    """The comparisons of compiled with eager in this file can fail: with every kernel answering
+    7s, each of their models gives another answer (eager recomputation would hide it)."""
+    model, inputs = _poison_cases()[case]()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = _compile(model, lib)(*inputs)
+        ref = model(*inputs)
+    assert compiled_graphs()[-1].plan.regions, "nothing offloaded: the comparison would prove nothing"
+    assert not torch.allclose(out, ref, atol=1e-2, rtol=1e-2)
+    torch._dynamo.reset()
 
 
 class _AddNorm(torch.nn.Module):
