@@ -130,7 +130,7 @@ def test_planner_returns_a_checked_plan(server, relu_ctx):
     req = server.chat_requests[0]
     assert req.body["response_format"]["type"] == "json_schema"
     text = user_text(req)
-    assert "[0] relu = aten.relu.default(x:f32[4096, 4096])" in text
+    assert "[0] relu = aten.relu.default(x) -> f32[BATCH, DIM]" in text
     assert "torch.relu(x)" in text and "25.00 us" in text
 
 
