@@ -25,7 +25,26 @@ def _task(path: str):
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{path}: no such task file (a task is a .py file in the KernelBench layout)")
+    if p.suffix != ".py" and not _looks_like_python(p):
+        kind = "an ASP kernel" if p.suffix == ".asp" else f"a {p.suffix} file" if p.suffix else "not Python"
+        raise UsageError(f"{path}: not a task file ({kind})\n  how to fix: "
+                         + ("the command is `agentforge eval TASK.py KERNEL.asp`, task first; " if p.suffix == ".asp"
+                            else "")
+                         + "a task is a Python .py file in the KernelBench layout, class Model(nn.Module) and "
+                           "get_inputs() (docs/tasks.md; e.g. evals/suite/softmax.py)")
     return load_task(p)
+
+
+def _looks_like_python(p: Path) -> bool:
+    """Is a file without the .py suffix a task all the same (then load_task says to rename it)?
+    Parsed only (ast), never run."""
+    import ast
+
+    try:
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+    except (SyntaxError, ValueError, UnicodeDecodeError, OSError):
+        return False
+    return any(isinstance(n, ast.ClassDef) and n.name == "Model" for n in tree.body)
 
 
 def _verify_config(args):
@@ -40,7 +59,10 @@ def _print_eval(ev, as_json: bool) -> None:
         return
     status = "VERIFIED" if ev.verified else f"REJECTED ({ev.reason_code})"
     print(f"{ev.task}: {status}")
-    if not ev.verified:
+    rendered = (ev.error or {}).get("message") if (ev.reason or "").startswith("ERROR[") else None
+    if not ev.verified and rendered:
+        print(rendered)    # an ASP error as `asp` prints it (AspError.render): file:line:col, source line, caret
+    elif not ev.verified:
         print(f"  reason: {ev.reason}")
     passed = sum(c.passed for c in ev.checks)
     print(f"  checks: {passed}/{len(ev.checks)} passed"
@@ -225,14 +247,9 @@ def cmd_campaign(args) -> int:
     from .campaign import load_config, run_campaign
     from .campaign.console import CampaignView
 
-    if args.resume:
-        fixed = [f for f, v in (("SUITE", args.suite), ("--llm", args.llm), ("--model", args.model),
-                                ("--base-url", args.base_url), ("--machine", args.machine),
-                                ("--attempts", args.attempts), ("--tasks", args.tasks)) if v is not None]
-        if fixed:
-            raise UsageError(f"--resume continues a run with the settings it started with; {', '.join(fixed)} "
-                             f"cannot change\n  how to fix: drop {', '.join(fixed)} (--workers, --executor, "
-                             f"--budget and --task-timeout may change on resume), or start a new run with --out")
+    # --resume with the command first run: the run's fixed settings may be repeated, not changed
+    expect = {"SUITE": args.suite, "--llm": args.llm, "--model": args.model, "--base-url": args.base_url,
+              "--machine": args.machine, "--attempts": args.attempts, "--tasks": args.tasks} if args.resume else None
     flags = {"suite": args.suite, "llm": args.llm, "machine": args.machine, "out": args.out, "workers": args.workers,
              "executor": args.executor, "ray_address": args.ray_address, "budget": args.budget,
              "attempts_per_task": args.attempts, "tasks": args.tasks, "task_timeout_s": args.task_timeout}
@@ -245,7 +262,7 @@ def cmd_campaign(args) -> int:
                                    ("budget", cfg.budget if args.budget else None),
                                    ("task_timeout_s", args.task_timeout)) if v is not None}
     view = CampaignView("jsonl" if args.jsonl else "quiet" if args.quiet else "rich")
-    res = run_campaign(cfg, resume=args.resume, on_event=view, overrides=overrides)
+    res = run_campaign(cfg, resume=args.resume, on_event=view, overrides=overrides, expect=expect)
     view.summary(res)
     return 1 if res.status == "stopped" else 0
 

@@ -209,4 +209,47 @@ def load_config(files: list[Path] | None = None, **flags: Any) -> CampaignConfig
         raise ConfigError(f"campaign config: {e}") from None
 
 
-__all__ = ["CampaignConfig", "Budget", "ConfigError", "load_config", "config_files", "bundled_suite"]
+#: settings a run keeps for good (flag -> where the stored config holds it); --resume may repeat them
+RESUME_FIXED = {"SUITE": "suite", "--llm": "llm", "--model": "llm_config.model", "--base-url": "llm_config.base_url",
+                "--machine": "machine", "--attempts": "attempts_per_task", "--tasks": "tasks"}
+
+
+def _same_place(a: str, b: str) -> bool:
+    """Two spellings of one file or folder (relative or absolute, through links)?"""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    try:
+        if pa.exists() and pb.exists():
+            return os.path.samefile(pa, pb)
+    except OSError:
+        pass
+    return pa.resolve() == pb.resolve()
+
+
+def resume_conflicts(stored: dict, given: dict[str, Any]) -> list[str]:
+    """Flags of a ``--resume`` command line (``given``: flag -> value, None = not given) that
+    differ from what the run started with (``stored``: its config). The same values are fine,
+    so re-running the first command plus ``--resume`` works; the suite and a machine file are
+    compared as places on disk, not as strings. Returns e.g. ``["SUITE (run: evals/suite, given: x)"]``."""
+    out = []
+    for flag, value in given.items():
+        if value is None or flag not in RESUME_FIXED:
+            continue
+        key = RESUME_FIXED[flag]
+        have = stored.get("llm_config", {}).get(key.split(".", 1)[1]) if key.startswith("llm_config.") \
+            else stored.get(key)
+        if key == "suite":
+            same = _same_place(str(value), str(have or bundled_suite()))
+        elif key == "machine":
+            same = str(value) == str(have) or (Path(str(value)).suffix == ".toml" and _same_place(str(value), str(have)))
+        elif key == "tasks":
+            names = value.split(",") if isinstance(value, str) else list(value)
+            same = {n.strip() for n in names if n.strip()} == set(have or ())
+        else:
+            same = value == have
+        if not same:
+            out.append(f"{flag} (the run has {have!r}, given {value!r})")
+    return out
+
+
+__all__ = ["CampaignConfig", "Budget", "ConfigError", "load_config", "config_files", "bundled_suite",
+           "resume_conflicts", "RESUME_FIXED"]

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from ..errors import AgentforgeError
 from ..library import KernelEntry, Library, _entry_from_dict, dispatch_key
-from .config import Budget, CampaignConfig, ConfigError, bundled_suite
+from .config import Budget, CampaignConfig, ConfigError, bundled_suite, resume_conflicts
 from .executor import failed_result, make_executor
 from .rundb import TASK_DONE, RunDB
 
@@ -237,9 +237,11 @@ def _llm_job_config(cfg: CampaignConfig) -> dict:
 
 
 def run_campaign(cfg: CampaignConfig, resume: bool = False, on_event: Callable[[dict], None] | None = None,
-                 overrides: dict | None = None) -> CampaignResult:
+                 overrides: dict | None = None, expect: dict | None = None) -> CampaignResult:
     """Run (or with ``resume`` continue) a campaign. ``overrides`` (resume only): settings given
-    on the command line that replace the stored ones (budget, workers, executor, timeouts)."""
+    on the command line that replace the stored ones (budget, workers, executor, timeouts).
+    ``expect`` (resume only): fixed settings repeated on the command line (flag -> value, see
+    :data:`RESUME_FIXED`); the same values are accepted, a different one is refused."""
     import asp_lang
 
     run_dir, cfg = _open_run(cfg, resume)
@@ -261,6 +263,14 @@ def run_campaign(cfg: CampaignConfig, resume: bool = False, on_event: Callable[[
             raise RunDirError(f"{run_dir}: no campaign to resume there\n  how to fix: drop --resume to start one")
         if run is not None:
             stored = dict(run["config"])
+            changed = resume_conflicts(stored, expect or {})
+            if changed:
+                flags = ", ".join(c.split(" ", 1)[0] for c in changed)
+                raise RunDirError(f"{run_dir}: --resume continues a run with the settings it started with; "
+                                  f"{flags} cannot change: {'; '.join(changed)}\n  how to fix: drop {flags} or "
+                                  f"give the run's own value "
+                                  f"(--workers, --executor, --budget and --task-timeout may change on resume), "
+                                  f"or start a new run with another --out")
             stored["budget"] = Budget(**stored["budget"])
             stored["tasks"] = tuple(stored.get("tasks", ()))
             cfg = CampaignConfig(**stored).replace(**(overrides or {}), out=str(run_dir))

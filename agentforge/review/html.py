@@ -156,8 +156,12 @@ def render_html(review: Review) -> str:
     """The whole report as one HTML string."""
     css, js = _asset("report.css"), _asset("report.js")
     tmpl = environment().get_template("report.html.j2")
+    from ..campaign.console import FAST_WORDS, OUTLIER_FACTOR, SPEEDUP_WORDS, speedup_stats
+
     title = review.run.get("id") if review.has_run else Path(review.source).name
+    speed = speedup_stats({t.name: t.speedup for t in review.tasks if t.status == "verified"})
     return tmpl.render(review=review, title=title or str(review.source), css=Markup(css), js=Markup(js),
+                       speed=speed, outlier_factor=OUTLIER_FACTOR, fast_words=FAST_WORDS, speedup_words=SPEEDUP_WORDS,
                        csp=content_security_policy(css, js), charts=campaign_charts(review),
                        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 

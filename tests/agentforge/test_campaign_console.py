@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from agentforge.campaign.console import CampaignView
 
 START = {"event": "campaign_start", "run": "r1", "run_dir": "/tmp/r", "resume": False, "tasks": 3, "todo": 3,
@@ -53,9 +55,10 @@ def test_jsonl_mode_writes_one_json_object_per_event():
     assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["campaign_start", "task_start"]
 
 
-def test_task_names_and_reasons_are_shown_literally():
+@pytest.mark.parametrize("terminal", [True, False])     # the live view, and plain lines for a pipe
+def test_task_names_and_reasons_are_shown_literally(terminal):
     out = io.StringIO()
-    feed(CampaignView("rich", out), START, {"event": "task_start", "task": "[bold]x[/]"},
+    feed(CampaignView("rich", out, force_terminal=terminal), START, {"event": "task_start", "task": "[bold]x[/]"},
          {"event": "task_end", "task": "[bold]x[/]", "verified": False, "reason": "tile [4, 64] too big"},
          {"event": "campaign_end"})
     text = out.getvalue()
