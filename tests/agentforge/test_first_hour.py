@@ -227,3 +227,15 @@ def test_a_file_that_is_not_a_task_is_called_that_not_misnamed(args, said, tmp_p
     err = capsys.readouterr().err
     assert said in err and "a task is a Python .py file" in err
     assert "rename" not in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- 7. the README a newcomer follows
+
+def test_the_readme_says_to_activate_the_venv_where_groups_live_and_that_times_are_for_idle_cores():
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    assert quick.count("```bash") == 2                        # still exactly two commands
+    reference = text.split("## The `asp` command", 1)[1]
+    assert ". .venv/bin/activate" in reference.split("```", 1)[0]   # said before the first bare command
+    assert "15 groups and 3 levels" in text and "`.toml` sidecar" in text
+    assert "idle cores" in quick
