@@ -239,3 +239,44 @@ def test_the_readme_says_to_activate_the_venv_where_groups_live_and_that_times_a
     assert ". .venv/bin/activate" in reference.split("```", 1)[0]   # said before the first bare command
     assert "15 groups and 3 levels" in text and "`.toml` sidecar" in text
     assert "idle cores" in quick
+
+
+# ---------------------------------------------------------------------- 8. CI on a shared host
+
+FAKE_APT = """#!/bin/bash
+echo "$*" >> "$APT_LOG"
+case " $* " in
+  *" -s "*) printf '%s\\n' "$APT_PLAN" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("plan, installs", [
+    ("Inst libfoo (1.0 Debian:12/stable [amd64])\nInst chromium (120.0 Debian:12/stable [amd64])", True),
+    ("Inst libc6 [2.36-9] (2.36-9+deb12u4 Debian:12/stable [amd64])\nInst chromium (120.0 Debian [amd64])", False),
+])
+def test_ci_installs_chromium_alone_never_upgrading_what_is_installed(plan, installs, tmp_path):
+    """apt-get is stood in for by a script that logs its arguments and plays back a plan."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(FAKE_APT)
+    (bin_dir / "apt-get").chmod(0o755)
+    for tool in ("sed", "tr"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    log = tmp_path / "apt.log"
+    env = {"PATH": str(bin_dir), "APT_LOG": str(log), "APT_PLAN": plan}
+    proc = subprocess.run(["/bin/bash", str(ROOT / ".ci" / "chromium")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr                   # a missing browser never fails CI
+    calls = log.read_text().splitlines()
+    installs_run = [c for c in calls if c.startswith("install") and " -s " not in f" {c} "]
+    for c in calls[1:]:
+        assert "--no-install-recommends" in c and "--no-upgrade" in c and "-qq" in c, c
+    if installs:
+        assert len(installs_run) == 1 and installs_run[0].endswith(" chromium")
+    else:
+        assert installs_run == [] and "would upgrade installed packages (libc6)" in proc.stdout
+
+
+def test_ci_fails_on_any_non_zero_pytest_exit_including_no_tests_collected():
+    run = (ROOT / ".ci" / "run").read_text()
+    assert "set -euo pipefail" in run and run.rstrip().endswith(".venv/bin/python -m pytest")
