@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
+from asp_lang.timing import EmulatorError
+
+from .capture import estimate_flops, io_bytes
 from .verify import Evaluation
 
 
@@ -40,6 +44,57 @@ def summarize(evals: Iterable[Evaluation]) -> dict:
         "median_roofline_fraction": statistics.median(fr) if fr else None,
         "rejected_by_reason": _count(e.reason_code for e in evals if not e.verified),
     }
+
+
+#: dtypes whose arithmetic may run at the machine's 16-bit (systolic bf16) peak; all others
+#: (f32, integers, bool) are bounded by its 32-bit peak.
+_SIXTEEN_BIT = ("bf16", "f16")
+#: slack for float rounding between the emulator's cycle counts and this bound
+_ROOF_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class TaskRoofline:
+    """The fastest any kernel can do the task on a machine, whatever it fuses or how it is written:
+    its compulsory HBM traffic (every input and parameter read once, every output written once)
+    at full bandwidth, or its FLOPs at the best peak its dtypes allow, whichever is longer."""
+    seconds: float
+    limit: str          # "hbm" or "compute"
+    hbm_bytes: float
+    flops: float
+    peak_tflops: float
+
+    def to_dict(self) -> dict:
+        return {"seconds": self.seconds, "limit": self.limit, "hbm_bytes": self.hbm_bytes,
+                "flops": self.flops, "peak_tflops": self.peak_tflops}
+
+
+def task_roofline(graph: Any, machine: Any) -> TaskRoofline:
+    """The roofline of the task captured as ``graph`` (an AtenGraph at the timed sizes) on
+    ``machine``: a bound of the task, not of a kernel's own work, so a kernel that does less
+    (or is credited more than the chip can do) cannot raise its own ceiling."""
+    nbytes = float(io_bytes(graph))
+    flops = float(estimate_flops(graph))
+    dtypes = {s.dtype for s in (*graph.inputs, *graph.params)} | {graph.spec(r.name).dtype for r in graph.outputs}
+    peak = max(machine.peak_tflops("bf16" if d in _SIXTEEN_BIT else "f32") for d in dtypes or {"f32"})
+    mem = nbytes / (machine.hbm.bandwidth_gbs * 1e9)
+    compute = flops / (peak * 1e12)
+    return TaskRoofline(max(mem, compute), "hbm" if mem >= compute else "compute", nbytes, flops, peak)
+
+
+def task_roofline_fraction(graph: Any, machine: Any, seconds: float) -> float:
+    """``task_roofline(graph, machine).seconds / seconds``, the fraction of the task's roofline a
+    timed candidate reaches. A verified candidate timed faster than the task's roofline is an
+    emulator bug (some path is credited more than the machine can do): it raises EmulatorError,
+    never a fraction clamped to 1."""
+    roof = task_roofline(graph, machine)
+    if seconds <= 0 or seconds < roof.seconds * (1 - _ROOF_TOLERANCE):
+        raise EmulatorError(
+            f"timed at {seconds * 1e6:.3f} us, faster than the task's own roofline {roof.seconds * 1e6:.3f} us "
+            f"({roof.limit}-bound: {roof.hbm_bytes / 2**20:,.1f} MiB of inputs and outputs at "
+            f"{machine.hbm.bandwidth_gbs:g} GB/s, {roof.flops:.3g} FLOPs at {roof.peak_tflops:.0f} TFLOP/s): "
+            f"the timing model credits more than {machine.name} can do")
+    return roof.seconds / seconds
 
 
 def _count(xs) -> dict:

@@ -34,6 +34,7 @@ class Program:
     routing: dict = field(default_factory=dict)
     sections: list[list[int]] = field(default_factory=list)
     units: dict = field(default_factory=dict)
+    section_units: list = field(default_factory=list)  # units held in each section (reloaded buffers too)
 
 
 def bind_sizes(kernel: Kernel, overrides: dict[str, int] | None = None) -> dict[str, int]:

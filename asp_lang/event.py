@@ -55,7 +55,7 @@ from .machine import Machine
 from .ops import Node, OpWork
 from .timing import (EmulatorError, OpTiming, Report, _busy, _edge_bytes, edge_depth, edge_service,
                      inflight_elements, node_units, node_work, profile as fast_profile, request_interval,
-                     roofline)
+                     roofline, spill_bytes, spill_tile_bytes)
 
 EMULATOR_VERSION = "asp-emu 0.1 (event model)"
 MAX_CHUNKS = 256          # chunks per stream: ~1% of a stream's time per chunk of fill error
@@ -634,9 +634,9 @@ def _build_section(prog, sec: list[int], works: list[OpWork], units, max_chunks:
         src = producer.get(name)
         if c.producer is None and src is not None and src not in in_sec:  # read back a spilled stream
             t = prog.streams[name]
-            eb = _edge_bytes(t.elem)
+            eb = spill_bytes(t)  # a buffer reference brings its whole buffer back (timing.spill_bytes)
             p = _Proc(f"spill-load {name}", None, "spill_load", c.k, 0.0, 0.0, [], [c],
-                      offchip_bytes=t.count * eb, req_bytes=eb)
+                      offchip_bytes=t.count * eb, req_bytes=spill_tile_bytes(t))
             c.depth += inflight_elements(m, "hbm", eb)
             service[id(c)] = request_interval(m, "hbm", eb, 0.0)
             lat_out[id(c)] = m.latency_cycles("hbm")
@@ -646,7 +646,7 @@ def _build_section(prog, sec: list[int], works: list[OpWork], units, max_chunks:
         if c.consumer is None and dst is not None and dst not in in_sec:  # spill it to HBM
             t = prog.streams[name]
             p = _Proc(f"spill-store {name}", None, "spill_store", c.k, 0.0, 0.0, [c], [],
-                      offchip_bytes=t.count * _edge_bytes(t.elem), req_bytes=_edge_bytes(t.elem))
+                      offchip_bytes=t.count * spill_bytes(t), req_bytes=spill_tile_bytes(t))
             c.consumer = p
             procs.append(p)
     send = m.network.send_latency_cycles

@@ -100,6 +100,13 @@ class Machine:
     def simd_ops_per_cycle(self) -> float:
         return float(self.pcu.lanes * self.pcu.stages)
 
+    def simd_ops_per_cycle_for(self, dtype: str) -> float:
+        """SIMD element-ops per cycle of one PCU on operands of ``dtype``: lanes x stages, but
+        never above the PCU's peak for that dtype. An element-op is a flop; if the SIMD stages
+        could do 32-bit flops faster than the systolic array's f32 rate, an f32 matmul written
+        as broadcast-multiply + reduce would run above the chip's f32 peak (docs/machine.md)."""
+        return min(self.simd_ops_per_cycle, self.mm_flops_per_cycle(dtype))
+
     @property
     def tail_ops_per_cycle(self) -> float:
         return self.pcu.lanes * self.pcu.tail_ops_per_lane

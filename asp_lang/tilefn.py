@@ -31,6 +31,7 @@ class FnCost:
     tail: float = 0.0  # transcendental element-ops on the PCU's tail unit
     mm: float = 0.0    # matmul flops (2 per multiply-accumulate) on the systolic array, 16-bit
     mm32: float = 0.0  # matmul flops with f32/i32 operands (slower systolic rate)
+    simd32: float = 0.0  # the part of ``simd`` on 32-bit (f32/i32) operands: bounded by the 32-bit peak
     ops: int = 0       # operations in the expression (pipeline stages it needs)
 
     @property
@@ -588,12 +589,16 @@ class _FnChecker:
 
     def _count(self, kind: str, out: TileT, ins: tuple[TileT, ...] = ()) -> None:
         self.cost.ops += 0 if kind == "free" else 1
+        wide = any(t.dtype in ("f32", "i32") for t in (out, *ins))  # a 32-bit op (a compare: its operands)
         if kind == "simd":
             self.cost.simd += out.numel
+            self.cost.simd32 += out.numel if wide else 0.0
         elif kind == "tail":
             self.cost.tail += out.numel
         elif kind == "reduce":
-            self.cost.simd += ins[0].numel if ins else out.numel
+            n = ins[0].numel if ins else out.numel
+            self.cost.simd += n
+            self.cost.simd32 += n if wide else 0.0
 
     def _fold(self, e: Expr, value) -> TileT:
         if isinstance(value, bool):
@@ -669,7 +674,7 @@ class _FnChecker:
                 raise _err(ArgumentError, f"constant {v} does not fit in i32", side)
         shape = broadcast_shapes(a.shape, b.shape, e)
         out = TileT(dt, shape)
-        self._count("tail" if op == "**" else "simd", out)
+        self._count("tail" if op == "**" else "simd", out, (a, b))
         return out
 
     def _call(self, e: Call) -> TileT:

@@ -55,44 +55,153 @@ def node_units(node: Node, w: OpWork, m: Machine) -> Units:
         u.agcus += node.par
     elif node.op in ("partition", "merge"):
         u.pcus += 1
-    if w.sram_bytes:
+    acc = accumulator_bytes(node, w)
+    if acc:
+        # every replica (par=P) keeps its own accumulator in its own PMU(s)
+        u.pmus += node.par * math.ceil(acc / pmu_bytes)
+        u.sram_bytes += node.par * acc
+    elif w.sram_bytes:
         u.pmus += max(math.ceil(w.sram_bytes / pmu_bytes), node.par if w.kind == "buffer" else 0)
         u.sram_bytes += w.sram_bytes
     return u
+
+
+def accumulator_bytes(node: Node, w: OpWork) -> float:
+    """Bytes of one replica's accumulator: an ``accum`` or ``scan`` holds its running value."""
+    if node.op == "accum":
+        return w.sram_bytes
+    if node.op == "scan":
+        return float(sum(t.elem.nbytes for t in node.out_types))
+    return 0.0
+
+
+def spill_bytes(t) -> float:
+    """HBM bytes per element of a stream that crosses a section cut. A tile goes out and comes
+    back as itself; a buffer reference stands for the whole buffer it points to, whose PMUs are
+    reconfigured away: its contents make the round trip, not the 4-byte reference."""
+    return float(t.elem.nbytes) if isinstance(t.elem, BufT) else _edge_bytes(t.elem)
+
+
+def spill_requests(t) -> float:
+    """HBM requests per element of a stream crossing a cut: one per tile (a buffer: its tiles)."""
+    return float(math.prod(t.elem.dims)) if isinstance(t.elem, BufT) else 1.0
+
+
+def spill_tile_bytes(t) -> float:
+    """Bytes of one HBM request of a spilled stream (a buffer is moved tile by tile)."""
+    return float(t.elem.elem.nbytes) if isinstance(t.elem, BufT) else _edge_bytes(t.elem)
 
 
 def _edge_bytes(e) -> float:
     return 4.0 if isinstance(e, BufT) else float(e.nbytes)
 
 
-def allocate(prog) -> None:
-    """Place ``prog`` on its machine: units per operator and the sections it runs in."""
-    m = prog.machine
-    sections: list[list[int]] = [[]]
-    used = Units()
-    total = Units()
+def buffer_sources(prog) -> dict[str, int]:
+    """For every stream of buffer references, the ``bufferize`` (node index) whose buffer it
+    points to, followed through the routing operators that pass references on (copy, expand,
+    repeat, partition, merge...)."""
+    src: dict[str, int] = {}
     for i, node in enumerate(prog.nodes):
-        u = node_units(node, node_work(node), m)
+        if node.op == "bufferize":
+            for n in node.outputs:
+                src[n] = i
+            continue
+        froms = {src[n] for n in node.inputs if n in src}
+        if len(froms) == 1:
+            (b,) = froms
+            for n, t in zip(node.outputs, node.out_types):
+                if n != "_" and isinstance(t.elem, BufT):
+                    src[n] = b
+    return src
+
+
+def buffer_banks(node: Node, w: OpWork, m: Machine) -> int:
+    """PMUs one buffer of a ``bufferize`` is spread or banked over: its read (and write) ports."""
+    return max(node.par, math.ceil(w.buffer_bytes / m.pmu_bytes), 1)
+
+
+def _buffer_units(node: Node, w: OpWork, m: Machine) -> Units:
+    """The PMUs and SRAM a ``bufferize``'s buffers hold (without its FIFOs)."""
+    return Units(pmus=max(math.ceil(w.sram_bytes / m.pmu_bytes), node.par), sram_bytes=w.sram_bytes)
+
+
+def allocate(prog) -> None:
+    """Place ``prog`` on its machine: units per operator and the sections it runs in.
+
+    A section holds at most the chip's PCUs, PMUs, AGCUs and SRAM. A buffer is state: when an
+    operator reads buffer references made in an earlier section, the buffer has been spilled to
+    HBM at the cut (``spill_bytes``) and is reloaded into PMUs of this section, which it holds
+    here too. ``streamify`` reads a buffer through the PMU ports its ``bufferize`` banked it over,
+    shared by every ``streamify`` of this section that reads the same buffer: recorded as
+    ``node.attrs["read_ports"]`` for both timing models."""
+    m = prog.machine
+    works = [node_work(n) for n in prog.nodes]
+    src = buffer_sources(prog)
+    sections: list[list[int]] = [[]]
+    per_section: list[Units] = [Units()]
+    section_of: dict[int, int] = {}
+    reloaded: set[int] = set()
+    reloads = 0
+    total = Units()
+
+    def reload(node: Node, s: int) -> tuple[Units, set[int]]:
+        extra, keys = Units(), set()
+        for n, t in zip(node.inputs, node.in_types):
+            b = src.get(n)
+            if isinstance(t.elem, BufT) and b is not None and section_of[b] != s and b not in reloaded | keys:
+                extra = extra.add(_buffer_units(prog.nodes[b], works[b], m))
+                keys.add(b)
+        return extra, keys
+
+    for i, node in enumerate(prog.nodes):
+        u = node_units(node, works[i], m)
         if not u.fits(m):
             raise ResourceError(
                 f"{node.op} alone needs {u.pcus} PCUs, {u.pmus} PMUs, {u.agcus} AGCUs and "
                 f"{u.sram_bytes / 2**20:.1f} MiB of SRAM; {m.name} has {m.pcu.count}, {m.pmu.count}, "
                 f"{m.agcu.count} and {m.sram_bytes / 2**20:.1f} MiB (lower par or use smaller tiles)",
                 node.call.span)
-        if not used.add(u).fits(m):
+        extra, keys = reload(node, len(sections) - 1)
+        if not per_section[-1].add(u).add(extra).fits(m):
             sections.append([])
-            used = Units()
+            per_section.append(Units())
+            reloaded = set()
+            extra, keys = reload(node, len(sections) - 1)
+            if not u.add(extra).fits(m):
+                lines = ", ".join(str(prog.nodes[b].call.span.line) for b in sorted(keys))
+                raise ResourceError(
+                    f"{node.op} reads a buffer (bufferize at line {lines}) made before a section cut: "
+                    f"reloaded from HBM it needs {extra.pmus} PMUs and {extra.sram_bytes / 2**20:.1f} MiB "
+                    f"beside the operator's own {u.pmus} PMUs; {m.name} has {m.pmu.count} PMUs and "
+                    f"{m.sram_bytes / 2**20:.1f} MiB (use smaller buffers, or fewer units so that the "
+                    f"bufferize and its readers share a section)", node.call.span)
+        reloaded |= keys
+        reloads += len(keys)
         sections[-1].append(i)
-        used = used.add(u)
-        total = total.add(u)
+        section_of[i] = len(sections) - 1
+        per_section[-1] = per_section[-1].add(u).add(extra)
+        total = total.add(u).add(extra)
+    # streamify: the read ports of its buffer, shared with the section's other readers of it
+    readers: dict[tuple[int, int], int] = {}
+    for i, node in enumerate(prog.nodes):
+        b = src.get(node.inputs[0]) if node.op == "streamify" and node.inputs else None
+        if b is not None:
+            readers[(b, section_of[i])] = readers.get((b, section_of[i]), 0) + 1
+    for i, node in enumerate(prog.nodes):
+        b = src.get(node.inputs[0]) if node.op == "streamify" and node.inputs else None
+        if b is not None:
+            banks = buffer_banks(prog.nodes[b], works[b], m)
+            node.attrs["read_ports"] = banks / readers[(b, section_of[i])]
     prog.sections = sections
     prog.units = asdict(total)
+    prog.section_units = [asdict(u) for u in per_section]
     if len(sections) > 1:
         prog.notes.append(
             f"the program needs {total.pcus} PCUs, {total.pmus} PMUs and {total.agcus} AGCUs; {m.name} has "
             f"{m.pcu.count}, {m.pmu.count} and {m.agcu.count}: it is time-multiplexed in {len(sections)} "
             f"sections, with {len(sections) - 1} reconfiguration(s) charged and the streams between "
-            f"sections spilled to HBM")
+            f"sections spilled to HBM" + (" (a buffer with its whole contents, reloaded into PMUs "
+                                          "after the cut)" if reloads else ""))
 
 
 @dataclass
@@ -172,12 +281,7 @@ def _busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
 def _busy_even(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
     par = max(1, node.par)
     if w.kind == "compute":
-        fn = w.fn
-        dtype_mm = m.mm_flops_per_cycle("bf16")
-        compute = 0.0
-        if fn:
-            compute = (fn.simd / m.simd_ops_per_cycle + fn.tail / m.tail_ops_per_cycle
-                       + fn.mm / dtype_mm + fn.mm32 / m.mm_flops_per_cycle("f32"))
+        compute = fn_cycles(w.fn, m) if w.fn else 0.0
         bw = m.pmu.bandwidth_bytes_per_cycle
         onchip = max(w.in_bytes, w.out_bytes) / bw
         ii = max(compute, onchip, 1.0)
@@ -189,9 +293,22 @@ def _busy_even(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, 
         return w.elements * m.network.route_cycles_per_element, "route"
     if w.kind == "buffer":
         # a buffer spread (or banked, par=) over several PMUs is written and read through all their ports
-        bw = m.pmu.bandwidth_bytes_per_cycle * max(par, math.ceil(w.buffer_bytes / m.pmu_bytes))
+        ports = max(par, math.ceil(w.buffer_bytes / m.pmu_bytes))
+        if node.op == "streamify" and "read_ports" in node.attrs:
+            # it reads through the ports its bufferize banked the buffer over, whatever its par
+            ports = min(ports, node.attrs["read_ports"])
+        bw = m.pmu.bandwidth_bytes_per_cycle * ports
         return w.elements * max(w.in_bytes, w.out_bytes) / bw, "onchip"
     return 0.0, "none"
+
+
+def fn_cycles(fn, m: Machine) -> float:
+    """Cycles one PCU needs per call of a tile function: its SIMD element-ops (those on 32-bit
+    operands at the machine's 32-bit peak), its tail ops, and its matmul flops at the systolic
+    rate of their operands. Every path is bounded by the machine's peak for its dtype."""
+    return ((fn.simd - fn.simd32) / m.simd_ops_per_cycle + fn.simd32 / m.simd_ops_per_cycle_for("f32")
+            + fn.tail / m.tail_ops_per_cycle
+            + fn.mm / m.mm_flops_per_cycle("bf16") + fn.mm32 / m.mm_flops_per_cycle("f32"))
 
 
 def _latency(node: Node, w: OpWork, m: Machine) -> float:
@@ -327,13 +444,14 @@ def roofline(prog) -> tuple[float, str]:
     """The physical lower bound in cycles: the larger of compute at peak and compulsory traffic
     at full bandwidth (every parameter read and every result written once)."""
     m = prog.machine
-    simd = tail = mm = mm32 = 0.0
+    simd = simd32 = tail = mm = mm32 = 0.0
     traffic = {"hbm": 0.0, "ddr": 0.0}
     read_full: set[str] = set()
     for node in prog.nodes:
         w = node_work(node)
         if w.fn:
             simd += w.fn.simd * w.elements
+            simd32 += w.fn.simd32 * w.elements
             tail += w.fn.tail * w.elements
             mm += w.fn.mm * w.elements
             mm32 += w.fn.mm32 * w.elements
@@ -346,7 +464,8 @@ def roofline(prog) -> tuple[float, str]:
         traffic[t.tier] += t.nbytes
     p = m.pcu.count
     terms = {
-        "compute": max(simd / (m.simd_ops_per_cycle * p), tail / (m.tail_ops_per_cycle * p),
+        "compute": max(((simd - simd32) / m.simd_ops_per_cycle + simd32 / m.simd_ops_per_cycle_for("f32")) / p,
+                       tail / (m.tail_ops_per_cycle * p),
                        mm / (m.mm_flops_per_cycle("bf16") * p), mm32 / (m.mm_flops_per_cycle("f32") * p)),
         "hbm": traffic["hbm"] / m.bytes_per_cycle("hbm"),
         "ddr": traffic["ddr"] / m.bytes_per_cycle("ddr"),
@@ -379,8 +498,8 @@ def profile(prog) -> Report:
             crossing += [(n, t) for n, t in zip(node.outputs, node.out_types)
                          if n != "_" and section_of.get(consumer.get(n, i), s) != s]
             for _, t in crossing:
-                traffic["hbm"] += t.count * _edge_bytes(t.elem)
-                requests["hbm"] += t.count
+                traffic["hbm"] += t.count * spill_bytes(t)
+                requests["hbm"] += t.count * spill_requests(t)
         busy = {}
         for i in sec:
             w = works[i]

@@ -13,7 +13,7 @@ kernel softmax_online(x: f32[M, N]) -> (y: f32[M, N]) {
   fn normalise(t, m, l) = exp(t - m) / l
   xs = load(x, tile=[R, T], par=4)  # [M/R, N/T] of f32[R, T]
   xa, xb = copy(xs)
-  m, l = accum(xa, rank=1, init=(full([R, 1], -inf), zeros([R, 1])), fn=online, par=8)
+  m, l = accum(xa, rank=1, init=(full([R, 1], -inf), zeros([R, 1])), fn=online, par=12)  # f32 ops: 12 keep up with HBM
   rows = bufferize(xb, rank=1, par=8)  # [M/R] of buf[N/T] of f32[R, T], banked over 8 PMUs
   xr = streamify(rows, par=8)
   mr = repeat(m, N / T)
