@@ -288,13 +288,58 @@ def test_no_secret_reaches_any_file_in_the_run_directory(tmp_path, monkeypatch):
     assert con.execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0] >= 1
 
 
-def test_the_ray_executor_gives_the_same_verified_set_as_the_local_one(tmp_path, reference_run):
-    pytest.importorskip("ray", reason="Ray is the optional extra agentforge[ray]; .ci/run installs it")
+#: what the Ray test needs free on the host: two task workers, the raylet, GCS and a bounded object store
+RAY_NEEDS_MIB = 2048
+RAY_OBJECT_STORE_BYTES = 128 * 2**20
+
+
+def _available_mib() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+@pytest.fixture
+def bounded_ray(monkeypatch):
+    """Ray started by the executor as in a campaign, but fit for a shared host: a bounded object
+    store (by default 30% of the host's memory) and its out-of-memory monitor off, since that
+    monitor counts the whole host, other tenants included, and once killed this test's workers
+    while another process used most of the memory. Skips, saying why, when the host lacks memory."""
+    ray = pytest.importorskip("ray", reason="Ray is the optional extra agentforge[ray]; .ci/run installs it")
+    free = _available_mib()
+    if free is not None and free < RAY_NEEDS_MIB:
+        pytest.skip(f"the host has {free} MiB of memory available; the Ray executor test needs {RAY_NEEDS_MIB} MiB")
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")      # read by the raylet this test starts
+    real_init = ray.init
+
+    def init(*args, **kw):
+        kw.setdefault("object_store_memory", RAY_OBJECT_STORE_BYTES)
+        return real_init(*args, **kw)
+
+    monkeypatch.setattr(ray, "init", init)
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def test_the_ray_executor_gives_the_same_verified_set_as_the_local_one(tmp_path, reference_run, bounded_ray):
     suite = small_suite(tmp_path)
     events: list[dict] = []
+    store: list[float] = []
+
+    def on_event(e: dict) -> None:
+        events.append(e)
+        if e["event"] == "task_start" and not store:     # Ray is up: the executor started it
+            store.append(bounded_ray.cluster_resources().get("object_store_memory", 0))
+
     res = run_campaign(load_config([], suite=str(suite), out=str(tmp_path / "run"), workers=2, executor="ray"),
-                       on_event=events.append)
+                       on_event=on_event)
     assert res.status == "finished"
+    assert 0 < store[0] <= RAY_OBJECT_STORE_BYTES
     # each task's attempts stream back through the Ray queue before its result
     for name in SMALL:
         kinds = [e["event"] for e in events if e.get("task") == name]
