@@ -53,14 +53,22 @@ class SolveState(TypedDict, total=False):
     notes: Annotated[list[str], operator.add]
     plans: Annotated[list[dict], operator.add]    # every plan used, in order: {"source", "plan"}
     demo_schedule: dict                           # the adaptive demonstration schedule (DemoSchedule.to_dict)
+    improve: dict                                 # improvement rounds: {"round", "before", "base", "feedback", ...}
 
 
 @dataclass
 class SolveConfig:
     max_attempts: int = 4          # rounds of (workers -> reflect)
     workers: int = 1               # candidates per round (LangGraph Send fan-out)
-    min_speedup: float = 1.0       # a verified candidate at least this fast ends the loop
+    min_speedup: float = 1.0       # a verified candidate at least this fast ends the loop ... unless
     demos: int = 3
+    # ... workers that can improve a kernel (LLM workers: ``improve``) get improvement rounds while
+    # attempts and the LLM budget remain: first best-of-k (k candidates, each with its own focus,
+    # temperature and seed), then one refinement of the best per round; a round that gains less
+    # than min_gain (relative speedup) is a plateau and ends the loop. improve_rounds=0: never.
+    improve_rounds: int = 3
+    best_of: int = 3
+    min_gain: float = 0.02
 
 
 @dataclass
@@ -105,7 +113,9 @@ def feedback_of(ev: Evaluation) -> Feedback:
     err = None
     if ev.error and isinstance(ev.error, dict):
         err = ev.error.get("message")
-    return Feedback(ev.verified, ev.reason_code, ev.reason, ev.speedup, ev.roofline_fraction, ev.bottleneck, err)
+    return Feedback(ev.verified, ev.reason_code, ev.reason, ev.speedup, ev.roofline_fraction, ev.bottleneck, err,
+                    simulated_seconds=ev.simulated_seconds, baseline_seconds=ev.baseline_seconds,
+                    hbm_bytes=ev.hbm_bytes, profile=getattr(ev, "profile", None))
 
 
 def _better(a: dict | None, b: dict) -> bool:
@@ -181,6 +191,14 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                     "notes": [*notes, f"planner failed: {type(e).__name__}: {e}"]}
 
     def fan_out(state: SolveState) -> list[Send]:
+        imp = state.get("improve") or {}
+        if imp.get("active"):
+            # an improvement round: k candidates from the best verified kernel (best-of-k), then one
+            k = max(1, cfg.best_of) if imp["round"] == 1 else 1
+            return [Send("work", {"worker": v % len(workers), "plan": state.get("plan"), "attempt": state["attempt"],
+                                  "feedback": imp["feedback"], "demo_stage": 0, "variant": v,
+                                  "base": {"source": imp["base"]}, "plan_no": imp.get("plan_no")})
+                    for v in range(k)]
         # each worker hears about its own last candidate (its code and its error go together)
         last = {h["worker"]: h["feedback"] for h in state.get("history", []) if h["attempt"] == state["attempt"] - 1}
         stage = (state.get("demo_schedule") or {}).get("stage", 0)
@@ -195,7 +213,10 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         t0 = time.perf_counter()
         shown = demos(payload.get("demo_stage", 0))
         try:
-            cand = workers[i].write(ctx, plan, fb, shown, attempt)
+            if payload.get("base") is not None:
+                cand = workers[i].improve(ctx, plan, payload["base"], fb, shown, attempt, payload.get("variant", 0))
+            else:
+                cand = workers[i].write(ctx, plan, fb, shown, attempt)
         except _STOP:
             raise
         except Exception as e:  # noqa: BLE001 - a failed worker is a failed attempt
@@ -237,7 +258,12 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         good = best is not None and best["evaluation"]["verified"] and \
             (best["evaluation"].get("speedup") or 0.0) >= cfg.min_speedup
         if good or attempt + 1 >= cfg.max_attempts:
-            return {**sched, "best": best, "done": True, "attempt": attempt + 1, "notes": list(dict.fromkeys(memory_errors))}
+            imp, why = next_improvement(state, best, attempt) if good else (None, None)
+            if imp is not None:
+                return {**sched, "best": best, "done": False, "attempt": attempt + 1, "improve": imp,
+                        "notes": [why] if why else []}
+            return {**sched, "best": best, "done": True, "attempt": attempt + 1,
+                    "notes": [*([why] if why else []), *dict.fromkeys(memory_errors)]}
         # the reflector reads the round's most promising candidate (verified first, then fastest)
         latest = None
         for h in this_round:
@@ -261,6 +287,34 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
                 "plan_source": "reflector" if revised else state.get("plan_source", "planner"),
                 "plans": [{"source": "reflector", "plan": r.plan}] if revised else [],
                 "notes": [r.note] if r.note else []}
+
+    def next_improvement(state: SolveState, best: dict, attempt: int) -> tuple[dict | None, str | None]:
+        """The next improvement round after a good verified kernel, or None and why not."""
+        imp = state.get("improve") or {}
+        speed = best["evaluation"].get("speedup") or 0.0
+        rnd = imp.get("round", 0)
+        if rnd == 0 and (cfg.improve_rounds <= 0 or not all(hasattr(w, "improve") for w in workers)):
+            return None, None               # workers that cannot improve a kernel (the offline author's are tuned)
+        if rnd > 0:
+            gain = speed / imp["before"] - 1.0 if imp.get("before") else 0.0
+            if gain < cfg.min_gain:
+                return None, (f"improvement round {rnd}: {speed:.2f}x, gain {gain:+.1%} < {cfg.min_gain:.0%}: "
+                              f"plateau, stopped")
+        if rnd >= cfg.improve_rounds:
+            return None, f"improvement rounds: the limit of {cfg.improve_rounds} is reached ({speed:.2f}x)"
+        if attempt + 1 >= cfg.max_attempts + state.get("extra_rounds", 0):
+            return None, (f"improvement rounds: no attempts left ({cfg.max_attempts}) at {speed:.2f}x"
+                          if rnd > 0 or cfg.max_attempts > 1 else None)
+        k = max(1, cfg.best_of) if rnd == 0 else 1
+        short = _budget_short(workers, k)
+        if short:
+            return None, f"improvement rounds: stopped at {speed:.2f}x, {short}"
+        if best.get("candidate") is None or best["candidate"].get("kind") != "kernel":
+            return None, None
+        return ({"active": True, "round": rnd + 1, "before": speed, "base": best["candidate"].get("source") or "",
+                 "feedback": best["feedback"], "plan_no": best.get("plan_no")},
+                f"improvement round {rnd + 1}: from {speed:.2f}x, " +
+                (f"best of {k} candidates" if k > 1 else "refining the best"))
 
     def route(state: SolveState):
         return END if state.get("done") else fan_out(state)
@@ -345,9 +399,62 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
                                best_cand.source if best_cand.kind == "kernel" else best_cand.plan, best_ev)
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
                 notes.append(f"experience library: adding the verified candidate failed: {type(e).__name__}: {e}")
+    if best_ev is not None and best_ev.verified and (best_ev.speedup or 0.0) < 1.0:
+        # a solve never returns a result worse than the baseline it is measured against
+        chain = _baseline_result(ctx, evaluate_fn)
+        if chain is not None:
+            notes.append(f"the best verified candidate ({best_ev.speedup:.2f}x) is slower than the op-by-op "
+                         f"baseline it is measured against: the result is the baseline chain (1.00x)")
+            best_ev, best_cand = chain
     rounds = len({h["attempt"] for h in final.get("history", [])})
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
                        final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])))
+
+
+def _budget_short(workers: list, calls: int) -> str | None:
+    """Why ``calls`` more worker calls would not fit the LLM ledger's budget (None: they fit).
+    A call is estimated at the mean tokens and cost of the workers' calls so far."""
+    ledger = next((getattr(getattr(w, "client", None), "ledger", None) for w in workers
+                   if getattr(getattr(w, "client", None), "ledger", None) is not None), None)
+    if ledger is None:
+        return None
+    used = Usage()
+    for w in workers:
+        used.add(getattr(w, "usage", None) or Usage())
+    n = max(1, used.calls)
+    per_call = max([(used.prompt_tokens + used.completion_tokens) / n] +
+                   [getattr(w, "last_prompt_tokens", 0) for w in workers])
+    tokens = per_call * calls
+    cost = used.cost / n * calls
+    if ledger.max_calls is not None and ledger.calls + calls > ledger.max_calls:
+        return f"the call budget ({ledger.max_calls}) has no room for {calls} more"
+    if ledger.max_tokens is not None and ledger.tokens + tokens > ledger.max_tokens:
+        return f"the token budget ({ledger.max_tokens:,}) has no room for ~{tokens:,.0f} more"
+    if ledger.max_cost is not None and ledger.cost + cost > ledger.max_cost:
+        return f"the cost budget (${ledger.max_cost:g}) has no room for ~${cost:.4f} more"
+    return None
+
+
+def _baseline_result(ctx: TaskContext, evaluate_fn: Callable[[dict], Evaluation]) -> tuple | None:
+    """The op-by-op chain as a verified result: a plan of one region per op, each with the
+    parallelism the baseline's timing chose (so it times as the baseline does)."""
+    from .author import semantic_nodes
+    from .baseline import build_baseline
+
+    try:
+        plan = baseline_plan(ctx.graph_own).to_dict()
+        rows = {r["node"]: r.get("par") for r in build_baseline(ctx.graph_own, ctx.machine).time().kernels}
+        sem = semantic_nodes(ctx.graph_own)
+        for r in plan["regions"]:
+            par = rows.get(sem[r["nodes"][0]].name)
+            if par:
+                r["params"] = dict(par)
+        cand = Candidate(kind="plan", plan=plan, author="baseline",
+                         notes="the op-by-op baseline chain (every verified candidate was slower)")
+        ev = evaluate_fn(cand.for_evaluation())
+    except Exception:  # noqa: BLE001 - without a chain the best verified candidate stands
+        return None
+    return (ev, cand) if ev.verified else None
 
 
 def _tokens(role) -> int:

@@ -102,6 +102,9 @@ class Evaluation:
     error: dict | None = None
     eval_seconds: float = 0.0
     schema_version: int = SCHEMA_VERSION
+    #: where the time goes (for feedback): sections, units, per-operator cycles (a kernel) or
+    #: per-kernel time (a plan's chain); see profile_summary
+    profile: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -189,8 +192,13 @@ def check_output(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float)
         raise Mismatch("constant", f"output is constant ({of[0].item():.6g}) where the reference varies")
     if (err > bound).any():
         i = int((err - bound).argmax())
-        raise Mismatch("mismatch", f"values differ: max abs error {max_abs:.3g} (at value {rf[i].item():.6g}, "
-                                   f"got {of[i].item():.6g}); allowed {atol:g} * {scale:.3g} + {rtol:g} * |ref|")
+        where = finite.nonzero()[i].tolist()
+        bad = int((err > bound).sum())
+        first = finite.nonzero()[int((err > bound).nonzero()[0])].tolist()
+        raise Mismatch("mismatch", f"values differ: max abs error {max_abs:.3g} (at index {where}: value "
+                                   f"{rf[i].item():.6g}, got {of[i].item():.6g}); {bad} of {rf.numel()} values "
+                                   f"outside the tolerance, the first at index {first}; allowed {atol:g} * "
+                                   f"{scale:.3g} + {rtol:g} * |ref|")
     return max_abs, max_rel
 
 
@@ -417,6 +425,9 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
                        max((k["seconds"] * k["roofline_fraction"] for k in t.kernels), default=0.0))
             ev.roofline_fraction = min(1.0, roof / t.seconds)
             ev.bottleneck = max(t.kernels, key=lambda k: k["seconds"])["bottleneck"] if t.kernels else None
+            ev.profile = {"kernels": [{k: row.get(k) for k in ("node", "target", "seconds", "hbm_bytes",
+                                                               "roofline_fraction", "bottleneck")}
+                                      for row in t.kernels], "reconfigurations": t.reconfigurations}
         else:
             rep = cand.profile(capture_at(task, meta=True))
             ev.simulated_seconds = rep.seconds
@@ -424,6 +435,7 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
             ev.hbm_bytes = rep.hbm_bytes
             ev.flops = rep.flops
             ev.bottleneck = rep.bottleneck
+            ev.profile = profile_summary(rep)
         # the task's own roofline bounds every timing; beating it is an emulator bug (raises)
         from .scoring import task_roofline_fraction  # scoring imports this module
         ev.roofline_fraction = task_roofline_fraction(capture_at(task, meta=True), machine, ev.simulated_seconds)
@@ -456,6 +468,24 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
     finally:
         ev.eval_seconds = time.perf_counter() - t0
     return ev
+
+
+def profile_summary(rep: asp_lang.Report) -> dict:
+    """The parts of a timing report a kernel writer acts on: cycles per section and per operator
+    (with what bounds each), units allocated and used, HBM traffic and the roofline's limit."""
+    per_section: dict[int, float] = {}
+    for o in rep.ops:
+        per_section[o.section] = max(per_section.get(o.section, 0.0), float(o.finish_cycles or o.busy_cycles))
+    return {"cycles": rep.cycles, "sections": rep.sections, "reconfig_cycles": rep.reconfig_cycles,
+            "section_cycles": [per_section[k] for k in sorted(per_section)],
+            "pcu_allocated": rep.pcu_allocated, "pmu_allocated": rep.pmu_allocated,
+            "agcu_allocated": rep.agcu_allocated, "pcu_utilisation": rep.pcu_utilisation,
+            "pmu_utilisation": rep.pmu_utilisation, "sram_bytes": rep.sram_bytes,
+            "hbm_bandwidth_fraction": rep.hbm_bandwidth_fraction, "roofline_limit": rep.roofline_limit,
+            "roofline_seconds": rep.roofline_seconds, "notes": list(rep.notes),
+            "ops": [{"op": o.op, "line": o.line, "busy_cycles": o.busy_cycles, "limit": o.limit, "par": o.par,
+                     "pcus": o.pcus, "pmus": o.pmus, "offchip_bytes": o.offchip_bytes, "section": o.section,
+                     "finish_cycles": o.finish_cycles} for o in rep.ops]}
 
 
 def _out_of_memory(e: BaseException | None) -> bool:

@@ -24,12 +24,14 @@ import threading
 from typing import Any
 
 from ..author import semantic_nodes
+from ..capture import op_kind
 from ..llm.client import messages_tokens
 from ..llm.context import context_vars, demo_view, interface
 from ..llm.errors import ReplyError
 from ..llm.feedback import render_feedback
 from ..llm.parsing import ReplyParseError, extract_kernel
-from ..llm.prompting import load_asp_reference, render_messages, trim_reference
+from ..llm.prompting import (compact_reference, load_asp_reference, reference_requests, reference_sections,
+                             render_messages, task_classes, trim_reference)
 from ..llm.schemas import PLAN_SCHEMA, REFLECTION_SCHEMA, normalize_plan, plan_checker, reflection_checker
 from .roles import Candidate, Demo, Feedback, Planner, Reflection, TaskContext, Usage
 
@@ -112,59 +114,149 @@ class LLMPlanner(_LLMRole):
         return plan
 
 
-class LLMWorker(_LLMRole):
-    """Asks for one ASP kernel; the ASP reference in the prompt is trimmed to the token budget."""
-    role = "worker"
+#: what each candidate of a best-of-k improvement round is asked to try first (variant i gets
+#: FOCUS[i % len(FOCUS)]), so that k candidates differ even from a server at temperature 0
+FOCUS = ("attack the bottleneck the profile names",
+         "rebalance parallelism: raise par= on the operators whose busy cycles dominate, lower it where units idle",
+         "cut HBM traffic toward the task's minimum: load each input once, keep intermediates on chip")
+TEMPERATURE_STEP = 0.3       # variant i samples at the configured temperature + i * this (at most 1.0)
 
-    def __init__(self, client: Any, max_prompt_tokens: int | None = None, notebook: Notebook | None = None):
+
+class LLMWorker(_LLMRole):
+    """Asks for one ASP kernel. The prompt carries the compact ASP reference (grammar, operator
+    table, builtins, checklist, worked kernels for the task's class and an index of the rest;
+    ``reference="full"``: the whole docs/asp.md), trimmed to the token budget. A reply may ask
+    for more sections (``REFERENCE: 4.3``): without a kernel they are sent back at once (one
+    extra call), with one they come with the next attempt."""
+    role = "worker"
+    MAX_REQUESTED_CHARS = 24000
+
+    def __init__(self, client: Any, max_prompt_tokens: int | None = None, notebook: Notebook | None = None,
+                 reference: str = "compact"):
         super().__init__(client)
+        if reference not in ("compact", "full"):
+            raise ValueError(f"reference must be 'compact' or 'full', got {reference!r}")
         self.max_prompt_tokens = _max_prompt_tokens(client, max_prompt_tokens)
         self.notebook = notebook
-        self._last: dict[str, dict] = {}      # task -> {"source", "parse_error"} of this worker's last attempt
+        self.reference = reference
+        self._last: dict[str, dict] = {}      # task -> {"source", "parse_error", "requests"} of the last attempt
         self.omitted: list[str] = []          # reference headings left out of the last prompt
+        self.examples: list[str] = []         # worked kernels in the last prompt's reference
+        self.requested: list[str] = []        # every reference section a reply asked for
+
+    def reference_text(self, ctx: TaskContext) -> str:
+        """The reference this worker puts in the system message for ``ctx`` (before trimming)."""
+        full = load_asp_reference(ctx.asp_reference)
+        if self.reference == "full":
+            self.examples = []
+            return full
+        kinds = {op_kind(n.target) for n in semantic_nodes(ctx.graph_own)}
+        text, self.examples = compact_reference(full, task_classes(kinds))
+        return text
 
     def messages(self, ctx: TaskContext, plan: dict, feedback: Feedback | None, demos: list[Demo],
-                 attempt: int) -> list[dict[str, str]]:
+                 attempt: int, base: dict | None = None, focus: str = "") -> list[dict[str, str]]:
+        """The chat messages of one attempt. ``base`` (improvement rounds): ``{"source": the kernel
+        to improve}``, shown as the previous attempt with ``feedback`` its profile; ``focus``: what
+        to try first."""
         last = self._last.get(ctx.task.name) if feedback is not None else None
+        if base is not None:
+            last = {"source": base.get("source") or "", "parse_error": "", "requests": []}
         plan_view = _plan_view(plan)
         review = self.notebook.read(ctx.task.name) if self.notebook is not None and feedback is not None else ""
-        if review:
+        if review and base is None:
             plan_view["review"] = review
         sets = ctx.task.resolved_size_sets()
-        base = dict(context_vars(ctx), interface=interface(ctx), plan=plan_view, attempt=attempt,
-                    feedback=render_feedback(feedback, (last or {}).get("source")),
-                    verified=bool(feedback and feedback.verified),
-                    previous=(last or {}).get("source") or "", parse_error=(last or {}).get("parse_error") or "",
-                    test_sizes=[", ".join(f"{k}={v}" for k, v in s.items()) for s in sets])
+        full = load_asp_reference(ctx.asp_reference)
+        asked, missing = reference_sections(full, (last or {}).get("requests") or [], self.MAX_REQUESTED_CHARS)
+        if missing:
+            asked += f"\n(no section numbered {', '.join(missing)}: see the index in section 12)\n"
+        base_vars = dict(context_vars(ctx), interface=interface(ctx), plan=plan_view, attempt=attempt,
+                         feedback=render_feedback(feedback, (last or {}).get("source"), ctx),
+                         verified=bool(feedback and feedback.verified), improve=base is not None, focus=focus,
+                         previous=(last or {}).get("source") or "", parse_error=(last or {}).get("parse_error") or "",
+                         requested_reference=asked,
+                         test_sizes=[", ".join(f"{k}={v}" for k, v in s.items()) for s in sets])
         views = [demo_view(d) for d in demos]
         while True:
-            rest = messages_tokens(render_messages("worker", **base, demos=views, reference=""))
+            rest = messages_tokens(render_messages("worker", **base_vars, demos=views, reference=""))
             if rest <= self.max_prompt_tokens * (1 - REFERENCE_SHARE) or not views:
                 break
             views = views[:-1]                 # demonstrations give way to the reference first
         # the reference sits in the system message: a budget that does not depend on the task
         # (when there is room) keeps that message a stable prefix the server can cache
         budget = min(self.max_prompt_tokens - rest - 64, int(self.max_prompt_tokens * REFERENCE_SHARE))
-        ref = load_asp_reference(ctx.asp_reference)
+        ref = self.reference_text(ctx)
         if budget > 200:
             text, self.omitted = trim_reference(ref, budget)
         else:
             text, self.omitted = "(the ASP reference was left out: no room in the prompt budget)", ["all"]
-        return render_messages("worker", **base, demos=views, reference=text)
+        return render_messages("worker", **base_vars, demos=views, reference=text)
 
     def write(self, ctx: TaskContext, plan: dict, feedback: Feedback | None, demos: list[Demo],
               attempt: int) -> Candidate:
-        reply = self.client.chat(self.messages(ctx, plan, feedback, demos, attempt), role=self.role)
+        return self._ask(ctx, self.messages(ctx, plan, feedback, demos, attempt), remember=True)
+
+    def improve(self, ctx: TaskContext, plan: dict, base: dict, feedback: Feedback, demos: list[Demo],
+                attempt: int, variant: int = 0) -> Candidate:
+        """A faster kernel than ``base["source"]`` (a verified kernel; ``feedback`` is its report):
+        variant ``i`` of a best-of-k round gets its own focus (:data:`FOCUS`) and, for ``i > 0``,
+        a higher temperature and another seed."""
+        focus = FOCUS[variant % len(FOCUS)]
+        msgs = self.messages(ctx, plan, feedback, demos, attempt, base=base, focus=focus)
+        return self._ask(ctx, msgs, remember=False, sampling=self._sampling(variant))
+
+    def _sampling(self, variant: int) -> dict | None:
+        if variant <= 0:
+            return None
+        cfg = getattr(self.client, "config", None) or getattr(getattr(self.client, "inner", None), "config", None)
+        t0 = getattr(cfg, "temperature", None)
+        seed = getattr(cfg, "seed", None)
+        return {"temperature": round(min(1.0, (t0 if t0 is not None else 0.2) + TEMPERATURE_STEP * variant), 3),
+                "seed": (seed or 0) + variant}
+
+    def _chat(self, messages: list[dict[str, str]], sampling: dict | None):
+        if sampling is None:
+            return self.client.chat(messages, role=self.role)
+        return self.client.chat(messages, role=self.role, sampling=sampling)
+
+    def _ask(self, ctx: TaskContext, msgs: list[dict[str, str]], remember: bool,
+             sampling: dict | None = None) -> Candidate:
+        self.last_prompt_tokens = messages_tokens(msgs)     # what the ledger estimates a call at
+        reply = self._chat(msgs, sampling)
         self._account(reply)
+        requests = reference_requests(reply.text)
+        self.requested += [r for r in requests if r not in self.requested]
         try:
             source, problem = extract_kernel(reply.text), None
         except ReplyParseError as e:
             source, problem = reply.text, str(e)
-        self._last[ctx.task.name] = {"source": source if problem is None else "", "parse_error": problem}
-        notes = f"parse error: {problem}" if problem else ""
+        notes = []
+        if problem is not None and requests:
+            # the model asked for reference sections instead of writing: send them, once
+            full = load_asp_reference(ctx.asp_reference)
+            asked, missing = reference_sections(full, requests, self.MAX_REQUESTED_CHARS)
+            follow = msgs + [{"role": "assistant", "content": reply.text},
+                             {"role": "user", "content": (
+                                 "The reference sections you asked for:\n\n" + asked +
+                                 (f"\n(no section numbered {', '.join(missing)})\n" if missing else "") +
+                                 "\nNow write the kernel. Reply with ONE ```asp block.\n")}]
+            reply = self._chat(follow, sampling)
+            self._account(reply)
+            notes.append(f"asked for reference {', '.join(requests)}")
+            requests = []
+            try:
+                source, problem = extract_kernel(reply.text), None
+            except ReplyParseError as e:
+                source, problem = reply.text, str(e)
+        if remember:
+            self._last[ctx.task.name] = {"source": source if problem is None else "", "parse_error": problem,
+                                         "requests": requests}
+        if problem:
+            notes.insert(0, f"parse error: {problem}")
         if getattr(reply, "finish_reason", None) == "length":
-            notes = (notes + "; " if notes else "") + "the reply hit the output token limit (max_output_tokens)"
-        return Candidate(kind="kernel", source=source, author=self.client.author, notes=notes)
+            notes.append("the reply hit the output token limit (max_output_tokens)")
+        return Candidate(kind="kernel", source=source, author=self.client.author, notes="; ".join(notes))
 
 
 class LLMReflector(_LLMRole):
@@ -182,7 +274,7 @@ class LLMReflector(_LLMRole):
         if cand.get("source") and len(cand["source"]) > self.MAX_SOURCE_CHARS:
             cand["source"] = cand["source"][: self.MAX_SOURCE_CHARS] + "\n# ... (cut)"
         return render_messages("reflector", **context_vars(ctx), plan=_plan_view(plan), candidate=cand,
-                               feedback=render_feedback(feedback, candidate.source), attempt=attempt)
+                               feedback=render_feedback(feedback, candidate.source, ctx), attempt=attempt)
 
     def reflect(self, ctx: TaskContext, plan: dict, candidate: Candidate, feedback: Feedback,
                 attempt: int) -> Reflection:
@@ -203,12 +295,15 @@ class LLMReflector(_LLMRole):
 
 
 def make_roles(client: Any, workers: int = 1, fallback_planner: Planner | None = None,
-               max_prompt_tokens: int | None = None) -> tuple[LLMPlanner, list[LLMWorker], LLMReflector]:
+               max_prompt_tokens: int | None = None,
+               reference: str = "compact") -> tuple[LLMPlanner, list[LLMWorker], LLMReflector]:
     """A planner, ``workers`` workers and a reflector over one client (so one ledger), the
-    reflector's notes wired to the workers; the shape of ``agentforge.loop.offline_roles``."""
+    reflector's notes wired to the workers; the shape of ``agentforge.loop.offline_roles``.
+    ``reference``: the ASP reference workers get, "compact" (default) or "full"."""
     notebook = Notebook()
     return (LLMPlanner(client, fallback=fallback_planner),
-            [LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook) for _ in range(workers)],
+            [LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook, reference=reference)
+             for _ in range(workers)],
             LLMReflector(client, notebook=notebook))
 
 

@@ -61,6 +61,10 @@ class Feedback:
     roofline_fraction: float | None = None
     bottleneck: str | None = None
     error: str | None = None         # rendered file:line:col error with the source line, if any
+    simulated_seconds: float | None = None
+    baseline_seconds: float | None = None
+    hbm_bytes: float | None = None
+    profile: dict | None = None      # verify.Evaluation.profile: sections, units, per-operator cycles
 
     def short(self) -> str:
         """A few lines, for an LLM prompt."""

@@ -168,6 +168,7 @@ class LLMClient:
         self.delays: list[float] = []          # every backoff waited, for reports and tests
         self.schema_refused = False            # response_format "auto": the server refused json_schema
         self.notes: list[str] = []             # what the client decided on its own (said, never silent)
+        self._local = threading.local()
 
     def __repr__(self) -> str:
         return f"LLMClient(model={self.config.model!r}, base_url={self.config.base_url!r})"
@@ -192,13 +193,15 @@ class LLMClient:
 
     # --- public ---
     def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker",
-             check: Check | None = None) -> LLMReply:
+             check: Check | None = None, sampling: dict | None = None) -> LLMReply:
         """One chat call (plus one repair round when a schema is given and the reply misses it).
 
         Raises :class:`BudgetExceeded` before a call that would pass a budget, and
         :class:`LLMCallError` when the endpoint fails for good; a reply that does not hold the
-        JSON asked for is returned with ``error`` set."""
+        JSON asked for is returned with ``error`` set. ``sampling`` (``temperature``, ``seed``)
+        overrides the config's for this call (the candidates of a best-of-k round)."""
         self.config.read_key()                 # a missing key is a clear error before anything is sent
+        self._local.sampling = dict(sampling or {})      # per thread: workers share the client
         if schema is None:
             return self._call(messages, None, role, "chat")
         fmt = self.config.response_format
@@ -244,10 +247,12 @@ class LLMClient:
         est_out = cfg.max_output_tokens or 0
         rec = self.ledger.begin(role, cfg.model, est_in + est_out, cfg.cost(est_in, est_out, 0), kind)
         kwargs: dict[str, Any] = {"model": cfg.model, "messages": messages}
-        if cfg.temperature is not None:
-            kwargs["temperature"] = cfg.temperature
-        if cfg.seed is not None:
-            kwargs["seed"] = cfg.seed
+        over = getattr(self._local, "sampling", None) or {}
+        temperature, seed = over.get("temperature", cfg.temperature), over.get("seed", cfg.seed)
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        if seed is not None:
+            kwargs["seed"] = seed
         if cfg.max_output_tokens is not None:
             kwargs["max_completion_tokens"] = cfg.max_output_tokens
         if response_format is not None:

@@ -75,10 +75,14 @@ class RecordingClient:
     def ledger(self) -> Ledger:
         return self.inner.ledger
 
-    def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker", check=None) -> LLMReply:
+    def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker", check=None,
+             sampling: dict | None = None) -> LLMReply:
         request = {"role": role, "messages": [dict(m) for m in messages], "schema": schema}
+        if sampling:
+            request["sampling"] = dict(sampling)
         try:
-            reply = self.inner.chat(messages, schema=schema, role=role, check=check)
+            reply = (self.inner.chat(messages, schema=schema, role=role, check=check, sampling=sampling) if sampling
+                     else self.inner.chat(messages, schema=schema, role=role, check=check))
         except LLMCallError as e:
             self._append({"request": request, "error": {"type": "LLMCallError", "message": str(e),
                                                         "status": e.status, "attempts": e.attempts,
@@ -112,6 +116,7 @@ class ReplayClient:
         self.strict = strict
         self.ledger = ledger if ledger is not None else Ledger()
         self._next = 0
+        self._used: set[int] = set()
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -127,18 +132,30 @@ class ReplayClient:
 
     @property
     def remaining(self) -> int:
-        return len(self.entries) - self._next
+        return len(self.entries) - len(self._used)
 
-    def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker", check=None) -> LLMReply:
+    def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker", check=None,
+             sampling: dict | None = None) -> LLMReply:
         with self._lock:
+            while self._next < len(self.entries) and self._next in self._used:
+                self._next += 1
             i = self._next
             if i >= len(self.entries):
                 raise ReplayError(f"transcript {self.path} holds {len(self.entries)} call(s); call {i + 1} "
                                   f"({role}) has nothing left to replay")
-            entry = self.entries[i]
+            now = {"role": role, "messages": messages, "schema": schema}
             if self.strict:
-                _compare(self.path, i, entry["request"], {"role": role, "messages": messages, "schema": schema})
-            self._next += 1
+                # candidates written in parallel (several workers, a best-of-k round) may call in
+                # another order than they were recorded in: an exact match further on is theirs
+                j = next((j for j in range(i, len(self.entries)) if j not in self._used
+                          and _same(self.entries[j]["request"], now, sampling)), None)
+                if j is None:
+                    _compare(self.path, i, self.entries[i]["request"], now)
+                    raise ReplayError(f"transcript {self.path}, call {i + 1} ({role}): sampling {sampling or None} "
+                                      f"differs from the recorded {self.entries[i]['request'].get('sampling')}")
+                i = j
+            entry = self.entries[i]
+            self._used.add(i)
         reply = LLMReply.from_dict(entry["reply"]) if "reply" in entry else None
         usage = reply.usage if reply else TokenUsage()
         rec = self.ledger.begin(role, entry.get("model", "replay"), usage.total_tokens,
@@ -150,6 +167,12 @@ class ReplayClient:
                                bool(err.get("retryable", False)))
         self.ledger.end(rec, usage, reply.cost, 0.0, reply.attempts, None)
         return reply
+
+
+def _same(recorded: dict, now: dict, sampling: dict | None) -> bool:
+    return (recorded.get("role") == now["role"] and _canon(recorded.get("schema")) == _canon(now["schema"])
+            and _canon(recorded.get("messages", [])) == _canon([dict(m) for m in now["messages"]])
+            and _canon(recorded.get("sampling") or None) == _canon(sampling or None))
 
 
 def _compare(path: Path, i: int, recorded: dict, now: dict) -> None:

@@ -206,9 +206,11 @@ def test_worker_prompt_fits_the_token_budget(server, relu_ctx):
     assert small.omitted and messages_tokens(msgs) <= 8000
     sys_text = msgs[0]["content"]
     assert "## 10. Checklist of common mistakes" in sys_text and "Reference trimmed" in sys_text
-    # with room, the reference does not depend on the task: a stable, cacheable system message
-    other = full.messages(make_ctx("softmax"), PLAN, None, [], 1)
+    # with room, the reference depends only on the task's class: a stable, cacheable system message
+    other = full.messages(make_ctx("sigmoid"), PLAN, None, [], 1)
     assert other[0]["content"] == full.messages(relu_ctx, PLAN, None, [], 1)[0]["content"]
+    softmax = full.messages(make_ctx("softmax"), PLAN, None, [], 1)[0]["content"]
+    assert "### softmax_online.asp" in softmax and "### softmax_online.asp" not in other[0]["content"]
 
 
 def test_interface_names_dimensions_after_task_sizes():
