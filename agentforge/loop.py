@@ -54,6 +54,8 @@ class SolveState(TypedDict, total=False):
     plans: Annotated[list[dict], operator.add]    # every plan used, in order: {"source", "plan"}
     demo_schedule: dict                           # the adaptive demonstration schedule (DemoSchedule.to_dict)
     improve: dict                                 # improvement rounds: {"round", "before", "base", "feedback", ...}
+    cache: dict                                   # the plan cache's answer: {"tier", "entry", ..., "outcome"}
+    extra_rounds: int                             # rounds not counted against the budget (a false cache hit's)
 
 
 @dataclass
@@ -84,6 +86,9 @@ class SolveResult:
     notes: list[str] = field(default_factory=list)
     plan_source: str | None = None          # "planner" | "cache" | "reflector" | "failed"
     plans: list[dict] = field(default_factory=list)
+    plan_cache_tier: str | None = None      # "exact" | "structural" | "miss"; None: no plan cache
+    plan_cache_false_hit: bool = False      # the cached plan failed verification; the planner was asked
+    plan_cache: dict | None = None          # what the cache served and saved (tier, entry task, evaluations)
 
     @property
     def verified(self) -> bool:
@@ -93,6 +98,7 @@ class SolveResult:
         ev = self.best.to_dict() if self.best else {"task": self.task, "verified": False,
                                                       "reason": "no candidate was evaluated"}
         return {**ev, "attempts": self.attempts, "plan_cache_hit": self.plan_cache_hit,
+                "plan_cache_tier": self.plan_cache_tier, "plan_cache_false_hit": self.plan_cache_false_hit,
                 "llm_calls": self.usage.calls,
                 "tokens": {"prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
                            "cached": self.usage.cached_tokens},
@@ -155,40 +161,89 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
     def note_error(what: str, e: Exception) -> None:
         memory_errors.append(f"{what} failed: {type(e).__name__}: {e}")
 
-    def cached_plan() -> tuple[dict | None, list[str]]:
-        """The plan cache's plan for this signature, adapted and re-tuned to this task's sizes
-        (a cheap step on the timing model, not a planner call); a broken cache is reported and
-        the planner is asked instead."""
-        try:
-            cached = plan_cache.lookup(ctx.signature)
-            if cached is None:
-                return None, []
-            adapted = plan_cache.adapt(cached, ctx.graph_own, ctx.machine)
-            if adapted is None:
-                return None, []
-            tuned = tune(adapted, ctx.graph_own, ctx.machine, priors=cached.priors())
-            plan_cache.record_saved(planner_calls=1, tokens=int(cached.evaluation.get("planner_tokens") or 0))
-            where = "its own size class" if cached.match == "class" else f"another size class ({cached.task})"
-            return tuned.plan.to_dict(), [f"plan cache hit ({ctx.signature.key()}, verified in {where})"]
-        except Exception as e:  # noqa: BLE001
-            return None, [f"plan cache failed, the planner was asked instead: {type(e).__name__}: {e}"]
+    structure_box: list = []
 
-    def plan_node(state: SolveState) -> dict:
-        notes: list[str] = []
-        if plan_cache is not None:
-            plan, notes = cached_plan()
-            if plan is not None:
-                return {"plan": plan, "plan_source": "cache", "attempt": 0,
-                        "plans": [{"source": "cache", "plan": plan}], "notes": notes}
+    def structure():
+        """The task's structural key (the cache's second tier), computed once."""
+        if not structure_box:
+            from .store.plan_cache import structure_of
+
+            structure_box.append(structure_of(ctx.graph_own, ctx.graphs_small, ctx.signature))
+        return structure_box[0]
+
+    def cached_plan() -> tuple[dict | None, list[str], dict | None]:
+        """The plan cache's plan for this task (exact key first, then structure), adapted and
+        re-tuned to this task's sizes (a cheap step on the timing model, not a planner call); a
+        broken cache is reported and the planner is asked instead."""
+        try:
+            served = plan_cache.serve(ctx.signature, ctx.graph_own, ctx.machine, structure())
+            if served is None:
+                return None, ["plan cache: miss"], {"tier": "miss"}
+            info = {"tier": served.tier, "entry": served.cached.to_dict(), "task": served.cached.task,
+                    "search_evaluations": served.search_evaluations,
+                    "search_evaluations_saved": served.search_evaluations_saved, "outcome": "pending"}
+            return served.plan.to_dict(), [served.note()], info
+        except Exception as e:  # noqa: BLE001
+            return None, [f"plan cache failed, the planner was asked instead: {type(e).__name__}: {e}"], None
+
+    def ask_planner(notes: list[str], **extra: Any) -> dict:
         try:
             plan = planner.plan(ctx, demos(0))
-            return {"plan": plan, "plan_source": "planner", "attempt": 0, "notes": notes,
+            return {**extra, "plan": plan, "plan_source": "planner", "notes": notes,
                     "plans": [{"source": "planner", "plan": plan}] if plan else []}
         except _STOP:
             raise
         except Exception as e:  # noqa: BLE001 - a failed planner is recorded; workers go on unplanned
-            return {"plan": None, "plan_source": "failed", "attempt": 0,
+            return {**extra, "plan": None, "plan_source": "failed",
                     "notes": [*notes, f"planner failed: {type(e).__name__}: {e}"]}
+
+    def plan_node(state: SolveState) -> dict:
+        notes: list[str] = []
+        info = None
+        if plan_cache is not None:
+            plan, notes, info = cached_plan()
+            if plan is not None:
+                return {"plan": plan, "plan_source": "cache", "attempt": 0, "cache": info,
+                        "plans": [{"source": "cache", "plan": plan}], "notes": notes}
+        return ask_planner(notes, attempt=0, **({"cache": info} if info else {}))
+
+    def settle_cache_hit(state: SolveState, this_round: list[dict]) -> dict | None:
+        """After the round that followed a cached plan: a verified candidate confirms the hit
+        (what it saved is recorded: planner call, tokens and cost in the ledger, the offline
+        planner's search); none is a *false hit*: counted, the entry demoted, and the planner
+        asked, the round not counted against the task's attempts (a false hit costs the task
+        nothing but time)."""
+        info = dict(state.get("cache") or {})
+        if info.get("outcome") != "pending" or state.get("plan_source") != "cache":
+            return None
+        from .store.plan_cache import CachedPlan
+
+        entry = CachedPlan(**info["entry"])
+        if any(h["evaluation"]["verified"] for h in this_round):
+            info["outcome"] = "verified"
+            try:
+                tokens, cost = _planner_savings(planner, ctx, entry.evaluation)
+                saved = int(info.get("search_evaluations_saved") or 0)
+                plan_cache.record_saved(planner_calls=1, tokens=tokens, search_evaluations=saved)
+                info.update(tokens_saved=tokens, cost_saved=cost)
+                ledger = getattr(getattr(planner, "client", None), "ledger", None)
+                if ledger is not None and hasattr(ledger, "record_saved"):
+                    ledger.record_saved("planner", tokens=tokens, cost=cost,
+                                        note=f"plan cache {info['tier']} hit ({ctx.task.name})")
+                if hasattr(planner, "search_evaluations_saved"):
+                    planner.search_evaluations_saved += saved
+            except Exception as e:  # noqa: BLE001
+                note_error("plan cache: recording what the hit saved", e)
+            return {"cache": info}
+        info["outcome"] = "false"
+        notes = [f"plan cache: false hit ({info['tier']} tier, the plan of {entry.task or entry.signature_key} "
+                 "failed verification here; entry demoted, the planner was asked)"]
+        try:
+            plan_cache.false_hit(entry)
+        except Exception as e:  # noqa: BLE001
+            notes.append(f"plan cache: demoting the entry failed: {type(e).__name__}: {e}")
+        return ask_planner(notes, cache=info, best=state.get("best"), done=False, attempt=state["attempt"] + 1,
+                           extra_rounds=state.get("extra_rounds", 0) + 1)
 
     def fan_out(state: SolveState) -> list[Send]:
         imp = state.get("improve") or {}
@@ -244,6 +299,10 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         for h in this_round:
             if _better(best, h):
                 best = h
+        settled = settle_cache_hit({**state, "best": best}, this_round) if plan_cache is not None else None
+        if settled is not None and settled.get("plan_source"):
+            return settled          # a false hit: the planner's plan, in a round of its own
+        cache_update = settled or {}
         if experience is not None:
             for h in this_round:
                 try:
@@ -254,10 +313,10 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         schedule = DemoSchedule.from_dict(state.get("demo_schedule") or {})
         if this_round:
             schedule.update(sum(h["evaluation"]["verified"] for h in this_round) / len(this_round))
-        sched = {"demo_schedule": schedule.to_dict()}
+        sched = {"demo_schedule": schedule.to_dict(), **cache_update}
         good = best is not None and best["evaluation"]["verified"] and \
             (best["evaluation"].get("speedup") or 0.0) >= cfg.min_speedup
-        if good or attempt + 1 >= cfg.max_attempts:
+        if good or attempt + 1 >= cfg.max_attempts + state.get("extra_rounds", 0):
             imp, why = next_improvement(state, best, attempt) if good else (None, None)
             if imp is not None:
                 return {**sched, "best": best, "done": False, "attempt": attempt + 1, "improve": imp,
@@ -358,10 +417,10 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
             return evaluate(task, c, vcfg, baseline_seconds=ctx.baseline_seconds)
     graph = build_graph(ctx, planner, workers, reflector, evaluate_fn, cfg, plan_cache, experience, on_record)
     app = graph.compile(checkpointer=checkpointer)
-    config = {"recursion_limit": 10 + 4 * cfg.max_attempts}
+    config = {"recursion_limit": 10 + 4 * (cfg.max_attempts + (1 if plan_cache is not None else 0))}
     final = None
     replayed = False
-    planner_tokens_before = _tokens(planner)
+    planner_before = (_tokens(planner), _cost(planner), getattr(planner, "search_evaluations", 0))
     if checkpointer is not None:
         config["configurable"] = {"thread_id": thread_id or task.name}
         snap = app.get_state(config)
@@ -377,7 +436,9 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     best = final.get("best")
     best_ev = Evaluation.from_dict(best["evaluation"]) if best else None
     best_cand = Candidate(**best["candidate"]) if best and best.get("candidate") else None
-    hit = final.get("plan_source") == "cache" or any("plan cache hit" in n for n in final.get("notes", []))
+    cache_info = final.get("cache") or None
+    false_hit = bool(cache_info and cache_info.get("outcome") == "false")
+    hit = bool(cache_info and cache_info.get("tier") in ("exact", "structural")) and not false_hit
     notes = list(final.get("notes", []))
     for role in [planner, reflector, *workers]:     # what an LLM client decided on its own (e.g. json_object)
         notes.extend(n for n in getattr(getattr(role, "client", None), "notes", []) or [] if n not in notes)
@@ -388,9 +449,19 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
             # the plan that led to the verified kernel (the offline author's candidate is the plan
             # itself; an LLM worker's kernel followed the planner's or reflector's plan)
             try:
-                spent = _tokens(planner) - planner_tokens_before
-                plan_cache.store(ctx.signature, cacheable, {"speedup": best_ev.speedup, "verified": True,
-                                                           "task": task.name, "planner_tokens": spent})
+                made = {"planner_tokens": _tokens(planner) - planner_before[0],
+                        "planner_cost": _cost(planner) - planner_before[1],
+                        "planner_search_evaluations": getattr(planner, "search_evaluations", 0) - planner_before[2]}
+                if hit:     # the plan was the cache's: what it cost to make is what the entry cost
+                    ev0 = (cache_info.get("entry") or {}).get("evaluation") or {}
+                    made = {k: ev0.get(k, 0) for k in made}
+                from .store.plan_cache import structure_of
+
+                plan_cache.store(ctx.signature, cacheable,
+                                 {"speedup": best_ev.speedup, "verified": True, "task": task.name,
+                                  "machine": ctx.machine.name, **made},
+                                 graph=ctx.graph_own,
+                                 structure=structure_of(ctx.graph_own, ctx.graphs_small, ctx.signature))
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
                 notes.append(f"plan cache: storing the verified plan failed: {type(e).__name__}: {e}")
         if experience is not None:
@@ -407,8 +478,11 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
                          f"baseline it is measured against: the result is the baseline chain (1.00x)")
             best_ev, best_cand = chain
     rounds = len({h["attempt"] for h in final.get("history", [])})
+    tier = None if plan_cache is None or cache_info is None else cache_info.get("tier")
+    summary = None if cache_info is None else {k: v for k, v in cache_info.items() if k != "entry"}
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
-                       final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])))
+                       final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])),
+                       tier, false_hit, summary)
 
 
 def _budget_short(workers: list, calls: int) -> str | None:
@@ -461,6 +535,28 @@ def _tokens(role) -> int:
     """Prompt + completion tokens a role has used so far (0 for roles without usage)."""
     u = getattr(role, "usage", None) or Usage()
     return u.prompt_tokens + u.completion_tokens
+
+
+def _cost(role) -> float:
+    """USD a role has spent so far (0 for roles without usage)."""
+    return float(getattr(getattr(role, "usage", None), "cost", 0.0) or 0.0)
+
+
+def _planner_savings(planner, ctx: TaskContext, made: dict) -> tuple[int, float]:
+    """(tokens, USD) a cache hit saved: what the cached plan cost its planner when it was made, or,
+    for an LLM planner where that was nothing (a plan from the offline author), its prompt for this
+    task as the client would estimate it, at the client's prices."""
+    tokens, cost = int(made.get("planner_tokens") or 0), float(made.get("planner_cost") or 0.0)
+    messages = getattr(planner, "messages", None)
+    if tokens == 0 and callable(messages):
+        from .llm.client import messages_tokens
+
+        tokens = messages_tokens(messages(ctx, []))
+        client = getattr(planner, "client", None)
+        cfg = getattr(client, "config", None) or getattr(getattr(client, "inner", None), "config", None)
+        if cost == 0.0 and cfg is not None and hasattr(cfg, "cost"):
+            cost = float(cfg.cost(tokens, 0, 0))
+    return tokens, cost
 
 
 def _followed_plan(best: dict, plans: list[dict]) -> dict | None:

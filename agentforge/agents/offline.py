@@ -24,6 +24,7 @@ class OfflinePlanner:
         self.usage = Usage()
         self.priors = priors or {}
         self.search_evaluations = 0   # timing-model evaluations spent searching parameters
+        self.search_evaluations_saved = 0   # estimated evaluations plan cache hits spared it (set by the loop)
 
     def plan(self, ctx: TaskContext, demos: list[Demo]) -> dict:
         tuned = author_plan(ctx.graph_own, ctx.machine, self.priors, graphs_small=ctx.graphs_small)

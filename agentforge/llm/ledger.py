@@ -86,6 +86,7 @@ class Ledger:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._pending: dict[int, _Reservation] = {}
+        self.saved: list[dict] = []     # calls not made (a plan cache hit skipped the planner): role, tokens, cost, note
 
     @classmethod
     def from_config(cls, cfg) -> "Ledger":
@@ -103,6 +104,13 @@ class Ledger:
     @property
     def cost(self) -> float:
         return sum(r.cost for r in self.records)
+
+    def record_saved(self, role: str, tokens: int = 0, cost: float = 0.0, note: str = "") -> None:
+        """A call the campaign did not need to make (a plan cache hit skipped the planner), with
+        the tokens and USD it would have cost (estimates); never counted against a budget."""
+        with self._lock:
+            self.saved.append({"role": role, "tokens": int(tokens), "cost": float(cost), "note": note,
+                               "at": time.time()})
 
     def summary(self) -> dict:
         """Totals overall and per role (for reports)."""
@@ -122,6 +130,8 @@ class Ledger:
         return {"calls": len(recs), "errors": sum(not r.ok for r in recs),
                 "tokens": sum(r.prompt_tokens + r.completion_tokens for r in recs),
                 "cost": sum(r.cost for r in recs), "by_role": roles,
+                "saved": {"calls": len(self.saved), "tokens": sum(s["tokens"] for s in self.saved),
+                          "cost": sum(s["cost"] for s in self.saved)},
                 "limits": {"max_calls": self.max_calls, "max_tokens": self.max_tokens, "max_cost": self.max_cost}}
 
     # --- the protocol clients follow ---

@@ -288,7 +288,8 @@ def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
 #: Fields of a verifier report (``agentforge.verify.Evaluation``) kept with a stored answer.
 SUMMARY_FIELDS = ("verified", "task", "candidate", "speedup", "simulated_seconds", "baseline_seconds",
                   "roofline_fraction", "bottleneck", "hbm_bytes", "flops", "machine", "emulator",
-                  "own_sizes", "kernel_sha256", "reason_code", "planner_tokens")
+                  "own_sizes", "kernel_sha256", "reason_code", "planner_tokens", "planner_cost",
+                  "planner_search_evaluations")
 
 
 def canonical_json(value: Any) -> str:

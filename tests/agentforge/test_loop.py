@@ -162,10 +162,10 @@ def test_a_stage_with_no_demonstrations_widens_to_the_next(rmsnorm):
 
 
 class _BrokenCache:
-    def lookup(self, signature):
+    def lookup(self, *args, **kwargs):
         raise OSError("database is locked")
 
-    store = lookup
+    store = serve = lookup
 
 
 def test_a_failing_plan_cache_falls_back_to_the_planner_and_says_so(rmsnorm):
