@@ -86,24 +86,100 @@ def _plan_view(plan: dict | None) -> dict:
     return {k: v for k, v in (plan or {}).items() if k not in ("author", "version")}
 
 
+#: one line per template for the planner's catalog (the parameters and their tuner values are read
+#: from agentforge.author and agentforge.llm.schemas, not written here)
+TEMPLATE_HELP = {
+    "row": "elementwise ops, last-dim reductions, softmax, layer/RMS norm, cumsum, flips, slices, topk, "
+           "concatenation along the last dim over one space of rows: one map over tiles of whole rows",
+    "matmul": "mm/addmm with the transposed weight it reads (linear's permute) and an elementwise epilogue",
+    "attention": "a whole attention pattern (bmm(Q, K^T), scale, constant mask, softmax, bmm with V; or softmax "
+                 "and bmm alone) as one flash-attention kernel",
+    "moe": "a dense-masked mixture of experts whose gate has at most k non-zeros per token, as one routed kernel",
+    "single": "one op on its own, lowered as the baseline lowers it",
+}
+
+
+def template_catalog() -> list[dict]:
+    """The templates a plan may name, each with the parameters a plan may set and the values the
+    offline tuner searches (``agentforge.author.GRIDS``)."""
+    from ..author import GRIDS, TEMPLATES
+    from ..llm.schemas import PARAM_HELP, PARAM_KEYS
+
+    out = []
+    for t in TEMPLATES:
+        grid = GRIDS.get(t, {})
+        params = [{"name": k, "help": PARAM_HELP.get(k, ""), "tried": list(grid.get(k, ()))}
+                  for k in PARAM_KEYS.get(t, ())]
+        tuner_only = [k for k in grid if k not in PARAM_KEYS.get(t, ())]
+        out.append({"name": t, "help": TEMPLATE_HELP.get(t, ""), "params": params, "tuner_only": tuner_only})
+    return out
+
+
+def plan_realisation_problems(value: dict, ctx: TaskContext) -> list[str]:
+    """Why a (schema-valid) plan cannot be used for ``ctx``: a node that computes but is in no
+    region, or a region the author cannot realise at the task's own or small sizes. Empty: usable."""
+    from ..author import Plan, _index, realize
+
+    plan = normalize_plan(value)
+    idx = _index(ctx.graph_own)
+    covered = {i for r in plan["regions"] for i in r["nodes"]}
+    loose = [f"[{i}] {n.name}" for i, n in enumerate(idx.sem) if i not in covered and n.name not in idx.fixed]
+    problems = []
+    if loose:
+        problems.append(f"node(s) {', '.join(loose)} are in no region: every node that computes must be in one "
+                        f"(a 'single' region runs one op as the baseline does)")
+    try:
+        p = Plan.from_dict(plan)
+    except (ValueError, KeyError, TypeError) as e:
+        return problems + [f"not a plan: {e}"]
+    graphs = [("the task's own sizes", ctx.graph_own)] + [("a small test size", g) for g in ctx.graphs_small[:1]]
+    for where, g in graphs:
+        try:
+            realize(p, g, ctx.machine)
+        except Exception as e:  # noqa: BLE001 - any failure to build the chain is a reason to send back
+            problems.append(f"the plan cannot be realised at {where}: {type(e).__name__}: {e}")
+            break
+    return problems
+
+
 class LLMPlanner(_LLMRole):
-    """Asks for a JSON plan (agentforge.llm.schemas.PLAN_SCHEMA), checked against the op graph."""
+    """Asks for a JSON plan (agentforge.llm.schemas.PLAN_SCHEMA). The plan is validated before any
+    worker sees it: node indices, template parameters, every computing node covered, and realisable
+    by the author at the task's sizes. A plan that is not goes back to the planner once, with the
+    reason (the client's repair round); the reason is recorded in :attr:`returned` and in the
+    plan's notes."""
     role = "planner"
 
     def __init__(self, client: Any, fallback: Planner | None = None):
         super().__init__(client)
         self.fallback = fallback
+        self.returned: list[dict] = []     # {"task", "reason"} of every plan sent back
 
     def messages(self, ctx: TaskContext, demos: list[Demo]) -> list[dict[str, str]]:
-        return render_messages("planner", **context_vars(ctx), demos=[demo_view(d) for d in demos])
+        return render_messages("planner", **context_vars(ctx), demos=[demo_view(d) for d in demos],
+                               templates=template_catalog())
 
     def plan(self, ctx: TaskContext, demos: list[Demo]) -> dict:
         n = len(semantic_nodes(ctx.graph_own))
-        reply = self.client.chat(self.messages(ctx, demos), schema=PLAN_SCHEMA, role=self.role,
-                                 check=plan_checker(n))
+        shape_check = plan_checker(n)
+        reasons: list[str] = []
+
+        def check(value: Any) -> None:
+            shape_check(value)
+            problems = plan_realisation_problems(value, ctx)
+            if problems:
+                reasons.append("; ".join(problems))
+                raise ValueError("; ".join(problems))
+
+        reply = self.client.chat(self.messages(ctx, demos), schema=PLAN_SCHEMA, role=self.role, check=check)
         self._account(reply)
+        for r in reasons:
+            self.returned.append({"task": ctx.task.name, "reason": r})
         if reply.parsed_json is not None:
             plan = normalize_plan(reply.parsed_json)
+            if reasons:
+                plan["notes"] = (f"{plan.get('notes', '')} [a first plan was returned to the planner: "
+                                 f"{reasons[0]}]").strip()
             plan["author"] = self.client.author
             return plan
         if self.fallback is None:
