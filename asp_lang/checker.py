@@ -5,11 +5,12 @@ more units than the chip has).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from .consts import eval_int
+from .consts import MAX_INT, MAX_RANK, eval_int
 from .errors import (AffineError, ArgumentError, AspError, NameError_, ResourceError, RoutingError,
-                     SizeError, TypeError_)
+                     ShapeError, SizeError, TypeError_)
 from .ir import Call, FnDef, Kernel, Name, names
 from .machine import Machine
 from .ops import OPS, Node
@@ -212,8 +213,12 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
         if p.name in sizes:
             raise NameError_(f"'{p.name}' is both a size and a tensor", p.span)
         shape = tuple(eval_int(e, sizes, f"the shape of '{p.name}'") for e in p.shape)
+        if len(shape) > MAX_RANK:
+            raise ShapeError(f"'{p.name}' has rank {len(shape)}: at most {MAX_RANK} dimensions", p.span)
         if any(s <= 0 for s in shape):
             raise SizeError(f"'{p.name}' has a non-positive dimension {list(shape)}", p.span)
+        if math.prod(shape) > MAX_INT:
+            raise SizeError(f"'{p.name}' {list(shape)} has more than 2**62 elements", p.span)
         tensors[p.name] = TensorT(p.name, p.dtype, shape, p.tier)
     for tier in ("hbm", "ddr"):
         total = sum(t.nbytes for t in tensors.values() if t.tier == tier)
@@ -248,6 +253,10 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
         if len(outs) != len(st.targets):
             raise ArgumentError(f"{call.func} here defines {len(outs)} stream(s) but {len(st.targets)} "
                                 f"name(s) are on the left of '='", st.span)
+        for o in outs:  # stream and tile dimensions together must stay within numpy's 64
+            if getattr(o, "rank", 0) > MAX_RANK:
+                raise ShapeError(f"{call.func} makes a stream of rank {o.rank}: at most {MAX_RANK} dimensions",
+                                 call.span)
         par = 1
         if call.kw("par") is not None:
             par = eval_int(call.kw("par"), sizes, "par")

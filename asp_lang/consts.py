@@ -11,6 +11,7 @@ from .errors import ArgumentError, SizeError
 from .ir import BinOp, Expr, ListExpr, Name, Num, UnOp
 
 MAX_INT = 2**62
+MAX_RANK = 16  # dimensions of a tensor or a tile: stream and tile dimensions together stay within numpy's 64
 
 
 def eval_int(e: Expr, sizes: dict[str, int], what: str = "this value") -> int:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from .consts import eval_int, eval_int_list
+from .consts import MAX_RANK, eval_int, eval_int_list
 from .errors import ArgumentError, NameError_, ShapeError, SizeError, Span, TypeError_
 from .ir import BinOp, Call, Expr, FnDef, ListExpr, Name, Num, TupleExpr, UnOp
 from .types import (DTYPES, FLOAT_DTYPES, WEAK_FLOAT, WEAK_INT, TileT, is_float, is_weak,
@@ -584,6 +584,8 @@ class _FnChecker:
         t = self._expr(e)
         if t.numel > MAX_TILE_ELEMS:
             raise _err(SizeError, f"tile {t} is larger than {MAX_TILE_ELEMS} elements", e)
+        if len(t.shape) > MAX_RANK:
+            raise _err(ShapeError, f"a tile of rank {len(t.shape)}: at most {MAX_RANK} dimensions", e)
         self.types[id(e)] = t
         return t
 

@@ -304,3 +304,37 @@ def test_eval_command_json_names_the_location(tmp_path):
     out = json.loads(res.stdout)
     assert out["reason_code"] == "compile" and out["reason"].startswith(f"ERROR[ParseError] {f}:2:"), out["reason"]
     assert "Traceback" not in res.stdout + res.stderr
+
+
+# ------------------------------------------------------------------ ranks and element counts (found by benchmarks/fuzz_asp.py)
+
+def _ones(n: int) -> str:
+    return ", ".join(["1"] * n)
+
+
+RANKS = {
+    # 90 dimensions of 4096: the HBM total overflowed a float (OverflowError in the checker)
+    "declared_elements": ("kernel k(x: f32[4]) -> (y: f32[4], z: f32[" + ", ".join(["4096"] * 90) + "]) {\n"
+                          "  s = load(x, tile=[4])\n  store(y, s)\n}\n", "ShapeError", (1, 36)),
+    # a rank-70 tensor loaded with a matching tile: numpy refuses arrays of more than 64 dimensions
+    "declared_rank": (f"kernel k(x: f32[{_ones(70)}]) -> (y: f32[{_ones(70)}]) {{\n"
+                      f"  s = load(x, tile=[{_ones(70)}])\n  store(y, s)\n}}\n", "ShapeError", (1, 10)),
+    # a tile of rank 100 built inside a tile function (ValueError when it ran)
+    "tile_rank": (fn_kernel(f"p + reshape(zeros([{_ones(100)}]), shape=[1])"), "ShapeError", (2, BODY_COL + 12)),
+    # 70 promotes make a stream of rank 71 (ValueError when it ran)
+    "stream_rank": ("kernel k(x: f32[4]) -> (y: f32[4]) {\n  fn f(p) = p + 1\n  s0 = load(x, tile=[1])\n"
+                    + "".join(f"  s{i + 1} = promote(s{i}, at=0)\n" for i in range(70))
+                    + "  t = map(s70, fn=f)\n  u = flatten(t, dims=[0, 70])\n  store(y, u)\n}\n", "ShapeError", (19, 9)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RANKS))
+def test_ranks_and_element_counts_are_bounded(name):
+    from asp_lang.consts import MAX_RANK
+
+    src, kind, (line, col) = RANKS[name]
+    with pytest.raises(AspError) as ei:
+        asp_lang.compile(src, filename="r.asp")
+    e = ei.value
+    assert e.kind == kind and (e.span.line, e.span.col) == (line, col), e.short()
+    assert name == "declared_elements" or str(MAX_RANK) in e.message
