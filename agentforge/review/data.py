@@ -117,6 +117,25 @@ class TaskView:
     notes: list[str] = field(default_factory=list)
 
     @property
+    def plan_cache_tier(self) -> str | None:
+        """Which tier of the plan cache served the task: "exact" (same computation),
+        "structural" (same structure of fused regions, the plan re-bound), "false hit" (served,
+        failed verification, the planner was asked), "miss", or None (no cache was used). Read
+        from the loop's notes ("plan cache: <tier> hit ..."); an older run says only "hit"."""
+        tier = None
+        for n in self.notes:
+            if n.startswith("plan cache: false hit"):
+                return "false hit"
+            for t in ("exact", "structural"):
+                if n.startswith(f"plan cache: {t} hit"):
+                    tier = t
+            if tier is None and n.startswith("plan cache: miss"):
+                tier = "miss"
+        if tier is None and self.plan_cache_hit:
+            return "hit"
+        return tier
+
+    @property
     def roots(self) -> list[Candidate]:
         return [c for c in self.candidates if c.parent is None or c.parent not in {x.id for x in self.candidates}]
 

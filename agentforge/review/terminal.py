@@ -39,7 +39,9 @@ def header(review: Review, t: TaskView) -> Panel:
         ("simulated / baseline", f"{fmt_seconds(t.simulated_seconds)} / {fmt_seconds(t.baseline_seconds)}"),
         ("answer", f"{t.kind or '-'}" + ("" if t.final_is_verified or not t.kind else " (best attempt, not verified)")),
         ("plan", (t.plan_source or "-") + ("" if t.plan_cache_hit is None else
-                                           f" (plan cache {'hit' if t.plan_cache_hit else 'miss'})")),
+                                           f" (plan cache {'hit' if t.plan_cache_hit else 'miss'}"
+                                           + (f", {t.plan_cache_tier}" if t.plan_cache_tier in
+                                              ("exact", "structural", "false hit") else "") + ")")),
     ]
     if review.has_run:
         rows += [("attempts", fmt_num(t.attempts)), ("LLM", f"{t.llm_calls} calls, {t.tokens:,} tokens, ${t.cost:.4f}")]

@@ -374,3 +374,303 @@ def test_every_author_template_has_its_tunable_parameters_listed():
     assert set(PARAM_KEYS) == set(TEMPLATES)
     for template, grid in GRIDS.items():
         assert set(grid) <= set(PARAM_KEYS[template]), template
+
+
+# ------------------------------------------------------------------ the structural tier
+#
+# Plans transfer at the level of the fused regions' structure: a cache filled by the bundled
+# suite (linear_bias, linear_bias_gelu, matmul_relu, relu, ...) serves KernelBench level-2
+# problems it has never seen (evals/kernelbench_l2), whose op sequences differ.
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from agentforge.agents.offline import OfflineReflector, OfflineWorker  # noqa: E402
+from agentforge.agents.roles import Usage  # noqa: E402
+from agentforge.capture import op_kind  # noqa: E402
+from agentforge.llm.ledger import Ledger  # noqa: E402
+from agentforge.loop import offline_roles, solve, task_context  # noqa: E402
+from agentforge.review.data import TaskView  # noqa: E402
+from agentforge.store.plan_cache import rebind, structural_form, structure_of  # noqa: E402
+from agentforge.verify import VerifyConfig, evaluate  # noqa: E402
+
+L2 = ROOT / "evals" / "kernelbench_l2"
+MACHINE = asp_lang.load_machine("sn40l")
+MM_PARAMS = {"tm": 256, "tn": 256, "tk": 128, "par": 1024, "par_mem": 8, "par_epi": 16}
+
+
+def captured(path: Path) -> SimpleNamespace:
+    """A task at its own sizes and its first two small size sets, with both keys."""
+    task = load_task(path)
+    own = capture_at(task, meta=True)
+    small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:2]]
+    return SimpleNamespace(task=task, own=own, small=small, sig=signature(own), structure=structure_of(own, small))
+
+
+@pytest.fixture(scope="module")
+def gemms():
+    return {"gelu": captured(SUITE / "linear_bias_gelu.py"), "bias": captured(SUITE / "linear_bias.py"),
+            "relu": captured(SUITE / "matmul_relu.py"), "leaky": captured(L2 / "gemm_multiply_leakyrelu.py")}
+
+
+def fused_plan(c: SimpleNamespace, notes: str = "") -> author.Plan:
+    """Each region of the task's partition fused whole (what the offline author keeps for these tasks)."""
+    return author.Plan([author.Region(t, list(nodes), dict(MM_PARAMS) if t == "matmul" else {})
+                        for nodes, t in zip(c.structure.partition, c.structure.templates)], notes=notes)
+
+
+def store_verified(cache, c, plan, speedup=1.5, **extra):
+    return cache.store(c.sig, plan, {**ok(speedup, c.task.name), **extra}, graph=c.own, structure=c.structure)
+
+
+def test_the_structural_key_is_the_shape_of_the_fused_regions(gemms):
+    gelu, bias, relu, leaky = gemms["gelu"], gemms["bias"], gemms["relu"], gemms["leaky"]
+    assert len({gelu.sig.key(), bias.sig.key(), leaky.sig.key()}) == 3       # the exact tier tells them apart
+    # ... the structural tier does not: a transposed weight, the matmul, then one elementwise
+    # slot (the bias, the GELU, the multiply and the LeakyReLU alike) reading a broadcast row
+    assert gelu.structure.key == bias.structure.key == leaky.structure.key
+    assert leaky.structure.regions == [{"template": "matmul", "slots": ["transpose_b", "mm", "ew[row]"],
+                                        "rank": 2, "dtype": "fp32"}]
+    assert leaky.structure.bound == "compute"
+    assert relu.structure.regions[0]["slots"] == ["mm", "ew"]                # no transposed weight, no bias
+    assert relu.structure.key != gelu.structure.key
+    softmax = captured(SUITE / "softmax.py")
+    assert softmax.structure.regions[0]["template"] == "row" and softmax.structure.key != gelu.structure.key
+
+
+def test_a_structural_hit_serves_an_unseen_epilogue_chain(cache, gemms):
+    gelu, leaky = gemms["gelu"], gemms["leaky"]
+    store_verified(cache, gelu, fused_plan(gelu), 3.0)
+    assert cache.stats()["structural_entries"] == 1
+    served = cache.serve(leaky.sig, leaky.own, MACHINE, leaky.structure)
+    assert served is not None and served.tier == "structural" and served.cached.task == "linear_bias_gelu"
+    (region,) = served.plan.regions
+    sem = author.semantic_nodes(leaky.own)
+    # re-bound: this graph's node indices, the epilogue slot holding this task's own ops
+    assert region.template == "matmul"
+    assert [op_kind(sem[i].target) for i in region.nodes] == ["permute", "addmm", "mul", "leaky_relu"]
+    assert set(region.params) == set(author.MM_GRID) and served.search_evaluations > 0   # re-tuned: other sizes
+    author.realize(served.plan, leaky.own, MACHINE)
+    assert "plan cache: structural hit" in served.note()
+    stats = cache.stats()
+    assert (stats["hits"], stats["class_hits"], stats["exact_hits"], stats["misses"]) == (1, 1, 0, 0)
+    # the re-bound plan is a correct plan of the new task
+    ev = evaluate(leaky.task, {"kind": "plan", "plan": served.plan.to_dict()}, VerifyConfig(machine="sn40l"))
+    assert ev.verified, ev.reason
+
+
+def test_a_task_of_another_structure_misses(cache, gemms):
+    store_verified(cache, gemms["gelu"], fused_plan(gemms["gelu"]))
+    relu = gemms["relu"]
+    assert cache.serve(relu.sig, relu.own, MACHINE, relu.structure) is None
+    assert cache.peek(relu.sig, relu.structure) is None
+    stats = cache.stats()
+    assert (stats["hits"], stats["misses"]) == (0, 1)
+
+
+def test_the_exact_tier_is_preferred_when_it_exists(cache, gemms):
+    gelu, bias = gemms["gelu"], gemms["bias"]
+    store_verified(cache, gelu, fused_plan(gelu, "gelu's own"), 1.1)
+    store_verified(cache, bias, fused_plan(bias, "linear_bias"), 9.0)        # faster, same structure
+    served = cache.serve(gelu.sig, gelu.own, MACHINE, gelu.structure)
+    assert served.tier == "exact" and served.cached.task == "linear_bias_gelu"
+    assert served.plan.notes.startswith("gelu's own")
+    # the same shapes on the same machine: nothing to re-tune
+    assert served.kept_regions == 1 and served.search_evaluations == 0
+    assert served.plan.regions[0].params == MM_PARAMS
+    stats = cache.stats()
+    assert (stats["exact_hits"], stats["class_hits"], stats["size_class_hits"]) == (1, 0, 1)
+    # once the exact entry is demoted, the structural tier serves the task
+    cache.false_hit(served.cached)
+    again = cache.serve(gelu.sig, gelu.own, MACHINE, gelu.structure)
+    assert again.tier == "structural" and again.cached.task == "linear_bias"
+
+
+def test_a_plan_not_made_of_the_partitions_regions_stays_exact_only(cache, gemms):
+    gelu = gemms["gelu"]
+    (nodes,) = gelu.structure.partition
+    odd = author.Plan([author.Region("matmul", nodes[:2], dict(MM_PARAMS)), author.Region("single", nodes[2:])])
+    assert structural_form(odd, gelu.structure) is None
+    store_verified(cache, gelu, odd)
+    stats = cache.stats()
+    assert stats["entries"] == 1 and stats["structural_entries"] == 0
+
+
+def test_a_split_region_is_rebound_op_by_op(gemms):
+    gelu, leaky = gemms["gelu"], gemms["leaky"]
+    (nodes,) = gelu.structure.partition
+    split = author.Plan([author.Region("single", [i], {"compute": 16, "memory": 2}) for i in nodes])
+    form = structural_form(split, gelu.structure)
+    assert form is not None and len(form[0]["split"]) == 3
+    plan, dims = rebind(form, leaky.structure)
+    # four ops here, three there: each op its own region, parameters left to the re-tuning
+    assert [(r["template"], r["nodes"], r["params"]) for r in plan["regions"]] == \
+        [("single", [i], {}) for i in leaky.structure.partition[0]]
+    plan, dims = rebind(form, gelu.structure)                                # same count: parameters kept
+    assert [r["params"] for r in plan["regions"]] == [{"compute": 16, "memory": 2}] * 3 and all(dims)
+
+
+def test_a_v3_database_keeps_its_size_class_hits_under_their_new_name(tmp_path):
+    path = tmp_path / "v3.sqlite"
+    with Database(path, PLAN_CACHE_SCHEMA.upto(3)) as old:
+        with old.transaction() as c:
+            c.execute("UPDATE plan_cache_counters SET value = 5 WHERE name = 'class_hits'")
+    with PlanCache(path) as c:
+        stats = c.stats()
+        assert (stats["size_class_hits"], stats["class_hits"], stats["false_hits"]) == (5, 0, 0)
+        assert stats["structural_entries"] == 0 and stats["schema_version"] == 4
+
+
+# ------------------------------------------------------------------ through the loop
+
+
+@pytest.fixture(scope="module")
+def elementwise():
+    """relu, sigmoid and tanh: one row region each, the same structure, three computations."""
+    return {name: captured(SUITE / f"{name}.py") for name in ("relu", "sigmoid", "tanh")}
+
+
+def row_plan_of(c):
+    return author.Plan([author.Region("row", list(c.structure.partition[0]), {"rows": 1, "par": 16, "par_mem": 4})])
+
+
+class _LLMLikePlanner:
+    """The offline planner's plan, billed like an LLM planner's, with a client and its ledger."""
+
+    def __init__(self):
+        self.inner = offline_roles()[0]
+        self.usage = Usage()
+        self.client = SimpleNamespace(ledger=Ledger())
+        self.calls = 0
+
+    def plan(self, ctx, demos):
+        self.calls += 1
+        self.usage.add(Usage(calls=1, prompt_tokens=900, completion_tokens=100, cost=0.01))
+        return self.inner.plan(ctx, demos)
+
+
+def test_a_structural_hit_skips_the_planner_and_the_ledger_records_what_it_saved(cache, elementwise):
+    relu, sigmoid = elementwise["relu"], elementwise["sigmoid"]
+    store_verified(cache, relu, row_plan_of(relu), planner_tokens=1000, planner_cost=0.01,
+                   planner_search_evaluations=60)
+    planner = _LLMLikePlanner()
+    ctx = task_context(sigmoid.task)
+    res = solve(sigmoid.task, planner, [OfflineWorker()], OfflineReflector(), ctx=ctx, plan_cache=cache)
+    assert res.verified and res.plan_source == "cache" and planner.calls == 0
+    assert res.plan_cache_tier == "structural" and res.plan_cache_hit and not res.plan_cache_false_hit
+    assert res.plan_cache["task"] == "relu"
+    assert planner.client.ledger.summary()["saved"] == {"calls": 1, "tokens": 1000, "cost": 0.01}
+    assert planner.client.ledger.calls == 0                                  # a saving is not a call
+    stats = cache.stats()
+    assert (stats["planner_calls_saved"], stats["tokens_saved"]) == (1, 1000)
+    assert stats["search_evaluations_saved"] == 60 - res.plan_cache["search_evaluations"] > 0
+    # the task's own verified plan entered both tiers, carrying what the plan cost to make
+    mine = cache.peek(sigmoid.sig)
+    assert mine.tier == "exact" and mine.evaluation["planner_tokens"] == 1000
+    assert TaskView(0, "sigmoid", "verified", notes=res.notes, plan_cache_hit=True).plan_cache_tier == "structural"
+
+
+def test_the_offline_planner_is_told_the_search_it_was_spared(cache, elementwise):
+    relu, tanh = elementwise["relu"], elementwise["tanh"]
+    store_verified(cache, relu, row_plan_of(relu), planner_search_evaluations=60)
+    planner, workers, reflector = offline_roles()
+    res = solve(tanh.task, planner, workers, reflector, plan_cache=cache)
+    assert res.verified and res.plan_cache_tier == "structural"
+    assert planner.search_evaluations == 0 and planner.search_evaluations_saved == 60 - \
+        res.plan_cache["search_evaluations"]
+
+
+def test_a_false_hit_falls_back_to_the_planner_is_demoted_and_costs_the_task_nothing(cache, elementwise):
+    relu, sigmoid, tanh = elementwise["relu"], elementwise["sigmoid"], elementwise["tanh"]
+    store_verified(cache, relu, row_plan_of(relu))
+    ctx = task_context(sigmoid.task)
+    rejected = []
+
+    def verifier(candidate):
+        # the real verifier, except that here the cached plan fails (as a plan whose fusion is
+        # wrong for this task would): the cache must not cost the task its result
+        if "plan cache" in (candidate.get("plan") or {}).get("notes", ""):
+            rejected.append(candidate)
+            return Evaluation(task="sigmoid", candidate="plan", verified=False, reason="output mismatch",
+                              reason_code="mismatch", machine="sn40l")
+        return evaluate(sigmoid.task, candidate, VerifyConfig(machine="sn40l"), baseline_seconds=ctx.baseline_seconds)
+
+    planner = _LLMLikePlanner()
+    from agentforge.loop import SolveConfig
+
+    # one attempt: the false hit's round is not charged to the task, so the planner's plan still runs
+    res = solve(sigmoid.task, planner, [OfflineWorker()], OfflineReflector(), ctx=ctx, plan_cache=cache,
+                evaluate_fn=verifier, cfg=SolveConfig(max_attempts=1))
+    assert len(rejected) == 1 and planner.calls == 1
+    assert res.verified and res.plan_source == "planner"
+    assert res.plan_cache_false_hit and res.plan_cache_tier == "structural" and not res.plan_cache_hit
+    assert any(n.startswith("plan cache: false hit") for n in res.notes)
+    assert planner.client.ledger.summary()["saved"]["calls"] == 0           # nothing was saved
+    stats = cache.stats()
+    assert (stats["hits"], stats["class_hits"], stats["false_hits"], stats["planner_calls_saved"]) == (1, 1, 1, 0)
+    assert stats["demoted"] == 1
+    (demoted,) = [e for e in cache.structural_entries() if e["task"] == "relu"]
+    assert demoted["demoted"] and demoted["false_hits"] == 1
+    # the demoted entry serves no one any more; sigmoid's own verified plan serves tanh instead
+    served = cache.serve(tanh.sig, tanh.own, MACHINE, tanh.structure)
+    assert served.tier == "structural" and served.cached.task == "sigmoid"
+    assert TaskView(0, "sigmoid", "verified", notes=res.notes, plan_cache_hit=False).plan_cache_tier == "false hit"
+
+
+# ------------------------------------------------------------------ agentforge cache stats
+
+
+def test_cache_stats_json_reports_both_tiers_false_hits_and_savings(tmp_path, gemms):
+    path = tmp_path / "memory.sqlite"
+    with PlanCache(path) as c:
+        gelu, leaky, relu = gemms["gelu"], gemms["leaky"], gemms["relu"]
+        store_verified(c, gelu, fused_plan(gelu))
+        c.serve(gelu.sig, gelu.own, MACHINE, gelu.structure)                  # exact
+        served = c.serve(leaky.sig, leaky.own, MACHINE, leaky.structure)      # structural
+        c.false_hit(served.cached)
+        c.serve(relu.sig, relu.own, MACHINE, relu.structure)                  # miss
+        c.record_saved(planner_calls=1, tokens=1234, search_evaluations=200)
+    proc = subprocess.run([sys.executable, "-m", "agentforge.cli", "cache", "stats", "--db", str(path), "--json"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)
+    expected = {"hits": 2, "exact_hits": 1, "class_hits": 1, "false_hits": 1, "misses": 1,
+                "planner_calls_saved": 1, "tokens_saved": 1234, "search_evaluations_saved": 200,
+                "entries": 1, "structural_entries": 1, "demoted": 1}
+    assert {k: stats[k] for k in expected} == expected
+    assert stats["hit_rate"] == pytest.approx(2 / 3) and stats["false_hit_rate"] == pytest.approx(1 / 2)
+
+
+# ------------------------------------------------------------------ the review shows the tier
+
+
+@pytest.mark.parametrize("notes, hit, tier, badge", [
+    (["plan cache: structural hit (structure s, plan of linear_bias_gelu re-bound to this graph)"], True,
+     "structural", "structural tier"),
+    (["plan cache: exact hit (key k, verified in its own size class)"], True, "exact", "exact tier"),
+    (["plan cache: structural hit (structure s, plan of relu re-bound to this graph)",
+      "plan cache: false hit (structural tier, the plan of relu failed verification here; entry demoted, "
+      "the planner was asked)"], False, "false hit", "false hit"),
+    (["plan cache: miss"], False, "miss", None),
+    ([], None, None, None),                                     # no plan cache in this run
+])
+def test_the_review_shows_which_tier_served_each_task(notes, hit, tier, badge):
+    from rich.console import Console
+
+    from agentforge.review.data import Review
+    from agentforge.review.html import environment
+    from agentforge.review.terminal import header
+
+    t = TaskView(0, "gemm_relu_divide", "verified", plan_cache_hit=hit, plan_source="cache" if hit else "planner",
+                 notes=notes)
+    assert t.plan_cache_tier == tier
+    review = Review(Path("run"), True, {}, {}, "sn40l", {}, [t])
+    html = environment().get_template("task.html.j2").render(t=t, review=review)
+    badges = [b for b in ("structural tier", "exact tier", "false hit") if f'<span class="badge cache">{b}</span>' in html]
+    assert badges == ([badge] if badge else [])
+    console = Console(record=True, width=200)
+    console.print(header(review, t))
+    text = console.export_text()
+    assert (f", {tier})" in text) == (tier in ("exact", "structural", "false hit"))
