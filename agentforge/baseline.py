@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import asp_lang
-from asp_lang import Machine
+from asp_lang import AspError, Machine
 
 from .capture import AtenGraph, AtenNode, Ref, capture, torch_dtype
 from .lowering import Alias, Const, OpKernel, Step, UnsupportedOpError, lower_node
@@ -128,7 +128,15 @@ class Baseline:
 
     def program(self, i: int, step: OpKernel):
         if i not in self._programs:
-            self._programs[i] = asp_lang.compile(step.source, self.machine, filename=f"{step.node}.asp")
+            try:
+                self._programs[i] = asp_lang.compile(step.source, self.machine, filename=f"{step.node}.asp")
+            except AspError as e:
+                # the op-by-op baseline fits the machine it runs on (par never changes results):
+                # a default par larger than this machine's units falls back to the smallest
+                if not (self.tune_par and e.kind == "ResourceError"):
+                    raise
+                self._programs[i] = asp_lang.compile(with_par(step.source, PAR_COMPUTE[0], PAR_MEMORY[0]),
+                                                     self.machine, filename=f"{step.node}.asp")
         return self._programs[i]
 
     def run(self, inputs: list[torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
@@ -209,16 +217,25 @@ class Baseline:
         if not self.tune_par:
             prog = self.program(self.steps.index(step), step)
             return asp_lang.profile(prog), None
-        best = None
+        best = sectioned = None
         for c in PAR_COMPUTE:
             for m in PAR_MEMORY:
-                prog = asp_lang.compile(with_par(step.source, c, m), self.machine, filename=f"{step.node}.asp")
-                if len(prog.sections) > 1:
-                    continue
+                try:
+                    prog = asp_lang.compile(with_par(step.source, c, m), self.machine, filename=f"{step.node}.asp")
+                except AspError as e:
+                    if e.kind == "ResourceError":  # more units than this machine has: not a choice here
+                        continue
+                    raise
                 rep = asp_lang.profile(prog)
+                if len(prog.sections) > 1:
+                    if sectioned is None or rep.cycles < sectioned[0].cycles:
+                        sectioned = (rep, {"compute": c, "memory": m})
+                    continue
                 if best is None or rep.cycles < best[0].cycles:
                     best = (rep, {"compute": c, "memory": m})
-        if best is None:  # nothing fits one configuration: take the default, sectioned
+        if best is None and sectioned is not None:  # nothing fits one configuration: the fastest sectioned
+            return sectioned
+        if best is None:
             return asp_lang.profile(self.program(self.steps.index(step), step)), {"compute": 16, "memory": 4}
         return best
 

@@ -3,13 +3,19 @@
 A kernel's parameters take, in order, the task's inputs (``get_inputs()`` order) and then
 the model's parameters and buffers (capture order); its results are the model's outputs in
 order. Size names used in parameter shapes are solved from the actual shapes. Other sizes
-(tile sizes, typically) keep the kernel's defaults; where a default does not divide the
-task's dimensions at a small correctness size, it is halved until it does.
+(tile sizes, typically: the kernel's *free* sizes) keep the kernel's defaults; where a default
+does not divide the task's dimensions at its own (timed) sizes, it is halved until it does.
+
+The verifier binds a kernel once at the task's own sizes and then passes those free sizes as
+``fixed`` to every check, so the configuration that is checked is exactly the one that is
+timed (docs/evaluation.md, "the checked configuration is the timed one"): with ``fixed`` no
+size is ever halved, and a check size the fixed tiles do not divide is an error, not a
+silent retiling.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asp_lang
 from asp_lang.checker import bind_sizes
@@ -39,6 +45,7 @@ class Binding:
     sizes: dict[str, int]
     inputs: list[TensorSpec]       # graph values bound to the kernel's parameters, in order
     outputs: list[TensorSpec]
+    free: dict[str, int] = field(default_factory=dict)   # sizes not solved from shapes (tiles)
 
 
 def graph_operands(graph: AtenGraph) -> list[TensorSpec]:
@@ -65,8 +72,11 @@ def _solve_shapes(kernel: Kernel, specs: list[TensorSpec], outs: list[TensorSpec
 
 
 def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", source: str | None = None,
-         max_tries: int = 40) -> tuple[Binding, "asp_lang.Program"]:
-    """Match ``kernel`` to ``graph`` and return the binding and the checked program."""
+         max_tries: int = 40, fixed: dict[str, int] | None = None) -> tuple[Binding, "asp_lang.Program"]:
+    """Match ``kernel`` to ``graph`` and return the binding and the checked program.
+
+    ``fixed`` binds the free sizes exactly (the values a timed binding chose): nothing is
+    halved, so the program is the timed configuration at this graph's sizes or an error."""
     specs = graph_operands(graph)
     outs = graph.output_specs
     if len(kernel.params) != len(specs):
@@ -85,6 +95,9 @@ def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", 
     solved = _solve_shapes(kernel, specs, outs)
     defaults = kernel.default_sizes()
     free = {k: v for k, v in defaults.items() if k not in solved}
+    if fixed is not None:
+        free = {k: fixed.get(k, v) for k, v in free.items()}
+        max_tries = 1
     for attempt in range(max_tries):
         sizes = {**free, **solved}
         try:
@@ -96,9 +109,9 @@ def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", 
                                        f"'{spec.name}' is {list(spec.shape)}",
                                        "shape" if i >= len(kernel.params) else "interface")
             prog = asp_lang.check(kernel, machine, sizes, filename, source)
-            return Binding(sizes, specs, outs), prog
+            return Binding(sizes, specs, outs, dict(free)), prog
         except SizeError as e:
-            culprit = _shrinkable(e, kernel, free)
+            culprit = None if fixed is not None else _shrinkable(e, kernel, free)
             if culprit is None:
                 raise
             free[culprit] //= 2

@@ -70,7 +70,15 @@ GROUPS: frozenset[str] = frozenset(
 )
 
 #: Input distributions understood by :func:`make_inputs`.
-DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "heavy", "mixed_scale", "large")
+DISTRIBUTIONS: tuple[str, ...] = ("normal", "uniform", "heavy", "mixed_scale", "large", "last_max", "offset",
+                                  "near_ties", "zeros")
+
+#: Per-row offsets of the ``offset`` distribution, by dtype: far past exp's range (88 in f32 and
+#: bf16, 11 in f16) yet small enough that the row's own N(0, 1) spread stays representable.
+_OFFSET = {torch.float32: 1e4, torch.bfloat16: 1e2, torch.float16: 1e3, torch.float64: 1e4}
+#: How far the ``last_max`` distribution lifts each row's maximum above the rest of the row:
+#: more than exp's f32 range, so a softmax stabilised by any maximum but the row's overflows.
+_LAST_MAX_MARGIN = 100.0
 
 #: Level given to a task without a sidecar (or whose sidecar has no ``level``).
 DEFAULT_LEVEL = 1
@@ -601,7 +609,19 @@ def make_inputs(
     - ``"normal"``: unchanged, the task's own values;
     - ``"uniform"``: U(-1, 1);
     - ``"heavy"``: Student-t with 2 degrees of freedom (infinite variance), clipped to +-1e4;
-    - ``"mixed_scale"``: N(0, 1) times 10**U(-3, 3), one scale per row (last dim).
+    - ``"mixed_scale"``: N(0, 1) times 10**U(-3, 3), one scale per row (last dim);
+    - ``"large"``: N(0, 1) x 100, past exp's float32 range;
+    - ``"last_max"``: N(0, 1) with each row's (last dim) maximum moved to its last element and
+      lifted 100 above the rest: the maximum lies in the last tile whatever the tiling, and a
+      softmax stabilised by a partial maximum overflows;
+    - ``"offset"``: N(0, 1) plus one offset per row drawn from U(-L, L), L = 1e4 for f32
+      (1e3 f16, 1e2 bf16): shift-invariant ops must not care, an exp that is not stabilised
+      by the row maximum overflows;
+    - ``"near_ties"``: per row one N(0, 1) value plus distinct multiples of its ulp in a random
+      order: every element within a few hundred ulps of the maximum, so an argmax, max or top-k
+      computed at lower precision or over part of the row picks another index;
+    - ``"zeros"``: N(0, 1) with a quarter of the elements exactly 0 (a division or log that a
+      kernel adds where the task has none shows up as inf/NaN).
 
     Shapes and dtypes are preserved exactly. Values come from a ``torch.Generator`` seeded from
     ``(seed, distribution)``, so results are reproducible and independent of global RNG state.
@@ -645,6 +665,33 @@ def _redraw(t: torch.Tensor, distribution: str, gen: torch.Generator) -> torch.T
         row_shape = shape[:-1] + (1,) if len(shape) >= 1 else ()
         exponent = torch.rand(row_shape, generator=gen, dtype=work) * 6 - 3
         values = z * torch.pow(10.0, exponent)
+    elif distribution == "last_max":
+        values = torch.randn(shape, generator=gen, dtype=work)
+        if values.numel():
+            values[..., -1] = values.amax(dim=-1) + _LAST_MAX_MARGIN
+    elif distribution == "offset":
+        z = torch.randn(shape, generator=gen, dtype=work)
+        row_shape = shape[:-1] + (1,) if len(shape) >= 1 else ()
+        limit = _OFFSET.get(t.dtype, 1e4)
+        values = z + (torch.rand(row_shape, generator=gen, dtype=work) * 2 - 1) * limit
+    elif distribution == "near_ties":
+        values = _near_ties(shape, gen, t.dtype)
+        return values
+    elif distribution == "zeros":
+        z = torch.randn(shape, generator=gen, dtype=work)
+        values = torch.where(torch.rand(shape, generator=gen, dtype=work) < 0.25, torch.zeros_like(z), z)
     else:  # pragma: no cover - guarded by make_inputs
         raise ValueError(distribution)
     return values.to(t.dtype)
+
+
+def _near_ties(shape: tuple[int, ...], gen: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """One value per row plus distinct multiples of its ulp, shuffled (computed in ``dtype``)."""
+    if not shape or not math.prod(shape):
+        return torch.zeros(shape, dtype=dtype)
+    n = shape[-1]
+    rows = math.prod(shape[:-1])
+    base = (torch.randn((rows, 1), generator=gen) + 4.0).to(dtype)  # positive, away from a binade edge at 0
+    ulp = torch.nextafter(base, torch.full_like(base, math.inf)) - base
+    order = torch.argsort(torch.rand((rows, n), generator=gen), dim=1).to(dtype)
+    return (base + order * ulp).reshape(shape)

@@ -1,9 +1,14 @@
 """Verification and scoring: whether a candidate counts, and how good it is.
 
-A candidate (one ASP kernel, or the op-by-op baseline chain) is run on every check: the
-task's small size sets x 3 seeds, each seed with its own input distribution (normal,
-heavy-tailed Student-t, uniform). Each run is compared with the task computed in float64
-from the same inputs. It counts only if every check passes:
+A candidate (one ASP kernel, a fusion plan, or the op-by-op baseline chain) is first bound at
+the task's own sizes, the sizes it is timed at: that fixes its configuration (a kernel's free
+tile sizes, a chain's tiles and ``par``). It is then run on every check: 2 check size sets x 3
+seeds, each seed with its own input distribution (normal, heavy-tailed Student-t, uniform),
+plus one check per distribution targeting the task's op classes (a maximum in the last tile,
+large offsets, near-ties, zeros). Check sizes run exactly the timed configuration, with every
+tiled dimension spanning at least 3 tiles (:func:`check_size_sets`); a candidate that cannot
+be checked that way within the size budget is rejected (``uncheckable``). Each run is compared
+with the task computed in float64 from the same inputs. It counts only if every check passes:
 
 - shapes and dtypes exactly as the task's outputs (no lower precision);
 - values within dtype-aware tolerances: |c - r| <= atol * max(1, max|r|) + rtol * |r|;
@@ -19,7 +24,9 @@ with a time limit and a memory cap, so a pathological kernel cannot take the cal
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import math
 import threading
 import time
@@ -37,11 +44,12 @@ from .baseline import Baseline, build_baseline, capture_at, to_numpy, to_torch
 from .binding import BindingError, bind
 from .capture import AtenGraph, capture, io_bytes
 from .errors import AgentforgeError
-from .lowering import UnsupportedOpError
+from .lowering import OpKernel, UnsupportedOpError
 from .tasks import Task, instantiate, load_task, make_inputs
 
 SCHEMA_VERSION = 1
 DISTRIBUTIONS = ("normal", "heavy", "uniform")
+CHECK_MIN_TILES = 3
 DEFAULT_TOLERANCE = {"f32": (1e-4, 1e-4), "bf16": (2e-2, 2e-2), "f16": (1e-3, 1e-3)}
 SUSPICIOUS_SPEEDUP = 10.0
 
@@ -54,14 +62,27 @@ class VerifyConfig:
     timeout_s: float = 120.0
     memory_mb: int = 4096
     limits: asp_lang.Limits = asp_lang.Limits(max_elements=1 << 28, max_steps=1 << 18, max_array_bytes=1 << 30)
+    #: largest check: elements of the task's inputs, weights and outputs at a check size set
+    check_elements: int = 1 << 23
+    #: every dimension a candidate tiles spans at least this many tiles at check sizes
+    #: (or as many as at the task's own sizes, where that is fewer)
+    min_tiles: int = CHECK_MIN_TILES
 
-    def checks(self, task: Task) -> list[tuple[dict, int, str]]:
+    def checks(self, task: Task, sets: list[dict] | None = None,
+               extra: tuple[str, ...] = ()) -> list[tuple[dict, int, str]]:
         """Every size set x every seed (seed i draws DISTRIBUTIONS[i]), then one check per extra
-        distribution the task asks for (e.g. "large" inputs where overflow is the trap)."""
-        sets = task.resolved_size_sets()[: self.size_sets] or [task.sizes]
+        distribution: those the task asks for (e.g. "large" inputs where overflow is the trap)
+        and ``extra`` (targeted at the task's op classes, :func:`targeted_distributions`).
+
+        ``sets`` are the check sizes (:func:`check_size_sets`); without them, the task's sidecar
+        sets (or its own sizes). The seed schedule is fixed: seed ``i`` of ``seeds`` for the
+        i-th check of a size set, ``max(seeds) + 1 + j`` for the j-th extra distribution, so a
+        failing check reproduces from its (sizes, seed, distribution) alone."""
+        sets = sets or task.resolved_size_sets()[: self.size_sets] or [task.sizes]
         plan = [(s, seed, DISTRIBUTIONS[i % len(DISTRIBUTIONS)]) for s in sets for i, seed in enumerate(self.seeds)]
         extra_seed = max(self.seeds, default=0) + 1
-        plan += [(sets[0], extra_seed + j, d) for j, d in enumerate(task.distributions) if d not in DISTRIBUTIONS]
+        wanted = [d for d in dict.fromkeys(tuple(task.distributions) + tuple(extra)) if d not in DISTRIBUTIONS]
+        plan += [(sets[0], extra_seed + j, d) for j, d in enumerate(wanted)]
         return plan
 
 
@@ -97,6 +118,9 @@ class Evaluation:
     emulator: str = asp_lang.EMULATOR_VERSION
     own_sizes: dict = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    #: the configuration that was checked and timed: a kernel's free sizes (tile sizes) as bound
+    #: at the task's own sizes, identical in every check
+    bound_sizes: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     kernel_sha256: str | None = None
     error: dict | None = None
@@ -144,6 +168,7 @@ REASON_CODES = {
     "memory": "the evaluation exceeded its memory cap",
     "crash": "the evaluation process died",
     "emulator_bug": "the timing model contradicted itself (beat the roofline)",
+    "uncheckable": "no check sizes within the size budget run the timed configuration (tiles, par)",
     "task": "the task itself is broken",
 }
 
@@ -204,17 +229,72 @@ def check_output(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float)
 
 # ------------------------------------------------------------------ candidates
 
+class Uncheckable(Exception):
+    """No check sizes within the budget run the candidate's timed configuration."""
+
+
+def _structure(prog: "asp_lang.Program") -> tuple:
+    """What a checked program's configuration is: each operator with its ``par``, and every
+    tiled axis (load/store/gather/scatter) as (operator, axis, tile, tiles along the axis)."""
+    ops = tuple((n.op, n.par) for n in prog.nodes)
+    tiles = []
+    for n in prog.nodes:
+        tl = (n.attrs or {}).get("tiling")
+        if tl is not None:
+            tiles += [(n.index, ax, tl.tile[ax], tl.grid[ax]) for ax in tl.kept]
+    return ops, tuple(tiles)
+
+
+def covers(timed: list[tuple], checked: list[tuple], min_tiles: int = CHECK_MIN_TILES) -> str | None:
+    """Why programs ``checked`` (at check sizes) do not exercise the configuration ``timed`` (at
+    the task's own sizes), or None when they do: the same kernels and operators with the same
+    ``par`` and tiles, and every tiled axis at least ``min_tiles`` tiles long (as long as timed
+    where that is shorter), so carries, cross-tile reductions and the last tile all run."""
+    if len(timed) != len(checked):
+        return f"{len(checked)} kernels at the check sizes but {len(timed)} timed"
+    for k, ((ops_t, tiles_t), (ops_c, tiles_c)) in enumerate(zip(timed, checked)):
+        if ops_t != ops_c:
+            return f"kernel {k}: other operators or par at the check sizes"
+        if len(tiles_t) != len(tiles_c):
+            return f"kernel {k}: other tiled axes at the check sizes"
+        for (i, ax, t, g), (i2, ax2, t2, g2) in zip(tiles_t, tiles_c):
+            if (i, ax, t) != (i2, ax2, t2):
+                return f"kernel {k}: operator {i} axis {ax} tiled {t2} at the check sizes, {t} timed"
+            if g2 < min(min_tiles, g):
+                return f"kernel {k}: operator {i} axis {ax} spans {g2} tile(s), needs {min(min_tiles, g)}"
+    return None
+
+
+def _elements(graph: AtenGraph) -> int:
+    return sum(math.prod(s.shape or (1,)) for s in list(graph.inputs) + list(graph.params) + graph.output_specs)
+
+
 class KernelCandidate:
-    """One ASP kernel for the whole task."""
+    """One ASP kernel for the whole task. ``configure`` binds it at the task's own sizes; every
+    later binding (checks, timing) reuses exactly those free sizes (tile sizes)."""
 
     def __init__(self, source: str, filename: str, machine: asp_lang.Machine):
         self.source = source
         self.filename = filename
         self.machine = machine
         self.kernel = asp_lang.parse(source, filename)
+        self.fixed: dict[str, int] | None = None
+
+    def _bind(self, graph: AtenGraph):
+        return bind(self.kernel, graph, self.machine, self.filename, self.source, fixed=self.fixed)
+
+    def configure(self, own: AtenGraph) -> list[tuple]:
+        """Bind at the task's own sizes (free sizes halved there if they must be) and fix them."""
+        self.fixed = None
+        binding, prog = self._bind(own)
+        self.fixed = dict(binding.free)
+        return [_structure(prog)]
+
+    def structure(self, graph: AtenGraph) -> list[tuple]:
+        return [_structure(self._bind(graph)[1])]
 
     def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
-        _, prog = bind(self.kernel, graph, self.machine, self.filename, self.source)
+        _, prog = self._bind(graph)
         values = list(inputs) + [graph.param_values[p.name] for p in graph.params]
         feed = {}
         for pname, t in zip(prog.params, values):
@@ -224,25 +304,44 @@ class KernelCandidate:
         return [to_torch(outs[r], spec.dtype).reshape(spec.shape) for r, spec in zip(prog.results, graph.output_specs)]
 
     def profile(self, graph: AtenGraph) -> asp_lang.Report:
-        _, prog = bind(self.kernel, graph, self.machine, self.filename, self.source)
+        _, prog = self._bind(graph)
         return asp_lang.profile(prog)
 
 
-class BaselineCandidate:
+class _ChainCandidate:
+    """A chain of kernels built afresh for each captured graph (its structure: every kernel's)."""
+
+    machine: asp_lang.Machine
+
+    def chain(self, graph: AtenGraph) -> Baseline:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def configure(self, own: AtenGraph) -> list[tuple]:
+        return self.structure(own)
+
+    def structure(self, graph: AtenGraph) -> list[tuple]:
+        ch = self.chain(graph)
+        return [_structure(ch.program(i, s)) for i, s in enumerate(ch.steps) if isinstance(s, OpKernel)]
+
+    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
+        return self.chain(graph).run(inputs, params=graph.param_values, limits=limits)
+
+
+class BaselineCandidate(_ChainCandidate):
     """The op-by-op chain, lowered afresh for each captured graph."""
 
     def __init__(self, machine: asp_lang.Machine):
         self.machine = machine
         self._chains: dict[tuple, Baseline] = {}
 
-    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
+    def chain(self, graph: AtenGraph) -> Baseline:
         key = tuple((s.name, s.shape, s.dtype) for s in graph.inputs + graph.params)
         if key not in self._chains:
             self._chains[key] = build_baseline(graph, self.machine)
-        return self._chains[key].run(inputs, params=graph.param_values, limits=limits)
+        return self._chains[key]
 
 
-class PlanCandidate:
+class PlanCandidate(_ChainCandidate):
     """A fusion plan (agentforge.author): realized as a chain of kernels for each captured graph."""
 
     def __init__(self, plan: dict, machine: asp_lang.Machine):
@@ -256,8 +355,275 @@ class PlanCandidate:
 
         return realize(self.plan, graph, self.machine)
 
-    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
-        return self.chain(graph).run(inputs, params=graph.param_values, limits=limits)
+
+_SETS_CACHE: "dict[tuple, list[dict]]" = {}
+_SHAPE_MODELS: "dict[tuple, _ShapeModel]" = {}
+
+
+@dataclass
+class _Shapes:
+    """The operand and output shapes of a task at some sizes: all a kernel binding reads."""
+    inputs: list
+    params: list
+    output_specs: list
+
+
+class _ShapeModel:
+    """A task's operand and output dimensions as monomials of its sizes, learned from captures.
+
+    Each dimension is taken as ``own * prod((s / own_s) ** e)``, the exponents ``e`` read off one
+    capture per size with that size doubled (or halved). Predicting is free, so the search for
+    check sizes binds a kernel at hundreds of candidate sizes for the price of a few captures;
+    the sizes it settles on are always confirmed on a real capture. A size whose effect is not a
+    monomial (``SEQ + 1``), or that the task refuses to change, is not searched."""
+
+    def __init__(self, task: Task):
+        own = capture_at(task, meta=True)
+        self.own_sizes = dict(task.sizes)
+        self.specs = list(own.inputs) + list(own.params) + list(own.output_specs)
+        self.n_in, self.n_par = len(own.inputs), len(own.params)
+        self.exps: dict[str, list[tuple[int, ...]]] = {}
+        for name, v in task.sizes.items():
+            for probe in (v * 2, v // 2 if v % 2 == 0 else None):
+                if not probe:
+                    continue
+                try:
+                    g = capture_at(task, {name: probe}, meta=True)
+                except Exception:  # noqa: BLE001 - the task refuses this size: try the other probe
+                    continue
+                got = list(g.inputs) + list(g.params) + list(g.output_specs)
+                exps = self._exponents(got, v, probe)
+                if exps is not None:
+                    self.exps[name] = exps
+                break
+
+    def _exponents(self, got: list, v: int, probe: int) -> list[tuple[int, ...]] | None:
+        if len(got) != len(self.specs):
+            return None
+        out = []
+        for a, b in zip(self.specs, got):
+            if len(a.shape) != len(b.shape):
+                return None
+            row = []
+            for da, db in zip(a.shape, b.shape):
+                if da == db:
+                    row.append(0)
+                    continue
+                if da <= 0 or db <= 0:
+                    return None
+                e = round(math.log(db / da) / math.log(probe / v))
+                if e == 0 or da * (probe / v) ** e != db:
+                    return None
+                row.append(e)
+            out.append(tuple(row))
+        return out
+
+    def searchable(self) -> list[str]:
+        return list(self.exps)
+
+    def shapes(self, sizes: dict) -> _Shapes | None:
+        specs = []
+        for i, spec in enumerate(self.specs):
+            dims = []
+            for d, dim in enumerate(spec.shape):
+                x = float(dim)
+                for name, exps in self.exps.items():
+                    e = exps[i][d]
+                    if e:
+                        x *= (sizes[name] / self.own_sizes[name]) ** e
+                if x < 1 or abs(x - round(x)) > 1e-9:
+                    return None
+                dims.append(int(round(x)))
+            specs.append(dataclasses.replace(spec, shape=tuple(dims)))
+        return _Shapes(specs[: self.n_in], specs[self.n_in: self.n_in + self.n_par], specs[self.n_in + self.n_par:])
+
+
+def _shape_model(task: Task) -> _ShapeModel:
+    key = (str(task.path), hash(task.source))
+    if key not in _SHAPE_MODELS:
+        if len(_SHAPE_MODELS) > 64:
+            _SHAPE_MODELS.clear()
+        _SHAPE_MODELS[key] = _ShapeModel(task)
+    return _SHAPE_MODELS[key]
+
+
+def _candidates(v: int, floor: int) -> list[int]:
+    """Values a size is tried at, ascending, from ``floor`` to below its own value ``v``:
+    3 x 2^j (an odd number of tiles of any power-of-two tile that divides it) and v / 2^j."""
+    out = {3 << j for j in range(62) if (3 << j) < v}
+    out |= {v >> j for j in range(1, 62) if v % (1 << j) == 0}
+    return sorted(c for c in out if c >= floor)
+
+
+def _floors(task: Task) -> dict[str, int]:
+    """How far the search may lower each size: the smallest value the task's sidecar uses for it
+    (its author's idea of a small but meaningful size: a dimension a kernel covers whole never
+    shrinks to 1), else 16 (or the size itself, if smaller)."""
+    sets = task.resolved_size_sets()
+    return {k: min([s[k] for s in sets] + [v]) if sets else min(v, 16) for k, v in task.sizes.items()}
+
+
+def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names: list[str] | None = None,
+                    confirm=None) -> list[dict]:
+    """The check sizes: up to ``cfg.size_sets`` size sets at which ``fits(sizes)`` holds (it
+    returns the elements of the task's inputs, weights and outputs there, or None when the
+    candidate's timed configuration does not run there, see :func:`covers`), each within
+    ``cfg.check_elements``.
+
+    The task's sidecar sets come first where they fit. The rest are derived from the task's own
+    sizes (which fit by construction: they are what is timed): each size of ``names`` in turn,
+    largest first, is lowered to the smallest value that still fits (a bisection over 3 x 2^j
+    and v / 2^j, never below :func:`_floors`), then a second set takes 5 x 2^j where the first
+    took 3 x 2^j. ``confirm(sizes)`` (default ``fits``) must also hold for a derived set (the
+    search may run on predicted shapes; confirmation runs on a real capture). Raises
+    :class:`Uncheckable` when no set is within the budget."""
+    confirm = confirm or fits
+    sets: list[dict] = []
+    for s in task.resolved_size_sets():
+        n = confirm(s)
+        if n is not None and n <= cfg.check_elements:
+            sets.append(s)
+        if len(sets) >= cfg.size_sets:
+            return sets
+    cur = dict(task.sizes)
+    n_cur = fits(cur)
+    if n_cur is None:
+        raise Uncheckable(f"{what}does not run at the task's own sizes {cur}")
+    floors = _floors(task)
+    for name in sorted(names if names is not None else cur, key=lambda k: -cur[k]):
+        cands = _candidates(cur[name], floors[name])
+        lo, hi = 0, len(cands)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            n = fits({**cur, name: cands[mid]})
+            if n is not None:
+                hi = mid
+                cur, n_cur = {**cur, name: cands[mid]}, n
+            else:
+                lo = mid + 1
+    if n_cur > cfg.check_elements:
+        raise Uncheckable(f"{what}cannot be checked within the size budget: the smallest sizes that run its "
+                          f"timed configuration with every tiled dimension {cfg.min_tiles} tiles long are {cur} "
+                          f"({n_cur} elements of inputs, weights and outputs; the budget is "
+                          f"{cfg.check_elements}, VerifyConfig.check_elements)")
+    if cur not in sets and (confirm is fits or confirm(cur) is not None):
+        sets.append(cur)
+    if len(sets) < cfg.size_sets:
+        five = {k: (v // 3) * 5 if v % 3 == 0 and v < task.sizes[k] and (v // 3) & (v // 3 - 1) == 0 else v
+                for k, v in cur.items()}
+        if five != cur and five not in sets:
+            n = fits(five)
+            if n is not None and n <= cfg.check_elements and (confirm is fits or confirm(five) is not None):
+                sets.append(five)
+    if not sets:
+        raise Uncheckable(f"{what}has no check sizes that run its timed configuration (derived {cur} did not "
+                          "hold on the captured task)")
+    return sets[: cfg.size_sets]
+
+
+def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
+    """Bind ``cand`` at the task's own sizes (fixing its configuration) and find its check sizes."""
+    own = capture_at(task, meta=True)
+    timed = cand.configure(own)
+
+    def real(sizes: dict) -> int | None:
+        try:
+            g = capture_at(task, sizes, meta=True)
+            got = cand.structure(g)
+        except Exception:  # noqa: BLE001 - a size the task, the binding or a template refuses does not fit
+            return None
+        return _elements(g) if covers(timed, got, cfg.min_tiles) is None else None
+
+    ck = (str(task.path), hash(task.source), key, cfg.machine, cfg.size_sets, cfg.check_elements, cfg.min_tiles)
+    if ck in _SETS_CACHE:
+        return [dict(s) for s in _SETS_CACHE[ck]]
+    if isinstance(cand, KernelCandidate):  # a kernel binds on shapes alone: search on predicted shapes
+        model = _shape_model(task)
+
+        def predicted(sizes: dict) -> int | None:
+            shapes = model.shapes(sizes)
+            if shapes is None:
+                return None
+            try:
+                got = cand.structure(shapes)
+            except Exception:  # noqa: BLE001 - the binding refuses these sizes
+                return None
+            return _elements(shapes) if covers(timed, got, cfg.min_tiles) is None else None
+
+        try:
+            try:
+                sets = check_size_sets(task, predicted, cfg, "the kernel ", model.searchable(), confirm=real)
+            except Uncheckable as e:
+                if "budget" in str(e):
+                    raise
+                sets = check_size_sets(task, real, cfg, "the kernel ")
+        except Uncheckable:
+            _interface_at_small_sizes(task, cand)
+            raise
+    else:
+        sets = check_size_sets(task, real, cfg, "the candidate ")
+    if len(_SETS_CACHE) > 256:
+        _SETS_CACHE.clear()
+    _SETS_CACHE[ck] = sets
+    return [dict(s) for s in sets]
+
+
+def _interface_at_small_sizes(task: Task, cand: KernelCandidate) -> None:
+    """Raise what is wrong with ``cand`` at the task's first small size set whatever its tile sizes
+    (a kernel that binds only at the task's own sizes, e.g. with its sizes written as numbers or
+    its parameters swapped on a square task): that, not the size budget, is why it is rejected."""
+    small = (task.resolved_size_sets() or [{k: min(v, 16) for k, v in task.sizes.items()}])[0]
+    try:
+        graph = capture_at(task, small, meta=True)
+    except Exception:  # noqa: BLE001 - the task's own problem is reported elsewhere
+        return
+    try:
+        bind(cand.kernel, graph, cand.machine, cand.filename, cand.source)
+    except BindingError as e:
+        raise BindingError(f"{e} [at sizes {small}]", getattr(e, "code", "interface")) from None
+
+
+_EXP_CLASS = {"_softmax", "_log_softmax", "logsumexp", "exp", "softmax", "log_softmax"}
+_ARG_CLASS = {"argmax", "argmin", "max", "min", "amax", "amin", "topk", "sort", "cummax", "cummin"}
+_NORM_CLASS = {"var", "var_mean", "native_layer_norm", "layer_norm", "rsqrt", "std", "std_mean"}
+
+
+def targeted_distributions(graph: AtenGraph) -> tuple[str, ...]:
+    """Extra input distributions aimed at the known cheats of the task's op classes.
+
+    An op on (a view of) a task input of class: exp / softmax -> ``last_max`` (a softmax
+    stabilised by part of the row overflows) and ``offset`` (values far past exp's range);
+    argmax / max / top-k -> ``last_max`` and ``near_ties`` (a reduction over part of the row or
+    at lower precision picks another index); variance / norm -> ``mixed_scale``. Every task
+    with a floating-point input also gets ``zeros`` (a division or log a kernel adds shows up
+    as inf/NaN). Ops on computed values are left out: their float32 results may legitimately
+    reorder near-ties (attention scores, top-k over probabilities)."""
+    from .lowering import ALIAS_KINDS, _base
+
+    inputs = {s.name for s in graph.inputs}
+    alias_of: dict[str, str] = {}
+    for n in graph.nodes:
+        refs = n.refs()
+        if _base(n.target) in ALIAS_KINDS and refs:
+            src = refs[0].name
+            alias_of[n.name] = alias_of.get(src, src)
+            for o in n.outs:
+                alias_of[o.name] = alias_of[n.name]
+    out: list[str] = []
+    for n in graph.nodes:
+        refs = n.refs()
+        if not refs or alias_of.get(refs[0].name, refs[0].name) not in inputs:
+            continue
+        base = _base(n.target)
+        if base in _EXP_CLASS:
+            out += ["last_max", "offset"]
+        elif base in _ARG_CLASS:
+            out += ["last_max", "near_ties"]
+        elif base in _NORM_CLASS:
+            out += ["mixed_scale"]
+    if any(s.dtype in ("f32", "bf16", "f16") for s in graph.inputs):
+        out.append("zeros")
+    return tuple(dict.fromkeys(out))
 
 
 def _reference(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -275,10 +641,12 @@ def _digest(ts: list[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
+def run_checks(task: Task, candidate, cfg: VerifyConfig, sets: list[dict] | None = None,
+               extra: tuple[str, ...] = ()) -> list[Check]:
+    """Run ``cfg.checks(task, sets, extra)`` in order; the first failure ends the list."""
     checks: list[Check] = []
     graphs: dict[tuple, AtenGraph] = {}
-    for sizes, seed, dist in cfg.checks(task):
+    for sizes, seed, dist in cfg.checks(task, sets, extra):
         t0 = time.perf_counter()
         inst = instantiate(task, sizes, seed=seed)
         key = tuple(sorted(inst.sizes.items()))
@@ -301,8 +669,7 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
         except AspError as e:
             check.code, check.reason = _asp_code(e), e.short()
         except BindingError as e:
-            check.code, check.reason = ("dtype" if "dtype" in str(e) or "declared" in str(e) and "precision" in str(e)
-                                        else getattr(e, "code", "interface")), str(e)
+            check.code, check.reason = _binding_code(e), str(e)
         except UnsupportedOpError as e:
             check.code, check.reason = "unsupported", str(e)
         check.seconds = time.perf_counter() - t0
@@ -310,6 +677,12 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig) -> list[Check]:
         if not check.passed:
             break  # one failure decides; the rest would cost time and say nothing new
     return checks
+
+
+def _binding_code(e: BindingError) -> str:
+    if "dtype" in str(e) or "declared" in str(e) and "precision" in str(e):
+        return "dtype"
+    return getattr(e, "code", "interface")
 
 
 def _asp_code(e: AspError) -> str:
@@ -400,7 +773,22 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
             cand = PlanCandidate(candidate["plan"], machine)
         else:
             raise ValueError(f"unknown candidate kind {kind!r}")
-        ev.checks = run_checks(task, cand, cfg)
+        key = ev.kernel_sha256 if kind == "kernel" else (json.dumps(candidate.get("plan"), sort_keys=True)
+                                                         if kind == "plan" else "baseline")
+        try:
+            sets = _configured_sets(task, cand, cfg, key)
+        except BindingError as e:
+            where = "" if "[at sizes" in str(e) else f" [at the task's own sizes {dict(task.sizes)}]"
+            ev.reason, ev.reason_code = f"{e}{where}", _binding_code(e)
+            ev.error = {"kind": type(e).__name__, "message": str(e)}
+            return ev
+        except Uncheckable as e:
+            ev.reason, ev.reason_code = str(e), "uncheckable"
+            ev.error = {"kind": "Uncheckable", "message": str(e)}
+            return ev
+        ev.bound_sizes = dict(getattr(cand, "fixed", None) or {})
+        extra = targeted_distributions(capture_at(task, meta=True))
+        ev.checks = run_checks(task, cand, cfg, sets, extra)
         failed = [c for c in ev.checks if not c.passed]
         if failed:
             c = failed[0]

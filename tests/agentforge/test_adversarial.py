@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from agentforge.verify import REASON_CODES, VerifyConfig, evaluate
+import asp_lang
+from agentforge.baseline import capture_at
+from agentforge.tasks import load_task
+from agentforge.verify import REASON_CODES, KernelCandidate, VerifyConfig, _configured_sets, evaluate, run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 ADV = ROOT / "evals" / "adversarial"
@@ -103,8 +106,8 @@ def test_control_kernel_verifies(path: Path):
 class _OnlyDistribution(VerifyConfig):
     """The default plan with every check's inputs drawn from one distribution."""
 
-    def checks(self, task):
-        return [(sizes, seed, self.only) for sizes, seed, _ in super().checks(task)]
+    def checks(self, task, sets=None, extra=()):
+        return [(sizes, seed, self.only) for sizes, seed, _ in super().checks(task, sets)]
 
 
 class OnlyUniform(_OnlyDistribution):
@@ -129,3 +132,75 @@ def test_single_distribution_plan_would_be_fooled(name, fooled_by, caught_on):
     real = _evaluate(path)
     assert not real.verified and real.reason_code == "mismatch"
     assert real.checks[-1].distribution in caught_on
+
+
+# ------------------------------------------------------------------ hole 1: checked small, timed large
+
+#: kernels right only where one tile covers a dimension; each has a control with the same tiling
+TILED_CHEATS = {
+    "softmax__per_tile_norm": "softmax__tiles",
+    "softmax__first_block_max": "softmax__tiles",
+    "bias_add__first_tiles": "bias_add__tiles",
+    "matmul__first_k_block": "matmul__gemm",
+    "cumsum__no_carry": "cumsum__carry",
+    "rmsnorm__per_tile": "rmsnorm__tiles",
+}
+
+
+def _candidate(path: Path) -> KernelCandidate:
+    return KernelCandidate(path.read_text(), str(path), asp_lang.load_machine("sn40l"))
+
+
+@pytest.mark.parametrize("name", sorted(TILED_CHEATS))
+def test_tiled_cheat_passed_the_old_rule(name):
+    """Under the old rule (the sidecar's sizes, free tile sizes halved until they divide them) each
+    of these kernels passes every check: one tile covers the dimension it gets wrong."""
+    path = ADV / f"{name}.asp"
+    task = load_task(_task(path))
+    cand = _candidate(path)  # never configured: binds as the old rule did
+    checks = run_checks(task, cand, CFG)
+    assert checks and all(c.passed for c in checks), [(c.sizes, c.distribution, c.reason) for c in checks]
+
+
+@pytest.mark.parametrize("name", sorted(TILED_CHEATS))
+def test_tiled_cheat_is_checked_in_its_timed_configuration(name):
+    """The new rule checks the timed tile sizes, each tiled dimension at least 3 tiles long; the
+    control with the same tiling verifies at the same sizes."""
+    path = ADV / f"{name}.asp"
+    task = load_task(_task(path))
+    cand = _candidate(path)
+    sets = _configured_sets(task, cand, CFG, name)
+    own = cand.structure(capture_at(task, meta=True))[0][1]
+    for sizes in sets:
+        checked = cand.structure(capture_at(task, sizes, meta=True))[0][1]
+        for (i, ax, tile, timed_n), (_, _, tile_c, n) in zip(own, checked):
+            assert tile_c == tile and n >= min(3, timed_n), (sizes, i, ax, tile_c, n)
+    ev = _evaluate(path)
+    assert not ev.verified and ev.bound_sizes == cand.fixed
+    assert ev.checks[-1].sizes in sets
+    control = _evaluate(ADV / "controls" / f"{TILED_CHEATS[name]}.asp")
+    assert control.verified, control.reason
+
+
+# ------------------------------------------------------------------ hole 2: inputs aimed at the cheats
+
+@pytest.mark.parametrize("name, caught_by", [
+    ("softmax__first_block_max", "last_max"),
+    ("relu__sign_by_division", "zeros"),
+    ("argmax_dim__bf16_compare", "near_ties"),
+])
+def test_targeted_distribution_catches_what_the_generic_ones_miss(name, caught_by):
+    """At the very sizes and tiling of the real check, the three generic distributions (normal,
+    heavy, uniform) miss these kernels' flaw (except by luck of a heavy tail), and the targeted
+    distribution of the task's op class catches it every time."""
+    path = ADV / f"{name}.asp"
+    task = load_task(_task(path))
+    cand = _candidate(path)
+    sets = _configured_sets(task, cand, CFG, name)
+    normal = run_checks(task, cand, OnlyNormal(machine="sn40l"), sets)
+    assert all(c.passed for c in normal)
+    only = type("Only", (_OnlyDistribution,), {"only": caught_by})(machine="sn40l")
+    caught = run_checks(task, cand, only, sets)
+    assert not caught[0].passed and caught[0].code == _expect(path)[0]
+    ev = _evaluate(path)
+    assert ev.checks[-1].distribution in (caught_by, "heavy")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pickle
 import textwrap
 from pathlib import Path
@@ -421,6 +423,36 @@ def test_mixed_scale_varies_per_row() -> None:
     row_scale = x.abs().amax(dim=-1)
     assert row_scale.max() / row_scale.min() > 1e3  # rows span several decades
     assert torch.isfinite(x).all()
+
+
+def test_last_max_puts_each_rows_maximum_last_and_far_above() -> None:
+    x = make_inputs(load_task(GOOD / "softmax.py"), {"BATCH": 16, "DIM": 96}, seed=0, distribution="last_max")[0]
+    assert torch.equal(x.argmax(dim=-1), torch.full((16,), 95))
+    rest = x[:, :-1].amax(dim=-1)
+    assert ((x[:, -1] - rest) >= 99.9).all()  # past exp's f32 range above everything else in the row
+
+
+def test_offset_shifts_rows_far_past_exps_range() -> None:
+    x = make_inputs(load_task(GOOD / "softmax.py"), {"BATCH": 64, "DIM": 64}, seed=0, distribution="offset")[0]
+    centre = x.mean(dim=-1)
+    assert centre.abs().max() > 1000 and centre.abs().max() <= 1e4 + 10
+    assert (x - centre[:, None]).abs().max() < 10  # the row's own spread is kept
+    assert torch.isfinite(x).all()
+
+
+def test_near_ties_are_distinct_within_a_few_hundred_ulps() -> None:
+    x = make_inputs(load_task(GOOD / "softmax.py"), {"BATCH": 8, "DIM": 64}, seed=0, distribution="near_ties")[0]
+    for row in x:
+        assert row.unique().numel() == row.numel()  # a unique maximum: the argmax is well defined
+        ulp = (torch.nextafter(row.max(), torch.tensor(math.inf)) - row.max()).item()
+        assert (row.max() - row.min()).item() <= 64 * ulp * 2
+
+
+def test_zeros_has_exact_zeros_among_normal_values() -> None:
+    x = make_inputs(load_task(GOOD / "softmax.py"), {"BATCH": 64, "DIM": 64}, seed=0, distribution="zeros")[0]
+    frac = (x == 0).float().mean().item()
+    assert 0.2 < frac < 0.3
+    assert x.abs().max() > 1
 
 
 def test_unknown_distribution_is_value_error() -> None:

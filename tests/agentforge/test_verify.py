@@ -12,9 +12,14 @@ import pytest
 import torch
 
 import asp_lang
+from agentforge.baseline import capture_at
 from agentforge.tasks import load_suite, load_task
 from agentforge.verify import (
     DISTRIBUTIONS,
+    KernelCandidate,
+    _configured_sets,
+    covers,
+    targeted_distributions,
     REASON_CODES,
     SUSPICIOUS_SPEEDUP,
     Check,
@@ -274,7 +279,10 @@ def test_verified_kernel_is_scored(verified, softmax_task):
     assert ev.hbm_bytes >= 2 * b * d * 4
     assert ev.flops > 0 and ev.bottleneck
     assert ev.kernel_sha256 and len(ev.kernel_sha256) == 64
-    assert len(ev.checks) == 6 + len(softmax_task.distributions)
+    targeted = targeted_distributions(capture_at(softmax_task, meta=True))
+    assert {"last_max", "offset", "zeros"} <= set(targeted)
+    assert len(ev.checks) == 6 + len(set(softmax_task.distributions) | set(targeted))
+    assert ev.bound_sizes == {"R": 4, "T": 256}  # the control's free tile sizes, as timed
     assert all(isinstance(c, Check) and c.passed for c in ev.checks)
     assert ev.eval_seconds > 0 and ev.error is None and ev.warnings == []
 
@@ -329,3 +337,102 @@ def test_broken_task_is_a_task_result():
     ev = evaluate(ROOT / "tests" / "agentforge" / "fixtures" / "broken" / "raises_in_init.py",
                   _kernel(CONTROL), CFG)
     assert not ev.verified and ev.reason_code == "task" and "raises_in_init" in ev.reason
+
+
+# ------------------------------------------------------------------ the checked configuration is the timed one
+
+def _candidate(path: Path) -> KernelCandidate:
+    return KernelCandidate(path.read_text(), str(path), asp_lang.load_machine("sn40l"))
+
+
+def test_check_sizes_run_the_timed_tiles_at_least_three_tiles_long():
+    """The control's free tile T = 256 would have been shrunk to the sidecar's 64/128 columns; now
+    it stays 256 in every check and every tiled axis spans >= 3 tiles (or as many as timed)."""
+    task = load_task(SOFTMAX)
+    cand = _candidate(CONTROL)
+    sets = _configured_sets(task, cand, CFG, "test-control")
+    assert cand.fixed == {"R": 4, "T": 256}
+    timed = cand.structure(capture_at(task, meta=True))
+    assert len(sets) == 2
+    for sizes in sets:
+        checked = cand.structure(capture_at(task, sizes, meta=True))
+        assert covers(timed, checked) is None
+        assert sizes["DIM"] % 256 == 0 and sizes["DIM"] // 256 >= 3 and sizes["BATCH"] // 4 >= 3
+        assert sizes["BATCH"] * sizes["DIM"] * 2 <= CFG.check_elements
+    # a set the timed tiles do not cover in 3 tiles is refused, with the reason
+    small = cand.structure(capture_at(task, {"BATCH": 16, "DIM": 512}, meta=True))
+    assert "spans 2 tile(s), needs 3" in covers(timed, small)
+
+
+def test_sidecar_sets_are_kept_where_the_timed_tiles_cover_them():
+    """A kernel whose only tile is 4 rows (whole rows otherwise) keeps the sidecar's second set
+    (16 rows: 4 tiles); the first (8 rows: 2 tiles) is replaced by a derived one."""
+    src = "\n".join(CONTROL.read_text().splitlines()[:1]) + """
+kernel softmax_rows(x: f32[M, N]) -> (y: f32[M, N]) {
+  sizes R = 4
+  fn softmax(t) {
+    let e = exp(t - max(t, axis=1))
+    return e / sum(e, axis=1)
+  }
+  xs = load(x, tile=[R, N])
+  ys = map(xs, fn=softmax)
+  store(y, ys)
+}
+"""
+    task = load_task(SOFTMAX)
+    cand = KernelCandidate(src, "rows.asp", asp_lang.load_machine("sn40l"))
+    sets = _configured_sets(task, cand, CFG, "test-rows")
+    assert sets[0] == {"BATCH": 16, "DIM": 128}
+    assert sets[1]["BATCH"] >= 12 and sets[1]["DIM"] >= 64  # never below the sidecar's smallest
+
+
+def test_task_without_sidecar_gets_derived_check_sizes(tmp_path):
+    """No sidecar: the check sizes are derived from the task's own (4096 x 4096) sizes, small
+    enough to run and still covering the timed tiles; the timing stays at the own sizes."""
+    (tmp_path / "softmax.py").write_text(SOFTMAX.read_text())
+    ev = evaluate(tmp_path / "softmax.py", {"kind": "kernel", "source": CONTROL.read_text(),
+                                             "filename": str(CONTROL)}, CFG)
+    assert ev.verified, ev.reason
+    assert ev.own_sizes == {"BATCH": 4096, "DIM": 4096}
+    for c in ev.checks:
+        assert c.sizes != ev.own_sizes and c.sizes["DIM"] % 256 == 0 and c.sizes["DIM"] >= 768
+        assert c.sizes["BATCH"] * c.sizes["DIM"] * 2 <= CFG.check_elements
+
+
+def test_kernel_that_cannot_be_checked_within_the_budget_is_rejected():
+    """With a budget smaller than 3 tiles of the timed configuration, the kernel is rejected as
+    'uncheckable' with the sizes it would need, and never timed."""
+    cfg = VerifyConfig(machine="sn40l", check_elements=4096)
+    ev = evaluate(SOFTMAX, {"kind": "kernel", "source": CONTROL.read_text(), "filename": str(CONTROL)}, cfg)
+    assert not ev.verified and ev.reason_code == "uncheckable"
+    assert "budget" in ev.reason and "4096" in ev.reason
+    assert ev.simulated_seconds is None and ev.checks == []
+
+
+def test_every_check_reproduces_from_its_sizes_seed_and_distribution():
+    """The seed schedule is fixed: two evaluations run the same checks with the same errors."""
+    kernel = {"kind": "kernel", "source": CONTROL.read_text(), "filename": str(CONTROL)}
+    a, b = evaluate(SOFTMAX, kernel, CFG), evaluate(SOFTMAX, kernel, CFG)
+    key = [(c.sizes, c.seed, c.distribution, c.max_abs_error) for c in a.checks]
+    assert key == [(c.sizes, c.seed, c.distribution, c.max_abs_error) for c in b.checks]
+    assert len({c.seed for c in a.checks}) >= 3
+
+
+def test_targeted_distributions_follow_the_op_classes():
+    by_task = {name: set(targeted_distributions(capture_at(load_task(SUITE / f"{name}.py"), meta=True)))
+               for name in ("softmax", "argmax_dim", "layernorm", "relu", "attention")}
+    assert {"last_max", "offset", "zeros"} <= by_task["softmax"]
+    assert {"last_max", "near_ties"} <= by_task["argmax_dim"]
+    assert "mixed_scale" in by_task["layernorm"]
+    assert by_task["relu"] == {"zeros"}
+    # attention's softmax reads computed scores (float32 ties may legitimately reorder): not targeted
+    assert "last_max" not in by_task["attention"]
+
+
+def test_correct_softmax_verifies_on_the_small_machine():
+    """Hole 8: the baseline fits the machine it is timed on (rdu-mini has 64 PCUs; the baseline's
+    par=256 choice is skipped there), so a correct kernel is not rejected as 'compile'."""
+    ev = evaluate(SOFTMAX, {"kind": "kernel", "source": CONTROL.read_text(), "filename": str(CONTROL)},
+                  VerifyConfig(machine="rdu-mini"))
+    assert ev.verified, f"{ev.reason_code}: {ev.reason}"
+    assert ev.machine == "rdu-mini" and ev.baseline_seconds > 0
