@@ -113,8 +113,10 @@ def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", 
         except SizeError as e:
             culprit = None if fixed is not None else _shrinkable(e, kernel, free)
             if culprit is None:
-                raise
+                raise e.located(filename, source) from None
             free[culprit] //= 2
+        except AspError as e:  # bind_sizes and eval_int know only spans: name the file (file:line:col)
+            raise e.located(filename, source) from None
     raise BindingError(f"no tile sizes dividing the task's sizes were found from the defaults {defaults}")
 
 

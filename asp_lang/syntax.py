@@ -15,6 +15,7 @@ line belongs to the next item, one after code belongs to that line's item.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -375,8 +376,12 @@ class _Parser:
             if len(t.text) > MAX_NUMBER_CHARS:
                 raise ParseError(f"number literal of {len(t.text)} characters (at most {MAX_NUMBER_CHARS})",
                                  Span(t.line, t.col, t.col + 1))
+            value = int(t.text) if t.kind == "INT" else float(t.text)
+            if value == math.inf:  # 1e999 would print back as the name 'inf'
+                raise ParseError(f"number literal {t.text[:20]}{'...' if len(t.text) > 20 else ''} is too "
+                                 "large for a float (write inf)", Span(t.line, t.col, t.col + 1))
             self.advance()
-            return Num(int(t.text) if t.kind == "INT" else float(t.text), t.span)
+            return Num(value, t.span)
         if t.kind == "NAME":
             self.advance()
             return Name(t.text, t.span)

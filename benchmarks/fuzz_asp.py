@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 import multiprocessing
 import os
 import pickle
@@ -129,7 +130,7 @@ BLOWUPS = ["9" * 5000, "9" * 4301, "1" * 101, "1" * 100, "9" * 40, "1e999", "-1e
            "0", "65536", "1000000000", "99999999999"]
 
 
-def hostile(src: str, other: str, rng: random.Random) -> str:
+def hostile(src: str, other: str, rng: random.Random, all_lines: list[str]) -> str:
     """One attack of a hostile worker on ``src`` (``other`` is a second kernel for splices)."""
     kind = rng.randrange(12)
     n = rng.choice([2, 10, MAX_EXPR_DEPTH - 2, MAX_EXPR_DEPTH - 1, MAX_EXPR_DEPTH, MAX_EXPR_DEPTH + 1, 400, 3000])
@@ -199,7 +200,7 @@ def hostile(src: str, other: str, rng: random.Random) -> str:
             m = rng.choice(ms)
             return src[:m.start(2)] + rng.choice(["4096", "4097", "65536", "2147483648", "-1", "0", "9" * 30, "1e9",
                                                   "N * N * N"]) + src[m.end(2):]
-    return tf.mutate(src, rng, [])
+    return tf.mutate(src, rng, all_lines) if src.strip() else src
 
 
 def make_program(seed: int, i: int, sources: dict[str, dict], all_lines: list[str], eval_share: float = 0.1) -> dict:
@@ -221,8 +222,8 @@ def make_program(seed: int, i: int, sources: dict[str, dict], all_lines: list[st
     else:
         kind = "hostile"
         other = sources[rng.choice(names)]["text"]
-        src = hostile(src, other, rng)
-        if rng.random() < 0.3:
+        src = hostile(src, other, rng, all_lines)
+        if rng.random() < 0.3 and src.strip():
             src = tf.mutate(src, rng, all_lines)
     return {"kind": kind, "base": name, "text": src, "eval": (base["eval"][0], src) if for_eval else None}
 
@@ -366,7 +367,11 @@ def _init(seed: int, timeout: float, memory_mb: int) -> None:
 
 def one(i: int, event_every: int, eval_every: int, eval_share: float) -> tuple[dict, dict | None]:
     """Run program ``i``; returns (its outcome counts, an internal error record or None)."""
-    prog = make_program(_STATE["seed"], i, _STATE["sources"], _STATE["all_lines"], eval_share)
+    try:
+        prog = make_program(_STATE["seed"], i, _STATE["sources"], _STATE["all_lines"], eval_share)
+    except Exception as e:  # noqa: BLE001 - a bug of the fuzzer itself: reported, never hidden
+        return {"kind:generator": 1}, {"index": i, "kind": "generator", "base": "?", "error": _signature(e),
+                                       "stage": "generate", "program": "", "eval_task": None}
     if prog["eval"] is None and prog["kind"] == "gen" and eval_every and i % eval_every == 0:
         prog["eval"] = ("relu", prog["text"])
     counts: dict = {"kind:" + prog["kind"]: 1}
@@ -409,7 +414,7 @@ def _chunk(args) -> tuple[dict, list]:
 
 # ------------------------------------------------------------------ minimising a reproducer
 
-def minimise(err: dict, budget: int = 300) -> str:
+def minimise(err: dict, budget: int = 150) -> str:
     """Delta-debug the program (lines, then characters) while the same error recurs."""
     prog = {"kind": err["kind"], "base": err["base"], "text": err["program"],
             "eval": (err["eval_task"], err["program"]) if err["eval_task"] else None}
@@ -497,7 +502,9 @@ def fuzz(count: int, seed: int = 14, workers: int = 1, timeout: float = 20.0, me
         "programs_per_second": round(count / wall, 2) if wall else None,
         "per_program_seconds_one_core": round(wall * max(1, workers) / count, 4) if count else None,
         "programs": kinds, "reached": stages, "outcomes": outcomes,
-        "internal_errors": len(errors), "errors": errors[:50],
+        "internal_errors": len(errors),
+        "internal_error_kinds": dict(Counter(re.sub(r"\d+", "N", e["error"])[:120] for e in errors).most_common()),
+        "errors": errors[:50],
         "limits": {"timeout_s": timeout, "memory_mb_per_worker": memory_mb, "run": LIMITS.__dict__,
                    "max_input_elements": MAX_INPUT_ELEMS, "max_expr_depth": MAX_EXPR_DEPTH},
         "every": {"event_model": event_every, "generated_through_eval": eval_every,

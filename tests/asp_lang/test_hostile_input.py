@@ -338,3 +338,26 @@ def test_ranks_and_element_counts_are_bounded(name):
     e = ei.value
     assert e.kind == kind and (e.span.line, e.span.col) == (line, col), e.short()
     assert name == "declared_elements" or str(MAX_RANK) in e.message
+
+
+# ------------------------------------------------------------------ found by benchmarks/fuzz_asp.py
+
+def test_a_float_literal_that_overflows_is_a_parse_error():
+    # 1e999 became Num(inf), which the printer wrote as the name 'inf': the round trip broke
+    e = _parse_error(fn_kernel("p * -1e999"))
+    assert (e.span.line, e.span.col) == (2, BODY_COL + 5)
+    k = asp_lang.parse(fn_kernel("p * -inf + 1e308"))
+    assert asp_lang.parse(asp_lang.format_kernel(k)) == k
+
+
+@pytest.mark.parametrize("change, line", [
+    (("sizes R = 4", "sizes R = 0"), 3),                   # bind_sizes: a size that is not positive
+    (("-> (y: f32[M, N])", "-> (y: f32[M, 1.5])"), 2),     # eval_int: a shape that is not whole
+])
+def test_eval_names_the_file_for_errors_raised_while_binding(change, line):
+    from agentforge.verify import evaluate
+
+    src = (ROOT / "evals" / "adversarial" / "softmax__poly_exp.asp").read_text().replace(*change)
+    ev = evaluate(ROOT / "evals" / "suite" / "softmax.py", {"kind": "kernel", "source": src, "filename": "b.asp"})
+    assert not ev.verified and ev.reason_code == "compile", ev.reason
+    assert ev.reason.startswith("ERROR[") and f" b.asp:{line}:" in ev.reason, ev.reason
