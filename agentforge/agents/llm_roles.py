@@ -142,6 +142,14 @@ def plan_realisation_problems(value: dict, ctx: TaskContext) -> list[str]:
     return problems
 
 
+def _after_prefix(problem: str) -> str:
+    """A repair-round problem without the client's lead-in ("the JSON is not usable: ")."""
+    for lead in ("the JSON is not usable: ",):
+        if problem.startswith(lead):
+            return problem[len(lead):]
+    return problem
+
+
 class LLMPlanner(_LLMRole):
     """Asks for a JSON plan (agentforge.llm.schemas.PLAN_SCHEMA). The plan is validated before any
     worker sees it: node indices, template parameters, every computing node covered, and realisable
@@ -162,17 +170,18 @@ class LLMPlanner(_LLMRole):
     def plan(self, ctx: TaskContext, demos: list[Demo]) -> dict:
         n = len(semantic_nodes(ctx.graph_own))
         shape_check = plan_checker(n)
-        reasons: list[str] = []
 
         def check(value: Any) -> None:
             shape_check(value)
             problems = plan_realisation_problems(value, ctx)
             if problems:
-                reasons.append("; ".join(problems))
                 raise ValueError("; ".join(problems))
 
         reply = self.client.chat(self.messages(ctx, demos), schema=PLAN_SCHEMA, role=self.role, check=check)
         self._account(reply)
+        # the client says why a reply went back (a replayed one too: the check does not run then)
+        reasons = [_after_prefix(r) for r in (getattr(reply, "first_error", None),
+                                              reply.error if reply.parsed_json is None else None) if r]
         for r in reasons:
             self.returned.append({"task": ctx.task.name, "reason": r})
         if reply.parsed_json is not None:

@@ -50,6 +50,7 @@ class LLMReply:
     error: str | None = None           # why parsed_json is None despite a schema (after the repair round)
     repaired: bool = False             # the JSON came from the repair round
     finish_reason: str | None = None
+    first_error: str | None = None     # why the first reply was sent back (a repair round was needed)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -233,12 +234,14 @@ class LLMClient:
                                rf, role, "repair")
         except LLMCallError as e:              # the first reply was paid for: return it, with both problems
             first.error = f"{problem} (the repair round failed: {e})"
+            first.first_error = problem
             return first
         value, problem2 = parse_structured(fixed.text, schema, check)
         return LLMReply(text=fixed.text, parsed_json=value, usage=first.usage + fixed.usage,
                         cost=first.cost + fixed.cost, latency_s=first.latency_s + fixed.latency_s,
                         attempts=first.attempts + fixed.attempts, calls=2, model=fixed.model or first.model,
-                        error=problem2, repaired=problem2 is None, finish_reason=fixed.finish_reason)
+                        error=problem2, repaired=problem2 is None, finish_reason=fixed.finish_reason,
+                        first_error=problem)
 
     # --- one logical call, with retries ---
     def _call(self, messages: Messages, response_format: dict | None, role: str, kind: str) -> LLMReply:
