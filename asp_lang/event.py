@@ -41,7 +41,8 @@ in. PCU utilisation is the service time of the compute steps the simulation fire
 simulated time.
 
 Sections run one after another, as the allocator decided: a stream that crosses a section
-boundary is written to HBM by the producing section and read back by the consuming one.
+boundary is written to HBM by the producing section and read back by the consuming one (a
+stream of buffer references with the whole contents of its buffers, ``timing.spill_bytes``).
 """
 
 from __future__ import annotations

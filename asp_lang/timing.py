@@ -3,10 +3,13 @@
 A checked program is placed on the chip (``allocate``): each operator takes PCUs, PMUs or
 AGCUs; a program that needs more than the chip has is cut, in program order, into sections
 that run one after another with a reconfiguration in between, streams crossing a cut going
-through HBM. Within a section every operator streams concurrently (double-buffered), so
-the section takes as long as its slowest resource, an operator or a shared memory channel,
-plus the latency to fill the pipeline along its longest path. Only types are needed, never
-data: timing a full-size problem allocates nothing.
+through HBM (a buffer with its whole contents, reloaded into PMUs of the section that reads it).
+Nothing is free: every section fits the machine, every compute path runs at most at the
+machine's peak for its dtype, a buffer is read through the PMU ports it has, and every replica
+of an ``accum`` holds its own accumulator. Within a section every operator streams
+concurrently (double-buffered), so the section takes as long as its slowest resource, an
+operator or a shared memory channel, plus the latency to fill the pipeline along its longest
+path. Only types are needed, never data: timing a full-size problem allocates nothing.
 """
 
 from __future__ import annotations
