@@ -5,7 +5,7 @@ Layout (docs/library.md documents every field)::
     library/
       manifest.json              {"schema_version": 1, "format": "agentforge-library", "kernels": [...]}
       kernels/<id>/*.asp         the kernel, or the chain of kernels a plan realizes at the task's sizes
-      tasks/<task>.py (+ .toml)  the task each kernel was verified against (so `verify` needs nothing else)
+      tasks/<digest>/<task>.py (+ .toml)  the task each kernel was verified against (`verify` needs nothing else)
 
 Every kernel entry says what it computes (op name, the task's semantic signature), where it
 was verified (sizes and dtypes of every check), how fast it is on the emulated chip (simulated
@@ -14,6 +14,11 @@ time, speedup over the op-by-op baseline, fraction of roofline) and where it cam
 
 Writes are atomic (temp file + ``os.replace``): a reader, or a campaign killed mid-write,
 never sees half a manifest. Loading validates the manifest and says what to fix.
+
+A library from elsewhere is not trusted: :meth:`Library.merge` and :func:`verify_library` read
+its files without following links, check them against their ids, and verify and time every
+kernel again in a confined worker (agentforge.sandbox) against the receiving library's own task
+definitions; docs/library.md states the rules and the threat model.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +44,10 @@ SCHEMA_VERSION = 1
 FORMAT = "agentforge-library"
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*-[0-9a-f]{8,}$")
 _OP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ASP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.asp$")
+_DIGEST_RE = re.compile(r"^[0-9a-f]{12}$")
+MAX_FILE_BYTES = 8 << 20    # a kernel or task file larger than this is not read from a library
+TIME_RTOL = 1e-6            # a recorded time must reproduce within this relative tolerance (deterministic model)
 
 
 class LibraryError(AgentforgeError):
@@ -168,6 +179,64 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
+def _path_problem(root: Path, rel: str) -> str | None:
+    """Why ``root/rel`` is not a regular file reached inside the library without a symbolic link
+    (None when it is). Every component is checked, so a linked folder is refused too."""
+    p = Path(rel)
+    if not p.parts or p.is_absolute() or ".." in p.parts:
+        return "leaves the library (a path must be relative, without '..')"
+    cur = root
+    for part in p.parts:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return "is missing"
+        except OSError as e:
+            return f"cannot be read ({e.strerror})"
+        if stat.S_ISLNK(st.st_mode):
+            return f"is a symbolic link ({cur.relative_to(root)} points elsewhere)"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    return None
+
+
+def read_inside(root: Path, rel: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The UTF-8 text of ``root/rel``, opened one component at a time without following any
+    symbolic link (O_NOFOLLOW at every step), at most ``limit`` bytes: a library's file, never a
+    file it points at. Raises LibraryError saying what is wrong."""
+    problem = _path_problem(root, rel)
+    if problem is not None:
+        raise LibraryError(f"{rel}: {problem}")
+    parts = Path(rel).parts
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+    except OSError as e:
+        raise LibraryError(f"{rel}: cannot be opened inside the library ({e.strerror})") from None
+    finally:
+        os.close(fd)
+    with os.fdopen(ffd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise LibraryError(f"{rel}: is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise LibraryError(f"{rel}: larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise LibraryError(f"{rel}: is not UTF-8 text") from None
+
+
+def task_digest(text: str, side_text: str) -> str:
+    """The digest naming a task's folder (tasks/<digest>/): the task file and its sidecar."""
+    return hashlib.sha256((text + chr(0) + side_text).encode()).hexdigest()[:12]
+
+
 def _better(a: KernelEntry, b: KernelEntry) -> bool:
     """Is ``b`` a better kernel than ``a``? Faster on the chip; ties go to the older (stable)."""
     return b.simulated_seconds < a.simulated_seconds * (1 - 1e-9)
@@ -193,6 +262,9 @@ class Library:
         """Load and validate ``root/manifest.json`` (and check every file it names exists)."""
         root = Path(root)
         mpath = root / "manifest.json"
+        if mpath.is_symlink():
+            raise LibraryError(f"{mpath}: is a symbolic link; a library's files must be its own\n"
+                               f"  how to fix: copy the library with its files, not links to them")
         if not mpath.is_file():
             hint = " (is it a run directory? its library is in OUT/library)" if (root / "library").is_dir() else ""
             raise LibraryError(f"{root}: not a kernel library, no manifest.json there{hint}\n"
@@ -220,9 +292,11 @@ class Library:
             raise LibraryError(f"{mpath}: duplicate kernel ids")
         for e in entries:
             for f in [*e.files, e.task_file]:
-                if not (root / f).is_file():
-                    raise LibraryError(f"{mpath}: kernel {e.id} names {f}, which is missing\n  how to fix: "
-                                       f"restore the file, or remove the entry with the manifest's other fields intact")
+                problem = _path_problem(root, f)
+                if problem is not None:
+                    raise LibraryError(f"{mpath}: kernel {e.id} names {f}, which {problem}\n  how to fix: "
+                                       f"restore the file (a regular file inside the library, no symbolic links), "
+                                       f"or remove the entry with the manifest's other fields intact")
         return Library(root, m, entries)
 
     @staticmethod
@@ -279,14 +353,21 @@ class Library:
         with self._locked():
             return self._add(entry, files, task_files)
 
-    def _add(self, entry: KernelEntry, files: dict[str, str], task_files: dict[str, str]) -> bool:
+    def _add(self, entry: KernelEntry, files: dict[str, str], task_files: dict[str, str],
+             measured: dict[str, float] | None = None) -> bool:
+        """``measured``: {entry id: seconds re-timed just now} for entries already here; a merge
+        compares with those, never with a recorded number it did not reproduce."""
         folder = Path(entry.task_file).parent
         if any(e.op == entry.op and Path(e.task_file).parent != folder for e in self.entries):
             # another task already owns this op name: one name, one computation (torch.ops.<ns>.<op>)
             entry = replace(entry, op=f"{entry.op}_{folder.name[:8]}")
         key = dispatch_key(entry)
         old = next((e for e in self.entries if dispatch_key(e) == key), None)
-        if old is not None and not _better(old, entry):
+        if old is not None and measured and old.id in measured:
+            old_now = replace(old, simulated_seconds=measured[old.id])
+            if not _better(old_now, entry):
+                return False
+        elif old is not None and not _better(old, entry):
             return False
         for rel, text in {**files, **task_files}.items():
             atomic_write_text(self.root / rel, text)
@@ -305,8 +386,26 @@ class Library:
                 folder.rmdir()
         return True
 
-    def merge(self, other: "Library") -> dict[str, int]:
-        """Bring ``other``'s kernels in, keeping the faster verified kernel per problem."""
+    def definitions(self) -> dict[str, dict[str, str]]:
+        """{task name: {task digest: task file}} from the task files' content (not folder names)."""
+        out: dict[str, dict[str, str]] = {}
+        seen: set[str] = set()
+        for e in self.entries:
+            if e.task_file in seen:
+                continue
+            seen.add(e.task_file)
+            text = read_inside(self.root, e.task_file)
+            side = str(Path(e.task_file).with_suffix(".toml"))
+            side_text = read_inside(self.root, side) if os.path.lexists(self.root / side) else ""
+            out.setdefault(e.task, {})[task_digest(text, side_text)] = e.task_file
+        return out
+
+    def merge(self, other: "Library", timeout_s: float = 300.0) -> dict[str, Any]:
+        """Bring ``other``'s kernels in, each only after it verified and was timed here, in a
+        confined worker, against this library's own definition of its task (docs/library.md,
+        "Merging"). Nothing ``other``'s manifest claims is believed: not its times, signatures,
+        paths nor file contents. Returns the counts and one row per incoming kernel (accepted or
+        rejected, and why)."""
         if other.manifest.get("machine") != self.manifest.get("machine"):
             raise LibraryError(f"cannot merge a library for machine {other.manifest.get('machine')!r} into one for "
                                f"{self.manifest.get('machine')!r}: their timings are not comparable")
@@ -315,27 +414,191 @@ class Library:
                                f"({other.manifest.get('emulator_version')!r} vs "
                                f"{self.manifest.get('emulator_version')!r}), so 'faster' is not comparable\n"
                                f"  how to fix: regenerate the older one with this agentforge's campaign")
-        kept = replaced = skipped = 0
+        from .sandbox import Evaluator
+        from .verify import VerifyConfig
+
+        cfg = VerifyConfig(machine=self.manifest.get("machine", "sn40l"), timeout_s=timeout_s)
+        rows: list[dict[str, Any]] = []
+        groups: dict[tuple[str, str], list[tuple[KernelEntry, _Incoming]]] = {}
+        with self._locked():
+            own = self.definitions()
         for e in other.entries:
+            try:
+                inc = _read_incoming(other.root, e)
+            except LibraryError as x:
+                rows.append(_row(e, "rejected", "unsafe", str(x)))
+                continue
+            mine = own.get(e.task, {})
+            if mine and inc.digest not in mine:
+                rows.append(_row(e, "rejected", "conflict", _conflict_text(e, inc.digest, mine)))
+                continue
+            same = next((x for x in self.entries if x.id == e.id), None) if inc.digest in mine else None
+            if same is not None:
+                # byte for byte a kernel this library holds (the id is a digest of its files, plan and
+                # signature; checked above), under the same task text: nothing to replace, nothing to run;
+                # its numbers must be the ones recorded here (the timing models are deterministic)
+                lies = timing_problems(e, same)
+                rows.append(_row(e, "rejected", "timing", "this library holds this exact kernel, and the incoming "
+                                 "manifest's numbers are not its: " + "; ".join(lies)) if lies else
+                            _row(e, "kept_existing", None, "this library already holds this exact kernel"))
+                continue
+            groups.setdefault((e.task, inc.digest), []).append((e, inc))
+        staging = Path(tempfile.mkdtemp(prefix="agentforge-merge-"))
+        try:
+            for (task, digest), items in groups.items():
+                mine = own.get(task, {})
+                if digest in mine:
+                    task_path = self.root / mine[digest]
+                else:   # a task new to this library: evaluated from a private copy of exactly the text read
+                    inc = items[0][1]
+                    task_path = staging / f"{digest}-{task}" / f"{task}.py"
+                    atomic_write_text(task_path, inc.task_text)
+                    if inc.side_text:
+                        atomic_write_text(task_path.with_suffix(".toml"), inc.side_text)
+                # one fresh confined worker per task definition: a task's code cannot reach another's checks
+                with Evaluator(cfg, confine=True) as worker:
+                    for e, inc in items:
+                        rows.append(self._merge_one(e, inc, digest, task_path, mine.get(digest), worker, timeout_s))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        counts = {k: sum(r["status"] == k for r in rows) for k in ("added", "replaced", "kept_existing", "rejected")}
+        return {**counts, "kernels": rows}
+
+    def _merge_one(self, e: KernelEntry, inc: "_Incoming", digest: str, task_path: Path, own_task_file: str | None,
+                   worker: Any, timeout_s: float) -> dict[str, Any]:
+        cand = inc.candidate(e)
+        ev, info = worker.inspect(task_path, cand, timeout_s=timeout_s)
+        if not ev.verified:
+            return _row(e, "rejected", ev.reason_code or "verify", f"does not verify here: {ev.reason}")
+        problems = _agreement_problems(e, ev, info, inc.kernels)
+        if problems:
+            return _row(e, "rejected", problems[0][0], "; ".join(p for _, p in problems), ev)
+        key = (info["signature"]["sized_key"], tuple(info["dtypes"]))
+        with self._locked():
+            rival = next((x for x in self.entries if dispatch_key(x) == key), None)
+        measured: dict[str, float] = {}
+        if rival is not None:
+            rival_def = self.definitions().get(rival.task, {})
+            if rival.task != e.task or digest not in rival_def:
+                return _row(e, "rejected", "conflict", f"this library already holds {rival.id} for the same problem "
+                            f"(signature and dtypes) under another task definition ({rival.task_file}); a merge "
+                            f"never replaces a kernel of another task\n  how to fix: remove one of the two tasks' "
+                            f"entries, or merge the other way round", ev)
+            rev = worker.evaluate(self.root / rival.task_file, rival.candidate(self.root), timeout_s=timeout_s)
+            measured[rival.id] = rev.simulated_seconds if rev.verified and rev.simulated_seconds else float("inf")
+        names = list(inc.kernels)
+        task_file = own_task_file or f"tasks/{digest}/{e.task}.py"
+        task_files = {} if own_task_file else {task_file: inc.task_text,
+                                               **({str(Path(task_file).with_suffix(".toml")): inc.side_text}
+                                                  if inc.side_text else {})}
+        verified_at: dict[str, dict] = {}
+        for c in ev.checks:
+            v = verified_at.setdefault(json.dumps(c.sizes, sort_keys=True),
+                                       {"sizes": dict(c.sizes), "seeds": [], "distributions": []})
+            v["seeds"].append(c.seed)
+            v["distributions"].append(c.distribution)
+        entry = replace(e, op=op_name(e.task), task_file=task_file, files=[f"kernels/{e.id}/{n}" for n in names],
+                        signature=dict(info["signature"]), dtypes=list(info["dtypes"]),
+                        own_sizes=dict(info.get("own_sizes") or {}), verified_at=list(verified_at.values()),
+                        simulated_seconds=ev.simulated_seconds, baseline_seconds=ev.baseline_seconds,
+                        speedup=ev.speedup, roofline_fraction=ev.roofline_fraction, hbm_bytes=ev.hbm_bytes,
+                        bottleneck=ev.bottleneck)
+        files = {f"kernels/{e.id}/{n}": t for n, t in inc.kernels.items()}
+        _entry_from_dict(entry.to_dict(), f"kernel {entry.id}")
+        with self._locked():
             before = {dispatch_key(x): x.id for x in self.entries}
-            files = {f: (other.root / f).read_text() for f in e.files}
-            tasks = {f: (other.root / f).read_text() for f in _task_files(other.root, e.task_file)}
-            if self.add(e, files, tasks):
-                if dispatch_key(e) in before:
-                    replaced += 1
-                else:
-                    kept += 1
-            else:
-                skipped += 1
-        return {"added": kept, "replaced": replaced, "kept_existing": skipped}
+            if any(x.id == entry.id for x in self.entries):
+                return _row(e, "kept_existing", None, "this library already holds this exact kernel", ev)
+            kept = self._add(entry, files, task_files, measured)
+        if not kept:
+            now = measured.get(rival.id) if rival is not None else None
+            return _row(e, "kept_existing", None, f"not faster than {before.get(key)}"
+                        + (f" ({now:.6g} s measured now)" if now is not None else ""), ev)
+        return _row(e, "replaced" if key in before else "added", None,
+                    f"replaced {before[key]}" if key in before else "new problem", ev)
 
 
-def _task_files(root: Path, task_file: str) -> list[str]:
-    out = [task_file]
-    side = Path(task_file).with_suffix(".toml")
-    if (root / side).is_file():
-        out.append(str(side))
+class _Incoming:
+    """An incoming entry's files as read (safely) from the other library, and its task's digest."""
+
+    def __init__(self, task_text: str, side_text: str, kernels: dict[str, str]):
+        self.task_text, self.side_text, self.kernels = task_text, side_text, kernels
+        self.digest = task_digest(task_text, side_text)
+
+    def candidate(self, e: KernelEntry) -> dict:
+        if e.kind == "plan":
+            return {"kind": "plan", "plan": e.plan}
+        name, text = next(iter(self.kernels.items()))
+        return {"kind": "kernel", "source": text, "filename": name}
+
+
+def _read_incoming(root: Path, e: KernelEntry) -> _Incoming:
+    """Read an entry's files from a library that is not ours: regular files inside it only, names
+    and content checked against the entry (its id is a digest of its content)."""
+    if not e.task_file.endswith(".py") or Path(e.task_file).stem != e.task:
+        raise LibraryError(f"task_file {e.task_file!r} is not the file of task {e.task!r}")
+    if e.kind == "kernel" and len(e.files) != 1:
+        raise LibraryError(f"a 'kernel' entry has exactly one file, this one names {len(e.files)}")
+    task_text = read_inside(root, e.task_file)
+    side = str(Path(e.task_file).with_suffix(".toml"))
+    side_text = read_inside(root, side) if os.path.lexists(root / side) else ""
+    kernels: dict[str, str] = {}
+    for f in e.files:
+        name = Path(f).name
+        if not _ASP_NAME_RE.match(name) or name in kernels:
+            raise LibraryError(f"kernel file name {name!r} is not a plain, unique <name>.asp")
+        kernels[name] = read_inside(root, f)
+    if entry_id(op_name(e.task), e.signature["sized_key"], e.dtypes, kernels, e.plan) != e.id:
+        raise LibraryError(f"its files are not the ones its manifest entry was made for (the id {e.id} is a digest "
+                           f"of the signature, dtypes, kernel files and plan; it does not match them)")
+    return _Incoming(task_text, side_text, kernels)
+
+
+def _agreement_problems(e: KernelEntry, ev: Any, info: dict, kernels: dict[str, str],
+                        rtol: float = TIME_RTOL) -> list[tuple[str, str]]:
+    """How an entry disagrees with what its task and the emulator say now: (code, message) pairs."""
+    out: list[tuple[str, str]] = []
+    sig = info.get("signature") or {}
+    if sig != {k: e.signature.get(k) for k in ("key", "class_key", "sized_key")} or \
+            list(info.get("dtypes") or []) != list(e.dtypes):
+        out.append(("signature", f"its recorded signature/dtypes ({e.signature.get('sized_key')}, {e.dtypes}) are "
+                                 f"not its task's ({sig.get('sized_key')}, {info.get('dtypes')})"))
+    if e.own_sizes and info.get("own_sizes") is not None and dict(e.own_sizes) != dict(info["own_sizes"]):
+        out.append(("signature", f"own_sizes {e.own_sizes} are not its task's {info['own_sizes']}"))
+    if e.kind == "plan":
+        built = info.get("files") or {}
+        if list(built) != list(kernels) or any(built[n] != kernels[n] for n in built):
+            bad = [n for n in kernels if built.get(n) != kernels[n]] or sorted(set(built) ^ set(kernels))
+            out.append(("content", f"its .asp files ({', '.join(bad)}) are not what its plan builds: a plan entry's "
+                                   f"files must be exactly the plan's kernels at the task's sizes"))
+    out += [("timing", p) for p in timing_problems(e, ev, rtol)]
     return out
+
+
+def timing_problems(e: KernelEntry, ev: Any, rtol: float = TIME_RTOL) -> list[str]:
+    """Recorded numbers of ``e`` that ``ev`` (an evaluation just made, or a trusted entry of the
+    same kernel) does not reproduce within ``rtol``."""
+    out = []
+    for name, now in (("simulated_seconds", ev.simulated_seconds), ("baseline_seconds", ev.baseline_seconds),
+                      ("speedup", ev.speedup)):
+        then = getattr(e, name)
+        if now is None or not abs(now - then) <= rtol * abs(now):
+            out.append(f"{name} recorded {then:.6g}, measured now {now if now is None else format(now, '.6g')} "
+                       f"(tolerance {rtol:g} relative)")
+    return out
+
+
+def _conflict_text(e: KernelEntry, digest: str, mine: dict[str, str]) -> str:
+    return (f"conflict: task {e.task!r} is defined differently here ({', '.join(sorted(mine.values()))}) than in "
+            f"the incoming library (tasks/{digest}); a merge never replaces a task's definition\n  how to fix: "
+            f"if the incoming definition is the one you want, remove this task's entries here first; otherwise "
+            f"rename the task in the other suite and re-run its campaign")
+
+
+def _row(e: KernelEntry, status: str, code: str | None, reason: str, ev: Any = None) -> dict[str, Any]:
+    return {"id": e.id, "task": e.task, "status": status, "code": code, "reason": reason,
+            "claimed_seconds": e.simulated_seconds,
+            "measured_seconds": getattr(ev, "simulated_seconds", None) if ev is not None else None}
 
 
 def entry_id(op: str, sized_key: str, dtypes: list[str], files: dict[str, str], plan: dict | None) -> str:
@@ -381,7 +644,7 @@ def build_entry(task: Any, kind: str, source: str | None, plan: dict | None, eva
     text = Path(task.path).read_text()
     side = Path(task.path).with_suffix(".toml")
     side_text = side.read_text() if side.is_file() else ""
-    folder = f"tasks/{hashlib.sha256((text + chr(0) + side_text).encode()).hexdigest()[:12]}"
+    folder = f"tasks/{task_digest(text, side_text)}"
     task_file = f"{folder}/{Path(task.path).name}"
     task_files = {task_file: text}
     if side_text:
@@ -401,33 +664,49 @@ def build_entry(task: Any, kind: str, source: str | None, plan: dict | None, eva
     return entry, files, task_files
 
 
-def verify_library(lib: Library, timeout_s: float = 300.0, isolate: bool = True) -> list[dict]:
-    """Re-check every kernel against its task (the copy kept in the library) on the library's
-    machine. Returns one row per kernel: id, verified, reason, simulated time then and now."""
-    from .tasks import load_task
-    from .verify import VerifyConfig, evaluate
+def verify_library(lib: Library, timeout_s: float = 300.0, rtol: float = TIME_RTOL) -> list[dict]:
+    """Re-check every kernel of ``lib`` on its machine: its files are regular files inside the
+    library and are the ones its id was made for, its task's file is the one it was verified
+    against, it verifies again, its task gives the recorded signature and dtypes, a plan's .asp
+    files are exactly what the plan builds, and the recorded simulated time, baseline time and
+    speedup reproduce within ``rtol``. Task code runs only in confined workers, a fresh one per
+    task definition. One row per kernel; ``ok`` is whether all of it holds."""
+    from .sandbox import Evaluator
+    from .verify import VerifyConfig
 
     cfg = VerifyConfig(machine=lib.manifest.get("machine", "sn40l"), timeout_s=timeout_s)
-    rows = []
-    evaluator = None
-    if isolate:
-        from .sandbox import Evaluator
+    rows: dict[str, dict] = {}
+    groups: dict[str, list[tuple[KernelEntry, _Incoming]]] = {}
+    for e in lib.entries:
+        try:
+            inc = _read_incoming(lib.root, e)
+            folder = Path(e.task_file).parent.name
+            if _DIGEST_RE.match(folder) and folder != inc.digest:
+                raise LibraryError(f"its task file {e.task_file} is not the one it was verified against (the folder "
+                                   f"names digest {folder}, the files now have {inc.digest})")
+        except LibraryError as x:
+            rows[e.id] = _verify_row(e, None, [str(x)])
+            continue
+        groups.setdefault(e.task_file, []).append((e, inc))
+    for task_file, items in groups.items():
+        with Evaluator(cfg, confine=True) as worker:
+            for e, inc in items:
+                ev, info = worker.inspect(lib.root / task_file, inc.candidate(e), timeout_s=timeout_s)
+                if ev.verified:
+                    problems = [p for _, p in _agreement_problems(e, ev, info, inc.kernels, rtol)]
+                else:
+                    problems = [f"does not verify: {ev.reason}"]
+                rows[e.id] = _verify_row(e, ev, problems, rtol)
+    return [rows[e.id] for e in lib.entries]
 
-        evaluator = Evaluator(cfg)
-    try:
-        for e in lib.entries:
-            task_path = lib.root / e.task_file
-            cand = e.candidate(lib.root)
-            ev = evaluator.evaluate(task_path, cand) if evaluator else evaluate(load_task(task_path), cand, cfg)
-            same_time = ev.simulated_seconds is not None and \
-                abs(ev.simulated_seconds - e.simulated_seconds) <= 1e-6 * e.simulated_seconds
-            rows.append({"id": e.id, "op": e.op, "verified": ev.verified, "reason": ev.reason,
-                         "simulated_seconds": ev.simulated_seconds, "recorded_seconds": e.simulated_seconds,
-                         "timing_matches": same_time})
-    finally:
-        if evaluator is not None:
-            evaluator.close()
-    return rows
+
+def _verify_row(e: KernelEntry, ev: Any, problems: list[str], rtol: float = TIME_RTOL) -> dict:
+    now = getattr(ev, "simulated_seconds", None)
+    return {"id": e.id, "op": e.op, "ok": not problems, "verified": bool(ev is not None and ev.verified),
+            "reason": getattr(ev, "reason", None) if ev is not None else problems[0],
+            "problems": problems, "simulated_seconds": now, "recorded_seconds": e.simulated_seconds,
+            "timing_matches": now is not None and abs(now - e.simulated_seconds) <= rtol * abs(now)}
 
 
-__all__ += ["build_entry", "solution_files", "verify_library"]
+__all__ += ["build_entry", "solution_files", "verify_library", "read_inside", "task_digest", "timing_problems",
+            "TIME_RTOL"]

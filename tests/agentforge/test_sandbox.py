@@ -55,8 +55,17 @@ def worker():
 
 
 def test_result_crosses_the_process_boundary(worker):
+    """The worker's answer (JSON) is the evaluation this process would make: same verdict, same
+    checks, same numbers."""
+    from agentforge.verify import evaluate
+
     ev = worker.evaluate(SOFTMAX, CONTROL)
-    assert isinstance(ev, Evaluation) and ev.verified and ev.speedup > 0 and len(ev.checks) == 7  # 6 + "large"
+    assert isinstance(ev, Evaluation) and ev.verified and ev.speedup > 0
+    here = evaluate(SOFTMAX, CONTROL, VerifyConfig(machine="sn40l"))
+    strip = lambda d: {k: v for k, v in d.items() if k not in ("eval_seconds", "checks")}   # noqa: E731
+    assert strip(ev.to_dict()) == strip(here.to_dict())
+    assert [(c.sizes, c.seed, c.distribution, c.passed) for c in ev.checks] == \
+        [(c.sizes, c.seed, c.distribution, c.passed) for c in here.checks]
 
 
 def test_timeout_kills_and_the_next_evaluation_restarts(worker):
@@ -130,3 +139,58 @@ def test_a_pool_serves_threads_at_once_and_each_gets_its_own_result():
             t.join(300)
         assert len(pool._all) == 2
     assert [results[i].verified for i in range(4)] == [True, False, True, False]
+
+
+def _task_that_writes(tmp_path: Path, target: str) -> Path:
+    """softmax, whose module also writes a file at ``target`` (an expression) when it is loaded."""
+    d = tmp_path / "task"
+    d.mkdir(exist_ok=True)
+    text = SOFTMAX.read_text().replace("import torch\n", f"import torch\nopen({target}, 'w').write('x')\n", 1)
+    path = d / f"softmax_{abs(hash(target)) % 10**6}.py"
+    path.write_text(text)
+    if SOFTMAX.with_suffix(".toml").exists():
+        path.with_suffix(".toml").write_text(SOFTMAX.with_suffix(".toml").read_text())
+    return path
+
+
+def test_a_confined_worker_writes_only_in_its_scratch_directory(tmp_path):
+    """Foreign task code runs confined: a write outside the scratch directory fails (the task's
+    load fails with the OS's refusal, nothing is written), a write to its own TMPDIR works."""
+    from agentforge.sandbox import landlock_abi
+
+    outside = tmp_path / "outside.txt"
+    escaping = _task_that_writes(tmp_path, repr(str(outside)))
+    tidy = _task_that_writes(tmp_path, "__import__('os').path.join(__import__('tempfile').gettempdir(), 'ok.txt')")
+    with Evaluator(VerifyConfig(machine="sn40l"), confine=True) as w:
+        ev = w.evaluate(escaping, CONTROL, timeout_s=300)
+        if landlock_abi() == 0:   # no way to confine here: refused, never run unconfined
+            assert ev.reason_code == "sandbox" and "Landlock" in ev.reason
+            return
+        assert w.confinement.startswith("landlock")
+        assert not ev.verified and ev.reason_code == "task" and "Permission denied" in ev.reason, ev.reason
+        assert not outside.exists()
+        ev = w.evaluate(tidy, CONTROL, timeout_s=300)
+        assert ev.verified, ev.reason
+        assert (w.scratch / "ok.txt").exists()
+        scratch = w.scratch
+    assert not scratch.exists()   # removed with the worker
+
+
+def test_a_worker_answer_is_json_never_unpickled(tmp_path):
+    """The parent reads a worker's answer as size-capped JSON: a worker that ran hostile code
+    cannot make it unpickle (run) anything. A frame larger than the cap is a crash result."""
+    import io
+    import pickle
+
+    from agentforge.sandbox import MAX_REPLY_BYTES, _HEADER, _recv_json
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "ran"),))
+
+    data = pickle.dumps(Boom())
+    with pytest.raises(ValueError):
+        _recv_json(io.BytesIO(_HEADER.pack(len(data)) + data))
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(EOFError, match="more than"):
+        _recv_json(io.BytesIO(_HEADER.pack(MAX_REPLY_BYTES + 1)))
