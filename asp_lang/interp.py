@@ -113,6 +113,14 @@ def prepare_inputs(prog, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
+def _size(nbytes: float) -> str:
+    """Bytes in the unit that shows them (a small cap is not '0.0 GiB')."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
 def check_declared_sizes(prog, limits: Limits | None = None, results: bool = True) -> None:
     """Refuse, before anything is allocated, a kernel whose declared inputs (or results) are
     over the cap on one array (the cap the interpreter applies to the kernel's own streams): a
@@ -124,8 +132,8 @@ def check_declared_sizes(prog, limits: Limits | None = None, results: bool = Tru
         nbytes = math.prod(t.shape) * np.dtype(NUMPY_STORAGE[t.dtype]).itemsize
         if nbytes > limits.max_array_bytes:
             what = "input" if name in prog.params else "result"
-            raise LimitError(f"{what} '{name}' is {t.dtype}{list(t.shape)} ({nbytes / 2**30:.1f} GiB), over the "
-                             f"{limits.max_array_bytes / 2**30:.1f} GiB cap on one array; run it at smaller sizes "
+            raise LimitError(f"{what} '{name}' is {t.dtype}{list(t.shape)} ({_size(nbytes)}), over the "
+                             f"{_size(limits.max_array_bytes)} cap on one array; run it at smaller sizes "
                              "or use profile --timing-only", at.get(name))
 
 

@@ -53,6 +53,16 @@ ROUTE = """kernel route(x: f32[T, D], i: i32[T, 1]) -> (y: f32[T, D]) {
 }
 """
 
+# A stream (4 x 32 bytes) larger than any declared array (32 bytes).
+REPEATED = """kernel rep(x: f32[N]) -> (y: f32[N]) {
+  sizes N = 8
+  fn f(a, t) = a + t
+  xs = load(x, tile=[N], repeat=4, at=0)
+  a = accum(xs, rank=1, init=zeros([N]), fn=f)
+  store(y, a)
+}
+"""
+
 # An accumulation with a general (non-reducible) update: one interpreter step per element.
 RUNNING = """kernel running(x: f32[M, N]) -> (y: f32[M, 1]) {
   sizes M = 4
@@ -233,8 +243,11 @@ CASES: list[Case] = [
     # ---------------------------------------------------------------- LimitError (interpreter caps)
     Case("limit_elements", LimitError, ROUTE, (6, "load", 1),
          raise_=_run_with(lambda p: _route_inputs([0, 1] * 4), Limits(max_elements=10)), golden=True),
-    Case("limit_array_bytes", LimitError, ROUTE, (6, "load", 1),
+    # a declared input over the one-array cap is refused at its declaration, before allocation
+    Case("limit_array_bytes", LimitError, ROUTE, (1, "x", 1),
          raise_=_run_with(lambda p: _route_inputs([0, 1] * 4), Limits(max_array_bytes=64))),
+    Case("limit_stream_bytes", LimitError, REPEATED, (4, "load", 1),
+         raise_=_run_with(None, Limits(max_array_bytes=64))),
     Case("limit_accumulation_steps", LimitError, RUNNING, (6, "accum", 1),
          raise_=_run_with(None, Limits(max_steps=5))),
     # ---------------------------------------------------------------- InputError

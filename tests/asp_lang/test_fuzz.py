@@ -889,3 +889,79 @@ def test_fuzzed_inputs_are_input_errors(sources):
         else:
             assert choice == 3 and outs["y"].shape == (8, 8)
 
+
+
+# ------------------------------------------------------------------ the referee's fuzz harness (benchmarks/fuzz_asp.py)
+
+def _fuzz_harness():
+    """benchmarks/fuzz_asp.py as a module (it builds on this file's grammar and mutator)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fuzz_asp", ROOT / "benchmarks" / "fuzz_asp.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.slow
+def test_fuzz_harness_small_run_has_no_internal_errors():
+    """A few hundred programs (generated, mutated, hostile) through parse, check, profile, run
+    and agentforge's evaluate: every outcome is a located user error or a success."""
+    fz = _fuzz_harness()
+    rep = fz.fuzz(240, seed=20261204, workers=1, event_every=8, eval_every=20, eval_share=0.2)
+    assert rep["internal_errors"] == 0, json_errors(rep)
+    assert set(rep["programs"]) == {"gen", "mutant", "hostile"}, rep["programs"]
+    reached = rep["reached"]
+    assert reached["parse"] == 240 and reached["check"] > 100 and reached["run"] > 40 and reached["eval"] > 5, reached
+    out = rep["outcomes"]
+    assert out.get("ran", 0) > 30 and out.get("parse:ParseError", 0) > 20, out
+    assert any(k.startswith("eval:") and k != "eval:interface" for k in out), out
+
+
+def json_errors(rep: dict) -> str:
+    return "\n\n".join(f"{e['error']} [{e['stage']}, from {e['base']}]\n{e.get('reproducer', '')}" for e in rep["errors"])
+
+
+def test_fuzz_harness_is_deterministic_by_seed():
+    fz = _fuzz_harness()
+    a = fz.fuzz(40, seed=3, eval_every=0, eval_share=0.0)
+    b = fz.fuzz(40, seed=3, eval_every=0, eval_share=0.0)
+    c = fz.fuzz(40, seed=4, eval_every=0, eval_share=0.0)
+    assert (a["programs"], a["reached"], a["outcomes"]) == (b["programs"], b["reached"], b["outcomes"])
+    assert a["outcomes"] != c["outcomes"]
+
+
+def test_fuzz_harness_reports_a_planted_bug_with_a_minimised_reproducer(monkeypatch):
+    """The harness must be able to fail: a timing model that crashes on any kernel using
+    map is reported as internal errors, each with a small program that still uses map."""
+    fz = _fuzz_harness()
+    real = fz.profile
+
+    def buggy(prog, model="fast"):
+        if "map(" in (prog.source or ""):
+            raise ZeroDivisionError("planted")
+        return real(prog, model)
+
+    monkeypatch.setattr(fz, "profile", buggy)
+    rep = fz.fuzz(60, seed=5, eval_every=0, eval_share=0.0)
+    assert rep["internal_errors"] > 0
+    for e in rep["errors"][:10]:
+        assert e["error"].startswith("ZeroDivisionError") and e["stage"] == "profile"
+        assert "map(" in e["reproducer"]
+    assert min(len(e["reproducer"]) for e in rep["errors"][:10]) < 400
+
+
+def test_hostile_mutations_are_located_user_errors():
+    """Each attack of the hostile mutator on each example either still works or fails with a
+    located AspError (the bounds of asp_lang.syntax and the interpreter's caps)."""
+    fz = _fuzz_harness()
+    sources = fz.load_sources()
+    lines = [ln for s in sources.values() for ln in s["text"].split("\n")]
+    stats: dict = {}
+    rng = random.Random(77)
+    names = sorted(sources)
+    for i in range(150):
+        name = names[i % len(names)]
+        src = fz.hostile(sources[name]["text"], sources[rng.choice(names)]["text"], rng, lines)
+        fz.pipeline({"kind": "hostile", "base": name, "text": src, "eval": None}, i, stats, event=False)
+    assert stats.get("parse:ParseError", 0) > 10 and stats.get("ran", 0) > 5, stats
