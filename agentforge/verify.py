@@ -463,8 +463,47 @@ def _floors(task: Task) -> dict[str, int]:
     return {k: min([s[k] for s in sets] + [v]) if sets else min(v, 16) for k, v in task.sizes.items()}
 
 
+def _scaled(task: Task, num: int, shift: int, floors: dict[str, int]) -> dict[str, int]:
+    """Every size times num / 2^shift (never below its floor, never above its own value)."""
+    out = {}
+    for k, v in task.sizes.items():
+        x = v * num / (1 << shift)
+        out[k] = v if x >= v else max(floors[k], int(round(x)))
+    return out
+
+
+def _ladder(task: Task, fits, cfg: "VerifyConfig", floors: dict[str, int], sets: list[dict]) -> list[dict] | None:
+    """Check sizes for a candidate that must be realised on a real capture at every probe (a chain):
+    all sizes scaled together by 3 / 2^m (ratios such as a head dimension stay as timed), the
+    smallest such set that fits found by bisection over m (a few captures instead of a search per
+    size), then the same at 5 / 2^m. None when no scaled set fits (the caller searches per size)."""
+    top = 2
+    while any(v * 3 / (1 << top) > floors[k] for k, v in task.sizes.items()) and top < 40:
+        top += 1
+    lo, hi, best = 2, top, None  # find the largest m (smallest sizes) that fits
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        cand = _scaled(task, 3, mid, floors)
+        n = fits(cand)
+        if n is not None and n <= cfg.check_elements:
+            best, lo = (mid, cand), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        return None
+    out = list(sets)
+    if best[1] not in out:
+        out.append(best[1])
+    if len(out) < cfg.size_sets:
+        five = _scaled(task, 5, best[0], floors)
+        n = fits(five) if five not in out else None
+        if n is not None and n <= cfg.check_elements:
+            out.append(five)
+    return out[: cfg.size_sets]
+
+
 def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names: list[str] | None = None,
-                    confirm=None) -> list[dict]:
+                    confirm=None, ladder: bool = False) -> list[dict]:
     """The check sizes: up to ``cfg.size_sets`` size sets at which ``fits(sizes)`` holds (it
     returns the elements of the task's inputs, weights and outputs there, or None when the
     candidate's timed configuration does not run there, see :func:`covers`), each within
@@ -475,8 +514,9 @@ def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names
     largest first, is lowered to the smallest value that still fits (a bisection over 3 x 2^j
     and v / 2^j, never below :func:`_floors`), then a second set takes 5 x 2^j where the first
     took 3 x 2^j. ``confirm(sizes)`` (default ``fits``) must also hold for a derived set (the
-    search may run on predicted shapes; confirmation runs on a real capture). Raises
-    :class:`Uncheckable` when no set is within the budget."""
+    search may run on predicted shapes; confirmation runs on a real capture). With ``ladder``
+    (chains, whose every probe is a capture) all sizes are first scaled together
+    (:func:`_ladder`). Raises :class:`Uncheckable` when no set is within the budget."""
     confirm = confirm or fits
     sets: list[dict] = []
     for s in task.resolved_size_sets():
@@ -485,11 +525,15 @@ def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names
             sets.append(s)
         if len(sets) >= cfg.size_sets:
             return sets
+    floors = _floors(task)
+    if ladder:
+        found = _ladder(task, fits, cfg, floors, sets)
+        if found is not None:
+            return found
     cur = dict(task.sizes)
     n_cur = fits(cur)
     if n_cur is None:
         raise Uncheckable(f"{what}does not run at the task's own sizes {cur}")
-    floors = _floors(task)
     for name in sorted(names if names is not None else cur, key=lambda k: -cur[k]):
         cands = _candidates(cur[name], floors[name])
         lo, hi = 0, len(cands)
@@ -561,7 +605,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
             _interface_at_small_sizes(task, cand)
             raise
     else:
-        sets = check_size_sets(task, real, cfg, "the candidate ")
+        sets = check_size_sets(task, real, cfg, "the candidate ", ladder=True)
     if len(_SETS_CACHE) > 256:
         _SETS_CACHE.clear()
     _SETS_CACHE[ck] = sets
