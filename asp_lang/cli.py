@@ -48,7 +48,8 @@ def parse_sizes(text: str | None) -> dict[str, int]:
         try:
             out[k] = int(v)
         except ValueError:
-            raise UsageError(f"--sizes: {k}={v!r} is not an integer") from None
+            shown = v if len(v) <= 40 else f"{v[:20]}...({len(v)} characters)"
+            raise UsageError(f"--sizes: {k}={shown!r} is not an integer") from None
     return out
 
 
