@@ -47,6 +47,7 @@ _OP_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ASP_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.asp$")
 _DIGEST_RE = re.compile(r"^[0-9a-f]{12}$")
 MAX_FILE_BYTES = 8 << 20    # a kernel or task file larger than this is not read from a library
+MAX_MANIFEST_BYTES = 64 << 20
 TIME_RTOL = 1e-6            # a recorded time must reproduce within this relative tolerance (deterministic model)
 
 
@@ -269,9 +270,11 @@ class Library:
             hint = " (is it a run directory? its library is in OUT/library)" if (root / "library").is_dir() else ""
             raise LibraryError(f"{root}: not a kernel library, no manifest.json there{hint}\n"
                                f"  how to fix: point at the library folder a campaign wrote (OUT/library)")
+        if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+            raise LibraryError(f"{mpath}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest this agentforge wrote")
         try:
             m = json.loads(mpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise LibraryError(f"{mpath}: not valid JSON ({e})\n  how to fix: restore it from the run "
                                f"directory (`agentforge campaign --resume` rewrites it)") from None
         if not isinstance(m, dict):
@@ -539,6 +542,9 @@ def _read_incoming(root: Path, e: KernelEntry) -> _Incoming:
         raise LibraryError(f"task_file {e.task_file!r} is not the file of task {e.task!r}")
     if e.kind == "kernel" and len(e.files) != 1:
         raise LibraryError(f"a 'kernel' entry has exactly one file, this one names {len(e.files)}")
+    if not isinstance(e.own_sizes, dict) or not all(isinstance(d, str) for d in e.dtypes) or \
+            not isinstance(e.plan, (dict, type(None))):
+        raise LibraryError("own_sizes must be an object, dtypes a list of names and plan an object or null")
     task_text = read_inside(root, e.task_file)
     side = str(Path(e.task_file).with_suffix(".toml"))
     side_text = read_inside(root, side) if os.path.lexists(root / side) else ""

@@ -179,6 +179,17 @@ def test_a_path_that_leaves_the_library_is_refused(authored, tmp_path, capsys):
     assert (into / "manifest.json").read_text() == before
 
 
+def test_a_manifest_built_to_crash_the_reader_is_a_clear_error(authored, tmp_path, capsys):
+    """Nesting deep enough to exhaust Python's recursion is refused as a bad manifest (exit 2)."""
+    into = copy(authored, tmp_path / "into")
+    evil = copy(authored, tmp_path / "evil")
+    text = (evil / "manifest.json").read_text()
+    (evil / "manifest.json").write_text(text.replace('"plan": {', '"plan": {"x": ' + "[" * 100000 + "]" * 100000
+                                                       + ", ", 1))
+    assert main(["library", "merge", str(into), str(evil)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
 def test_a_wrong_add_with_a_forged_task_does_not_replace_and_verify_catches_tampering(authored, tmp_path, capsys):
     forged_suite = tmp_path / "forged_suite"
     forged_suite.mkdir()
