@@ -21,6 +21,7 @@ from agentforge.campaign import load_config, run_campaign
 from agentforge.cli import main
 from agentforge.library import Library, Provenance, build_entry, entry_id, op_name
 from agentforge.loop import task_context
+from agentforge.sandbox import landlock_abi
 from agentforge.tasks import load_task
 from agentforge.verify import VerifyConfig, evaluate
 
@@ -40,6 +41,9 @@ kernel add_k(x: f32[B, D], y: f32[B, D]) -> (z: f32[B, D]) {
 """
 SLOW_ADD = ADD % ("a + b", "", "", "", "")                                   # correct, one lane: slow
 WRONG_ADD = ADD % ("a", ", par=4", ", par=4", ", par=16", ", par=4")          # returns x
+# merge and verify run task code only in a Landlock-confined worker; without Landlock they refuse
+# (test_without_landlock_nothing_foreign_runs), so the tests that need the worker need Landlock
+needs_sandbox = pytest.mark.skipif(landlock_abi() == 0, reason="no Linux Landlock here: the confined worker refuses")
 FORGED_ADD_TASK = (SUITE / "add.py").read_text().replace("return x + y", "return x * 1.0")   # i.e. x
 
 
@@ -98,6 +102,7 @@ def by_task(report: dict) -> dict:
     return {r["task"]: r for r in report["kernels"]}
 
 
+@needs_sandbox
 def test_a_correct_faster_kernel_from_another_library_is_merged(authored, slow_add, tmp_path, capsys):
     into = copy(slow_add, tmp_path / "into")
     (slow_id,) = entries(into)
@@ -113,6 +118,7 @@ def test_a_correct_faster_kernel_from_another_library_is_merged(authored, slow_a
     assert not (into / "kernels" / slow_id).exists()
 
 
+@needs_sandbox
 def test_a_forged_time_does_not_replace_a_verified_kernel_and_verify_exits_non_zero(authored, slow_add, tmp_path,
                                                                                        capsys):
     into = copy(authored, tmp_path / "into")
@@ -190,6 +196,7 @@ def test_a_manifest_built_to_crash_the_reader_is_a_clear_error(authored, tmp_pat
     assert "not valid JSON" in capsys.readouterr().err
 
 
+@needs_sandbox
 def test_a_wrong_add_with_a_forged_task_does_not_replace_and_verify_catches_tampering(authored, tmp_path, capsys):
     forged_suite = tmp_path / "forged_suite"
     forged_suite.mkdir()
@@ -214,6 +221,7 @@ def test_a_wrong_add_with_a_forged_task_does_not_replace_and_verify_catches_tamp
     assert f"FAIL {add['id']}" in out and "not the one it was verified against" in out
 
 
+@needs_sandbox
 def test_a_plan_entry_whose_asp_is_not_what_its_plan_builds_fails_verify(authored, tmp_path, capsys):
     lib = copy(authored, tmp_path / "lib")
     m = json.loads((lib / "manifest.json").read_text())
@@ -241,6 +249,7 @@ def test_a_plan_entry_whose_asp_is_not_what_its_plan_builds_fails_verify(authore
     assert code == 1 and row["status"] == "rejected" and row["code"] == "content"
 
 
+@needs_sandbox
 def test_foreign_task_code_cannot_write_outside_its_scratch_and_merge_reports_it(authored, tmp_path, capsys):
     suite = tmp_path / "s" / "t"
     suite.mkdir(parents=True)
@@ -263,6 +272,7 @@ def test_foreign_task_code_cannot_write_outside_its_scratch_and_merge_reports_it
     assert (into / "manifest.json").read_text() == before
 
 
+@needs_sandbox
 def test_a_new_task_that_computes_a_problem_the_receiver_holds_is_a_conflict(authored, tmp_path, capsys):
     suite = tmp_path / "suite"
     suite.mkdir()
@@ -275,4 +285,14 @@ def test_a_new_task_that_computes_a_problem_the_receiver_holds_is_a_conflict(aut
     (row,) = report["kernels"]
     assert code == 1 and row["id"] == new_id and row["status"] == "rejected" and row["code"] == "conflict", row
     assert "another task definition" in row["reason"]
+    assert (into / "manifest.json").read_text() == before
+
+
+@pytest.mark.skipif(landlock_abi() > 0, reason="Landlock is available here: the confined worker runs")
+def test_without_landlock_nothing_foreign_runs(authored, slow_add, tmp_path, capsys):
+    into = copy(authored, tmp_path / "into")
+    before = (into / "manifest.json").read_text()
+    code, report = merge_json(into, slow_add, capsys)
+    (row,) = report["kernels"]
+    assert code == 1 and row["status"] == "rejected" and row["code"] == "sandbox" and "Landlock" in row["reason"]
     assert (into / "manifest.json").read_text() == before
