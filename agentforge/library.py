@@ -440,7 +440,7 @@ class Library:
                 # byte for byte a kernel this library holds (the id is a digest of its files, plan and
                 # signature; checked above), under the same task text: nothing to replace, nothing to run;
                 # its numbers must be the ones recorded here (the timing models are deterministic)
-                lies = timing_problems(e, same)
+                lies = timing_problems(e, same, now_label="this library's")
                 rows.append(_row(e, "rejected", "timing", "this library holds this exact kernel, and the incoming "
                                  "manifest's numbers are not its: " + "; ".join(lies)) if lies else
                             _row(e, "kept_existing", None, "this library already holds this exact kernel"))
@@ -581,7 +581,7 @@ def _agreement_problems(e: KernelEntry, ev: Any, info: dict, kernels: dict[str, 
     return out
 
 
-def timing_problems(e: KernelEntry, ev: Any, rtol: float = TIME_RTOL) -> list[str]:
+def timing_problems(e: KernelEntry, ev: Any, rtol: float = TIME_RTOL, now_label: str = "measured now") -> list[str]:
     """Recorded numbers of ``e`` that ``ev`` (an evaluation just made, or a trusted entry of the
     same kernel) does not reproduce within ``rtol``."""
     out = []
@@ -589,7 +589,7 @@ def timing_problems(e: KernelEntry, ev: Any, rtol: float = TIME_RTOL) -> list[st
                       ("speedup", ev.speedup)):
         then = getattr(e, name)
         if now is None or not abs(now - then) <= rtol * abs(now):
-            out.append(f"{name} recorded {then:.6g}, measured now {now if now is None else format(now, '.6g')} "
+            out.append(f"{name} recorded {then:.6g}, {now_label} {now if now is None else format(now, '.6g')} "
                        f"(tolerance {rtol:g} relative)")
     return out
 
