@@ -50,6 +50,15 @@ def reply_text(r: dict) -> str:
     return f"Here is the kernel.\n\n```asp\n{src}```\n"
 
 
+def _role_of(body: dict) -> str:
+    system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+    for role, lead in (("planner", "You are the planner"), ("worker", "You write kernels"),
+                       ("reflector", "You review attempts")):
+        if system.startswith(lead):
+            return role
+    return "other"
+
+
 def est_tokens(text: str) -> int:
     return (len(text) + 3) // 4
 
@@ -123,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
                 sent = [r.body for r in srv.chat_requests]
                 unused = len(srv.queue)
             by_role: dict[str, dict] = {}
-            for body, entry in zip(sent, (json.loads(x) for x in transcript.read_text().splitlines())):
-                role = entry["request"]["role"]
+            for body in sent:                  # every request the server got (repair rounds included)
+                role = _role_of(body)
                 chars = sum(len(m["content"]) for m in body["messages"])
                 d = by_role.setdefault(role, {"calls": 0, "prompt_chars": 0})
                 d["calls"] += 1
@@ -140,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
                    "replay_identical": {k: a[k] for k in ("verified", "speedup", "rounds", "history")} ==
                                        {k: b[k] for k in ("verified", "speedup", "rounds", "history")},
                    "seconds": round(live["seconds"], 1), "replay_seconds": round(replayed["seconds"], 1)}
+            if not row["replay_identical"]:
+                row["replayed"] = {k: b[k] for k in ("verified", "speedup", "rounds", "history", "calls")}
+                row["replayed"]["reasons"] = [(h["evaluation"].get("reason") or "")[:300]
+                                              for h in replayed["res"].history if not h["evaluation"]["verified"]]
             rows.append(row)
             print(f"{sc['task']}: verified={row['verified']} speedup={row['speedup']:.2f}x rounds={row['rounds']} "
                   f"calls={row['calls']} replay_identical={row['replay_identical']}", file=sys.stderr)
