@@ -151,6 +151,9 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
+    t = out["targets"]
+    met = t["planner_calls_saved_at_least_half"] and t["verified_equal"] and t["median_speedup_within_2pct"]
+    sys.exit(0 if met else 1)
 
 
 if __name__ == "__main__":

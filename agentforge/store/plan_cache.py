@@ -759,7 +759,8 @@ class PlanCache:
                     (key, plan_json, speedup, task_name, class_key, sig_json, canonical_json(summary), now, now,
                      tuning))
             else:
-                better = row["demoted"] or (speedup is not None and (row["speedup"] is None or speedup > row["speedup"]))
+                faster = speedup is not None and (row["speedup"] is None or speedup > row["speedup"])
+                better = bool(row["demoted"]) or faster
                 if better:
                     c.execute(
                         "UPDATE plan_cache_entries SET plan_json = ?, speedup = ?, task = ?,"

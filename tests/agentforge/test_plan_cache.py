@@ -668,7 +668,8 @@ def test_the_review_shows_which_tier_served_each_task(notes, hit, tier, badge):
     assert t.plan_cache_tier == tier
     review = Review(Path("run"), True, {}, {}, "sn40l", {}, [t])
     html = environment().get_template("task.html.j2").render(t=t, review=review)
-    badges = [b for b in ("structural tier", "exact tier", "false hit") if f'<span class="badge cache">{b}</span>' in html]
+    badges = [b for b in ("structural tier", "exact tier", "false hit")
+              if f'<span class="badge cache">{b}</span>' in html]
     assert badges == ([badge] if badge else [])
     console = Console(record=True, width=200)
     console.print(header(review, t))
