@@ -432,10 +432,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_review_parsers(sub)      # review, show
     add_report_parser(sub)       # report
-    p = sub.add_parser("cache", help="plan cache statistics or clearing")
+    p = sub.add_parser("cache", help="plan cache statistics (exact and structural hits, false hits, misses, what "
+                                     "the hits saved; docs/memory.md) or clearing")
     p.add_argument("action", choices=("stats", "clear"))
     p.add_argument("--db", default=".agentforge/memory.sqlite", help="the plan cache file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the statistics as JSON (hits, exact_hits, class_hits: "
+                                                       "structural, false_hits, misses, planner_calls_saved, ...)")
     p.set_defaults(func=cmd_cache)
     return ap
 
