@@ -27,7 +27,7 @@ from ..author import semantic_nodes
 from ..capture import op_kind
 from ..llm.client import messages_tokens
 from ..llm.context import context_vars, demo_view, interface
-from ..llm.errors import ReplyError
+from ..llm.errors import LLMCallError, ReplyError
 from ..llm.feedback import render_feedback
 from ..llm.parsing import ReplyParseError, extract_kernel
 from ..llm.prompting import (compact_reference, load_asp_reference, reference_requests, reference_sections,
@@ -206,6 +206,30 @@ FOCUS = ("attack the bottleneck the profile names",
          "cut HBM traffic toward the task's minimum: load each input once, keep intermediates on chip")
 TEMPERATURE_STEP = 0.3       # variant i samples at the configured temperature + i * this (at most 1.0)
 
+_SOURCE = {"type": "object", "additionalProperties": False, "required": ["source"],
+           "properties": {"source": {"type": "string", "description": "the whole kernel, as you would submit it"}}}
+#: the tools a worker may call (openai tools API) before it answers with its kernel
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "check_kernel",
+        "description": "Parse and check an ASP kernel against this task's interface at the task's own sizes "
+                       "(types, shapes, single use of streams, fit on the machine). Returns OK, or the error "
+                       "with file:line:col. Does not run it.",
+        "parameters": _SOURCE}},
+    {"type": "function", "function": {
+        "name": "profile_kernel",
+        "description": "Time a kernel (it must check) on the emulated machine at the task's own sizes: speedup "
+                       "over the baseline, roofline fraction, HBM bytes vs the task's minimum, units, cycles per "
+                       "section and of the busiest operators. Correctness is not checked.",
+        "parameters": _SOURCE}},
+    {"type": "function", "function": {
+        "name": "reference_section",
+        "description": "One section of the ASP reference by its number (e.g. 4.3), from the index in section 12.",
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["number"],
+                       "properties": {"number": {"type": "string"}}}}},
+]
+MAX_TOOL_ROUNDS = 4          # tool rounds per attempt; the last call is made without tools
+
 
 class LLMWorker(_LLMRole):
     """Asks for one ASP kernel. The prompt carries the compact ASP reference (grammar, operator
@@ -217,8 +241,11 @@ class LLMWorker(_LLMRole):
     MAX_REQUESTED_CHARS = 24000
 
     def __init__(self, client: Any, max_prompt_tokens: int | None = None, notebook: Notebook | None = None,
-                 reference: str = "compact"):
+                 reference: str = "compact", tools: bool = False):
         super().__init__(client)
+        self.tools = tools                    # offer TOOLS (check, profile, reference) through the tools API
+        self.tool_log: list[dict] = []        # every tool call: {"task", "name", "result"} (first 200 chars)
+        self.notes: list[str] = []            # what this worker decided on its own (tools refused)
         if reference not in ("compact", "full"):
             raise ValueError(f"reference must be 'compact' or 'full', got {reference!r}")
         self.max_prompt_tokens = _max_prompt_tokens(client, max_prompt_tokens)
@@ -300,16 +327,94 @@ class LLMWorker(_LLMRole):
         return {"temperature": round(min(1.0, (t0 if t0 is not None else 0.2) + TEMPERATURE_STEP * variant), 3),
                 "seed": (seed or 0) + variant}
 
-    def _chat(self, messages: list[dict[str, str]], sampling: dict | None):
-        if sampling is None:
-            return self.client.chat(messages, role=self.role)
-        return self.client.chat(messages, role=self.role, sampling=sampling)
+    def _chat(self, messages: list[dict[str, str]], sampling: dict | None, tools: list | None = None):
+        extra: dict = {}
+        if sampling is not None:
+            extra["sampling"] = sampling
+        if tools:
+            extra["tools"] = tools
+        try:
+            return self.client.chat(messages, role=self.role, **extra)
+        except LLMCallError as e:
+            if not tools or e.status != 400 or "tool" not in str(e).lower():
+                raise
+            # the endpoint does not do the tools API: plain text (REFERENCE: requests) from now on
+            self.tools = False
+            note = f"the endpoint refused tool calls ({e}); the worker goes on without tools"
+            self.notes.append(note)
+            for holder in (self.client, getattr(self.client, "inner", None)):   # the loop reports clients' notes
+                if isinstance(getattr(holder, "notes", None), list):
+                    holder.notes.append(note)
+                    break
+            extra.pop("tools")
+            return self.client.chat(messages, role=self.role, **extra)
+
+    def run_tool(self, ctx: TaskContext, name: str, arguments: str) -> str:
+        """What a tool call returns to the model (never raises: a bad call is told what is wrong).
+        Kernels are parsed, checked and timed (shapes only), never executed as code."""
+        import json
+
+        from asp_lang import AspError
+
+        from ..binding import BindingError, bind
+        from ..llm.feedback import render_verified
+        from ..verify import KernelCandidate, profile_summary
+
+        try:
+            args = json.loads(arguments or "{}")
+        except ValueError as e:
+            return f"error: the arguments are not JSON ({e})"
+        if not isinstance(args, dict):
+            return "error: the arguments must be a JSON object"
+        if name == "reference_section":
+            text, missing = reference_sections(load_asp_reference(ctx.asp_reference), [str(args.get("number", ""))],
+                                               self.MAX_REQUESTED_CHARS)
+            return text if text else f"no section numbered {', '.join(missing)}: see the index in section 12"
+        if name not in ("check_kernel", "profile_kernel"):
+            return f"error: no tool {name!r} (tools: check_kernel, profile_kernel, reference_section)"
+        src = args.get("source")
+        if not isinstance(src, str) or not src.strip():
+            return "error: 'source' must be the kernel's text"
+        try:
+            kc = KernelCandidate(src, "candidate.asp", ctx.machine)
+            if name == "check_kernel":
+                bind(kc.kernel, ctx.graph_own, ctx.machine, "candidate.asp", src)
+                return "OK: the kernel parses, checks and binds at the task's own sizes (correctness is checked " \
+                       "when you submit it)"
+            rep = kc.profile(ctx.graph_own)
+            base = ctx.baseline_seconds
+            fb = Feedback(True, None, None, speedup=base / rep.seconds if base and rep.seconds else None,
+                          roofline_fraction=rep.roofline_fraction, bottleneck=rep.bottleneck,
+                          simulated_seconds=rep.seconds, baseline_seconds=base, hbm_bytes=rep.hbm_bytes,
+                          profile=profile_summary(rep))
+            return render_verified(fb, ctx).replace("VERIFIED:", "TIMED (correctness not checked):", 1)
+        except AspError as e:
+            return e.render()
+        except BindingError as e:
+            return f"the kernel does not fit the task's interface: {e}"
+        except Exception as e:  # noqa: BLE001 - a tool failure is an answer, not a crash
+            return f"{type(e).__name__}: {e}"
 
     def _ask(self, ctx: TaskContext, msgs: list[dict[str, str]], remember: bool,
              sampling: dict | None = None) -> Candidate:
         self.last_prompt_tokens = messages_tokens(msgs)     # what the ledger estimates a call at
-        reply = self._chat(msgs, sampling)
+        reply = self._chat(msgs, sampling, TOOLS if self.tools else None)
         self._account(reply)
+        rounds = 0
+        while getattr(reply, "tool_calls", None) and rounds < MAX_TOOL_ROUNDS:
+            rounds += 1
+            calls = reply.tool_calls
+            msgs = msgs + [{"role": "assistant", "content": reply.text or "",
+                            "tool_calls": [{"id": c["id"], "type": "function",
+                                            "function": {"name": c["name"], "arguments": c["arguments"]}}
+                                           for c in calls]}]
+            for c in calls:
+                result = self.run_tool(ctx, c["name"], c["arguments"])
+                self.tool_log.append({"task": ctx.task.name, "name": c["name"], "result": result[:200]})
+                msgs.append({"role": "tool", "tool_call_id": c["id"], "content": result})
+            last = rounds >= MAX_TOOL_ROUNDS
+            reply = self._chat(msgs, sampling, None if last or not self.tools else TOOLS)
+            self._account(reply)
         requests = reference_requests(reply.text)
         self.requested += [r for r in requests if r not in self.requested]
         try:
@@ -380,15 +485,15 @@ class LLMReflector(_LLMRole):
 
 
 def make_roles(client: Any, workers: int = 1, fallback_planner: Planner | None = None,
-               max_prompt_tokens: int | None = None,
-               reference: str = "compact") -> tuple[LLMPlanner, list[LLMWorker], LLMReflector]:
+               max_prompt_tokens: int | None = None, reference: str = "compact",
+               tools: bool = False) -> tuple[LLMPlanner, list[LLMWorker], LLMReflector]:
     """A planner, ``workers`` workers and a reflector over one client (so one ledger), the
     reflector's notes wired to the workers; the shape of ``agentforge.loop.offline_roles``.
     ``reference``: the ASP reference workers get, "compact" (default) or "full"."""
     notebook = Notebook()
     return (LLMPlanner(client, fallback=fallback_planner),
-            [LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook, reference=reference)
-             for _ in range(workers)],
+            [LLMWorker(client, max_prompt_tokens=max_prompt_tokens, notebook=notebook, reference=reference,
+                       tools=tools) for _ in range(workers)],
             LLMReflector(client, notebook=notebook))
 
 
@@ -401,7 +506,8 @@ def llm_roles(config: Any, workers: int = 1, fallback_planner: Planner | None = 
 
     if check:
         preflight(config)
-    return make_roles(make_client(config, ledger), workers, fallback_planner, config.max_prompt_tokens)
+    return make_roles(make_client(config, ledger), workers, fallback_planner, config.max_prompt_tokens,
+                      tools=bool(getattr(config, "tools", False)))
 
 
 __all__ = ["LLMPlanner", "LLMWorker", "LLMReflector", "Notebook", "make_roles", "llm_roles"]

@@ -51,6 +51,7 @@ class LLMReply:
     repaired: bool = False             # the JSON came from the repair round
     finish_reason: str | None = None
     first_error: str | None = None     # why the first reply was sent back (a repair round was needed)
+    tool_calls: list = field(default_factory=list)   # [{"id", "name", "arguments"}] when the model called tools
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -194,7 +195,7 @@ class LLMClient:
 
     # --- public ---
     def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker",
-             check: Check | None = None, sampling: dict | None = None) -> LLMReply:
+             check: Check | None = None, sampling: dict | None = None, tools: list | None = None) -> LLMReply:
         """One chat call (plus one repair round when a schema is given and the reply misses it).
 
         Raises :class:`BudgetExceeded` before a call that would pass a budget, and
@@ -203,6 +204,7 @@ class LLMClient:
         overrides the config's for this call (the candidates of a best-of-k round)."""
         self.config.read_key()                 # a missing key is a clear error before anything is sent
         self._local.sampling = dict(sampling or {})      # per thread: workers share the client
+        self._local.tools = tools
         if schema is None:
             return self._call(messages, None, role, "chat")
         fmt = self.config.response_format
@@ -260,6 +262,8 @@ class LLMClient:
             kwargs["max_completion_tokens"] = cfg.max_output_tokens
         if response_format is not None:
             kwargs["response_format"] = response_format
+        if getattr(self._local, "tools", None):
+            kwargs["tools"] = self._local.tools
         t0 = self._clock()
         attempts = 0
         retried: list[str] = []
@@ -300,9 +304,11 @@ class LLMClient:
         usage = _usage(resp, est_in, text)
         cost = cfg.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
         self.ledger.end(rec, usage, cost, latency, attempts, None, retried)
+        calls = [{"id": c.id, "name": c.function.name, "arguments": c.function.arguments or ""}
+                 for c in (getattr(msg, "tool_calls", None) or []) if getattr(c, "function", None) is not None]
         return LLMReply(text=text, usage=usage, cost=cost, latency_s=latency, attempts=attempts, calls=1,
                         model=getattr(resp, "model", None) or cfg.model,
-                        finish_reason=getattr(choice, "finish_reason", None))
+                        finish_reason=getattr(choice, "finish_reason", None), tool_calls=calls)
 
     def _scrub(self, text: str) -> str:
         """``text`` without the key (servers sometimes echo what they were sent)."""

@@ -53,6 +53,8 @@ class LLMConfig:
     replay_path: str | None = None           # provider "replay": the JSONL transcript to replay
     replay_strict: bool = True               # replay: requests must equal the recorded ones
     record_path: str | None = None           # append every call to this JSONL transcript
+    tools: bool = False                      # workers may call check/profile/reference tools (tools API);
+                                             # a server that refuses tools gets plain text instead
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -171,6 +173,7 @@ def _validate(c: LLMConfig) -> None:
         v = getattr(c, name)
         need(v is None or (isinstance(v, str) and bool(v)), name, "must be a file path or None")
     need(isinstance(c.replay_strict, bool), "replay_strict", "must be true or false")
+    need(isinstance(c.tools, bool), "tools", "must be true or false")
     if c.provider == "replay" and not c.replay_path:
         raise LLMConfigError("replay_path", "provider 'replay' needs the transcript to replay")
 

@@ -76,13 +76,15 @@ class RecordingClient:
         return self.inner.ledger
 
     def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker", check=None,
-             sampling: dict | None = None) -> LLMReply:
+             sampling: dict | None = None, tools: list | None = None) -> LLMReply:
         request = {"role": role, "messages": [dict(m) for m in messages], "schema": schema}
+        extra = {}
         if sampling:
-            request["sampling"] = dict(sampling)
+            request["sampling"] = extra["sampling"] = dict(sampling)
+        if tools:
+            request["tools"] = extra["tools"] = tools
         try:
-            reply = (self.inner.chat(messages, schema=schema, role=role, check=check, sampling=sampling) if sampling
-                     else self.inner.chat(messages, schema=schema, role=role, check=check))
+            reply = self.inner.chat(messages, schema=schema, role=role, check=check, **extra)
         except LLMCallError as e:
             self._append({"request": request, "error": {"type": "LLMCallError", "message": str(e),
                                                         "status": e.status, "attempts": e.attempts,
@@ -135,7 +137,7 @@ class ReplayClient:
         return len(self.entries) - len(self._used)
 
     def chat(self, messages: Messages, schema: dict | None = None, role: str = "worker", check=None,
-             sampling: dict | None = None) -> LLMReply:
+             sampling: dict | None = None, tools: list | None = None) -> LLMReply:
         with self._lock:
             while self._next < len(self.entries) and self._next in self._used:
                 self._next += 1
@@ -148,7 +150,8 @@ class ReplayClient:
                 # candidates written in parallel (several workers, a best-of-k round) may call in
                 # another order than they were recorded in: an exact match further on is theirs
                 j = next((j for j in range(i, len(self.entries)) if j not in self._used
-                          and _same(self.entries[j]["request"], now, sampling)), None)
+                          and _same(self.entries[j]["request"], now, sampling)
+                          and _canon(self.entries[j]["request"].get("tools") or None) == _canon(tools or None)), None)
                 if j is None:
                     _compare(self.path, i, self.entries[i]["request"], now)
                     raise ReplayError(f"transcript {self.path}, call {i + 1} ({role}): sampling {sampling or None} "

@@ -60,6 +60,22 @@ def chat(content: str, prompt_tokens: int = 100, completion_tokens: int = 20, ca
     return Scripted(200, body, {}, delay_s)
 
 
+def tool_calls(*calls: tuple[str, dict], prompt_tokens: int = 100, completion_tokens: int = 20,
+               model: str = "test-model") -> Scripted:
+    """A chat completion in which the model calls tools: ``(name, arguments)`` pairs, ids call_0.."""
+    body = {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "finish_reason": "tool_calls",
+                     "message": {"role": "assistant", "content": None, "tool_calls": [
+                         {"id": f"call_{i}", "type": "function",
+                          "function": {"name": name, "arguments": json.dumps(args)}}
+                         for i, (name, args) in enumerate(calls)]}}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+    return Scripted(200, body)
+
+
 def status(code: int, message: str = "scripted error", headers: dict[str, str] | None = None) -> Scripted:
     """An error answer in the OpenAI error format."""
     return Scripted(code, {"error": {"message": message, "type": "scripted", "code": str(code)}},
@@ -172,4 +188,4 @@ class ScriptedServer:
         self.stop()
 
 
-__all__ = ["ScriptedServer", "Scripted", "Received", "chat", "status"]
+__all__ = ["ScriptedServer", "Scripted", "Received", "chat", "status", "tool_calls"]
