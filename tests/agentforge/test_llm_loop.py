@@ -96,3 +96,20 @@ def test_offline_workers_get_no_improvement_round(relu):
                 ctx=ctx)
     assert res.verified and res.attempts == 1
     assert not any("improvement" in n for n in res.notes)
+
+
+def test_solve_cli_returns_the_baseline_chain_when_the_llm_kernel_is_slower(server, tmp_path, capsys, monkeypatch):
+    from agentforge.cli import main
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)                   # no project agentforge.toml
+
+    server.push(chat(json.dumps(PLAN)), chat(f"```asp\n{SLOW_KERNEL}```"))
+    rc = main(["solve", str(SUITE / "relu.py"), "--llm", "openai", "--model", "test-model", "--base-url", server.url,
+               "--attempts", "1", "--json", "-o", str(tmp_path / "out")])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["verified"] and res["speedup"] == pytest.approx(1.0)
+    assert res["candidate"]["author"] == "baseline" and res["candidate"]["kind"] == "plan"
+    assert any("slower than the op-by-op baseline" in n for n in res["notes"])
+    assert (tmp_path / "out" / "plan.json").exists() and list((tmp_path / "out" / "kernels").glob("*.asp"))
+    assert not (tmp_path / "out" / "kernel.asp").exists()
