@@ -11,6 +11,12 @@ of ``agentforge.toml`` in the current directory (or the file named by ``options[
     strict = false                     # true: raise where the backend would warn and run eagerly
     fallback = "error"                 # "torch": a library op called at unverified sizes runs the reference
     verify_new_sizes = false
+    verbose = false                    # true: a warning per library op left eager for its sizes
+
+Diagnostics are quiet: each compiled graph's plan gets one summary (what runs on library
+kernels, what runs eagerly and why, grouped), logged at INFO on the ``agentforge.torch`` logger
+and kept as ``compiled_graphs()[i].summary``; per-op warnings only with ``verbose = true``. A
+failure that sends a whole graph back to eager (export or a kernel failed) is always a warning.
 
 Each call is specialised on its concrete input shapes (graphs dynamo compiles with symbolic
 sizes included): the first call at a shape signature exports the graph at those shapes and
@@ -26,6 +32,7 @@ user's to fix.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import tomllib
@@ -44,6 +51,7 @@ __all__ = ["BackendConfig", "Specialization", "agentforge_backend", "compiled_gr
            "MAX_SPECIALIZATIONS"]
 
 CONFIG_FILE = "agentforge.toml"
+_LOG = logging.getLogger("agentforge.torch")
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,7 @@ class BackendConfig:
     strict: bool = False
     fallback: str = "error"
     verify_new_sizes: bool = False
+    verbose: bool = False
 
     @staticmethod
     def resolve(options: Mapping[str, Any] | None = None) -> "BackendConfig":
@@ -79,7 +88,7 @@ class BackendConfig:
             if k not in known:
                 raise TorchBridgeError(f"unknown agentforge backend option {k!r} (from {'options' if k in options else path}); "
                                        f"known: {', '.join(known)}")
-            want = bool if k in ("strict", "verify_new_sizes") else str
+            want = bool if k in ("strict", "verify_new_sizes", "verbose") else str
             if v is not None and not isinstance(v, want):
                 raise TorchBridgeError(f"agentforge backend option {k!r} must be a {want.__name__}, got {v!r}")
         cfg = replace(BackendConfig(), **merged)
@@ -122,6 +131,53 @@ class Specialization:
     def offloaded(self) -> list[str]:
         """The library ops this signature's calls run (``torch.ops.<ns>.<op>``)."""
         return [r.op for r in self.plan.regions] if self.plan is not None else []
+
+    @property
+    def summary(self) -> str:
+        """One paragraph: what this signature runs on library kernels, what eagerly and why (grouped)."""
+        tensors = [f"{list(k[1])}" for k in self.key if k[0] == "tensor"]
+        shapes = ", ".join(tensors[:3]) + (f", ... {len(tensors) - 3} more" if len(tensors) > 3 else "") or "?"
+        if self.plan is None:
+            return f"agentforge: graph at ({shapes}) runs eagerly: {self.error}"
+        return f"agentforge: graph at ({shapes}): {summarize(self.plan)}"
+
+
+_VIEWS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach"})
+
+
+def summarize(plan: Any) -> str:
+    """``plan``'s offload in a few lines: library calls by op, non-view ops left eager grouped by
+    why (a short reason, the op kinds and counts)."""
+    calls: dict[str, int] = {}
+    for r in plan.regions:
+        calls[r.op] = calls.get(r.op, 0) + 1
+    covered = sum(len(r.semantic) for r in plan.regions)
+    eager = [e for e in plan.eager if e.kind not in _VIEWS and not e.reason.startswith("a copy")]
+    total = covered + len(eager)
+    groups: dict[str, list[str]] = {}
+    for e in eager:
+        groups.setdefault(_short_reason(e.reason), []).append(e.kind)
+    lines = [f"{covered} of {total} ops on library kernels"
+             + (f" ({', '.join(f'{op} x{n}' for op, n in calls.items())})" if calls else "")
+             + f"; {len(eager)} eager"]
+    for why, kinds in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        counted: dict[str, int] = {}
+        for k in kinds:
+            counted[k] = counted.get(k, 0) + 1
+        lines.append(f"  {len(kinds)} {why}: {', '.join(f'{k} x{n}' if n > 1 else k for k, n in counted.items())}")
+    return "\n".join(lines)
+
+
+def _short_reason(reason: str) -> str:
+    first = reason.splitlines()[0]
+    if first.startswith("no library kernel computes it"):
+        return "no library kernel computes them"
+    if first.startswith("matches the structure of "):
+        op = first.removeprefix("matches the structure of ").split(",")[0]
+        return f"match {op} at sizes no kernel is verified for"
+    if "also used outside" in first:
+        return f"{first.split(',')[0]}, but an intermediate is used outside it"
+    return first[:100]
 
 
 def _signature(args: Sequence[Any]) -> tuple | None:
@@ -179,6 +235,11 @@ class _Compiled:
         """Why the latest call's shape signature runs eagerly (None: planned and ran)."""
         return self.last.error if self.last is not None else None
 
+    @property
+    def summary(self) -> str:
+        """The latest call's shape signature's offload in a few lines (see :func:`summarize`)."""
+        return self.last.summary if self.last is not None else "agentforge: not called yet"
+
     def __call__(self, *args: Any) -> Any:
         self.calls += 1
         spec = self._specialization(args)
@@ -228,11 +289,14 @@ class _Compiled:
         except Exception as e:  # noqa: BLE001 - anything: the model must keep working
             self._fail(spec, "planning the offload", e)
             return
-        for u in spec.plan.unverified:     # the custom ops' rule: refused (strict) or eager with a warning
-            if self.cfg.strict:
-                raise u.error()
-            warnings.warn(f"agentforge backend: {u.message()}; running those ops eagerly (strict=True raises "
-                          f"instead)", stacklevel=4)
+        left = sorted(spec.plan.unverified, key=lambda u: -len(u.nodes))
+        if left and self.cfg.strict:       # the largest block the library would cover at other sizes
+            raise left[0].error()
+        _LOG.info("%s", spec.summary)
+        if self.cfg.verbose:
+            for u in left:
+                warnings.warn(f"agentforge backend: {u.message()}; running those ops eagerly (strict=True raises "
+                              f"instead)", stacklevel=4)
 
     def _fail(self, spec: Specialization, what: str, e: Exception) -> None:
         if self.cfg.strict:

@@ -23,6 +23,8 @@ smaller kernels inside it. Commutative operands are not reordered: ``a + b`` doe
 from __future__ import annotations
 
 import heapq
+import itertools
+import math
 import os
 import traceback
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from agentforge.canonical import canonical_form, canonical_graph, canonical_key, is_row_view
 from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, _EXPORT_LOCK, _convert,
                                 _quiet_torch, signature)
 from agentforge.torch.ops import (ModelCaptureError, OpFamily, ProblemKey, TorchLibrary, UnverifiedProblemError,
@@ -47,10 +50,28 @@ class Region:
     semantic: list[str]             # the matched (non-copy) nodes, in the pattern's order
     args: list[str]                 # model values passed to the op: the task's inputs, then its params
     outputs: dict[str, int]         # model node name -> index of the op output that gives its value
+    #: the shapes the kernel takes (its verified problem's); a model value of another shape with the
+    #: same elements (a [B, S, H] activation for a [T, H] task of row-wise ops) is reshaped to it
+    arg_shapes: list[tuple[int, ...]] = field(default_factory=list)
+    #: model node name -> its shape (the kernel's output is reshaped back to it)
+    out_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @property
     def op(self) -> str:
         return self.family.qualname_hint
+
+    def call(self, values: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Run the library op on the model's values; the model values it gives, by node name."""
+        args = [v if not s or tuple(v.shape) == s else v.reshape(s)
+                for v, s in itertools.zip_longest(values, self.arg_shapes)]
+        outs = self.family.call_op(*args)
+        outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+        got = {}
+        for name, i in self.outputs.items():
+            o = outs[i]
+            want = self.out_shapes.get(name)
+            got[name] = o if want is None or tuple(o.shape) == want else o.reshape(want)
+        return got
 
 
 @dataclass
@@ -108,10 +129,7 @@ class OffloadPlan:
                 env[spec.arg.name] = state[spec.target]
         for unit in self.schedule:
             if isinstance(unit, Region):
-                outs = unit.family.call_op(*(env[a] for a in unit.args))
-                outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-                for name, i in unit.outputs.items():
-                    env[name] = outs[i]
+                env.update(unit.call([env[a] for a in unit.args]))
                 continue
             n = unit
             if n.op == "placeholder":
@@ -169,6 +187,9 @@ class _View:
     def __init__(self, g: AtenGraph):
         self.g = g
         self.nodes = {n.name: n for n in g.nodes}
+        specs = g._spec_table
+        #: views that only merge/split leading dims: looked through like copies (agentforge.canonical)
+        self.row_views = {n.name for n in g.nodes if is_row_view(n, specs)}
         self.users: dict[str, list[str]] = {}
         for n in g.nodes:
             for r in n.refs():
@@ -182,7 +203,7 @@ class _View:
 
     def transparent(self, name: str) -> bool:
         n = self.nodes.get(name)
-        return n is not None and n.kind in TRANSPARENT_KINDS and bool(n.refs())
+        return n is not None and (n.kind in TRANSPARENT_KINDS and bool(n.refs()) or name in self.row_views)
 
     def resolve(self, name: str) -> str:
         while self.transparent(name):
@@ -296,7 +317,7 @@ def _patterns(tl: TorchLibrary) -> list[tuple[OpFamily, _View]]:
     out = []
     for fam in tl.families.values():
         if fam.template.nodes:
-            out.append((fam, _View(fam.template)))
+            out.append((fam, _View(canonical_graph(fam.template))))
     return out
 
 
@@ -357,20 +378,44 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unveri
                 return (f"matches {fam.qualname_hint}, but its intermediate {r} is also used outside the "
                         f"subgraph the kernel computes (the kernel returns only {', '.join(out_vals)})")
             outputs[r] = out_vals.index(v)
+            # another region reads a value through the copies and row views it is seen through
+            outputs.setdefault(v, out_vals.index(v))
     sub = _subgraph(m)
-    key = signature(sub).sized_key()
-    got = problem_key([*sub.inputs, *sub.params])
-    vs = fam.problems.by_sized_key.get(key)
-    if not vs and fam.verify_new_sizes and got not in fam.problems.by_key:
-        fam.select_key(got)             # the task's checks at these sizes; a passing kernel joins the problems
-        vs = fam.problems.by_sized_key.get(key)
+    canon = canonical_form(sub, reorder=False)      # the pattern's operand order already
+    key = signature(canon).sized_key()
+    flat = problem_key([*canon.inputs, *canon.params])  # the problem in the task's terms (rows flattened)
+    got = problem_key([*sub.inputs, *sub.params])        # ... and in the model's
+    vs = _canonical_problems(fam).get(key)
+    if not vs and fam.verify_new_sizes and flat not in fam.problems.by_key:
+        fam.select_key(flat)            # the task's checks at these sizes; a passing kernel joins the problems
+        vs = _canonical_problems(fam).get(key)
     semantic = [m.nodes[n.name] for n in P.g.nodes if not P.transparent(n.name)]
     if not vs:
         unverified.append(Unverified(fam, got, semantic))
         return (f"matches the structure of {fam.qualname_hint}, but not a verified problem: arguments "
                 f"({_fmt_args(got)}); verified:\n{fam.describe_verified()}")
     v = min(vs, key=fam.seconds) if len(vs) > 1 else vs[0]
-    return Region(fam, v, members, semantic, [m.bind[i] for i in range(len(m.slots))], outputs)
+    args = [m.bind[i] for i in range(len(m.slots))]
+    shapes = [tuple(s.shape) for s in (*v.graph.inputs, *v.graph.params)]
+    for a, s in zip(args, shapes):
+        if math.prod(G.g.spec(a).shape) != math.prod(s):
+            return f"matches {fam.qualname_hint}, but argument {a} has {G.g.spec(a).shape}, the kernel takes {s}"
+    out_shapes = {r: tuple(G.g.spec(r).shape) for r in outputs}
+    return Region(fam, v, members, semantic, args, outputs, shapes, out_shapes)
+
+
+def _canonical_problems(fam: OpFamily) -> dict[str, list[Verified]]:
+    """The family's verified problems by canonical key (agentforge.canonical), kept on the family
+    and extended when ``verify_new_sizes`` adds a problem."""
+    all_v = [v for vs in fam.problems.by_sized_key.values() for v in vs]
+    cache = getattr(fam, "_canonical_cache", None)
+    if cache is None or cache[0] != len(all_v):
+        table: dict[str, list[Verified]] = {}
+        for v in all_v:
+            table.setdefault(canonical_key(v.graph), []).append(v)
+        cache = (len(all_v), table)
+        fam._canonical_cache = cache
+    return cache[1]
 
 
 def _schedule(ep: Any, regions: list[Region]) -> list[Any] | None:
@@ -412,7 +457,7 @@ def _schedule(ep: Any, regions: list[Region]) -> list[Any] | None:
 
 def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph) -> OffloadPlan:
     """Match the library's kernels in ``graph`` (exported as ``ep``) and order the result for running."""
-    G = _View(graph)
+    G = _View(canonical_graph(graph))
     reasons: dict[str, str] = {}
     cands: list[Region] = []
     unverified: list[Unverified] = []

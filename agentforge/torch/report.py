@@ -177,9 +177,28 @@ def report(model: torch.nn.Module, inputs: Sequence[Any], *, library: str | os.P
     cfg = BackendConfig.resolve(opts)
     tl = get_library(cfg)
     name = type(model).__name__
-    ep, graph = export_graph(model, list(inputs), name)
+    ep, graph = export_graph(_TensorOutputs(model), list(inputs), name)
     plan = plan_offload(tl, ep, graph)
     return build_report(plan, tl.machine, name, str(tl.library.root))
+
+
+class _TensorOutputs(torch.nn.Module):
+    """``model`` returning only the tensors of its output (a causal LM's logits and hidden states,
+    not its ``DynamicCache``): what the chip computes is tensors, and torch.export cannot return
+    a cache object from a graph."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> Any:
+        out = self.model(*args)
+        if isinstance(out, torch.Tensor):
+            return out
+        if hasattr(out, "to_tuple"):           # transformers' ModelOutput (logits, past_key_values, ...)
+            out = out.to_tuple()
+        leaves, _ = torch.utils._pytree.tree_flatten(out)
+        return tuple(x for x in leaves if isinstance(x, torch.Tensor))
 
 
 def load_model_file(path: str | os.PathLike[str]) -> tuple[torch.nn.Module, list[Any]]:

@@ -1,0 +1,136 @@
+"""Tiny Hugging Face causal LMs (built from configs: random weights, no downloads) compiled with
+``torch.compile(model, backend="agentforge")`` and a kernel library: how much of each model runs
+on generated kernels, whether the answer is right, and what the first compiled forward costs.
+
+Why this script: the user's path (my model -> library -> torch.compile) is only as good as the
+share of a real model's graph the library matches; tests assert correctness, this measures
+coverage and time and prints one JSON document.
+
+    .venv/bin/python benchmarks/bench_models_hf.py --library /tmp/h6run/library [--models llama,qwen2]
+
+Per model: ``ops`` (non-view ATen ops of the compiled graphs), ``offloaded_ops`` (of those,
+the ones a library call computes), ``flops_share`` (estimated FLOPs inside library calls /
+all), ``max_abs_err`` of the logits against eager, ``first_forward_s`` (export + planning +
+the first run, wall clock) and ``second_forward_s``, the offloaded library ops, and the eager
+ops grouped by reason (first few). Needs ``transformers`` (``pip install agentforge[hf]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VIEW_KINDS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach"})
+
+
+def tiny_models() -> dict[str, Any]:
+    """Config factories of the tiny models: 2 layers, hidden 64, 4 heads (2 KV heads), vocab 256;
+    sizes chosen to be those the default suite's tasks are verified at."""
+    import transformers as tf
+
+    common = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    return {
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**common)),
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**common)),
+        "mixtral": lambda: tf.MixtralForCausalLM(tf.MixtralConfig(**common, num_local_experts=4,
+                                                                    num_experts_per_tok=2)),
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=256, n_embd=64, n_layer=2, n_head=4,
+                                                         n_positions=128)),
+    }
+
+
+def coverage(graphs: list[Any]) -> dict[str, Any]:
+    """Ops and FLOPs of the compiled graphs' latest plans, and how much of them library calls compute."""
+    from agentforge.capture import _ref_specs, node_flops
+
+    ops = off = 0
+    flops = off_flops = 0
+    offloaded: dict[str, int] = {}
+    eager: dict[str, list[str]] = {}
+    for c in graphs:
+        plan = c.plan
+        if plan is None:
+            eager.setdefault(f"graph ran eagerly: {c.error}", []).append("(whole graph)")
+            continue
+        covered = set().union(*(r.nodes for r in plan.regions)) if plan.regions else set()
+        specs = plan.graph._spec_table
+        for n in plan.graph.nodes:
+            if n.kind in VIEW_KINDS:
+                continue
+            f = node_flops(n, _ref_specs(specs, n))
+            ops += 1
+            flops += f
+            if n.name in covered:
+                off += 1
+                off_flops += f
+        for r in plan.regions:
+            offloaded[r.family.op] = offloaded.get(r.family.op, 0) + 1
+        for e in plan.eager:
+            if e.kind not in VIEW_KINDS:
+                eager.setdefault(e.reason.splitlines()[0][:160], []).append(e.kind)
+    return {"ops": ops, "offloaded_ops": off, "flops": flops,
+            "flops_share": off_flops / flops if flops else 0.0,
+            "library_ops": offloaded,
+            "eager_by_reason": {k: f"{len(v)}: {', '.join(sorted(set(v)))}" for k, v in
+                                sorted(eager.items(), key=lambda kv: -len(kv[1]))[:8]}}
+
+
+def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, Any]) -> dict[str, Any]:
+    from agentforge.torch.backend import compiled_graphs
+
+    torch.manual_seed(0)
+    model = factory().eval()
+    ids = torch.randint(0, 256, (1, seq))
+    torch._dynamo.reset()
+    before = {id(c) for c in compiled_graphs()}
+    compiled = torch.compile(model, backend="agentforge", dynamic=False, options={"library": library, **options})
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        t0 = time.perf_counter()
+        out = compiled(ids, use_cache=False).logits
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        compiled(ids, use_cache=False)
+        second = time.perf_counter() - t0
+        ref = model(ids, use_cache=False).logits
+    graphs = [c for c in compiled_graphs() if id(c) not in before]
+    row = {"model": name, "input": [1, seq], "graphs": len(graphs),
+           "max_abs_err": float((out - ref).abs().max()), "first_forward_s": round(first, 2),
+           "second_forward_s": round(second, 2),
+           "agentforge_warnings": sum("agentforge" in str(w.message) for w in caught)}
+    row.update(coverage(graphs))
+    row["ops_share"] = row["offloaded_ops"] / row["ops"] if row["ops"] else 0.0
+    torch._dynamo.reset()
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--library", required=True, help="a library folder (e.g. a campaign's OUT/library)")
+    ap.add_argument("--models", default="llama,qwen2,mixtral,gpt2")
+    ap.add_argument("--seq", type=int, default=16)
+    ap.add_argument("--verify-new-sizes", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        factories = tiny_models()
+    except ImportError:
+        print(json.dumps({"error": "transformers is not installed (pip install 'agentforge[hf]')"}))
+        return 2
+    opts = {"verify_new_sizes": True} if a.verify_new_sizes else {}
+    rows = [bench(m, factories[m], a.library, a.seq, opts) for m in a.models.split(",")]
+    print(json.dumps({"library": a.library, "torch": torch.__version__, "models": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

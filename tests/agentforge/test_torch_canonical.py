@@ -1,0 +1,174 @@
+"""Matching that survives real graphs: the same computation written the way Hugging Face writes
+it (``weight * x``, linears on ``[B, S, H]`` lowered to view -> mm -> view) finds the library's
+kernels for the task form (``x * weight``, ``[T, H]``), runs on them (not recomputed by PyTorch),
+and a graph that is not row-wise (a reduction over a leading dim) is never flattened into a match."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agentforge.canonical import canonical_key, order_operands, row_safe, strip_row_views
+from agentforge.torch._build import cached_library
+from agentforge.torch.backend import compiled_graphs
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "tests" / "agentforge" / "fixtures"
+TASKS = tuple(str(p) for p in sorted((FIX / "torch_tasks").glob("*.py"))) + (str(ROOT / "evals" / "suite" / "softmax.py"),)
+SWIGLU_2D = (str(FIX / "hf_tasks" / "swiglu_mlp_tokens.py"),)    # [TOKENS, HIDDEN] = [16, 64], FFN 128
+
+
+@pytest.fixture(scope="module")
+def lib() -> str:
+    return str(cached_library(TASKS))
+
+
+@pytest.fixture(scope="module")
+def lib2d() -> str:
+    return str(cached_library(SWIGLU_2D))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every library kernel answers 7s: an offloaded region must change the model's output."""
+    from agentforge.torch.ops import OpFamily
+
+    real = OpFamily._run
+    monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
+
+
+def _run(model, inputs, lib):
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(model, backend="agentforge", dynamic=False, options={"library": lib})(*inputs)
+    return out, compiled_graphs()[-1]
+
+
+class HFRMSNorm(torch.nn.Module):
+    """transformers' LlamaRMSNorm: the weight multiplies from the left."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.weight = torch.nn.Parameter(1.0 + 0.1 * torch.randn(hidden))
+
+    def forward(self, x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + 1e-6))
+
+
+class HFMLP(torch.nn.Module):
+    """transformers' LlamaMLP on [B, S, H] (each linear lowers to view -> mm -> view)."""
+
+    def __init__(self, hidden: int = 64, ffn: int = 128):
+        super().__init__()
+        self.gate_proj = torch.nn.Linear(hidden, ffn, bias=False)
+        self.up_proj = torch.nn.Linear(hidden, ffn, bias=False)
+        self.down_proj = torch.nn.Linear(ffn, hidden, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def test_weight_times_x_is_the_same_problem_as_x_times_weight():
+    from agentforge.capture import capture
+    from agentforge.tasks import Instance
+
+    class XW(torch.nn.Module):
+        def __init__(self, left: bool):
+            super().__init__()
+            self.w, self.left = torch.nn.Parameter(torch.ones(64)), left
+
+        def forward(self, x):
+            return self.w * x if self.left else x * self.w
+
+    from agentforge.torch.match import export_graph
+
+    keys = {canonical_key(export_graph(XW(left), [torch.randn(16, 64)])[1]) for left in (True, False)}
+    assert len(keys) == 1
+    g = export_graph(XW(True), [torch.randn(16, 64)])[1]
+    assert [r.name for r in order_operands(g).nodes[0].refs()] == ["x", "p_w"]     # activation first
+
+
+def test_a_reduction_over_a_leading_dim_is_not_row_wise():
+    from agentforge.torch.match import export_graph
+
+    class Cols(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, dim=1)
+
+    class Rows(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, dim=-1)
+
+    x = torch.randn(2, 4, 64)
+    assert row_safe(strip_row_views(export_graph(Rows(), [x])[1]))
+    assert not row_safe(strip_row_views(export_graph(Cols(), [x])[1]))
+    # the same softmax on [8, 64] rows is the same problem as on [2, 4, 64]; over dim 1 it is not
+    flat = canonical_key(export_graph(Rows(), [torch.randn(8, 64)])[1])
+    assert canonical_key(export_graph(Rows(), [x])[1]) == flat
+    assert canonical_key(export_graph(Cols(), [x])[1]) != flat
+
+
+def test_hf_rmsnorm_weight_first_runs_on_the_rmsnorm_kernel(lib, poisoned):
+    torch.manual_seed(0)
+    model, x = HFRMSNorm(64), torch.randn(1, 16, 64)
+    out, c = _run(model, [x], lib)
+    assert [r.family.op for r in c.plan.regions] == ["rmsnorm_small"]
+    assert torch.equal(out, torch.full_like(out, 7))          # the kernel's answer, not PyTorch's
+
+
+def test_hf_rmsnorm_compiled_matches_eager(lib):
+    torch.manual_seed(0)
+    model, x = HFRMSNorm(64), torch.randn(1, 16, 64)
+    out, c = _run(model, [x], lib)
+    assert [r.family.op for r in c.plan.regions] == ["rmsnorm_small"]
+    torch.testing.assert_close(out, model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 64), (2, 8, 64)])
+def test_a_batched_mlp_runs_on_the_kernel_of_its_two_dimensional_task(lib2d, shape):
+    torch.manual_seed(0)
+    model, x = HFMLP(), torch.randn(*shape)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="agentforge", dynamic=False, options={"library": lib2d})
+    with torch.no_grad():
+        compiled(x)
+        with torch.profiler.profile() as prof:
+            out = compiled(x)
+        ref = model(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    (region,) = compiled_graphs()[-1].plan.regions
+    assert region.family.op == "swiglu_mlp_tokens" and region.arg_shapes[0] == (16, 64)
+    counts = {e.key: e.count for e in prof.key_averages()}
+    assert counts.get("rdu::swiglu_mlp_tokens") == 1 and "aten::mm" not in counts
+
+
+def test_a_batched_mlp_offloaded_through_row_views_gives_the_kernels_answer(lib2d, poisoned):
+    torch.manual_seed(0)
+    out, c = _run(HFMLP(), [torch.randn(1, 16, 64)], lib2d)
+    assert [r.family.op for r in c.plan.regions] == ["swiglu_mlp_tokens"]
+    assert out.shape == (1, 16, 64) and torch.equal(out, torch.full_like(out, 7))
+
+
+def test_softmax_over_rows_of_a_3d_tensor_runs_on_the_2d_kernel_and_over_columns_does_not(lib):
+    class Soft(torch.nn.Module):
+        def __init__(self, dim):
+            super().__init__()
+            self.dim = dim
+
+        def forward(self, x):
+            return torch.softmax(x, dim=self.dim) * 2
+
+    x = torch.randn(2, 4, 64)                                # 8 rows of 64: softmax is verified at [8, 64]
+    out, c = _run(Soft(-1), [x], lib)
+    assert [r.family.op for r in c.plan.regions] == ["softmax"]
+    torch.testing.assert_close(out, Soft(-1)(x))
+    # [1, 8, 64] over dim 1: flattened to rows it would look like the verified [8, 64] problem, but
+    # each output depends on a column: not row-wise, so it keeps its own shape and runs eagerly
+    y = torch.randn(1, 8, 64)
+    out, c = _run(Soft(1), [y], lib)
+    assert c.plan.regions == []
+    torch.testing.assert_close(out, Soft(1)(y))
