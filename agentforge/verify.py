@@ -242,7 +242,21 @@ def _structure(prog: "asp_lang.Program") -> tuple:
         tl = (n.attrs or {}).get("tiling")
         if tl is not None:
             tiles += [(n.index, ax, tl.tile[ax], tl.grid[ax]) for ax in tl.kept]
-    return ops, tuple(tiles)
+    return (ops, tuple(tiles), *_footprint(prog))
+
+
+def _footprint(prog: "asp_lang.Program") -> tuple[float, float]:
+    """What running ``prog`` holds and makes: its largest stream's bytes, and the elements of all
+    its streams (the interpreter caps both: ``Limits.max_array_bytes``, ``max_elements``)."""
+    peak = total = 0.0
+    for t in prog.streams.values():
+        try:
+            n = float(t.count)
+            peak = max(peak, n * float(getattr(t.elem, "nbytes", 0) or 0))
+            total += n * float(math.prod(getattr(t.elem, "shape", ()) or (1,)))
+        except (TypeError, ValueError, AttributeError):
+            continue
+    return peak, total
 
 
 def covers(timed: list[tuple], checked: list[tuple], min_tiles: int = CHECK_MIN_TILES) -> str | None:
@@ -252,7 +266,7 @@ def covers(timed: list[tuple], checked: list[tuple], min_tiles: int = CHECK_MIN_
     where that is shorter), so carries, cross-tile reductions and the last tile all run."""
     if len(timed) != len(checked):
         return f"{len(checked)} kernels at the check sizes but {len(timed)} timed"
-    for k, ((ops_t, tiles_t), (ops_c, tiles_c)) in enumerate(zip(timed, checked)):
+    for k, ((ops_t, tiles_t, *_), (ops_c, tiles_c, *_)) in enumerate(zip(timed, checked)):
         if ops_t != ops_c:
             return f"kernel {k}: other operators or par at the check sizes"
         if len(tiles_t) != len(tiles_c):
@@ -472,32 +486,49 @@ def _scaled(task: Task, num: int, shift: int, floors: dict[str, int]) -> dict[st
     return out
 
 
+def _cost(elements: int, structures: list[tuple]) -> tuple[int, float, float]:
+    """A check size set's cost: I/O elements, the largest stream's bytes, all streams' elements."""
+    return elements, max((st[2] for st in structures), default=0.0), sum(st[3] for st in structures)
+
+
+def _within(cost: tuple | None, cfg: "VerifyConfig") -> bool:
+    """Whether a check size set of this cost (:func:`_cost`) fits the budget: ``cfg.check_elements``
+    elements of inputs, weights and outputs, and streams within half the interpreter's caps on one
+    array and on all elements made (the rest of the check, references and copies, must fit the
+    memory cap too)."""
+    if cost is None:
+        return False
+    cap = cfg.limits.max_array_bytes / 2 if cfg.limits.max_array_bytes else math.inf
+    work = cfg.limits.max_elements / 2 if cfg.limits.max_elements else math.inf
+    return cost[0] <= cfg.check_elements and cost[1] <= cap and cost[2] <= work
+
+
 def _ladder(task: Task, fits, cfg: "VerifyConfig", floors: dict[str, int], sets: list[dict]) -> list[dict] | None:
     """Check sizes for a candidate that must be realised on a real capture at every probe (a chain):
     all sizes scaled together by 3 / 2^m (ratios such as a head dimension stay as timed), the
-    smallest such set that fits found by bisection over m (a few captures instead of a search per
-    size), then the same at 5 / 2^m. None when no scaled set fits (the caller searches per size)."""
+    smallest such set that runs the timed configuration found by bisection over m (a few captures
+    instead of a search per size), then the same at 5 / 2^m. None when no scaled set is within
+    the budget (the caller searches per size)."""
     top = 2
     while any(v * 3 / (1 << top) > floors[k] for k, v in task.sizes.items()) and top < 40:
         top += 1
-    lo, hi, best = 2, top, None  # find the largest m (smallest sizes) that fits
+    lo, hi, best = 2, top, None  # the largest m (smallest sizes) that runs the configuration
     while lo <= hi:
         mid = (lo + hi) // 2
         cand = _scaled(task, 3, mid, floors)
-        n = fits(cand)
-        if n is not None and n <= cfg.check_elements:
-            best, lo = (mid, cand), mid + 1
+        cost = fits(cand)
+        if cost is not None:
+            best, lo = (mid, cand, cost), mid + 1
         else:
             hi = mid - 1
-    if best is None:
+    if best is None or not _within(best[2], cfg):
         return None
     out = list(sets)
     if best[1] not in out:
         out.append(best[1])
     if len(out) < cfg.size_sets:
         five = _scaled(task, 5, best[0], floors)
-        n = fits(five) if five not in out else None
-        if n is not None and n <= cfg.check_elements:
+        if five not in out and _within(fits(five), cfg):
             out.append(five)
     return out[: cfg.size_sets]
 
@@ -505,60 +536,62 @@ def _ladder(task: Task, fits, cfg: "VerifyConfig", floors: dict[str, int], sets:
 def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names: list[str] | None = None,
                     confirm=None, ladder: bool = False) -> list[dict]:
     """The check sizes: up to ``cfg.size_sets`` size sets at which ``fits(sizes)`` holds (it
-    returns the elements of the task's inputs, weights and outputs there, or None when the
-    candidate's timed configuration does not run there, see :func:`covers`), each within
-    ``cfg.check_elements``.
+    returns the cost there, the elements of the task's inputs, weights and outputs and the
+    largest stream's bytes, or None when the candidate's timed configuration does not run there,
+    see :func:`covers`), each within the budget (:func:`_within`).
 
     The task's sidecar sets come first where they fit. The rest are derived from the task's own
-    sizes (which fit by construction: they are what is timed): each size of ``names`` in turn,
-    largest first, is lowered to the smallest value that still fits (a bisection over 3 x 2^j
-    and v / 2^j, never below :func:`_floors`), then a second set takes 5 x 2^j where the first
-    took 3 x 2^j. ``confirm(sizes)`` (default ``fits``) must also hold for a derived set (the
-    search may run on predicted shapes; confirmation runs on a real capture). With ``ladder``
-    (chains, whose every probe is a capture) all sizes are first scaled together
-    (:func:`_ladder`). Raises :class:`Uncheckable` when no set is within the budget."""
+    sizes (which run the configuration by construction: they are what is timed): each size of
+    ``names`` in turn, largest first, is lowered to the smallest value that still runs it (a
+    bisection over 3 x 2^j and v / 2^j, never below :func:`_floors`), then a second set takes
+    5 x 2^j where the first took 3 x 2^j. ``confirm(sizes)`` (default ``fits``) must also hold
+    for a derived set (the search may run on predicted shapes; confirmation runs on a real
+    capture). With ``ladder`` (chains, whose every probe is a capture) all sizes are first
+    scaled together (:func:`_ladder`). Raises :class:`Uncheckable` when no set is within the
+    budget."""
     confirm = confirm or fits
     sets: list[dict] = []
     for s in task.resolved_size_sets():
-        n = confirm(s)
-        if n is not None and n <= cfg.check_elements:
+        if _within(confirm(s), cfg):
             sets.append(s)
         if len(sets) >= cfg.size_sets:
             return sets
     floors = _floors(task)
     if ladder:
         found = _ladder(task, fits, cfg, floors, sets)
-        if found is not None:
+        if found:
             return found
     cur = dict(task.sizes)
-    n_cur = fits(cur)
-    if n_cur is None:
-        raise Uncheckable(f"{what}does not run at the task's own sizes {cur}")
+    cost = fits(cur)
+    if cost is None:
+        raise Uncheckable(f"{what}does not run its own configuration at the task's own sizes {cur}")
     for name in sorted(names if names is not None else cur, key=lambda k: -cur[k]):
         cands = _candidates(cur[name], floors[name])
         lo, hi = 0, len(cands)
         while lo < hi:
             mid = (lo + hi) // 2
-            n = fits({**cur, name: cands[mid]})
-            if n is not None:
+            got = fits({**cur, name: cands[mid]})
+            if got is not None:
                 hi = mid
-                cur, n_cur = {**cur, name: cands[mid]}, n
+                cur, cost = {**cur, name: cands[mid]}, got
             else:
                 lo = mid + 1
-    if n_cur > cfg.check_elements:
+    if not _within(cost, cfg):
         raise Uncheckable(f"{what}cannot be checked within the size budget: the smallest sizes that run its "
                           f"timed configuration with every tiled dimension {cfg.min_tiles} tiles long are {cur} "
-                          f"({n_cur} elements of inputs, weights and outputs; the budget is "
-                          f"{cfg.check_elements}, VerifyConfig.check_elements)")
-    if cur not in sets and (confirm is fits or confirm(cur) is not None):
+                          f"({cost[0]} elements of inputs, weights and outputs, a largest stream of "
+                          f"{cost[1]:.3g} bytes, {cost[2]:.3g} stream elements in all; the budget is "
+                          f"{cfg.check_elements} elements, VerifyConfig.check_elements, and half the "
+                          f"interpreter's caps of {cfg.limits.max_array_bytes} bytes per array and "
+                          f"{cfg.limits.max_elements} elements)")
+    if cur not in sets and (confirm is fits or _within(confirm(cur), cfg)):
         sets.append(cur)
     if len(sets) < cfg.size_sets:
         five = {k: (v // 3) * 5 if v % 3 == 0 and v < task.sizes[k] and (v // 3) & (v // 3 - 1) == 0 else v
                 for k, v in cur.items()}
-        if five != cur and five not in sets:
-            n = fits(five)
-            if n is not None and n <= cfg.check_elements and (confirm is fits or confirm(five) is not None):
-                sets.append(five)
+        if five != cur and five not in sets and _within(fits(five), cfg) \
+                and (confirm is fits or _within(confirm(five), cfg)):
+            sets.append(five)
     if not sets:
         raise Uncheckable(f"{what}has no check sizes that run its timed configuration (derived {cur} did not "
                           "hold on the captured task)")
@@ -576,7 +609,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
             got = cand.structure(g)
         except Exception:  # noqa: BLE001 - a size the task, the binding or a template refuses does not fit
             return None
-        return _elements(g) if covers(timed, got, cfg.min_tiles) is None else None
+        return _cost(_elements(g), got) if covers(timed, got, cfg.min_tiles) is None else None
 
     ck = (str(task.path), hash(task.source), key, cfg.machine, cfg.size_sets, cfg.check_elements, cfg.min_tiles)
     if ck in _SETS_CACHE:
@@ -592,7 +625,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
                 got = cand.structure(shapes)
             except Exception:  # noqa: BLE001 - the binding refuses these sizes
                 return None
-            return _elements(shapes) if covers(timed, got, cfg.min_tiles) is None else None
+            return _cost(_elements(shapes), got) if covers(timed, got, cfg.min_tiles) is None else None
 
         try:
             try:
