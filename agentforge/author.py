@@ -1744,7 +1744,7 @@ ATTN_MIN_TRIES = 264  # the whole grid: an attention region is most of its task'
 # past its caps, so the plan would be 'uncheckable', docs/evaluation.md section 2.1)
 MOE_GRID = {"tk": (128, 64), "par": (960, 896, 768, 640, 512, 384, 256, 128),
             "par_buf": (448, 384, 320, 256, 192, 128, 64), "par_mem": (8,)}
-MOE_MIN_TRIES = 168  # the whole grid: a moe region is most of its task's time
+MOE_MIN_TRIES = 112  # the whole grid: a moe region is most of its task's time
 GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "moe": MOE_GRID, "single": SINGLE_GRID}
 MIN_TRIES = {"attention": ATTN_MIN_TRIES, "moe": MOE_MIN_TRIES}
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
