@@ -17,13 +17,8 @@ from agentforge.torch._build import cached_library
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "agentforge" / "fixtures" / "torch_tasks"
-#: small tasks whose kernels match subgraphs of the test models (test_torch_backend.py)
-TASKS = tuple(str(p) for p in sorted(FIX.glob("*.py"))) + (str(ROOT / "evals" / "suite" / "softmax.py"),)
-
-
-@pytest.fixture(scope="session")
-def torch_library() -> Path:
-    return cached_library(TASKS)
+# torch_library (tests/conftest.py): a library of small tasks whose kernels match subgraphs of the
+# test models (test_torch_backend.py), built once per test session
 
 
 @pytest.fixture(scope="session")
