@@ -39,9 +39,8 @@ def torch_library(tmp_path_factory) -> Path:
         if not (out.parent / "done").exists():
             if out.exists():
                 shutil.rmtree(out)      # a build that died half way
-            _, notes = build_library(list(TORCH_TASKS), out)
-            assert not notes, notes
-            (out.parent / "done").write_text("\n".join(TORCH_TASKS))
+            _, notes = build_library(list(TORCH_TASKS), out)   # what is missing, a test names
+            (out.parent / "done").write_text("\n".join([*TORCH_TASKS, *notes]))
     return out
 
 
