@@ -16,8 +16,12 @@ norm(h)`` even though the next residual add reads ``h``, because the kernel retu
 A match with any other intermediate used elsewhere in the model, or that would need the rest
 of the model to run in between, is refused (the reason goes in the report).
 Matches are taken largest first, so a fused kernel (attention, an MLP block) wins over the
-smaller kernels inside it. Commutative operands are not reordered: ``a + b`` does not match
-``b + a``.
+smaller kernels inside it; a match is checked against the verified problems (and, with
+``verify_new_sizes``, verified at its sizes) only where no larger chosen region covers it.
+Both graphs are put in a canonical form first (:mod:`agentforge.canonical`): commutative
+operands ordered (``w * x`` matches ``x * w``), views that only merge or split leading dims
+looked through, and a row-wise match keyed on rows (a ``[B, S, H]`` MLP matches its ``[T, H]``
+task; the call reshapes its arguments and outputs).
 """
 
 from __future__ import annotations
@@ -321,9 +325,10 @@ def _patterns(tl: TorchLibrary) -> list[tuple[OpFamily, _View]]:
     return out
 
 
-def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str],
-                unverified: list[Unverified]) -> list[Region]:
-    found: list[Region] = []
+def _try_family(fam: OpFamily, P: _View, G: _View) -> list[tuple[OpFamily, _Matcher, list[str]]]:
+    """The structural matches of ``fam``'s pattern in the model (not yet checked against its
+    verified problems: that is done largest first, only for matches no larger region covers)."""
+    found: list[tuple[OpFamily, _Matcher, list[str]]] = []
     outs = [P.resolve(r.name) for r in P.g.outputs]
     if any(o not in P.nodes for o in outs):
         return found     # an output that is an input as it is: nothing to fuse
@@ -349,12 +354,7 @@ def _try_family(fam: OpFamily, P: _View, G: _View, reasons: dict[str, str],
         m = ms[0]
         if len(m.nodes) != len(semantic_p) or len(m.bind) != len(m.slots):
             continue
-        region_or_reason = _region(fam, m, outs, unverified)
-        if isinstance(region_or_reason, str):
-            for gn in m.nodes.values():
-                reasons.setdefault(gn, region_or_reason)
-            continue
-        found.append(region_or_reason)
+        found.append((fam, m, outs))
     return found
 
 
@@ -459,22 +459,37 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph) -> OffloadPlan:
     """Match the library's kernels in ``graph`` (exported as ``ep``) and order the result for running."""
     G = _View(canonical_graph(graph))
     reasons: dict[str, str] = {}
-    cands: list[Region] = []
     unverified: list[Unverified] = []
-    for fam, P in _patterns(tl):
-        cands.extend(_try_family(fam, P, G, reasons, unverified))
-    cands.sort(key=lambda r: (-len(r.semantic), r.family.seconds(r.verified)))
+    structural = [c for fam, P in _patterns(tl) for c in _try_family(fam, P, G)]
+    # largest first; a match is checked against its family's verified problems (with
+    # verify_new_sizes: verified at its sizes) only when no larger chosen region covers it, and
+    # among the verified matches of one size the fastest kernel goes first
+    by_size: dict[int, list[tuple[OpFamily, _Matcher, list[str]]]] = {}
+    for c in structural:
+        by_size.setdefault(len(c[1].nodes), []).append(c)
     chosen: list[Region] = []
     taken: set[str] = set()
-    for r in cands:
-        if r.nodes & taken:
-            continue
-        if _schedule(ep, [*chosen, r]) is None:
-            for n in r.semantic:
-                reasons.setdefault(n, f"a match of {r.op} would need other model ops to run in its middle")
-            continue
-        chosen.append(r)
-        taken |= r.nodes
+    for size in sorted(by_size, reverse=True):
+        verified: list[Region] = []
+        for fam, m, outs in by_size[size]:
+            if set(m.nodes.values()) & taken:
+                continue
+            r = _region(fam, m, outs, unverified)
+            if isinstance(r, str):
+                for gn in m.nodes.values():
+                    reasons.setdefault(gn, r)
+                continue
+            verified.append(r)
+        verified.sort(key=lambda r: r.family.seconds(r.verified))
+        for r in verified:
+            if r.nodes & taken:
+                continue
+            if _schedule(ep, [*chosen, r]) is None:
+                for n in r.semantic:
+                    reasons.setdefault(n, f"a match of {r.op} would need other model ops to run in its middle")
+                continue
+            chosen.append(r)
+            taken |= r.nodes
     schedule = _schedule(ep, chosen) or list(ep.graph.nodes)
     eager = []
     ops = ", ".join(sorted(tl.families)) or "(none)"

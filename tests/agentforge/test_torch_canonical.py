@@ -172,3 +172,23 @@ def test_softmax_over_rows_of_a_3d_tensor_runs_on_the_2d_kernel_and_over_columns
     out, c = _run(Soft(1), [y], lib)
     assert c.plan.regions == []
     torch.testing.assert_close(out, Soft(1)(y))
+
+
+def test_with_verify_new_sizes_a_match_inside_a_larger_region_is_never_verified(lib, monkeypatch):
+    """Overlapping matches: the largest verified region wins, and the smaller matches it covers are
+    not checked at all (with verify_new_sizes each check runs the task's checks at new sizes)."""
+    from agentforge.torch.ops import OpFamily
+    from agentforge.torch.report import load_model_file, report
+
+    checked: list[str] = []
+    real = OpFamily._verify_at_new_sizes
+
+    def spy(self, key):
+        checked.append(self.op)
+        return real(self, key)
+
+    monkeypatch.setattr(OpFamily, "_verify_at_new_sizes", spy)
+    model, inputs = load_model_file(FIX / "torch_models" / "llama_block.py")
+    r = report(model, inputs, library=lib, options={"verify_new_sizes": True, "namespace": "rdu_largest"})
+    assert "torch.ops.rdu_largest.causal_attention_small" in r.offloaded_ops
+    assert "softmax" not in checked          # the attention's softmax ([64 rows, 16]) is inside the attention call
