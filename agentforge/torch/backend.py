@@ -151,13 +151,14 @@ def summarize(plan: Any) -> str:
     calls: dict[str, int] = {}
     for r in plan.regions:
         calls[r.op] = calls.get(r.op, 0) + 1
-    covered = sum(len(r.semantic) for r in plan.regions)
+    kinds = {n.name: n.kind for n in plan.graph.nodes}
+    covered = sum(1 for r in plan.regions for n in r.semantic if kinds.get(n) not in _VIEWS)
     eager = [e for e in plan.eager if e.kind not in _VIEWS and not e.reason.startswith("a copy")]
     total = covered + len(eager)
     groups: dict[str, list[str]] = {}
     for e in eager:
         groups.setdefault(_short_reason(e.reason), []).append(e.kind)
-    lines = [f"{covered} of {total} ops on library kernels"
+    lines = [f"{covered} of {total} ops (not counting views) on library kernels"
              + (f" ({', '.join(f'{op} x{n}' for op, n in calls.items())})" if calls else "")
              + f"; {len(eager)} eager"]
     for why, kinds in sorted(groups.items(), key=lambda kv: -len(kv[1])):
