@@ -311,21 +311,30 @@ def int_library() -> Path:
 
 
 def test_int64_arguments_that_do_not_fit_int32_are_refused_never_wrapped(int_library, ran):
-    load_library(int_library, namespace="rdu_int")
+    tl = load_library(int_library, namespace="rdu_int")
     counts = torch.ops.rdu_int.moe_expert_counts
-    idx = torch.tensor([[0, 1]] * 15 + [[2, 3]])                     # TOKENS=16, TOP_K=2, EXPERTS=4: verified
-    torch.testing.assert_close(counts(idx), torch.tensor([15, 15, 1, 1]))
+    # the smallest problem the kernel is verified at (the check sizes the referee derived)
+    v = min((v for vs in tl.families["moe_expert_counts"].problems.by_key.values() for v in vs),
+            key=lambda v: v.sizes["TOKENS"])
+    t, e = v.sizes["TOKENS"], v.sizes["EXPERTS"]
+    assert v.sizes["TOP_K"] == 2 and e >= 4
+
+    def expect(*head):
+        return torch.tensor([*head] + [0] * (e - len(head)))
+
+    idx = torch.tensor([[0, 1]] * (t - 1) + [[2, 3]])                   # verified sizes
+    torch.testing.assert_close(counts(idx), expect(t - 1, t - 1, 1, 1))
     assert len(ran) == 1
     # 2**32 would wrap to expert 0 in int32: the kernel would count it, the model does not
-    wide = torch.tensor([[0, 1]] * 15 + [[2 ** 32, 3]])
+    wide = torch.tensor([[0, 1]] * (t - 1) + [[2 ** 32, 3]])
     with pytest.raises(UnverifiedProblemError, match=r"argument 'indices' .*outside the int32 range.*"
                                                      r"max 4294967296.*wrap"):
         counts(wide)
     with pytest.raises(UnverifiedProblemError, match=r"min -2147483649"):
-        counts(torch.tensor([[0, 1]] * 15 + [[-2 ** 31 - 1, 3]]))
+        counts(torch.tensor([[0, 1]] * (t - 1) + [[-2 ** 31 - 1, 3]]))
     assert len(ran) == 1                                             # neither reached the emulator
     load_library(int_library, namespace="rdu_int_fb", fallback="torch")
     with pytest.warns(UserWarning, match="outside the int32 range.*PyTorch reference"):
         got = torch.ops.rdu_int_fb.moe_expert_counts(wide)
-    torch.testing.assert_close(got, torch.tensor([15, 15, 0, 1]))
+    torch.testing.assert_close(got, expect(t - 1, t - 1, 0, 1))
     assert len(ran) == 1
