@@ -69,12 +69,16 @@ class TaskRoofline:
                 "flops": self.flops, "peak_tflops": self.peak_tflops}
 
 
-def task_roofline(graph: Any, machine: Any) -> TaskRoofline:
+def task_roofline(graph: Any, machine: Any, work_fraction: float = 1.0) -> TaskRoofline:
     """The roofline of the task captured as ``graph`` (an AtenGraph at the timed sizes) on
     ``machine``: a bound of the task, not of a kernel's own work, so a kernel that does less
-    (or is credited more than the chip can do) cannot raise its own ceiling."""
+    (or is credited more than the chip can do) cannot raise its own ceiling.
+
+    ``work_fraction`` (:meth:`Task.work_fraction`) is the share of the graph's FLOPs any correct
+    kernel must do: below 1 only for a task that declares work a kernel may rightly skip (the
+    experts a routed mixture of experts does not run for a token)."""
     nbytes = float(io_bytes(graph))
-    flops = float(estimate_flops(graph))
+    flops = float(estimate_flops(graph)) * min(1.0, max(0.0, work_fraction))
     dtypes = {s.dtype for s in (*graph.inputs, *graph.params)} | {graph.spec(r.name).dtype for r in graph.outputs}
     peak = max(machine.peak_tflops("bf16" if d in _SIXTEEN_BIT else "f32") for d in dtypes or {"f32"})
     mem = nbytes / (machine.hbm.bandwidth_gbs * 1e9)
@@ -82,12 +86,12 @@ def task_roofline(graph: Any, machine: Any) -> TaskRoofline:
     return TaskRoofline(max(mem, compute), "hbm" if mem >= compute else "compute", nbytes, flops, peak)
 
 
-def task_roofline_fraction(graph: Any, machine: Any, seconds: float) -> float:
+def task_roofline_fraction(graph: Any, machine: Any, seconds: float, work_fraction: float = 1.0) -> float:
     """``task_roofline(graph, machine).seconds / seconds``, the fraction of the task's roofline a
     timed candidate reaches. A verified candidate timed faster than the task's roofline is an
     emulator bug (some path is credited more than the machine can do): it raises EmulatorError,
     never a fraction clamped to 1."""
-    roof = task_roofline(graph, machine)
+    roof = task_roofline(graph, machine, work_fraction)
     if seconds <= 0 or seconds < roof.seconds * (1 - _ROOF_TOLERANCE):
         raise EmulatorError(
             f"timed at {seconds * 1e6:.3f} us, faster than the task's own roofline {roof.seconds * 1e6:.3f} us "

@@ -21,6 +21,7 @@ import ast
 import hashlib
 import itertools
 import math
+import re
 import sys
 import tomllib
 import traceback
@@ -84,7 +85,10 @@ _LAST_MAX_MARGIN = 100.0
 DEFAULT_LEVEL = 1
 
 _REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
-_SIDECAR_SECTIONS = {"task", "tolerance", "sizes"}
+_SIDECAR_SECTIONS = {"task", "tolerance", "sizes", "roofline"}
+_ROOFLINE_KEYS = {"active_fraction"}
+#: ``active_fraction = "K/NAME"``: K of the size NAME (e.g. 2 of EXPERTS); parsed, never evaluated
+_FRACTION_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
 _TASK_KEYS = {"group", "level", "description", "tags", "distributions"}
 _TOLERANCE_KEYS = {"atol", "rtol"}
 _HEAVY_CLIP = 1e4
@@ -120,6 +124,24 @@ class Task:
     tags: tuple[str, ...] = ()
     #: extra input distributions the verifier must also check (sidecar [task] distributions)
     distributions: tuple[str, ...] = ()
+    #: sidecar ``[roofline] active_fraction``: the share of the graph's FLOPs a kernel must do
+    #: (a float, or ``(k, SIZE)`` for k of SIZE, e.g. top-k of EXPERTS); None = all of them
+    active_fraction: float | tuple[int, str] | None = None
+
+    def work_fraction(self, sizes: Mapping[str, int] | None = None) -> float:
+        """The share of the captured graph's FLOPs that any correct kernel must perform at
+        ``sizes`` (the task's own by default). A dense-masked mixture of experts, whose gates
+        have at most k non-zeros per token, declares ``active_fraction = "k/EXPERTS"`` so the
+        task's roofline does not count the experts a routed kernel may rightly skip; every
+        other task does all of its FLOPs (1.0). Only ever lowers the task's bound."""
+        frac = self.active_fraction
+        if frac is None:
+            return 1.0
+        if isinstance(frac, tuple):
+            k, name = frac
+            n = self.sizes_for(sizes).get(name, 0)
+            return min(1.0, k / n) if n > 0 else 1.0
+        return float(frac)
 
     def sizes_for(self, overrides: Mapping[str, int] | None = None) -> dict[str, int]:
         """Return the task's sizes with ``overrides`` applied (a new dict, file order kept).
@@ -214,6 +236,7 @@ def load_task(path: str | Path) -> Task:
         size_sets=meta.get("size_sets", []),
         tags=tuple(meta.get("tags", ())),
         distributions=tuple(meta.get("distributions", ())),
+        active_fraction=meta.get("active_fraction"),
     )
 
 
@@ -325,6 +348,24 @@ def _docstring_summary(tree: ast.Module) -> str:
     return doc.strip().splitlines()[0].strip() if doc and doc.strip() else ""
 
 
+def _active_fraction(sidecar: Path, value: Any, sizes: Mapping[str, int]) -> float | tuple[int, str]:
+    hint = 'write active_fraction = "2/EXPERTS" (k of a size of the task) or a number in (0, 1]'
+    if isinstance(value, str):
+        m = _FRACTION_RE.match(value)
+        if not m:
+            raise TaskError(sidecar, f"active_fraction {value[:40]!r} is not K/SIZE", hint)
+        k, name = int(m.group(1)), m.group(2)
+        if name not in sizes:
+            raise TaskError(sidecar, f"active_fraction names {name!r}, which is not a size of the task",
+                            _known_sizes_hint(sizes))
+        if k < 1:
+            raise TaskError(sidecar, "active_fraction's K must be at least 1", hint)
+        return (k, name)
+    if _is_number(value) and 0 < value <= 1:
+        return float(value)
+    raise TaskError(sidecar, f"active_fraction must be in (0, 1] or K/SIZE, not {value!r}", hint)
+
+
 def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
     """Read and validate ``<stem>.toml``; returns the normalised fields (empty when absent)."""
     sidecar = path.with_suffix(".toml")
@@ -343,7 +384,7 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
         raise TaskError(
             sidecar,
             f"unknown section(s) {sorted(unknown)}",
-            "a sidecar has only [task], [tolerance] and [[sizes]]",
+            "a sidecar has only [task], [tolerance], [roofline] and [[sizes]]",
         )
 
     task_tbl = data.get("task", {})
@@ -402,6 +443,15 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
                     f"write e.g. {key} = 1e-4",
                 )
             out[key] = float(value)
+
+    roof = data.get("roofline", {})
+    if not isinstance(roof, dict):
+        raise TaskError(sidecar, "'roofline' must be a table", "write it as [roofline]")
+    unknown = set(roof) - _ROOFLINE_KEYS
+    if unknown:
+        raise TaskError(sidecar, f"unknown key(s) {sorted(unknown)} in [roofline]", "allowed keys: active_fraction")
+    if "active_fraction" in roof:
+        out["active_fraction"] = _active_fraction(sidecar, roof["active_fraction"], sizes)
 
     size_sets = data.get("sizes", [])
     if not isinstance(size_sets, list) or not all(isinstance(s, dict) for s in size_sets):

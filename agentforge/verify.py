@@ -915,7 +915,8 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
             ev.profile = profile_summary(rep)
         # the task's own roofline bounds every timing; beating it is an emulator bug (raises)
         from .scoring import task_roofline_fraction  # scoring imports this module
-        ev.roofline_fraction = task_roofline_fraction(capture_at(task, meta=True), machine, ev.simulated_seconds)
+        ev.roofline_fraction = task_roofline_fraction(capture_at(task, meta=True), machine, ev.simulated_seconds,
+                                                      task.work_fraction())
         ev.baseline_seconds = baseline_seconds
         ev.speedup = baseline_seconds / ev.simulated_seconds if ev.simulated_seconds else None
         if ev.speedup and ev.speedup > SUSPICIOUS_SPEEDUP:

@@ -142,3 +142,22 @@ def test_a_timing_model_that_credits_more_than_the_chip_is_caught_by_the_task_bo
     ev = _evaluate(ADV / "matmul__accum_replicas.asp")
     assert not ev.verified and ev.reason_code == "emulator_bug", ev.reason
     assert "faster than the task's own roofline" in ev.reason
+
+
+def test_a_routed_moe_declares_the_experts_it_may_skip_and_only_that_lowers_its_bound():
+    """The dense-masked top-1 MoE multiplies all but one expert per token by a zero gate; its
+    sidecar's ``active_fraction = "1/EXPERTS"`` lowers the compute bound to the routed work (so a
+    routed kernel is not refused as an emulator bug) and nothing else: bytes stay compulsory."""
+    m = asp_lang.load_machine("sn40l")
+    task = load_task(SUITE / "moe_layer_top1.py")
+    graph = capture_at(task, meta=True)
+    assert task.work_fraction() == pytest.approx(1 / task.sizes["EXPERTS"])
+    dense, routed = task_roofline(graph, m), task_roofline(graph, m, task.work_fraction())
+    assert routed.flops == pytest.approx(dense.flops / task.sizes["EXPERTS"])
+    assert routed.hbm_bytes == dense.hbm_bytes and routed.seconds < dense.seconds
+    # a time between the two bounds is a fair routed kernel, not an emulator bug
+    between = (routed.seconds + dense.seconds) / 2
+    assert task_roofline_fraction(graph, m, between, task.work_fraction()) < 1
+    with pytest.raises(timing.EmulatorError):
+        task_roofline_fraction(graph, m, between)
+    assert load_task(SUITE / "matmul.py").work_fraction() == 1.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import textwrap
 from pathlib import Path
 
@@ -488,3 +489,26 @@ def test_make_inputs_shapes_follow_sizes(
     assert xs[0].dtype == getattr(torch, dtype)
     assert torch.isfinite(xs[0]).all()
     assert xs[1].shape == (batch,) and xs[1].dtype == torch.int64
+
+
+@pytest.mark.parametrize("value, expected", [('"2/EXPERTS"', 0.25), ("0.5", 0.5)])
+def test_sidecar_roofline_active_fraction_is_k_of_a_size_or_a_share(tmp_path: Path, value: str, expected: float) -> None:
+    path = write_task(tmp_path, "moe", "EXPERTS = 8", "return xs[0]", "return [torch.randn(EXPERTS)]",
+                      f"[roofline]\nactive_fraction = {value}\n")
+    task = load_task(path)
+    assert task.work_fraction() == pytest.approx(expected)
+    if "EXPERTS" in value:
+        assert task.work_fraction({"EXPERTS": 4}) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("value, message", [
+    ('"2/HEADS"', "not a size of the task"),
+    ('"__import__(1)"', "is not K/SIZE"),
+    ("1.5", "must be in (0, 1]"),
+    ("0", "must be in (0, 1]"),
+])
+def test_sidecar_roofline_active_fraction_is_validated_never_evaluated(tmp_path: Path, value: str, message: str) -> None:
+    path = write_task(tmp_path, "moe", "EXPERTS = 8", "return xs[0]", "return [torch.randn(EXPERTS)]",
+                      f"[roofline]\nactive_fraction = {value}\n")
+    with pytest.raises(TaskError, match=re.escape(message)):
+        load_task(path)
