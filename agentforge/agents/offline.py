@@ -73,7 +73,18 @@ class OfflineReflector:
         fused = [i for i, r in enumerate(p.regions) if r.template != "single"]
         if not fused:
             return Reflection(True, None, "the op-by-op plan itself was rejected: nothing left to split")
-        target = self._culprit(ctx, p, feedback) 
+        if feedback.reason_code == "uncheckable" and any(_tiles(p.regions[i]) for i in fused):
+            # its timed tiles need check sizes past the interpreter's budget: smaller tiles are checked
+            # (and then timed) at smaller sizes; splitting the region would keep the same tiles
+            halved = []
+            for i in fused:
+                for key in _tiles(p.regions[i]):
+                    p.regions[i].params[key] = int(p.regions[i].params[key]) // 2
+                    halved.append(f"{i}.{key}")
+            p.notes += "; halved tiles to be checkable"
+            return Reflection(False, p.to_dict(), "uncheckable: halved the tiles of its fused regions "
+                              f"({', '.join(halved)}) so its timed configuration fits the check budget")
+        target = self._culprit(ctx, p, feedback)
         if feedback.reason_code in ("compile", "limit") and target is not None and \
                 "ResourceError" in (feedback.error or feedback.reason or "") and _shrinkable(p.regions[target]):
             r = p.regions[target]
@@ -104,6 +115,11 @@ class OfflineReflector:
             if any(0 <= i < len(names) and names[i] == node for i in r.nodes):
                 return ri
         return None
+
+
+def _tiles(r: Region) -> list[str]:
+    """The tile-size parameters of a fused region that can still be halved."""
+    return [k for k in ("rows", "tm", "tn", "tk") if int(r.params.get(k, 1)) > 1]
 
 
 def _shrinkable(r: Region) -> bool:

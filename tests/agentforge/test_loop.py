@@ -244,3 +244,17 @@ def test_the_reflector_reads_the_rounds_most_promising_candidate(rmsnorm):
     solve(task, planner, [_NeverVerifies(), OfflineWorker()], reflector, ctx=ctx,
           cfg=SolveConfig(workers=2, max_attempts=2, min_speedup=1e9))
     assert reflector.seen == [True]
+
+
+def test_an_uncheckable_plan_gets_smaller_tiles_not_split_regions(rmsnorm):
+    """A plan whose timed tiles need check sizes past the budget is checked (and timed) with
+    halved tiles: splitting its regions would keep the same tiles and stay uncheckable."""
+    from agentforge.agents.roles import Feedback
+    task, ctx = rmsnorm
+    plan = Plan([Region("row", [r for reg in partition(ctx.graph_own) for r in reg.nodes], {"rows": 8, "par": 16})])
+    fb = Feedback(False, "uncheckable", "the candidate cannot be checked within the size budget")
+    out = OfflineReflector().reflect(ctx, plan.to_dict(), Candidate("plan", plan=plan.to_dict()), fb, 1)
+    assert not out.accept
+    revised = Plan.from_dict(out.plan)
+    assert [r.template for r in revised.regions] == ["row"]
+    assert revised.regions[0].params == {"rows": 4, "par": 16}
