@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -28,6 +29,8 @@ from rich.table import Table
 OUTLIER_FACTOR = 10.0
 #: with ``plain`` progress, a line that nothing finished comes at most this often (seconds)
 HEARTBEAT_S = 30.0
+#: the summary's least width when the output is not a terminal
+LOG_WIDTH = 120
 
 FAST_WORDS = ("fast_1: the share of all tasks whose kernel is verified and faster than the op-by-op "
               "baseline; fast_2: verified and more than 2x faster")
@@ -65,8 +68,12 @@ class CampaignView:
         self.mode = mode
         self.stream = stream or sys.stdout
         self.console = Console(file=self.stream, stderr=False, highlight=False, force_terminal=force_terminal)
+        if not self.console.is_terminal:
+            # a pipe, a log file, CI: no width to fit, so 80 columns (or COLUMNS) would cut task names short
+            width = max(LOG_WIDTH, int(os.environ.get("COLUMNS", "0")) if os.environ.get("COLUMNS", "").isdigit() else 0)
+            self.console = Console(file=self.stream, stderr=False, highlight=False, width=width)
         if mode == "rich" and not self.console.is_terminal:
-            self.mode = "plain"      # a pipe, a log file, CI: lines, not a live bar cut to "58… 0:0…"
+            self.mode = "plain"      # lines, not a live bar cut to "58… 0:0…"
         self.last_line = time.monotonic()
         self.progress: Progress | None = None
         self.bar = None
@@ -188,7 +195,8 @@ class CampaignView:
                   + (f" ({escape(result.stop_reason)})" if result.stop_reason else ""))
         for col, just in (("task", "left"), ("status", "left"), ("attempts", "right"), ("speedup", "right"),
                           ("roofline", "right"), ("plan", "left")):
-            t.add_column(col, justify=just)
+            t.add_column(col, justify=just, no_wrap=col == "task",        # a task's name is never cut
+                         min_width=max([len(r["name"]) for r in result.tasks] + [4]) if col == "task" else None)
         for r in result.tasks:
             style = {"verified": "green", "failed": "red"}.get(r["status"], "yellow")
             flag = " !" if r["name"] in stats["outliers"] else ""

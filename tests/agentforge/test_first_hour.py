@@ -25,7 +25,6 @@ from agentforge.library import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "evals" / "suite"
-TASKS = ("add", "softmax")          # two quick tasks the offline author verifies
 
 
 def _umask_022() -> None:
@@ -37,25 +36,19 @@ def _mode(p: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """A two-task campaign run the way a user runs it, with stdout a pipe (not a terminal) and
-    umask 022: the working folder, the suite as given on the command line, the run, its output."""
+def runs_home(default_campaign, tmp_path_factory) -> Path:
+    """A folder holding a copy of the README's default campaign as ``runs/suite-DATE`` (the shared
+    run itself is never changed: other test files read it)."""
     home = tmp_path_factory.mktemp("first-hour")
-    (home / "suite").mkdir()
-    for n in TASKS:
-        for ext in (".py", ".toml"):
-            if (SUITE / f"{n}{ext}").exists():
-                shutil.copy(SUITE / f"{n}{ext}", home / "suite" / f"{n}{ext}")
-    proc = subprocess.run([sys.executable, "-m", "agentforge.cli", "campaign", "suite", "--out", "run",
-                           "--workers", "1"], cwd=home, capture_output=True, text=True, preexec_fn=_umask_022)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"home": home, "run": home / "run", "out": proc.stdout}
+    shutil.copytree(default_campaign, home / "runs" / "suite-20260101-000000")
+    return home
 
 
 # ---------------------------------------------------------------------- 1. files a team can share
 
-def test_library_files_follow_the_umask_not_0600(tiny):
-    lib = tiny["run"] / "library"
+def test_library_files_follow_the_umask_not_0600(default_campaign):
+    """The README's main command, run under umask 022 (tests/conftest.py)."""
+    lib = default_campaign / "library"
     files = [p for p in lib.rglob("*") if p.is_file() and p.name != ".lock"]
     assert (lib / "manifest.json") in files
     assert any("kernels" in p.parts for p in files) and any("tasks" in p.parts for p in files)
@@ -63,13 +56,13 @@ def test_library_files_follow_the_umask_not_0600(tiny):
         {str(p.relative_to(lib)): oct(0o644) for p in files}
 
 
-def test_the_review_report_follows_the_umask_and_says_what_it_is_doing(tiny, tmp_path):
+def test_the_review_report_follows_the_umask_and_says_what_it_is_doing(default_campaign, tmp_path):
     out = tmp_path / "report.html"
-    proc = subprocess.run([sys.executable, "-m", "agentforge.cli", "review", str(tiny["run"]), "-o", str(out)],
-                          capture_output=True, text=True, preexec_fn=_umask_022)
+    proc = subprocess.run([sys.executable, "-m", "agentforge.cli", "review", str(default_campaign), "-o", str(out),
+                           "--no-timing"], capture_output=True, text=True, preexec_fn=_umask_022)
     assert proc.returncode == 0, proc.stderr
     assert _mode(out) == 0o644
-    assert "review: reading" in proc.stderr and "re-timing" in proc.stderr    # said before the long part
+    assert proc.stderr.startswith(f"review: reading {default_campaign}")     # said before the long part
     html = out.read_text()
     assert "geometric mean" in html and "fast_1: verified and faster than the op-by-op baseline" in html
 
@@ -85,36 +78,38 @@ def test_atomic_writes_follow_a_stricter_umask_too(tmp_path):
 
 # ---------------------------------------------------------------------- 2. resume, same command
 
-def test_resume_with_the_same_suite_argument_is_accepted(tiny, monkeypatch, capsys):
-    home = tiny["home"]
-    monkeypatch.chdir(home)
-    (home / "suite-link").symlink_to(home / "suite")
-    for spelling in ("suite", str(home / "suite"), "suite-link", "./suite/"):
-        assert main(["campaign", spelling, "--out", "run", "--resume", "--quiet"]) == 0, capsys.readouterr().err
+def test_resume_with_the_same_suite_argument_is_accepted(runs_home, monkeypatch, capsys):
+    run = runs_home / "runs" / "suite-20260101-000000"
+    (runs_home / "suite-link").symlink_to(SUITE)
+    monkeypatch.chdir(ROOT)
+    for spelling in ("evals/suite", str(SUITE), str(runs_home / "suite-link"), "./evals/suite/"):
+        assert main(["campaign", spelling, "--out", str(run), "--resume", "--quiet"]) == 0, capsys.readouterr().err
     # the other fixed settings too, when given with the run's own values
-    assert main(["campaign", "suite", "--out", "run", "--resume", "--quiet", "--llm", "offline", "--machine",
-                 "sn40l", "--attempts", "4"]) == 0, capsys.readouterr().err
+    assert main(["campaign", "evals/suite", "--out", str(run), "--resume", "--quiet", "--llm", "offline",
+                 "--machine", "sn40l", "--attempts", "4"]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
-    assert "verified 2/2" in out
+    from agentforge.tasks import load_suite
+
+    assert re.search(rf"^verified \d+/{len(load_suite(SUITE))}  fast_1 ", out, re.M), out[-2000:]
 
 
-def test_resume_with_another_suite_is_still_refused_saying_what_differs(tiny, monkeypatch, capsys, tmp_path):
-    monkeypatch.chdir(tiny["home"])
+def test_resume_with_another_suite_is_still_refused_saying_what_differs(runs_home, monkeypatch, capsys, tmp_path):
+    run = runs_home / "runs" / "suite-20260101-000000"
     other = tmp_path / "other"
-    shutil.copytree(tiny["home"] / "suite", other)      # the same tasks in another folder: another suite
-    assert main(["campaign", str(other), "--out", "run", "--resume", "--quiet"]) == 2
+    other.mkdir()
+    for f in ("add.py", "add.toml"):
+        shutil.copy(SUITE / f, other / f)
+    assert main(["campaign", str(other), "--out", str(run), "--resume", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "SUITE cannot change" in err and str(other) in err and "Traceback" not in err
-    assert main(["campaign", "suite", "--out", "run", "--resume", "--tasks", "add"]) == 2
+    assert "SUITE cannot change" in err and str(other) in err and str(SUITE) in err and "Traceback" not in err
+    assert main(["campaign", "--out", str(run), "--resume", "--tasks", "add"]) == 2
     assert "--tasks cannot change" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- 3. show without --run
 
-def test_show_without_run_reads_the_latest_run_as_resume_finds_it(tiny, tmp_path, monkeypatch, capsys):
-    (tmp_path / "runs").mkdir()
-    shutil.copytree(tiny["run"], tmp_path / "runs" / "suite-20260101-000000")
-    monkeypatch.chdir(tmp_path)
+def test_show_without_run_reads_the_latest_run_as_resume_finds_it(runs_home, monkeypatch, capsys):
+    monkeypatch.chdir(runs_home)
     assert main(["show", "softmax", "--no-timing", "--no-color", "--width", "120"]) == 0
     got = capsys.readouterr()
     assert "softmax" in got.out and "runs/suite-20260101-000000" in got.err
@@ -129,14 +124,20 @@ def test_show_with_no_run_anywhere_says_how_to_get_one(tmp_path, monkeypatch, ca
 
 # ---------------------------------------------------------------------- 4. progress without a terminal
 
-def test_a_piped_campaign_prints_a_plain_line_per_finished_task(tiny):
-    lines = tiny["out"].splitlines()
-    done = [ln for ln in lines if re.match(r"\[\d/2\] ", ln)]
-    assert [ln.split(" ")[0] for ln in done] == ["[1/2]", "[2/2]"]
-    assert sorted(ln.split()[1].rstrip(":") for ln in done) == sorted(TASKS)
+def test_a_piped_campaign_prints_a_plain_line_per_finished_task(default_campaign):
+    """The README's main command with stdout a pipe (tests/conftest.py)."""
+    from agentforge.tasks import load_suite
+
+    out = (default_campaign / "done").read_text()
+    n = len(load_suite(SUITE))
+    done = [ln for ln in out.splitlines() if re.match(r"\[ *\d+/\d+\] \S+: (verified|FAILED)", ln)]
+    assert [int(ln[1:].split("/")[0]) for ln in done] == list(range(1, n + 1))
+    assert {ln.split("] ", 1)[1].split(":")[0] for ln in done} == {t.name for t in load_suite(SUITE)}
     for ln in done:
-        assert re.search(r": verified, [\d.]+x, roofline \d+%  \(\d verified, 0 failed, \d+s\)$", ln), ln
-    assert "…" not in tiny["out"] and "━" not in "".join(done)      # no live bar cut short
+        assert re.search(r": (verified, [\d.]+x, roofline \d+%(, plan cache hit)?|FAILED: .+)  "
+                         r"\(\d+ verified, \d+ failed, \d+s\)$", ln), ln
+    assert "…" not in out and "━" not in "".join(done)      # no live bar cut short
+    assert "geometric mean of" in out and "fast_1: the share of all tasks" in out
 
 
 def test_a_rich_view_turns_plain_when_its_output_is_not_a_terminal():
@@ -186,8 +187,9 @@ def test_the_summary_explains_fast_p_shows_roofline_beside_speedup_and_flags_out
                 "plan_source": "planner"}
 
     tasks = [row("add", "verified", 2.0, 0.5), row("gelu", "verified", 3.0, 0.4), row("silu", "verified", 2.5, 0.7),
-             row("rope_gptj", "verified", 931.0, 0.9), row("attention", "failed", None, None)]
-    totals = {"tasks": 5, "verified": 4, "fast_1": 0.8, "fast_2": 0.8, "llm_calls": 0, "tokens": 0, "cost": 0.0,
+             row("rope_gptj", "verified", 931.0, 0.9), row("attention", "failed", None, None),
+             row("cross_entropy_onehot_of_a_long_name", "failed", None, None)]
+    totals = {"tasks": 6, "verified": 4, "fast_1": 0.8, "fast_2": 0.8, "llm_calls": 0, "tokens": 0, "cost": 0.0,
               "plan_cache_hit_rate": 0.0}
     out = io.StringIO()
     CampaignView("plain", out).summary(CampaignResult(Path("run"), "r1", "finished", None, totals, tasks, 3.0,
@@ -198,6 +200,7 @@ def test_the_summary_explains_fast_p_shows_roofline_beside_speedup_and_flags_out
     assert re.search(r"speedup [\d.]+x \(geometric mean of 4\)", text)
     assert re.search(r"rope_gptj .*931\.00x !\s+│\s+90%", text)          # the roofline right beside it
     assert re.search(r"outlier .*rope_gptj 931x; geometric mean without it 2\.47x", text)
+    assert "cross_entropy_onehot_of_a_long_name" in text and "…" not in text     # written to a pipe: nothing cut
 
 
 # ---------------------------------------------------------------------- 6. one error format
