@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from agentforge.baseline import capture_at
+from agentforge.tasks import load_task
+from agentforge.verify import VerifyConfig, targeted_distributions
+
 ROOT = Path(__file__).resolve().parents[2]
 SOFTMAX = ROOT / "evals" / "suite" / "softmax.py"
 CONTROL = ROOT / "evals" / "adversarial" / "controls" / "softmax__online.asp"
@@ -45,7 +49,17 @@ def test_eval_control_verifies_with_json():
     assert d["simulated_seconds"] > 0 and d["baseline_seconds"] > 0 and d["hbm_bytes"] > 0
     assert d["speedup"] == pytest.approx(d["baseline_seconds"] / d["simulated_seconds"])
     assert 0 < d["roofline_fraction"] <= 1
-    assert len(d["checks"]) == 7 and d["machine"] == "sn40l"  # 2 size sets x 3 seeds + "large" inputs
+    assert d["machine"] == "sn40l"
+    # the documented schedule (docs/evaluation.md section 2): every check size set x every seed, then one
+    # check per extra distribution at the first set: the task's own ("large") and those aimed at its op
+    # classes (softmax: last_max, offset, zeros), each with the next seed
+    task, cfg = load_task(SOFTMAX), VerifyConfig()
+    sets = list({json.dumps(c["sizes"], sort_keys=True): c["sizes"] for c in d["checks"]}.values())
+    assert len(sets) == cfg.size_sets and all(s != task.sizes for s in sets), sets
+    planned = cfg.checks(task, sets, targeted_distributions(capture_at(task, meta=True)))
+    assert [(c["sizes"], c["seed"], c["distribution"]) for c in d["checks"]] == planned
+    assert {"large", "last_max", "offset", "zeros"} <= {c["distribution"] for c in d["checks"]}
+    assert all(c["passed"] for c in d["checks"])
 
 
 def test_eval_adversarial_is_rejected_with_the_reason():
