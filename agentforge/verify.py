@@ -615,7 +615,11 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
             return _cost(_elements(g), got)
         return _cost(_elements(g), got) if covers(timed, got, cfg.min_tiles) is None else None
 
-    ck = (str(task.path), hash(task.source), key, cfg.machine, cfg.size_sets, cfg.check_elements, cfg.min_tiles)
+    # the task's own sizes and sidecar sets belong to the key: a task replaced with other sets (a test
+    # library, a caller checking other sizes) must not be given the sets found for the original
+    ck = (str(task.path), hash(task.source), json.dumps(task.sizes, sort_keys=True),
+          json.dumps(task.resolved_size_sets(), sort_keys=True), key, cfg.machine, cfg.size_sets,
+          cfg.check_elements, cfg.min_tiles)
     if ck in _SETS_CACHE:
         return [dict(s) for s in _SETS_CACHE[ck]]
     if isinstance(cand, KernelCandidate):  # a kernel binds on shapes alone: search on predicted shapes
