@@ -28,7 +28,8 @@ GROUPS = {
 }
 BENCHMARK_GROUPS = {"attention", "gemm", "bmm", "norm", "rope", "moe_index", "moe_expert", "moe"}
 LEVELS = {1, 2, 3}
-TOP_LEVEL_KEYS = {"task", "tolerance", "sizes"}
+TOP_LEVEL_KEYS = {"task", "tolerance", "sizes", "roofline"}
+ROOFLINE_KEYS = {"active_fraction"}
 TASK_KEYS = {"group", "level", "description"}
 OPTIONAL_TASK_KEYS = {"distributions"}
 TOLERANCE_KEYS = {"atol", "rtol"}
@@ -183,6 +184,12 @@ def test_sidecar(name: str):
     assert task["group"] in GROUPS
     assert type(task["level"]) is int and task["level"] in LEVELS
     assert isinstance(task["description"], str) and task["description"].strip()
+    roofline = meta.get("roofline", {})
+    assert set(roofline) <= ROOFLINE_KEYS, f"{name}: [roofline] keys {set(roofline) - ROOFLINE_KEYS}"
+    if "active_fraction" in roofline:
+        k, _, size = roofline["active_fraction"].partition("/")
+        assert k.isdigit() and int(k) > 0 and size in _module_sizes(ast.parse(_source(name))), \
+            f"{name}: active_fraction must be 'K/SIZE' with SIZE a module-level size"
     tol = meta.get("tolerance", {})
     assert set(tol) <= TOLERANCE_KEYS
     for k, v in tol.items():
