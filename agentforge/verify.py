@@ -971,11 +971,29 @@ def profile_summary(rep: asp_lang.Report) -> dict:
 
 
 def _out_of_memory(e: BaseException | None) -> bool:
-    """Whether ``e`` was caused by a MemoryError (followed through ``raise ... from``/context)."""
+    """Whether ``e`` was caused by a MemoryError (followed through ``raise ... from``/context).
+
+    Under the sandbox's address-space cap a C extension (torch.export's tracer among them) whose
+    allocation fails may return NULL without setting an exception; CPython then raises
+    ``SystemError: error return without exception set``. With a cap in force that is a failed
+    allocation, so it counts as memory; without a cap it stays a task error."""
+    capped = _address_space_capped()
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, MemoryError):
             return True
+        if capped and isinstance(e, SystemError) and "without exception set" in str(e):
+            return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
+
+
+def _address_space_capped() -> bool:
+    """Whether this process runs under an RLIMIT_AS cap (the sandbox's memory cap)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX: no cap can be in force
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -200,3 +202,26 @@ def test_a_worker_answer_is_json_never_unpickled(tmp_path):
     assert not (tmp_path / "ran").exists()
     with pytest.raises(EOFError, match="more than"):
         _recv_json(io.BytesIO(_HEADER.pack(MAX_REPLY_BYTES + 1)))
+
+
+def test_an_allocation_failing_inside_c_code_under_the_cap_is_a_memory_result():
+    """torch.export's tracer, out of memory under RLIMIT_AS, may return NULL with no exception
+    set (CPython's SystemError); under a cap that is memory, without one it stays a task error."""
+    probe = (
+        "import resource, sys\n"
+        "from agentforge.verify import _out_of_memory\n"
+        "from agentforge.errors import TaskError\n"
+        "def wrapped():\n"
+        "    try:\n"
+        "        raise SystemError('error return without exception set')\n"
+        "    except SystemError as e:\n"
+        "        try:\n"
+        "            raise TaskError('task.py', 'torch.export could not capture') from e\n"
+        "        except TaskError as t:\n"
+        "            return t\n"
+        "before = _out_of_memory(wrapped())\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (64 << 30, resource.RLIM_INFINITY))\n"
+        "print(before, _out_of_memory(wrapped()), _out_of_memory(SystemError('other')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "False"]
