@@ -206,8 +206,11 @@ class Baseline:
             rep, par = self._fastest(step)
             cycles += rep.cycles
             hbm += rep.hbm_bytes
+            op_roof = op_roofline_seconds(self.graph, step, self.machine)
             rows.append({"node": step.node, "target": step.target, "seconds": rep.seconds,
                          "hbm_bytes": rep.hbm_bytes, "roofline_fraction": rep.roofline_fraction,
+                         "op_roofline_seconds": op_roof, "op_roofline_fraction": op_roof / rep.seconds,
+                         "op_bound_fraction": min(1.0, (op_roof + kernel_latency_seconds(self.machine)) / rep.seconds),
                          "bottleneck": rep.bottleneck, "par": par})
         reconf = max(0, len(rows) - 1)
         cycles += reconf * self.machine.reconfig.cycles
@@ -242,6 +245,43 @@ class Baseline:
     def sources(self) -> dict[str, str]:
         """ASP text of every kernel, by node name (what `agentforge baseline -o DIR` writes)."""
         return {k.node: k.source for k in self.kernels}
+
+
+#: bytes of one element as ASP stores it (64-bit integers are kept as i32, docs/asp.md)
+_ASP_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i64": 4, "i32": 4, "bool": 1}
+
+
+def op_roofline_seconds(graph: AtenGraph, step: OpKernel, machine: Machine) -> float:
+    """The fastest any kernel for this one op can run on ``machine``: its operands read once and
+    its results written once at full HBM bandwidth, or its FLOPs at the best peak its dtypes
+    allow, whichever is longer.
+
+    This is the yardstick's own yardstick: the op-by-op baseline should be what a competent
+    instruction-driven accelerator does (every op its own kernel, each near this bound), so a
+    kernel far below it is a bad lowering, not a property of running op by op. Unlike
+    ``Report.roofline_fraction`` it does not count the kernel's own (possibly wasted) work."""
+    from .capture import node_flops
+
+    specs = dict(graph._spec_table)
+    for n in graph.nodes:
+        for o in n.outs:
+            specs.setdefault(o.name, o)
+    names = list(dict.fromkeys(step.inputs)) + list(dict.fromkeys(step.outputs))
+    nbytes = sum(specs[n].numel * _ASP_BYTES.get(specs[n].dtype, 4) for n in names)
+    node = graph.node(step.node)
+    operands = [specs[r.name] for r in node.refs()]
+    flops = float(node_flops(node, operands))
+    dtypes = {specs[n].dtype for n in names}
+    peak = max(machine.peak_tflops("bf16" if d in ("bf16", "f16") else "f32") for d in dtypes or {"f32"})
+    return max(nbytes / (machine.hbm.bandwidth_gbs * 1e9), flops / (peak * 1e12))
+
+
+def kernel_latency_seconds(machine: Machine) -> float:
+    """The least time any kernel that reads HBM and writes HBM takes beyond its roofline: its
+    first read's latency and its last write's (nothing overlaps them within one kernel). A tiny
+    op (a [tokens, 1] rsqrt) is bound by this, not by its bytes; the audit judges a kernel
+    against roofline + this, so it flags bad lowerings, not small tensors."""
+    return 2 * machine.latency_cycles("hbm") / (machine.clock_ghz * 1e9)
 
 
 PAR_COMPUTE = (4, 16, 64, 256)

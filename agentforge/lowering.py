@@ -758,17 +758,21 @@ def _block(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 
 def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_len: int,
-                  body: Callable[[list[str]], str], lets=(), extra=None) -> OpKernel:
-    """View every operand as [A, S_i, C] and process [S_i, TC] blocks, one per tile.
+                  body: Callable[[int, list[str]], str], lets=(), extra=None) -> OpKernel:
+    """View every operand as [A, S_i, C] and process [TA, S_i, TC] blocks, one per tile.
 
-    The op works along the S axis only, so C can be cut into chunks of TC freely.
-    """
+    The op works along the S axis only, so A and C can be cut into chunks of TA and TC freely;
+    a tile holds up to TILE_CAP elements of the longest operand, so a cat or slice along a short
+    axis (the pairs of an interleaved RoPE) streams a few large tiles, not millions of 2-element
+    ones. ``body(axis, params)`` gets the axis S has in the tile (0 when TA is 1 and dropped)."""
     out = node.outs[0]
     A, _, C = _block(graph.spec(refs[0]).shape, dim)
     longest = max([out_len] + [_block(graph.spec(r).shape, dim)[1] for r in refs])
     tc = divisor_at_most(C, max(1, TILE_CAP // longest))
     if longest * tc > BLOCK_CAP:
         raise UnsupportedOpError(f"not supported: {node.target} along a dimension of {longest} elements")
+    ta = divisor_at_most(A, max(1, TILE_CAP // (longest * tc)))
+    axis = 0 if ta == 1 else 1
     kb = KernelBuilder(_kname(node))
     streams, params, inputs, views = [], [], [], []
     for i, r in enumerate(refs):
@@ -777,12 +781,12 @@ def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_le
         if a_ != A or c_ != C:
             raise UnsupportedOpError(f"not supported: {node.target} with operands of different outer sizes")
         p = kb.param(_dt(spec), (A, s_, c_))
-        (s,) = kb.op(f"load({p}, tile={_list([1, s_, tc])}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={_list([ta, s_, tc])}, par=4)")
         streams.append(s)
         params.append(f"x{i}")
         inputs.append(spec.name)
         views.append((A, s_, c_))
-    f = kb.fn(params, body(params), list(lets))
+    f = kb.fn(params, body(axis, params), list(lets))
     (r,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
     view = (A, out_len, C)
     o = kb.result(_dt(out), view)
@@ -799,10 +803,10 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         dim = (a[1] if len(a) > 1 else node.kwargs.get("dim", 0)) % rank
         total = sum(graph.spec(r).shape[dim] for r in refs)
 
-        def body(ps):
+        def body(ax, ps):
             e = ps[0]
             for p in ps[1:]:
-                e = f"concat({e}, {p}, axis=0)"
+                e = f"concat({e}, {p}, axis={ax})"
             return e
         return _block_kernel(node, graph, refs, dim, total, body)
     x = graph.spec(a[0])
@@ -819,24 +823,24 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         if length == 0:
             raise UnsupportedOpError(f"not supported: {node.target} producing an empty tensor")
         return _block_kernel(node, graph, [a[0]], dim, length,
-                             lambda ps: f"slice({ps[0]}, axis=0, start={start}, stop={end}, step={step})")
+                             lambda ax, ps: f"slice({ps[0]}, axis={ax}, start={start}, stop={end}, step={step})")
     if kind == "select":
         dim = a[1] % rank
         idx = a[2] % x.shape[dim]
         return _block_kernel(node, graph, [a[0]], dim, 1,
-                             lambda ps: f"slice({ps[0]}, axis=0, start={idx}, stop={idx + 1})")
+                             lambda ax, ps: f"slice({ps[0]}, axis={ax}, start={idx}, stop={idx + 1})")
     if kind == "flip":
         dims = [d % rank for d in a[1]]
         if len(dims) != 1:
             raise UnsupportedOpError(f"not supported: {node.target} over several dims {dims}")
-        return _block_kernel(node, graph, [a[0]], dims[0], x.shape[dims[0]], lambda ps: f"flip({ps[0]}, axis=0)")
+        return _block_kernel(node, graph, [a[0]], dims[0], x.shape[dims[0]], lambda ax, ps: f"flip({ps[0]}, axis={ax})")
     if kind == "cumsum":
         dim = a[1] % rank
         odt = _dt(node.outs[0])
 
-        def body(ps):
+        def body(ax, ps):
             v = ps[0] if _dt(x) == odt else f"cast({ps[0]}, {odt})"
-            return f"cumsum({v}, axis=0)"
+            return f"cumsum({v}, axis={ax})"
         return _block_kernel(node, graph, [a[0]], dim, x.shape[dim], body)
     if kind in ("gather", "index_select", "scatter"):
         dim = a[1] % rank
@@ -847,12 +851,12 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         if (ia, ic) != (A, C):
             raise UnsupportedOpError(f"not supported: {node.target} with an index smaller than the input off dim {dim}")
         if kind == "gather":
-            return _block_kernel(node, graph, [a[0], idx], dim, isz, lambda ps: f"take({ps[0]}, {ps[1]}, axis=0)")
+            return _block_kernel(node, graph, [a[0], idx], dim, isz, lambda ax, ps: f"take({ps[0]}, {ps[1]}, axis={ax})")
         src = a[3] if len(a) > 3 else node.kwargs.get("src", node.kwargs.get("value"))
         if isinstance(src, Ref):
             return _block_kernel(node, graph, [a[0], idx, src], dim, S,
-                                 lambda ps: f"put({ps[0]}, {ps[1]}, {ps[2]}, axis=0)")
-        return _block_kernel(node, graph, [a[0], idx], dim, S, lambda ps: f"put({ps[0]}, {ps[1]}, {_lit(src)}, axis=0)")
+                                 lambda ax, ps: f"put({ps[0]}, {ps[1]}, {ps[2]}, axis={ax})")
+        return _block_kernel(node, graph, [a[0], idx], dim, S, lambda ax, ps: f"put({ps[0]}, {ps[1]}, {_lit(src)}, axis={ax})")
     raise UnsupportedOpError(f"not supported: {node.target}")
 
 
