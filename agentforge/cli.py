@@ -243,6 +243,35 @@ def cmd_cache(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    """Whole-model decode and prefill estimate on a node of sockets (docs/multisocket.md)."""
+    from asp_lang.node import node_for
+
+    from .estimate import estimate
+
+    node = node_for(args.machine, args.sockets)
+    r = estimate(args.model, node, args.sockets, batch=args.batch, prompt_tokens=args.prompt_tokens,
+                 weight_dtype=args.weight_dtype, spec_accept=args.spec_accept, reconfig=args.reconfig)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    pl = r["per_layer"]
+    print(f"{r['model']} ({r['params'] / 1e9:.1f} B params) on {r['sockets']} x {r['socket']} ({r['machine']}), "
+          f"batch {r['batch']}, prompt {r['prompt_tokens']}, weights {r['weight_dtype']}, "
+          f"spec-accept {r['spec_accept']:g}")
+    print(f"  decode: {r['decode_tokens_per_s_per_user']:.1f} tokens/s per user "
+          f"({r['fraction_of_bound']:.0%} of the {r['weight_dtype']} weight-streaming bound "
+          f"{r['weight_streaming_bound_dtype']:.1f}; bf16 bound {r['weight_streaming_bound_bf16']:.1f})")
+    print(f"  time to first token: {r['ttft_seconds'] * 1e3:.2f} ms")
+    print(f"  per layer: decode {pl['decode_s'] * 1e6:.1f} us (attention {pl['decode_attention_s'] * 1e6:.1f}, "
+          f"mlp {pl['decode_mlp_s'] * 1e6:.1f}, all-reduce {pl['decode_all_reduce_s'] * 1e6:.1f}); "
+          f"prefill {pl['prefill_s'] * 1e3:.3f} ms")
+    if not r["hbm_fits"]:
+        print(f"  weights + KV cache exceed a socket's HBM by {r['hbm_overflow_bytes_per_socket'] / 2**30:.1f} GiB: "
+              f"that part is read from DDR")
+    return 0
+
+
 def cmd_campaign(args) -> int:
     from .campaign import load_config, run_campaign
     from .campaign.console import CampaignView
@@ -439,6 +468,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the statistics as JSON (hits, exact_hits, class_hits: "
                                                        "structural, false_hits, misses, planner_calls_saved, ...)")
     p.set_defaults(func=cmd_cache)
+    p = sub.add_parser("estimate", help="whole-model decode tokens/s per user and time to first token on N sockets "
+                                        "(docs/multisocket.md)")
+    p.add_argument("model", help="a Hugging Face-style config.json, or a bundled model: llama-3.1-8b, llama-3.1-70b, "
+                                 "llama-3.1-405b, llama-2-7b")
+    p.add_argument("--machine", default="sn40l", help="a node preset (sn40l-node8, sn40l-node16), a node TOML file, "
+                                                     "or a socket preset (sn40l: its node presets)")
+    p.add_argument("--sockets", type=int, help="sockets to shard over (default: all of the node)")
+    p.add_argument("--batch", type=int, default=1, help="users decoding at once")
+    p.add_argument("--prompt-tokens", type=int, default=1024, help="prompt length (prefill; decode context)")
+    p.add_argument("--weight-dtype", choices=("bf16", "fp8", "int8"), default="bf16")
+    p.add_argument("--spec-accept", type=float, default=1.0,
+                   help="speculative decoding: tokens kept per target step (1 = none)")
+    p.add_argument("--reconfig", choices=("resident", "chain"), default="resident",
+                   help="resident: a layer's kernels stay configured (default); chain: reconfigure between kernels")
+    p.add_argument("--json", action="store_true", help="print the estimate as JSON")
+    p.set_defaults(func=cmd_estimate)
     return ap
 
 

@@ -352,3 +352,31 @@ def load_node(name_or_path: str | Path) -> Node:
     except MachineError as e:
         e.span = _node_error_span(text, e.message) or e.span
         raise e.located(where, text) from None
+
+
+def node_for(machine: str | Path, sockets: int | None = None) -> Node:
+    """The node to run on from what a user names: a node preset or file (``sn40l-node16``), or a
+    single-socket machine preset (``sn40l``), which means the smallest of its node presets
+    (``sn40l-node*``) with at least ``sockets`` sockets, links as that preset sets them.
+    With ``sockets``, the node is cut to that many sockets."""
+    s = str(machine)
+    if s in node_presets() or (s.endswith(".toml") and Path(s).is_file() and "sockets" in tomllib.loads(Path(s).read_text())):
+        node = load_node(s)
+    else:
+        fitting = []
+        for name in node_presets():
+            n = load_node(name)
+            if n.socket.name == s or name.startswith(f"{s}-node"):
+                fitting.append(n)
+        if not fitting:
+            raise MachineError(f"no node preset for machine '{s}' (node presets: {', '.join(node_presets())}; "
+                               f"or write a node TOML file, docs/multisocket.md)", filename=s)
+        fitting.sort(key=lambda n: n.sockets)
+        want = sockets or fitting[-1].sockets
+        node = next((n for n in fitting if n.sockets >= want), fitting[-1])
+    if sockets is None:
+        return node
+    if not isinstance(sockets, int) or not 1 <= sockets <= node.sockets:
+        raise MachineError(f"{node.name} has {node.sockets} sockets; --sockets {sockets} is not 1..{node.sockets}",
+                           filename=s)
+    return node.with_sockets(sockets)
