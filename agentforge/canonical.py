@@ -7,8 +7,8 @@ models, and both are harmless to normalise away:
 
 - **operand order of commutative ops**: HF's RMSNorm computes ``weight * x`` where a task
   writes ``x * weight``. :func:`order_operands` puts the operands of ``add``/``mul`` in one
-  order (higher rank first, then computed values before inputs before weights; ties keep the
-  written order), applied to both graphs before matching.
+  order (higher rank first, then activations before weights; ties keep the written order),
+  applied to both graphs before matching.
 - **leading dimensions**: a linear on ``[B, S, H]`` lowers to ``view -> mm -> view``, an
   elementwise op then runs on ``[B, S, N]``; the same block as a task on ``[T, H]`` has no
   views. A *row view* (:func:`is_row_view`: a view that keeps the last dimension and only merges
@@ -41,18 +41,34 @@ COMMUTATIVE = frozenset({"aten.add.Tensor", "aten.mul.Tensor", "aten.maximum.def
                          "aten.bitwise_and.Tensor", "aten.bitwise_or.Tensor"})
 
 
-def _origin_rank(g: AtenGraph) -> dict[str, int]:
-    inputs = {s.name for s in g.inputs}
-    params = {s.name for s in g.params}
-    return {**{n: 1 for n in inputs}, **{n: 2 for n in params}}
+def _weight_names(g: AtenGraph, weights: set[str] | frozenset[str] | None) -> set[str]:
+    return {s.name for s in g.params} | set(weights or ())
 
 
-def order_operands(g: AtenGraph) -> AtenGraph:
+def order_operands(g: AtenGraph, weights: set[str] | frozenset[str] | None = None) -> AtenGraph:
     """``g`` with the two tensor operands of each commutative op in canonical order: the operand
-    of higher rank first, then a computed value before a graph input before a parameter; a tie
-    keeps the order written (so a match is never invented, only ``w * x`` found as ``x * w``)."""
-    origin = _origin_rank(g)
+    of higher rank first, then an activation before a weight (a param, or a graph input named in
+    ``weights``: what the model's parameters are when dynamo passes them as inputs); each operand
+    is classified through the copies and row views it is seen through. A tie keeps the order
+    written (so a match is never invented, only ``w * x`` found as ``x * w``).
+
+    Whether an activation is a graph input or computed does not count: a region of a model
+    written as a task takes as inputs the values the model computes, so that distinction would
+    order the two graphs differently."""
+    heavy = _weight_names(g, weights)
     specs = g._spec_table
+    by_name = {n.name: n for n in g.nodes}
+
+    def resolve(name: str) -> str:
+        seen = 0
+        while name in by_name and seen < 64:
+            n = by_name[name]
+            if not ((n.kind in ("clone", "alias", "detach") and len(n.refs()) == 1) or is_row_view(n, specs)):
+                break
+            name = n.refs()[0].name
+            seen += 1
+        return name
+
     nodes = []
     changed = False
     for n in g.nodes:
@@ -62,7 +78,7 @@ def order_operands(g: AtenGraph) -> AtenGraph:
 
             def key(r: Ref) -> tuple[int, int]:
                 s = specs.get(r.name)
-                return (-(s.rank if s else 0), origin.get(r.name, 0))
+                return (-(s.rank if s else 0), 1 if resolve(r.name) in heavy else 0)
 
             if key(b) < key(a):
                 n = AtenNode(n.name, n.target, (b, a, *n.args[2:]), n.kwargs, n.out)
@@ -73,10 +89,11 @@ def order_operands(g: AtenGraph) -> AtenGraph:
     return AtenGraph(g.inputs, g.params, nodes, g.outputs, g.param_values, g.param_targets)
 
 
-def canonical_graph(g: AtenGraph) -> AtenGraph:
+def canonical_graph(g: AtenGraph, weights: set[str] | frozenset[str] | None = None) -> AtenGraph:
     """The graph the matcher walks: operands of commutative ops ordered (row views stay in the
-    graph; the matcher looks through them, see :func:`is_row_view`)."""
-    return order_operands(g)
+    graph; the matcher looks through them, see :func:`is_row_view`). ``weights``: graph inputs
+    that are the model's parameters (see :func:`order_operands`)."""
+    return order_operands(g, weights)
 
 
 def is_row_view(n: AtenNode, specs: dict[str, TensorSpec]) -> bool:

@@ -276,6 +276,11 @@ def cmd_campaign(args) -> int:
     from .campaign import load_config, run_campaign
     from .campaign.console import CampaignView
 
+    if args.from_model:     # the model's own regions as a suite (agentforge/torch/from_model.py)
+        from .torch.from_model import cmd_campaign_from_model
+
+        return cmd_campaign_from_model(args)
+
     # --resume with the command first run: the run's fixed settings may be repeated, not changed
     expect = {"SUITE": args.suite, "--llm": args.llm, "--model": args.model, "--base-url": args.base_url,
               "--machine": args.machine, "--attempts": args.attempts, "--tasks": args.tasks} if args.resume else None
@@ -441,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="only these tasks (comma-separated names)")
     p.add_argument("--task-timeout", type=float, help="seconds before a task is killed (default 900)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after a crash, kill or budget")
+    p.add_argument("--from-model", metavar="SPEC", help="tasks from a model instead of a suite: path/to/file.py:factory "
+                                                       "or a Hugging Face config.json (docs/pytorch.md)")
+    p.add_argument("--batch", type=int, help="--from-model: sequences per forward (default 1)")
+    p.add_argument("--prompt-tokens", help="--from-model: prompt lengths to capture, e.g. 16,64 (default 16)")
+    p.add_argument("--max-new-tokens", type=int, help="--from-model: tokens generated after the prompt")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="only the summary")
     mode.add_argument("--jsonl", action="store_true", help="every event as a JSON line on stdout")

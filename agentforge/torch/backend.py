@@ -280,13 +280,13 @@ class _Compiled:
 
     def _plan(self, spec: Specialization, args: Sequence[Any]) -> None:
         try:
-            from agentforge.torch.match import export_graph, plan_offload
+            from agentforge.torch.match import export_graph, plan_offload, weight_inputs
 
             tl = get_library(self.cfg)
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             fn = self.gm if len(tensors) == len(args) else _Bound(self.gm, args)
             ep, graph = export_graph(fn, tensors, "compiled graph")
-            spec.plan = plan_offload(tl, ep, graph)
+            spec.plan = plan_offload(tl, ep, graph, weight_inputs(ep, tensors))
         except Exception as e:  # noqa: BLE001 - anything: the model must keep working
             self._fail(spec, "planning the offload", e)
             return

@@ -136,16 +136,27 @@ class OffloadPlan:
                 env.update(unit.call([env[a] for a in unit.args]))
                 continue
             n = unit
-            if n.op == "placeholder":
-                continue
-            if n.op == "output":
-                continue
+            if n.op in ("placeholder", "output") or _is_assertion(n):
+                continue    # runtime assertions (aten._assert_tensor_metadata) check values a region may hold
             a = torch.fx.node.map_arg(n.args, lambda x: env[x.name])
             k = torch.fx.node.map_arg(n.kwargs, lambda x: env[x.name])
             env[n.name] = n.target(*a, **k)
         out_node = next(n for n in ep.graph.nodes if n.op == "output")
         flat = [env[x.name] if isinstance(x, torch.fx.Node) else x for x in out_node.args[0]]
         return torch.utils._pytree.tree_unflatten(flat, ep.call_spec.out_spec)
+
+
+def _is_assertion(n: torch.fx.Node) -> bool:
+    """A runtime assertion node (no data; the capture leaves it out of the AtenGraph, so the matcher
+    never saw it read a region's intermediate)."""
+    return n.op == "call_function" and not n.users and n.meta.get("val") is None
+
+
+def weight_inputs(ep: Any, tensors: Sequence[torch.Tensor]) -> set[str]:
+    """Names of ``ep``'s user inputs that are a model's parameters or buffers: an ``nn.Parameter``
+    passed in, or an input dynamo named after a module buffer (``..._buffers_...``)."""
+    names = list(ep.graph_signature.user_inputs)
+    return {n for n, t in zip(names, tensors) if isinstance(t, torch.nn.Parameter) or "_buffers_" in n}
 
 
 def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model") -> tuple[Any, AtenGraph]:
@@ -455,9 +466,11 @@ def _schedule(ep: Any, regions: list[Region]) -> list[Any] | None:
     return order if len(order) == len(units) else None
 
 
-def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph) -> OffloadPlan:
-    """Match the library's kernels in ``graph`` (exported as ``ep``) and order the result for running."""
-    G = _View(canonical_graph(graph))
+def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] | None = None) -> OffloadPlan:
+    """Match the library's kernels in ``graph`` (exported as ``ep``) and order the result for running.
+    ``weights``: graph inputs that are the model's parameters or buffers (dynamo passes them as
+    inputs), so commutative operands are ordered as in a task, where they are params."""
+    G = _View(canonical_graph(graph, weights))
     reasons: dict[str, str] = {}
     unverified: list[Unverified] = []
     structural = [c for fam, P in _patterns(tl) for c in _try_family(fam, P, G)]

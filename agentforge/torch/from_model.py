@@ -1,0 +1,457 @@
+"""From a user's model to campaign tasks: ``agentforge campaign --from-model SPEC``.
+
+Why: the library's kernels are matched in a model's graph by structure and verified problem
+(:mod:`agentforge.torch.match`). A suite written by hand covers a model only where the model
+happens to be written like a task and runs at the task's sizes; a Hugging Face model almost
+never is. So the tasks are taken from the model itself:
+
+1. the model is captured at the shapes it will serve (``--batch`` x each ``--prompt-tokens``),
+   exported and decomposed to core ATen exactly as the backend sees it (:func:`export_graph`);
+2. the graph is split into fusible regions by the offline author's partitioner
+   (:func:`agentforge.author.partition`, its public API: row, matmul, attention and MoE regions);
+3. each region becomes an ordinary task file whose ``forward`` replays the region's ATen ops
+   (``torch.ops.aten.*``) on the region's inputs and the model parameters it reads (as the
+   task's own parameters, random with the model's mean and spread); values the backend's
+   matcher looks through (copies, views that only merge or split leading dims) are resolved
+   the same way here, so a task's graph is the model's subgraph as the matcher binds it;
+4. regions with the same generated program (same ops, wiring, shapes, dtypes) are one task:
+   every layer of a model shares its tasks;
+5. the folder is an ordinary suite; the campaign solves it and the library it writes covers
+   the model (at the captured shapes).
+
+Values the author treats as constants (``arange``, masks built from positions, ...) are not
+part of any region: a region that reads one takes it as an input. Regions of views only are
+left out (they compute nothing).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import operator
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from agentforge.errors import AgentforgeError
+
+__all__ = ["ModelSpecError", "ModelTask", "load_model_spec", "serving_inputs", "model_tasks", "write_suite",
+           "from_model_suite"]
+
+_VIEW_KINDS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach"})
+
+
+class ModelSpecError(AgentforgeError):
+    """A ``--from-model`` spec that cannot be loaded (says what to fix)."""
+
+
+# ------------------------------------------------------------------ loading the model
+
+
+class _Logits(torch.nn.Module):
+    """A causal LM as a function of token ids to logits (no KV cache in the outputs), so that
+    torch.export captures the prefill forward as the backend runs it."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm(input_ids, use_cache=False).logits
+
+
+@dataclass
+class LoadedModel:
+    """A model from a spec: the module, and its example inputs when the spec gave them (a
+    factory's ``(module, inputs)``); a causal LM from a config takes token ids instead."""
+    name: str
+    module: torch.nn.Module
+    example_inputs: list[torch.Tensor] | None = None
+    vocab_size: int | None = None
+
+
+def load_model_spec(spec: str) -> LoadedModel:
+    """``path/to/file.py:factory`` (the factory returns an ``nn.Module``, or ``(module, inputs)``)
+    or a Hugging Face ``config.json`` (a causal LM with random weights, needs transformers)."""
+    torch.manual_seed(0)
+    if spec.endswith(".json"):
+        path = Path(spec)
+        if not path.is_file():
+            raise ModelSpecError(f"{spec}: no such config file\n  how to fix: pass a Hugging Face config.json, or "
+                                 f"path/to/file.py:factory")
+        try:
+            import transformers
+        except ImportError:
+            raise ModelSpecError(f"{spec}: a Hugging Face config needs transformers\n  how to fix: pip install "
+                                 f"'agentforge[hf]'") from None
+        try:
+            data = json.loads(path.read_text())
+            cfg = transformers.AutoConfig.for_model(**data) if "model_type" in data else None
+        except (ValueError, KeyError) as e:
+            raise ModelSpecError(f"{spec}: not a Hugging Face model config ({e})\n  how to fix: the file needs a "
+                                 f"'model_type' (e.g. \"llama\") and the model's sizes") from None
+        if cfg is None:
+            raise ModelSpecError(f"{spec}: no 'model_type' key\n  how to fix: add \"model_type\": \"llama\" (or the "
+                                 f"model's type) to the config")
+        model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+        return LoadedModel(path.stem if path.stem != "config" else cfg.model_type, model, None,
+                           getattr(cfg, "vocab_size", None))
+    file, sep, factory = spec.rpartition(":")
+    if not sep or not file.endswith(".py"):
+        raise ModelSpecError(f"{spec}: not a model spec\n  how to fix: pass path/to/file.py:factory (a function "
+                             f"returning an nn.Module, or (module, example inputs)) or a Hugging Face config.json")
+    path = Path(file)
+    if not path.is_file():
+        raise ModelSpecError(f"{file}: no such file (from --from-model {spec})")
+    mod_name = f"_agentforge_model_{abs(hash(str(path.resolve())))}"
+    s = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(s)
+    sys.modules[mod_name] = module
+    try:
+        s.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - the user's file
+        raise ModelSpecError(f"{file}: importing it failed: {type(e).__name__}: {e}") from None
+    fn = getattr(module, factory, None)
+    if not callable(fn):
+        raise ModelSpecError(f"{file}: no function {factory!r}\n  how to fix: define def {factory}(): return model "
+                             f"(or model, [example inputs])")
+    got = fn()
+    inputs = None
+    if isinstance(got, tuple) and len(got) == 2:
+        got, inputs = got
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    if not isinstance(got, torch.nn.Module):
+        raise ModelSpecError(f"{spec}: returned {type(got).__name__}, not an nn.Module")
+    cfg = getattr(got, "config", None)
+    return LoadedModel(factory, got.eval(), inputs, getattr(cfg, "vocab_size", None))
+
+
+def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,)) -> list[tuple[str, torch.nn.Module, list[torch.Tensor]]]:
+    """The shapes the model will serve: a causal LM at ``batch`` x each prompt length (token ids,
+    no cache); a factory's model at its example inputs. Returns (label, module, inputs)."""
+    if m.example_inputs is not None:
+        return [("example", m.module, list(m.example_inputs))]
+    if m.vocab_size is None:
+        raise ModelSpecError(f"{m.name}: the factory returned no example inputs and the model has no config."
+                             f"vocab_size\n  how to fix: return (model, [example inputs]) from the factory")
+    g = torch.Generator().manual_seed(0)
+    wrapped = _Logits(m.module)
+    return [(f"prefill {batch}x{p}", wrapped, [torch.randint(0, m.vocab_size, (batch, p), generator=g)])
+            for p in prompt_tokens]
+
+
+# ------------------------------------------------------------------ regions as tasks
+
+
+@dataclass
+class ModelTask:
+    """One generated task: its source, where it came from in the model, how often it occurs."""
+    name: str
+    source: str
+    kinds: list[str]                      # the region's non-view op kinds
+    occurrences: list[str] = field(default_factory=list)   # "<shape label>: first node .. last node"
+    template: str = ""
+    flops: int = 0
+
+
+def _fmt(v: Any, names: dict[str, str]) -> str:
+    if isinstance(v, torch.fx.Node):
+        return names[v.name]
+    if isinstance(v, (list, tuple)):
+        inner = ", ".join(_fmt(x, names) for x in v)
+        return f"[{inner}]" if isinstance(v, list) else f"({inner}{',' if len(v) == 1 else ''})"
+    if isinstance(v, bool) or v is None or isinstance(v, str):
+        return repr(v)
+    if isinstance(v, int):
+        return repr(v)
+    if isinstance(v, float):
+        return f"float({str(v)!r})" if not math.isfinite(v) else repr(v)
+    if isinstance(v, torch.dtype):
+        return str(v)
+    if isinstance(v, torch.device):
+        return "dev"
+    if isinstance(v, (torch.layout, torch.memory_format)):
+        return str(v)
+    if isinstance(v, torch.SymInt):
+        return repr(int(v))
+    raise ModelSpecError(f"cannot write the argument {v!r} ({type(v).__name__}) into a task")
+
+
+def _target(n: torch.fx.Node) -> str:
+    t = n.target
+    if isinstance(t, torch._ops.OpOverload):
+        ns, op, overload = str(t).split(".")
+        return f"torch.ops.{ns}.{op}.{overload}"
+    raise ModelSpecError(f"cannot write the call {t!r} into a task")
+
+
+def _val(n: torch.fx.Node) -> Any:
+    return n.meta.get("val")
+
+
+def _input_expr(n: torch.fx.Node, high: int | None) -> str:
+    v = _val(n)
+    shape = list(v.shape)
+    if v.dtype == torch.bool:
+        return f"torch.rand({shape}) < 0.5"
+    if v.dtype.is_floating_point:
+        return f"torch.randn({shape}, dtype={v.dtype})"
+    return f"torch.randint(0, {max(1, high or 2)}, {shape}, dtype={v.dtype})"
+
+
+def _index_high(ep_nodes: dict[str, torch.fx.Node], value: str, users: dict[str, list[torch.fx.Node]]) -> int | None:
+    """The range an integer input must stay in: the rows of an embedding it indexes, the size of a
+    dim an index op reads with it (None: not used as an index)."""
+    highs = []
+    for u in users.get(value, []):
+        if u.target is torch.ops.aten.embedding.default and u.args[1] is ep_nodes[value]:
+            highs.append(int(_val(u.args[0]).shape[0]))
+        elif u.target is torch.ops.aten.index.Tensor:
+            src = _val(u.args[0])
+            for d, ix in enumerate(u.args[1]):
+                if ix is ep_nodes[value]:
+                    highs.append(int(src.shape[d]))
+        elif u.target in (torch.ops.aten.gather.default, torch.ops.aten.index_select.default):
+            src = _val(u.args[0])
+            highs.append(int(src.shape[int(u.args[1])]))
+    return min(highs) if highs else None
+
+
+def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params: dict[str, tuple[str, torch.Tensor]],
+                 users: dict[str, list[torch.fx.Node]]) -> tuple[str, list[str]] | None:
+    """The task source of one region (None: it computes nothing), and its non-view op kinds."""
+    from agentforge.capture import op_kind
+
+    fx = {n.name: n for n in ep.graph.nodes}
+    members = set(members_sem)
+    # getitems of a member are part of it (a multi-output op's results)
+    for name in list(members):
+        for u in users.get(name, []):
+            if u.target is operator.getitem:
+                members.add(u.name)
+    sem = set(members)
+    # what the matcher looks through (copies, row views) between a member and its source is pulled in,
+    # so the task's inputs are the values the matcher binds
+    frontier = list(members)
+    while frontier:
+        name = frontier.pop()
+        for a in fx[name].all_input_nodes:
+            if a.name in members or a.op != "call_function":
+                continue
+            if view.transparent(a.name):
+                members.add(a.name)
+                frontier.append(a.name)
+    kinds = [op_kind(str(n.target)) for n in ep.graph.nodes if n.name in sem and n.target is not operator.getitem]
+    if all(k in _VIEW_KINDS for k in kinds):
+        return None
+    order = [n for n in ep.graph.nodes if n.name in members]
+    names: dict[str, str] = {}
+    inputs: list[torch.fx.Node] = []
+    used_params: list[str] = []
+    for n in order:
+        for a in n.all_input_nodes:
+            if a.name in members or a.name in names:
+                continue
+            if a.op == "placeholder" and a.name in params:
+                names[a.name] = f"self.p{len(used_params)}"
+                used_params.append(a.name)
+            else:
+                names[a.name] = f"x{len(inputs)}"
+                inputs.append(a)
+    for i, n in enumerate(order):
+        names[n.name] = f"v{i}"
+    outs = [n for n in order if n.name in sem and isinstance(_val(n), torch.Tensor)
+            and any(u.name not in members for u in users.get(n.name, []))]
+    if not outs:
+        return None
+    lines = ['"""A region of a model, generated by `agentforge campaign --from-model` (agentforge.torch.from_model):',
+             f"{', '.join(kinds)}.\"\"\"",
+             "import torch", "import torch.nn as nn", "", "",
+             "class Model(nn.Module):", "    def __init__(self):", "        super().__init__()"]
+    if not used_params:
+        lines.append("        pass")
+    for i, p in enumerate(used_params):
+        target, value = params[p]
+        value = value.detach().float()
+        mean = float(value.mean()) if value.numel() else 0.0
+        std = float(value.std()) if value.numel() > 1 else 0.0
+        std = std if std > 1e-6 else 0.1          # a constant weight (ones) still varies in the checks
+        shape = list(value.shape)
+        dt = value.dtype if not params[p][1].dtype.is_floating_point else params[p][1].dtype
+        if params[p][1].dtype.is_floating_point:
+            lines.append(f"        self.p{i} = nn.Parameter(torch.randn({shape}, dtype={dt}) * {std:.6g} + {mean:.6g})"
+                         f"  # {target}")
+        else:
+            lines.append(f"        self.register_buffer('p{i}', torch.randint(0, 2, {shape}, "
+                         f"dtype={params[p][1].dtype}))  # {target}")
+    args = ", ".join(f"x{i}" for i in range(len(inputs)))
+    lines += ["", f"    def forward(self{', ' if args else ''}{args}):"]
+    dev = "x0.device" if inputs else ("self.p0.device" if used_params else "None")
+    body = [f"        dev = {dev}"]
+    for n in order:
+        if n.target is operator.getitem:
+            body.append(f"        {names[n.name]} = {names[n.args[0].name]}[{n.args[1]}]")
+            continue
+        a = ", ".join([_fmt(x, names) for x in n.args] + [f"{k}={_fmt(v, names)}" for k, v in n.kwargs.items()])
+        body.append(f"        {names[n.name]} = {_target(n)}({a})")
+    ret = ", ".join(names[o.name] for o in outs)
+    body.append(f"        return {ret}" if len(outs) == 1 else f"        return ({ret})")
+    lines += body
+    highs = [_index_high(fx, a.name, users) for a in inputs]
+    lines += ["", "", "def get_inputs():",
+              f"    return [{', '.join(_input_expr(a, h) for a, h in zip(inputs, highs))}]", "", "",
+              "def get_init_inputs():", "    return []", ""]
+    return "\n".join(lines), kinds
+
+
+def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
+                max_tasks: int | None = None) -> list[ModelTask]:
+    """The model's fusible regions at its serving shapes, one task per distinct region program."""
+    from agentforge.author import partition, semantic_nodes
+    from agentforge.canonical import canonical_graph
+    from agentforge.capture import _ref_specs, node_flops
+    from agentforge.torch.match import _View, export_graph
+
+    tasks: dict[str, ModelTask] = {}
+    for label, module, inputs in serving_inputs(m, batch, prompt_tokens):
+        with torch.no_grad():
+            ep, graph = export_graph(module, inputs, m.name)
+        sem = semantic_nodes(graph)
+        view = _View(canonical_graph(graph))
+        specs = graph._spec_table
+        from torch.export.graph_signature import InputKind
+        params: dict[str, tuple[str, torch.Tensor]] = {}
+        state = {**ep.state_dict, **getattr(ep, "constants", {})}
+        for s in ep.graph_signature.input_specs:
+            if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR) and s.target in state:
+                params[s.arg.name] = (s.target, state[s.target])
+        users: dict[str, list[torch.fx.Node]] = {}
+        for n in ep.graph.nodes:
+            if n.op == "call_function" and not n.users and n.meta.get("val") is None:
+                continue        # a runtime assertion: no data, not a use the backend sees
+            for a in n.all_input_nodes:
+                users.setdefault(a.name, []).append(n)
+        for region in partition(graph):
+            names = [sem[i].name for i in region.nodes]
+            got = _region_task(ep, graph, view, names, params, users)
+            if got is None:
+                continue
+            source, kinds = got
+            body = source.split('"""', 2)[2]
+            key = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", body)   # parameter statistics
+            flops = sum(node_flops(n, _ref_specs(specs, n)) for n in graph.nodes if n.name in set(names))
+            where = f"{label}: {names[0]}..{names[-1]}"
+            if key in tasks:
+                tasks[key].occurrences.append(where)
+                tasks[key].flops += flops
+                continue
+            tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
+    out = sorted(tasks.values(), key=lambda t: -t.flops)
+    if max_tasks is not None:
+        out = out[:max_tasks]
+    for i, t in enumerate(out):
+        short = "_".join(dict.fromkeys(k for k in t.kinds if k not in _VIEW_KINDS))[:40].strip("_")
+        t.name = f"{_slug(m.name)}_{i:02d}_{short}"
+    return out
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_") or "model"
+
+
+def _group(t: ModelTask) -> str:
+    """The suite group (agentforge.tasks) closest to a region's ops."""
+    kinds = set(t.kinds)
+    if t.template in ("attention", "moe"):
+        return t.template
+    if kinds & {"mm", "addmm"}:
+        return "gemm"
+    if kinds & {"bmm", "baddbmm"}:
+        return "bmm"
+    if kinds & {"softmax", "log_softmax"}:
+        return "softmax"
+    if kinds & {"mean", "var", "rsqrt", "layer_norm"}:
+        return "norm"
+    if kinds & {"sum", "amax", "amin", "any", "all", "max", "min", "argmax", "argmin"}:
+        return "reduction"
+    return "elementwise"
+
+
+def write_suite(tasks: list[ModelTask], folder: str | Path, model: str) -> Path:
+    """Write the tasks as an ordinary suite (``<name>.py`` + a ``<name>.toml`` sidecar) and an
+    ``index.json`` (where each task occurs in the model)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for t in tasks:
+        (folder / f"{t.name}.py").write_text(t.source)
+        desc = f"{model}: {t.template} region ({', '.join(t.kinds)}), {len(t.occurrences)} occurrence(s)"
+        (folder / f"{t.name}.toml").write_text(f"[task]\ngroup = \"{_group(t)}\"\ndescription = {json.dumps(desc)}\n")
+    (folder / "index.json").write_text(json.dumps(
+        {"model": model, "tasks": [{"name": t.name, "template": t.template, "kinds": t.kinds, "flops": t.flops,
+                                    "occurrences": t.occurrences} for t in tasks]}, indent=1))
+    return folder
+
+
+def from_model_suite(spec: str, out: str | Path, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
+                     max_tasks: int | None = None) -> tuple[Path, list[ModelTask]]:
+    """Load ``spec``, capture it at its serving shapes, write its tasks to ``out``/suite."""
+    m = load_model_spec(spec)
+    tasks = model_tasks(m, batch, prompt_tokens, max_tasks)
+    if not tasks:
+        raise ModelSpecError(f"{spec}: the model's graph has no region that computes anything")
+    return write_suite(tasks, Path(out) / "suite", m.name), tasks
+
+
+def _ints(text: str | None, default: Sequence[int], what: str) -> list[int]:
+    if text is None:
+        return list(default)
+    try:
+        got = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise ModelSpecError(f"{what} {text!r}: not a comma-separated list of integers (e.g. 16,64)") from None
+    if not got or any(x < 1 for x in got):
+        raise ModelSpecError(f"{what} {text!r}: give one or more positive integers (e.g. 16,64)")
+    return got
+
+
+def cmd_campaign_from_model(args: Any) -> int:
+    """``agentforge campaign --from-model SPEC``: write the model's tasks to OUT/suite, then run the
+    campaign on them with OUT as the run directory (its library, OUT/library, covers the model)."""
+    from agentforge.campaign import load_config, run_campaign
+    from agentforge.campaign.console import CampaignView
+
+    if args.suite:
+        raise ModelSpecError("give either a SUITE folder or --from-model SPEC, not both")
+    if args.resume:
+        raise ModelSpecError("--resume with --from-model: resume the run folder itself instead: agentforge campaign "
+                             "OUT/suite --out OUT --resume")
+    batch = args.batch if args.batch is not None else 1
+    if batch < 1:
+        raise ModelSpecError(f"--batch {batch}: give a positive number of sequences")
+    prompts = _ints(args.prompt_tokens, (16,), "--prompt-tokens")
+    m = load_model_spec(args.from_model)
+    out = Path(args.out or f"runs/{_slug(m.name)}-from-model")
+    tasks = model_tasks(m, batch, prompts)
+    if not tasks:
+        raise ModelSpecError(f"{args.from_model}: the model's graph has no region that computes anything")
+    suite = write_suite(tasks, out / "suite", m.name)
+    regions = sum(len(t.occurrences) for t in tasks)
+    print(f"{m.name}: {regions} regions at {', '.join(f'{batch}x{p}' for p in prompts)} -> {len(tasks)} distinct "
+          f"tasks in {suite}")
+    if args.max_new_tokens:
+        print(f"note: --max-new-tokens {args.max_new_tokens}: decode steps (one token, a KV cache) are not captured "
+              f"yet; the library covers the prefill shapes above, decode runs eagerly where its shapes differ")
+    flags = {"suite": str(suite), "llm": args.llm, "machine": args.machine, "out": str(out), "workers": args.workers,
+             "executor": args.executor, "ray_address": args.ray_address, "budget": args.budget,
+             "attempts_per_task": args.attempts, "tasks": args.tasks, "task_timeout_s": args.task_timeout}
+    cfg = load_config(**flags)
+    view = CampaignView("jsonl" if args.jsonl else "quiet" if args.quiet else "rich")
+    res = run_campaign(cfg, on_event=view, expect=None)
+    view.summary(res)
+    print(f"use it: torch.compile(model, backend=\"agentforge\", options={{\"library\": \"{out / 'library'}\"}})")
+    return 1 if res.status == "stopped" else 0
