@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import sys
 import time
 from typing import Any, TextIO
@@ -193,20 +194,25 @@ class CampaignView:
         stats = speedup_stats({r["name"]: r["speedup"] for r in result.tasks if r["status"] == "verified"})
         t = Table(title=f"campaign {result.run_id}: {result.status}"
                   + (f" ({escape(result.stop_reason)})" if result.stop_reason else ""))
-        for col, just in (("task", "left"), ("status", "left"), ("attempts", "right"), ("speedup", "right"),
-                          ("roofline", "right"), ("plan", "left")):
+        # roofline first: it is measured against the chip, the speedup against the op-by-op baseline
+        for col, just in (("task", "left"), ("status", "left"), ("attempts", "right"), ("roofline", "right"),
+                          ("speedup", "right"), ("plan", "left")):
             t.add_column(col, justify=just, no_wrap=col == "task",        # a task's name is never cut
                          min_width=max([len(r["name"]) for r in result.tasks] + [4]) if col == "task" else None)
         for r in result.tasks:
             style = {"verified": "green", "failed": "red"}.get(r["status"], "yellow")
             flag = " !" if r["name"] in stats["outliers"] else ""
             t.add_row(escape(r["name"]), f"[{style}]{r['status']}[/]", str(r["attempts"]),
-                      f"{r['speedup']:.2f}x{flag}" if r["speedup"] else "-",
-                      _roof(r["roofline_fraction"]), r["plan_source"] or "-")
+                      _roof(r["roofline_fraction"]), f"{r['speedup']:.2f}x{flag}" if r["speedup"] else "-",
+                      r["plan_source"] or "-")
         tot = result.totals
+        roofs = sorted(r["roofline_fraction"] for r in result.tasks
+                       if r["status"] == "verified" and r.get("roofline_fraction") is not None)
         self.console.print(t)
         self.console.print(
-            f"verified {tot['verified']}/{tot['tasks']}  fast_1 {tot['fast_1']:.0%}  fast_2 {tot['fast_2']:.0%}  "
+            f"verified {tot['verified']}/{tot['tasks']}  "
+            + (f"roofline {_roof(statistics.median(roofs))} (median of {len(roofs)})  " if roofs else "")
+            + f"fast_1 {tot['fast_1']:.0%}  fast_2 {tot['fast_2']:.0%}  "
             + (f"speedup {stats['geomean']:.2f}x (geometric mean of {stats['n']})  " if stats["geomean"] else "")
             + f"LLM calls {tot['llm_calls']}  tokens {tot['tokens']}  cost ${tot['cost']:.4f}  "
             f"plan-cache hit rate {tot['plan_cache_hit_rate']:.0%}  wall {result.wall_seconds:.1f}s", soft_wrap=True)

@@ -63,3 +63,24 @@ def test_task_names_and_reasons_are_shown_literally(terminal):
          {"event": "campaign_end"})
     text = out.getvalue()
     assert "[bold]x[/]" in text and "tile [4, 64] too big" in text
+
+
+def test_the_summary_puts_the_roofline_fraction_first_and_the_speedup_beside_it():
+    """The roofline fraction is measured against the chip; the speedup against the op-by-op baseline
+    (only as honest as that yardstick): the summary leads with the first (issue 17)."""
+    from pathlib import Path
+
+    from agentforge.campaign.runner import CampaignResult
+
+    tasks = [{"name": n, "status": "verified", "attempts": 1, "speedup": sp, "roofline_fraction": rf,
+              "plan_source": "author"} for n, sp, rf in (("a", 2.0, 0.9), ("b", 1.5, 0.5), ("c", 3.0, 0.7))]
+    totals = {"verified": 3, "tasks": 3, "fast_1": 1.0, "fast_2": 1 / 3, "llm_calls": 0, "tokens": 0, "cost": 0.0,
+              "plan_cache_hit_rate": 0.0}
+    out = io.StringIO()
+    view = CampaignView("plain", out)
+    view.summary(CampaignResult(Path("/tmp/r"), "r1", "finished", None, totals, tasks, 1.0))
+    text = out.getvalue()
+    header = next(line for line in text.splitlines() if "task" in line and "speedup" in line)
+    assert header.index("roofline") < header.index("speedup")
+    line = next(line for line in text.splitlines() if line.startswith("verified 3/3"))
+    assert "roofline 70" in line and "(median of 3)" in line and line.index("roofline") < line.index("speedup")
