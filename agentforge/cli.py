@@ -261,7 +261,8 @@ def cmd_estimate(args) -> int:
           f"spec-accept {r['spec_accept']:g}")
     print(f"  decode: {r['decode_tokens_per_s_per_user']:.1f} tokens/s per user "
           f"({r['fraction_of_bound']:.0%} of the {r['weight_dtype']} weight-streaming bound "
-          f"{r['weight_streaming_bound_dtype']:.1f}; bf16 bound {r['weight_streaming_bound_bf16']:.1f})")
+          f"{r['weight_streaming_bound_dtype']:.1f}"
+          + (f"; bf16 bound {r['weight_streaming_bound_bf16']:.1f})" if r["weight_dtype"] != "bf16" else ")"))
     print(f"  time to first token: {r['ttft_seconds'] * 1e3:.2f} ms")
     print(f"  per layer: decode {pl['decode_s'] * 1e6:.1f} us (attention {pl['decode_attention_s'] * 1e6:.1f}, "
           f"mlp {pl['decode_mlp_s'] * 1e6:.1f}, all-reduce {pl['decode_all_reduce_s'] * 1e6:.1f}); "

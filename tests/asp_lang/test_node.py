@@ -127,3 +127,18 @@ def test_copies_use_ddr_and_host_bandwidths():
     assert n.host_to_ddr_s(0) == 0.0
     assert math.isclose(n.host_to_hbm_s(gb) / n.ddr_to_hbm_s(gb), 8.0, rel_tol=1e-3)
     assert n.with_sockets(2).sockets == 2 and n.with_sockets(2).socket is n.socket
+
+
+def test_docs_node_file_loads_and_presets_match_the_docs_table(tmp_path):
+    """docs/multisocket.md shows a node file; it must load, and its preset table must say what
+    the presets say."""
+    import re
+    text = (Path(__file__).resolve().parents[2] / "docs" / "multisocket.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    n = load_node(write(tmp_path, block))
+    assert (n.sockets, n.peer.topology) == (4, "ring")
+    for name in node_presets():
+        p = load_node(name)
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"{p.peer.bandwidth_gbs:g} GB/s" in row and f"{p.host.bandwidth_gbs:g} GB/s" in row
+        assert p.peer.topology.replace("_", "-") in row
