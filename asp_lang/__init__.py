@@ -23,22 +23,26 @@ from .printer import format_kernel
 from .syntax import parse
 from .timing import EMULATOR_VERSION, Report, profile
 from .event import simulate
+from . import collectives  # registers the communication operators (all_reduce, send, ...)
 
 __version__ = "0.1.0"
 
 
 def compile(source: str, machine: str | Machine = "sn40l", sizes: dict[str, int] | None = None,
-            filename: str = "<kernel>", routing: dict | None = None) -> Program:
-    """Parse and check ASP source for a machine at the given sizes (defaults from the kernel)."""
+            filename: str = "<kernel>", routing: dict | None = None, node=None) -> Program:
+    """Parse and check ASP source for a machine at the given sizes (defaults from the kernel).
+
+    ``node`` (an ``asp_lang.node.Node`` or a node preset name) gives the peer links of a kernel
+    with a ``sockets`` line (default: those of ``sn40l-node8``); one-socket kernels ignore it."""
     m = machine if isinstance(machine, Machine) else load_machine(machine)
     kernel = parse(source, filename)
-    return check(kernel, m, sizes, filename, source, routing)
+    return check(kernel, m, sizes, filename, source, routing, node)
 
 
 def compile_file(path: str | Path, machine: str | Machine = "sn40l", sizes: dict[str, int] | None = None,
-                 routing: dict | None = None) -> Program:
+                 routing: dict | None = None, node=None) -> Program:
     p = Path(path)
-    return compile(p.read_text(), machine, sizes, str(p), routing)
+    return compile(p.read_text(), machine, sizes, str(p), routing, node)
 
 
 __all__ = ["compile", "compile_file", "parse", "check", "run", "profile", "simulate", "random_inputs", "format_kernel",

@@ -194,18 +194,31 @@ class CheckCtx:
 
 
 def check(kernel: Kernel, machine: Machine, sizes: dict[str, int] | None = None,
-          filename: str = "<kernel>", source: str | None = None, routing: dict | None = None) -> Program:
-    """Type-check ``kernel`` at the given sizes for ``machine``. Errors are located in ``filename``."""
+          filename: str = "<kernel>", source: str | None = None, routing: dict | None = None,
+          node=None) -> Program:
+    """Type-check ``kernel`` at the given sizes for ``machine``. Errors are located in ``filename``.
+
+    A kernel with a ``sockets P = N`` line is checked as the P programs its sockets run
+    (``collectives.check_group``); ``node`` then gives the peer links (an
+    ``asp_lang.node.Node``, a node preset name, or None for the default links)."""
     try:
+        if kernel.sockets is not None:
+            from .collectives import check_group
+            return check_group(kernel, machine, sizes, filename, source, routing or {}, node)
         return _check(kernel, machine, sizes, filename, source, routing or {})
     except AspError as e:
         raise e.located(filename, source) from None
 
 
 def _check(kernel, machine, size_overrides, filename, source, routing) -> Program:
-    from .timing import allocate  # timing depends on Program; imported here to keep one direction
+    ctx = begin_check(kernel, machine, size_overrides, routing)
+    for i, st in enumerate(kernel.body):
+        check_stmt(ctx, i, st)
+    return finish_check(ctx, filename, source, routing)
 
-    sizes = bind_sizes(kernel, size_overrides)
+
+def bind_tensors(kernel: Kernel, machine: Machine, sizes: dict[str, int]) -> dict[str, TensorT]:
+    """Every parameter and result at bound sizes; the tensors of each tier must fit it."""
     tensors: dict[str, TensorT] = {}
     for p in kernel.params + kernel.results:
         if p.name in tensors:
@@ -226,50 +239,76 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
         if total > cap:
             raise ResourceError(f"the kernel's {tier} tensors need {total / 2**30:.2f} GiB; "
                                 f"{machine.name} has {cap / 2**30:.0f} GiB of {tier}", kernel.span)
+    return tensors
+
+
+def begin_check(kernel: Kernel, machine: Machine, size_overrides, routing: dict,
+                sizes: dict[str, int] | None = None) -> CheckCtx:
+    """Bind sizes and tensors and make the context the statements are checked in (one per
+    socket for a kernel that runs on several: ``collectives.check_group``)."""
+    if sizes is None:
+        sizes = bind_sizes(kernel, size_overrides)
+    tensors = bind_tensors(kernel, machine, sizes)
     fn_names = set()
     for f in kernel.fns:
         if f.name in fn_names:
             raise NameError_(f"fn '{f.name}' is defined twice", f.span)
         fn_names.add(f.name)
     ctx = CheckCtx(kernel, sizes, tensors, machine, routing)
-    nodes: list[Node] = []
-    for i, st in enumerate(kernel.body):
-        call = st.call
-        spec = OPS.get(call.func)
-        if spec is None:
-            raise NameError_(f"unknown operator '{call.func}' (operators: {', '.join(sorted(OPS))})", call.span)
-        for t in st.targets:
-            if t == "_":
-                continue
-            if t in ctx.streams or t in tensors or t in sizes or t in fn_names:
-                raise NameError_(f"'{t}' is already defined (names are assigned once)", st.span)
-        named = [t for t in st.targets if t != "_"]
-        if len(set(named)) != len(named):
-            raise NameError_("a name is repeated on the left of '='", st.span)
-        ctx._call = call
-        ctx.inputs = []
-        ctx.node_index = i
-        outs, attrs, tf, tensor = spec.check(ctx, call, len(st.targets))
-        if len(outs) != len(st.targets):
-            raise ArgumentError(f"{call.func} here defines {len(outs)} stream(s) but {len(st.targets)} "
-                                f"name(s) are on the left of '='", st.span)
-        for o in outs:  # stream and tile dimensions together must stay within numpy's 64
-            if getattr(o, "rank", 0) > MAX_RANK:
-                raise ShapeError(f"{call.func} makes a stream of rank {o.rank}: at most {MAX_RANK} dimensions",
-                                 call.span)
-        par = 1
-        if call.kw("par") is not None:
-            par = eval_int(call.kw("par"), sizes, "par")
-            if not 0 < par <= MAX_PAR:
-                raise ArgumentError(f"par must be between 1 and {MAX_PAR}, got {par}", call.kw("par").span)
-        in_types = tuple(ctx.streams[n] for n in ctx.inputs)
-        for t, o in zip(st.targets, outs):
-            if t == "_":  # an output the program does not need
-                continue
-            ctx.streams[t] = o
-            ctx.defined_at[t] = call
-        nodes.append(Node(call.func, call, tuple(ctx.inputs), st.targets, in_types, tuple(outs),
+    ctx.fn_names = fn_names
+    ctx.nodes = []
+    ctx.group = None  # set by collectives.check_group: the socket this program runs on, and its group
+    return ctx
+
+
+def check_stmt(ctx: CheckCtx, i: int, st) -> None:
+    """Check statement ``st`` (the i-th of the program) and append its node to ``ctx.nodes``."""
+    call = st.call
+    sizes, tensors, fn_names = ctx.sizes, ctx.tensors, ctx.fn_names
+    spec = OPS.get(call.func)
+    if spec is None:
+        raise NameError_(f"unknown operator '{call.func}' (operators: {', '.join(sorted(OPS))})", call.span)
+    for t in st.targets:
+        if t == "_":
+            continue
+        if t in ctx.streams or t in tensors or t in sizes or t in fn_names:
+            raise NameError_(f"'{t}' is already defined (names are assigned once)", st.span)
+    named = [t for t in st.targets if t != "_"]
+    if len(set(named)) != len(named):
+        raise NameError_("a name is repeated on the left of '='", st.span)
+    ctx._call = call
+    ctx.inputs = []
+    ctx.node_index = i
+    outs, attrs, tf, tensor = spec.check(ctx, call, len(st.targets))
+    if len(outs) != len(st.targets):
+        raise ArgumentError(f"{call.func} here defines {len(outs)} stream(s) but {len(st.targets)} "
+                            f"name(s) are on the left of '='", st.span)
+    for o in outs:  # stream and tile dimensions together must stay within numpy's 64
+        if getattr(o, "rank", 0) > MAX_RANK:
+            raise ShapeError(f"{call.func} makes a stream of rank {o.rank}: at most {MAX_RANK} dimensions",
+                             call.span)
+    par = 1
+    if call.kw("par") is not None:
+        par = eval_int(call.kw("par"), sizes, "par")
+        if not 0 < par <= MAX_PAR:
+            raise ArgumentError(f"par must be between 1 and {MAX_PAR}, got {par}", call.kw("par").span)
+    in_types = tuple(ctx.streams[n] for n in ctx.inputs)
+    for t, o in zip(st.targets, outs):
+        if t == "_":  # an output the program does not need
+            continue
+        ctx.streams[t] = o
+        ctx.defined_at[t] = call
+    ctx.nodes.append(Node(call.func, call, tuple(ctx.inputs), st.targets, in_types, tuple(outs),
                           attrs, tf, par, tensor, i))
+
+
+def finish_check(ctx: CheckCtx, filename: str, source: str | None, routing: dict,
+                 allocate_units: bool = True) -> Program:
+    """The affine rule's last checks (every stream used, every result written) and the Program,
+    placed on the machine."""
+    from .timing import allocate  # timing depends on Program; imported here to keep one direction
+
+    kernel = ctx.kernel
     for name, call in ctx.defined_at.items():
         if name not in ctx.consumed:
             raise AffineError(f"stream '{name}' is never used (every stream is consumed once; "
@@ -277,9 +316,10 @@ def _check(kernel, machine, size_overrides, filename, source, routing) -> Progra
     for r in kernel.results:
         if r.name not in ctx.written:
             raise AffineError(f"result '{r.name}' is never stored", r.span)
-    prog = Program(kernel, filename, source, sizes, tensors, [p.name for p in kernel.params],
-                   [r.name for r in kernel.results], nodes, dict(ctx.streams), machine,
+    prog = Program(kernel, filename, source, ctx.sizes, ctx.tensors, [p.name for p in kernel.params],
+                   [r.name for r in kernel.results], ctx.nodes, dict(ctx.streams), ctx.machine,
                    list(ctx.routing_notes), {"mode": "counts" if routing.get("counts") else "uniform",
                                              **({"counts": list(routing["counts"])} if routing.get("counts") else {})})
-    allocate(prog)
+    if allocate_units:
+        allocate(prog)
     return prog

@@ -139,7 +139,14 @@ class RoutingError(AspError):
     kind = "RoutingError"
 
 
+class CollectiveError(AspError):
+    """Sockets of a group cannot complete their communication: a collective some socket of its
+    group never reaches, a recv with no send before it, a send nobody receives (each would wait
+    forever), or a replicated result the sockets disagree on."""
+    kind = "CollectiveError"
+
+
 ERROR_KINDS: tuple[type[AspError], ...] = (
     ParseError, NameError_, TypeError_, ShapeError, ArgumentError, SizeError, AffineError,
-    ResourceError, LimitError, InputError, MachineError, RoutingError,
+    ResourceError, LimitError, InputError, MachineError, RoutingError, CollectiveError,
 )

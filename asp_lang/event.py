@@ -55,7 +55,7 @@ from typing import Callable
 from .machine import Machine
 from .ops import Node, OpWork
 from .timing import (EmulatorError, OpTiming, Report, _busy, _edge_bytes, edge_depth, edge_service,
-                     inflight_elements, node_units, node_work, profile as fast_profile, request_interval,
+                     inflight_elements, link_share, node_units, node_work, profile as fast_profile, request_interval,
                      roofline, spill_bytes, spill_tile_bytes)
 
 EMULATOR_VERSION = "asp-emu 0.1 (event model)"
@@ -115,6 +115,7 @@ class _Proc:
     blocked: float = 0.0   # cycles it waited for credits
     pending: float | None = None
     per_elem: float | None = None  # service per input element of one step
+    link_share: float = 0.0  # a collective's cycles of the socket's peer link, in all (kind "link")
     log: list = field(default_factory=list)  # per step: (s, f, lat, why s, why f), for the critical path
 
     @property
@@ -191,6 +192,24 @@ class _Memory:
         return start, done, bound
 
 
+class _Link:
+    """A socket's peer link: one fluid resource, served in time order, in cycles of link time
+    (a collective's busy cycles, collectives.py), shared by the section's collectives."""
+
+    def __init__(self):
+        self.free = 0.0
+        self.last = None
+        self.busy = 0.0
+
+    def serve(self, issue: float, cycles: float, who=None):
+        start = max(self.free, issue)
+        bound = (start, self.last if start > issue + _EPS else None)
+        self.free = start + cycles
+        self.last = who
+        self.busy += cycles
+        return start, self.free, bound
+
+
 class _Sim:
     """One section's processes and channels, and the event loop that runs them."""
 
@@ -200,6 +219,7 @@ class _Sim:
         self.m = m
         self.send = float(m.network.send_latency_cycles)
         self.mem = {"hbm": _Memory(m, "hbm"), "ddr": _Memory(m, "ddr")}
+        self.peer = _Link()
         self.heap: list[tuple[float, int, int]] = []
         self.seq = 0
         self.now = 0.0
@@ -412,6 +432,16 @@ class _Sim:
             lat = mem.latency
             first = svc + (done - svc) / out_elems + lat
             last = done + lat
+        elif p.kind == "link":
+            # the socket's peer link serves its collectives in time order, as a tier its requests
+            svc, data, bound = self.peer.serve(s, p.link_share / p.k, (p, j))
+            p.free = f
+            done = max(data, f)
+            tier_why = ("tier", "peer", *bound)
+            if data > f + _EPS:
+                f_why = tier_why
+            first = svc + (done - svc) / out_elems + lat
+            last = done + lat
         else:
             tier_why = None
             p.free = f
@@ -587,12 +617,15 @@ def _proc_for(node: Node, w: OpWork, m: Machine, busy: float, ins: list[_Chan], 
         k = outs[0].k
     else:
         k = max(c.k for c in ins)
-    lat = {"compute": m.pcu.latency_cycles, "route": m.network.route_cycles_per_element}.get(w.kind, 0.0)
+    lat = {"compute": m.pcu.latency_cycles, "route": m.network.route_cycles_per_element,
+           "link": node.attrs.get("link_latency", 0.0)}.get(w.kind, 0.0)
     p = _Proc(f"{node.op}@{node.call.span.line}", node.index, w.kind, k, busy, float(lat), ins, outs,
               offchip_bytes=w.offchip_bytes, tier=w.tier)
     if w.kind == "mem":
         t = node.out_types[0] if node.out_types else node.in_types[-1]
         p.req_bytes = _edge_bytes(t.elem)
+    if w.kind == "link":
+        p.link_share = link_share(node)
     return p
 
 
@@ -702,6 +735,9 @@ def simulate(prog, max_chunks: int = MAX_CHUNKS) -> Report:
 
     Needs only the checked types (no data). ``max_chunks`` bounds the chunks per stream
     (more is finer and slower)."""
+    if hasattr(prog, "programs"):  # a kernel on several sockets
+        from .collectives import time_group
+        return time_group(prog, "event")
     m = prog.machine
     r = run_events(prog, max_chunks)
     works = [node_work(n) for n in prog.nodes]

@@ -82,6 +82,7 @@ class Param:
     shape: tuple[Expr, ...]
     tier: str = "hbm"
     span: Span = _span()
+    split: Expr | None = None  # '@split(axis)': each socket of a group holds 1/P of this axis
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class Kernel:
     comments: tuple[str, ...] = ()
     tail_comments: tuple[str, ...] = ()
     span: Span = _span()
+    sockets: str | None = None  # the size named by a 'sockets P = N' line: the kernel runs on P sockets
 
     def fn(self, name: str) -> FnDef | None:
         return next((f for f in self.fns if f.name == name), None)

@@ -78,7 +78,8 @@ def _with_note(line: str, note: str) -> str:
 
 def _param(p: Param) -> str:
     shape = ", ".join(fmt_expr(s) for s in p.shape)
-    return f"{p.name}: {p.dtype}[{shape}]" + ("" if p.tier == "hbm" else f" @{p.tier}")
+    return (f"{p.name}: {p.dtype}[{shape}]" + ("" if p.tier == "hbm" else f" @{p.tier}")
+            + ("" if p.split is None else f" @split({fmt_expr(p.split)})"))
 
 
 def _fn(f: FnDef, ind: str) -> list[str]:
@@ -113,7 +114,8 @@ def format_kernel(k: Kernel) -> str:
     lines.append(f"kernel {k.name}({params}) -> ({results}) {{")
     for s in k.sizes:
         lines += _comment_lines(s.comments, ind)
-        lines.append(_with_note(f"{ind}sizes {s.name} = {s.value}", s.note))
+        word = "sockets" if s.name == k.sockets else "sizes"
+        lines.append(_with_note(f"{ind}{word} {s.name} = {s.value}", s.note))
     for f in k.fns:
         lines += _fn(f, ind)
     for st in k.body:

@@ -3,8 +3,9 @@
 The grammar (docs/asp.md has the full reference)::
 
     kernel  := comment* 'kernel' NAME '(' params? ')' '->' '(' params ')' '{' item* '}'
-    param   := NAME ':' DTYPE '[' expr (',' expr)* ']' ('@' ('hbm' | 'ddr'))?
+    param   := NAME ':' DTYPE '[' expr (',' expr)* ']' ('@' ('hbm' | 'ddr' | 'split' '(' expr ')'))*
     item    := 'sizes' NAME '=' INT (',' NAME '=' INT)*
+             | 'sockets' NAME '=' INT
              | 'fn' NAME '(' names? ')' ( '=' expr | '{' ('let' NAME '=' expr)* 'return' expr '}' )
              | (NAME (',' NAME)* '=')? NAME '(' args? ')'
     expr    := Python-like precedence: | & ; comparisons ; + - ; * / % @ ; unary - ~ ; ** ; call
@@ -164,11 +165,22 @@ class _Parser:
         sizes: list[SizeDef] = []
         fns: list[FnDef] = []
         body: list[Stmt] = []
+        sockets: str | None = None
         while not self.at("}"):
             if self.tok.kind == "EOF":
                 raise ParseError("missing '}' to close the kernel body", self.tok.span)
             lead = self.leading_comments()
-            if self.at("sizes"):
+            if self.at("sockets") and self.peek().kind != "OP":
+                line = self.tok
+                defs = self.sizes(lead)
+                if len(defs) != 1:
+                    raise ParseError("a 'sockets' line names one size: sockets P = 2", line.span)
+                if sockets is not None:
+                    raise ParseError(f"a second 'sockets' line (the kernel already runs on '{sockets}' sockets)",
+                                     line.span)
+                sockets = defs[0].name
+                sizes.extend(defs)
+            elif self.at("sizes"):
                 sizes.extend(self.sizes(lead))
             elif self.at("fn"):
                 fns.append(self.fndef(lead))
@@ -181,7 +193,7 @@ class _Parser:
                              " (one kernel per file)", self.tok.span)
         tail = tail + self.leading_comments() + tuple(c.text for c in self.comments[self.ci:])
         return Kernel(name, tuple(params), tuple(results), tuple(sizes), tuple(fns), tuple(body),
-                      comments, tail, start.span)
+                      comments, tail, start.span, sockets)
 
     def params(self, closer: str) -> list[Param]:
         out: list[Param] = []
@@ -198,13 +210,28 @@ class _Parser:
                 shape.append(self.expr())
             self.expect("]", f"to close the shape of '{t.text}'")
             tier = "hbm"
-            if self.at("@"):
+            split = None
+            seen: set[str] = set()
+            while self.at("@"):
                 self.advance()
-                tt = self.expect_name("a memory tier")
+                tt = self.expect_name("a memory tier or split(axis)")
+                what = "split" if tt.text == "split" else "tier"
+                if what in seen:
+                    raise ParseError(f"'{t.text}' has two {'@split' if what == 'split' else 'memory tier'} "
+                                     "annotations", tt.span)
+                seen.add(what)
+                if tt.text == "split":  # sharded over the sockets of a group (docs/asp.md, section 11)
+                    self.expect("(", "after @split (write @split(axis), e.g. @split(1))")
+                    if self.at(")"):
+                        raise ParseError("@split needs the axis it splits, e.g. @split(0)", self.tok.span)
+                    split = self.expr()
+                    self.expect(")", "to close @split(axis)")
+                    continue
                 if tt.text not in TIERS:
-                    raise ParseError(f"unknown memory tier '{tt.text}' (expected hbm or ddr)", tt.span)
+                    raise ParseError(f"unknown memory tier '{tt.text}' (expected hbm or ddr, or split(axis))",
+                                     tt.span)
                 tier = tt.text
-            out.append(Param(t.text, dt.text, tuple(shape), tier, t.span))
+            out.append(Param(t.text, dt.text, tuple(shape), tier, t.span, split))
             if not self.at(closer):
                 self.expect(",", "between parameters")
         return out

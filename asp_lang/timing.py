@@ -256,6 +256,7 @@ class Report:
     notes: list[str]
     routing: dict
     ops: list[OpTiming] = field(default_factory=list)
+    sockets: list[dict] = field(default_factory=list)  # a kernel on several sockets: each one's cycles (collectives.time_group)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -294,6 +295,9 @@ def _busy_even(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, 
         return w.elements * b / (m.agcu.bandwidth_bytes_per_cycle * par), "memory"
     if w.kind == "route":
         return w.elements * m.network.route_cycles_per_element, "route"
+    if w.kind == "link":
+        # a collective or send/recv: the bandwidth terms of its peer-link cost (collectives.py)
+        return node.attrs["link_busy"], "link"
     if w.kind == "buffer":
         # a buffer spread (or banked, par=) over several PMUs is written and read through all their ports
         ports = max(par, math.ceil(w.buffer_bytes / m.pmu_bytes))
@@ -303,6 +307,12 @@ def _busy_even(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, 
         bw = m.pmu.bandwidth_bytes_per_cycle * ports
         return w.elements * max(w.in_bytes, w.out_bytes) / bw, "onchip"
     return 0.0, "none"
+
+
+def link_share(node: Node) -> float:
+    """Cycles a collective or send/recv occupies its socket's peer link: its own transfer, not
+    the time a recv waits for a slower sender (collectives.time_group)."""
+    return node.attrs.get("link_busy_alone", node.attrs["link_busy"])
 
 
 def fn_cycles(fn, m: Machine) -> float:
@@ -322,6 +332,8 @@ def _latency(node: Node, w: OpWork, m: Machine) -> float:
         return m.latency_cycles(w.tier)
     if w.kind == "route":
         return m.network.route_cycles_per_element
+    if w.kind == "link":
+        return node.attrs["link_latency"]  # the latency terms of its peer-link cost
     return 0.0
 
 
@@ -360,6 +372,9 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
     # the tiers serve the whole section's traffic from its start; the last transfer then takes
     # the tier's latency to complete
     tiers = [candidates[t] + m.latency_cycles(t) for t in ("hbm", "ddr") if candidates[t] > 0]
+    if candidates.get("peer", 0.0) > 0:  # the socket's peer link, shared by its collectives
+        tiers.append(candidates["peer"] + max(_latency(prog.nodes[i], works[i], m) for i in sec
+                                              if works[i].kind == "link"))
     # back-pressure: a producer cannot run further ahead of a slower consumer than the FIFO
     # between them holds, so it finishes no earlier than the consumer takes its last elements
     done = dict(last)
@@ -409,6 +424,9 @@ def edge_depth(node: Node, w: OpWork, m: Machine, t) -> float:
     d = 2.0 if node.op == "bufferize" else float(m.network.fifo_depth)
     if w.kind == "mem":
         d += inflight_elements(m, w.tier, _edge_bytes(t.elem))
+    if w.kind == "link":  # the link holds what is in flight over its latency, as a memory reader does
+        per = node.attrs["link_busy"] / max(t.count, 1.0)
+        d += math.ceil(node.attrs["link_latency"] / max(per, 1.0))
     return d
 
 
@@ -479,6 +497,9 @@ def roofline(prog) -> tuple[float, str]:
 
 def profile(prog) -> Report:
     """Time ``prog`` with the fast model. Needs only the checked types (no data)."""
+    if hasattr(prog, "programs"):  # a kernel on several sockets
+        from .collectives import time_group
+        return time_group(prog, "fast")
     m = prog.machine
     works = [node_work(n) for n in prog.nodes]
     units = [node_units(n, w, m) for n, w in zip(prog.nodes, works)]
@@ -523,6 +544,9 @@ def profile(prog) -> Report:
         candidates = {f"{prog.nodes[i].op}@{prog.nodes[i].call.span.line}": pace[i] for i in sec}
         for tier in ("hbm", "ddr"):
             candidates[tier] = _tier_cycles(m, tier, traffic[tier], requests[tier])
+        link = sum(link_share(prog.nodes[i]) for i in sec if works[i].kind == "link")
+        if link > 0:
+            candidates["peer"] = link
         sec_bottleneck = max(candidates, key=candidates.get)
         steady = candidates[sec_bottleneck]
         sec_time, done = _section_cycles(prog, sec, works, pace, candidates, producer, consumer)

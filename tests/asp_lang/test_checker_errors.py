@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import asp_lang
-from asp_lang.errors import (NO_SPAN, AffineError, ArgumentError, AspError, ERROR_KINDS, InputError,
+from asp_lang.errors import (NO_SPAN, AffineError, ArgumentError, AspError, CollectiveError, ERROR_KINDS, InputError,
                              LimitError, MachineError, NameError_, ParseError, ResourceError,
                              RoutingError, ShapeError, SizeError, Span, TypeError_)
 from asp_lang.interp import Limits
@@ -268,6 +268,13 @@ CASES: list[Case] = [
          raise_=_run_with(lambda p: _route_inputs([0, 1, 2, 0, 1, 0, 1, 0])), golden=True),
     Case("routing_negative_selector_value", RoutingError, ROUTE, (8, "selector", 1),
          raise_=_run_with(lambda p: _route_inputs([-1] * 8))),
+    # ---------------------------------------------------------------- CollectiveError (kernels on several sockets)
+    Case("collective_never_reached", CollectiveError,
+         "kernel k(x: f32[N]) -> (y: f32[N]) {\n  sockets P = 2\n  sizes N = 64\n  xs = load(x, tile=[16])\n"
+         "  ys = all_reduce(xs, on=[0])\n  store(y, ys, on=[0])\n}\n", (5, "all_reduce", 1), golden=True),
+    Case("collective_recv_without_send", CollectiveError,
+         "kernel k(x: f32[N]) -> (y: f32[N]) {\n  sockets P = 2\n  sizes N = 64\n  r = recv(from=1, on=[0])\n"
+         "  store(y, r, on=[0])\n}\n", (4, "recv", 1)),
 ]
 
 
@@ -340,7 +347,7 @@ def test_every_error_kind_has_at_least_two_cases():
 
 def test_error_kinds_are_distinct_asp_errors():
     kinds = [k.kind for k in ERROR_KINDS]
-    assert len(set(kinds)) == len(kinds) == 12
+    assert len(set(kinds)) == len(kinds) == 13
     assert all(issubclass(k, AspError) and issubclass(k, Exception) for k in ERROR_KINDS)
     # names used in reports and docs are the Python-facing ones, without the underscore
     assert NameError_.kind == "NameError" and TypeError_.kind == "TypeError"
