@@ -171,7 +171,41 @@ def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model") 
             ep = ep.run_decompositions()
         except Exception as e:  # noqa: BLE001 - anything torch.export raises is about the model
             raise ModelCaptureError(_capture_failure(name, e)) from e
+    dd = data_dependent_shape(ep)
+    if dd:
+        raise ModelCaptureError(f"{name}: {dd}")
     return ep, _convert(ep, name, f"<{name}>")
+
+
+def data_dependent_shape(ep: Any) -> str | None:
+    """Why ``ep`` cannot be planned when an op's output shape depends on tensor values (a boolean
+    mask index ``x[mask]``, ``nonzero``, ``masked_select``...): "unsupported: data-dependent shape
+    from <op>" with the model line it comes from, or None. Kernels are planned for static shapes."""
+    for n in ep.graph.nodes:
+        val = n.meta.get("val")
+        vals = val if isinstance(val, (tuple, list)) else (val,)
+        for v in vals:
+            if isinstance(v, torch.Tensor) and any(not isinstance(d, int) and not _concrete(d) for d in v.shape):
+                where = ""
+                trace = (n.meta.get("stack_trace") or "").strip().splitlines()
+                for i in range(len(trace) - 1, -1, -1):
+                    line = trace[i].strip()
+                    if line.startswith("File ") and "site-packages" not in line and "/torch/" not in line:
+                        code = trace[i + 1].strip() if i + 1 < len(trace) else ""
+                        where = f"\n  at {line.removeprefix('File ')}: {code}"
+                        break
+                return (f"unsupported: data-dependent shape from {n.target} (its output has "
+                        f"{[str(d) for d in v.shape]} elements decided by tensor values){where}\n  how to fix: "
+                        f"keep shapes static (torch.where(mask, x, 0) instead of x[mask]; a fixed-size top-k instead "
+                        f"of nonzero), or run that part without the library")
+    return None
+
+
+def _concrete(d: Any) -> bool:
+    try:
+        return getattr(d.node, "maybe_as_int", lambda: None)() is not None
+    except AttributeError:
+        return False
 
 
 _NOT_USER = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -192,3 +192,30 @@ def test_with_verify_new_sizes_a_match_inside_a_larger_region_is_never_verified(
     r = report(model, inputs, library=lib, options={"verify_new_sizes": True, "namespace": "rdu_largest"})
     assert "torch.ops.rdu_largest.causal_attention_small" in r.offloaded_ops
     assert "softmax" not in checked          # the attention's softmax ([64 rows, 16]) is inside the attention call
+
+
+def test_data_dependent_shapes_are_named_not_internal_errors():
+    """A boolean-mask index or nonzero makes a shape depend on values: capture says so, naming the
+    op and the model line, instead of failing inside the converter; max with indices captures."""
+    from agentforge.torch.match import export_graph
+    from agentforge.torch.ops import ModelCaptureError
+
+    class Masked(torch.nn.Module):
+        def forward(self, x):
+            return x[x > 0].sum()
+
+    class NonZero(torch.nn.Module):
+        def forward(self, x):
+            return torch.nonzero(x).float().sum()
+
+    class MaxIdx(torch.nn.Module):
+        def forward(self, x):
+            v, i = x.max(dim=-1)
+            return v * 2, i
+
+    for model, op in ((Masked(), "aten.index.Tensor"), (NonZero(), "aten.nonzero")):
+        with pytest.raises(ModelCaptureError, match=f"unsupported: data-dependent shape from {op}") as e:
+            export_graph(model, [torch.randn(4, 8)])
+        assert "test_torch_canonical.py" in str(e.value) and "how to fix" in str(e.value)
+    _, g = export_graph(MaxIdx(), [torch.randn(4, 8)])
+    assert [n.kind for n in g.nodes][:1] == ["max"]
