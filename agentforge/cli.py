@@ -256,12 +256,12 @@ def cmd_estimate(args) -> int:
         print(json.dumps(r, indent=2))
         return 0
     pl = r["per_layer"]
-    print(f"{r['model']} ({r['params'] / 1e9:.1f} B params) on {r['sockets']} x {r['socket']} ({r['machine']}), "
+    print(f"{r['model']} ({r['params'] / 1e9:.3g} B params) on {r['sockets']} x {r['socket']} ({r['machine']}), "
           f"batch {r['batch']}, prompt {r['prompt_tokens']}, weights {r['weight_dtype']}, "
           f"spec-accept {r['spec_accept']:g}")
-    print(f"  decode: {r['decode_tokens_per_s_per_user']:.1f} tokens/s per user "
-          f"({r['fraction_of_bound']:.0%} of the {r['weight_dtype']} weight-streaming bound "
-          f"{r['weight_streaming_bound_dtype']:.1f}"
+    print(f"  decode: {r['decode_tokens_per_s_per_user']:.1f} tokens/s per user (weights streamed at "
+          f"{r['fraction_of_bound']:.0%} of the {r['weight_dtype']} weight-streaming bound, "
+          f"{r['weight_streaming_bound_dtype']:.1f} tokens/s at one token per weight read"
           + (f"; bf16 bound {r['weight_streaming_bound_bf16']:.1f})" if r["weight_dtype"] != "bf16" else ")"))
     print(f"  time to first token: {r['ttft_seconds'] * 1e3:.2f} ms")
     print(f"  per layer: decode {pl['decode_s'] * 1e6:.1f} us (attention {pl['decode_attention_s'] * 1e6:.1f}, "
