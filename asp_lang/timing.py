@@ -337,6 +337,11 @@ def _latency(node: Node, w: OpWork, m: Machine) -> float:
     return 0.0
 
 
+def _reads(node: Node, w: OpWork, tier: str) -> bool:
+    """An operator that reads tensor data from ``tier`` (load, gather)."""
+    return w.kind == "mem" and w.tier == tier and node.op in ("load", "gather")
+
+
 def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, float],
                     candidates: dict[str, float], producer: dict[str, int],
                     consumer: dict[str, int]) -> tuple[float, dict[int, float]]:
@@ -351,6 +356,11 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
     first: dict[int, float] = {}
     last: dict[int, float] = {}
     pace: dict[int, float] = {}
+    # the section's reads share their tier: the last of them arrives no earlier than the tier
+    # has moved them all (what follows the reads, a collective's latency say, comes after that)
+    reads = {t: _tier_cycles(m, t, sum(works[i].offchip_bytes for i in sec if _reads(prog.nodes[i], works[i], t)),
+                             sum(works[i].elements for i in sec if _reads(prog.nodes[i], works[i], t)))
+             for t in ("hbm", "ddr")}
     for i in sec:
         node, w = prog.nodes[i], works[i]
         ins = [producer[n] for n in node.inputs]
@@ -369,6 +379,8 @@ def _section_cycles(prog, sec: list[int], works: list[OpWork], busy: dict[int, f
         first[i] = first_in + wait + lat
         last_in = max((last.get(j, outside) for j in ins), default=0.0)
         last[i] = max(first_in + max(busy[i], own), last_in) + lat
+        if _reads(node, w, w.tier):
+            last[i] = max(last[i], reads[w.tier] + lat)
     # the tiers serve the whole section's traffic from its start; the last transfer then takes
     # the tier's latency to complete
     tiers = [candidates[t] + m.latency_cycles(t) for t in ("hbm", "ddr") if candidates[t] > 0]

@@ -1,0 +1,207 @@
+"""Tensor-parallel ASP for the blocks of a decoder layer, and the degree the cost model picks.
+
+``mlp_source`` and ``attention_source`` write an ASP kernel that runs on ``degree`` sockets
+(docs/asp.md, section 11): the MLP split Megatron-style (the up / gate projections by columns,
+the down projection by rows, one ``all_reduce`` of the partial outputs) and the attention
+block split by heads with grouped-query attention (each socket projects its query and
+key/value heads, attends within them, and multiplies by its rows of the output projection;
+one ``all_reduce``). The kernels take and return the whole tensors, so they are verified
+against the same single-device reference as an unsharded kernel. ``pick_degree`` times every
+valid degree with asp_lang's timing model (types only, so real model sizes cost nothing to
+time) and keeps the fastest.
+
+Why a module of its own: the offline author (agentforge/author.py) can call it to emit the
+tensor-parallel form of a block when a task asks for more than one socket, without this code
+living inside the author's search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import asp_lang
+
+DTYPES = ("f32", "bf16")
+ACTIVATIONS = ("relu", "swiglu")
+
+
+def _tile(n: int, prefer: int) -> int:
+    """The largest power of two <= ``prefer`` that divides ``n`` (1 if none larger does)."""
+    t = prefer
+    while t > 1 and n % t:
+        t //= 2
+    return max(t, 1)
+
+
+def _positive(**values: int) -> None:
+    for k, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"{k} must be a positive integer, got {v!r}")
+
+
+def _dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
+def mlp_source(tokens: int, hidden: int, intermediate: int, degree: int, dtype: str = "f32",
+               activation: str = "swiglu") -> str:
+    """ASP for ``y = act(x @ w_up...) @ w_down`` on ``degree`` sockets (tensor parallel).
+
+    ``activation="relu"``: ``relu(x @ w1) @ w2`` (parameters x, w1, w2). ``"swiglu"`` (Llama):
+    ``(silu(x @ wg) * (x @ wu)) @ wd`` (parameters x, wg, wu, wd). ``intermediate`` must be a
+    multiple of ``degree``. Partial sums are kept in f32 and all-reduced in ``dtype``."""
+    _positive(tokens=tokens, hidden=hidden, intermediate=intermediate, degree=degree)
+    _dtype(dtype)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    if intermediate % degree:
+        raise ValueError(f"intermediate size {intermediate} is not a multiple of the degree {degree}")
+    tm = _tile(tokens, 8)
+    tf = _tile(intermediate // degree, 64)
+    dt = dtype
+    if activation == "relu":
+        params = f"x: {dt}[M, D], w1: {dt}[D, F] @split(1), w2: {dt}[F, D] @split(0)"
+        up_fn = f"  fn up(a, w) = cast(relu(cast(matmul(a, w), f32)), {dt})\n"
+        up = ("  w1s = load(w1, tile=[D, TF], repeat=M / TM, at=0, par=4)\n"
+              "  hs = map(xs, w1s, fn=up, par=8)\n")
+        down = "w2"
+    else:
+        params = (f"x: {dt}[M, D], wg: {dt}[D, F] @split(1), wu: {dt}[D, F] @split(1), "
+                  f"wd: {dt}[F, D] @split(0)")
+        up_fn = ("  fn up(a, g, u) {\n"
+                 "    let hg = cast(matmul(a, g), f32)\n"
+                 f"    return cast(hg * sigmoid(hg) * cast(matmul(a, u), f32), {dt})\n"
+                 "  }\n")
+        up = ("  wgs = load(wg, tile=[D, TF], repeat=M / TM, at=0, par=4)\n"
+              "  wus = load(wu, tile=[D, TF], repeat=M / TM, at=0, par=4)\n"
+              "  hs = map(xs, wgs, wus, fn=up, par=8)\n")
+        down = "wd"
+    return (
+        f"# Tensor-parallel MLP ({activation}) on P sockets: the up projection split by columns,\n"
+        f"# the down projection by rows, one all_reduce of the partial outputs (agentforge/shard.py).\n"
+        f"kernel mlp_tp({params}) -> (y: {dt}[M, D]) {{\n"
+        f"  sockets P = {degree}\n"
+        f"  sizes M = {tokens}\n  sizes D = {hidden}\n  sizes F = {intermediate}\n"
+        f"  sizes TM = {tm}\n  sizes TF = {tf}\n"
+        f"{up_fn}"
+        "  fn mac(acc, h, w) = acc + cast(matmul(h, w), f32)\n"
+        f"  fn out(t) = cast(t, {dt})\n"
+        "  xs = load(x, tile=[TM, D], repeat=F / P / TF, at=1)\n"
+        f"{up}"
+        f"  ws = load({down}, tile=[TF, D], repeat=M / TM, at=0, par=4)\n"
+        "  part = accum(hs, ws, rank=1, init=zeros([TM, D]), fn=mac, par=8)\n"
+        "  pc = map(part, fn=out)\n"
+        "  ys = all_reduce(pc)\n"
+        "  store(y, ys)\n"
+        "}\n")
+
+
+def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim: int, degree: int,
+                     dtype: str = "f32") -> str:
+    """ASP for an attention block (``softmax(q k^T / sqrt(hd)) v`` per head, grouped-query,
+    then the output projection) on ``degree`` sockets, split by heads. ``heads`` must be a
+    multiple of ``kv_heads`` and both of ``degree`` (a socket holds whole key/value heads).
+    Parameters x [seq, hidden], wq [hidden, heads*hd], wk / wv [hidden, kv_heads*hd],
+    wo [heads*hd, hidden]; the result y [seq, hidden]. Scores and softmax are f32."""
+    _positive(seq=seq, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, degree=degree)
+    _dtype(dtype)
+    if heads % kv_heads:
+        raise ValueError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
+    if kv_heads % degree:
+        raise ValueError(f"kv_heads {kv_heads} is not a multiple of the degree {degree} "
+                         "(each socket holds whole key/value heads)")
+    bq = _tile(seq, 16)
+    dt = dtype
+    return (
+        "# Attention block split by heads (grouped-query) on P sockets: each socket projects its\n"
+        "# query and key/value heads, attends, and multiplies by its rows of wo; one all_reduce\n"
+        "# (agentforge/shard.py).\n"
+        f"kernel attention_tp(x: {dt}[S, D], wq: {dt}[D, H * HD] @split(1), wk: {dt}[D, KVH * HD] @split(1), "
+        f"wv: {dt}[D, KVH * HD] @split(1), wo: {dt}[H * HD, D] @split(0)) -> (y: {dt}[S, D]) {{\n"
+        f"  sockets P = {degree}\n"
+        f"  sizes S = {seq}\n  sizes D = {hidden}\n  sizes H = {heads}\n  sizes KVH = {kv_heads}\n"
+        f"  sizes HD = {head_dim}\n  sizes BQ = {bq}\n"
+        "  fn proj(a, w) = matmul(a, w)\n"
+        "  fn attend(q, k, v) {\n"
+        "    let s = cast(matmul(q, transpose(k)), f32) * rsqrt(HD)\n"
+        "    let p = exp(s - max(s, axis=1))\n"
+        f"    return matmul(cast(p / sum(p, axis=1), {dt}), v)\n"
+        "  }\n"
+        "  fn mac(acc, o, w) = acc + cast(matmul(o, w), f32)\n"
+        f"  fn out(t) = cast(t, {dt})\n"
+        "  xq = load(x, tile=[BQ, D], repeat=H / P, at=1)\n"
+        "  qw = load(wq, tile=[D, HD], repeat=S / BQ, at=0)\n"
+        "  qs = map(xq, qw, fn=proj, par=4)\n"
+        "  xk = load(x, tile=[S, D], repeat=KVH / P)\n"
+        "  kw = load(wk, tile=[D, HD])\n"
+        "  ks = map(xk, kw, fn=proj, par=4)\n"
+        "  xv = load(x, tile=[S, D], repeat=KVH / P)\n"
+        "  vw = load(wv, tile=[D, HD])\n"
+        "  vs = map(xv, vw, fn=proj, par=4)\n"
+        "  kq = repeat(ks, H / KVH)\n"
+        "  vq = repeat(vs, H / KVH)\n"
+        "  kg = flatten(kq, dims=[0, 1])\n"
+        "  vg = flatten(vq, dims=[0, 1])\n"
+        "  kb = bufferize(kg, rank=1)\n"
+        "  vb = bufferize(vg, rank=1)\n"
+        "  kr = streamify(kb, repeat=S / BQ)\n"
+        "  vr = streamify(vb, repeat=S / BQ)\n"
+        "  os = map(qs, kr, vr, fn=attend, par=4)\n"
+        "  ow = load(wo, tile=[HD, D], repeat=S / BQ, at=0)\n"
+        "  part = accum(os, ow, rank=1, init=zeros([BQ, D]), fn=mac, par=4)\n"
+        "  pc = map(part, fn=out)\n"
+        "  ys = all_reduce(pc)\n"
+        "  store(y, ys)\n"
+        "}\n")
+
+
+@dataclass
+class ShardChoice:
+    """The degree the cost model picked, with every candidate's time (``None``: not valid
+    for these sizes, with the reason in ``skipped``) and the chosen kernel's source."""
+    degree: int
+    seconds: dict[int, float]
+    source: str
+    skipped: dict[int, str] = field(default_factory=dict)
+
+
+def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine: str = "sn40l",
+                node=None, model: str = "fast", dtype: str = "f32", activation: str = "swiglu") -> ShardChoice:
+    """Time ``block`` ("mlp": tokens, hidden, intermediate; "attention": seq, hidden, heads,
+    kv_heads, head_dim) at every degree the sizes allow and return the fastest (ties: the
+    smaller degree, which uses fewer sockets). ``node`` gives the peer links (asp_lang.node;
+    default those of sn40l-node8); ``model`` is asp_lang's "fast" or "event" timing model."""
+    if block not in ("mlp", "attention"):
+        raise ValueError(f"block must be 'mlp' or 'attention', got {block!r}")
+    if model not in ("fast", "event"):
+        raise ValueError(f"model must be 'fast' or 'event', got {model!r}")
+    need = ("tokens", "hidden", "intermediate") if block == "mlp" else ("seq", "hidden", "heads", "kv_heads",
+                                                                        "head_dim")
+    missing = [k for k in need if k not in sizes]
+    unknown = [k for k in sizes if k not in need]
+    if missing or unknown:
+        raise ValueError(f"{block} sizes need exactly {', '.join(need)}"
+                         + (f"; missing {', '.join(missing)}" if missing else "")
+                         + (f"; unknown {', '.join(unknown)}" if unknown else ""))
+    seconds: dict[int, float] = {}
+    sources: dict[int, str] = {}
+    skipped: dict[int, str] = {}
+    for p in degrees:
+        try:
+            src = (mlp_source(degree=p, dtype=dtype, activation=activation, **sizes) if block == "mlp"
+                   else attention_source(degree=p, dtype=dtype, **sizes))
+            prog = asp_lang.compile(src, machine=machine, node=node, filename=f"{block}_tp{p}.asp")
+        except (ValueError, asp_lang.AspError) as e:
+            skipped[p] = e.short() if isinstance(e, asp_lang.AspError) else str(e)
+            continue
+        rep = asp_lang.profile(prog) if model == "fast" else asp_lang.simulate(prog)
+        seconds[p] = rep.seconds
+        sources[p] = src
+    if not seconds:
+        raise ValueError(f"no degree in {list(degrees)} is valid for these sizes: {skipped}")
+    best = min(seconds, key=lambda p: (seconds[p], p))
+    return ShardChoice(best, seconds, sources[best], skipped)
+
+
+__all__ = ["mlp_source", "attention_source", "pick_degree", "ShardChoice"]

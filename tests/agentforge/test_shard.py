@@ -1,0 +1,82 @@
+"""agentforge/shard.py: tensor-parallel ASP for an MLP and an attention block, verified against
+PyTorch at every degree, and the degree the cost model picks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import asp_lang
+from agentforge.shard import attention_source, mlp_source, pick_degree
+
+
+def _t(a) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
+@pytest.mark.parametrize("activation", ["relu", "swiglu"])
+@pytest.mark.parametrize("degree", [2, 4])
+def test_tensor_parallel_mlp_matches_pytorch(activation, degree):
+    prog = asp_lang.compile(mlp_source(32, 64, 256, degree, activation=activation))
+    assert len(prog.programs) == degree
+    i = asp_lang.random_inputs(prog, seed=degree)
+    y = asp_lang.run(prog, i)["y"]
+    x = _t(i["x"])
+    if activation == "relu":
+        ref = torch.relu(x @ _t(i["w1"])) @ _t(i["w2"])
+    else:
+        ref = (torch.nn.functional.silu(x @ _t(i["wg"])) * (x @ _t(i["wu"]))) @ _t(i["wd"])
+    np.testing.assert_allclose(y, ref.numpy(), rtol=2e-4, atol=1e-5 * float(ref.abs().max()))
+
+
+@pytest.mark.parametrize("degree", [2, 4])
+def test_head_sharded_gqa_attention_matches_pytorch(degree):
+    s, d, h, kvh, hd = 64, 128, 8, 4, 16
+    prog = asp_lang.compile(attention_source(s, d, h, kvh, hd, degree))
+    i = asp_lang.random_inputs(prog, seed=degree)
+    for w in ("wq", "wk", "wv"):
+        i[w] = i[w] / np.float32(np.sqrt(d))
+    y = asp_lang.run(prog, i)["y"]
+    x = _t(i["x"])
+    q = (x @ _t(i["wq"])).reshape(s, h, hd).transpose(0, 1)
+    k = (x @ _t(i["wk"])).reshape(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, 0)
+    v = (x @ _t(i["wv"])).reshape(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, 0)
+    o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    ref = (o.transpose(0, 1).reshape(s, h * hd) @ _t(i["wo"])).numpy()
+    np.testing.assert_allclose(y, ref, rtol=2e-4, atol=1e-5 * float(np.abs(ref).max()))
+
+
+def test_the_degree_is_the_fastest_valid_one():
+    """A decode-sized Llama-3.1-8B MLP streams its weights: more sockets, less time each, so
+    the most sockets win; an 8-KV-head attention block cannot be split 16 ways."""
+    mlp = pick_degree("mlp", {"tokens": 1, "hidden": 4096, "intermediate": 14336}, degrees=(1, 2, 4, 8, 16),
+                      dtype="bf16")
+    times = [mlp.seconds[p] for p in (1, 2, 4, 8, 16)]
+    assert times == sorted(times, reverse=True) and mlp.degree == 16
+    assert "mlp_tp" in mlp.source and "sockets P = 16" in mlp.source
+    attn = pick_degree("attention", {"seq": 16, "hidden": 512, "heads": 8, "kv_heads": 8, "head_dim": 64},
+                       degrees=(1, 2, 16))
+    assert 16 in attn.skipped and "kv_heads" in attn.skipped[16]
+    assert attn.degree == min(attn.seconds, key=attn.seconds.get)
+
+
+def test_a_tiny_block_stays_on_one_socket():
+    """Where the all-reduce's latency costs more than the work it splits, one socket wins."""
+    c = pick_degree("mlp", {"tokens": 8, "hidden": 64, "intermediate": 256}, degrees=(1, 2, 4))
+    assert c.degree == 1 and c.seconds[2] > c.seconds[1]
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: pick_degree("mlp", {"tokens": 8, "hidden": 64}), "missing intermediate"),
+    (lambda: pick_degree("mlp", {"tokens": 8, "hidden": 64, "intermediate": 256, "heads": 2}), "unknown heads"),
+    (lambda: pick_degree("conv", {}), "block must be"),
+    (lambda: mlp_source(8, 64, 100, 3), "not a multiple of the degree 3"),
+    (lambda: mlp_source(8, 64, 256, 2, dtype="f64"), "dtype must be"),
+    (lambda: attention_source(16, 64, 6, 4, 16, 2), "not a multiple of kv_heads"),
+    (lambda: pick_degree("mlp", {"tokens": 8, "hidden": 64, "intermediate": 6}, degrees=(4,)), "no degree"),
+])
+def test_bad_requests_say_what_to_fix(call, words):
+    with pytest.raises(ValueError) as ei:
+        call()
+    assert words in str(ei.value)
