@@ -284,17 +284,43 @@ def kernel_latency_seconds(machine: Machine) -> float:
     return 2 * machine.latency_cycles("hbm") / (machine.clock_ghz * 1e9)
 
 
-PAR_COMPUTE = (4, 16, 64, 256)
+PAR_COMPUTE = (4, 16, 64, 256, 960)
 PAR_MEMORY = (2, 8)
+#: the most PCUs the other compute operators of a matmul kernel (a bias add, a cast) get
+PAR_BESIDE_MATMUL = 64
 _PAR = re.compile(r"par=\d+")
+_FN = re.compile(r"^\s*fn (\w+)\(")
 
 
 def with_par(source: str, compute: int, memory: int) -> str:
-    """The same kernel with every memory operator at ``memory`` and compute operator at ``compute``."""
+    """The same kernel with every memory operator at ``memory`` and compute operator at ``compute``.
+
+    In a kernel with a matmul, ``compute`` is the matmul operator's and the others (a bias add,
+    a cast) get at most PAR_BESIDE_MATMUL: a GEMM reaches its roofline only with most of the
+    chip's PCUs on the systolic work (960 of sn40l's 1040), which it could not have if every
+    operator of the kernel took as many."""
+    mm_fns = set()
+    lines = source.splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        m = _FN.match(line)
+        if m:
+            body = line
+            j = i
+            while line.rstrip().endswith("{") and j + 1 < len(lines) and not body.rstrip().endswith("}"):
+                j += 1
+                body += lines[j]
+            if "matmul(" in body:
+                mm_fns.add(m.group(1))
     out = []
-    for line in source.splitlines(keepends=True):
+    for line in lines:
         is_mem = "load(" in line or "store(" in line
-        out.append(_PAR.sub(f"par={memory if is_mem else compute}", line))
+        if is_mem:
+            par = memory
+        elif not mm_fns or any(f"fn={f}," in line or f"fn={f})" in line for f in mm_fns):
+            par = compute
+        else:
+            par = min(compute, PAR_BESIDE_MATMUL)
+        out.append(_PAR.sub(f"par={par}", line))
     return "".join(out)
 
 

@@ -23,6 +23,7 @@ TILE_CAP = 1 << 14        # elements in a streamed tile (64 KiB of f32)
 ROW_CAP = 1 << 16         # longest row held whole in one tile
 BLOCK_CAP = 1 << 22       # elements of a whole-block tile for structural ops (cat, slice, gather...)
 MM_TILE = 128
+MM_BLOCK_M, MM_BLOCK_N = 256, 512   # the baseline's matmul output block (lower_matmul)
 
 ASP_DTYPE = {"f32": "f32", "bf16": "bf16", "f16": "f16", "i64": "i32", "i32": "i32", "bool": "bool"}
 
@@ -174,9 +175,34 @@ def _row_tiling(shape: tuple[int, ...], cap: int = TILE_CAP) -> tuple[int, int]:
     return r, q
 
 
+def merge_dims(shape: tuple[int, ...], operands: list[tuple[int, ...]]) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    """The coarsest view of an elementwise op: adjacent output axes merge where every operand
+    either covers both whole or broadcasts over both (a reshape of contiguous HBM data costs
+    nothing). ``[4096, 2, 8] == [1, 1, 8]`` becomes ``[8192, 8] == [1, 8]``, so it streams a few
+    large tiles instead of 4096 tiles of 16 elements."""
+    k = len(shape)
+    ops = [(1,) * (k - len(p)) + tuple(p) for p in operands]
+    groups: list[list[int]] = []
+    for a in range(k):
+        if groups:
+            b = groups[-1][-1]
+            if all((p[a] == shape[a] and p[b] == shape[b]) or (p[a] == 1 and p[b] == 1) for p in ops):
+                groups[-1].append(a)
+                continue
+        groups.append([a])
+    new_shape = tuple(math.prod(shape[a] for a in g) for g in groups)
+    new_ops = [tuple(math.prod(p[a] for a in g) for g in groups) for p in ops]
+    return new_shape, new_ops
+
+
 def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], expr: Callable[[list[str]], str],
                        out_dtype: str | None = None, comment: str = "", extra_outs=None) -> tuple[str, list, list]:
-    """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape."""
+    """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape.
+
+    An operand smaller than the output is re-read from HBM once per position it broadcasts
+    over, except the largest such operand: the traversal puts the axes it broadcasts over
+    innermost, so each of its tiles is read once and repeated on chip (`repeat`) while the
+    others stream past (a competent kernel does not re-read a RoPE table once per head)."""
     shape = out.shape or (1,)
     k = len(shape)
     kb = KernelBuilder(name)
@@ -184,31 +210,47 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     out_tile = [1] * (k - 2) + [tr, tq] if k >= 2 else [tq]
     kept = [a for a in range(k) if out_tile[a] != shape[a]]
     grid = {a: shape[a] // out_tile[a] for a in kept}
+
+    def padded(op: _Operand) -> tuple[int, ...]:
+        return (1,) * (k - len(op.spec.shape)) + tuple(op.spec.shape) if op.spec.shape else (1,) * k
+
+    def bcast_axes(op: _Operand) -> list[int]:
+        p = padded(op)
+        return [a for a in kept if p[a] != shape[a]]
+
+    tensors = [op for op in operands if op.kind == "tensor"]
+    held = max((op for op in tensors if bcast_axes(op)), key=lambda op: op.spec.numel, default=None)
+    inner = bcast_axes(held) if held is not None else []
+    trav = [a for a in kept if a not in inner] + inner
     streams, args, inputs, views = [], [], [], []
     for op in operands:
         if op.kind == "scalar":
             args.append(_lit(op.value))
             continue
         spec = op.spec
-        p = (1,) * (k - len(spec.shape)) + tuple(spec.shape) if spec.shape else (1,) * k
+        p = padded(op)
         pname = kb.param(_dt(spec), p)
         inputs.append(op.value)
         views.append(p)
         tile = [out_tile[a] if p[a] == shape[a] else 1 for a in range(k)]
         own_kept = [a for a in range(k) if tile[a] != p[a]]
-        repeats, ats = [], []
-        pos = 0
-        for j, a in enumerate(kept):
-            if a in own_kept:
-                pos += 1
-                continue
-            repeats.append(grid[a])
-            ats.append(j)
         call = f"load({pname}, tile={_list(tile)}"
-        if repeats:
-            call += f", repeat={_list(repeats)}, at={_list(ats)}"
-        call += ", par=4)"
-        (s,) = kb.op(call)
+        order = [own_kept.index(a) for a in trav if a in own_kept]
+        if order != sorted(order):
+            call += f", order={_list(order)}"
+        if op is held:
+            (s,) = kb.op(call + ", par=4)")
+            for a in inner:
+                (s,) = kb.op(f"repeat({s}, {grid[a]})")
+        else:
+            repeats, ats = [], []
+            for j, a in enumerate(trav):
+                if a not in own_kept:
+                    repeats.append(grid[a])
+                    ats.append(j)
+            if repeats:
+                call += f", repeat={_list(repeats)}, at={_list(ats)}"
+            (s,) = kb.op(call + ", par=4)")
         streams.append(s)
         args.append(f"x{len(streams) - 1}")
     params = [f"x{i}" for i in range(len(streams))]
@@ -222,7 +264,8 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
         raise UnsupportedOpError(f"not supported: {name} with only scalar operands")
     (res,) = kb.op(f"map({', '.join(streams)}, fn={fname}, par=8)")
     oname = kb.result(odt, shape)
-    kb.do(f"store({oname}, {res}, par=4)")
+    store_order = [kept.index(a) for a in trav]
+    kb.do(f"store({oname}, {res}" + (f", order={_list(store_order)}" if trav != kept else "") + ", par=4)")
     return kb.text(comment), inputs, views
 
 
@@ -272,8 +315,19 @@ def _gelu(x: str, approximate: str) -> str:
 def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     ops, expr, odt = elementwise_parts(node, graph, kind)
     out = node.outs[0]
-    src, inputs, views = elementwise_kernel(_kname(node), out, ops, expr, odt, comment=f"{node.target} ({node.name})")
-    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [out.shape or (1,)])
+    tensors = [o for o in ops if o.kind == "tensor"]
+    shape, views = merge_dims(out.shape or (1,), [o.spec.shape for o in tensors])
+    merged = [_Operand(o.kind, o.value, TensorSpec(o.spec.name, v, o.spec.dtype)) if o.kind == "tensor" else o
+              for o, v in zip(ops, _interleave(ops, views))]
+    src, inputs, views = elementwise_kernel(_kname(node), TensorSpec(out.name, shape, out.dtype), merged, expr, odt,
+                                            comment=f"{node.target} ({node.name})")
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape])
+
+
+def _interleave(ops: list["_Operand"], views: list[tuple[int, ...]]) -> list:
+    """``views`` (one per tensor operand) aligned with ``ops`` (scalars get None)."""
+    it = iter(views)
+    return [next(it) if o.kind == "tensor" else None for o in ops]
 
 
 def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
@@ -641,7 +695,10 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     dt = _dt(out)
     if _dt(sa) != dt or _dt(sb) != dt:
         raise UnsupportedOpError(f"not supported: {node.target} with mixed dtypes")
-    tm, tn, tk = divisor_at_most(M, MM_TILE), divisor_at_most(N, MM_TILE), divisor_at_most(K, MM_TILE)
+    # [256, 512] output blocks (a 512 KiB f32 accumulator, one PMU): each operand tile read from
+    # HBM feeds 2 x 256 x 512 x 128 flops, enough to keep ~960 PCUs' systolic arrays busy at f32
+    # without HBM becoming the bound (128 x 128 blocks re-read the operands 4x as often)
+    tm, tn, tk = divisor_at_most(M, MM_BLOCK_M), divisor_at_most(N, MM_BLOCK_N), divisor_at_most(K, MM_TILE)
     kb = KernelBuilder(_kname(node))
     pa = kb.param(dt, sa.shape)
     pb = kb.param(dt, sb.shape)
@@ -726,9 +783,20 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     kb = KernelBuilder(_kname(node))
     p = kb.param(dt, x.shape)
     tile = [1] * k
+    reshape = None
     if perm[-1] == k - 1:
+        # the last axis stays: move [R, D] slabs, R rows of the input axis that becomes the
+        # output's second-to-last (the tile's other axes are size 1, a free reshape on chip), so
+        # a head-split permute moves 64 KiB tiles, not one 256-byte row per memory request
         tile[-1] = divisor_at_most(x.shape[-1], TILE_CAP)
-        out_tile = [1] * (k - 1) + [tile[-1]]
+        r_ax = perm[-2] if k >= 2 else None
+        rows = divisor_at_most(x.shape[r_ax], max(1, TILE_CAP // tile[-1])) if r_ax is not None else 1
+        if rows > 1:
+            tile[r_ax] = rows
+            out_tile = [1] * (k - 2) + [rows, tile[-1]]
+            reshape = [rows, tile[-1]]
+        else:
+            out_tile = [1] * (k - 1) + [tile[-1]]
         swap = False
     elif perm[-2] == k - 1:
         a_ax = perm[-1]
@@ -746,10 +814,22 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     if swap:
         f = kb.fn(["t"], "transpose(t)")
         (s,) = kb.op(f"map({s}, fn={f}, par=8)")
+    elif reshape is not None and _squeezed(tile) != reshape:
+        f = kb.fn(["t"], f"reshape(t, {_list(reshape)})")
+        (s,) = kb.op(f"map({s}, fn={f}, par=8)")
     o = kb.result(dt, out.shape)
     kb.do(f"store({o}, {s}, par=4)")
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [x.shape],
                     [out.name], [out.shape])
+
+
+def _squeezed(tile: list[int]) -> list[int]:
+    """The element shape a load with this (literal) tile gives: leading 1s dropped while more
+    than two entries remain (docs/asp.md 3.5)."""
+    t = list(tile)
+    while len(t) > 2 and t[0] == 1:
+        t.pop(0)
+    return t
 
 
 def _block(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
