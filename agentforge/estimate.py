@@ -15,7 +15,8 @@ Tensor parallelism over N sockets (Megatron style):
 - attention by heads: each socket has ceil(H/N) query heads and ceil(KV/N) KV heads (GQA; when
   N > KV a KV head is replicated on N/KV sockets), q/k/v projections split by columns, the
   output projection by rows, then one all-reduce of the hidden state;
-- MLP: gate/up split by columns, down by rows, then one all-reduce;
+- MLP: gate/up split by columns (one merged weight, as serving engines keep it), down by rows,
+  then one all-reduce;
 - lm head split by vocabulary, then an all-gather of the logits; the embedding is a row gather.
 
 Assumptions (docs/multisocket.md says how to read them):
@@ -165,7 +166,9 @@ def _modules():
     class AttentionShard(nn.Module):
         """RMSNorm, q/k/v projections (column shards), RoPE, attention, o projection (row shard).
         ``cached``: decode (the new tokens attend to a KV cache input, GQA by grouping the query
-        heads of a KV head: the cache is read once); else prefill (causal over the prompt)."""
+        heads of a KV head: the cache is read once; K is cached transposed, [b, kv, hd, ctx], as
+        serving kernels keep it, so no kernel transposes the cache); else prefill (causal over
+        the prompt)."""
 
         def __init__(self, hidden, hl, kvl, hd, cached):
             super().__init__()
@@ -187,9 +190,9 @@ def _modules():
             k = k * cos + rot(k) * sin
             g = hl // kvl
             if self.cached:
-                kc, vc = cache
+                kct, vc = cache
                 qg = q.reshape(b, kvl, g * t, hd)
-                s = torch.matmul(qg, kc.transpose(-2, -1)) * hd ** -0.5
+                s = torch.matmul(qg, kct) * hd ** -0.5
                 a = torch.matmul(torch.softmax(s, dim=-1), vc).reshape(b, hl, t, hd)
             else:
                 kr = k[:, :, None].expand(b, kvl, g, t, hd).reshape(b, hl, t, hd)
@@ -201,18 +204,20 @@ def _modules():
             return self.o_proj(a), k, v   # k, v: the new cache entries (written to HBM)
 
     class MlpShard(nn.Module):
-        """RMSNorm, SwiGLU with gate/up column shards and the down projection's row shard."""
+        """RMSNorm, SwiGLU with gate/up column shards and the down projection's row shard. The
+        gate and up shards are one [hidden, 2 x il] weight (as serving engines merge them): one
+        matmul kernel streams both."""
 
         def __init__(self, hidden, il):
             super().__init__()
+            self.il = il
             self.norm = nn.Parameter(torch.ones(hidden))
-            self.gate_proj = nn.Linear(hidden, il, bias=False)
-            self.up_proj = nn.Linear(hidden, il, bias=False)
+            self.gate_up_proj = nn.Linear(hidden, 2 * il, bias=False)
             self.down_proj = nn.Linear(il, hidden, bias=False)
 
         def forward(self, x):
-            h = rms(x, self.norm)
-            return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+            gu = self.gate_up_proj(rms(x, self.norm))
+            return self.down_proj(F.silu(gu[..., :self.il]) * gu[..., self.il:])
 
     class HeadShard(nn.Module):
         """The final RMSNorm and the lm head's vocabulary shard."""
@@ -251,7 +256,7 @@ def _timed_kernels(kind: str, shape: tuple, dtype: str, machine) -> list[dict]:
             mod = AttentionShard(hidden, hl, kvl, hd, cached=ctx > 0)
             ins = [torch.empty(b, t, hidden), torch.empty(t, hd), torch.empty(t, hd)]
             if ctx > 0:
-                ins += [torch.empty(b, kvl, ctx, hd), torch.empty(b, kvl, ctx, hd)]
+                ins += [torch.empty(b, kvl, hd, ctx), torch.empty(b, kvl, ctx, hd)]
         elif kind == "mlp":
             hidden, il, b, t = shape
             mod, ins = MlpShard(hidden, il), [torch.empty(b, t, hidden)]

@@ -70,8 +70,10 @@ def test_more_sockets_decode_faster_and_stay_under_the_bound(runs):
     one, eight = runs[1], runs[8]
     assert eight["decode_tokens_per_s_per_user"] > 2 * one["decode_tokens_per_s_per_user"]
     assert eight["ttft_seconds"] < one["ttft_seconds"]
+    # the bound counts every weight; decode gathers embedding rows instead of streaming the table
+    streamed = one["params"] - CFG["vocab_size"] * CFG["hidden_size"]
     for r in (one, eight):
-        assert 0 < r["fraction_of_bound"] <= 1.0
+        assert 0 < r["fraction_of_bound"] <= one["params"] / streamed
         assert r["decode_step_seconds"] == pytest.approx(1 / r["decode_tokens_per_s_per_user"])
 
 
