@@ -23,6 +23,7 @@ import asp_lang
 
 DTYPES = ("f32", "bf16")
 ACTIVATIONS = ("relu", "swiglu")
+LAYOUTS = ("in_out", "out_in")  # a weight as [in, out] (y = x @ w) or as nn.Linear keeps it, [out, in]
 
 
 def _tile(n: int, prefer: int) -> int:
@@ -45,37 +46,50 @@ def _dtype(dtype: str) -> None:
 
 
 def mlp_source(tokens: int, hidden: int, intermediate: int, degree: int, dtype: str = "f32",
-               activation: str = "swiglu") -> str:
+               activation: str = "swiglu", layout: str = "in_out", tm: int = 8, tf: int = 64,
+               par: int = 8) -> str:
     """ASP for ``y = act(x @ w_up...) @ w_down`` on ``degree`` sockets (tensor parallel).
 
     ``activation="relu"``: ``relu(x @ w1) @ w2`` (parameters x, w1, w2). ``"swiglu"`` (Llama):
     ``(silu(x @ wg) * (x @ wu)) @ wd`` (parameters x, wg, wu, wd). ``intermediate`` must be a
-    multiple of ``degree``. Partial sums are kept in f32 and all-reduced in ``dtype``."""
+    multiple of ``degree``. Partial sums are kept in f32 and all-reduced in ``dtype``.
+    ``layout="out_in"`` declares the weights as ``nn.Linear`` stores them ([out, in]: the up
+    projections split by rows, the down projection by columns), the order and layout
+    agentforge's verifier binds a task's parameters in. ``tm`` / ``tf`` are the preferred
+    token and intermediate tiles (halved until they divide), ``par`` the replicas of the
+    compute operators (``pick_degree`` searches them)."""
     _positive(tokens=tokens, hidden=hidden, intermediate=intermediate, degree=degree)
     _dtype(dtype)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     if intermediate % degree:
         raise ValueError(f"intermediate size {intermediate} is not a multiple of the degree {degree}")
-    tm = _tile(tokens, 8)
-    tf = _tile(intermediate // degree, 64)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    _positive(tm=tm, tf=tf, par=par)
+    tm = _tile(tokens, tm)
+    tf = _tile(intermediate // degree, tf)
     dt = dtype
+    t = layout == "out_in"
+    upw = f"{dt}[F, D] @split(0)" if t else f"{dt}[D, F] @split(1)"   # an up / gate projection
+    downw = f"{dt}[D, F] @split(1)" if t else f"{dt}[F, D] @split(0)"
+    up_tile, down_tile = ("[TF, D]", "[D, TF]") if t else ("[D, TF]", "[TF, D]")
+    mm = "matmul({}, transpose({}))" if t else "matmul({}, {})"
     if activation == "relu":
-        params = f"x: {dt}[M, D], w1: {dt}[D, F] @split(1), w2: {dt}[F, D] @split(0)"
-        up_fn = f"  fn up(a, w) = cast(relu(cast(matmul(a, w), f32)), {dt})\n"
-        up = ("  w1s = load(w1, tile=[D, TF], repeat=M / TM, at=0, par=4)\n"
-              "  hs = map(xs, w1s, fn=up, par=8)\n")
+        params = f"x: {dt}[M, D], w1: {upw}, w2: {downw}"
+        up_fn = f"  fn up(a, w) = cast(relu(cast({mm.format('a', 'w')}, f32)), {dt})\n"
+        up = (f"  w1s = load(w1, tile={up_tile}, repeat=M / TM, at=0, par=4)\n"
+              f"  hs = map(xs, w1s, fn=up, par={par})\n")
         down = "w2"
     else:
-        params = (f"x: {dt}[M, D], wg: {dt}[D, F] @split(1), wu: {dt}[D, F] @split(1), "
-                  f"wd: {dt}[F, D] @split(0)")
+        params = f"x: {dt}[M, D], wg: {upw}, wu: {upw}, wd: {downw}"
         up_fn = ("  fn up(a, g, u) {\n"
-                 "    let hg = cast(matmul(a, g), f32)\n"
-                 f"    return cast(hg * sigmoid(hg) * cast(matmul(a, u), f32), {dt})\n"
+                 f"    let hg = cast({mm.format('a', 'g')}, f32)\n"
+                 f"    return cast(hg * sigmoid(hg) * cast({mm.format('a', 'u')}, f32), {dt})\n"
                  "  }\n")
-        up = ("  wgs = load(wg, tile=[D, TF], repeat=M / TM, at=0, par=4)\n"
-              "  wus = load(wu, tile=[D, TF], repeat=M / TM, at=0, par=4)\n"
-              "  hs = map(xs, wgs, wus, fn=up, par=8)\n")
+        up = (f"  wgs = load(wg, tile={up_tile}, repeat=M / TM, at=0, par=4)\n"
+              f"  wus = load(wu, tile={up_tile}, repeat=M / TM, at=0, par=4)\n"
+              f"  hs = map(xs, wgs, wus, fn=up, par={par})\n")
         down = "wd"
     return (
         f"# Tensor-parallel MLP ({activation}) on P sockets: the up projection split by columns,\n"
@@ -85,12 +99,12 @@ def mlp_source(tokens: int, hidden: int, intermediate: int, degree: int, dtype: 
         f"  sizes M = {tokens}\n  sizes D = {hidden}\n  sizes F = {intermediate}\n"
         f"  sizes TM = {tm}\n  sizes TF = {tf}\n"
         f"{up_fn}"
-        "  fn mac(acc, h, w) = acc + cast(matmul(h, w), f32)\n"
+        f"  fn mac(acc, h, w) = acc + cast({mm.format('h', 'w')}, f32)\n"
         f"  fn out(t) = cast(t, {dt})\n"
         "  xs = load(x, tile=[TM, D], repeat=F / P / TF, at=1)\n"
         f"{up}"
-        f"  ws = load({down}, tile=[TF, D], repeat=M / TM, at=0, par=4)\n"
-        "  part = accum(hs, ws, rank=1, init=zeros([TM, D]), fn=mac, par=8)\n"
+        f"  ws = load({down}, tile={down_tile}, repeat=M / TM, at=0, par=4)\n"
+        f"  part = accum(hs, ws, rank=1, init=zeros([TM, D]), fn=mac, par={par})\n"
         "  pc = map(part, fn=out)\n"
         "  ys = all_reduce(pc)\n"
         "  store(y, ys)\n"
@@ -98,12 +112,13 @@ def mlp_source(tokens: int, hidden: int, intermediate: int, degree: int, dtype: 
 
 
 def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim: int, degree: int,
-                     dtype: str = "f32") -> str:
+                     dtype: str = "f32", bq: int = 16, par: int = 4) -> str:
     """ASP for an attention block (``softmax(q k^T / sqrt(hd)) v`` per head, grouped-query,
     then the output projection) on ``degree`` sockets, split by heads. ``heads`` must be a
     multiple of ``kv_heads`` and both of ``degree`` (a socket holds whole key/value heads).
     Parameters x [seq, hidden], wq [hidden, heads*hd], wk / wv [hidden, kv_heads*hd],
-    wo [heads*hd, hidden]; the result y [seq, hidden]. Scores and softmax are f32."""
+    wo [heads*hd, hidden]; the result y [seq, hidden]. Scores and softmax are f32. ``bq`` is
+    the preferred query block (halved until it divides), ``par`` the compute replicas."""
     _positive(seq=seq, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, degree=degree)
     _dtype(dtype)
     if heads % kv_heads:
@@ -111,7 +126,8 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
     if kv_heads % degree:
         raise ValueError(f"kv_heads {kv_heads} is not a multiple of the degree {degree} "
                          "(each socket holds whole key/value heads)")
-    bq = _tile(seq, 16)
+    _positive(bq=bq, par=par)
+    bq = _tile(seq, bq)
     dt = dtype
     return (
         "# Attention block split by heads (grouped-query) on P sockets: each socket projects its\n"
@@ -132,13 +148,13 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
         f"  fn out(t) = cast(t, {dt})\n"
         "  xq = load(x, tile=[BQ, D], repeat=H / P, at=1)\n"
         "  qw = load(wq, tile=[D, HD], repeat=S / BQ, at=0)\n"
-        "  qs = map(xq, qw, fn=proj, par=4)\n"
+        f"  qs = map(xq, qw, fn=proj, par={par})\n"
         "  xk = load(x, tile=[S, D], repeat=KVH / P)\n"
         "  kw = load(wk, tile=[D, HD])\n"
-        "  ks = map(xk, kw, fn=proj, par=4)\n"
+        f"  ks = map(xk, kw, fn=proj, par={par})\n"
         "  xv = load(x, tile=[S, D], repeat=KVH / P)\n"
         "  vw = load(wv, tile=[D, HD])\n"
-        "  vs = map(xv, vw, fn=proj, par=4)\n"
+        f"  vs = map(xv, vw, fn=proj, par={par})\n"
         "  kq = repeat(ks, H / KVH)\n"
         "  vq = repeat(vs, H / KVH)\n"
         "  kg = flatten(kq, dims=[0, 1])\n"
@@ -147,9 +163,9 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
         "  vb = bufferize(vg, rank=1)\n"
         "  kr = streamify(kb, repeat=S / BQ)\n"
         "  vr = streamify(vb, repeat=S / BQ)\n"
-        "  os = map(qs, kr, vr, fn=attend, par=4)\n"
+        f"  os = map(qs, kr, vr, fn=attend, par={par})\n"
         "  ow = load(wo, tile=[HD, D], repeat=S / BQ, at=0)\n"
-        "  part = accum(os, ow, rank=1, init=zeros([BQ, D]), fn=mac, par=4)\n"
+        f"  part = accum(os, ow, rank=1, init=zeros([BQ, D]), fn=mac, par={par})\n"
         "  pc = map(part, fn=out)\n"
         "  ys = all_reduce(pc)\n"
         "  store(y, ys)\n"
@@ -158,19 +174,29 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
 
 @dataclass
 class ShardChoice:
-    """The degree the cost model picked, with every candidate's time (``None``: not valid
-    for these sizes, with the reason in ``skipped``) and the chosen kernel's source."""
+    """The degree the cost model picked, with every candidate degree's best time (degrees not
+    valid for these sizes are in ``skipped``, with the reason), the tiles and replicas that
+    gave it (``configs``) and the chosen kernel's source."""
     degree: int
     seconds: dict[int, float]
     source: str
     skipped: dict[int, str] = field(default_factory=dict)
+    configs: dict[int, dict] = field(default_factory=dict)
+
+
+# tiles and replicas tried at every degree: decode wants small token tiles (one weight pass),
+# prefill large ones and many replicas (compute-bound)
+MLP_GRID = tuple({"tm": tm, "tf": tf, "par": par} for tm in (8, 64, 128) for tf in (64, 256) for par in (8, 64, 256))
+ATTENTION_GRID = tuple({"bq": bq, "par": par} for bq in (16, 64) for par in (4, 32, 128))
 
 
 def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine: str = "sn40l",
-                node=None, model: str = "fast", dtype: str = "f32", activation: str = "swiglu") -> ShardChoice:
+                node=None, model: str = "fast", dtype: str = "f32", activation: str = "swiglu",
+                layout: str = "in_out") -> ShardChoice:
     """Time ``block`` ("mlp": tokens, hidden, intermediate; "attention": seq, hidden, heads,
-    kv_heads, head_dim) at every degree the sizes allow and return the fastest (ties: the
-    smaller degree, which uses fewer sockets). ``node`` gives the peer links (asp_lang.node;
+    kv_heads, head_dim) at every degree the sizes allow, each with the best of a small grid of
+    tiles and replicas (``MLP_GRID``, ``ATTENTION_GRID``), and return the fastest degree (ties:
+    the smaller, which uses fewer sockets). ``node`` gives the peer links (asp_lang.node;
     default those of sn40l-node8); ``model`` is asp_lang's "fast" or "event" timing model."""
     if block not in ("mlp", "attention"):
         raise ValueError(f"block must be 'mlp' or 'attention', got {block!r}")
@@ -186,22 +212,33 @@ def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine
                          + (f"; unknown {', '.join(unknown)}" if unknown else ""))
     seconds: dict[int, float] = {}
     sources: dict[int, str] = {}
+    configs: dict[int, dict] = {}
     skipped: dict[int, str] = {}
     for p in degrees:
-        try:
-            src = (mlp_source(degree=p, dtype=dtype, activation=activation, **sizes) if block == "mlp"
-                   else attention_source(degree=p, dtype=dtype, **sizes))
-            prog = asp_lang.compile(src, machine=machine, node=node, filename=f"{block}_tp{p}.asp")
-        except (ValueError, asp_lang.AspError) as e:
-            skipped[p] = e.short() if isinstance(e, asp_lang.AspError) else str(e)
-            continue
-        rep = asp_lang.profile(prog) if model == "fast" else asp_lang.simulate(prog)
-        seconds[p] = rep.seconds
-        sources[p] = src
+        seen: set[str] = set()
+        for cfg in (MLP_GRID if block == "mlp" else ATTENTION_GRID):
+            try:
+                src = (mlp_source(degree=p, dtype=dtype, activation=activation, layout=layout, **cfg, **sizes)
+                       if block == "mlp" else attention_source(degree=p, dtype=dtype, **cfg, **sizes))
+                if src in seen:
+                    continue
+                seen.add(src)
+                prog = asp_lang.compile(src, machine=machine, node=node, filename=f"{block}_tp{p}.asp")
+                rep = asp_lang.profile(prog) if model == "fast" else asp_lang.simulate(prog)
+            except ValueError as e:  # the degree does not fit the sizes: no tiles will help
+                skipped[p] = str(e)
+                break
+            except asp_lang.AspError as e:  # these tiles do not fit (the chip, the sizes): try others
+                skipped.setdefault(p, e.short())
+                continue
+            if p not in seconds or rep.seconds < seconds[p]:
+                seconds[p], sources[p], configs[p] = rep.seconds, src, dict(cfg)
+        if p in seconds:
+            skipped.pop(p, None)
     if not seconds:
         raise ValueError(f"no degree in {list(degrees)} is valid for these sizes: {skipped}")
     best = min(seconds, key=lambda p: (seconds[p], p))
-    return ShardChoice(best, seconds, sources[best], skipped)
+    return ShardChoice(best, seconds, sources[best], skipped, configs)
 
 
 __all__ = ["mlp_source", "attention_source", "pick_degree", "ShardChoice"]
