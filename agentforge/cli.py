@@ -484,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a Hugging Face-style config.json, or a bundled model: llama-3.1-8b, llama-3.1-70b, "
                                  "llama-3.1-405b, llama-2-7b")
     p.add_argument("--machine", default="sn40l", help="a node preset (sn40l-node8, sn40l-node16), a node TOML file, "
-                                                     "or a socket preset (sn40l: its node presets)")
+                                                     "a socket preset (sn40l: its node presets) or a socket machine file")
     p.add_argument("--sockets", type=int, help="sockets to shard over (default: all of the node)")
     p.add_argument("--batch", type=int, default=1, help="users decoding at once")
     p.add_argument("--prompt-tokens", type=int, default=1024, help="prompt length (prefill; decode context)")

@@ -357,10 +357,17 @@ def load_node(name_or_path: str | Path) -> Node:
 def node_for(machine: str | Path, sockets: int | None = None) -> Node:
     """The node to run on from what a user names: a node preset or file (``sn40l-node16``), or a
     single-socket machine preset (``sn40l``), which means the smallest of its node presets
-    (``sn40l-node*``) with at least ``sockets`` sockets, links as that preset sets them.
-    With ``sockets``, the node is cut to that many sockets."""
+    (``sn40l-node*``) with at least ``sockets`` sockets, links as that preset sets them; or a
+    single-socket machine file, whose sockets get the links of the smallest node preset with
+    enough sockets. With ``sockets``, the node is cut to that many sockets."""
     s = str(machine)
-    if s in node_presets() or (s.endswith(".toml") and Path(s).is_file() and "sockets" in tomllib.loads(Path(s).read_text())):
+    is_node_file = False
+    if s not in node_presets() and Path(s).is_file():
+        try:
+            is_node_file = "sockets" in tomllib.loads(Path(s).read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            is_node_file = True   # load_node says where the file is wrong
+    if s in node_presets() or is_node_file:
         node = load_node(s)
     else:
         fitting = []
@@ -368,12 +375,19 @@ def node_for(machine: str | Path, sockets: int | None = None) -> Node:
             n = load_node(name)
             if n.socket.name == s or name.startswith(f"{s}-node"):
                 fitting.append(n)
+        own = None
         if not fitting:
-            raise MachineError(f"no node preset for machine '{s}' (node presets: {', '.join(node_presets())}; "
-                               f"or write a node TOML file, docs/multisocket.md)", filename=s)
+            if not Path(s).is_file():
+                raise MachineError(f"no node preset for machine '{s}' (node presets: {', '.join(node_presets())}; "
+                                   f"or write a node TOML file, docs/multisocket.md)", filename=s)
+            # a single-socket machine file: its sockets joined by the presets' links
+            own = load_machine(s)
+            fitting = [load_node(name) for name in node_presets()]
         fitting.sort(key=lambda n: n.sockets)
         want = sockets or fitting[-1].sockets
         node = next((n for n in fitting if n.sockets >= want), fitting[-1])
+        if own is not None:
+            node = replace(node, name=f"{own.name}-{node.name}", socket=own)
     if sockets is None:
         return node
     if not isinstance(sockets, int) or not 1 <= sockets <= node.sockets:

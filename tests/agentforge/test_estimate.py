@@ -14,7 +14,7 @@ import pytest
 from agentforge.cli import main
 from agentforge.estimate import (ConfigError, bundled_models, estimate, load_model, model_from_dict,
                                  switch_schedule, weight_streaming_bound)
-from asp_lang.node import load_node, node_for
+from asp_lang.node import load_node
 
 CFG = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 4, "num_attention_heads": 16,
        "num_key_value_heads": 8, "vocab_size": 8192, "torch_dtype": "bfloat16"}
@@ -121,12 +121,6 @@ def test_cli_json_has_the_documented_keys(cfg_path, runs, capsys):
     bad.write_text(json.dumps({k: v for k, v in CFG.items() if k != "vocab_size"}))
     assert main(["estimate", str(bad), "--sockets", "2"]) == 2
     assert "vocab_size" in capsys.readouterr().err
-
-
-def test_node_for_a_socket_machine_picks_a_node_preset():
-    assert node_for("sn40l", 8).name == "sn40l-node8"
-    assert node_for("sn40l", 12).sockets == 12 and node_for("sn40l", 12).peer == load_node("sn40l-node16").peer
-    assert node_for("sn40l-node16").sockets == 16
 
 
 def test_switching_charges_a_copy_only_when_not_resident():

@@ -142,3 +142,21 @@ def test_docs_node_file_loads_and_presets_match_the_docs_table(tmp_path):
         row = next(line for line in text.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"{p.peer.bandwidth_gbs:g} GB/s" in row and f"{p.host.bandwidth_gbs:g} GB/s" in row
         assert p.peer.topology.replace("_", "-") in row
+
+
+def test_node_for_names_presets_and_socket_files(tmp_path):
+    from importlib import resources
+
+    from asp_lang.node import node_for
+    assert node_for("sn40l", 8).name == "sn40l-node8"
+    n12 = node_for("sn40l", 12)
+    assert n12.sockets == 12 and n12.peer == load_node("sn40l-node16").peer
+    assert node_for("sn40l-node16").sockets == 16
+    mini = tmp_path / "mini.toml"
+    mini.write_text(resources.files("asp_lang").joinpath("machines/rdu-mini.toml").read_text())
+    n = node_for(mini, 4)
+    assert n.socket == load_machine("rdu-mini") and n.sockets == 4 and n.peer == load_node("sn40l-node8").peer
+    with pytest.raises(MachineError, match="no node preset"):
+        node_for("nosuch", 2)
+    with pytest.raises(MachineError, match="1..8"):
+        node_for("sn40l-node8", 9)
