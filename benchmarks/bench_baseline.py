@@ -9,10 +9,11 @@ below that bound makes every speedup over the chain dishonest.
 Prints one JSON object (and writes it with --out):
     {"tasks": N, "verified": V, "machine", "mean_eval_seconds", "total_seconds",
      "per_task": [{"name", "suite", "verified", "reason_code", "eval_seconds", "baseline_seconds",
-                   "roofline_fraction", "checks", "kernels", "worst_op_bound_fraction"}, ...],
+                   "roofline_fraction", "checks", "chain_seconds", "kernels", "worst_op_bound_fraction",
+                   "chain_seconds_before", "chain_speedup_vs_before"}, ...],
      "by_op": {"aten.select.int": {"count", "min", "median", "max", "worst": "task/node"}, ...},
      "below_floor": [{"task", "node", "target", "op_roofline_fraction", "op_bound_fraction", "bottleneck"}, ...],
-     "before": {...}   # with --before FILE: the by_op table of an earlier run, kept for comparison
+     "before": {"by_op", "below_floor", "chain_seconds"}   # with --before FILE: an earlier run's, kept
     }
 
 eval_seconds is the wall time of verification (the documented checks on the emulator) plus timing
@@ -43,11 +44,11 @@ from agentforge.verify import VerifyConfig, evaluate  # noqa: E402
 DEFAULT_SUITES = (ROOT / "evals" / "suite", ROOT / "evals" / "kernelbench_l2")
 
 
-def audit_task(task: Task, machine: asp_lang.Machine) -> list[dict]:
-    """Every kernel of the task's op-by-op chain at the task's own sizes (timing only, no data),
-    with its fraction of its own op's roofline."""
+def audit_task(task: Task, machine: asp_lang.Machine) -> tuple[float, list[dict]]:
+    """The chain's simulated seconds at the task's own sizes (timing only, no data) and every
+    kernel of it with its fraction of its own op's roofline."""
     timing = build_baseline(capture_at(task, meta=True), machine).time()
-    return [{"task": task.name, "node": k["node"], "target": k["target"], "seconds": k["seconds"],
+    return timing.seconds, [{"task": task.name, "node": k["node"], "target": k["target"], "seconds": k["seconds"],
              "op_roofline_fraction": k["op_roofline_fraction"], "op_bound_fraction": k["op_bound_fraction"],
              "bottleneck": k["bottleneck"]}
             for k in timing.kernels]
@@ -96,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             ev = evaluate(task, {"kind": "baseline"}, cfg)
             entry.update(verified=ev.verified, reason_code=ev.reason_code, baseline_seconds=ev.baseline_seconds,
                          roofline_fraction=ev.roofline_fraction, checks=len(ev.checks))
-        kernels = audit_task(task, machine)
+        chain_seconds, kernels = audit_task(task, machine)
         rows += kernels
         dt = time.perf_counter() - t0
-        entry.update(eval_seconds=round(dt, 3), kernels=len(kernels),
+        entry.update(eval_seconds=round(dt, 3), chain_seconds=chain_seconds, kernels=len(kernels),
                      worst_op_bound_fraction=round(min((k["op_bound_fraction"] for k in kernels), default=1.0), 4))
         per_task.append(entry)
         status = "" if args.no_verify else ("ok " if entry["verified"] else f"{entry['reason_code']} ")
@@ -124,7 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.before:
         old = json.loads(Path(args.before).read_text())
         # a file that already carries a "before" keeps it (re-running after the fix does not lose it)
-        result["before"] = old.get("before") or {"by_op": old["by_op"], "below_floor": old["below_floor"]}
+        result["before"] = old.get("before") or {
+            "by_op": old["by_op"], "below_floor": old["below_floor"],
+            "chain_seconds": {t["name"]: t.get("chain_seconds") for t in old["per_task"]}}
+        before_s = result["before"].get("chain_seconds") or {}
+        for t in per_task:  # how much faster the yardstick got: every speedup over it shrinks by this
+            if before_s.get(t["name"]):
+                t["chain_seconds_before"] = before_s[t["name"]]
+                t["chain_speedup_vs_before"] = round(before_s[t["name"]] / t["chain_seconds"], 4)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
