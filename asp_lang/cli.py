@@ -79,7 +79,7 @@ def _compile(args, need_machine: bool = True):
     kernel = parse(src, args.file)
     machine = load_machine(args.machine)
     return check(kernel, machine, parse_sizes(getattr(args, "sizes", None)), args.file, src,
-                 parse_routing(getattr(args, "routing", None)))
+                 parse_routing(getattr(args, "routing", None)), getattr(args, "node", None))
 
 
 def _declared_nbytes(z, key: str) -> int:
@@ -197,6 +197,11 @@ def cmd_profile(args) -> int:
     print(f"  units       {rep.pcu_allocated} PCUs, {rep.pmu_allocated} PMUs, {rep.agcu_allocated} AGCUs; "
           f"SRAM {rep.sram_bytes / 2**20:,.2f} MiB; PCU busy {rep.pcu_utilisation:.1%}")
     print(f"  bottleneck  {rep.bottleneck}")
+    for s in rep.sockets:  # a kernel on several sockets (docs/asp.md, section 11)
+        print(f"  socket {s['socket']:>2}   {s['cycles']:,.0f} cycles, bottleneck {s['bottleneck']}, "
+              f"peer link {s['link_cycles']:,.0f} cycles")
+    if rep.sockets:
+        print("  operators of the slowest socket:")
     for o in rep.ops:
         print(f"    line {o.line:>3} {o.op:<10} {o.busy_cycles:>14,.0f} cycles  {o.limit:<8} par={o.par}")
     for n in rep.notes:
@@ -215,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
         if sizes:
             p.add_argument("--sizes", help="size overrides, e.g. N=4096,M=128 (defaults: the kernel's sizes lines)")
             p.add_argument("--routing", help="for partition: 'uniform' (default) or 'counts=C0:C1:...'")
+            p.add_argument("--node", help="for a kernel with a 'sockets' line: the node preset whose peer "
+                                          "links join the sockets (default sn40l-node8's links)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("check", help="type-check a kernel and fit it onto the machine")

@@ -292,3 +292,14 @@ def test_malformed_collective_syntax_is_located(src, kind, where, words):
 def test_multisocket_examples_print_canonically(name):
     src = (MULTI / f"{name}.asp").read_text()
     assert asp_lang.format_kernel(asp_lang.parse(src)) == src
+
+
+def test_asp_profile_shows_every_socket_and_takes_a_node(capsys):
+    from asp_lang.cli import main
+    path = str(MULTI / "mlp_tp.asp")
+    assert main(["profile", path, "--sizes", "P=4", "--node", "sn40l-node16"]) == 0
+    out = capsys.readouterr().out
+    assert "on 4 x sn40l" in out and "sn40l-node16[4]" in out
+    assert sum(line.lstrip().startswith("socket ") for line in out.splitlines()) == 4
+    assert main(["check", path, "--node", "no-such-node"]) == 2
+    assert "unknown node 'no-such-node'" in capsys.readouterr().err
