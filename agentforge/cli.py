@@ -251,12 +251,14 @@ def cmd_estimate(args) -> int:
 
     node = node_for(args.machine, args.sockets)
     r = estimate(args.model, node, args.sockets, batch=args.batch, prompt_tokens=args.prompt_tokens,
-                 weight_dtype=args.weight_dtype, spec_accept=args.spec_accept, reconfig=args.reconfig)
+                 weight_dtype=args.weight_dtype, spec_accept=args.spec_accept, reconfig=args.reconfig,
+                 pipeline=args.pipeline)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
     pl = r["per_layer"]
-    print(f"{r['model']} ({r['params'] / 1e9:.3g} B params) on {r['sockets']} x {r['socket']} ({r['machine']}), "
+    print(f"{r['model']} ({r['params'] / 1e9:.3g} B params) on {r['sockets']} x {r['socket']} ({r['machine']}"
+          + (f", {r['pipeline']} pipeline stages of {r['tensor_parallel']}" if r["pipeline"] > 1 else "") + "), "
           f"batch {r['batch']}, prompt {r['prompt_tokens']}, weights {r['weight_dtype']}, "
           f"spec-accept {r['spec_accept']:g}")
     print(f"  decode: {r['decode_tokens_per_s_per_user']:.1f} tokens/s per user (weights streamed at "
@@ -493,6 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speculative decoding: tokens kept per target step (1 = none)")
     p.add_argument("--reconfig", choices=("resident", "chain"), default="resident",
                    help="resident: a layer's kernels stay configured (default); chain: reconfigure between kernels")
+    p.add_argument("--pipeline", type=int, default=1,
+                   help="pipeline stages over the layers (each of sockets/pipeline tensor-parallel sockets)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON")
     p.set_defaults(func=cmd_estimate)
     return ap

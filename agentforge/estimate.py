@@ -310,6 +310,12 @@ class Settings:
     weight_dtype: str = "bf16"
     spec_accept: float = 1.0
     reconfig: str = "resident"
+    pipeline: int = 1
+
+    @property
+    def tp(self) -> int:
+        """Sockets per pipeline stage: the tensor-parallel degree."""
+        return self.sockets // self.pipeline
 
     def check(self, node) -> None:
         if not isinstance(self.sockets, int) or not 1 <= self.sockets <= node.sockets:
@@ -324,6 +330,8 @@ class Settings:
             raise ConfigError(f"--spec-accept (tokens kept per target step) must be in 1..16, got {self.spec_accept}")
         if self.reconfig not in ("resident", "chain"):
             raise ConfigError(f"--reconfig must be resident or chain, got {self.reconfig!r}")
+        if not isinstance(self.pipeline, int) or self.pipeline < 1 or self.sockets % self.pipeline:
+            raise ConfigError(f"--pipeline must be a positive divisor of --sockets ({self.sockets}), got {self.pipeline}")
 
 
 def weight_streaming_bound(model: ModelConfig, node, sockets: int, weight_dtype: str = "bf16") -> float:
@@ -335,7 +343,7 @@ def weight_streaming_bound(model: ModelConfig, node, sockets: int, weight_dtype:
 
 def _layer(model: ModelConfig, node, st: Settings, tokens: int, ctx: int) -> dict:
     """One decoder layer on one socket's shard: kernels, collectives, seconds."""
-    n, m = st.sockets, node.socket
+    n, m = st.tp, node.socket
     hl, kvl, il = -(-model.heads // n), max(1, -(-model.kv_heads // n)), -(-model.intermediate // n)
     hl = kvl * -(-hl // kvl)   # whole groups of query heads per KV head
     t = tokens if st.batch * tokens > 1 else 2   # see the module doc: one row is timed as two
@@ -355,7 +363,7 @@ def _layer(model: ModelConfig, node, st: Settings, tokens: int, ctx: int) -> dic
 
 
 def _head(model: ModelConfig, node, st: Settings, tokens: int) -> dict:
-    n, m = st.sockets, node.socket
+    n, m = st.tp, node.socket
     vl = -(-model.vocab // n)
     t = tokens if st.batch * tokens > 1 else 2
     rows = _timed_kernels("head", (model.hidden, vl, st.batch, t), model.dtype, m)
@@ -368,17 +376,21 @@ def _head(model: ModelConfig, node, st: Settings, tokens: int) -> dict:
 
 
 def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: int = 1, prompt_tokens: int = 1024,
-             weight_dtype: str = "bf16", spec_accept: float = 1.0, reconfig: str = "resident") -> dict:
+             weight_dtype: str = "bf16", spec_accept: float = 1.0, reconfig: str = "resident",
+             pipeline: int = 1) -> dict:
     """Decode tokens/s per user and time to first token of ``model`` on ``sockets`` of ``node``.
 
-    ``node`` is an :class:`asp_lang.node.Node` or a node preset/file name."""
+    ``node`` is an :class:`asp_lang.node.Node` or a node preset/file name. ``pipeline`` > 1
+    splits the layers into that many stages of ``sockets / pipeline`` tensor-parallel sockets;
+    a token passes every stage in turn (its hidden state sent from stage to stage), so per-user
+    decode gains nothing from it; it trades all-reduce latency for point-to-point sends."""
     from asp_lang.node import Node, load_node
     if not isinstance(model, ModelConfig):
         model = load_model(model)
     if not isinstance(node, Node):
         node = load_node(node)
     st = Settings(node.sockets if sockets is None else sockets, batch, prompt_tokens, weight_dtype,
-                  float(spec_accept), reconfig)
+                  float(spec_accept), reconfig, pipeline)
     st.check(node)
     m = node.socket
     verify = math.ceil(st.spec_accept)              # tokens a target step processes per user
@@ -386,17 +398,21 @@ def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: 
     head = _head(model, node, st, verify)
     # weights that do not fit a socket's HBM next to the KV cache are read from DDR
     w_sock = model.weight_bytes(weight_dtype) / st.sockets
-    kv_sock = (model.layers * 2 * dec["kv_heads_per_socket"] * model.head_dim * 2.0
+    kv_sock = (-(-model.layers // st.pipeline) * 2 * dec["kv_heads_per_socket"] * model.head_dim * 2.0
                * st.batch * (st.prompt_tokens + verify))
     hbm = m.hbm.capacity_gib * 2**30
     overflow = max(0.0, w_sock + kv_sock - hbm)
     ddr_penalty = overflow / (m.ddr.bandwidth_gbs * 1e9) - overflow / (m.hbm.bandwidth_gbs * 1e9)
-    step = model.layers * dec["seconds"] + head["seconds"] + ddr_penalty
+    hops = (st.pipeline - 1) * node.send_recv_s(st.batch * verify * model.hidden * 2.0, 0, min(st.tp, st.sockets - 1)) \
+        if st.pipeline > 1 else 0.0
+    step = model.layers * dec["seconds"] + head["seconds"] + ddr_penalty + hops
     tok_s = st.spec_accept / step
-    pre = _layer(model, node, Settings(st.sockets, st.batch, st.prompt_tokens, weight_dtype, 1.0, reconfig),
-                 st.prompt_tokens, 0)
+    pre = _layer(model, node, Settings(st.sockets, st.batch, st.prompt_tokens, weight_dtype, 1.0, reconfig,
+                                       st.pipeline), st.prompt_tokens, 0)
     pre_head = _head(model, node, st, 1)
-    ttft = model.layers * pre["seconds"] + pre_head["seconds"] + ddr_penalty
+    pre_hops = (st.pipeline - 1) * node.send_recv_s(st.batch * st.prompt_tokens * model.hidden * 2.0, 0,
+                                                    min(st.tp, st.sockets - 1)) if st.pipeline > 1 else 0.0
+    ttft = model.layers * pre["seconds"] + pre_head["seconds"] + ddr_penalty + pre_hops
     bound = weight_streaming_bound(model, node, st.sockets, "bf16")
     bound_dt = weight_streaming_bound(model, node, st.sockets, weight_dtype)
 
@@ -406,7 +422,8 @@ def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: 
                                                "bottleneck")} for r in d["kernel_rows"]]}
     return {
         "model": model.name, "params": model.params, "machine": node.name, "socket": m.name,
-        "sockets": st.sockets, "batch": st.batch, "prompt_tokens": st.prompt_tokens,
+        "sockets": st.sockets, "pipeline": st.pipeline, "tensor_parallel": st.tp,
+        "batch": st.batch, "prompt_tokens": st.prompt_tokens,
         "weight_dtype": weight_dtype, "spec_accept": st.spec_accept, "reconfig": reconfig,
         "decode_tokens_per_s_per_user": tok_s,
         "decode_tokens_per_s": tok_s * st.batch,
@@ -419,15 +436,32 @@ def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: 
         "weight_bytes_per_socket": w_sock, "kv_cache_bytes_per_socket": kv_sock,
         "decode_breakdown": {"layers": model.layers, "per_layer": layer_json(dec),
                              "all_layers_s": model.layers * dec["seconds"], "head": head,
-                             "ddr_overflow_s": ddr_penalty},
+                             "ddr_overflow_s": ddr_penalty, "pipeline_sends_s": hops},
         "prefill_breakdown": {"per_layer": layer_json(pre), "all_layers_s": model.layers * pre["seconds"],
-                              "head": pre_head},
+                              "head": pre_head, "pipeline_sends_s": pre_hops},
         "per_layer": {"decode_s": dec["seconds"], "prefill_s": pre["seconds"],
                       "decode_attention_s": dec["attention_s"], "decode_mlp_s": dec["mlp_s"],
                       "decode_all_reduce_s": dec["all_reduce_s"], "prefill_attention_s": pre["attention_s"],
                       "prefill_mlp_s": pre["mlp_s"], "prefill_all_reduce_s": pre["all_reduce_s"]},
         "node": node.with_sockets(st.sockets).summary(),
     }
+
+
+def best_split(model: ModelConfig | str, node, sockets: int | None = None, **kw) -> dict:
+    """Every (pipeline stages x tensor-parallel sockets) split of ``sockets`` estimated, and the
+    one the cost model prefers for per-user decode (ties: the shorter time to first token)."""
+    from asp_lang.node import Node, load_node
+    if not isinstance(node, Node):
+        node = load_node(node)
+    n = node.sockets if sockets is None else sockets
+    rows = []
+    for pp in [d for d in range(1, n + 1) if n % d == 0]:
+        r = estimate(model, node, n, pipeline=pp, **kw)
+        rows.append({"pipeline": pp, "tensor_parallel": n // pp,
+                     "decode_tokens_per_s_per_user": r["decode_tokens_per_s_per_user"],
+                     "ttft_seconds": r["ttft_seconds"], "hbm_fits": r["hbm_fits"]})
+    best = max(rows, key=lambda x: (x["decode_tokens_per_s_per_user"], -x["ttft_seconds"]))
+    return {"sockets": n, "splits": rows, "best": best}
 
 
 # ------------------------------------------------------------------ model switching
@@ -511,5 +545,5 @@ def switch_schedule(node, sockets: int, model_bytes: list[float], schedule: list
     return SwitchResult(rows, total, sw, nsw, loads)
 
 
-__all__ = ["ModelConfig", "ConfigError", "load_model", "model_from_dict", "bundled_models", "estimate",
+__all__ = ["ModelConfig", "ConfigError", "load_model", "model_from_dict", "bundled_models", "estimate", "best_split",
            "weight_streaming_bound", "switch_schedule", "SwitchResult", "WEIGHT_BYTES"]

@@ -8,6 +8,8 @@ Prints one JSON object (and writes benchmarks/results/estimate.json):
 - ``reproduce``: for each published figure, the smallest speculative acceptance (tokens kept
   per target step) that reaches it with bf16, fp8 and int8 weights;
 - ``sockets_sweep``: Llama-3.1 8B on 1..16 sockets;
+- ``splits_16_sockets``: 8B and 70B on 16 sockets as 1, 2, 4, 8, 16 pipeline stages of 16, 8,
+  4, 2, 1 tensor-parallel sockets, and the split the cost model picks;
 - ``link_sensitivity``: decode and time to first token as the peer links' bandwidth, latency and
   topology change (the link figures are assumptions; asp_lang/machines/nodes/*.toml);
 - ``switching``: a composition of experts (20..150 Llama-2-7B-sized experts, 1000 requests to
@@ -32,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agentforge.estimate import estimate, load_model, switch_schedule, weight_streaming_bound  # noqa: E402
+from agentforge.estimate import best_split, estimate, load_model, switch_schedule, weight_streaming_bound  # noqa: E402
 from asp_lang.node import load_node  # noqa: E402
 
 PUBLISHED = {"llama-3.1-8b": 1042.0, "llama-3.1-70b": 457.0, "llama-3.1-405b": 129.0}   # 16 sockets
@@ -187,6 +189,9 @@ def main() -> None:
     out["reproduce"] = reproduce(models)
     if not args.quick:
         out["sockets_sweep"] = {"model": "llama-3.1-8b", "rows": sockets_sweep("llama-3.1-8b")}
+        # pipeline stages x tensor-parallel sockets: which split the cost model picks per user
+        out["splits_16_sockets"] = {m: best_split(m, load_node("sn40l-node16"), 16, prompt_tokens=PROMPT)
+                                    for m in models[:2]}
     out["link_sensitivity"] = link_sensitivity(models[:2])
     out["switching"] = switching(args.quick)
     out["wall_seconds"] = round(time.perf_counter() - t0, 1)

@@ -108,6 +108,19 @@ def test_narrow_weights_and_speculation_raise_tokens_per_second(cfg_path, runs):
         estimate(str(cfg_path), node, 9)
 
 
+def test_pipeline_stages_add_point_to_point_sends(cfg_path, runs):
+    """8 stages of 1 socket: the 1-socket layers (timed already) plus 7 sends of the hidden state;
+    a per-user token gains nothing from pipelining."""
+    node = load_node("sn40l-node8")
+    pp = estimate(str(cfg_path), node, 8, prompt_tokens=PROMPT, pipeline=8)
+    assert (pp["pipeline"], pp["tensor_parallel"]) == (8, 1)
+    send = node.send_recv_s(CFG["hidden_size"] * 2, 0, 1)
+    assert pp["decode_step_seconds"] == pytest.approx(runs[1]["decode_step_seconds"] + 7 * send)
+    assert pp["decode_tokens_per_s_per_user"] < runs[8]["decode_tokens_per_s_per_user"]
+    with pytest.raises(ConfigError, match="pipeline"):
+        estimate(str(cfg_path), node, 8, pipeline=3)
+
+
 def test_cli_json_has_the_documented_keys(cfg_path, runs, capsys):
     assert main(["estimate", str(cfg_path), "--machine", "sn40l-node8", "--sockets", "8",
                  "--prompt-tokens", str(PROMPT), "--json"]) == 0
