@@ -430,4 +430,6 @@ def test_a_lone_broadcast_op_takes_the_row_kernel_where_it_is_faster(name):
     assert [r.template for r in tuned.plan.regions] == ["row"]
     ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
     assert ev.verified, ev.reason
-    assert ev.roofline_fraction > 0.95 and ev.speedup > 1.05
+    # the op-by-op baseline reads the broadcast operand once too since issue 17's yardstick fix, so
+    # the row kernel matches it at the roofline rather than beating it
+    assert ev.roofline_fraction > 0.95 and ev.speedup >= 0.999
