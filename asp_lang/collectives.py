@@ -629,8 +629,11 @@ def time_group(gp: GroupProgram, model: str = "fast"):
     per_socket = []
     for s, x in enumerate(reps):
         link = sum(link_share(nd) for nd in gp.programs[s].nodes if nd.op in LINK_OPS)
+        # a timeline: every operator's busy cycles, ending when it delivers its last result
+        ops = [{"index": o.index, "op": o.op, "line": o.line, "limit": o.limit, "busy_cycles": o.busy_cycles,
+                "finish_cycles": _finish(x, o.index)} for o in x.ops]
         per_socket.append({"socket": s, "cycles": x.cycles, "bottleneck": x.bottleneck, "link_cycles": link,
-                           "hbm_bytes": x.hbm_bytes, "flops": x.flops, "sections": x.sections})
+                           "hbm_bytes": x.hbm_bytes, "flops": x.flops, "sections": x.sections, "ops": ops})
     notes = list(r.notes) + [f"{p} sockets ({gp.node.name}: peer links {gp.node.peer.bandwidth_gbs:g} GB/s, "
                              f"{gp.node.peer.latency_ns:g} ns, {gp.node.peer.topology}); socket {slow} is the "
                              f"slowest ({r.cycles:.0f} cycles)"]

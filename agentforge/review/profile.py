@@ -36,6 +36,27 @@ class OpRow:
 
 
 @dataclass(frozen=True)
+class SocketTiming:
+    """One socket of a kernel on several sockets: its cycles and a timeline of its operators,
+    each busy for ``busy_cycles`` ending at ``finish_cycles`` (from the kernel's start)."""
+    socket: int
+    cycles: float
+    bottleneck: str
+    link_cycles: float
+    ops: tuple[dict, ...] = ()
+
+    def bars(self, width: float, total: float) -> list[tuple[dict, float, float]]:
+        """(op, left, length) of every operator's busy window, scaled to ``width`` over ``total``."""
+        scale = width / total if total else 0.0
+        out = []
+        for o in self.ops:
+            end = o["finish_cycles"]
+            start = max(0.0, end - o["busy_cycles"])
+            out.append((o, start * scale, max((end - start) * scale, 0.5)))
+        return out
+
+
+@dataclass(frozen=True)
 class KernelTiming:
     """One kernel file's timing report (or why there is none)."""
     file: str
@@ -56,6 +77,7 @@ class KernelTiming:
     ops: tuple[OpRow, ...] = ()
     error: str | None = None
     at: str = ""                            # which sizes it was timed at (own sizes, or the kernel's defaults)
+    sockets: tuple[SocketTiming, ...] = ()  # a kernel on several sockets: each one's timeline
 
 
 def report_to_timing(file: str, rep: Any) -> KernelTiming:
@@ -71,7 +93,9 @@ def report_to_timing(file: str, rep: Any) -> KernelTiming:
         pcu_utilisation=rep.pcu_utilisation, pmu_utilisation=rep.pmu_utilisation,
         sram_utilisation=rep.sram_utilisation, hbm_bandwidth_fraction=rep.hbm_bandwidth_fraction,
         units=f"{rep.pcu_allocated} PCUs, {rep.pmu_allocated} PMUs, {rep.agcu_allocated} AGCUs",
-        sizes=dict(rep.sizes), ops=rows)
+        sizes=dict(rep.sizes), ops=rows,
+        sockets=tuple(SocketTiming(s["socket"], s["cycles"], s["bottleneck"], s["link_cycles"], tuple(s.get("ops", ())))
+                      for s in getattr(rep, "sockets", ()) or ()))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -144,4 +168,4 @@ def baseline_traffic(task_path: str, machine: str) -> tuple[float, float] | None
         return None
 
 
-__all__ = ["OpRow", "KernelTiming", "kernel_timings", "baseline_traffic", "report_to_timing"]
+__all__ = ["OpRow", "SocketTiming", "KernelTiming", "kernel_timings", "baseline_traffic", "report_to_timing"]

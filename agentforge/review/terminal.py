@@ -95,7 +95,29 @@ def timing_tables(t: TaskView) -> list[Any]:
             bar = Text("#" * max(1, round(o.share * 20)), style="red" if o.share >= 0.999 else "blue")
             tab.add_row(str(o.index), o.op, str(o.line), o.limit, f"{o.busy_cycles:,.0f}", bar, str(o.par))
         out.append(tab)
+        if k.sockets:
+            out.append(socket_timelines(k))
     return out
+
+
+def socket_timelines(k) -> Table:
+    """A kernel on several sockets: one timeline per socket, every operator's busy window as a
+    bar (its last result at the bar's end), on one time scale."""
+    total = max((s.cycles for s in k.sockets), default=0.0)
+    tab = Table(title=Text(f"sockets: {k.file} ({len(k.sockets)} sockets, the slowest {total:,.0f} cycles)"),
+                title_justify="left")
+    for col in ("socket", "op", "line", "timeline", "busy cycles"):
+        tab.add_column(col)
+    width = 40
+    for s in k.sockets:
+        for i, (o, left, length) in enumerate(s.bars(width, total)):
+            lo = min(int(left), width - 1)
+            n = max(1, min(width - lo, round(length)))
+            bar = Text(" " * lo + "=" * n + " " * (width - lo - n),
+                       style="red" if o["op"] in ("all_reduce", "all_gather", "reduce_scatter", "send", "recv")
+                       else "blue")
+            tab.add_row(str(s.socket) if i == 0 else "", o["op"], str(o["line"]), bar, f"{o['busy_cycles']:,.0f}")
+    return tab
 
 
 def _cand_label(c: Candidate) -> Text:
@@ -159,4 +181,4 @@ def render_task(review: Review, t: TaskView, console: Console) -> None:
     console.print(lineage_tree(review, t))
 
 
-__all__ = ["render_task", "lineage_tree", "header", "checks_table", "timing_tables"]
+__all__ = ["render_task", "lineage_tree", "header", "checks_table", "timing_tables", "socket_timelines"]
