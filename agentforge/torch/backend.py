@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import tomllib
 import warnings
 import weakref
@@ -126,6 +127,7 @@ class Specialization:
     plan: Any = None                # agentforge.torch.match.OffloadPlan
     error: str | None = None        # why this signature runs eagerly (planning or running failed)
     calls: int = 0
+    planning_s: float = 0.0         # export + matching, wall clock
 
     @property
     def offloaded(self) -> list[str]:
@@ -211,6 +213,76 @@ class _Bound(torch.nn.Module):
         return self.gm(*(next(it) if s is None else s[0] for s in self.slots))
 
 
+class _Derived(torch.nn.Module):
+    """A graph dynamo compiled with symbolic sizes, its size inputs read from its tensors' dims
+    (``slots``: ("t", k) the k-th tensor, ("s", k, d) dim d of the k-th tensor), so torch.export
+    can keep those dims dynamic: one plan for every size (decode at every KV length)."""
+
+    def __init__(self, gm: torch.fx.GraphModule, slots: list[tuple]):
+        super().__init__()
+        self.gm = gm
+        self.slots = slots
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        return self.gm(*(tensors[s[1]] if s[0] == "t" else tensors[s[1]].shape[s[2]] for s in self.slots))
+
+
+def _dynamic_slots(gm: torch.fx.GraphModule) -> tuple[list[tuple], list[set[int]]] | None:
+    """For a graph with symbolic-size inputs: how each size is read from a tensor input, and each
+    tensor input's symbolic dims. None: a static graph, or a size that is no tensor's dim (such a
+    graph keeps one plan per concrete signature)."""
+    vals = [n.meta.get("example_value") for n in gm.graph.nodes if n.op == "placeholder"]
+    if not any(isinstance(v, torch.SymInt) for v in vals):
+        return None
+    tens = [i for i, v in enumerate(vals) if isinstance(v, torch.Tensor)]
+    if len(tens) + sum(isinstance(v, torch.SymInt) for v in vals) != len(vals):
+        return None
+    pos = {i: k for k, i in enumerate(tens)}
+    dims = [{d for d, x in enumerate(vals[i].shape) if isinstance(x, torch.SymInt)} for i in tens]
+    slots: list[tuple] = []
+    for i, v in enumerate(vals):
+        if isinstance(v, torch.Tensor):
+            slots.append(("t", pos[i]))
+            continue
+        found = next(((pos[j], d) for j in tens for d, x in enumerate(vals[j].shape)
+                      if isinstance(x, torch.SymInt) and x.node.expr == v.node.expr), None)
+        if found is None:
+            return None
+        slots.append(("s", *found))
+    return slots, dims
+
+
+def _fits(ep: Any, tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether ``tensors`` are inside what ``ep`` (exported with dynamic dims) was traced for: each
+    static dim equal, each dynamic dim within its range constraint."""
+    phs = [n for n in ep.graph.nodes if n.op == "placeholder"]
+    user = dict(zip(ep.graph_signature.user_inputs, tensors))
+    for n in phs:
+        if n.name not in user:
+            continue
+        t, v = user[n.name], n.meta.get("val")
+        if not isinstance(v, torch.Tensor) or v.dim() != t.dim() or v.dtype != t.dtype:
+            return False
+        for want, got in zip(v.shape, t.shape):
+            if isinstance(want, int):
+                if want != got:
+                    return False
+                continue
+            r = ep.range_constraints.get(want.node.expr)
+            if r is None:
+                continue
+            if got < _bound(r.lower, -1) or got > _bound(r.upper, got):
+                return False
+    return True
+
+
+def _bound(x: Any, unbounded: int) -> int:
+    try:
+        return int(x)
+    except (TypeError, ValueError, OverflowError):     # sympy's int_oo
+        return unbounded
+
+
 class _Compiled:
     """What the backend hands back to dynamo. Each call is specialised on its concrete input
     shapes: the first call at a shape signature exports the graph at those shapes and plans the
@@ -225,6 +297,12 @@ class _Compiled:
         self.specializations: OrderedDict[tuple, Specialization] = OrderedDict()
         self.last: Specialization | None = None
         self._lock = threading.RLock()
+        #: a symbolic-size graph is planned once, its dynamic dims kept dynamic (None: per signature);
+        #: a call at sizes where the library has a kernel for a part that plan leaves eager gets a
+        #: plan of its own signature (in ``specializations``)
+        self.dynamic = _dynamic_slots(gm)
+        self.dynamic_specs: dict[tuple, Specialization] = {}
+        self._warned: set = set()
 
     @property
     def plan(self) -> Any:
@@ -259,6 +337,10 @@ class _Compiled:
         return self.gm(*args)
 
     def _specialization(self, args: Sequence[Any]) -> Specialization:
+        if self.dynamic is not None:
+            spec = self._dynamic_specialization(args)
+            if spec is not None:
+                return spec
         key = _signature(args)
         with self._lock:
             if key is not None and key in self.specializations:
@@ -278,6 +360,59 @@ class _Compiled:
                 self.specializations.popitem(last=False)
             return spec
 
+    def _dynamic_specialization(self, args: Sequence[Any]) -> Specialization | None:
+        """The one plan of a symbolic-size graph (exported with its symbolic dims dynamic; the ops
+        whose shapes depend on them run eagerly, the rest on verified kernels), or None when these
+        arguments are outside it or it could not be made (then plans are per signature)."""
+        slots, dims = self.dynamic
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if len(tensors) != len(dims):
+            return None
+        key = tuple(("tensor", tuple("*" if d in ds else int(x) for d, x in enumerate(t.shape)), t.dtype,
+                     t.device.type) for t, ds in zip(tensors, dims)) + (("const", "dynamic", True),)
+        with self._lock:
+            spec = self.dynamic_specs.get(key)
+            if spec is None:
+                spec = Specialization(key)
+                t0 = time.perf_counter()
+                try:
+                    from agentforge.torch.match import export_graph, plan_offload, weight_inputs
+
+                    tl = get_library(self.cfg)
+                    shapes = tuple({d: torch.export.Dim.AUTO for d in ds} or None for ds in dims)
+                    ep, graph = export_graph(_Derived(self.gm, slots), tensors, "compiled graph",
+                                             dynamic_shapes=(shapes,))
+                    spec.plan = plan_offload(tl, ep, graph, weight_inputs(ep, tensors))
+                except Exception as e:  # noqa: BLE001 - fall back to a plan per concrete signature
+                    if self.cfg.strict:
+                        raise
+                    _LOG.info("agentforge: a graph with dynamic sizes could not be planned once (%s: %s); "
+                              "planning per signature", type(e).__name__, e)
+                    self.dynamic = None
+                    return None
+                spec.planning_s = time.perf_counter() - t0
+                self.dynamic_specs[key] = spec
+                _LOG.info("%s", spec.summary)
+            if not _fits(spec.plan.exported, tensors):
+                return None
+            from agentforge.torch.match import Unverified, dynamic_sizes
+
+            left = []
+            for fam, problem, nodes in spec.plan.blocked_at(dynamic_sizes(spec.plan.exported, tensors)):
+                if problem in fam.problems.by_key:
+                    return None     # a kernel is verified at this call's sizes: plan this signature
+                left.append(Unverified(fam, problem, nodes))
+            if left and self.cfg.strict:     # the largest block the library would cover at other sizes
+                raise max(left, key=lambda u: len(u.nodes)).error()
+            if self.cfg.verbose:
+                for u in left:
+                    if (u.family.op, u.key) not in self._warned:
+                        self._warned.add((u.family.op, u.key))
+                        warnings.warn(f"agentforge backend: {u.message()}; running those ops eagerly (strict=True "
+                                      f"raises instead)", stacklevel=4)
+            self.last = spec
+            return spec
+
     def _plan(self, spec: Specialization, args: Sequence[Any]) -> None:
         try:
             from agentforge.torch.match import export_graph, plan_offload, weight_inputs
@@ -285,8 +420,10 @@ class _Compiled:
             tl = get_library(self.cfg)
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             fn = self.gm if len(tensors) == len(args) else _Bound(self.gm, args)
+            t0 = time.perf_counter()
             ep, graph = export_graph(fn, tensors, "compiled graph")
             spec.plan = plan_offload(tl, ep, graph, weight_inputs(ep, tensors))
+            spec.planning_s = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - anything: the model must keep working
             self._fail(spec, "planning the offload", e)
             return

@@ -131,9 +131,38 @@ def load_model_spec(spec: str) -> LoadedModel:
     return LoadedModel(factory, got.eval(), inputs, getattr(cfg, "vocab_size", None))
 
 
-def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,)) -> list[tuple[str, torch.nn.Module, list[torch.Tensor]]]:
+class _Decode(torch.nn.Module):
+    """One decode step of a causal LM: a token per sequence and the KV cache (keys and values per
+    layer, as tensors), to logits; the cache is rebuilt as the model's ``DynamicCache``."""
+
+    def __init__(self, lm: torch.nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for i in range(len(kv) // 2):
+            cache.update(kv[2 * i], kv[2 * i + 1], i)
+        return self.lm(input_ids, past_key_values=cache, use_cache=True).logits
+
+
+def _kv_shape(cfg: Any, batch: int, length: int) -> tuple[int, int, tuple[int, ...]]:
+    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
+    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
+    return layers, kv_heads, (batch, kv_heads, length, head_dim)
+
+
+def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
+                   decode: bool = False) -> list[tuple[str, torch.nn.Module, list[torch.Tensor]]]:
     """The shapes the model will serve: a causal LM at ``batch`` x each prompt length (token ids,
-    no cache); a factory's model at its example inputs. Returns (label, module, inputs)."""
+    no cache) and, with ``decode``, one generated token per sequence with a KV cache after each
+    prompt length and one token longer (so that what does not depend on the KV length shows in
+    both); a factory's model at its example inputs. Returns (label, module, inputs)."""
     if m.example_inputs is not None:
         return [("example", m.module, list(m.example_inputs))]
     if m.vocab_size is None:
@@ -141,8 +170,17 @@ def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] 
                              f"vocab_size\n  how to fix: return (model, [example inputs]) from the factory")
     g = torch.Generator().manual_seed(0)
     wrapped = _Logits(m.module)
-    return [(f"prefill {batch}x{p}", wrapped, [torch.randint(0, m.vocab_size, (batch, p), generator=g)])
-            for p in prompt_tokens]
+    out = [(f"prefill {batch}x{p}", wrapped, [torch.randint(0, m.vocab_size, (batch, p), generator=g)])
+           for p in prompt_tokens]
+    if decode:
+        step = _Decode(m.module)
+        for p in prompt_tokens:
+            for kv_len in (p, p + 1):
+                layers, _, shape = _kv_shape(m.module.config, batch, kv_len)
+                kv = [torch.randn(shape, generator=g) for _ in range(2 * layers)]
+                out.append((f"decode {batch}x1 kv {kv_len}", step,
+                            [torch.randint(0, m.vocab_size, (batch, 1), generator=g), *kv]))
+    return out
 
 
 # ------------------------------------------------------------------ regions as tasks
@@ -310,15 +348,19 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
 
 
 def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
-                max_tasks: int | None = None) -> list[ModelTask]:
-    """The model's fusible regions at its serving shapes, one task per distinct region program."""
+                max_tasks: int | None = None, decode: bool = False) -> list[ModelTask]:
+    """The model's fusible regions at its serving shapes, one task per distinct region program.
+    With ``decode``, the decode step's regions that do not depend on the KV length (the same
+    program at two KV lengths: projections, norms, MLPs on one token) are tasks too; those that
+    do run eagerly (a kernel is verified for exact sizes, the KV length changes every token)."""
     from agentforge.author import partition, semantic_nodes
     from agentforge.canonical import canonical_graph
     from agentforge.capture import _ref_specs, node_flops
     from agentforge.torch.match import _View, export_graph
 
     tasks: dict[str, ModelTask] = {}
-    for label, module, inputs in serving_inputs(m, batch, prompt_tokens):
+    decode_seen: dict[str, list[tuple[str, ModelTask]]] = {}    # decode regions by KV length label
+    for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode):
         with torch.no_grad():
             ep, graph = export_graph(module, inputs, m.name)
         sem = semantic_nodes(graph)
@@ -346,11 +388,26 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             key = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", body)   # parameter statistics
             flops = sum(node_flops(n, _ref_specs(specs, n)) for n in graph.nodes if n.name in set(names))
             where = f"{label}: {names[0]}..{names[-1]}"
+            if label.startswith("decode"):
+                decode_seen.setdefault(label, []).append((key, ModelTask("", source, kinds, [where], region.template,
+                                                                         flops)))
+                continue
             if key in tasks:
                 tasks[key].occurrences.append(where)
                 tasks[key].flops += flops
                 continue
             tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
+    labels = list(decode_seen)
+    for a, b in zip(labels[::2], labels[1::2]):        # (kv P, kv P+1) pairs
+        other = {k for k, _ in decode_seen[b]}
+        for key, t in decode_seen[a]:
+            if key not in other:
+                continue                                # depends on the KV length
+            if key in tasks:
+                tasks[key].occurrences += t.occurrences
+                tasks[key].flops += t.flops
+            else:
+                tasks[key] = t
     out = sorted(tasks.values(), key=lambda t: -t.flops)
     if max_tasks is not None:
         out = out[:max_tasks]
@@ -398,10 +455,10 @@ def write_suite(tasks: list[ModelTask], folder: str | Path, model: str) -> Path:
 
 
 def from_model_suite(spec: str, out: str | Path, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
-                     max_tasks: int | None = None) -> tuple[Path, list[ModelTask]]:
+                     max_tasks: int | None = None, decode: bool = False) -> tuple[Path, list[ModelTask]]:
     """Load ``spec``, capture it at its serving shapes, write its tasks to ``out``/suite."""
     m = load_model_spec(spec)
-    tasks = model_tasks(m, batch, prompt_tokens, max_tasks)
+    tasks = model_tasks(m, batch, prompt_tokens, max_tasks, decode)
     if not tasks:
         raise ModelSpecError(f"{spec}: the model's graph has no region that computes anything")
     return write_suite(tasks, Path(out) / "suite", m.name), tasks
@@ -436,16 +493,21 @@ def cmd_campaign_from_model(args: Any) -> int:
     prompts = _ints(args.prompt_tokens, (16,), "--prompt-tokens")
     m = load_model_spec(args.from_model)
     out = Path(args.out or f"runs/{_slug(m.name)}-from-model")
-    tasks = model_tasks(m, batch, prompts)
+    decode = bool(args.max_new_tokens) and m.example_inputs is None
+    tasks = model_tasks(m, batch, prompts, decode=decode)
     if not tasks:
         raise ModelSpecError(f"{args.from_model}: the model's graph has no region that computes anything")
     suite = write_suite(tasks, out / "suite", m.name)
     regions = sum(len(t.occurrences) for t in tasks)
-    print(f"{m.name}: {regions} regions at {', '.join(f'{batch}x{p}' for p in prompts)} -> {len(tasks)} distinct "
+    print(f"{m.name}: {regions} regions at {', '.join(f'{batch}x{p}' for p in prompts)}{' and decode' if decode else ''}"
+          f" -> {len(tasks)} distinct "
           f"tasks in {suite}")
-    if args.max_new_tokens:
-        print(f"note: --max-new-tokens {args.max_new_tokens}: decode steps (one token, a KV cache) are not captured "
-              f"yet; the library covers the prefill shapes above, decode runs eagerly where its shapes differ")
+    if args.max_new_tokens and not decode:
+        print(f"note: --max-new-tokens {args.max_new_tokens}: the factory's model is captured at its example inputs "
+              f"only (decode steps are captured for causal LMs from a config)")
+    elif decode:
+        print(f"decode: one token per sequence with a KV cache; its regions that do not depend on the KV length are "
+              f"tasks (the rest runs eagerly, planned once for every KV length)")
     flags = {"suite": str(suite), "llm": args.llm, "machine": args.machine, "out": str(out), "workers": args.workers,
              "executor": args.executor, "ray_address": args.ray_address, "budget": args.budget,
              "attempts_per_task": args.attempts, "tasks": args.tasks, "task_timeout_s": args.task_timeout}

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import torch
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from agentforge.canonical import canonical_form, canonical_graph, canonical_key, is_row_view
 from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, _EXPORT_LOCK, _convert,
@@ -119,6 +120,24 @@ class OffloadPlan:
     eager: list[EagerOp]
     schedule: list[Any] = field(default_factory=list)   # Region | torch.fx.Node, dependency order
     unverified: list[Unverified] = field(default_factory=list)   # library ops left eager for their sizes
+    #: matches left eager because their shapes depend on a dynamic size: (family, the model ops, each
+    #: argument's (shape, dtype) with a sympy expression for each dynamic dim; None: not a tensor)
+    dynamic_blocked: list[tuple[OpFamily, list[str], list[tuple | None]]] = field(default_factory=list)
+
+    def blocked_at(self, sizes: dict[Any, int]) -> list[tuple[OpFamily, ProblemKey, list[str]]]:
+        """The matches left eager for their dynamic sizes, with their arguments at these values of
+        the dynamic sizes (symbol -> int): (family, problem key, model ops)."""
+        out = []
+        for fam, nodes, pattern in self.dynamic_blocked:
+            if any(p is None for p in pattern):
+                continue
+            try:
+                key = tuple((tuple(d if isinstance(d, int) else int(d.subs(sizes)) for d in shape), dtype)
+                            for shape, dtype in pattern)
+            except (TypeError, ValueError):
+                continue
+            out.append((fam, key, nodes))
+        return out
 
     def run(self, args: Sequence[Any]) -> Any:
         """Run the model: regions through ``torch.ops.<ns>.<op>``, the rest as the exported ATen ops."""
@@ -159,7 +178,8 @@ def weight_inputs(ep: Any, tensors: Sequence[torch.Tensor]) -> set[str]:
     return {n for n, t in zip(names, tensors) if isinstance(t, torch.nn.Parameter) or "_buffers_" in n}
 
 
-def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model") -> tuple[Any, AtenGraph]:
+def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model",
+                 dynamic_shapes: Any = None) -> tuple[Any, AtenGraph]:
     """Export ``fn`` on ``args`` and decompose it the way the campaign captured its tasks.
 
     A model torch.export cannot capture (data-dependent Python control flow, an unsupported
@@ -167,7 +187,7 @@ def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model") 
     line of the model's code that could not be captured."""
     with _EXPORT_LOCK, _quiet_torch():
         try:
-            ep = torch.export.export(fn, tuple(args))
+            ep = torch.export.export(fn, tuple(args), dynamic_shapes=dynamic_shapes)
             ep = ep.run_decompositions()
         except Exception as e:  # noqa: BLE001 - anything torch.export raises is about the model
             raise ModelCaptureError(_capture_failure(name, e)) from e
@@ -185,7 +205,7 @@ def data_dependent_shape(ep: Any) -> str | None:
         val = n.meta.get("val")
         vals = val if isinstance(val, (tuple, list)) else (val,)
         for v in vals:
-            if isinstance(v, torch.Tensor) and any(not isinstance(d, int) and not _concrete(d) for d in v.shape):
+            if isinstance(v, torch.Tensor) and any(not isinstance(d, int) and free_unbacked_symbols(d) for d in v.shape):
                 where = ""
                 trace = (n.meta.get("stack_trace") or "").strip().splitlines()
                 for i in range(len(trace) - 1, -1, -1):
@@ -201,11 +221,45 @@ def data_dependent_shape(ep: Any) -> str | None:
     return None
 
 
-def _concrete(d: Any) -> bool:
-    try:
-        return getattr(d.node, "maybe_as_int", lambda: None)() is not None
-    except AttributeError:
-        return False
+def _shape_pattern(n: Any) -> tuple | None:
+    """(shape with a sympy expression for each dynamic dim, dtype) of an fx node's tensor value, or None."""
+    from agentforge.capture import dtype_str
+
+    v = n.meta.get("val") if n is not None else None
+    if not isinstance(v, torch.Tensor):
+        return None
+    return tuple(d if isinstance(d, int) else d.node.expr for d in v.shape), dtype_str(v.dtype)
+
+
+def dynamic_sizes(ep: Any, tensors: Sequence[torch.Tensor]) -> dict[Any, int]:
+    """The values the dynamic sizes (symbols) of ``ep`` take for these user inputs."""
+    out: dict[Any, int] = {}
+    user = dict(zip(ep.graph_signature.user_inputs, tensors))
+    for n in ep.graph.nodes:
+        if n.op != "placeholder" or n.name not in user:
+            continue
+        v = n.meta.get("val")
+        if isinstance(v, torch.Tensor):
+            for d, x in zip(v.shape, user[n.name].shape):
+                if not isinstance(d, int) and getattr(d.node.expr, "is_Symbol", False):
+                    out[d.node.expr] = int(x)
+    return out
+
+
+def symbolic_nodes(ep: Any) -> dict[str, str]:
+    """Nodes of ``ep`` (exported with dynamic sizes) whose output shape depends on a dynamic size,
+    and which: kernels are verified for exact sizes, so these run eagerly at every size."""
+    out = {}
+    for n in ep.graph.nodes:
+        val = n.meta.get("val")
+        for v in (val if isinstance(val, (tuple, list)) else (val,)):
+            if isinstance(v, torch.Tensor):
+                dyn = [str(getattr(d, "node", d).expr if hasattr(d, "node") else d) for d in v.shape
+                       if not isinstance(d, int)]
+                if dyn:
+                    out[n.name] = ", ".join(dict.fromkeys(dyn))
+                    break
+    return out
 
 
 _NOT_USER = (os.path.dirname(torch.__file__), os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -516,10 +570,22 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
         by_size.setdefault(len(c[1].nodes), []).append(c)
     chosen: list[Region] = []
     taken: set[str] = set()
+    dynamic = symbolic_nodes(ep)
+    ep_nodes = {n.name: n for n in ep.graph.nodes}
+    blocked: list[tuple[OpFamily, list[str], list[tuple | None]]] = []
     for size in sorted(by_size, reverse=True):
         verified: list[Region] = []
         for fam, m, outs in by_size[size]:
             if set(m.nodes.values()) & taken:
+                continue
+            hit = (set(m.nodes.values()) | set(m.bind.values())) & dynamic.keys()
+            if hit:      # a kernel is verified for exact sizes; these change from call to call
+                blocked.append((fam, [m.nodes[n.name] for n in m.P.g.nodes if not m.P.transparent(n.name)],
+                                [_shape_pattern(ep_nodes.get(m.bind[i])) for i in range(len(m.slots))]))
+                why = (f"matches {fam.qualname_hint}, but its shapes depend on a dynamic size "
+                       f"({dynamic[sorted(hit)[0]]}: e.g. the KV length); runs eagerly at every size")
+                for gn in m.nodes.values():
+                    reasons.setdefault(gn, why)
                 continue
             r = _region(fam, m, outs, unverified)
             if isinstance(r, str):
@@ -554,7 +620,7 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
         if set(u.nodes) - taken and not any(x.family is u.family and x.key == u.key and x.nodes == u.nodes
                                             for x in left):
             left.append(u)
-    return OffloadPlan(graph, ep, chosen, eager, schedule, left)
+    return OffloadPlan(graph, ep, chosen, eager, schedule, left, blocked)
 
 
 def semantic_nodes(nodes: Iterable[AtenNode]) -> list[AtenNode]:

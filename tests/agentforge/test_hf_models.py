@@ -121,3 +121,29 @@ def test_report_works_on_a_causal_lm(lib):
     assert r.error is None and r.model == "LlamaForCausalLM"
     assert [x.op for x in r.regions] == ["torch.ops.rdu.swiglu_mlp_tokens"] * 2     # one MLP per layer
     assert "LlamaForCausalLM" in str(r)
+
+
+def test_decode_is_planned_once_for_every_kv_length(lib):
+    """generate() with a plain torch.compile: dynamo compiles the decode step once with a symbolic KV
+    length; the backend plans that graph once (its KV-length-dependent ops eager, the rest matched
+    once) and runs every later token on that plan, with the same tokens as eager."""
+    model = _build("llama")
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    before = {id(c) for c in compiled_graphs()}
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        model.forward = torch.compile(model.forward, backend="agentforge", options={"library": lib})
+        got = model.generate(ids, **kw)
+    assert torch.equal(got, ref)
+    graphs = [c for c in compiled_graphs() if id(c) not in before]
+    dynamic = [c for c in graphs if c.dynamic is not None]
+    assert len(dynamic) == 1
+    (c,) = dynamic
+    assert c.calls >= 4 and not c.specializations and len(c.dynamic_specs) == 1    # one plan, every KV length
+    (spec,) = c.dynamic_specs.values()
+    assert spec.calls == c.calls and spec.plan is not None and spec.planning_s < 10
+    kinds = {n.kind for n in spec.plan.graph.nodes}
+    assert "bmm" in kinds and "softmax" in kinds                                   # the attention over the cache
+    torch._dynamo.reset()

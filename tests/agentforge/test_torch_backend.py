@@ -343,10 +343,10 @@ def test_a_failure_at_one_size_leaves_the_other_sizes_offloaded(lib, ran, monkey
 
     real = match.plan_offload
 
-    def broken_at_16(tl, ep, graph):
+    def broken_at_16(tl, ep, graph, *rest):
         if graph.inputs[0].shape[0] == 16:
             raise RuntimeError("matcher bug at 16 rows")
-        return real(tl, ep, graph)
+        return real(tl, ep, graph, *rest)
 
     monkeypatch.setattr(match, "plan_offload", broken_at_16)
     model = _Softmax()
