@@ -534,9 +534,23 @@ def run_group(gp: GroupProgram, inputs: dict[str, np.ndarray], limits=None) -> d
                         rts[s].check_value(nodes[s], v)
                         if name != "_":
                             values[s][name] = v
+                _shared_budget(rts, limits, nodes[members[0]])
         return _results(gp, rts)
     except AspError as e:
         raise e.located(gp.filename, gp.source) from None
+
+
+def _shared_budget(rts, limits, node: Node) -> None:
+    """The interpreter's caps on elements and accumulation steps hold for the whole group, not
+    per socket (a 64-socket kernel gets no more work than a one-socket one)."""
+    elements = sum(rt.elements for rt in rts)
+    if elements > limits.max_elements:
+        raise LimitError(f"the program's sockets produced more than {limits.max_elements} elements together "
+                         f"(at {node.op}); run it at smaller sizes", node.call.span)
+    steps = sum(rt.steps for rt in rts)
+    if steps > limits.max_steps:
+        raise LimitError(f"accumulation loops took more than {limits.max_steps} steps over the sockets (at "
+                         f"{node.op}); use a simpler update (acc + f(x)) or smaller sizes", node.call.span)
 
 
 def _run_collective(op: str, nodes: dict[int, Node], ins: dict[int, list[SVal]]) -> dict[int, list[SVal]]:

@@ -303,3 +303,14 @@ def test_asp_profile_shows_every_socket_and_takes_a_node(capsys):
     assert sum(line.lstrip().startswith("socket ") for line in out.splitlines()) == 4
     assert main(["check", path, "--node", "no-such-node"]) == 2
     assert "unknown node 'no-such-node'" in capsys.readouterr().err
+
+
+def test_the_interpreter_caps_hold_for_the_whole_group():
+    """Each socket stays under the element cap, the group does not: a LimitError at the operator."""
+    from asp_lang.interp import Limits
+    prog = compile_example("mlp_tp", 4)
+    i = asp_lang.random_inputs(prog)
+    cap = 2_000_000  # each of the 4 sockets produces 1.16 million values, the group 4.65 million
+    with pytest.raises(asp_lang.AspError) as ei:
+        asp_lang.run(prog, i, Limits(max_elements=cap))
+    assert ei.value.kind == "LimitError" and "sockets produced more than" in ei.value.message
