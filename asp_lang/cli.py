@@ -117,11 +117,16 @@ def cmd_check(args) -> int:
     info = {"kernel": prog.kernel.name, "ok": True, "sizes": prog.sizes, "operators": len(prog.nodes),
             "sections": len(prog.sections), "units": prog.units, "notes": prog.notes,
             "streams": {k: str(v) for k, v in prog.streams.items()}}
+    sockets = getattr(prog, "programs", None)  # a kernel on several sockets: socket 0's program above
+    if sockets:
+        info["sockets"] = [{"socket": s, "operators": len(sp.nodes), "sections": len(sp.sections), "units": sp.units}
+                           for s, sp in enumerate(sockets)]
     if args.json:
         print(json.dumps(info, indent=2))
     else:
+        where = f"socket 0 of {len(sockets)} x {prog.machine.name}" if sockets else prog.machine.name
         print(f"{args.file}: ok: kernel {prog.kernel.name}, {len(prog.nodes)} operators, "
-              f"{prog.units['pcus']} PCUs, {prog.units['pmus']} PMUs on {prog.machine.name}")
+              f"{prog.units['pcus']} PCUs, {prog.units['pmus']} PMUs on {where}")
         for n in prog.notes:
             print(f"note: {n}")
     return 0

@@ -283,6 +283,8 @@ def test_replicated_results_the_sockets_disagree_on():
      "  store(y, xs)\n}\n", "SizeError", "7:8", "not a multiple of 2"),
     ("kernel k(x: f32[N]) -> (y: f32[N]) {\n  sizes N = 4\n  xs = load(x, tile=[N])\n"
      "  ys = all_reduce(xs)\n  store(y, ys)\n}\n", "CollectiveError", "4:8", "add a 'sockets P = 2' line"),
+    ("kernel k(x: f32[N] @split(0)) -> (y: f32[N]) {\n  sizes N = 4\n  xs = load(x, tile=[N])\n"
+     "  store(y, xs)\n}\n", "ArgumentError", "1:27", "runs on one: add a 'sockets P = 2' line"),
 ])
 def test_malformed_collective_syntax_is_located(src, kind, where, words):
     _error(src, kind, where, words)
