@@ -609,14 +609,22 @@ def time_group(gp: GroupProgram, model: str = "fast"):
     from .event import simulate
     from .timing import link_share, profile
     fn = profile if model == "fast" else simulate
+    # Start from each operator's own cost (an earlier call may have left waits in the attributes).
+    for sp in gp.programs:
+        for nd in sp.nodes:
+            if "link_busy_alone" in nd.attrs:
+                nd.attrs["link_busy"], nd.attrs["link_latency"] = nd.attrs["link_busy_alone"], nd.attrs["link_latency_alone"]
     reps = [fn(sp) for sp in gp.programs]
-    # A recv delivers its stream no faster than the sender sends it: its first element arrives
-    # one element's worth of the sender's time after the sender's start, its last when the send
-    # finishes. Each recv is re-timed from its sender's timing (both models read the same node
-    # attributes) until nothing moves; sends precede their recvs in the text, so at most one
-    # pass per socket.
+    # Sockets wait for each other where they communicate; both models read the same node
+    # attributes, re-timed from the other sockets' timing until nothing moves (every wait is for
+    # something earlier in the text, so about one pass per socket):
+    # * a recv delivers no faster than its sender sends: its first element one element's worth of
+    #   the sender's time after the sender's start, its last when the send finishes;
+    # * a collective delivers no faster than its slowest member's input comes: on the other
+    #   members it is paced, as a recv is, by the slowest member's producer.
     links = getattr(gp, "links", [])
-    for _ in range(len(reps) if links else 0):
+    colls = [(n, gp.on[n]) for n, st in enumerate(gp.kernel.body) if st.call.func in COLLECTIVE_OPS]
+    for _ in range(len(reps) + 1 if (links or colls) else 0):
         moved = set()
         for src, i, dst, j in links:
             sender = gp.programs[src].nodes[i]
@@ -629,6 +637,25 @@ def time_group(gp: GroupProgram, model: str = "fast"):
             if abs(busy - nd.attrs["link_busy"]) > 1e-6 or abs(lat - nd.attrs["link_latency"]) > 1e-6:
                 nd.attrs["link_busy"], nd.attrs["link_latency"] = busy, lat
                 moved.add(dst)
+        for n, members in colls:
+            ready = {}
+            for s in members:
+                sp = gp.programs[s]
+                nd = sp.nodes[gp.stmt_nodes[s][n]]
+                src = next(k for k, x in enumerate(sp.nodes) if nd.inputs[0] in x.outputs)
+                ready[s] = _finish(reps[s], src)
+            last = max(ready.values())
+            for s in members:
+                nd = gp.programs[s].nodes[gp.stmt_nodes[s][n]]
+                busy0 = nd.attrs.setdefault("link_busy_alone", nd.attrs["link_busy"])
+                lat0 = nd.attrs.setdefault("link_latency_alone", nd.attrs["link_latency"])
+                busy, lat = busy0, lat0
+                if ready[s] < last * (1 - 1e-9):  # a faster member: paced by the slowest one's input
+                    k = max(nd.in_types[0].count, 1.0)
+                    busy, lat = max(busy0, last * (k - 1) / k), lat0 + last / k
+                if abs(busy - nd.attrs["link_busy"]) > 1e-6 or abs(lat - nd.attrs["link_latency"]) > 1e-6:
+                    nd.attrs["link_busy"], nd.attrs["link_latency"] = busy, lat
+                    moved.add(s)
         if not moved:
             break
         for s in moved:

@@ -10,7 +10,8 @@ Prints one JSON object (and writes it with --out):
 
 ratio = fast / event cycles of the whole group (its slowest socket). The examples are
 docs/examples/multisocket at their default sizes on 1, 2 and 4 sockets and the send/recv
-pipeline of tests/asp_lang/test_multisocket.py; the link sweep times the 2-socket MLP with the
+pipeline and the asymmetric all_reduce (one socket waits for the other) of
+tests/asp_lang/test_multisocket.py; the link sweep times the 2-socket MLP with the
 sn40l-node8 peer links at other bandwidths (compute_cycles: the same kernel with a free link);
 "pick" is agentforge.shard.pick_degree for Llama-3.1-8B's MLP at decode and prefill and its
 attention block at prefill, bf16, on 1-16 sockets.
@@ -49,12 +50,13 @@ def examples() -> list[dict]:
                          "event_cycles": round(e.cycles, 1), "ratio": round(f.cycles / e.cycles, 4),
                          "link_cycles": round(_link(f), 1)})
     sys.path.insert(0, str(ROOT / "tests" / "asp_lang"))
-    from test_multisocket import PIPELINE  # the two-stage send/recv pipeline
-    prog = asp_lang.compile(PIPELINE)
-    f, e = asp_lang.profile(prog), asp_lang.simulate(prog)
-    rows.append({"name": "pipeline (send/recv)", "sockets": 2, "fast_cycles": round(f.cycles, 1),
-                 "event_cycles": round(e.cycles, 1), "ratio": round(f.cycles / e.cycles, 4),
-                 "link_cycles": round(_link(f), 1)})
+    from test_multisocket import ASYMMETRIC, PIPELINE  # send/recv pipeline; a socket waiting at an all_reduce
+    for name, src in (("pipeline (send/recv)", PIPELINE), ("asymmetric all_reduce", ASYMMETRIC)):
+        prog = asp_lang.compile(src)
+        f, e = asp_lang.profile(prog), asp_lang.simulate(prog)
+        rows.append({"name": name, "sockets": 2, "fast_cycles": round(f.cycles, 1),
+                     "event_cycles": round(e.cycles, 1), "ratio": round(f.cycles / e.cycles, 4),
+                     "link_cycles": round(_link(f), 1)})
     return rows
 
 
