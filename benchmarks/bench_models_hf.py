@@ -7,9 +7,16 @@ share of a real model's graph the library matches; tests assert correctness, thi
 coverage and time and prints one JSON document.
 
     .venv/bin/python benchmarks/bench_models_hf.py --library /tmp/h6run/library [--models llama,qwen2]
+    .venv/bin/python benchmarks/bench_models_hf.py --from-model --out /tmp/fm [--models llama,qwen2]
+
+With ``--from-model`` each model gets its own library: ``agentforge campaign --from-model
+CONFIG.json --out OUT/<model>`` (its config written from :func:`tiny_models`), timed
+(``campaign_s``), then measured with that library.
 
 Per model: ``ops`` (non-view ATen ops of the compiled graphs), ``offloaded_ops`` (of those,
-the ones a library call computes), ``flops_share`` (estimated FLOPs inside library calls /
+the ones a library call computes), ``folded_ops`` (computed once per plan: no input reaches
+them, e.g. positions and the causal mask), ``runtime_ops_share`` (offloaded / ops that run per
+call: ops - folded; ``ops_share`` is offloaded / ops), ``flops_share`` (estimated FLOPs inside library calls /
 all), ``max_abs_err`` of the logits against eager, ``first_forward_s`` (export + planning +
 the first run, wall clock) and ``second_forward_s``, the offloaded library ops, and the eager
 ops grouped by reason (first few). Needs ``transformers`` (``pip install agentforge[hf]``).
@@ -30,6 +37,35 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 VIEW_KINDS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach"})
+
+
+#: the tiny models' configs (what ``--from-model`` writes as config.json)
+CONFIGS = {
+    "llama": dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "qwen2": dict(model_type="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128),
+    "mixtral": dict(model_type="mixtral", vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, num_local_experts=4,
+                    num_experts_per_tok=2),
+    "gpt2": dict(model_type="gpt2", vocab_size=256, n_embd=64, n_layer=2, n_head=4, n_positions=128),
+}
+
+
+def campaign_from_model(name: str, out: Path, seq: int) -> tuple[str, float, str]:
+    """Run ``agentforge campaign --from-model`` on the model's config; (library, wall seconds, summary line)."""
+    import subprocess
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = out / f"{name}.json"
+    cfg.write_text(json.dumps(CONFIGS[name]))
+    run = out / name
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "agentforge.cli", "campaign", "--from-model", str(cfg), "--out", str(run),
+                        "--prompt-tokens", str(seq), "--quiet"], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    line = next((ln for ln in p.stdout.splitlines() if ln.startswith("verified ")), p.stderr.strip()[-300:])
+    return str(run / "library"), wall, line
 
 
 def tiny_models() -> dict[str, Any]:
@@ -53,7 +89,7 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
     """Ops and FLOPs of the compiled graphs' latest plans, and how much of them library calls compute."""
     from agentforge.capture import _ref_specs, node_flops
 
-    ops = off = 0
+    ops = off = folded = 0
     flops = off_flops = 0
     offloaded: dict[str, int] = {}
     eager: dict[str, list[str]] = {}
@@ -73,12 +109,15 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
             if n.name in covered:
                 off += 1
                 off_flops += f
+            elif n.name in getattr(plan, "folded", {}):
+                folded += 1
         for r in plan.regions:
             offloaded[r.family.op] = offloaded.get(r.family.op, 0) + 1
         for e in plan.eager:
-            if e.kind not in VIEW_KINDS:
+            if e.kind not in VIEW_KINDS and e.node not in getattr(plan, "folded", {}):
                 eager.setdefault(e.reason.splitlines()[0][:160], []).append(e.kind)
-    return {"ops": ops, "offloaded_ops": off, "flops": flops,
+    return {"ops": ops, "offloaded_ops": off, "folded_ops": folded,
+            "runtime_ops_share": off / (ops - folded) if ops > folded else 0.0, "flops": flops,
             "flops_share": off_flops / flops if flops else 0.0,
             "library_ops": offloaded,
             "eager_by_reason": {k: f"{len(v)}: {', '.join(sorted(set(v)))}" for k, v in
@@ -116,7 +155,9 @@ def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, An
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--library", required=True, help="a library folder (e.g. a campaign's OUT/library)")
+    ap.add_argument("--library", help="a library folder (e.g. a campaign's OUT/library)")
+    ap.add_argument("--from-model", action="store_true", help="build each model's library with campaign --from-model")
+    ap.add_argument("--out", default="/tmp/bench_models_hf", help="--from-model: where the runs go")
     ap.add_argument("--models", default="llama,qwen2,mixtral,gpt2")
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--verify-new-sizes", action="store_true")
@@ -127,8 +168,19 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"error": "transformers is not installed (pip install 'agentforge[hf]')"}))
         return 2
     opts = {"verify_new_sizes": True} if a.verify_new_sizes else {}
-    rows = [bench(m, factories[m], a.library, a.seq, opts) for m in a.models.split(",")]
-    print(json.dumps({"library": a.library, "torch": torch.__version__, "models": rows}, indent=1))
+    if not a.library and not a.from_model:
+        ap.error("give --library DIR or --from-model")
+    rows = []
+    for m in a.models.split(","):
+        if a.from_model:
+            lib, wall, line = campaign_from_model(m, Path(a.out), a.seq)
+            row = bench(m, factories[m], lib, a.seq, opts)
+            row.update({"library": lib, "campaign_s": round(wall, 1), "campaign": line})
+        else:
+            row = bench(m, factories[m], a.library, a.seq, opts)
+        rows.append(row)
+    print(json.dumps({"library": a.library or "per model (--from-model)", "torch": torch.__version__, "models": rows},
+                     indent=1))
     return 0
 
 

@@ -160,9 +160,15 @@ def summarize(plan: Any) -> str:
     groups: dict[str, list[str]] = {}
     for e in eager:
         groups.setdefault(_short_reason(e.reason), []).append(e.kind)
+    folded: dict[str, int] = {}
+    for n in plan.graph.nodes:
+        if n.name in getattr(plan, "folded", {}) and n.kind not in _VIEWS:
+            folded[n.kind] = folded.get(n.kind, 0) + 1
     lines = [f"{covered} of {total} ops (not counting views) on library kernels"
              + (f" ({', '.join(f'{op} x{n}' for op, n in calls.items())})" if calls else "")
-             + f"; {len(eager)} eager"]
+             + f"; {len(eager)} eager"
+             + (f"; {sum(folded.values())} folded once per plan (no input reaches them: "
+                f"{', '.join(f'{k} x{n}' if n > 1 else k for k, n in folded.items())})" if folded else "")]
     for why, kinds in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         counted: dict[str, int] = {}
         for k in kinds:

@@ -123,6 +123,8 @@ class OffloadPlan:
     #: matches left eager because their shapes depend on a dynamic size: (family, the model ops, each
     #: argument's (shape, dtype) with a sympy expression for each dynamic dim; None: not a tensor)
     dynamic_blocked: list[tuple[OpFamily, list[str], list[tuple | None]]] = field(default_factory=list)
+    #: values no input reaches, computed once for the plan (node name -> value); never run per call
+    folded: dict[str, Any] = field(default_factory=dict)
 
     def blocked_at(self, sizes: dict[Any, int]) -> list[tuple[OpFamily, ProblemKey, list[str]]]:
         """The matches left eager for their dynamic sizes, with their arguments at these values of
@@ -150,12 +152,13 @@ class OffloadPlan:
                 env[spec.arg.name] = next(user)
             else:
                 env[spec.arg.name] = state[spec.target]
+        env.update(self.folded)
         for unit in self.schedule:
             if isinstance(unit, Region):
                 env.update(unit.call([env[a] for a in unit.args]))
                 continue
             n = unit
-            if n.op in ("placeholder", "output") or _is_assertion(n):
+            if n.op in ("placeholder", "output") or _is_assertion(n) or n.name in self.folded:
                 continue    # runtime assertions (aten._assert_tensor_metadata) check values a region may hold
             a = torch.fx.node.map_arg(n.args, lambda x: env[x.name])
             k = torch.fx.node.map_arg(n.kwargs, lambda x: env[x.name])
@@ -604,10 +607,11 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
             chosen.append(r)
             taken |= r.nodes
     schedule = _schedule(ep, chosen) or list(ep.graph.nodes)
+    folded = _fold_constants(ep, taken)
     eager = []
     ops = ", ".join(sorted(tl.families)) or "(none)"
     for n in graph.nodes:
-        if n.name in taken:
+        if n.name in taken or n.name in folded:
             continue
         if G.transparent(n.name) or n.kind == "getitem":
             why = "a copy or element pick (no computation)"
@@ -620,7 +624,31 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
         if set(u.nodes) - taken and not any(x.family is u.family and x.key == u.key and x.nodes == u.nodes
                                             for x in left):
             left.append(u)
-    return OffloadPlan(graph, ep, chosen, eager, schedule, left, blocked)
+    return OffloadPlan(graph, ep, chosen, eager, schedule, left, blocked, folded)
+
+
+def _fold_constants(ep: Any, taken: set[str]) -> dict[str, Any]:
+    """Values no input reaches (positions from ``arange``, causal masks built from them, ``full``
+    scalars...), computed once when the plan is made: a plan is made for fixed sizes (or, for a
+    dynamic graph, these do not depend on its sizes), so every call would compute the same value.
+    Seeded-random and uninitialised ops are never folded; nor is what a region computes."""
+    env: dict[str, Any] = {}
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or n.name in taken or _is_assertion(n):
+            continue
+        if not isinstance(n.target, torch._ops.OpOverload) or not all(a.name in env for a in n.all_input_nodes):
+            continue
+        tags = getattr(n.target, "tags", ())
+        name = str(n.target)
+        if torch.Tag.nondeterministic_seeded in tags or any(w in name for w in ("empty", "rand", "normal", "bernoulli")):
+            continue
+        try:
+            args = torch.fx.node.map_arg(n.args, lambda x: env[x.name])
+            kwargs = torch.fx.node.map_arg(n.kwargs, lambda x: env[x.name])
+            env[n.name] = n.target(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - not foldable here: it runs as it would have
+            continue
+    return env
 
 
 def semantic_nodes(nodes: Iterable[AtenNode]) -> list[AtenNode]:

@@ -219,3 +219,36 @@ def test_data_dependent_shapes_are_named_not_internal_errors():
         assert "test_torch_canonical.py" in str(e.value) and "how to fix" in str(e.value)
     _, g = export_graph(MaxIdx(), [torch.randn(4, 8)])
     assert [n.kind for n in g.nodes][:1] == ["max"]
+
+
+def test_values_no_input_reaches_are_folded_once_per_plan_and_random_ones_never(lib):
+    """A causal mask built from arange inside forward does not depend on any input: it is computed
+    once when the plan is made and not run per call; a seeded-random value is never folded."""
+
+    class Masked(torch.nn.Module):
+        def forward(self, x):
+            n = x.shape[-1]
+            mask = torch.arange(n)[None, :] > torch.arange(n)[:, None]
+            return x.masked_fill(mask, 0.0) + 1.0
+
+    class Noisy(torch.nn.Module):
+        def forward(self, x):
+            return x + torch.rand(x.shape)
+
+    x = torch.randn(8, 8)
+    out, c = _run(Masked(), [x], lib)
+    torch.testing.assert_close(out, Masked()(x))
+    kinds = {n.kind for n in c.plan.graph.nodes if n.name in c.plan.folded}
+    assert {"arange", "gt"} <= kinds and "where" not in kinds          # the mask, not what reads x
+    assert "folded once per plan" in c.summary
+    y = torch.randn(8, 8)
+    compiled = torch.compile(Masked(), backend="agentforge", dynamic=False, options={"library": lib})
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(y), Masked()(y))
+
+    torch._dynamo.reset()
+    noisy = torch.compile(Noisy(), backend="agentforge", dynamic=False, options={"library": lib})
+    with torch.no_grad():
+        a, b = noisy(x), noisy(x)
+    assert not torch.equal(a, b) and not compiled_graphs()[-1].plan.folded
+    torch._dynamo.reset()
