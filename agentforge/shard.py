@@ -1,7 +1,7 @@
 """Tensor-parallel ASP for the blocks of a decoder layer, and the degree the cost model picks.
 
 ``mlp_source`` and ``attention_source`` write an ASP kernel that runs on ``degree`` sockets
-(docs/asp.md, section 11): the MLP split Megatron-style (the up / gate projections by columns,
+(docs/asp.md, "More than one socket"): the MLP split Megatron-style (the up / gate projections by columns,
 the down projection by rows, one ``all_reduce`` of the partial outputs) and the attention
 block split by heads with grouped-query attention (each socket projects its query and
 key/value heads, attends within them, and multiplies by its rows of the output projection;

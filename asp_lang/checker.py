@@ -208,7 +208,7 @@ def check(kernel: Kernel, machine: Machine, sizes: dict[str, int] | None = None,
         for p in kernel.params + kernel.results:
             if p.split is not None:
                 raise ArgumentError(f"'{p.name}' is @split over sockets, but this kernel runs on one: add a "
-                                    "'sockets P = 2' line (docs/asp.md, section 11)", p.split.span)
+                                    "'sockets P = 2' line (docs/asp.md, 'More than one socket')", p.split.span)
         return _check(kernel, machine, sizes, filename, source, routing or {})
     except AspError as e:
         raise e.located(filename, source) from None

@@ -202,7 +202,7 @@ def cmd_profile(args) -> int:
     print(f"  units       {rep.pcu_allocated} PCUs, {rep.pmu_allocated} PMUs, {rep.agcu_allocated} AGCUs; "
           f"SRAM {rep.sram_bytes / 2**20:,.2f} MiB; PCU busy {rep.pcu_utilisation:.1%}")
     print(f"  bottleneck  {rep.bottleneck}")
-    for s in rep.sockets:  # a kernel on several sockets (docs/asp.md, section 11)
+    for s in rep.sockets:  # a kernel on several sockets (docs/asp.md, "More than one socket")
         print(f"  socket {s['socket']:>2}   {s['cycles']:,.0f} cycles, bottleneck {s['bottleneck']}, "
               f"peer link {s['link_cycles']:,.0f} cycles")
     if rep.sockets:

@@ -1,6 +1,6 @@
 """Kernels that run on several sockets: sharded tensors, collectives and send/receive.
 
-A kernel with a ``sockets P = N`` line runs on a group of P sockets (docs/asp.md, section 11).
+A kernel with a ``sockets P = N`` line runs on a group of P sockets (docs/asp.md, "More than one socket").
 Every socket runs the kernel's statements (those a statement's ``on=[...]`` names, when it has
 one) on its own shard of the tensors declared ``@split(axis)``: the caller passes and gets
 the whole tensors, as for a one-socket kernel, so a sharded kernel is verified against the
@@ -83,7 +83,7 @@ def _view(ctx, call: Call) -> GroupView:
     g = getattr(ctx, "group", None)
     if g is None:
         raise CollectiveError(f"{call.func} talks to other sockets, but this kernel runs on one: add a "
-                              "'sockets P = 2' line (docs/asp.md, section 11)", call.span)
+                              "'sockets P = 2' line (docs/asp.md, 'More than one socket')", call.span)
     return g
 
 

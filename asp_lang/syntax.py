@@ -220,7 +220,7 @@ class _Parser:
                     raise ParseError(f"'{t.text}' has two {'@split' if what == 'split' else 'memory tier'} "
                                      "annotations", tt.span)
                 seen.add(what)
-                if tt.text == "split":  # sharded over the sockets of a group (docs/asp.md, section 11)
+                if tt.text == "split":  # sharded over the sockets of a group (docs/asp.md, "More than one socket")
                     self.expect("(", "after @split (write @split(axis), e.g. @split(1))")
                     if self.at(")"):
                         raise ParseError("@split needs the axis it splits, e.g. @split(0)", self.tok.span)
