@@ -8,7 +8,8 @@ key/value heads, attends within them, and multiplies by its rows of the output p
 one ``all_reduce``). The kernels take and return the whole tensors, so they are verified
 against the same single-device reference as an unsharded kernel. ``pick_degree`` times every
 valid degree with asp_lang's timing model (types only, so real model sizes cost nothing to
-time) and keeps the fastest.
+time) and keeps the fastest. ``mlp_stack_source`` is the pipeline-parallel option: layers split
+across sockets, activations passed on with ``send`` / ``recv``.
 
 Why a module of its own: the offline author (agentforge/author.py) can call it to emit the
 tensor-parallel form of a block when a task asks for more than one socket, without this code
@@ -172,6 +173,52 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
         "}\n")
 
 
+def mlp_stack_source(layers: int, tokens: int, hidden: int, intermediate: int, stages: int,
+                     dtype: str = "f32", tm: int = 8, tf: int = 64, par: int = 8) -> str:
+    """ASP for ``layers`` relu MLPs in a row (``x <- relu(x @ w1_l) @ w2_l``) on ``stages``
+    sockets, pipeline-parallel: socket ``s`` holds layers ``[s L/S, (s+1) L/S)`` whole and
+    passes the activations to socket ``s+1`` with ``send`` / ``recv``, tile by tile, so the
+    stages overlap on a stream of several row blocks (at decode, one block, they run one after
+    another). Parameters ``x, w1_0, w2_0, w1_1, ...`` ([in, out] layout); the result ``y``."""
+    _positive(layers=layers, tokens=tokens, hidden=hidden, intermediate=intermediate, stages=stages, tm=tm,
+              tf=tf, par=par)
+    _dtype(dtype)
+    if layers % stages:
+        raise ValueError(f"layers {layers} is not a multiple of the stages {stages}")
+    tm = _tile(tokens, tm)
+    tf = _tile(intermediate, tf)
+    dt = dtype
+    per = layers // stages
+    params = [f"x: {dt}[M, D]"] + [f"w1_{i}: {dt}[D, F], w2_{i}: {dt}[F, D]" for i in range(layers)]
+    body = ["  a0 = load(x, tile=[TM, D], on=[0])  # [M/TM] of the first stage's input rows"]
+    cur = "a0"
+    for i in range(layers):
+        st = i // per
+        on = f"on=[{st}]"
+        if i and i % per == 0:  # a stage boundary: the activations go to the next socket
+            body.append(f"  send({cur}, to={st}, on=[{st - 1}])")
+            body.append(f"  r{i} = recv(from={st - 1}, {on})")
+            cur = f"r{i}"
+        body += [f"  x{i} = repeat({cur}, F / TF, {on})  # layer {i} on socket {st}",
+                 f"  u{i} = load(w1_{i}, tile=[D, TF], repeat=M / TM, at=0, par=4, {on})",
+                 f"  h{i} = map(x{i}, u{i}, fn=up, par={par}, {on})",
+                 f"  d{i} = load(w2_{i}, tile=[TF, D], repeat=M / TM, at=0, par=4, {on})",
+                 f"  a{i + 1} = accum(h{i}, d{i}, rank=1, init=zeros([TM, D]), fn=mac, par={par}, {on})",
+                 f"  c{i + 1} = map(a{i + 1}, fn=out, {on})"]
+        cur = f"c{i + 1}"
+    body.append(f"  store(y, {cur}, on=[{stages - 1}])")
+    return (
+        f"# {layers} MLP layers pipeline-parallel over P sockets, {per} per socket (agentforge/shard.py).\n"
+        f"kernel mlp_pp({', '.join(params)}) -> (y: {dt}[M, D]) {{\n"
+        f"  sockets P = {stages}\n"
+        f"  sizes M = {tokens}\n  sizes D = {hidden}\n  sizes F = {intermediate}\n"
+        f"  sizes TM = {tm}\n  sizes TF = {tf}\n"
+        f"  fn up(a, w) = cast(relu(cast(matmul(a, w), f32)), {dt})\n"
+        "  fn mac(acc, h, w) = acc + cast(matmul(h, w), f32)\n"
+        f"  fn out(t) = cast(t, {dt})\n"
+        + "\n".join(body) + "\n}\n")
+
+
 @dataclass
 class ShardChoice:
     """The degree the cost model picked, with every candidate degree's best time (degrees not
@@ -241,4 +288,4 @@ def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine
     return ShardChoice(best, seconds, sources[best], skipped, configs)
 
 
-__all__ = ["mlp_source", "attention_source", "pick_degree", "ShardChoice"]
+__all__ = ["mlp_source", "attention_source", "mlp_stack_source", "pick_degree", "ShardChoice"]
