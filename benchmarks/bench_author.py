@@ -111,7 +111,9 @@ def main() -> None:
                                  "resized_planner_calls": s2["planner_calls"],
                                  "planner_calls_saved_fraction": 1 - s2["planner_calls"] / max(1, len(again)),
                                  "verified_first": out["author"]["verified"], "verified_resized": s2["verified"],
-                                 "hits": sum(r["plan_cache_hit"] for r in again), "stats": cache.stats()}
+                                 "hits": sum(r["plan_cache_hit"] for r in again), "stats": cache.stats(),
+                                 "unverified_resized": {r["task"]: (getattr(r["evaluation"], "reason", "") or "no evaluation")[:300]
+                                                        for r in again if not r["verified"]}}
         if args.experience:
             second = run(tasks, args.machine, None, library, use_priors=True)
             s1, s2 = out["author"], summary(second)
@@ -122,6 +124,8 @@ def main() -> None:
                 "first_pass_attempts": sum(r["attempts"] for r in rows),
                 "second_pass_attempts": sum(r["attempts"] for r in second),
                 "verified_first": s1["verified"], "verified_second": s2["verified"],
+                "unverified_second": {r["task"]: (getattr(r["evaluation"], "reason", "") or "no evaluation")[:300]
+                                      for r in second if not r["verified"]},
                 "geomean_speedup_fused_first": s1["geomean_speedup_fused"],
                 "geomean_speedup_fused_second": s2["geomean_speedup_fused"],
                 "tasks_with_priors": sum(r["priors"] for r in second)}
