@@ -90,7 +90,8 @@ def test_resume_with_the_same_suite_argument_is_accepted(runs_home, monkeypatch,
     out = capsys.readouterr().out
     from agentforge.tasks import load_suite
 
-    assert re.search(rf"^verified \d+/{len(load_suite(SUITE))}  fast_1 ", out, re.M), out[-2000:]
+    assert re.search(rf"^verified \d+/{len(load_suite(SUITE))}  (roofline \d+% \(median of \d+\)  )?fast_1 ", out,
+                     re.M), out[-2000:]
 
 
 def test_resume_with_another_suite_is_still_refused_saying_what_differs(runs_home, monkeypatch, capsys, tmp_path):
@@ -198,7 +199,8 @@ def test_the_summary_explains_fast_p_shows_roofline_beside_speedup_and_flags_out
     assert "fast_1 80%" in text and "fast_1: the share of all tasks whose kernel is verified and faster" in text
     assert "fast_2: verified and more than 2x faster" in text
     assert re.search(r"speedup [\d.]+x \(geometric mean of 4\)", text)
-    assert re.search(r"rope_gptj .*931\.00x !\s+│\s+90%", text)          # the roofline right beside it
+    assert re.search(r"rope_gptj .*90%\s+│\s+931\.00x !", text)          # the roofline first, the speedup beside it
+    assert re.search(r"^verified 4/6  roofline 60% \(median of 4\)  fast_1 80%", text, re.M)
     assert re.search(r"outlier .*rope_gptj 931x; geometric mean without it 2\.47x", text)
     assert "cross_entropy_onehot_of_a_long_name" in text and "…" not in text     # written to a pipe: nothing cut
 
