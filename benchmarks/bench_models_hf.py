@@ -124,7 +124,8 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
                                 sorted(eager.items(), key=lambda kv: -len(kv[1]))[:8]}}
 
 
-def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, Any]) -> dict[str, Any]:
+def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, Any],
+          simulate: bool = False) -> dict[str, Any]:
     from agentforge.torch.backend import compiled_graphs
 
     torch.manual_seed(0)
@@ -150,6 +151,13 @@ def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, An
     row.update(coverage(graphs))
     row["ops_share"] = row["offloaded_ops"] / row["ops"] if row["ops"] else 0.0
     torch._dynamo.reset()
+    if simulate:
+        from agentforge.torch.report import report
+
+        r = report(model, [ids], library=library)
+        row["simulated"] = {"error": r.error, "chip_s": r.chip_seconds, "op_by_op_s": r.op_by_op_seconds,
+                            "speedup": r.speedup if r.error is None else None,
+                            "not_lowerable_ops": len(r.not_lowerable)}
     return row
 
 
@@ -161,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="llama,qwen2,mixtral,gpt2")
     ap.add_argument("--seq", type=int, default=16)
     ap.add_argument("--verify-new-sizes", action="store_true")
+    ap.add_argument("--simulate", action="store_true", help="also the emulator's time of the whole forward with the "
+                                                            "library vs op by op (agentforge.torch.report)")
     a = ap.parse_args(argv)
     try:
         factories = tiny_models()
@@ -174,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in a.models.split(","):
         if a.from_model:
             lib, wall, line = campaign_from_model(m, Path(a.out), a.seq)
-            row = bench(m, factories[m], lib, a.seq, opts)
+            row = bench(m, factories[m], lib, a.seq, opts, a.simulate)
             row.update({"library": lib, "campaign_s": round(wall, 1), "campaign": line})
         else:
-            row = bench(m, factories[m], a.library, a.seq, opts)
+            row = bench(m, factories[m], a.library, a.seq, opts, a.simulate)
         rows.append(row)
     print(json.dumps({"library": a.library or "per model (--from-model)", "torch": torch.__version__, "models": rows},
                      indent=1))
