@@ -565,12 +565,19 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
     reasons: dict[str, str] = {}
     unverified: list[Unverified] = []
     structural = [c for fam, P in _patterns(tl) for c in _try_family(fam, P, G)]
-    # largest first; a match is checked against its family's verified problems (with
+    # largest first (by the FLOPs a match computes, then by its ops: a fused kernel holds at least
+    # the FLOPs and ops of the kernels inside it, and where two matches only overlap, the one that
+    # computes more goes first: a linear with its epilogue before a norm that would take the
+    # epilogue's last op); a match is checked against its family's verified problems (with
     # verify_new_sizes: verified at its sizes) only when no larger chosen region covers it, and
     # among the verified matches of one size the fastest kernel goes first
-    by_size: dict[int, list[tuple[OpFamily, _Matcher, list[str]]]] = {}
+    from agentforge.capture import _ref_specs, node_flops
+
+    specs = graph._spec_table
+    flops = {n.name: node_flops(n, _ref_specs(specs, n)) for n in graph.nodes}
+    by_size: dict[tuple[int, int], list[tuple[OpFamily, _Matcher, list[str]]]] = {}
     for c in structural:
-        by_size.setdefault(len(c[1].nodes), []).append(c)
+        by_size.setdefault((sum(flops.get(n, 0) for n in c[1].nodes.values()), len(c[1].nodes)), []).append(c)
     chosen: list[Region] = []
     taken: set[str] = set()
     dynamic = symbolic_nodes(ep)
