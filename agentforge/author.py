@@ -201,6 +201,21 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
 
 # ------------------------------------------------------------------ partition
 
+def _transposed_last(node: AtenNode, graph: AtenGraph) -> bool:
+    """A permute / transpose / t that swaps exactly the last two axes (B[b]^T of a batched matmul)."""
+    base = _base(node.target)
+    k = len(graph.spec(node.args[0]).shape)
+    if base == "permute":
+        perm = [d % k for d in node.args[1]]
+    elif base == "transpose":
+        perm = list(range(k))
+        d0, d1 = node.args[1] % k, node.args[2] % k
+        perm[d0], perm[d1] = perm[d1], perm[d0]
+    else:
+        perm = [1, 0] if k == 2 else list(range(k))
+    return perm == list(range(k - 2)) + [k - 1, k - 2]
+
+
 class _Partitioner:
     """Greedy, in graph order, one open region at a time (regions stay convex)."""
 
@@ -281,10 +296,10 @@ class _Partitioner:
             self.rows = 0
             self.views = {}
             return
-        if base in ("mm", "addmm"):
+        if base in ("mm", "addmm", "bmm"):
             self.open = Region("matmul", [i])
             out = node.outs[0]
-            self.rows = out.shape[0]
+            self.rows = out.shape[0] if base != "bmm" else 0   # a batched matmul takes no epilogue
             self.views = {node.name: row_view(out.shape)}
             return
         self.regions.append(Region("single", [i]))
@@ -439,7 +454,8 @@ class _Partitioner:
         return ok
 
     def _feeds_matmul_b(self, node: AtenNode) -> bool:
-        if len(node.outs[0].shape) != 2:
+        rank = len(node.outs[0].shape)
+        if rank < 2 or rank > 2 and not _transposed_last(node, self.g):
             return False
         names = {node.name}
         changed = True
@@ -451,27 +467,28 @@ class _Partitioner:
                     names.add(n.name)
                     changed = True
         users = [n for n in self.g.nodes if n.name not in names and any(r.name in names for r in n.refs())]
-        return len(users) == 1 and _base(users[0].target) in ("mm", "addmm") and \
+        return len(users) == 1 and _base(users[0].target) in (("mm", "addmm") if rank == 2 else ("bmm",)) and \
             isinstance(users[0].args[-1], Ref) and users[0].args[-1].name in names
 
     def _epilogue(self, node: AtenNode) -> bool:
         """Elementwise ops on a matmul's output tiles join its region."""
-        if not any(_base(self.sem[i].target) in ("mm", "addmm") for i in self.open.nodes):
-            if _base(node.target) in ("mm", "addmm"):  # the matmul after its transposed weight
+        if not any(_base(self.sem[i].target) in ("mm", "addmm", "bmm") for i in self.open.nodes):
+            if _base(node.target) in ("mm", "addmm", "bmm"):  # the matmul after its transposed weight
                 out = node.outs[0]
-                self.rows = out.shape[0]
+                self.rows = out.shape[0] if _base(node.target) != "bmm" else 0
                 self.views = {node.name: row_view(out.shape)}
                 return True
             return False
-        if row_kind(node, self.g) != "elementwise":
+        if row_kind(node, self.g) != "elementwise" or not self.rows:
             return False
         out = node.outs[0]
-        if len(out.shape) != 2 or out.shape[0] != self.rows:
+        # the matmul's [M, N] rows, also seen through a [.., S, N] view (a linear layer on [B, S, H])
+        if len(out.shape) < 2 or row_view(out.shape)[0] != self.rows:
             return False
         touches = False
         for r in node.refs():
             v = self._operand_view(r, out.shape)
-            if v is None:
+            if v is None or v[0] not in (1, self.rows):
                 return False
             if self.producer.get(self.root(r.name)) in self.open.nodes:
                 touches = True
@@ -961,24 +978,41 @@ class RowKernel(_RegionCode):
                         [o.name for o in results + finals], out_views)
 
 
+def _mm_parts(mm: AtenNode):
+    """(bias, a, b, alpha, beta) of an mm / addmm / bmm node."""
+    if _base(mm.target) == "addmm":
+        return mm.args[0], mm.args[1], mm.args[2], mm.kwargs.get("alpha", 1), mm.kwargs.get("beta", 1)
+    return None, mm.args[0], mm.args[1], 1, 1
+
+
 class MatmulKernel(_RegionCode):
     """C = A @ B (+ bias) in TM x TN tiles accumulated over K, then an elementwise epilogue."""
 
     def build(self) -> OpKernel:
         g = self.g
-        mm = next(n for n in self.nodes if _base(n.target) in ("mm", "addmm"))
-        epilogue = self.nodes[self.nodes.index(mm) + 1:]
+        mms = [n for n in self.nodes if _base(n.target) in ("mm", "addmm", "bmm")]
+        mm = mms[0]
         base = _base(mm.target)
-        if base == "addmm":
-            bias, a, b = mm.args[0], mm.args[1], mm.args[2]
-            alpha, beta = mm.kwargs.get("alpha", 1), mm.kwargs.get("beta", 1)
-        else:
-            bias, a, b = None, mm.args[0], mm.args[1]
-            alpha = beta = 1
+        parts = [_mm_parts(n) for n in mms]
+        bias, a, b, alpha, beta = parts[0]
         sa, sb, out = g.spec(a), g.spec(b), mm.outs[0]
-        M, K = sa.shape
-        N = sb.shape[1]
+        # a batched matmul (bmm) runs the same tiles with a leading batch axis of tile 1
+        bt = sa.shape[0] if base == "bmm" else None
+        lead = [1] if bt is not None else []
+        off = 1 if bt is not None and bt > 1 else 0   # the batch axis is a stream dimension when > 1
+        M, K = sa.shape[-2:]
+        N = sb.shape[-1]
         dt = _dt(out)
+        # several matmuls of one activation (q/k/v, SwiGLU's gate and up): A is read once and copied
+        # to one accum per weight; the epilogue sees all their tiles (silu(gate) * up in one map)
+        for n, (_, a2, b2, _, _) in zip(mms[1:], parts[1:]):
+            if _base(n.target) == "bmm" or base == "bmm" or self.resolve(a2.name) != self.resolve(a.name) or \
+                    tuple(g.spec(b2).shape) != tuple(sb.shape) or _dt(n.outs[0]) != dt:
+                raise UnsupportedOpError("matmuls of one region must share their activation and shapes")
+        weights_t = {self.resolve(b_.name) for (_, _, b_, _, _) in parts}
+        epilogue = [n for n in self.nodes[self.nodes.index(mm) + 1:] if n not in mms and n.name not in weights_t]
+        if base == "bmm" and epilogue:
+            raise UnsupportedOpError("a batched matmul region takes no epilogue")
         p = self.region.params
         tm = divisor_at_most(M, int(p.get("tm", MM_TILE)))
         tn = divisor_at_most(N, int(p.get("tn", MM_TILE)))
@@ -986,53 +1020,82 @@ class MatmulKernel(_RegionCode):
         par, par_m, par_e = int(p.get("par", 64)), int(p.get("par_mem", 4)), int(p.get("par_epi", 16))
         kb = KernelBuilder(f"fused_{self.ri}_{_kname(mm)[2:]}")
         inputs, views, streams, params = [], [], [], []
-        # a transposed weight (B = W^T, W: [N, K]) is read in place, transposing each tile
-        b_src, trans = b.name, False
-        src_node = next((n for n in g.nodes if n.name == self.resolve(b.name)), None)
-        if src_node is not None and _base(src_node.target) in ("permute", "t", "transpose") and \
-                len(g.spec(src_node.args[0]).shape) == 2:
-            b_src, trans = src_node.args[0].name, True
-        pa = kb.param(dt, (M, K))
+        batch = (bt,) if bt is not None else ()
+        pa = kb.param(dt, batch + (M, K))
         inputs.append(a.name)
-        views.append((M, K))
+        views.append(batch + (M, K))
         m_kept, n_kept = tm < M, tn < N
-        call = f"load({pa}, tile={_list([tm, tk])}"
-        if n_kept:
-            call += f", repeat={N // tn}, at={1 if m_kept else 0}"
-        (xa,) = kb.op(call + f", par={par_m})")
-        if trans:
-            pb = kb.param(_dt(g.spec(b_src)), (N, K))
-            inputs.append(b_src)
-            views.append((N, K))
-            call = f"load({pb}, tile={_list([tn, tk])}"
+        if n_kept and tk < K and int(p.get("hold", 0)):
+            # operand reuse: each [tm, K] row block of A is read from HBM once, held on chip
+            # (banked over par_buf PMUs) and streamed again for every column block of B; without
+            # it A is re-read N / tn times and a large square GEMM is bound by HBM, not compute
+            pbuf = int(p.get("par_buf", 16))
+            (xa,) = kb.op(f"load({pa}, tile={_list(lead + [tm, tk])}, par={par_m})")
+            (xa,) = kb.op(f"bufferize({xa}, rank=1, par={pbuf})")
+            (xa,) = kb.op(f"streamify({xa}, repeat={N // tn}, par={pbuf})")
         else:
-            pb = kb.param(dt, (K, N))
-            inputs.append(b.name)
-            views.append((K, N))
-            call = f"load({pb}, tile={_list([tk, tn])}"
-            if tk < K and n_kept:
-                call += ", order=[1, 0]"
-        if m_kept:
-            call += f", repeat={M // tm}, at=0"
-        (xb,) = kb.op(call + f", par={par_m})")
-        yb = "transpose(y)" if trans else "y"
-        prod = f"matmul(x, {yb})" if dt == "f32" else f"cast(matmul(x, {yb}), f32)"
-        if tk < K:
-            mac = kb.fn(["acc", "x", "y"], f"acc + {prod}")
-            (c,) = kb.op(f"accum({xa}, {xb}, rank=1, init=zeros({_list([tm, tn])}), fn={mac}, par={par})")
-        else:
-            f = kb.fn(["x", "y"], prod)
-            (c,) = kb.op(f"map({xa}, {xb}, fn={f}, par={par})")
-        streams.append(c)
-        params.append("c")
-        cexpr = "c" if alpha == 1 else f"c * {_lit(alpha)}"
+            call = f"load({pa}, tile={_list(lead + [tm, tk])}"
+            if n_kept:
+                call += f", repeat={N // tn}, at={off + (1 if m_kept else 0)}"
+            (xa,) = kb.op(call + f", par={par_m})")
+        xas = kb.op(f"copy({xa})", len(mms)) if len(mms) > 1 else [xa]
+        cexprs = []
+        for gi, (n, (_, _, b, alpha, _)) in enumerate(zip(mms, parts)):
+            # a transposed weight (B = W^T, W: [N, K]; batched: B[b] = W[b]^T) is read in place,
+            # transposing each tile
+            b_src, trans = b.name, False
+            src_node = next((x for x in g.nodes if x.name == self.resolve(b.name)), None)
+            if src_node is not None and _base(src_node.target) in ("permute", "t", "transpose") and \
+                    _transposed_last(src_node, g):
+                src_shape = tuple(g.spec(src_node.args[0]).shape)
+                # [.., N, K] read in place as [batch, N, K] (a K cache [B, H, L, D] as [B * H, L, D])
+                if src_shape[-2:] == (N, K) and math.prod(src_shape[:-2]) == (bt or 1) and \
+                        (bt is not None or len(src_shape) == 2):
+                    b_src, trans = src_node.args[0].name, True
+            if trans:
+                pb = kb.param(_dt(g.spec(b_src)), batch + (N, K))
+                inputs.append(b_src)
+                views.append(batch + (N, K))
+                call = f"load({pb}, tile={_list(lead + [tn, tk])}"
+            else:
+                pb = kb.param(dt, batch + (K, N))
+                inputs.append(b.name)
+                views.append(batch + (K, N))
+                call = f"load({pb}, tile={_list(lead + [tk, tn])}"
+                if tk < K and n_kept:
+                    call += f", order={_list(([0] if off else []) + [off + 1, off])}"
+            b_rank = int(n_kept) + int(tk < K)
+            if m_kept and b_rank and int(p.get("hold", 0)) >= 2:
+                # all of B (per batch) held on chip too and streamed again for every row block of A:
+                # HBM moves A, B and C once whatever the tiles (small tiles keep a plan checkable)
+                pbuf = int(p.get("par_buf", 16))
+                (xb,) = kb.op(call + f", par={par_m})")
+                (xb,) = kb.op(f"bufferize({xb}, rank={b_rank}, par={pbuf})")
+                (xb,) = kb.op(f"streamify({xb}, repeat={M // tm}, par={pbuf})")
+            else:
+                if m_kept:
+                    call += f", repeat={M // tm}, at={off}"
+                (xb,) = kb.op(call + f", par={par_m})")
+            yb = "transpose(y)" if trans else "y"
+            prod = f"matmul(x, {yb})" if dt == "f32" else f"cast(matmul(x, {yb}), f32)"
+            par_g = max(1, par // len(mms))   # the copies share the region's PCUs
+            if tk < K:
+                mac = kb.fn(["acc", "x", "y"], f"acc + {prod}")
+                (c,) = kb.op(f"accum({xas[gi]}, {xb}, rank=1, init=zeros({_list([tm, tn])}), fn={mac}, par={par_g})")
+            else:
+                f = kb.fn(["x", "y"], prod)
+                (c,) = kb.op(f"map({xas[gi]}, {xb}, fn={f}, par={par_g})")
+            streams.append(c)
+            cname = "c" if len(mms) == 1 else f"c{gi}"
+            params.append(cname)
+            cexprs.append(cname if alpha == 1 else f"{cname} * {_lit(alpha)}")
 
         def operand(ref: Ref) -> str:
             name = self.resolve(ref.name)
             if name in self.expr:
                 return self.expr[name]
             spec = g.spec(ref.name)
-            shape = (1,) * (2 - len(spec.shape)) + tuple(spec.shape)
+            shape = row_view(tuple(spec.shape))   # [.., S, N] operands as their [rows, N] view
             if shape[0] == M:
                 pn_ = kb.param(_dt(spec), (M, shape[1]))
                 tile = [tm, tn if shape[1] == N else 1]
@@ -1055,25 +1118,30 @@ class MatmulKernel(_RegionCode):
             self.expr[name] = pn
             return pn
 
-        if isinstance(bias, Ref):
-            bv = operand(bias)
-            bdt = _dt(g.spec(bias))
-            cexpr = f"{cexpr} + {bv if bdt == 'f32' else f'cast({bv}, f32)'}" + (f" * {_lit(beta)}" if beta != 1 else "")
-        self.expr[mm.name] = self.let(_fin(cexpr, "f32", dt))
+        for n, (bias, _, _, _, beta), cexpr in zip(mms, parts, cexprs):
+            if isinstance(bias, Ref):
+                bv = operand(bias)
+                bdt = _dt(g.spec(bias))
+                cexpr = f"{cexpr} + {bv if bdt == 'f32' else f'cast({bv}, f32)'}" + \
+                    (f" * {_lit(beta)}" if beta != 1 else "")
+            self.expr[n.name] = self.let(_fin(cexpr, "f32", dt))
         for node in epilogue:
             ops, fexpr, odt = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
             xs = [operand(Ref(o.value)) if o.kind == "tensor" else _lit(o.value) for o in ops]
             self.expr[node.name] = self.let(fexpr(xs))
-        results = [n.outs[0] for n in [mm] + epilogue if self.used_outside(n.outs[0].name)]
+        results = [n.outs[0] for n in self.nodes if (n in mms or n in epilogue) and self.used_outside(n.outs[0].name)]
         names = [self.expr[o.name] for o in results]
-        f = kb.fn(params, names[0] if len(names) == 1 else "(" + ", ".join(names) + ")", self.lets)
-        outs = kb.op(f"map({', '.join(streams)}, fn={f}, par={par_e})", len(results))
+        if len(results) == 1 and params == ["c"] and self.lets == [(names[0], "c")]:
+            outs = [streams[0]]   # nothing to apply: the accumulator's tiles are stored as they are
+        else:
+            f = kb.fn(params, names[0] if len(names) == 1 else "(" + ", ".join(names) + ")", self.lets)
+            outs = kb.op(f"map({', '.join(streams)}, fn={f}, par={par_e})", len(results))
         for s, o in zip(outs, results):
-            oname = kb.result(_dt(o), (M, N))
+            oname = kb.result(_dt(o), batch + (M, N))
             kb.do(f"store({oname}, {s}, par={par_m})")
         comment = "fused matmul region: " + ", ".join(n.target for n in self.nodes)
         return OpKernel(self.nodes[-1].name, "fused.matmul", kb.text(comment), inputs, views,
-                        [o.name for o in results], [(M, N)] * len(results))
+                        [o.name for o in results], [batch + (M, N)] * len(results))
 
 
 # ------------------------------------------------------------------ attention
@@ -1728,8 +1796,39 @@ class MoeKernel(_RegionCode):
 # ------------------------------------------------------------------ search
 
 ROW_GRID = {"rows": (1, 4, 16, 64), "par": (16, 64, 256), "par_mem": (4, 16)}
-MM_GRID = {"tm": (64, 128, 256), "tn": (64, 128, 256), "tk": (128, 256), "par": (64, 256, 1024),
+# matmul: output tile (tm x tn, its f32 accumulator in one PMU up to 512 x 256), reduction step, accum
+# copies, A's row block held on chip and re-streamed per column block (hold=1, banked over par_buf PMUs),
+# all of B held too (hold=2) or both re-read from HBM (hold=0), memory and epilogue parallelism. Each key's first value is where the
+# search starts (a large square GEMM's best neighbourhood); the grid is searched by coordinate descent
+MM_GRID = {"tm": (256, 512, 128, 64), "tn": (256, 512, 128, 64), "tk": (128, 256, 64),
+           "par": (1000, 1024, 960, 896, 768, 640, 512, 256, 64), "hold": (1, 2, 0), "par_buf": (16, 32, 64),
            "par_mem": (8, 16), "par_epi": (16, 64)}
+MM_MIN_TRIES = 80  # about three rounds of coordinate descent: a matmul region is most of a layer's time
+# the referee checks a plan at sizes where every tiled axis is 3 tiles long, within a budget of input,
+# weight and output elements (agentforge.verify.VerifyConfig.check_elements, 2^23; docs/evaluation.md
+# 2.1); a plan past it is 'uncheckable' and its tiles get halved blindly. The tuner keeps each matmul
+# region's share of that budget instead, so it picks the best tiles that can be checked
+CHECK_ELEMENTS = 1 << 23
+LAYER_TILE_CAP = 256   # tm / tn of a plan with several matmul regions (see tune)
+
+
+def mm_check_elements(region: Region, graph: AtenGraph, idx: "_GraphIndex") -> int | None:
+    """The elements of A, B and C a matmul region's tiles need at their smallest check sizes (each
+    tiled axis 3 tiles long, or as long as at the task's own sizes), or None if it has no matmul."""
+    mm = next((idx.sem[i] for i in region.nodes if _base(idx.sem[i].target) in ("mm", "addmm", "bmm")), None)
+    if mm is None:
+        return None
+    a, b = (mm.args[1], mm.args[2]) if _base(mm.target) == "addmm" else (mm.args[0], mm.args[1])
+    sa, sb = graph.spec(a).shape, graph.spec(b).shape
+    M, K, N = sa[-2], sa[-1], sb[-1]
+    bt = min(sa[0], 4) if len(sa) == 3 else 1    # a batch axis of tile 1 shrinks to the sidecar's few
+    p = region.params
+
+    def dim(n: int, key: str) -> int:
+        t = divisor_at_most(n, int(p.get(key, MM_TILE)))
+        return t * min(3, n // t)
+    m, k, n = dim(M, "tm"), dim(K, "tk"), dim(N, "tn")
+    return bt * (m * k + k * n + m * n)
 SINGLE_GRID = {"compute": (4, 16, 64, 256), "memory": (2, 8)}
 # attention: query rows (tm) and keys (tk) per block, accum copies (each needs ceil(fn ops / stages) PCUs),
 # memory and buffer parallelism, K/V held on chip (1) or re-read from HBM per query block (0)
@@ -1746,7 +1845,8 @@ MOE_GRID = {"tk": (128, 64), "par": (960, 896, 768, 640, 512, 384, 256, 128),
             "par_buf": (448, 384, 320, 256, 192, 128, 64), "par_mem": (8,)}
 MOE_MIN_TRIES = 112  # the whole grid: a moe region is most of its task's time
 GRIDS = {"row": ROW_GRID, "matmul": MM_GRID, "attention": ATTN_GRID, "moe": MOE_GRID, "single": SINGLE_GRID}
-MIN_TRIES = {"attention": ATTN_MIN_TRIES, "moe": MOE_MIN_TRIES}
+MIN_TRIES = {"attention": ATTN_MIN_TRIES, "moe": MOE_MIN_TRIES, "matmul": MM_MIN_TRIES}
+WHOLE_GRID = ("attention", "moe")  # searched exhaustively (MIN_TRIES is their whole grid)
 PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at most this many places
 
 
@@ -1756,6 +1856,8 @@ class Tuned:
     seconds: float
     kernels: int
     configs_tried: int
+    #: per searched region: (template, best seconds after each timing evaluation)
+    curves: list = field(default_factory=list)
 
 
 def chain_seconds(chain: Baseline) -> float:
@@ -1770,9 +1872,16 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
     tried = 0
     regions = []
     per_region = max(1, budget // max(1, len(plan.regions)))
+    curves: list = []
+    # the check budget shared by the matmul regions (a matmul region holds most of its weights)
+    n_mm = sum(r.template == "matmul" for r in plan.regions)
+    share = CHECK_ELEMENTS / max(1, n_mm)
+    # a layer's matmuls share its sizes: a 512 tile on 3 x HIDDEN (a fused QKV) needs HIDDEN a multiple
+    # of 512 at every check size, past the budget; layers keep the tiles that check (<= 256)
+    cap = LAYER_TILE_CAP if n_mm > 1 else None
     for ri, region in enumerate(plan.regions):
         limit = max(per_region, MIN_TRIES.get(region.template, 0))
-        best, n = _best_params(region, graph_own, machine, idx, priors, limit)
+        best, n = _best_params(region, graph_own, machine, idx, priors, limit, curves, share, cap)
         tried += n
         if region.template != "single":
             # fusing must pay: compare with the same ops as separate kernels (+ reconfigurations)
@@ -1789,27 +1898,91 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
         regions.append(Region(region.template, list(region.nodes), best[1]))
     tuned = Plan(regions, notes=plan.notes)
     chain = realize(tuned, graph_own, machine)
-    return Tuned(tuned, chain.time().seconds, len(chain.kernels), tried)
+    return Tuned(tuned, chain.time().seconds, len(chain.kernels), tried, curves)
 
 
-def _best_params(region: Region, graph: AtenGraph, machine: Machine, idx: _GraphIndex, priors: dict, limit: int):
-    """(seconds, params) of the fastest parameters for one region alone, and how many were tried."""
+def _best_params(region: Region, graph: AtenGraph, machine: Machine, idx: _GraphIndex, priors: dict, limit: int,
+                 curves: list | None = None, check_budget: float | None = None, tile_cap: int | None = None):
+    """(seconds, params) of the fastest parameters for one region alone, and how many were tried.
+
+    A grid no larger than ``limit`` is enumerated whole (with priors: only their neighbourhood,
+    ``PRIOR_RADIUS``). A larger one is searched by coordinate descent from the priors (else from
+    each key's first value): every value of one key at a time, moving to the best point found,
+    round after round until a round finds nothing better or ``limit`` evaluations are spent. The
+    search keeps going after the first win; the best time after each evaluation (the search
+    curve) is appended to ``curves`` as (template, [seconds...]). With ``check_budget`` a matmul
+    region's tiles whose check sizes need more elements (``mm_check_elements``) are not tried."""
     grid = GRIDS[region.template]
-    best = None
     prior = {k: v for k, v in dict(priors.get(region.template, {})).items() if k in grid}
-    cands = _grid_order(grid, prior)
-    if prior:
-        # experience says where good parameters are: search their neighbourhood only
-        cands = [c for c in cands if sum(c[k] != prior.get(k, c[k]) for k in grid) <= PRIOR_RADIUS]
-    cands = cands[:max(1, limit)]
-    for params in cands:
-        try:
-            secs = _region_seconds(Region(region.template, list(region.nodes), params), graph, machine, idx)
-        except (asp_lang.AspError, UnsupportedOpError, ValueError):
-            continue
-        if best is None or secs < best[0]:
-            best = (secs, params)
-    return best, len(cands)
+    seen: dict[tuple, float | None] = {}
+    curve: list[float] = []
+
+    def secs_of(params: dict) -> float | None:
+        key = tuple(params[k] for k in grid)
+        if key not in seen and region.template == "matmul" and (
+                check_budget is not None and
+                (mm_check_elements(Region("matmul", region.nodes, params), graph, idx) or 0) > check_budget
+                or tile_cap is not None and max(params.get("tm", 0), params.get("tn", 0)) > tile_cap):
+            seen[key] = None   # uncheckable tiles: refused without timing them
+            return None
+        if key not in seen:
+            try:
+                seen[key] = _region_seconds(Region(region.template, list(region.nodes), params), graph, machine, idx)
+            except (asp_lang.AspError, UnsupportedOpError, ValueError):
+                seen[key] = None
+            ok = [v for v in seen.values() if v is not None]
+            curve.append(min(ok) if ok else math.inf)
+        return seen[key]
+
+    def fitted(params: dict) -> float | None:
+        """Seconds of ``params``, else of the same point with the next smaller ``par`` values
+        that fit (a larger tile or held operand takes PMUs the accum copies had)."""
+        secs = secs_of(params)
+        lower = [v for v in grid.get("par", ()) if v < params.get("par", 0)]
+        for v in sorted(lower, reverse=True)[:3]:
+            if secs is not None and secs != math.inf or len(seen) >= limit:
+                break
+            secs = secs_of({**params, "par": v})
+        return secs
+
+    size = math.prod(len(v) for v in grid.values())
+    if region.template in WHOLE_GRID or size <= max(1, limit):
+        cands = _grid_order(grid, prior)
+        if prior:
+            # experience says where good parameters are: search their neighbourhood only
+            cands = [c for c in cands if sum(c[k] != prior.get(k, c[k]) for k in grid) <= PRIOR_RADIUS]
+        for params in cands[:max(1, limit)]:
+            secs_of(params)
+    else:
+        cur = {k: prior.get(k, vals[0]) for k, vals in grid.items()}
+        secs_of(cur)
+        while len(seen) < limit:
+            before = _best_seen(seen, grid)
+            for k, vals in grid.items():
+                base = _best_seen(seen, grid)
+                point = dict(base[1]) if base else dict(cur)
+                for v in vals:
+                    if len(seen) >= limit:
+                        break
+                    fitted({**point, k: v})
+            after = _best_seen(seen, grid)
+            if after is None or after[0] == math.inf or (before is not None and after[0] >= before[0]):
+                break
+        best = _best_seen(seen, grid)
+        if best is None or best[0] == math.inf:
+            # nothing near the start fits (a small machine): enumerate from the grid's start
+            for params in _grid_order(grid, prior)[:max(1, limit)]:
+                secs_of(params)
+    if curves is not None:
+        curves.append((region.template, curve))
+    return _best_seen(seen, grid), len(seen)
+
+
+def _best_seen(seen: dict, grid: dict):
+    """The fastest (seconds, params) evaluated; a region that only runs in several sections (inf)
+    is still returned when nothing better fits, so tune can weigh it against split kernels."""
+    ok = [(v, dict(zip(grid, k))) for k, v in seen.items() if v is not None]
+    return min(ok, key=lambda t: t[0]) if ok else None
 
 
 def _grid_order(grid: dict, start: dict) -> list[dict]:
@@ -1870,7 +2043,7 @@ def common_partition(graphs: list[AtenGraph], attention: bool = True, moe: bool 
         out.append(r)
     final: list[Region] = []
     for r in out:
-        if r.template == "matmul" and not any(_base(sem[i].target) in ("mm", "addmm") for i in r.nodes):
+        if r.template == "matmul" and not any(_base(sem[i].target) in ("mm", "addmm", "bmm") for i in r.nodes):
             final.extend(Region("single", [i]) for i in r.nodes)
         elif r.template == "row" and len(r.nodes) == 1 and row_kind(sem[r.nodes[0]], graphs[0]) == "expand":
             final.append(Region("single", list(r.nodes)))
@@ -1878,7 +2051,42 @@ def common_partition(graphs: list[AtenGraph], attention: bool = True, moe: bool 
             final.append(Region(r.template, list(r.nodes)))
     final.extend(Region(r.template, list(r.nodes)) for r in common)
     final.sort(key=lambda r: max(r.nodes))
-    return final
+    return _shared_activation(final, graphs)
+
+
+MM_GROUP = 3   # matmuls of one activation fused into one region at most (q, k, v)
+
+
+def _shared_activation(regions: list[Region], graphs: list[AtenGraph]) -> list[Region]:
+    """Adjacent matmul regions whose matmuls read the same activation with same-shaped weights
+    (q/k/v projections, SwiGLU's gate and up) become one region, in every graph alike: the kernel
+    reads the activation once and keeps both products on chip for the epilogue."""
+    views = []
+    for g in graphs:
+        fixed, _ = _const_and_alias_steps(g)
+        views.append((semantic_nodes(g), fixed, g))
+
+    def key(r: Region, sem, fixed, g):
+        mms = [sem[i] for i in r.nodes if _base(sem[i].target) in ("mm", "addmm", "bmm")]
+        if r.template != "matmul" or not mms or any(_base(n.target) == "bmm" for n in mms):
+            return None
+        _, a, b, _, _ = _mm_parts(mms[0])
+        v = a.name
+        while v in fixed and isinstance(fixed[v], Alias) and fixed[v].source != v:
+            v = fixed[v].source
+        return (v, tuple(g.spec(b).shape), mms[0].outs[0].dtype), len(mms)
+
+    out: list[Region] = []
+    for r in regions:
+        prev = out[-1] if out else None
+        if prev is not None:
+            ks = [(key(prev, *v), key(r, *v)) for v in views]
+            if all(k1 is not None and k2 is not None and k1[0] == k2[0] and k1[1] + k2[1] <= MM_GROUP
+                   for k1, k2 in ks):
+                out[-1] = Region("matmul", prev.nodes + r.nodes)
+                continue
+        out.append(r)
+    return out
 
 
 def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = None,

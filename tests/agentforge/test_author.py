@@ -90,6 +90,89 @@ def test_memory_bound_fusions_reach_the_roofline():
     assert ev.speedup > 2.0  # six op-by-op kernels became one pass over HBM
 
 
+@pytest.mark.parametrize("name,dtype", [("matmul", "f32"), ("gemm_bf16", "bf16"), ("bmm", "f32")])
+def test_large_gemms_hold_a_row_block_on_chip_and_run_near_peak(name, dtype):
+    # re-reading A for every column block of B (and B for every row block) made a 4096^3 GEMM
+    # HBM-bound at 0.70 (f32) and 0.35 (bf16) of peak; with A's [tm, K] row block held on chip
+    # and streamed again per column block the accum copies are the bottleneck
+    _, own, small = _graphs(name)
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    (region,) = tuned.plan.regions
+    assert region.template == "matmul" and region.params["hold"] == 1
+    (k,) = realize(tuned.plan, own, SN40L).kernels
+    assert f"{dtype}[" in k.source and "bufferize(" in k.source and "streamify(" in k.source
+    rep = asp_lang.profile(asp_lang.compile(k.source, SN40L, filename="k.asp"))
+    assert rep.roofline_limit == "compute" and rep.roofline_fraction > 0.9
+    assert rep.bottleneck.startswith("accum")
+    # without the held operand the same tiles are bound by HBM
+    params = dict(region.params, hold=0)
+    (k0,) = realize(Plan([Region("matmul", list(region.nodes), params)]), own, SN40L).kernels
+    rep0 = asp_lang.profile(asp_lang.compile(k0.source, SN40L, filename="k.asp"))
+    assert rep0.hbm_bytes > rep.hbm_bytes and rep0.seconds > rep.seconds
+
+
+def test_a_transposed_kv_cache_is_read_in_place_by_one_batched_matmul_region(tmp_path):
+    # decode: one query per head against a K cache [B, H, L, D] transposed on its last two axes;
+    # the transpose is not a copy kernel of its own (the cache is read once, transposed per tile)
+    path = _write_task(tmp_path, "kcache_scores", '''B = 2
+H = 4
+L = 512
+D = 64
+
+
+class Model(nn.Module):
+    def forward(self, q, k_cache):
+        return torch.matmul(q, k_cache.transpose(-2, -1))
+
+
+def get_inputs():
+    return [torch.randn(B, H, 1, D), torch.randn(B, H, L, D)]
+
+
+def get_init_inputs():
+    return []
+''', "[[sizes]]\nB = 1\nH = 2\nL = 48\nD = 16\n\n[[sizes]]\nB = 2\nH = 2\nL = 96\nD = 32\n")
+    task = load_task(path)
+    own = capture_at(task, meta=True)
+    small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:2]]
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    assert _templates(own, tuned.plan.regions) == [("matmul", ["permute", "bmm"])]
+    (k,) = realize(tuned.plan, own, SN40L).kernels
+    assert "transpose(y)" in k.source and "[8, 512, 64]" in k.source   # the cache's [B * H, L, D] view
+    ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
+    assert ev.verified, ev.reason
+    assert ev.speedup > 1.0
+
+
+def test_gate_and_up_share_one_read_of_the_activations_and_the_swiglu_product_stays_on_chip():
+    # silu(x W1^T) * (x W3^T) then W2^T: gate and up are one region whose kernel reads x once (a copy
+    # feeds both accums) and multiplies their tiles in the epilogue; the down projection is the next
+    task, own, small = _graphs("moe_expert_swiglu")
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    assert [r.template for r in tuned.plan.regions] == ["matmul", "matmul"]
+    first = tuned.plan.regions[0]
+    assert sum(semantic_nodes(own)[i].target == "aten.mm.default" for i in first.nodes) == 2
+    k0, k1 = realize(tuned.plan, own, SN40L).kernels
+    assert "copy(" in k0.source and k0.source.count("accum(") == 2 and k0.source.count("store(") == 1
+    ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()})
+    assert ev.verified, ev.reason
+    assert ev.speedup > 1.0
+
+
+def test_the_search_keeps_going_after_the_first_win_and_records_its_curve():
+    _, own, small = _graphs("linear_bias")
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    curves = [c for t, c in tuned.curves if t == "matmul"]
+    assert curves
+    (curve,) = curves
+    # best time after each evaluation: never worse, and better after the first point
+    assert all(b <= a for a, b in zip(curve, curve[1:])) and curve[-1] < curve[0]
+    # coordinate descent spends a bounded budget, far below the grid
+    from agentforge.author import MM_GRID, MM_MIN_TRIES
+    import math
+    assert 8 < len(curve) <= MM_MIN_TRIES < math.prod(len(v) for v in MM_GRID.values())
+
+
 def test_a_plan_for_another_graph_is_refused_not_miscompiled():
     _, own, _ = _graphs("rmsnorm")
     with pytest.raises(ValueError):
@@ -126,7 +209,9 @@ def test_attention_plans_verify_and_beat_the_matmul_row_matmul_plan(name):
     assert ev.verified, ev.reason
     unfused = tune(Plan(common_partition([own, *small], attention=False)), own, SN40L)
     assert not any(r.template == "attention" for r in unfused.plan.regions)
-    assert tuned.seconds < 0.8 * unfused.seconds  # the scores no longer go through HBM
+    # the scores no longer go through HBM; in decode (one query per head) they are tiny and the unfused
+    # plan's batched matmuls read K transposed in place too, so there the fused kernel only has to win
+    assert tuned.seconds < (1.0 if name == "decode_attention" else 0.8) * unfused.seconds
     assert ev.speedup > 1.5
 
 
@@ -295,10 +380,14 @@ def test_routed_moe_verifies_and_beats_the_dense_experts_by_the_flops_it_saves(n
     (region,) = moe_regions(own)
     experts = own.spec(semantic_nodes(own)[max(region.nodes)].args[0]).shape[0]   # the sum over [E, T, D]
     k = MOE_TASKS[name]
-    # the routed kernel does k / E of the expert flops; on the timing model it must keep at least
-    # half of that advantage (it re-reads each expert's weights from SRAM for every token)
-    assert ev.simulated_seconds * experts / (2 * k) < dense.seconds   # the verified (timed = checked) plan
-    assert ev.speedup > 5
+    # the routed kernel does k / E of the expert flops; on the timing model it must keep at least a
+    # third of that advantage (it re-reads each expert's weights from SRAM for every token, and its
+    # checkable tiles are the halved ones; the dense experts' matmuls hold their activations on chip
+    # and run at ~0.95 of peak since the matmul template's operand reuse, so the bar is a fast plan)
+    assert ev.simulated_seconds * experts / (3 * k) < dense.seconds   # the verified (timed = checked) plan
+    # against the op-by-op baseline (each op near its own roofline since the issue-17 yardstick, so
+    # the bar is ~3x lower than when this asked for 5x)
+    assert ev.speedup > 1.5
 
 
 def test_experts_without_masked_gates_are_not_routed():
