@@ -135,7 +135,7 @@ PLAN_CACHE_SCHEMA = Schema("plan_cache", (
 #: Region parameters each template understands (the keys of author's search grids).
 PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "row": ("rows", "par", "par_mem"),
-    "matmul": ("tm", "tn", "tk", "par", "par_mem", "par_epi"),
+    "matmul": ("tm", "tn", "tk", "par", "hold", "par_buf", "par_mem", "par_epi"),
     "attention": ("tm", "tk", "par", "par_mem", "par_buf", "kv_buf"),
     "moe": ("tk", "par", "par_mem", "par_buf"),
     "single": ("compute", "memory"),

@@ -398,7 +398,7 @@ from agentforge.verify import VerifyConfig, evaluate  # noqa: E402
 
 L2 = ROOT / "evals" / "kernelbench_l2"
 MACHINE = asp_lang.load_machine("sn40l")
-MM_PARAMS = {"tm": 256, "tn": 256, "tk": 128, "par": 1024, "par_mem": 8, "par_epi": 16}
+MM_PARAMS = {"tm": 256, "tn": 256, "tk": 128, "par": 1024, "hold": 1, "par_buf": 16, "par_mem": 8, "par_epi": 16}
 
 
 def captured(path: Path) -> SimpleNamespace:
