@@ -331,11 +331,21 @@ class _ChainCandidate:
         raise NotImplementedError
 
     def configure(self, own: AtenGraph) -> list[tuple]:
-        return self.structure(own)
+        return [st for trusted, st in self.structures(own) if not trusted]
 
     def structure(self, graph: AtenGraph) -> list[tuple]:
+        return [st for _, st in self.structures(graph)]
+
+    def structures(self, graph: AtenGraph) -> list[tuple[bool, tuple]]:
+        """Every kernel's structure, each with whether it is a trusted per-op lowering (the
+        baseline's own code, its tiles following each graph as the baseline's do: checked at any
+        sizes it runs at) rather than a kernel held to the tiles it was timed with."""
         ch = self.chain(graph)
-        return [_structure(ch.program(i, s)) for i, s in enumerate(ch.steps) if isinstance(s, OpKernel)]
+        return [(self.trusted(s), _structure(ch.program(i, s))) for i, s in enumerate(ch.steps)
+                if isinstance(s, OpKernel)]
+
+    def trusted(self, step: OpKernel) -> bool:
+        return True
 
     def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
         return self.chain(graph).run(inputs, params=graph.param_values, limits=limits)
@@ -368,6 +378,12 @@ class PlanCandidate(_ChainCandidate):
         from .author import realize
 
         return realize(self.plan, graph, self.machine)
+
+    def trusted(self, step: OpKernel) -> bool:
+        # a plan's one-op regions are the baseline's lowering of that op (only its par is the
+        # plan's, which replicates work and never changes what is computed); its fused kernels
+        # are the plan's own code, held to the tiles they are timed with
+        return not step.target.startswith("fused.")
 
 
 _SETS_CACHE: "dict[tuple, list[dict]]" = {}
@@ -606,14 +622,16 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
     def real(sizes: dict) -> tuple | None:
         try:
             g = capture_at(task, sizes, meta=True)
-            got = cand.structure(g)
+            pairs = cand.structures(g) if isinstance(cand, _ChainCandidate) else \
+                [(False, st) for st in cand.structure(g)]
         except Exception:  # noqa: BLE001 - a size the task, the binding or a template refuses does not fit
             return None
-        if isinstance(cand, BaselineCandidate):
-            # the bar itself: trusted per-op lowerings whose tiles follow each graph; it is checked at
-            # small sizes that it runs at (the sidecar's, or derived), not held to the timed tiles
-            return _cost(_elements(g), got)
-        return _cost(_elements(g), got) if covers(timed, got, cfg.min_tiles) is None else None
+        got = [st for _, st in pairs]
+        # the baseline (the bar itself) and a plan's one-op regions are trusted per-op lowerings whose
+        # tiles follow each graph: checked at small sizes they run at (the sidecar's, or derived), not
+        # held to the timed tiles; every kernel still counts towards the size budget
+        held = [st for trusted, st in pairs if not trusted]
+        return _cost(_elements(g), got) if covers(timed, held, cfg.min_tiles) is None else None
 
     # the task's own sizes and sidecar sets belong to the key: a task replaced with other sets (a test
     # library, a caller checking other sizes) must not be given the sets found for the original

@@ -436,3 +436,23 @@ def test_correct_softmax_verifies_on_the_small_machine():
                   VerifyConfig(machine="rdu-mini"))
     assert ev.verified, f"{ev.reason_code}: {ev.reason}"
     assert ev.machine == "rdu-mini" and ev.baseline_seconds > 0
+
+
+def test_a_plans_one_op_regions_are_checked_like_the_baseline_and_its_fused_kernels_as_timed():
+    """A 'single' region is the baseline's own lowering (tiles follow each graph); a fused
+    kernel is the plan's code and is held to the tiles it was timed with."""
+    from agentforge.baseline import capture_at
+    from agentforge.author import baseline_plan, author_plan
+    from agentforge.tasks import load_task
+    from agentforge.verify import PlanCandidate
+    import asp_lang
+
+    task = load_task(SUITE / "self_attention_proj.py")
+    own = capture_at(task, meta=True)
+    machine = asp_lang.load_machine("sn40l")
+    chain = PlanCandidate(baseline_plan(own).to_dict(), machine)
+    assert chain.structure(own) and chain.configure(own) == []          # nothing held: all trusted
+    fused = PlanCandidate(author_plan(own, machine).plan.to_dict(), machine)
+    flags = [t for t, _ in fused.structures(own)]
+    assert False in flags                                                # its fused kernels are held
+    assert len(fused.configure(own)) == flags.count(False)
