@@ -338,6 +338,49 @@ def _target_name(target: Any) -> str:
 _EXPORT_LOCK = threading.RLock()
 
 
+_CIA_OPS: dict[tuple, frozenset] = {}
+
+
+@contextmanager
+def _cia_ops_remembered() -> Iterator[None]:
+    """Remember torch.export's list of preservable CompositeImplicitAutograd ops between captures.
+
+    ``run_decompositions`` rebuilds that list on every call by walking every loaded op namespace
+    through the C++ dispatcher (torch does not cache it, because new ops can be registered at any
+    time): about 0.15 s of each capture, most of the cost of a small one. The list is kept per
+    (loaded namespaces, number of CIA registrations), so registering a new op, which changes
+    one or the other, rebuilds it. Applied only around our own captures; a torch without these
+    internals is left alone."""
+    try:
+        import torch._export.utils as export_utils
+        import torch.export.decomp_utils as decomp_utils
+        import torch.export.exported_program as exported_program
+        original = export_utils._collect_all_valid_cia_ops
+        modules = [m for m in (decomp_utils, exported_program)
+                   if getattr(m, "_collect_all_valid_cia_ops", None) is original]
+    except (ImportError, AttributeError):
+        modules = []
+    if not modules:
+        yield
+        return
+
+    def remembered() -> set:
+        key = (tuple(sorted(torch.ops._dir)),
+               len(torch._C._dispatch_get_registrations_for_dispatch_key("CompositeImplicitAutograd")))
+        if key not in _CIA_OPS:
+            _CIA_OPS.clear()
+            _CIA_OPS[key] = frozenset(original())
+        return set(_CIA_OPS[key])
+
+    for m in modules:
+        m._collect_all_valid_cia_ops = remembered
+    try:
+        yield
+    finally:
+        for m in modules:
+            m._collect_all_valid_cia_ops = original
+
+
 def capture(instance: Instance) -> AtenGraph:
     """Export ``instance.model`` on ``instance.inputs`` and convert it to an :class:`AtenGraph`.
 
@@ -349,7 +392,7 @@ def capture(instance: Instance) -> AtenGraph:
     """
     task = instance.task
     path = str(task.path)
-    with _EXPORT_LOCK, _quiet_torch():
+    with _EXPORT_LOCK, _quiet_torch(), _cia_ops_remembered():
         try:
             exported = torch.export.export(instance.model, tuple(instance.inputs))
             exported = exported.run_decompositions()

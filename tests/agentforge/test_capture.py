@@ -408,3 +408,33 @@ def test_the_sized_key_does_not_depend_on_where_the_graph_was_captured():
     task = load_task(Path(__file__).resolve().parents[2] / "evals" / "suite" / "softmax_matmul.py")
     small = task.resolved_size_sets()[0]
     assert signature(capture_at(task, small, meta=True)).sized_key() == signature(capture_at(task, small)).sized_key()
+
+
+def test_remembering_the_cia_op_list_changes_no_capture_and_restores_torch():
+    """capture() keeps torch.export's list of preservable composite ops between calls (a third
+    of a small capture's time); graphs must be exactly those captured without it."""
+    import contextlib
+
+    import torch._export.utils as export_utils
+    import torch.export.exported_program as exported_program
+
+    import agentforge.capture as cap
+    from agentforge.tasks import instantiate, load_task
+
+    def shape_of(g):
+        return ([(n.target, repr(n.args)) for n in g.nodes],
+                [(s.name, s.shape, s.dtype) for s in g.inputs + g.params])
+
+    suite = Path(__file__).resolve().parents[2] / "evals" / "suite"
+    tasks = [load_task(suite / f"{name}.py") for name in ("llama_decoder_block", "moe_layer_top2", "layernorm")]
+    with torch.device("meta"):
+        remembered = [shape_of(cap.capture(instantiate(t, t.resolved_size_sets()[0]))) for t in tasks]
+    assert exported_program._collect_all_valid_cia_ops is export_utils._collect_all_valid_cia_ops
+    saved = cap._cia_ops_remembered
+    cap._cia_ops_remembered = contextlib.nullcontext
+    try:
+        with torch.device("meta"):
+            plain = [shape_of(cap.capture(instantiate(t, t.resolved_size_sets()[0]))) for t in tasks]
+    finally:
+        cap._cia_ops_remembered = saved
+    assert remembered == plain
