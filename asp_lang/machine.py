@@ -187,44 +187,59 @@ def _field_span(text: str, section: str | None, key: str | None) -> Span | None:
     return None
 
 
-def _error_span(text: str, message: str) -> Span | None:
-    """The line of a TOML file a machine_from_dict message is about (it names section and field)."""
-    for pat, sec, key in ((r"\[([\w-]+)\] is missing '(\w+)'", 1, None), (r"\[([\w-]+)\] has unknown field\(s\) (\w+)", 1, 2),
-                          (r"\[([\w-]+)\] (\w+) must be", 1, 2), (r"\[([\w-]+)\] must be a table", None, 1),
-                          (r"unknown key\(s\) ([\w-]+)", None, 1), (r"(clock_ghz) must be", None, 1)):
+#: where a message of machine_from_dict / node_from_dict points: (pattern, section group, key group)
+FIELD_MESSAGES = ((r"\[([\w-]+)\] is missing '(\w+)'", 1, None), (r"\[([\w-]+)\] has unknown field\(s\) (\w+)", 1, 2),
+                  (r"\[([\w-]+)\] (\w+) must be", 1, 2), (r"\[([\w-]+)\] must be a table", None, 1),
+                  (r"unknown key\(s\) ([\w-]+)", None, 1))
+
+
+def _error_span(text: str, message: str, patterns) -> Span | None:
+    """The line of a TOML file a description's message is about (it names section and field)."""
+    for pat, sec, key in patterns:
         m = re.search(pat, message)
         if m:
             return _field_span(text, m.group(sec) if sec else None, m.group(key) if key else None)
     return None
 
 
-def load_machine(name_or_path: str | Path) -> Machine:
-    """A preset by name (``sn40l``, ``rdu-mini``) or a TOML file of the same form.
-
-    Errors in a file are located there (``file.toml:LINE:COL``) at the field they name."""
+def load_description(name_or_path: str | Path, kind: str, names: list[str], folder: tuple[str, ...],
+                     build, patterns, preset_word: str = "a preset"):
+    """``build(table, origin, base)`` of a preset named in ``names`` (a TOML file in the package's
+    ``folder``) or of a TOML file (``base`` its folder, None for a preset): what load_machine and
+    asp_lang.node.load_node share. A file that is missing, not text or not TOML, and a message of
+    ``build`` that names a field (``patterns``, as FIELD_MESSAGES), are located in the file
+    (``file.toml:LINE:COL``)."""
     s = str(name_or_path)
-    if s in presets():
-        text = resources.files("asp_lang").joinpath("machines").joinpath(f"{s}.toml").read_text()
-        origin = f"preset {s}"
+    if s in names:
+        text = resources.files("asp_lang").joinpath(*folder).joinpath(f"{s}.toml").read_text()
+        origin, where, base = f"preset {s}", f"{s}.toml", None
     else:
         p = Path(s)
         if not p.is_file():
-            raise MachineError(f"unknown machine '{s}': not a preset ({', '.join(presets())}) or a file",
+            raise MachineError(f"unknown {kind} '{s}': not {preset_word} ({', '.join(names)}) or a file",
                                filename=s)
         try:
             text = p.read_text()
         except UnicodeDecodeError:
-            raise MachineError(f"machine description {p} is not a UTF-8 text file", filename=str(p)) from None
-        origin = str(p)
-    where = origin if not origin.startswith("preset ") else f"{s}.toml"
+            raise MachineError(f"{kind} description {p} is not a UTF-8 text file", filename=str(p)) from None
+        origin, where, base = str(p), str(p), p.parent
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         pos = re.search(r"at line (\d+), column (\d+)", str(e))
         span = Span(int(pos.group(1)), int(pos.group(2))) if pos else None
-        raise MachineError(f"machine description {origin} is not valid TOML: {e}", span, where, text) from None
+        raise MachineError(f"{kind} description {origin} is not valid TOML: {e}", span, where, text) from None
     try:
-        return machine_from_dict(d, origin)
+        return build(d, origin, base)
     except MachineError as e:
-        e.span = _error_span(text, e.message) or e.span
+        e.span = _error_span(text, e.message, patterns) or e.span
         raise e.located(where, text) from None
+
+
+def load_machine(name_or_path: str | Path) -> Machine:
+    """A preset by name (``sn40l``, ``rdu-mini``) or a TOML file of the same form.
+
+    Errors in a file are located there (``file.toml:LINE:COL``) at the field they name."""
+    return load_description(name_or_path, "machine", presets(), ("machines",),
+                            lambda d, origin, _: machine_from_dict(d, origin),
+                            FIELD_MESSAGES + ((r"(clock_ghz) must be", None, 1),))

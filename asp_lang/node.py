@@ -19,14 +19,13 @@ file of the same form, and names the field of any mistake (``file.toml:LINE:COL`
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
 from .errors import MachineError
-from .machine import Machine, _field_span, load_machine
+from .machine import FIELD_MESSAGES, Machine, load_description, load_machine
 
 TOPOLOGIES = ("all_to_all", "ring")
 COLLECTIVES = ("all_reduce", "all_gather", "reduce_scatter", "send_recv")
@@ -310,48 +309,13 @@ def node_from_dict(d: dict, origin: str = "<node>", base: Path | None = None) ->
     return Node(str(d["name"]), str(d.get("description", "")), n, machine, peer, host)
 
 
-def _node_error_span(text: str, message: str):
-    for pat, sec, key in ((r"\[(\w+)\] is missing '(\w+)'", 1, None),
-                          (r"\[(\w+)\] has unknown field\(s\) (\w+)", 1, 2),
-                          (r"\[(\w+)\] (\w+) must be", 1, 2), (r"\[(\w+)\] must be a table", None, 1),
-                          (r"unknown key\(s\) (\w+)", None, 1), (r": (sockets|socket) must be", None, 1),
-                          (r"(socket) = ", None, 1)):
-        m = re.search(pat, message)
-        if m:
-            return _field_span(text, m.group(sec) if sec else None, m.group(key) if key else None)
-    return None
-
-
 def load_node(name_or_path: str | Path) -> Node:
     """A node preset by name (``sn40l-node8``, ``sn40l-node16``) or a TOML file of that form.
 
     Errors in a file are located there (``file.toml:LINE:COL``) at the field they name."""
-    s = str(name_or_path)
-    if s in node_presets():
-        text = resources.files("asp_lang").joinpath(*_NODE_DIR).joinpath(f"{s}.toml").read_text()
-        origin, where, base = f"preset {s}", f"{s}.toml", None
-    else:
-        p = Path(s)
-        if not p.is_file():
-            raise MachineError(f"unknown node '{s}': not a node preset ({', '.join(node_presets())}) or a file",
-                               filename=s)
-        try:
-            text = p.read_text()
-        except UnicodeDecodeError:
-            raise MachineError(f"node description {p} is not a UTF-8 text file", filename=str(p)) from None
-        origin, where, base = str(p), str(p), p.parent
-    try:
-        d = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        from .errors import Span
-        pos = re.search(r"at line (\d+), column (\d+)", str(e))
-        span = Span(int(pos.group(1)), int(pos.group(2))) if pos else None
-        raise MachineError(f"node description {origin} is not valid TOML: {e}", span, where, text) from None
-    try:
-        return node_from_dict(d, origin, base)
-    except MachineError as e:
-        e.span = _node_error_span(text, e.message) or e.span
-        raise e.located(where, text) from None
+    return load_description(name_or_path, "node", node_presets(), _NODE_DIR, node_from_dict,
+                            FIELD_MESSAGES + ((r": (sockets|socket) must be", None, 1), (r"(socket) = ", None, 1)),
+                            preset_word="a node preset")
 
 
 def node_for(machine: str | Path, sockets: int | None = None) -> Node:
