@@ -150,15 +150,21 @@ def _link_work(node: Node) -> OpWork:
                   float(node.out_types[0].elem.nbytes) if node.out_types else 0.0)
 
 
+def _group_operand(ctx, call, keywords: tuple[str, ...]):
+    """What every group collective starts with: its one stream argument (a stream of tiles) and
+    the sockets of its group, after checking the call's arguments against ``keywords``."""
+    ctx.expect_args(call, 1, keywords)
+    g = _view(ctx, call)
+    s = ctx.stream_arg(call.args[0])
+    _tile_stream(s, call)
+    return g, s, _group_of(ctx, call, g)
+
+
 @operator("all_reduce", "all_reduce(s, group=[..]?)", "link",
           "The elementwise sum of s over the sockets of the group (default: all); every socket of "
           "the group must run it, with a stream of the same type, and gets the sum.")
 def _all_reduce_check(ctx, call, ntargets):
-    ctx.expect_args(call, 1, ("group",))
-    g = _view(ctx, call)
-    s = ctx.stream_arg(call.args[0])
-    _tile_stream(s, call)
-    members = _group_of(ctx, call, g)
+    g, s, members = _group_operand(ctx, call, ("group",))
     _reach(g, s, members)
     busy, lat = _link_cost(g.state.node, "all_reduce", _stream_bytes(s), len(members))
     return [s], {"group": members, "link_busy": busy, "link_latency": lat}, None, None
@@ -172,11 +178,7 @@ _all_reduce_check.work(_link_work)
           "Every socket of the group gets the streams of all of them, stacked along a new stream "
           "dimension of size G (the group's size) at position k (default 0), in group order.")
 def _all_gather_check(ctx, call, ntargets):
-    ctx.expect_args(call, 1, ("at", "group"))
-    g = _view(ctx, call)
-    s = ctx.stream_arg(call.args[0])
-    _tile_stream(s, call)
-    members = _group_of(ctx, call, g)
+    g, s, members = _group_operand(ctx, call, ("at", "group"))
     at = eval_int(call.kw("at"), ctx.sizes, "at") if call.kw("at") is not None else 0
     if not 0 <= at <= s.rank:
         raise ArgumentError(f"at={at} must be between 0 and {s.rank}", call.kw("at").span)
@@ -194,11 +196,7 @@ _all_gather_check.work(_link_work)
           "The elementwise sum of s over the group, with stream dimension k (default 0) cut into G "
           "equal blocks: the g-th socket of the group gets block g.")
 def _reduce_scatter_check(ctx, call, ntargets):
-    ctx.expect_args(call, 1, ("dim", "group"))
-    g = _view(ctx, call)
-    s = ctx.stream_arg(call.args[0])
-    _tile_stream(s, call)
-    members = _group_of(ctx, call, g)
+    g, s, members = _group_operand(ctx, call, ("dim", "group"))
     if s.rank == 0:
         raise ShapeError(f"reduce_scatter cuts a stream dimension, but {s} has none", call.span)
     dim = eval_int(call.kw("dim"), ctx.sizes, "dim") if call.kw("dim") is not None else 0
