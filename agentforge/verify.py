@@ -307,6 +307,10 @@ class KernelCandidate:
     def structure(self, graph: AtenGraph) -> list[tuple]:
         return [_structure(self._bind(graph)[1])]
 
+    def structures(self, graph: AtenGraph) -> list[tuple[bool, tuple]]:
+        """As :meth:`_ChainCandidate.structures`: the kernel is the candidate's own code, never trusted."""
+        return [(False, st) for st in self.structure(graph)]
+
     def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
         _, prog = self._bind(graph)
         values = list(inputs) + [graph.param_values[p.name] for p in graph.params]
@@ -622,8 +626,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
     def real(sizes: dict) -> tuple | None:
         try:
             g = capture_at(task, sizes, meta=True)
-            pairs = cand.structures(g) if isinstance(cand, _ChainCandidate) else \
-                [(False, st) for st in cand.structure(g)]
+            pairs = cand.structures(g)
         except Exception:  # noqa: BLE001 - a size the task, the binding or a template refuses does not fit
             return None
         got = [st for _, st in pairs]
