@@ -9,8 +9,6 @@ switch between kernels pays the machine's reconfiguration cost.
 from __future__ import annotations
 
 import re
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -20,54 +18,17 @@ import torch
 import asp_lang
 from asp_lang import AspError, Machine
 
-from .capture import AtenGraph, AtenNode, Ref, capture, torch_dtype
+from .aten import AtenGraph, AtenNode, Ref
+from .bridge import to_asp, to_numpy, to_torch, torch_dtype
+from .capture import capture_at
 from .lowering import Alias, Const, OpKernel, Step, UnsupportedOpError, lower_node
-from .tasks import Task, instantiate
+from .signature import node_flops
 
-__all__ = ["Baseline", "build_baseline", "lower_steps", "capture_at", "to_numpy", "to_torch", "BaselineTiming"]
+__all__ = ["Baseline", "build_baseline", "lower_steps", "BaselineTiming"]
 
-
-_META_GRAPHS: "OrderedDict[tuple, AtenGraph]" = OrderedDict()
-_META_LOCK = threading.Lock()
-_META_KEEP = 128
-
-
-def capture_at(task: Task, sizes: Mapping[str, int] | None = None, meta: bool = False) -> AtenGraph:
-    """Capture ``task`` at ``sizes``; ``meta`` builds it without data (any size, no memory).
-
-    Meta captures are remembered per (task file, its text, sizes): planning, the baseline's
-    timing and a candidate's timing all need the same shapes-only graph, and torch.export is
-    the slowest step of an evaluation. The graph is frozen and holds no data, so sharing it
-    is safe; captures with data are never reused (their weights depend on the seed)."""
-    if not meta:
-        return capture(instantiate(task, sizes))
-    key = (str(task.path), hash(task.source), tuple(sorted(task.sizes_for(sizes).items())))
-    with _META_LOCK:
-        if key in _META_GRAPHS:
-            _META_GRAPHS.move_to_end(key)
-            return _META_GRAPHS[key]
-    with torch.device("meta"):
-        g = capture(instantiate(task, sizes))
-    with _META_LOCK:
-        _META_GRAPHS[key] = g
-        while len(_META_GRAPHS) > _META_KEEP:
-            _META_GRAPHS.popitem(last=False)
-    return g
-
-
-def to_numpy(t: torch.Tensor) -> np.ndarray:
-    """A tensor in ASP storage: floats as float32 (bf16/f16 exactly representable), ints as int64."""
-    t = t.detach()
-    if t.dtype in (torch.bfloat16, torch.float16, torch.float64):
-        t = t.float()
-    return t.contiguous().numpy()
-
-
-def to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
-    a = np.ascontiguousarray(a)
-    if not a.flags.writeable:
-        a = a.copy()
-    return torch.from_numpy(a).to(torch_dtype(dtype))
+# Re-exported from their own modules (agentforge.capture, agentforge.bridge) while importers
+# outside this module's owner still read them here.
+__all__ += ["capture_at", "to_numpy", "to_torch"]
 
 
 def _to_torch_arg(v: Any, env: dict[str, torch.Tensor]) -> Any:
@@ -175,12 +136,8 @@ class Baseline:
                     tenv[spec.name] = tenv[step.source].reshape(spec.shape)
             else:
                 prog = self.program(i, step)
-                feed = {}
-                for pname, name, view in zip(prog.params, step.inputs, step.input_views):
-                    a = env[name]
-                    if a.dtype == np.int64:
-                        a = a.astype(np.int32)
-                    feed[pname] = a.reshape(view)
+                feed = {pname: to_asp(env[name], view)
+                        for pname, name, view in zip(prog.params, step.inputs, step.input_views)}
                 outs = asp_lang.run(prog, feed, limits)
                 for rname, name in zip(prog.results, step.outputs):
                     env[name] = outs[rname].reshape(out_specs[name].shape)
@@ -260,8 +217,6 @@ def op_roofline_seconds(graph: AtenGraph, step: OpKernel, machine: Machine) -> f
     instruction-driven accelerator does (every op its own kernel, each near this bound), so a
     kernel far below it is a bad lowering, not a property of running op by op. Unlike
     ``Report.roofline_fraction`` it does not count the kernel's own (possibly wasted) work."""
-    from .capture import node_flops
-
     specs = dict(graph._spec_table)
     for n in graph.nodes:
         for o in n.outs:

@@ -105,7 +105,8 @@ def cmd_eval(args) -> int:
 def cmd_baseline(args) -> int:
     import asp_lang
 
-    from .baseline import build_baseline, capture_at
+    from .baseline import build_baseline
+    from .capture import capture_at
     from .lowering import UnsupportedOpError
     from .verify import evaluate
 
@@ -145,7 +146,7 @@ def cmd_baseline(args) -> int:
 def _write_solution(out: Path, res, task, machine) -> list[str]:
     """The best candidate as files: kernel.asp, or plan.json and the chain's kernels at own sizes."""
     from .author import Plan, realize
-    from .baseline import capture_at
+    from .capture import capture_at
 
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -252,7 +252,7 @@ def _inspect(task, candidate: dict, cfg: VerifyConfig) -> dict:
     signature and input dtypes at its own sizes, and (a plan) the ASP files the plan builds."""
     import asp_lang
 
-    from .baseline import capture_at
+    from .capture import capture_at
     from .capture import signature
     from .library import solution_files
 

@@ -87,7 +87,7 @@ def tiny_models() -> dict[str, Any]:
 
 def coverage(graphs: list[Any]) -> dict[str, Any]:
     """Ops and FLOPs of the compiled graphs' latest plans, and how much of them library calls compute."""
-    from agentforge.capture import _ref_specs, node_flops
+    from agentforge.capture import node_flops, operand_specs
 
     ops = off = folded = 0
     flops = off_flops = 0
@@ -103,7 +103,7 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
         for n in plan.graph.nodes:
             if n.kind in VIEW_KINDS:
                 continue
-            f = node_flops(n, _ref_specs(specs, n))
+            f = node_flops(n, operand_specs(specs, n))
             ops += 1
             flops += f
             if n.name in covered:

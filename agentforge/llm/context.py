@@ -188,7 +188,7 @@ def _add_probes(ctx: Any, sets: list[dict], graphs: list[AtenGraph], probes: lis
     """For sizes equal at every captured size set, capture once more with one of them doubled
     (then tripled), so that their dimensions can be told apart; a probe the task refuses (a
     divisibility it asserts) is skipped, and the tie stays (and is said in the notes)."""
-    from ..baseline import capture_at
+    from ..capture import capture_at
 
     names = [s for s in ctx.task.sizes]
     groups: dict[tuple, list[str]] = {}

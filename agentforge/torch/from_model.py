@@ -355,8 +355,8 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
     do run eagerly (a kernel is verified for exact sizes, the KV length changes every token)."""
     from agentforge.author import partition, semantic_nodes
     from agentforge.canonical import canonical_graph
-    from agentforge.capture import _ref_specs, node_flops
-    from agentforge.torch.match import _View, export_graph
+    from agentforge.capture import node_flops, operand_specs
+    from agentforge.torch.match import GraphView, export_graph
 
     tasks: dict[str, ModelTask] = {}
     decode_seen: dict[str, list[tuple[str, ModelTask]]] = {}    # decode regions by KV length label
@@ -364,7 +364,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
         with torch.no_grad():
             ep, graph = export_graph(module, inputs, m.name)
         sem = semantic_nodes(graph)
-        view = _View(canonical_graph(graph))
+        view = GraphView(canonical_graph(graph))
         specs = graph._spec_table
         from torch.export.graph_signature import InputKind
         params: dict[str, tuple[str, torch.Tensor]] = {}
@@ -386,7 +386,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             source, kinds = got
             body = source.split('"""', 2)[2]
             key = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", body)   # parameter statistics
-            flops = sum(node_flops(n, _ref_specs(specs, n)) for n in graph.nodes if n.name in set(names))
+            flops = sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes if n.name in set(names))
             where = f"{label}: {names[0]}..{names[-1]}"
             if label.startswith("decode"):
                 decode_seen.setdefault(label, []).append((key, ModelTask("", source, kinds, [where], region.template,

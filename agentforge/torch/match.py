@@ -38,8 +38,8 @@ import torch
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from agentforge.canonical import canonical_form, canonical_graph, canonical_key, is_row_view
-from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, _EXPORT_LOCK, _convert,
-                                _quiet_torch, signature)
+from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, dtype_str, export_guard,
+                                graph_from_export, node_flops, operand_specs, signature)
 from agentforge.torch.ops import (ModelCaptureError, OpFamily, ProblemKey, TorchLibrary, UnverifiedProblemError,
                                   Verified, _fmt_args, problem_key)
 
@@ -188,7 +188,7 @@ def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model",
     A model torch.export cannot capture (data-dependent Python control flow, an unsupported
     operation...) raises :class:`ModelCaptureError` naming, where the traceback shows it, the
     line of the model's code that could not be captured."""
-    with _EXPORT_LOCK, _quiet_torch():
+    with export_guard():
         try:
             ep = torch.export.export(fn, tuple(args), dynamic_shapes=dynamic_shapes)
             ep = ep.run_decompositions()
@@ -197,7 +197,7 @@ def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model",
     dd = data_dependent_shape(ep)
     if dd:
         raise ModelCaptureError(f"{name}: {dd}")
-    return ep, _convert(ep, name, f"<{name}>")
+    return ep, graph_from_export(ep, name, f"<{name}>")
 
 
 def data_dependent_shape(ep: Any) -> str | None:
@@ -226,8 +226,6 @@ def data_dependent_shape(ep: Any) -> str | None:
 
 def _shape_pattern(n: Any) -> tuple | None:
     """(shape with a sympy expression for each dynamic dim, dtype) of an fx node's tensor value, or None."""
-    from agentforge.capture import dtype_str
-
     v = n.meta.get("val") if n is not None else None
     if not isinstance(v, torch.Tensor):
         return None
@@ -287,8 +285,10 @@ def _capture_failure(name: str, e: BaseException) -> str:
 
 # ---------------------------------------------------------------------- graph views
 
-class _View:
-    """Lookups over an AtenGraph: nodes by name, copies looked through, consumers of each value."""
+class GraphView:
+    """Lookups over an AtenGraph: nodes by name, copies looked through, consumers of each value.
+
+    Public because the offload report and the model report walk a graph the way the matcher does."""
 
     def __init__(self, g: AtenGraph):
         self.g = g
@@ -343,7 +343,7 @@ def _same_structure(p: Any, g: Any) -> bool:
 class _Matcher:
     """One attempt to embed a pattern graph into the model graph (no backtracking inside an attempt)."""
 
-    def __init__(self, P: _View, G: _View):
+    def __init__(self, P: GraphView, G: GraphView):
         self.P, self.G = P, G
         self.slots = {s.name: i for i, s in enumerate([*P.g.inputs, *P.g.params])}
         self.nodes: dict[str, str] = {}
@@ -382,7 +382,7 @@ class _Matcher:
         return all(self.value(pr.name, gr.name) for pr, gr in zip(p.refs(), g.refs()))
 
 
-def _swap_refs(g: Any, p: Any, P: _View) -> Any:
+def _swap_refs(g: Any, p: Any, P: GraphView) -> Any:
     if isinstance(g, Ref):
         return Ref(P.resolve(p.name))
     if isinstance(g, list):
@@ -419,15 +419,15 @@ def _subgraph(m: _Matcher) -> AtenGraph:
 
 # ---------------------------------------------------------------------- planning
 
-def _patterns(tl: TorchLibrary) -> list[tuple[OpFamily, _View]]:
+def _patterns(tl: TorchLibrary) -> list[tuple[OpFamily, GraphView]]:
     out = []
     for fam in tl.families.values():
         if fam.template.nodes:
-            out.append((fam, _View(canonical_graph(fam.template))))
+            out.append((fam, GraphView(canonical_graph(fam.template))))
     return out
 
 
-def _try_family(fam: OpFamily, P: _View, G: _View) -> list[tuple[OpFamily, _Matcher, list[str]]]:
+def _try_family(fam: OpFamily, P: GraphView, G: GraphView) -> list[tuple[OpFamily, _Matcher, list[str]]]:
     """The structural matches of ``fam``'s pattern in the model (not yet checked against its
     verified problems: that is done largest first, only for matches no larger region covers)."""
     found: list[tuple[OpFamily, _Matcher, list[str]]] = []
@@ -561,7 +561,7 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
     """Match the library's kernels in ``graph`` (exported as ``ep``) and order the result for running.
     ``weights``: graph inputs that are the model's parameters or buffers (dynamo passes them as
     inputs), so commutative operands are ordered as in a task, where they are params."""
-    G = _View(canonical_graph(graph, weights))
+    G = GraphView(canonical_graph(graph, weights))
     reasons: dict[str, str] = {}
     unverified: list[Unverified] = []
     structural = [c for fam, P in _patterns(tl) for c in _try_family(fam, P, G)]
@@ -571,10 +571,8 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
     # epilogue's last op); a match is checked against its family's verified problems (with
     # verify_new_sizes: verified at its sizes) only when no larger chosen region covers it, and
     # among the verified matches of one size the fastest kernel goes first
-    from agentforge.capture import _ref_specs, node_flops
-
     specs = graph._spec_table
-    flops = {n.name: node_flops(n, _ref_specs(specs, n)) for n in graph.nodes}
+    flops = {n.name: node_flops(n, operand_specs(specs, n)) for n in graph.nodes}
     by_size: dict[tuple[int, int], list[tuple[OpFamily, _Matcher, list[str]]]] = {}
     for c in structural:
         by_size.setdefault((sum(flops.get(n, 0) for n in c[1].nodes.values()), len(c[1].nodes)), []).append(c)

@@ -148,9 +148,9 @@ def build_report(plan: OffloadPlan, machine: Any, model_name: str, library: str)
     chip_b = sum(r.chip_hbm_bytes for r in regions) + sum(x["hbm_bytes"] for x in rest)
     all_s = sum(x["seconds"] for x in rows.values()) + max(0, len(rows) - 1) * reconf
     all_b = sum(x["hbm_bytes"] for x in rows.values())
-    from agentforge.torch.match import _View
+    from agentforge.torch.match import GraphView
 
-    view = _View(plan.graph)
+    view = GraphView(plan.graph)
     computing = [e for e in plan.eager if not (view.transparent(e.node) or e.kind in _VIEW_KINDS)]
     eager = [EagerRow(e.node, e.kind, e.reason if e.node not in missing else
                       f"{e.reason}; the chip's op-by-op lowering lacks it too") for e in computing]

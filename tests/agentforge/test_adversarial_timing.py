@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import asp_lang
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.scoring import task_roofline, task_roofline_fraction
 from agentforge.tasks import load_task
 from agentforge.verify import VerifyConfig, evaluate

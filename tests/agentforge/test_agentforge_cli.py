@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.tasks import load_task
 from agentforge.verify import VerifyConfig, targeted_distributions
 

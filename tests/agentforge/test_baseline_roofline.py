@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 import asp_lang
-from agentforge.baseline import build_baseline, capture_at, kernel_latency_seconds, op_roofline_seconds
+from agentforge.baseline import build_baseline, kernel_latency_seconds, op_roofline_seconds
+from agentforge.capture import capture_at
 from agentforge.lowering import OpKernel
 from agentforge.tasks import load_suite, load_task
 

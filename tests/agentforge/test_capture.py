@@ -401,7 +401,7 @@ def test_suite_task_loads_instantiates_and_captures(path: Path | None) -> None:
 
 def test_the_sized_key_does_not_depend_on_where_the_graph_was_captured():
     """A meta capture (timing, planning) and a CPU capture (running) name the same problem."""
-    from agentforge.baseline import capture_at
+    from agentforge.capture import capture_at
     from agentforge.capture import signature
     from agentforge.tasks import load_task
 

@@ -13,7 +13,7 @@ import pytest
 import asp_lang
 from agentforge.agents.llm_roles import LLMPlanner, LLMWorker
 from agentforge.agents.roles import TaskContext
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.capture import signature
 from agentforge.llm.context import context_vars, interface, machine_constants, op_graph
 from agentforge.tasks import load_task

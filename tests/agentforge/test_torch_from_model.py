@@ -30,7 +30,7 @@ def run(tmp_path_factory) -> Path:
 
 
 def _shares(graphs) -> tuple[float, float]:
-    from agentforge.capture import _ref_specs, node_flops
+    from agentforge.capture import node_flops, operand_specs
 
     ops = off = flops = off_flops = 0
     for c in graphs:
@@ -39,7 +39,7 @@ def _shares(graphs) -> tuple[float, float]:
         for n in c.plan.graph.nodes:
             if n.kind in VIEWS:
                 continue
-            f = node_flops(n, _ref_specs(specs, n))
+            f = node_flops(n, operand_specs(specs, n))
             ops, flops = ops + 1, flops + f
             if n.name in covered:
                 off, off_flops = off + 1, off_flops + f

@@ -169,7 +169,7 @@ def _rmsnorm_library(out: Path, kernels: list[tuple[dict, list[dict]]]) -> Path:
     import asp_lang
 
     from agentforge import __version__
-    from agentforge.baseline import capture_at
+    from agentforge.capture import capture_at
     from agentforge.capture import signature
     from agentforge.library import Provenance, atomic_write_text, build_entry
     from agentforge.tasks import load_task

@@ -64,7 +64,8 @@ def test_there_is_a_timing_only_decoder_example():
 @functools.cache
 def _suite_programs() -> list[tuple[str, object]]:
     """Every kernel of the op-by-op baseline of every bundled task, at its first (small) size set."""
-    from agentforge.baseline import build_baseline, capture_at
+    from agentforge.baseline import build_baseline
+    from agentforge.capture import capture_at
     from agentforge.lowering import OpKernel
     from agentforge.tasks import load_suite
 
