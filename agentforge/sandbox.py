@@ -249,18 +249,18 @@ def worker_main(memory_mb: int, threads: int, scratch: str | None = None) -> Non
 
 def _inspect(task, candidate: dict, cfg: VerifyConfig) -> dict:
     """What a library entry must agree with, computed from the task itself: its semantic
-    signature and input dtypes at its own sizes, and (a plan) the ASP files the plan builds."""
+    signature and input dtypes at its own sizes, and the ASP files the candidate's solution
+    writes there."""
     import asp_lang
 
-    from .capture import capture_at
-    from .capture import signature
-    from .library import solution_files
+    from .capture import capture_at, signature
+    from .solution import solution
 
-    sig = signature(capture_at(task, meta=True))
+    graph = capture_at(task, meta=True)
+    sig = signature(graph)
     out = {"signature": {"key": sig.key(), "class_key": sig.class_key(), "sized_key": sig.sized_key()},
-           "dtypes": list(sig.input_dtypes), "own_sizes": dict(task.sizes), "files": None}
-    if candidate.get("kind") == "plan":
-        out["files"] = solution_files("plan", None, candidate.get("plan"), task, asp_lang.load_machine(cfg.machine))
+           "dtypes": list(sig.input_dtypes), "own_sizes": dict(task.sizes)}
+    out["files"] = solution(candidate, asp_lang.load_machine(cfg.machine)).files(graph)
     return out
 
 

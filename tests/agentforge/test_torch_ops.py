@@ -172,6 +172,7 @@ def _rmsnorm_library(out: Path, kernels: list[tuple[dict, list[dict]]]) -> Path:
     from agentforge.capture import capture_at
     from agentforge.capture import signature
     from agentforge.library import Provenance, atomic_write_text, build_entry
+    from agentforge.solution import plan_solution
     from agentforge.tasks import load_task
     from agentforge.verify import VerifyConfig, evaluate
 
@@ -184,7 +185,7 @@ def _rmsnorm_library(out: Path, kernels: list[tuple[dict, list[dict]]]) -> Path:
         t = dataclasses.replace(task, sizes=dict(size_sets[0]), size_sets=size_sets)
         ev = evaluate(t, {"kind": "plan", "plan": plan}, VerifyConfig(size_sets=len(size_sets)))
         assert ev.verified, ev.reason
-        entry, files, task_files = build_entry(t, "plan", None, plan, ev, sig, prov, asp_lang.load_machine("sn40l"))
+        entry, files, task_files = build_entry(t, plan_solution(plan, asp_lang.load_machine("sn40l")), ev, sig, prov)
         assert [v["sizes"] for v in entry.verified_at] == size_sets
         for rel, text in {**files, **task_files}.items():
             atomic_write_text(out / rel, text)
