@@ -37,9 +37,10 @@ from asp_lang import Machine
 
 from .baseline import Baseline, with_par
 from .capture import TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, op_kind
-from .lowering import (_ELEMENTWISE, ALIAS_KINDS, CONST_TARGETS, MM_TILE, ROW_CAP, TILE_CAP, Alias, Const,
-                       KernelBuilder, OpKernel, Step, UnsupportedOpError, _base, _dt, _fin, _kname, _list, _lit,
-                       divisor_at_most, elementwise_kind, elementwise_parts, is_noop_expand, lower_node)
+from .lowering import (ALIAS_KINDS, CONST_TARGETS, ELEMENTWISE_OPS, MM_TILE, ROW_CAP, TILE_CAP, Alias, Const,
+                       KernelBuilder, OpKernel, Step, UnsupportedOpError, asp_dtype, asp_list, asp_literal, aten_name,
+                       cast_expr, divisor_at_most, elementwise_kind, elementwise_parts, is_noop_expand, kernel_name,
+                       lower_node)
 
 PLAN_VERSION = 1
 TEMPLATES = ("row", "matmul", "attention", "moe", "single")
@@ -87,14 +88,14 @@ def semantic_nodes(graph: AtenGraph) -> list[AtenNode]:
 # ------------------------------------------------------------------ node classes
 
 def _is_const(node: AtenNode, constants: set[str]) -> bool:
-    base = _base(node.target)
+    base = aten_name(node.target)
     refs = [r.name for r in node.refs()]
     return base in CONST_TARGETS or (refs and all(r in constants for r in refs)) or (not refs and base != "getitem")
 
 
 def _is_alias(node: AtenNode, graph: AtenGraph | None = None) -> bool:
-    return node.target == "getitem" or _base(node.target) in ALIAS_KINDS or \
-        (_base(node.target) == "_to_copy" and node.kwargs.get("dtype") is None) or \
+    return node.target == "getitem" or aten_name(node.target) in ALIAS_KINDS or \
+        (aten_name(node.target) == "_to_copy" and node.kwargs.get("dtype") is None) or \
         (graph is not None and is_noop_expand(node, graph))
 
 
@@ -157,9 +158,9 @@ def total_kind(node: AtenNode, graph: AtenGraph) -> str | None:
 
 def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
     """How a node works on rows (None: it cannot join a row region)."""
-    base = _base(node.target)
+    base = aten_name(node.target)
     a = node.args
-    if base in _ELEMENTWISE and base != "expand":
+    if base in ELEMENTWISE_OPS and base != "expand":
         return "elementwise"
     if base == "expand":
         return "expand"
@@ -203,7 +204,7 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
 
 def _transposed_last(node: AtenNode, graph: AtenGraph) -> bool:
     """A permute / transpose / t that swaps exactly the last two axes (B[b]^T of a batched matmul)."""
-    base = _base(node.target)
+    base = aten_name(node.target)
     k = len(graph.spec(node.args[0]).shape)
     if base == "permute":
         perm = [d % k for d in node.args[1]]
@@ -286,7 +287,7 @@ class _Partitioner:
         self.tail = set()
 
     def _start(self, node: AtenNode, i: int) -> None:
-        base = _base(node.target)
+        base = aten_name(node.target)
         kind = row_kind(node, self.g)
         if kind not in (None, "expand", "total") and self._row_start(node):
             self.open = Region("row", [i])
@@ -467,15 +468,15 @@ class _Partitioner:
                     names.add(n.name)
                     changed = True
         users = [n for n in self.g.nodes if n.name not in names and any(r.name in names for r in n.refs())]
-        return len(users) == 1 and _base(users[0].target) in (("mm", "addmm") if rank == 2 else ("bmm",)) and \
+        return len(users) == 1 and aten_name(users[0].target) in (("mm", "addmm") if rank == 2 else ("bmm",)) and \
             isinstance(users[0].args[-1], Ref) and users[0].args[-1].name in names
 
     def _epilogue(self, node: AtenNode) -> bool:
         """Elementwise ops on a matmul's output tiles join its region."""
-        if not any(_base(self.sem[i].target) in ("mm", "addmm", "bmm") for i in self.open.nodes):
-            if _base(node.target) in ("mm", "addmm", "bmm"):  # the matmul after its transposed weight
+        if not any(aten_name(self.sem[i].target) in ("mm", "addmm", "bmm") for i in self.open.nodes):
+            if aten_name(node.target) in ("mm", "addmm", "bmm"):  # the matmul after its transposed weight
                 out = node.outs[0]
-                self.rows = out.shape[0] if _base(node.target) != "bmm" else 0
+                self.rows = out.shape[0] if aten_name(node.target) != "bmm" else 0
                 self.views = {node.name: row_view(out.shape)}
                 return True
             return False
@@ -697,23 +698,23 @@ class _RegionCode:
 
 
 def _reduce_expr(node: AtenNode, x: str, xdt: str, odt: str, cols: int) -> str:
-    base = _base(node.target)
+    base = aten_name(node.target)
     cdt = "f32" if xdt in ("bf16", "f16") else xdt
     if base in ("sum", "mean") and xdt != odt and odt not in ("bf16", "f16"):
         cdt = odt
     xin = x if cdt == xdt else f"cast({x}, {cdt})"
     if base == "sum":
-        return _fin(f"sum({xin}, axis=1)", cdt, odt)
+        return cast_expr(f"sum({xin}, axis=1)", cdt, odt)
     if base == "mean":
-        return _fin(f"mean({xin}, axis=1)", cdt, odt)
+        return cast_expr(f"mean({xin}, axis=1)", cdt, odt)
     if base in ("amax", "amin"):
-        return _fin(f"{'max' if base == 'amax' else 'min'}({xin}, axis=1)", cdt, odt)
+        return cast_expr(f"{'max' if base == 'amax' else 'min'}({xin}, axis=1)", cdt, odt)
     if base in ("argmax", "argmin"):
         return f"{base}({xin}, axis=1)"
     corr = node.kwargs.get("correction", 1)
     corr = 1 if corr is None else corr
-    return _fin(f"sum(({xin} - mean({xin}, axis=1)) * ({xin} - mean({xin}, axis=1)), axis=1) / "
-                f"{_lit(float(cols - corr))}", cdt, odt)
+    return cast_expr(f"sum(({xin} - mean({xin}, axis=1)) * ({xin} - mean({xin}, axis=1)), axis=1) / "
+                f"{asp_literal(float(cols - corr))}", cdt, odt)
 
 
 PERIODIC_BUFFER_CAP = 16 << 20   # bytes of a row-periodic operand held on chip rather than re-read
@@ -741,7 +742,7 @@ class RowKernel(_RegionCode):
         r_tile = divisor_at_most(base_rows, max(1, min(self.region.params.get("rows", TILE_CAP), TILE_CAP // widest)))
         par_c = int(self.region.params.get("par", 16))
         par_m = int(self.region.params.get("par_mem", 4))
-        kb = KernelBuilder(f"fused_{self.ri}_{_kname(first)[2:]}")
+        kb = KernelBuilder(f"fused_{self.ri}_{kernel_name(first)[2:]}")
         streams, params, inputs, views = [], [], [], []
 
         def operand(ref: Ref, out_shape) -> str:
@@ -757,8 +758,8 @@ class RowKernel(_RegionCode):
             c = p[-1] if p else 1
             period = row_period(p, out_shape) if out_shape and not lead_full else None
             if period is not None and rows % period == 0 and period % r_tile == 0:
-                pname = kb.param(_dt(spec), (period, c))
-                tile = _list([r_tile, c])
+                pname = kb.param(asp_dtype(spec), (period, c))
+                tile = asp_list([r_tile, c])
                 if period == r_tile:   # one tile: re-emit it for every row tile
                     (s,) = kb.op(f"load({pname}, tile={tile}, par={par_m})")
                     (s,) = kb.op(f"repeat({s}, {rows // r_tile})")
@@ -781,11 +782,11 @@ class RowKernel(_RegionCode):
             if not lead_full and any(d != 1 for d in p[:-1]):
                 raise UnsupportedOpError(f"plan does not fit this graph: '{ref.name}' {list(spec.shape)} is neither "
                                          f"a full-row nor a broadcast operand of a row region over {rows} rows")
-            pname = kb.param(_dt(spec), (rows, c) if lead_full else (1, c))
+            pname = kb.param(asp_dtype(spec), (rows, c) if lead_full else (1, c))
             if lead_full:
-                (s,) = kb.op(f"load({pname}, tile={_list([r_tile, c])}, par={par_m})")
+                (s,) = kb.op(f"load({pname}, tile={asp_list([r_tile, c])}, par={par_m})")
             else:
-                (s,) = kb.op(f"load({pname}, tile={_list([1, c])})")
+                (s,) = kb.op(f"load({pname}, tile={asp_list([1, c])})")
                 if rows // r_tile > 1:
                     (s,) = kb.op(f"repeat({s}, {rows // r_tile})")
             streams.append(s)
@@ -804,15 +805,15 @@ class RowKernel(_RegionCode):
             kind = row_kind(node, g)
             out = node.outs[0]
             if total is not None:  # after the split reduction: elementwise ops on its (combined) result
-                ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
+                ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
                 self.expr[node.name] = self.let(fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor"
-                                                       else _lit(o.value) for o in ops]))
+                                                       else asp_literal(o.value) for o in ops]))
                 after.update(o.name for o in node.outs)
                 continue
             if kind == "total":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
-                base, xdt, odt = _base(node.target), _dt(xs), _dt(out)
+                base, xdt, odt = aten_name(node.target), asp_dtype(xs), asp_dtype(out)
                 cdt = "f32" if xdt in ("bf16", "f16") else xdt
                 if base in ("sum", "mean") and xdt != odt and odt not in ("bf16", "f16"):
                     cdt = odt  # e.g. counting bools in i32
@@ -825,54 +826,54 @@ class RowKernel(_RegionCode):
                 total = (node, partial, red, cdt, width)
                 stage1, self.lets = self.lets, []
                 count = math.prod(xs.shape) if whole else math.prod(xs.shape[:-1])
-                fin = _fin("t" if base != "mean" else f"t / {_lit(float(count))}", cdt, odt)
+                fin = cast_expr("t" if base != "mean" else f"t / {asp_literal(float(count))}", cdt, odt)
                 self.expr[node.name] = fin if fin == "t" else self.let(fin)
                 after.update(o.name for o in node.outs)
                 continue
             if kind == "elementwise":
-                ops, fexpr, odt = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
-                xs = [operand(Ref(o.value), out.shape) if o.kind == "tensor" else _lit(o.value) for o in ops]
+                ops, fexpr, odt = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
+                xs = [operand(Ref(o.value), out.shape) if o.kind == "tensor" else asp_literal(o.value) for o in ops]
                 self.expr[node.name] = self.let(fexpr(xs))
             elif kind == "expand":
                 x = operand(node.args[0], out.shape)
-                self.expr[node.name] = self.let(f"broadcast({x}, {_list([r_tile, out.shape[-1]])})")
+                self.expr[node.name] = self.let(f"broadcast({x}, {asp_list([r_tile, out.shape[-1]])})")
             elif kind == "reduce":
                 x = operand(node.args[0], g.spec(node.args[0]).shape)
                 xs = g.spec(node.args[0])
-                self.expr[node.name] = self.let(_reduce_expr(node, x, _dt(xs), _dt(out), xs.shape[-1]))
+                self.expr[node.name] = self.let(_reduce_expr(node, x, asp_dtype(xs), asp_dtype(out), xs.shape[-1]))
             elif kind == "softmax":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
-                xin = x if _dt(xs) == "f32" else f"cast({x}, f32)"
+                xin = x if asp_dtype(xs) == "f32" else f"cast({x}, f32)"
                 z = self.let(f"{xin} - max({xin}, axis=1)")
-                if _base(node.target) == "_softmax":
+                if aten_name(node.target) == "_softmax":
                     e = self.let(f"exp({z})")
                     res = f"{e} / sum({e}, axis=1)"
                 else:
                     res = f"{z} - log(sum(exp({z}), axis=1))"
-                self.expr[node.name] = self.let(_fin(res, "f32", _dt(out)))
+                self.expr[node.name] = self.let(cast_expr(res, "f32", asp_dtype(out)))
             elif kind == "layer_norm":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
-                xin = x if _dt(xs) == "f32" else f"cast({x}, f32)"
+                xin = x if asp_dtype(xs) == "f32" else f"cast({x}, f32)"
                 u = self.let(f"mean({xin}, axis=1)")
                 d = self.let(f"{xin} - {u}")
-                rs = self.let(f"rsqrt(mean({d} * {d}, axis=1) + {_lit(float(node.args[4] if len(node.args) > 4 else 1e-5))})")
+                rs = self.let(f"rsqrt(mean({d} * {d}, axis=1) + {asp_literal(float(node.args[4] if len(node.args) > 4 else 1e-5))})")
                 y = f"{d} * {rs}"
                 for ref in node.args[2:4]:
                     if isinstance(ref, Ref):
                         w = operand(ref, xs.shape)
-                        wdt = _dt(g.spec(ref))
+                        wdt = asp_dtype(g.spec(ref))
                         y = f"({y}) {'*' if ref is node.args[2] else '+'} {w if wdt == 'f32' else f'cast({w}, f32)'}"
                 outs = node.outs
-                self.expr[outs[0].name] = self.let(_fin(y, "f32", _dt(outs[0])))
-                self.expr[outs[1].name] = self.let(_fin(u, "f32", _dt(outs[1])))
-                self.expr[outs[2].name] = self.let(_fin(rs, "f32", _dt(outs[2])))
+                self.expr[outs[0].name] = self.let(cast_expr(y, "f32", asp_dtype(outs[0])))
+                self.expr[outs[1].name] = self.let(cast_expr(u, "f32", asp_dtype(outs[1])))
+                self.expr[outs[2].name] = self.let(cast_expr(rs, "f32", asp_dtype(outs[2])))
             elif kind == "cumsum":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
-                odt = _dt(out)
-                self.expr[node.name] = self.let(f"cumsum({x if _dt(xs) == odt else f'cast({x}, {odt})'}, axis=1)")
+                odt = asp_dtype(out)
+                self.expr[node.name] = self.let(f"cumsum({x if asp_dtype(xs) == odt else f'cast({x}, {odt})'}, axis=1)")
             elif kind == "flip":
                 x = operand(node.args[0], g.spec(node.args[0]).shape)
                 self.expr[node.name] = self.let(f"flip({x}, axis=1)")
@@ -889,12 +890,12 @@ class RowKernel(_RegionCode):
                 self.expr[node.name] = self.let(f"slice({x}, axis=1, start={start}, stop={end}, step={step})")
             elif kind == "cat" and _interleave(node, g, rows):
                 a = out.shape[-2]
-                parts = [f"reshape({self.expr[self.resolve(r.name)]}, shape={_list([r_tile, a, 1])})"
+                parts = [f"reshape({self.expr[self.resolve(r.name)]}, shape={asp_list([r_tile, a, 1])})"
                          for r in node.args[0]]
                 e = parts[0]
                 for p in parts[1:]:
                     e = f"concat({e}, {p}, axis=2)"
-                self.expr[node.name] = self.let(f"reshape({e}, shape={_list([r_tile, a * len(parts)])})")
+                self.expr[node.name] = self.let(f"reshape({e}, shape={asp_list([r_tile, a * len(parts)])})")
             elif kind == "cat":
                 parts = [operand(r, out.shape) for r in node.args[0]]
                 e = parts[0]
@@ -919,18 +920,18 @@ class RowKernel(_RegionCode):
                 self.expr[node.outs[1].name] = self.let(f"argtopk({x if largest else '-' + x}, k={k}, axis=1)")
             elif kind == "scatter":
                 xs = g.spec(node.args[0])
-                odt = _dt(out)
+                odt = asp_dtype(out)
                 if _Walk(g).is_zero(node.args[0]):  # scattering into zeros: no need to read them
-                    base = f"zeros({_list([r_tile, xs.shape[-1]])}" + (f", dtype={odt})" if odt != "f32" else ")")
+                    base = f"zeros({asp_list([r_tile, xs.shape[-1]])}" + (f", dtype={odt})" if odt != "f32" else ")")
                 else:
                     base = operand(node.args[0], xs.shape)
                 idx = operand(node.args[2], g.spec(node.args[2]).shape)
                 src = node.args[3] if len(node.args) > 3 else node.kwargs.get("src", node.kwargs.get("value"))
                 if isinstance(src, Ref):
                     sv = operand(src, g.spec(src).shape)
-                    sv = sv if _dt(g.spec(src)) == odt else f"cast({sv}, {odt})"
+                    sv = sv if asp_dtype(g.spec(src)) == odt else f"cast({sv}, {odt})"
                 else:
-                    sv = _lit(src)
+                    sv = asp_literal(src)
                 self.expr[node.name] = self.let(f"put({base}, {idx}, {sv}, axis=1)")
             else:
                 raise UnsupportedOpError(f"not supported in a row region: {node.target}")
@@ -965,13 +966,13 @@ class RowKernel(_RegionCode):
                 fouts = kb.op(f"map({part}, fn={fin})", len(fnames))
         for s, o in zip(outs, results):
             view = (rows, math.prod(o.shape) // rows)
-            oname = kb.result(_dt(o), view)
+            oname = kb.result(asp_dtype(o), view)
             kb.do(f"store({oname}, {s}, par={par_m})")
             out_views.append(view)
         if total is not None:
             for s, o in zip(fouts, finals):
                 view = (1, max(1, math.prod(o.shape)))
-                kb.do(f"store({kb.result(_dt(o), view)}, {s})")
+                kb.do(f"store({kb.result(asp_dtype(o), view)}, {s})")
                 out_views.append(view)
         comment = "fused row region: " + ", ".join(n.target for n in self.nodes)
         return OpKernel(self.nodes[-1].name, "fused.row", kb.text(comment), inputs, views,
@@ -980,7 +981,7 @@ class RowKernel(_RegionCode):
 
 def _mm_parts(mm: AtenNode):
     """(bias, a, b, alpha, beta) of an mm / addmm / bmm node."""
-    if _base(mm.target) == "addmm":
+    if aten_name(mm.target) == "addmm":
         return mm.args[0], mm.args[1], mm.args[2], mm.kwargs.get("alpha", 1), mm.kwargs.get("beta", 1)
     return None, mm.args[0], mm.args[1], 1, 1
 
@@ -990,9 +991,9 @@ class MatmulKernel(_RegionCode):
 
     def build(self) -> OpKernel:
         g = self.g
-        mms = [n for n in self.nodes if _base(n.target) in ("mm", "addmm", "bmm")]
+        mms = [n for n in self.nodes if aten_name(n.target) in ("mm", "addmm", "bmm")]
         mm = mms[0]
-        base = _base(mm.target)
+        base = aten_name(mm.target)
         parts = [_mm_parts(n) for n in mms]
         bias, a, b, alpha, beta = parts[0]
         sa, sb, out = g.spec(a), g.spec(b), mm.outs[0]
@@ -1002,12 +1003,12 @@ class MatmulKernel(_RegionCode):
         off = 1 if bt is not None and bt > 1 else 0   # the batch axis is a stream dimension when > 1
         M, K = sa.shape[-2:]
         N = sb.shape[-1]
-        dt = _dt(out)
+        dt = asp_dtype(out)
         # several matmuls of one activation (q/k/v, SwiGLU's gate and up): A is read once and copied
         # to one accum per weight; the epilogue sees all their tiles (silu(gate) * up in one map)
         for n, (_, a2, b2, _, _) in zip(mms[1:], parts[1:]):
-            if _base(n.target) == "bmm" or base == "bmm" or self.resolve(a2.name) != self.resolve(a.name) or \
-                    tuple(g.spec(b2).shape) != tuple(sb.shape) or _dt(n.outs[0]) != dt:
+            if aten_name(n.target) == "bmm" or base == "bmm" or self.resolve(a2.name) != self.resolve(a.name) or \
+                    tuple(g.spec(b2).shape) != tuple(sb.shape) or asp_dtype(n.outs[0]) != dt:
                 raise UnsupportedOpError("matmuls of one region must share their activation and shapes")
         weights_t = {self.resolve(b_.name) for (_, _, b_, _, _) in parts}
         epilogue = [n for n in self.nodes[self.nodes.index(mm) + 1:] if n not in mms and n.name not in weights_t]
@@ -1018,7 +1019,7 @@ class MatmulKernel(_RegionCode):
         tn = divisor_at_most(N, int(p.get("tn", MM_TILE)))
         tk = divisor_at_most(K, int(p.get("tk", MM_TILE)))
         par, par_m, par_e = int(p.get("par", 64)), int(p.get("par_mem", 4)), int(p.get("par_epi", 16))
-        kb = KernelBuilder(f"fused_{self.ri}_{_kname(mm)[2:]}")
+        kb = KernelBuilder(f"fused_{self.ri}_{kernel_name(mm)[2:]}")
         inputs, views, streams, params = [], [], [], []
         batch = (bt,) if bt is not None else ()
         pa = kb.param(dt, batch + (M, K))
@@ -1030,11 +1031,11 @@ class MatmulKernel(_RegionCode):
             # (banked over par_buf PMUs) and streamed again for every column block of B; without
             # it A is re-read N / tn times and a large square GEMM is bound by HBM, not compute
             pbuf = int(p.get("par_buf", 16))
-            (xa,) = kb.op(f"load({pa}, tile={_list(lead + [tm, tk])}, par={par_m})")
+            (xa,) = kb.op(f"load({pa}, tile={asp_list(lead + [tm, tk])}, par={par_m})")
             (xa,) = kb.op(f"bufferize({xa}, rank=1, par={pbuf})")
             (xa,) = kb.op(f"streamify({xa}, repeat={N // tn}, par={pbuf})")
         else:
-            call = f"load({pa}, tile={_list(lead + [tm, tk])}"
+            call = f"load({pa}, tile={asp_list(lead + [tm, tk])}"
             if n_kept:
                 call += f", repeat={N // tn}, at={off + (1 if m_kept else 0)}"
             (xa,) = kb.op(call + f", par={par_m})")
@@ -1045,7 +1046,7 @@ class MatmulKernel(_RegionCode):
             # transposing each tile
             b_src, trans = b.name, False
             src_node = next((x for x in g.nodes if x.name == self.resolve(b.name)), None)
-            if src_node is not None and _base(src_node.target) in ("permute", "t", "transpose") and \
+            if src_node is not None and aten_name(src_node.target) in ("permute", "t", "transpose") and \
                     _transposed_last(src_node, g):
                 src_shape = tuple(g.spec(src_node.args[0]).shape)
                 # [.., N, K] read in place as [batch, N, K] (a K cache [B, H, L, D] as [B * H, L, D])
@@ -1053,17 +1054,17 @@ class MatmulKernel(_RegionCode):
                         (bt is not None or len(src_shape) == 2):
                     b_src, trans = src_node.args[0].name, True
             if trans:
-                pb = kb.param(_dt(g.spec(b_src)), batch + (N, K))
+                pb = kb.param(asp_dtype(g.spec(b_src)), batch + (N, K))
                 inputs.append(b_src)
                 views.append(batch + (N, K))
-                call = f"load({pb}, tile={_list(lead + [tn, tk])}"
+                call = f"load({pb}, tile={asp_list(lead + [tn, tk])}"
             else:
                 pb = kb.param(dt, batch + (K, N))
                 inputs.append(b.name)
                 views.append(batch + (K, N))
-                call = f"load({pb}, tile={_list(lead + [tk, tn])}"
+                call = f"load({pb}, tile={asp_list(lead + [tk, tn])}"
                 if tk < K and n_kept:
-                    call += f", order={_list(([0] if off else []) + [off + 1, off])}"
+                    call += f", order={asp_list(([0] if off else []) + [off + 1, off])}"
             b_rank = int(n_kept) + int(tk < K)
             if m_kept and b_rank and int(p.get("hold", 0)) >= 2:
                 # all of B (per batch) held on chip too and streamed again for every row block of A:
@@ -1081,14 +1082,14 @@ class MatmulKernel(_RegionCode):
             par_g = max(1, par // len(mms))   # the copies share the region's PCUs
             if tk < K:
                 mac = kb.fn(["acc", "x", "y"], f"acc + {prod}")
-                (c,) = kb.op(f"accum({xas[gi]}, {xb}, rank=1, init=zeros({_list([tm, tn])}), fn={mac}, par={par_g})")
+                (c,) = kb.op(f"accum({xas[gi]}, {xb}, rank=1, init=zeros({asp_list([tm, tn])}), fn={mac}, par={par_g})")
             else:
                 f = kb.fn(["x", "y"], prod)
                 (c,) = kb.op(f"map({xas[gi]}, {xb}, fn={f}, par={par_g})")
             streams.append(c)
             cname = "c" if len(mms) == 1 else f"c{gi}"
             params.append(cname)
-            cexprs.append(cname if alpha == 1 else f"{cname} * {_lit(alpha)}")
+            cexprs.append(cname if alpha == 1 else f"{cname} * {asp_literal(alpha)}")
 
         def operand(ref: Ref) -> str:
             name = self.resolve(ref.name)
@@ -1097,14 +1098,14 @@ class MatmulKernel(_RegionCode):
             spec = g.spec(ref.name)
             shape = row_view(tuple(spec.shape))   # [.., S, N] operands as their [rows, N] view
             if shape[0] == M:
-                pn_ = kb.param(_dt(spec), (M, shape[1]))
+                pn_ = kb.param(asp_dtype(spec), (M, shape[1]))
                 tile = [tm, tn if shape[1] == N else 1]
-                (s,) = kb.op(f"load({pn_}, tile={_list(tile)}, par={par_m})")
+                (s,) = kb.op(f"load({pn_}, tile={asp_list(tile)}, par={par_m})")
                 views.append((M, shape[1]))
             else:
-                pn_ = kb.param(_dt(spec), (1, shape[1]))
+                pn_ = kb.param(asp_dtype(spec), (1, shape[1]))
                 tile = [1, tn if shape[1] == N else 1]
-                c_ = f"load({pn_}, tile={_list(tile)}"
+                c_ = f"load({pn_}, tile={asp_list(tile)}"
                 if m_kept:
                     c_ += f", repeat={M // tm}, at=0"
                 (s,) = kb.op(c_ + f", par={par_m})")
@@ -1121,13 +1122,13 @@ class MatmulKernel(_RegionCode):
         for n, (bias, _, _, _, beta), cexpr in zip(mms, parts, cexprs):
             if isinstance(bias, Ref):
                 bv = operand(bias)
-                bdt = _dt(g.spec(bias))
+                bdt = asp_dtype(g.spec(bias))
                 cexpr = f"{cexpr} + {bv if bdt == 'f32' else f'cast({bv}, f32)'}" + \
-                    (f" * {_lit(beta)}" if beta != 1 else "")
-            self.expr[n.name] = self.let(_fin(cexpr, "f32", dt))
+                    (f" * {asp_literal(beta)}" if beta != 1 else "")
+            self.expr[n.name] = self.let(cast_expr(cexpr, "f32", dt))
         for node in epilogue:
-            ops, fexpr, odt = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
-            xs = [operand(Ref(o.value)) if o.kind == "tensor" else _lit(o.value) for o in ops]
+            ops, fexpr, odt = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
+            xs = [operand(Ref(o.value)) if o.kind == "tensor" else asp_literal(o.value) for o in ops]
             self.expr[node.name] = self.let(fexpr(xs))
         results = [n.outs[0] for n in self.nodes if (n in mms or n in epilogue) and self.used_outside(n.outs[0].name)]
         names = [self.expr[o.name] for o in results]
@@ -1137,7 +1138,7 @@ class MatmulKernel(_RegionCode):
             f = kb.fn(params, names[0] if len(names) == 1 else "(" + ", ".join(names) + ")", self.lets)
             outs = kb.op(f"map({', '.join(streams)}, fn={f}, par={par_e})", len(results))
         for s, o in zip(outs, results):
-            oname = kb.result(_dt(o), batch + (M, N))
+            oname = kb.result(asp_dtype(o), batch + (M, N))
             kb.do(f"store({oname}, {s}, par={par_m})")
         comment = "fused matmul region: " + ", ".join(n.target for n in self.nodes)
         return OpKernel(self.nodes[-1].name, "fused.matmul", kb.text(comment), inputs, views,
@@ -1172,7 +1173,7 @@ def _attention_matches(graph: AtenGraph) -> list[_Attention]:
     _, constants = _const_and_alias_steps(graph)
     found = []
     for node in sem:
-        if _base(node.target) != "bmm":
+        if aten_name(node.target) != "bmm":
             continue
         try:
             m = _match_attention(graph, node, sem_index, by_name, consumers, outputs, constants)
@@ -1208,7 +1209,7 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
     def gqa(v, path):
         """(source, group): an expand of an unsqueezed [.., 1, S, D] to [.., G, S, D] shares K/V heads."""
         n = node_of(v)
-        if n is None or _base(n.target) != "expand" or is_noop_expand(n, graph):
+        if n is None or aten_name(n.target) != "expand" or is_noop_expand(n, graph):
             return v, 1, None
         src_shape = graph.spec(n.args[0]).shape
         out_shape = n.outs[0].shape
@@ -1223,7 +1224,7 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
     nodes: list[AtenNode] = [bmm2]
     p = back(bmm2.args[0].name, chain)
     soft = node_of(p)
-    if soft is None or _base(soft.target) != "_softmax" or not _last_dim(soft, graph, soft.args[1]) or \
+    if soft is None or aten_name(soft.target) != "_softmax" or not _last_dim(soft, graph, soft.args[1]) or \
             (len(soft.args) > 2 and soft.args[2]):
         return None
     chain.append(soft.name)
@@ -1233,7 +1234,7 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
     x = back(soft.args[0].name, path)
     while True:
         n = node_of(x)
-        base = _base(n.target) if n is not None else ""
+        base = aten_name(n.target) if n is not None else ""
         if n is None or n.name in constants or tuple(n.outs[0].shape) != tuple(graph.spec(soft.args[0]).shape):
             break
         if base in ("mul", "div") and len(n.args) == 2 and isinstance(n.args[0], Ref) and \
@@ -1246,7 +1247,7 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
             fill = n.args[1]
             if isinstance(fill, Ref):
                 fnode = node_of(fill.name)
-                if fnode is None or _base(fnode.target) != "scalar_tensor":
+                if fnode is None or aten_name(fnode.target) != "scalar_tensor":
                     return None
                 fill = fnode.args[0]
             if not isinstance(fill, (int, float)):
@@ -1276,17 +1277,17 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
                 return None  # only a mask shared by every batch and head
     first = node_of(x)
     mode, q, k, s, group_k = "scores", None, None, x, 1
-    if first is not None and _base(first.target) == "bmm" and len(first.args) == 2:
+    if first is not None and aten_name(first.target) == "bmm" and len(first.args) == 2:
         kpath: list[str] = []
         qv = back(first.args[0].name, [])
         kt = back(first.args[1].name, kpath)
         pn = node_of(kt)
-        if pn is not None and _base(pn.target) in ("permute", "transpose", "t"):
+        if pn is not None and aten_name(pn.target) in ("permute", "transpose", "t"):
             rank = len(pn.outs[0].shape)
-            if _base(pn.target) == "permute":
+            if aten_name(pn.target) == "permute":
                 dims = [d % rank for d in pn.args[1]]
                 ok = dims == list(range(rank - 2)) + [rank - 1, rank - 2]
-            elif _base(pn.target) == "transpose":
+            elif aten_name(pn.target) == "transpose":
                 ok = sorted(d % rank for d in pn.args[1:3]) == [rank - 2, rank - 1]
             else:
                 ok = rank == 2
@@ -1329,7 +1330,7 @@ def _match_attention(graph, bmm2, sem_index, by_name, consumers, outputs, consta
                 math.prod(vs[:-2]) != BHq or group_v != 1:
             return None
         D = 0
-    dts = {_dt(graph.spec(x_)) for x_ in ([q, k] if mode == "qk" else [s]) + [v]} | {_dt(bmm2.outs[0])}
+    dts = {asp_dtype(graph.spec(x_)) for x_ in ([q, k] if mode == "qk" else [s]) + [v]} | {asp_dtype(bmm2.outs[0])}
     if len(dts) != 1 or dts - {"f32", "bf16", "f16"}:
         return None
     if any(n.name not in sem_index for n in nodes):
@@ -1356,7 +1357,7 @@ class AttentionKernel(_RegionCode):
         bk = divisor_at_most(Sk, int(p.get("tk", 128)))    # keys per block
         par, par_m, par_b = int(p.get("par", 128)), int(p.get("par_mem", 4)), int(p.get("par_buf", 8))
         kv_buf = bool(p.get("kv_buf", 1))
-        dt = _dt(att.out.outs[0])
+        dt = asp_dtype(att.out.outs[0])
         kb = KernelBuilder(f"fused_{self.ri}_attention")
         sizes = {"BH": BH, "SQ": G * Sq, "SK": Sk, "DV": Dv, "BQ": bq, "BK": bk}
         if att.mode == "qk":
@@ -1408,10 +1409,10 @@ class AttentionKernel(_RegionCode):
         cur = self.let(s if dt == "f32" else f"cast({s}, f32)", "s")
         for op in att.ops:
             if op[0] == "scale":
-                cur = self.let(f"{cur} * {_lit(op[1])}", "s")
+                cur = self.let(f"{cur} * {asp_literal(op[1])}", "s")
                 continue
             mspec = g.spec(op[1])
-            pm = kb.param(_dt(mspec), ("SM" if G > 1 else "SQ", "SK"))
+            pm = kb.param(asp_dtype(mspec), ("SM" if G > 1 else "SQ", "SK"))
             inputs.append(op[1])
             views.append((Sq, Sk))
             heads = f"BH * {G}" if G > 1 else "BH"
@@ -1428,9 +1429,9 @@ class AttentionKernel(_RegionCode):
             mt = f"mt{len(params)}"
             params.append(mt)
             if op[0] == "fill":
-                cur = self.let(f"where({mt}, {_lit(op[2])}, {cur})", "s")
+                cur = self.let(f"where({mt}, {asp_literal(op[2])}, {cur})", "s")
             else:
-                cur = self.let(f"{cur} + {mt if _dt(mspec) == 'f32' else f'cast({mt}, f32)'}", "s")
+                cur = self.let(f"{cur} + {mt if asp_dtype(mspec) == 'f32' else f'cast({mt}, f32)'}", "s")
         # m starts at a finite floor, not -inf: a row whose blocks so far are all masked (max -inf) keeps
         # m = floor and gets p = exp(-inf) = 0, c = 1, never exp(-inf - -inf) = NaN; a row masked whole
         # ends with 0 / 0 = NaN, as softmax gives
@@ -1443,7 +1444,7 @@ class AttentionKernel(_RegionCode):
         fin = kb.fn(["acc"], ratio if dt == "f32" else f"cast({ratio}, {dt})")
         kb.n += 1
         acc = f"acc{kb.n}"
-        kb.body.append(f"  _, {acc} = accum({', '.join(streams)}, rank=1, init=(full([BQ, 1], {_lit(M_FLOOR)}), "
+        kb.body.append(f"  _, {acc} = accum({', '.join(streams)}, rank=1, init=(full([BQ, 1], {asp_literal(M_FLOOR)}), "
                        f"zeros([BQ, DV + 1])), fn={step}, par={par})")
         (os_,) = kb.op(f"map({acc}, fn={fin}, par={min(16, par)})")
         oname = kb.result(dt, ("BH", "SQ", "DV"))
@@ -1509,7 +1510,7 @@ class _Walk:
         n = self.node(self.back(v.name, []))
         if n is None:
             return False
-        base = _base(n.target)
+        base = aten_name(n.target)
         if base in ("zeros", "zeros_like", "new_zeros"):
             return True
         fill = {"full": 1, "full_like": 1, "new_full": 2, "scalar_tensor": 0}.get(base)
@@ -1523,16 +1524,16 @@ def _moe_nonzeros(w: _Walk, gates: str, T: int, E: int) -> int | None:
     n = w.node(w.back(gates, []))
     if n is None:
         return None
-    base = _base(n.target)
+    base = aten_name(n.target)
     if base == "where" and len(n.args) == 3 and isinstance(n.args[0], Ref) and w.is_zero(n.args[2]):
         cond = w.node(w.back(n.args[0].name, []))
-        if cond is None or _base(cond.target) != "eq" or len(cond.args) != 2 or \
+        if cond is None or aten_name(cond.target) != "eq" or len(cond.args) != 2 or \
                 not all(isinstance(a, Ref) for a in cond.args):
             return None
         for a, b in (cond.args, cond.args[::-1]):
             ar = w.node(w.back(b.name, []))
             # a column of one index per token against E distinct expert ids: one True per row at most
-            if ar is not None and _base(ar.target) == "arange" and b.name in w.constants and \
+            if ar is not None and aten_name(ar.target) == "arange" and b.name in w.constants and \
                     math.prod(w.g.spec(b).shape) == E and tuple(w.g.spec(a).shape)[-2:] == (T, 1) and \
                     math.prod(w.g.spec(a).shape) == T:
                 return 1
@@ -1552,7 +1553,7 @@ def _moe_matches(graph: AtenGraph) -> list[_Moe]:
     w = _Walk(graph)
     found = []
     for node in sem:
-        if _base(node.target) != "sum":
+        if aten_name(node.target) != "sum":
             continue
         try:
             m = _match_moe(w, node, sem_index)
@@ -1574,7 +1575,7 @@ def _match_moe(w: _Walk, s: AtenNode, sem_index: dict) -> _Moe | None:
     E, T, N = src.shape
     chain: list[str] = []               # values only the region may read
     mul = w.node(w.back(s.args[0].name, chain))
-    if mul is None or _base(mul.target) != "mul" or len(mul.args) != 2 or \
+    if mul is None or aten_name(mul.target) != "mul" or len(mul.args) != 2 or \
             not all(isinstance(a, Ref) for a in mul.args):
         return None
     chain.append(mul.name)
@@ -1586,9 +1587,9 @@ def _match_moe(w: _Walk, s: AtenNode, sem_index: dict) -> _Moe | None:
             continue
         gpath: list[str] = []
         pn = w.node(w.back(a.name, gpath))
-        if pn is None or _base(pn.target) not in ("permute", "t", "transpose") or len(pn.outs[0].shape) != 2:
+        if pn is None or aten_name(pn.target) not in ("permute", "t", "transpose") or len(pn.outs[0].shape) != 2:
             continue
-        if _base(pn.target) == "permute" and [d % 2 for d in pn.args[1]] != [1, 0]:
+        if aten_name(pn.target) == "permute" and [d % 2 for d in pn.args[1]] != [1, 0]:
             continue
         if tuple(g.spec(pn.args[0]).shape) != (T, E):
             continue
@@ -1617,7 +1618,7 @@ def _match_moe(w: _Walk, s: AtenNode, sem_index: dict) -> _Moe | None:
         v = w.back(n.refs()[0].name, chain)
     post.reverse()
     down = w.node(v)
-    if down is None or _base(down.target) != "bmm" or len(down.args) != 2 or \
+    if down is None or aten_name(down.target) != "bmm" or len(down.args) != 2 or \
             not all(isinstance(a, Ref) for a in down.args):
         return None
     chain.append(down.name)
@@ -1650,9 +1651,9 @@ def _match_moe(w: _Walk, s: AtenNode, sem_index: dict) -> _Moe | None:
         seen.add(n.name)
         chain.append(n.name)
         nodes.append(n)
-        if _base(n.target) == "bmm" and len(n.args) == 2 and all(isinstance(a, Ref) for a in n.args):
+        if aten_name(n.target) == "bmm" and len(n.args) == 2 and all(isinstance(a, Ref) for a in n.args):
             xe = w.node(w.back(n.args[0].name, chain))
-            if xe is None or _base(xe.target) != "expand" or is_noop_expand(xe, g) or \
+            if xe is None or aten_name(xe.target) != "expand" or is_noop_expand(xe, g) or \
                     not isinstance(xe.args[0], Ref):
                 return False
             tin = tuple(g.spec(xe.args[0]).shape)
@@ -1679,7 +1680,7 @@ def _match_moe(w: _Walk, s: AtenNode, sem_index: dict) -> _Moe | None:
         return None
     x = tokens.pop()
     D = g.spec(up[0][0].args[0]).shape[-1]
-    if any(_dt(g.spec(v_)) != "f32" for v_ in [gates, x, w_down] + [wt for _, wt in up]) or _dt(s.outs[0]) != "f32":
+    if any(asp_dtype(g.spec(v_)) != "f32" for v_ in [gates, x, w_down] + [wt for _, wt in up]) or asp_dtype(s.outs[0]) != "f32":
         return None  # the routed kernel computes in f32 throughout, as the dense graph does
     inside = set(chain) | {n.name for n in nodes}
     if not w.exclusive(chain, inside) or any(n.name not in sem_index for n in nodes):
@@ -1725,7 +1726,7 @@ class MoeKernel(_RegionCode):
         # experts adds them in), padded with zero-gate experts; and their gates
         route = kb.fn(["g"], "(i, take(g, i, axis=1))", [
             ("r", "cast(iota([1, E], axis=1), f32)"),
-            ("key", f"where(abs(g) > 0.0, 0.0 - r, {_lit(-float(E))} - r)"),
+            ("key", f"where(abs(g) > 0.0, 0.0 - r, {asp_literal(-float(E))} - r)"),
             ("i", f"argtopk(key, k={k}, axis=1)")])
         (gs,) = kb.op(f"load({param(moe.gates, ('T', 'E'), (T, E))}, tile=[1, E], par={par_m})")
         idx, gv = kb.op(f"map({gs}, fn={route}, par={par_s})", 2)
@@ -1752,8 +1753,8 @@ class MoeKernel(_RegionCode):
             self.expr[node.name] = self.let(f"matmul(xt, a{j})", "u")
 
         def operands(node: AtenNode) -> list[str]:
-            ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(_base(node.target)))
-            return fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor" else _lit(o.value) for o in ops])
+            ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
+            return fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor" else asp_literal(o.value) for o in ops])
 
         for node in moe.hidden:
             self.expr[node.name] = self.let(operands(node), "h")
@@ -1815,10 +1816,10 @@ LAYER_TILE_CAP = 256   # tm / tn of a plan with several matmul regions (see tune
 def mm_check_elements(region: Region, graph: AtenGraph, idx: "_GraphIndex") -> int | None:
     """The elements of A, B and C a matmul region's tiles need at their smallest check sizes (each
     tiled axis 3 tiles long, or as long as at the task's own sizes), or None if it has no matmul."""
-    mm = next((idx.sem[i] for i in region.nodes if _base(idx.sem[i].target) in ("mm", "addmm", "bmm")), None)
+    mm = next((idx.sem[i] for i in region.nodes if aten_name(idx.sem[i].target) in ("mm", "addmm", "bmm")), None)
     if mm is None:
         return None
-    a, b = (mm.args[1], mm.args[2]) if _base(mm.target) == "addmm" else (mm.args[0], mm.args[1])
+    a, b = (mm.args[1], mm.args[2]) if aten_name(mm.target) == "addmm" else (mm.args[0], mm.args[1])
     sa, sb = graph.spec(a).shape, graph.spec(b).shape
     M, K, N = sa[-2], sa[-1], sb[-1]
     bt = min(sa[0], 4) if len(sa) == 3 else 1    # a batch axis of tile 1 shrinks to the sidecar's few
@@ -2043,7 +2044,7 @@ def common_partition(graphs: list[AtenGraph], attention: bool = True, moe: bool 
         out.append(r)
     final: list[Region] = []
     for r in out:
-        if r.template == "matmul" and not any(_base(sem[i].target) in ("mm", "addmm", "bmm") for i in r.nodes):
+        if r.template == "matmul" and not any(aten_name(sem[i].target) in ("mm", "addmm", "bmm") for i in r.nodes):
             final.extend(Region("single", [i]) for i in r.nodes)
         elif r.template == "row" and len(r.nodes) == 1 and row_kind(sem[r.nodes[0]], graphs[0]) == "expand":
             final.append(Region("single", list(r.nodes)))
@@ -2067,8 +2068,8 @@ def _shared_activation(regions: list[Region], graphs: list[AtenGraph]) -> list[R
         views.append((semantic_nodes(g), fixed, g))
 
     def key(r: Region, sem, fixed, g):
-        mms = [sem[i] for i in r.nodes if _base(sem[i].target) in ("mm", "addmm", "bmm")]
-        if r.template != "matmul" or not mms or any(_base(n.target) == "bmm" for n in mms):
+        mms = [sem[i] for i in r.nodes if aten_name(sem[i].target) in ("mm", "addmm", "bmm")]
+        if r.template != "matmul" or not mms or any(aten_name(n.target) == "bmm" for n in mms):
             return None
         _, a, b, _, _ = _mm_parts(mms[0])
         v = a.name

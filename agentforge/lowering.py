@@ -68,7 +68,8 @@ CONST_TARGETS = {"full", "zeros", "ones", "arange", "scalar_tensor", "full_like"
                  "ones_like", "empty", "empty_like", "new_zeros", "new_ones", "new_full", "empty_strided"}
 
 
-def _dt(spec: TensorSpec) -> str:
+def asp_dtype(spec: TensorSpec) -> str:
+    """The ASP element type of a captured tensor (f32, bf16, i32, ...); unsupported dtypes are refused."""
     dt = ASP_DTYPE.get(spec.dtype)
     if dt is None:
         raise UnsupportedOpError(f"not supported: tensors of dtype {spec.dtype} ('{spec.name}')")
@@ -91,7 +92,9 @@ def divisor_at_most(n: int, cap: int) -> int:
     return best
 
 
-def _lit(v: Any) -> str:
+def asp_literal(v: Any) -> str:
+    """A Python scalar as ASP source: bools as 1/0, ints as written, floats by repr (nan, inf; negatives
+    parenthesised so they can follow an operator)."""
     if isinstance(v, bool):
         return "1" if v else "0"
     if isinstance(v, int):
@@ -154,7 +157,8 @@ class KernelBuilder:
         return asp_lang.format_kernel(asp_lang.parse("\n".join(lines) + "\n", f"{self.name}.asp"))
 
 
-def _list(xs) -> str:
+def asp_list(xs) -> str:
+    """A list literal in ASP source (tile shapes, axis orders): ``[a, b, c]``."""
     return "[" + ", ".join(map(str, xs)) + "]"
 
 
@@ -225,19 +229,19 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     streams, args, inputs, views = [], [], [], []
     for op in operands:
         if op.kind == "scalar":
-            args.append(_lit(op.value))
+            args.append(asp_literal(op.value))
             continue
         spec = op.spec
         p = padded(op)
-        pname = kb.param(_dt(spec), p)
+        pname = kb.param(asp_dtype(spec), p)
         inputs.append(op.value)
         views.append(p)
         tile = [out_tile[a] if p[a] == shape[a] else 1 for a in range(k)]
         own_kept = [a for a in range(k) if tile[a] != p[a]]
-        call = f"load({pname}, tile={_list(tile)}"
+        call = f"load({pname}, tile={asp_list(tile)}"
         order = [own_kept.index(a) for a in trav if a in own_kept]
         if order != sorted(order):
-            call += f", order={_list(order)}"
+            call += f", order={asp_list(order)}"
         if op is held:
             (s,) = kb.op(call + ", par=4)")
             for a in inner:
@@ -249,7 +253,7 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
                     repeats.append(grid[a])
                     ats.append(j)
             if repeats:
-                call += f", repeat={_list(repeats)}, at={_list(ats)}"
+                call += f", repeat={asp_list(repeats)}, at={asp_list(ats)}"
             (s,) = kb.op(call + ", par=4)")
         streams.append(s)
         args.append(f"x{len(streams) - 1}")
@@ -257,15 +261,15 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     body = expr(args)
     elem = [tr, tq] if k >= 2 else [tq]
     if any(_bcast_operand(op, shape) for op in operands):
-        body = f"broadcast({body}, {_list(elem)})"
-    odt = out_dtype or _dt(out)
+        body = f"broadcast({body}, {asp_list(elem)})"
+    odt = out_dtype or asp_dtype(out)
     fname = kb.fn(params, body)
     if not streams:
         raise UnsupportedOpError(f"not supported: {name} with only scalar operands")
     (res,) = kb.op(f"map({', '.join(streams)}, fn={fname}, par=8)")
     oname = kb.result(odt, shape)
     store_order = [kept.index(a) for a in trav]
-    kb.do(f"store({oname}, {res}" + (f", order={_list(store_order)}" if trav != kept else "") + ", par=4)")
+    kb.do(f"store({oname}, {res}" + (f", order={asp_list(store_order)}" if trav != kept else "") + ", par=4)")
     return kb.text(comment), inputs, views
 
 
@@ -319,7 +323,7 @@ def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     shape, views = merge_dims(out.shape or (1,), [o.spec.shape for o in tensors])
     merged = [_Operand(o.kind, o.value, TensorSpec(o.spec.name, v, o.spec.dtype)) if o.kind == "tensor" else o
               for o, v in zip(ops, _interleave(ops, views))]
-    src, inputs, views = elementwise_kernel(_kname(node), TensorSpec(out.name, shape, out.dtype), merged, expr, odt,
+    src, inputs, views = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), merged, expr, odt,
                                             comment=f"{node.target} ({node.name})")
     return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape])
 
@@ -334,7 +338,7 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
     """The operands of an elementwise node and a function from their tile expressions to the
     node's tile expression (shared by the op-by-op lowering and the fusing author)."""
     out = node.outs[0]
-    odt = _dt(out)
+    odt = asp_dtype(out)
     a = node.args
     kw = node.kwargs
     ops: list[_Operand] = []
@@ -344,7 +348,7 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
     def conv(o: _Operand, i: int, x: str, want: str) -> str:
         if o.kind == "scalar":
             return x
-        have = _dt(o.spec)
+        have = asp_dtype(o.spec)
         return x if have == want else f"cast({x}, {want})"
 
     if kind in _UNARY:
@@ -353,13 +357,13 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
 
         def expr(xs):
             want = "bool" if kind in _LOGICAL else cdt
-            return _fin(tmpl.format(_paren(conv(ops[0], 0, xs[0], want))), cdt, odt)
+            return cast_expr(tmpl.format(_paren(conv(ops[0], 0, xs[0], want))), cdt, odt)
     elif kind in ("gelu",):
         ops = [_scalar_or_tensor(graph, a[0])]
         approx = kw.get("approximate", a[1] if len(a) > 1 else "none")
 
         def expr(xs):
-            return _fin(_gelu(_paren(conv(ops[0], 0, xs[0], cdt)), approx), cdt, odt)
+            return cast_expr(_gelu(_paren(conv(ops[0], 0, xs[0], cdt)), approx), cdt, odt)
     elif kind == "elu":
         ops = [_scalar_or_tensor(graph, a[0])]
         alpha = a[1] if len(a) > 1 else kw.get("alpha", 1.0)
@@ -368,7 +372,7 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
 
         def expr(xs):
             x = _paren(conv(ops[0], 0, xs[0], cdt))
-            return _fin(f"{_lit(scale)} * where({x} > 0.0, {x}, {_lit(alpha)} * (exp({x} * {_lit(iscale)}) - 1.0))",
+            return cast_expr(f"{asp_literal(scale)} * where({x} > 0.0, {x}, {asp_literal(alpha)} * (exp({x} * {asp_literal(iscale)}) - 1.0))",
                         cdt, odt)
     elif kind == "leaky_relu":
         ops = [_scalar_or_tensor(graph, a[0])]
@@ -376,7 +380,7 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
 
         def expr(xs):
             x = _paren(conv(ops[0], 0, xs[0], cdt))
-            return _fin(f"where({x} > 0.0, {x}, {x} * {_lit(slope)})", cdt, odt)
+            return cast_expr(f"where({x} > 0.0, {x}, {x} * {asp_literal(slope)})", cdt, odt)
     elif kind in ("clamp", "hardtanh"):
         ops = [_scalar_or_tensor(graph, a[0])]
         lo = a[1] if len(a) > 1 else kw.get("min", kw.get("min_val"))
@@ -388,10 +392,10 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
         def expr(xs):
             x = conv(ops[0], 0, xs[0], cdt)
             if lo is not None:
-                x = f"maximum({x}, {_lit(lo)})"
+                x = f"maximum({x}, {asp_literal(lo)})"
             if hi is not None:
-                x = f"minimum({x}, {_lit(hi)})"
-            return _fin(x, cdt, odt)
+                x = f"minimum({x}, {asp_literal(hi)})"
+            return cast_expr(x, cdt, odt)
     elif kind in _BINARY:
         ops = [_scalar_or_tensor(graph, a[0]), _scalar_or_tensor(graph, a[1])]
         alpha = kw.get("alpha", a[2] if len(a) > 2 and kind in ("add", "sub") else None)
@@ -400,7 +404,7 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
         sym = _BINARY[kind]
         if kind in _COMPARE:
             specs = [o.spec for o in ops if o.kind == "tensor"]
-            dts = {_dt(s) for s in specs}
+            dts = {asp_dtype(s) for s in specs}
             want = "f32" if any(d in ("f32", "bf16", "f16") for d in dts) and len(dts) > 1 else next(iter(dts))
             if any(o.kind == "scalar" and isinstance(o.value, float) for o in ops) and want == "i32":
                 want = "f32"
@@ -413,13 +417,13 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
             x0 = conv(ops[0], 0, xs[0], want)
             x1 = conv(ops[1], 1, xs[1], want)
             if ops[0].kind == "scalar" and isinstance(ops[0].value, bool) and want != "bool":
-                x0 = _lit(int(ops[0].value))
+                x0 = asp_literal(int(ops[0].value))
             if ops[1].kind == "scalar" and isinstance(ops[1].value, bool) and want != "bool":
-                x1 = _lit(int(ops[1].value))
+                x1 = asp_literal(int(ops[1].value))
             if want == "i32" and kind == "div":
                 x0, x1 = f"cast({x0}, f32)", f"cast({x1}, f32)"
             if alpha is not None and alpha != 1:
-                x1 = f"{_paren(x1)} * {_lit(alpha)}"
+                x1 = f"{_paren(x1)} * {asp_literal(alpha)}"
             if sym in ("maximum", "minimum"):
                 e = f"{sym}({x0}, {x1})"
             elif kind == "pow" and ops[1].kind == "scalar" and ops[1].value == 2:
@@ -430,7 +434,7 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
                 e = f"{_paren(x0)} {sym} {_paren(x1)}"
             if kind in _COMPARE or kind in _LOGICAL:
                 return e
-            return _fin(e, want if not (want == "i32" and kind == "div") else "f32", odt)
+            return cast_expr(e, want if not (want == "i32" and kind == "div") else "f32", odt)
     elif kind == "where":
         ops = [_scalar_or_tensor(graph, a[0]), _scalar_or_tensor(graph, a[1]), _scalar_or_tensor(graph, a[2])]
 
@@ -462,11 +466,13 @@ def _paren(x: str) -> str:
     return x if simple else f"({x})"
 
 
-def _fin(e: str, have: str, want: str) -> str:
+def cast_expr(e: str, have: str, want: str) -> str:
+    """ASP expression ``e`` (of element type ``have``) as type ``want``: a cast only where they differ."""
     return e if have == want else f"cast({e}, {want})"
 
 
-def _kname(node: AtenNode) -> str:
+def kernel_name(node: AtenNode) -> str:
+    """The ASP kernel name for a graph node: ``k_`` and its name with non-alphanumerics as ``_``."""
     return "k_" + "".join(c if c.isalnum() else "_" for c in node.name)
 
 
@@ -508,10 +514,10 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     rank = len(x.shape)
     dl = _norm_dims(dims, rank)
     A, B, C = _abc(x.shape, dl, node)
-    xdt = _dt(x)
+    xdt = asp_dtype(x)
     outs = node.outs
-    kb = KernelBuilder(_kname(node))
-    odt0 = _dt(outs[0])
+    kb = KernelBuilder(kernel_name(node))
+    odt0 = asp_dtype(outs[0])
     cdt = "f32" if xdt in ("bf16", "f16") else xdt
     if kind in ("sum", "mean") and xdt != odt0 and odt0 not in ("bf16", "f16"):
         cdt = odt0  # e.g. summing bools counts them in i32
@@ -522,7 +528,7 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         tb = divisor_at_most(B, ROW_CAP)
         ta = divisor_at_most(A, max(1, TILE_CAP // tb))
         p = kb.param(xdt, view)
-        (s,) = kb.op(f"load({p}, tile={_list([ta, tb])}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={asp_list([ta, tb])}, par=4)")
         ax, init_shape = 1, [ta, 1]
     else:
         view = (A, B, C)
@@ -532,9 +538,9 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         p = kb.param(xdt, view)
         kept = [i for i, (n, t) in enumerate(zip(view, (1, tb, tc))) if n != t]
         order = [kept.index(i) for i in (0, 2, 1) if i in kept]  # the reduced axis innermost
-        call = f"load({p}, tile={_list([1, tb, tc])}"
+        call = f"load({p}, tile={asp_list([1, tb, tc])}"
         if order != sorted(order):
-            call += f", order={_list(order)}"
+            call += f", order={asp_list(order)}"
         (s,) = kb.op(call + ", par=4)")
         ax, init_shape = 0, [1, tc]
         ta = None
@@ -548,17 +554,17 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
             f = kb.fn(["t"], rexpr)
             (r,) = kb.op(f"map({s}, fn={f}, par=8)")
         else:
-            init = "zeros(" + _list(init_shape) + (f", dtype={cdt})" if cdt != "f32" else ")") if red == "sum" else \
-                f"full({_list(init_shape)}, {_RED_INIT[kind] if kind in _RED_INIT else '-inf'}" + \
+            init = "zeros(" + asp_list(init_shape) + (f", dtype={cdt})" if cdt != "f32" else ")") if red == "sum" else \
+                f"full({asp_list(init_shape)}, {_RED_INIT[kind] if kind in _RED_INIT else '-inf'}" + \
                 (f", dtype={cdt})" if cdt != "f32" else ")")
             f = kb.fn(["acc", "t"], combine.format(r=rexpr))
             (r,) = kb.op(f"accum({s}, rank=1, init={init}, fn={f}, par=8)")
         final = "v"
         if kind == "mean":
-            final = f"v / {_lit(float(B))}"
-        odt = _dt(outs[0])
+            final = f"v / {asp_literal(float(B))}"
+        odt = asp_dtype(outs[0])
         if final != "v" or cdt != odt:
-            g = kb.fn(["v"], _fin(final, cdt, odt))
+            g = kb.fn(["v"], cast_expr(final, cdt, odt))
             (r,) = kb.op(f"map({r}, fn={g})")
         results.append((r, odt))
         if kind in ("max", "min") and len(outs) > 1:
@@ -574,10 +580,10 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
             raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
         corr = node.kwargs.get("correction", 1)
         corr = 1 if corr is None else corr
-        f = kb.fn(["t"], _fin(f"sum(d * d, axis={ax}) / {_lit(float(B - corr))}", cdt, _dt(outs[0])),
+        f = kb.fn(["t"], cast_expr(f"sum(d * d, axis={ax}) / {asp_literal(float(B - corr))}", cdt, asp_dtype(outs[0])),
                   [("u", f"mean({xin}, axis={ax})"), ("d", f"{xin} - u")])
         (r,) = kb.op(f"map({s}, fn={f}, par=8)")
-        results.append((r, _dt(outs[0])))
+        results.append((r, asp_dtype(outs[0])))
     out_view = (A, 1) if C == 1 else (A, 1, C)
     for r, odt in results:
         o = kb.result(odt, out_view)
@@ -590,8 +596,8 @@ def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
     x = graph.spec(node.args[0])
     dim = node.args[1] % max(1, len(x.shape)) if x.shape else 0
     A, B, C = _abc(x.shape, [dim], node)
-    xdt, odt = _dt(x), _dt(node.outs[0])
-    kb = KernelBuilder(_kname(node))
+    xdt, odt = asp_dtype(x), asp_dtype(node.outs[0])
+    kb = KernelBuilder(kernel_name(node))
     xin = "t" if xdt == "f32" else "cast(t, f32)"
     if C == 1:
         tb = divisor_at_most(B, ROW_CAP)
@@ -605,21 +611,21 @@ def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
         tb = B
     p = kb.param(xdt, view)
     if tb == B:
-        (s,) = kb.op(f"load({p}, tile={_list(tile)}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={asp_list(tile)}, par=4)")
         res = "z - log(sum(exp(z), axis=%d))" % ax if log else "e / sum(e, axis=%d)" % ax
-        f = kb.fn(["t"], _fin(res, "f32", odt), [("z", f"{xin} - max({xin}, axis={ax})"), ("e", "exp(z)")])
+        f = kb.fn(["t"], cast_expr(res, "f32", odt), [("z", f"{xin} - max({xin}, axis={ax})"), ("e", "exp(z)")])
         (r,) = kb.op(f"map({s}, fn={f}, par=8)")
     else:
         # the row does not fit one tile: an online pass for (max, sum), then a second read
-        (s1,) = kb.op(f"load({p}, tile={_list(tile)}, par=4)")
+        (s1,) = kb.op(f"load({p}, tile={asp_list(tile)}, par=4)")
         on = kb.fn(["m", "l", "t"], f"(m2, l * exp(m - m2) + sum(exp({xin} - m2), axis={ax}))",
                    [("m2", f"maximum(m, max({xin}, axis={ax}))")])
-        m, l_ = kb.op(f"accum({s1}, rank=1, init=(full({_list(st)}, -inf), zeros({_list(st)})), fn={on}, par=8)", 2)
-        (s2,) = kb.op(f"load({p}, tile={_list(tile)}, par=4)")
+        m, l_ = kb.op(f"accum({s1}, rank=1, init=(full({asp_list(st)}, -inf), zeros({asp_list(st)})), fn={on}, par=8)", 2)
+        (s2,) = kb.op(f"load({p}, tile={asp_list(tile)}, par=4)")
         (mr,) = kb.op(f"repeat({m}, {B // tb})")
         (lr,) = kb.op(f"repeat({l_}, {B // tb})")
         res = f"{xin} - m - log(l)" if log else f"exp({xin} - m) / l"
-        f = kb.fn(["t", "m", "l"], _fin(res, "f32", odt))
+        f = kb.fn(["t", "m", "l"], cast_expr(res, "f32", odt))
         (r,) = kb.op(f"map({s2}, {mr}, {lr}, fn={f}, par=8)")
     o = kb.result(odt, view)
     kb.do(f"store({o}, {r}, par=4)")
@@ -637,17 +643,17 @@ def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
     A = x.numel // B
     if B > ROW_CAP:
         raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
-    xdt = _dt(x)
-    kb = KernelBuilder(_kname(node))
+    xdt = asp_dtype(x)
+    kb = KernelBuilder(kernel_name(node))
     ta = divisor_at_most(A, max(1, TILE_CAP // B))
     p = kb.param(xdt, (A, B))
-    (s,) = kb.op(f"load({p}, tile={_list([ta, B])}, par=4)")
+    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])}, par=4)")
     streams, params, inputs, views = [s], ["t"], [x.name], [(A, B)]
     for ref, nm in ((w, "g"), (b, "c")):
         if isinstance(ref, Ref):
             spec = graph.spec(ref)
-            q = kb.param(_dt(spec), (1, B))
-            (wr,) = kb.op(f"load({q}, tile={_list([1, B])})")
+            q = kb.param(asp_dtype(spec), (1, B))
+            (wr,) = kb.op(f"load({q}, tile={asp_list([1, B])})")
             if A // ta > 1:
                 (wr,) = kb.op(f"repeat({wr}, {A // ta})")
             streams.append(wr)
@@ -657,13 +663,13 @@ def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
     xin = "t" if xdt == "f32" else "cast(t, f32)"
     y = "d * r"
     if "g" in params:
-        y += " * " + ("g" if _dt(graph.spec(w)) == "f32" else "cast(g, f32)")
+        y += " * " + ("g" if asp_dtype(graph.spec(w)) == "f32" else "cast(g, f32)")
     if "c" in params:
-        y += " + " + ("c" if _dt(graph.spec(b)) == "f32" else "cast(c, f32)")
-    odts = [_dt(o) for o in node.outs]
-    f = kb.fn(params, f"({_fin(y, 'f32', odts[0])}, {_fin('u', 'f32', odts[1])}, {_fin('r', 'f32', odts[2])})",
+        y += " + " + ("c" if asp_dtype(graph.spec(b)) == "f32" else "cast(c, f32)")
+    odts = [asp_dtype(o) for o in node.outs]
+    f = kb.fn(params, f"({cast_expr(y, 'f32', odts[0])}, {cast_expr('u', 'f32', odts[1])}, {cast_expr('r', 'f32', odts[2])})",
               [("u", f"mean({xin}, axis=1)"), ("d", f"{xin} - u"),
-               ("r", f"rsqrt(mean(d * d, axis=1) + {_lit(float(eps))})")])
+               ("r", f"rsqrt(mean(d * d, axis=1) + {asp_literal(float(eps))})")])
     ys, us, rs = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)", 3)
     outs = []
     for st, od, view in ((ys, odts[0], (A, B)), (us, odts[1], (A, 1)), (rs, odts[2], (A, 1))):
@@ -692,14 +698,14 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     else:
         (M, K), N = sa.shape, sb.shape[1]
         bt = None
-    dt = _dt(out)
-    if _dt(sa) != dt or _dt(sb) != dt:
+    dt = asp_dtype(out)
+    if asp_dtype(sa) != dt or asp_dtype(sb) != dt:
         raise UnsupportedOpError(f"not supported: {node.target} with mixed dtypes")
     # [256, 512] output blocks (a 512 KiB f32 accumulator, one PMU): each operand tile read from
     # HBM feeds 2 x 256 x 512 x 128 flops, enough to keep ~960 PCUs' systolic arrays busy at f32
     # without HBM becoming the bound (128 x 128 blocks re-read the operands 4x as often)
     tm, tn, tk = divisor_at_most(M, MM_BLOCK_M), divisor_at_most(N, MM_BLOCK_N), divisor_at_most(K, MM_TILE)
-    kb = KernelBuilder(_kname(node))
+    kb = KernelBuilder(kernel_name(node))
     pa = kb.param(dt, sa.shape)
     pb = kb.param(dt, sb.shape)
     inputs, views = [sa.name, sb.name], [sa.shape, sb.shape]
@@ -707,24 +713,24 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     # A: [(B,) M/tm, K/tk] -> insert N/tn before K ; B: [(B,) K/tk, N/tn] -> order (B, N, K), insert M/tm
     off = 1 if (bt and bt > 1) else 0
     m_kept, n_kept, k_kept = tm < M, tn < N, tk < K
-    a_call = f"load({pa}, tile={_list(lead + [tm, tk])}"
+    a_call = f"load({pa}, tile={asp_list(lead + [tm, tk])}"
     if n_kept:
         a_call += f", repeat={N // tn}, at={off + (1 if m_kept else 0)}"
     (xa,) = kb.op(a_call + ", par=4)")
-    b_call = f"load({pb}, tile={_list(lead + [tk, tn])}"
+    b_call = f"load({pb}, tile={asp_list(lead + [tk, tn])}"
     if k_kept and n_kept:
-        b_call += f", order={_list(([0] if off else []) + [off + 1, off])}"
+        b_call += f", order={asp_list(([0] if off else []) + [off + 1, off])}"
     if m_kept:
         b_call += f", repeat={M // tm}, at={off}"
     (xb,) = kb.op(b_call + ", par=4)")
-    zero = f"zeros({_list([tm, tn])}" + (f", dtype={dt})" if dt != "f32" else ")")
+    zero = f"zeros({asp_list([tm, tn])}" + (f", dtype={dt})" if dt != "f32" else ")")
     if dt == "f32":
         mac = kb.fn(["acc", "x", "y"], "acc + matmul(x, y)")
         acc_init = zero
     else:
         # 16-bit operands: the systolic array accumulates in f32
         mac = kb.fn(["acc", "x", "y"], "acc + cast(matmul(x, y), f32)")
-        acc_init = f"zeros({_list([tm, tn])})"
+        acc_init = f"zeros({asp_list([tm, tn])})"
     if k_kept:
         (c,) = kb.op(f"accum({xa}, {xb}, rank=1, init={acc_init}, fn={mac}, par=16)")
     else:
@@ -734,27 +740,27 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     if isinstance(bias, Ref):
         bs = graph.spec(bias)
         if len(bs.shape) == 1 or (len(bs.shape) == 2 and bs.shape[0] == 1):
-            pbias = kb.param(_dt(bs), (1, N))
+            pbias = kb.param(asp_dtype(bs), (1, N))
             views.append((1, N))
-            call = f"load({pbias}, tile={_list([1, tn])}"
+            call = f"load({pbias}, tile={asp_list([1, tn])}"
             if m_kept:
                 call += f", repeat={M // tm}, at=0"
             (bb,) = kb.op(call + ")")
         else:
-            pbias = kb.param(_dt(bs), (M, N))
+            pbias = kb.param(asp_dtype(bs), (M, N))
             views.append((M, N))
-            (bb,) = kb.op(f"load({pbias}, tile={_list([tm, tn])})")
+            (bb,) = kb.op(f"load({pbias}, tile={asp_list([tm, tn])})")
         inputs.append(bs.name)
         streams.append(bb)
         params.append("b")
     expr = "c"
     if alpha != 1:
-        expr = f"c * {_lit(alpha)}"
+        expr = f"c * {asp_literal(alpha)}"
     if "b" in params:
-        bexpr = "b" if _dt(graph.spec(bias)) == "f32" else "cast(b, f32)"
-        expr = f"{expr} + {bexpr}" + (f" * {_lit(beta)}" if beta != 1 else "")
+        bexpr = "b" if asp_dtype(graph.spec(bias)) == "f32" else "cast(b, f32)"
+        expr = f"{expr} + {bexpr}" + (f" * {asp_literal(beta)}" if beta != 1 else "")
     if expr != "c" or dt != "f32":
-        f = kb.fn(params, _fin(expr, "f32", dt))
+        f = kb.fn(params, cast_expr(expr, "f32", dt))
         (c,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
     o = kb.result(dt, out.shape)
     kb.do(f"store({o}, {c}, par=4)")
@@ -779,8 +785,8 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     # moving only size-1 axes is a relabelling
     if [a for a in perm if x.shape[a] != 1] == [a for a in range(k) if x.shape[a] != 1]:
         return Alias(node.name, node.target, x.name, out.name)
-    dt = _dt(x)
-    kb = KernelBuilder(_kname(node))
+    dt = asp_dtype(x)
+    kb = KernelBuilder(kernel_name(node))
     p = kb.param(dt, x.shape)
     tile = [1] * k
     reshape = None
@@ -809,13 +815,13 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     in_kept = [a for a in range(k) if tile[a] != x.shape[a]]
     out_kept = [j for j in range(k) if out_tile[j] != out.shape[j]]
     order = [in_kept.index(perm[j]) for j in out_kept]
-    call = f"load({p}, tile={_list(tile)}" + (f", order={_list(order)}" if order != sorted(order) else "") + ", par=4)"
+    call = f"load({p}, tile={asp_list(tile)}" + (f", order={asp_list(order)}" if order != sorted(order) else "") + ", par=4)"
     (s,) = kb.op(call)
     if swap:
         f = kb.fn(["t"], "transpose(t)")
         (s,) = kb.op(f"map({s}, fn={f}, par=8)")
     elif reshape is not None and _squeezed(tile) != reshape:
-        f = kb.fn(["t"], f"reshape(t, {_list(reshape)})")
+        f = kb.fn(["t"], f"reshape(t, {asp_list(reshape)})")
         (s,) = kb.op(f"map({s}, fn={f}, par=8)")
     o = kb.result(dt, out.shape)
     kb.do(f"store({o}, {s}, par=4)")
@@ -853,15 +859,15 @@ def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_le
         raise UnsupportedOpError(f"not supported: {node.target} along a dimension of {longest} elements")
     ta = divisor_at_most(A, max(1, TILE_CAP // (longest * tc)))
     axis = 0 if ta == 1 else 1
-    kb = KernelBuilder(_kname(node))
+    kb = KernelBuilder(kernel_name(node))
     streams, params, inputs, views = [], [], [], []
     for i, r in enumerate(refs):
         spec = graph.spec(r)
         a_, s_, c_ = _block(spec.shape, dim) if spec.shape else (1, 1, 1)
         if a_ != A or c_ != C:
             raise UnsupportedOpError(f"not supported: {node.target} with operands of different outer sizes")
-        p = kb.param(_dt(spec), (A, s_, c_))
-        (s,) = kb.op(f"load({p}, tile={_list([ta, s_, tc])}, par=4)")
+        p = kb.param(asp_dtype(spec), (A, s_, c_))
+        (s,) = kb.op(f"load({p}, tile={asp_list([ta, s_, tc])}, par=4)")
         streams.append(s)
         params.append(f"x{i}")
         inputs.append(spec.name)
@@ -869,7 +875,7 @@ def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_le
     f = kb.fn(params, body(axis, params), list(lets))
     (r,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
     view = (A, out_len, C)
-    o = kb.result(_dt(out), view)
+    o = kb.result(asp_dtype(out), view)
     kb.do(f"store({o}, {r}, par=4)")
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
                     [out.name], [view])
@@ -916,10 +922,10 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         return _block_kernel(node, graph, [a[0]], dims[0], x.shape[dims[0]], lambda ax, ps: f"flip({ps[0]}, axis={ax})")
     if kind == "cumsum":
         dim = a[1] % rank
-        odt = _dt(node.outs[0])
+        odt = asp_dtype(node.outs[0])
 
         def body(ax, ps):
-            v = ps[0] if _dt(x) == odt else f"cast({ps[0]}, {odt})"
+            v = ps[0] if asp_dtype(x) == odt else f"cast({ps[0]}, {odt})"
             return f"cumsum({v}, axis={ax})"
         return _block_kernel(node, graph, [a[0]], dim, x.shape[dim], body)
     if kind in ("gather", "index_select", "scatter"):
@@ -936,7 +942,7 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         if isinstance(src, Ref):
             return _block_kernel(node, graph, [a[0], idx, src], dim, S,
                                  lambda ax, ps: f"put({ps[0]}, {ps[1]}, {ps[2]}, axis={ax})")
-        return _block_kernel(node, graph, [a[0], idx], dim, S, lambda ax, ps: f"put({ps[0]}, {ps[1]}, {_lit(src)}, axis={ax})")
+        return _block_kernel(node, graph, [a[0], idx], dim, S, lambda ax, ps: f"put({ps[0]}, {ps[1]}, {asp_literal(src)}, axis={ax})")
     raise UnsupportedOpError(f"not supported: {node.target}")
 
 
@@ -951,19 +957,19 @@ def lower_index_select(node: AtenNode, graph: AtenGraph, embedding: bool = False
     tc = divisor_at_most(C, max(1, TILE_CAP // max(S, n)))
     if max(S, n) * tc > BLOCK_CAP:
         raise UnsupportedOpError(f"not supported: {node.target} along a dimension of {S} elements")
-    kb = KernelBuilder(_kname(node))
-    px = kb.param(_dt(x), (A, S, C))
+    kb = KernelBuilder(kernel_name(node))
+    px = kb.param(asp_dtype(x), (A, S, C))
     pi = kb.param("i32", (n, 1))
-    (sx,) = kb.op(f"load({px}, tile={_list([1, S, tc])}, par=4)")
+    (sx,) = kb.op(f"load({px}, tile={asp_list([1, S, tc])}, par=4)")
     kept = ([A] if A > 1 else []) + ([C // tc] if tc < C else [])
-    call = f"load({pi}, tile={_list([n, 1])}"
+    call = f"load({pi}, tile={asp_list([n, 1])}"
     if kept:
-        call += f", repeat={_list(kept)}, at={_list(list(range(len(kept))))}"
+        call += f", repeat={asp_list(kept)}, at={asp_list(list(range(len(kept))))}"
     (si,) = kb.op(call + ")")
-    f = kb.fn(["t", "i"], f"take(t, broadcast(i, {_list([n, tc])}), axis=0)")
+    f = kb.fn(["t", "i"], f"take(t, broadcast(i, {asp_list([n, tc])}), axis=0)")
     (r,) = kb.op(f"map({sx}, {si}, fn={f}, par=8)")
     out = node.outs[0]
-    o = kb.result(_dt(out), (A, n, C))
+    o = kb.result(asp_dtype(out), (A, n, C))
     kb.do(f"store({o}, {r}, par=4)")
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name, idx.name],
                     [(A, S, C), (n, 1)], [out.name], [(A, n, C)])
@@ -979,11 +985,11 @@ def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
     A, B = x.numel // x.shape[-1], x.shape[-1]
     if B > ROW_CAP:
         raise UnsupportedOpError(f"not supported: {node.target} over {B} elements")
-    kb = KernelBuilder(_kname(node))
-    dt = _dt(x)
+    kb = KernelBuilder(kernel_name(node))
+    dt = asp_dtype(x)
     ta = divisor_at_most(A, max(1, TILE_CAP // B))
     p = kb.param(dt, (A, B))
-    (s,) = kb.op(f"load({p}, tile={_list([ta, B])}, par=4)")
+    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])}, par=4)")
     if largest:
         f = kb.fn(["t"], f"(topk(t, k={k}, axis=1), argtopk(t, k={k}, axis=1))")
     else:
@@ -999,13 +1005,14 @@ def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
 
 # ------------------------------------------------------------------ dispatch
 
-_ELEMENTWISE = set(_UNARY) | set(_BINARY) | {"gelu", "elu", "leaky_relu", "clamp", "hardtanh", "where",
+#: ATen op names that the baseline lowers as one elementwise map (and that fuse into row regions)
+ELEMENTWISE_OPS = set(_UNARY) | set(_BINARY) | {"gelu", "elu", "leaky_relu", "clamp", "hardtanh", "where",
                                              "masked_fill", "_to_copy", "expand"}
 
 
 def is_noop_expand(node: AtenNode, graph: AtenGraph) -> bool:
     """An expand to the shape its operand already has relabels memory; it copies nothing."""
-    return _base(node.target) == "expand" and isinstance(node.args[0], Ref) and \
+    return aten_name(node.target) == "expand" and isinstance(node.args[0], Ref) and \
         tuple(graph.spec(node.args[0]).shape) == tuple(node.outs[0].shape)
 
 
@@ -1013,14 +1020,20 @@ def elementwise_kind(base: str) -> str:
     return "cast" if base == "_to_copy" else base
 
 
-def _base(target: str) -> str:
+def aten_name(target: str) -> str:
+    """The ATen op name of a target without namespace and overload: "aten.add.Tensor" -> "add"
+    (unlike capture.op_kind, view-like ops are not folded together)."""
     parts = target.split(".")
     return parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
 
 
+# verify.py still imports the old private name; kept until its owner switches to aten_name
+_base = aten_name
+
+
 def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
     """The baseline step for one node (``constants``: graph values known ahead of time)."""
-    base = _base(node.target)
+    base = aten_name(node.target)
     refs = [r.name for r in node.refs()]
     if base in CONST_TARGETS or (refs and all(r in constants for r in refs)) or (not refs and base != "getitem"):
         return Const(node.name, node.target)
@@ -1049,7 +1062,7 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_index_select(node, graph)
     if base == "embedding":
         return lower_index_select(node, graph, embedding=True)
-    if base in _ELEMENTWISE:
+    if base in ELEMENTWISE_OPS:
         if base == "_to_copy" and node.kwargs.get("dtype") is None:
             return Alias(node.name, node.target, refs[0], node.name)
         return lower_elementwise(node, graph, elementwise_kind(base))

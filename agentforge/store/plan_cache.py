@@ -311,7 +311,7 @@ def _describe(nodes: list[int], template: str, sem: list, graph: "AtenGraph", ro
     """One region's descriptor (see :class:`Structure`)."""
     from agentforge.author import row_kind, total_kind
     from agentforge.capture import _is_reduction, _reduced_dims, _ref_specs, op_kind
-    from agentforge.lowering import _ELEMENTWISE, _base
+    from agentforge.lowering import ELEMENTWISE_OPS, aten_name
 
     members = [sem[i] for i in nodes]
     inside = {o.name for n in members for o in n.outs} | {n.name for n in members}
@@ -336,7 +336,7 @@ def _describe(nodes: list[int], template: str, sem: list, graph: "AtenGraph", ro
         return found
 
     for n in members:
-        base, kind = _base(n.target), op_kind(n.target)
+        base, kind = aten_name(n.target), op_kind(n.target)
         if template == "matmul":
             if base in ("permute", "t", "transpose"):
                 push("transpose_b")
@@ -346,7 +346,7 @@ def _describe(nodes: list[int], template: str, sem: list, graph: "AtenGraph", ro
                 push("mm")
                 push("ew", {_operand_class(tuple(graph.spec(n.args[0]).shape), tuple(n.outs[0].shape))})
             else:
-                push("ew" if base in _ELEMENTWISE else kind, outside(n))
+                push("ew" if base in ELEMENTWISE_OPS else kind, outside(n))
             continue
         if template == "row":
             rk = row_kind(n, graph)
@@ -357,7 +357,7 @@ def _describe(nodes: list[int], template: str, sem: list, graph: "AtenGraph", ro
             else:
                 push(str(rk))
             continue
-        token = "ew" if base in _ELEMENTWISE and base != "expand" else kind
+        token = "ew" if base in ELEMENTWISE_OPS and base != "expand" else kind
         if token != "ew" and _is_reduction(n):
             token += "@" + ",".join(str(d) for d in _reduced_dims(n, _ref_specs(graph._spec_table, n)))
         push(token, outside(n) if token == "ew" else set())
