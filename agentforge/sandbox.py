@@ -20,13 +20,10 @@ for is a ``sandbox`` result saying why: foreign task code never runs unconfined.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
-import pickle
 import queue
 import select
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -36,10 +33,9 @@ import traceback
 from pathlib import Path
 
 from .errors import AgentforgeError
+from .framing import recv, recv_json, send, send_json
 from .verify import Evaluation, VerifyConfig
 
-_HEADER = struct.Struct("!Q")
-MAX_REPLY_BYTES = 64 << 20          # a worker's answer is a few KiB; more is a broken or hostile worker
 SCRATCH_FILE_BYTES = 256 << 20      # RLIMIT_FSIZE of a confined worker: it may fill its scratch this far
 
 
@@ -56,52 +52,6 @@ def _vm_bytes() -> int:
     except OSError:
         pass
     return 0
-
-
-def _send(stream, obj) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _read_exact(stream, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = stream.read(n - len(buf))
-        if not chunk:
-            raise EOFError("the worker closed its output")
-        buf += chunk
-    return buf
-
-
-def _recv(stream):
-    (n,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
-    return pickle.loads(_read_exact(stream, n))
-
-
-def _jsonable(o):
-    if hasattr(o, "item"):           # numpy / torch scalars
-        return o.item()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
-
-
-def _send_json(stream, obj) -> None:
-    data = json.dumps(obj, default=_jsonable).encode()
-    stream.write(_HEADER.pack(len(data)) + data)
-    stream.flush()
-
-
-def _recv_json(stream) -> dict:
-    """A worker's answer: JSON, never pickle (the worker may have run hostile code), size-capped."""
-    (n,) = _HEADER.unpack(_read_exact(stream, _HEADER.size))
-    if n > MAX_REPLY_BYTES:
-        raise EOFError(f"the worker sent a {n}-byte answer (more than {MAX_REPLY_BYTES})")
-    d = json.loads(_read_exact(stream, n))
-    if not isinstance(d, dict):
-        raise EOFError("the worker's answer is not a JSON object")
-    return d
 
 
 # ------------------------------------------------------------------ confinement (Linux Landlock)
@@ -216,13 +166,13 @@ def worker_main(memory_mb: int, threads: int, scratch: str | None = None) -> Non
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             how = confine(scratch)
         except (SandboxError, OSError, ValueError) as e:
-            _send_json(out, {"__error__": "sandbox", "message": str(e)})
+            send_json(out, {"__error__": "sandbox", "message": str(e)})
             return
-        _send_json(out, {"ready": how})
+        send_json(out, {"ready": how})
     tasks = {}
     while True:
         try:
-            req = _recv(inp)
+            req = recv(inp)
         except EOFError:
             return
         if req is None:
@@ -238,12 +188,12 @@ def worker_main(memory_mb: int, threads: int, scratch: str | None = None) -> Non
             reply = ev.to_dict()
             if isinstance(req, dict):
                 reply = {"evaluation": reply, **(_inspect(tasks[task_path], candidate, cfg) if ev.verified else {})}
-            _send_json(out, reply)
+            send_json(out, reply)
         except MemoryError:
-            _send_json(out, {"__error__": "memory",
+            send_json(out, {"__error__": "memory",
                              "message": f"the evaluation exceeded its {memory_mb} MiB memory cap"})
         except BaseException as e:  # noqa: BLE001 - any failure of the candidate is a result
-            _send_json(out, {"__error__": "crash", "message": f"{type(e).__name__}: {e}",
+            send_json(out, {"__error__": "crash", "message": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=12)})
 
 
@@ -296,7 +246,7 @@ class Evaluator:
         if self.confine:
             try:
                 ready, _, _ = select.select([self._proc.stdout], [], [], 120)
-                hello = _recv_json(self._proc.stdout) if ready else {"__error__": "sandbox", "message":
+                hello = recv_json(self._proc.stdout) if ready else {"__error__": "sandbox", "message":
                                                                      "the confined worker did not start in 120 s"}
             except (EOFError, OSError, ValueError) as e:
                 hello = {"__error__": "sandbox", "message": f"the confined worker did not start ({e})"}
@@ -330,13 +280,13 @@ class Evaluator:
             except SandboxError as e:
                 return None, _failed(name, candidate, "sandbox", str(e), time.perf_counter() - t0, self.cfg)
         try:
-            _send(self._proc.stdin, request)
+            send(self._proc.stdin, request)
             ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
             if not ready:
                 self._kill()
                 return None, _failed(name, candidate, "timeout", f"the evaluation took longer than {timeout:g} s "
                                      "and was killed", time.perf_counter() - t0, self.cfg)
-            d = _recv_json(self._proc.stdout)
+            d = recv_json(self._proc.stdout)
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError, ValueError):
             code = None
             if self._proc is not None:
@@ -390,7 +340,7 @@ class Evaluator:
     def close(self) -> None:
         if self._proc is not None and self._proc.poll() is None and not self.confine:   # a confined one is killed
             try:
-                _send(self._proc.stdin, None)
+                send(self._proc.stdin, None)
                 self._proc.wait(5)
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 pass

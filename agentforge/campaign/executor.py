@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..framing import frame, take_frames, write_all
+
 Message = tuple[dict, str, dict]   # (job, "event" | "result", data)
 
 
@@ -40,35 +42,6 @@ class _Slot:
     job: dict | None = None
     started: float = 0.0
     buf: bytearray = field(default_factory=bytearray)   # bytes read from the worker, not yet a whole frame
-
-
-def _send_all(stream: Any, obj: Any) -> None:
-    """One frame to an unbuffered pipe: raw writes may be partial, so loop until all is written."""
-    import pickle
-
-    from ..sandbox import _HEADER
-
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_HEADER.pack(len(data)) + data)
-    while view:
-        n = stream.write(view)
-        view = view[n or 0:]
-
-
-def _frames(buf: bytearray) -> list[Any]:
-    """Take every complete frame (8-byte length + pickle, as agentforge.sandbox writes them) off ``buf``."""
-    import pickle
-
-    from ..sandbox import _HEADER
-
-    out = []
-    while len(buf) >= _HEADER.size:
-        (n,) = _HEADER.unpack(bytes(buf[:_HEADER.size]))
-        if len(buf) < _HEADER.size + n:
-            break
-        out.append(pickle.loads(bytes(buf[_HEADER.size:_HEADER.size + n])))
-        del buf[:_HEADER.size + n]
-    return out
 
 
 class LocalExecutor:
@@ -102,11 +75,11 @@ class LocalExecutor:
             self._start(slot)
         slot.job, slot.started = job, time.monotonic()
         try:
-            _send_all(slot.proc.stdin, job)
+            write_all(slot.proc.stdin, frame(job))
         except (BrokenPipeError, OSError):
             self._kill(slot)
             self._start(slot)
-            _send_all(slot.proc.stdin, job)
+            write_all(slot.proc.stdin, frame(job))
 
     def _kill(self, slot: _Slot) -> None:
         if slot.proc is not None:
@@ -149,7 +122,7 @@ class LocalExecutor:
                 if not chunk:
                     raise EOFError("the worker closed its output")
                 s.buf += chunk
-                msgs = _frames(s.buf)
+                msgs = take_frames(s.buf)
             except Exception:  # noqa: BLE001 - a dead worker (or a garbled stream) is a crashed task
                 code = s.proc.poll() if s.proc else None
                 self._kill(s)
@@ -168,7 +141,7 @@ class LocalExecutor:
             if s.proc is not None and s.proc.poll() is None:
                 if s.job is None:
                     try:
-                        _send_all(s.proc.stdin, None)
+                        write_all(s.proc.stdin, frame(None))
                         s.proc.wait(5)
                     except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                         pass

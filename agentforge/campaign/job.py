@@ -7,7 +7,7 @@ returns plain data: the loop's history, the best evaluation, the library entry (
 kernel files) when verified, and the LLM calls made.
 
 The worker process (``python -m agentforge.campaign.job``) reads jobs from stdin and writes
-events and results to stdout, framed like :mod:`agentforge.sandbox`.
+events and results to stdout in :mod:`agentforge.framing`'s frames (the sandbox's format).
 """
 
 from __future__ import annotations
@@ -116,7 +116,6 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
             def evaluate_fn(c: dict):
                 return evaluate(task, c, vcfg, baseline_seconds=ctx.baseline_seconds)
         checkpointer, conn = _checkpointer(job["checkpoint_path"])
-        lock = threading.Lock()
 
         def entry_payload(cand: Any, ev: Any, plan_source: str | None) -> dict:
             llm = job["llm"]
@@ -201,7 +200,7 @@ def _exit_with_parent(interval_s: float = 0.5) -> None:
 
 def worker_main() -> None:
     """The local executor's worker: jobs on stdin, events and results on the real stdout."""
-    from ..sandbox import _recv, _send
+    from ..framing import recv, send
 
     _exit_with_parent()
     out = os.fdopen(os.dup(1), "wb")
@@ -214,18 +213,18 @@ def worker_main() -> None:
 
     def emit(e: dict) -> None:
         with lock:
-            _send(out, {"kind": "event", "data": e})
+            send(out, {"kind": "event", "data": e})
 
     while True:
         try:
-            job = _recv(inp)
+            job = recv(inp)
         except EOFError:
             return
         if job is None:
             return
         res = run_job(job, emit)
         with lock:
-            _send(out, {"kind": "result", "data": res})
+            send(out, {"kind": "result", "data": res})
 
 
 if __name__ == "__main__":
