@@ -36,9 +36,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import AgentforgeError
+
+if TYPE_CHECKING:
+    from .solution import Solution
 
 SCHEMA_VERSION = 1
 FORMAT = "agentforge-library"
@@ -96,9 +99,21 @@ class KernelEntry:
 
     def candidate(self, root: Path) -> dict:
         """The evaluator's candidate dict for this entry (agentforge.verify.evaluate)."""
-        if self.kind == "plan":
-            return {"kind": "plan", "plan": self.plan}
-        return {"kind": "kernel", "source": (root / self.files[0]).read_text(), "filename": self.files[0]}
+        return entry_candidate(self, {f: (root / f).read_text() for f in self.files[:1]} if self.plan is None else {})
+
+    def solution(self, root: Path, machine: Any) -> Solution:
+        """What this entry runs, as a :class:`~agentforge.solution.Solution` on ``machine``."""
+        from .solution import solution
+
+        return solution(self.candidate(root), machine)
+
+
+def entry_candidate(e: KernelEntry, kernels: dict[str, str]) -> dict:
+    """An entry as the evaluator's candidate dict: its plan, or its one kernel file ({name: text})."""
+    if e.kind == "plan":
+        return {"kind": "plan", "plan": e.plan}
+    name, text = next(iter(kernels.items()))
+    return {"kind": "kernel", "source": text, "filename": name}
 
 
 _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
@@ -529,10 +544,7 @@ class _Incoming:
         self.digest = task_digest(task_text, side_text)
 
     def candidate(self, e: KernelEntry) -> dict:
-        if e.kind == "plan":
-            return {"kind": "plan", "plan": e.plan}
-        name, text = next(iter(self.kernels.items()))
-        return {"kind": "kernel", "source": text, "filename": name}
+        return entry_candidate(e, self.kernels)
 
 
 def _read_incoming(root: Path, e: KernelEntry) -> _Incoming:
@@ -571,12 +583,11 @@ def _agreement_problems(e: KernelEntry, ev: Any, info: dict, kernels: dict[str, 
                                  f"not its task's ({sig.get('sized_key')}, {info.get('dtypes')})"))
     if e.own_sizes and info.get("own_sizes") is not None and dict(e.own_sizes) != dict(info["own_sizes"]):
         out.append(("signature", f"own_sizes {e.own_sizes} are not its task's {info['own_sizes']}"))
-    if e.kind == "plan":
-        built = info.get("files") or {}
-        if list(built) != list(kernels) or any(built[n] != kernels[n] for n in built):
-            bad = [n for n in kernels if built.get(n) != kernels[n]] or sorted(set(built) ^ set(kernels))
-            out.append(("content", f"its .asp files ({', '.join(bad)}) are not what its plan builds: a plan entry's "
-                                   f"files must be exactly the plan's kernels at the task's sizes"))
+    built = info.get("files") or {}
+    if list(built) != list(kernels) or any(built[n] != kernels[n] for n in built):
+        bad = [n for n in kernels if built.get(n) != kernels[n]] or sorted(set(built) ^ set(kernels))
+        out.append(("content", f"its .asp files ({', '.join(bad)}) are not what its {e.kind} builds: an entry's "
+                               f"files must be exactly what its {e.kind} builds at the task's sizes"))
     out += [("timing", p) for p in timing_problems(e, ev, rtol)]
     return out
 
@@ -623,25 +634,17 @@ __all__ = ["Library", "KernelEntry", "Provenance", "LibraryError", "SCHEMA_VERSI
            "entry_id", "op_name", "dispatch_key"]
 
 
-def solution_files(kind: str, source: str | None, plan: dict | None, task: Any, machine: Any) -> dict[str, str]:
-    """The ASP text of a verified answer at the task's own sizes, {file name: text} in execution
-    order: the kernel itself, or the chain of kernels a fusion plan realizes."""
-    if kind == "kernel":
-        return {"kernel.asp": source or ""}
-    from .author import Plan, realize
-    from .baseline import capture_at
-
-    chain = realize(Plan.from_dict(plan or {}), capture_at(task, meta=True), machine)
-    return {f"{i:03d}_{k.node}.asp": k.source for i, k in enumerate(chain.kernels)}
-
-
-def build_entry(task: Any, kind: str, source: str | None, plan: dict | None, evaluation: Any, signature: Any,
-                provenance: Provenance, machine: Any) -> tuple[KernelEntry, dict[str, str], dict[str, str]]:
-    """A library entry for a verified answer, with its kernel files and its task's files."""
+def build_entry(task: Any, sol: Solution, evaluation: Any, signature: Any,
+                provenance: Provenance) -> tuple[KernelEntry, dict[str, str], dict[str, str]]:
+    """A library entry for a verified answer, with its kernel files (what ``sol`` runs at the
+    task's own sizes, in execution order) and its task's files."""
     if not evaluation.verified:
         raise LibraryError(f"{task.name}: only verified kernels enter a library")
+    from .baseline import capture_at
+
     op = op_name(task.name)
-    names = solution_files(kind, source, plan, task, machine)
+    names = sol.files(capture_at(task, meta=True))
+    kind, plan = sol.kind, sol.plan_record
     sig = {"key": signature.key(), "class_key": signature.class_key(), "sized_key": signature.sized_key()}
     dtypes = list(signature.input_dtypes)
     eid = entry_id(op, sig["sized_key"], dtypes, names, plan)
@@ -714,5 +717,5 @@ def _verify_row(e: KernelEntry, ev: Any, problems: list[str], rtol: float = TIME
             "timing_matches": now is not None and abs(now - e.simulated_seconds) <= rtol * abs(now)}
 
 
-__all__ += ["build_entry", "solution_files", "verify_library", "read_inside", "task_digest", "timing_problems",
+__all__ += ["build_entry", "entry_candidate", "verify_library", "read_inside", "task_digest", "timing_problems",
             "TIME_RTOL"]

@@ -368,7 +368,7 @@ def build_graph(ctx: TaskContext, planner: Planner, workers: list[Worker], refle
         short = _budget_short(workers, k)
         if short:
             return None, f"improvement rounds: stopped at {speed:.2f}x, {short}"
-        if best.get("candidate") is None or best["candidate"].get("kind") != "kernel":
+        if not (best.get("candidate") or {}).get("source"):   # rounds refine a kernel's text
             return None, None
         return ({"active": True, "round": rnd + 1, "before": speed, "base": best["candidate"].get("source") or "",
                  "feedback": best["feedback"], "plan_no": best.get("plan_no")},
@@ -444,7 +444,7 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
         notes.extend(n for n in getattr(getattr(role, "client", None), "notes", []) or [] if n not in notes)
     if best_ev is not None and best_ev.verified and best_cand is not None and not replayed:
         followed = _followed_plan(best, final.get("plans", []))
-        cacheable = best_cand.plan if best_cand.kind == "plan" else followed
+        cacheable = best_cand.plan or followed
         if plan_cache is not None and cacheable:
             # the plan that led to the verified kernel (the offline author's candidate is the plan
             # itself; an LLM worker's kernel followed the planner's or reflector's plan)
@@ -466,8 +466,7 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
                 notes.append(f"plan cache: storing the verified plan failed: {type(e).__name__}: {e}")
         if experience is not None:
             try:
-                experience.add(task.name, ctx.signature, best_cand.kind,
-                               best_cand.source if best_cand.kind == "kernel" else best_cand.plan, best_ev)
+                experience.add(task.name, ctx.signature, best_cand.kind, best_cand, best_ev)
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
                 notes.append(f"experience library: adding the verified candidate failed: {type(e).__name__}: {e}")
     if best_ev is not None and best_ev.verified and (best_ev.speedup or 0.0) < 1.0:
@@ -513,11 +512,11 @@ def _baseline_result(ctx: TaskContext, evaluate_fn: Callable[[dict], Evaluation]
     """The op-by-op chain as a verified result: a plan of one region per op, each with the
     parallelism the baseline's timing chose (so it times as the baseline does)."""
     from .author import semantic_nodes
-    from .baseline import build_baseline
+    from .solution import baseline_solution
 
     try:
         plan = baseline_plan(ctx.graph_own).to_dict()
-        rows = {r["node"]: r.get("par") for r in build_baseline(ctx.graph_own, ctx.machine).time().kernels}
+        rows = {r["node"]: r.get("par") for r in baseline_solution(ctx.machine).time(ctx.graph_own).kernels}
         sem = semantic_nodes(ctx.graph_own)
         for r in plan["regions"]:
             par = rows.get(sem[r["nodes"][0]].name)

@@ -33,18 +33,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import asp_lang
 from asp_lang import AspError
 from asp_lang.timing import EmulatorError
 
-from .baseline import Baseline, build_baseline, capture_at, to_numpy, to_torch
-from .binding import BindingError, bind
+from .baseline import capture_at, to_numpy
+from .binding import BindingError
 from .capture import AtenGraph, capture, io_bytes
 from .errors import AgentforgeError
-from .lowering import OpKernel, UnsupportedOpError
+from .lowering import UnsupportedOpError
+from .solution import KernelSolution, baseline_solution, solution
 from .tasks import Task, instantiate, load_task, make_inputs
 
 SCHEMA_VERSION = 1
@@ -233,32 +233,6 @@ class Uncheckable(Exception):
     """No check sizes within the budget run the candidate's timed configuration."""
 
 
-def _structure(prog: "asp_lang.Program") -> tuple:
-    """What a checked program's configuration is: each operator with its ``par``, and every
-    tiled axis (load/store/gather/scatter) as (operator, axis, tile, tiles along the axis)."""
-    ops = tuple((n.op, n.par) for n in prog.nodes)
-    tiles = []
-    for n in prog.nodes:
-        tl = (n.attrs or {}).get("tiling")
-        if tl is not None:
-            tiles += [(n.index, ax, tl.tile[ax], tl.grid[ax]) for ax in tl.kept]
-    return (ops, tuple(tiles), *_footprint(prog))
-
-
-def _footprint(prog: "asp_lang.Program") -> tuple[float, float]:
-    """What running ``prog`` holds and makes: its largest stream's bytes, and the elements of all
-    its streams (the interpreter caps both: ``Limits.max_array_bytes``, ``max_elements``)."""
-    peak = total = 0.0
-    for t in prog.streams.values():
-        try:
-            n = float(t.count)
-            peak = max(peak, n * float(getattr(t.elem, "nbytes", 0) or 0))
-            total += n * float(math.prod(getattr(t.elem, "shape", ()) or (1,)))
-        except (TypeError, ValueError, AttributeError):
-            continue
-    return peak, total
-
-
 def covers(timed: list[tuple], checked: list[tuple], min_tiles: int = CHECK_MIN_TILES) -> str | None:
     """Why programs ``checked`` (at check sizes) do not exercise the configuration ``timed`` (at
     the task's own sizes), or None when they do: the same kernels and operators with the same
@@ -281,113 +255,6 @@ def covers(timed: list[tuple], checked: list[tuple], min_tiles: int = CHECK_MIN_
 
 def _elements(graph: AtenGraph) -> int:
     return sum(math.prod(s.shape or (1,)) for s in list(graph.inputs) + list(graph.params) + graph.output_specs)
-
-
-class KernelCandidate:
-    """One ASP kernel for the whole task. ``configure`` binds it at the task's own sizes; every
-    later binding (checks, timing) reuses exactly those free sizes (tile sizes)."""
-
-    def __init__(self, source: str, filename: str, machine: asp_lang.Machine):
-        self.source = source
-        self.filename = filename
-        self.machine = machine
-        self.kernel = asp_lang.parse(source, filename)
-        self.fixed: dict[str, int] | None = None
-
-    def _bind(self, graph: AtenGraph):
-        return bind(self.kernel, graph, self.machine, self.filename, self.source, fixed=self.fixed)
-
-    def configure(self, own: AtenGraph) -> list[tuple]:
-        """Bind at the task's own sizes (free sizes halved there if they must be) and fix them."""
-        self.fixed = None
-        binding, prog = self._bind(own)
-        self.fixed = dict(binding.free)
-        return [_structure(prog)]
-
-    def structure(self, graph: AtenGraph) -> list[tuple]:
-        return [_structure(self._bind(graph)[1])]
-
-    def structures(self, graph: AtenGraph) -> list[tuple[bool, tuple]]:
-        """As :meth:`_ChainCandidate.structures`: the kernel is the candidate's own code, never trusted."""
-        return [(False, st) for st in self.structure(graph)]
-
-    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
-        _, prog = self._bind(graph)
-        values = list(inputs) + [graph.param_values[p.name] for p in graph.params]
-        feed = {}
-        for pname, t in zip(prog.params, values):
-            a = to_numpy(t)
-            feed[pname] = (a.astype(np.int32) if a.dtype == np.int64 else a).reshape(prog.tensors[pname].shape)
-        outs = asp_lang.run(prog, feed, limits)
-        return [to_torch(outs[r], spec.dtype).reshape(spec.shape) for r, spec in zip(prog.results, graph.output_specs)]
-
-    def profile(self, graph: AtenGraph) -> asp_lang.Report:
-        _, prog = self._bind(graph)
-        return asp_lang.profile(prog)
-
-
-class _ChainCandidate:
-    """A chain of kernels built afresh for each captured graph (its structure: every kernel's)."""
-
-    machine: asp_lang.Machine
-
-    def chain(self, graph: AtenGraph) -> Baseline:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def configure(self, own: AtenGraph) -> list[tuple]:
-        return [st for trusted, st in self.structures(own) if not trusted]
-
-    def structure(self, graph: AtenGraph) -> list[tuple]:
-        return [st for _, st in self.structures(graph)]
-
-    def structures(self, graph: AtenGraph) -> list[tuple[bool, tuple]]:
-        """Every kernel's structure, each with whether it is a trusted per-op lowering (the
-        baseline's own code, its tiles following each graph as the baseline's do: checked at any
-        sizes it runs at) rather than a kernel held to the tiles it was timed with."""
-        ch = self.chain(graph)
-        return [(self.trusted(s), _structure(ch.program(i, s))) for i, s in enumerate(ch.steps)
-                if isinstance(s, OpKernel)]
-
-    def trusted(self, step: OpKernel) -> bool:
-        return True
-
-    def run(self, graph: AtenGraph, inputs: list[torch.Tensor], limits) -> list[torch.Tensor]:
-        return self.chain(graph).run(inputs, params=graph.param_values, limits=limits)
-
-
-class BaselineCandidate(_ChainCandidate):
-    """The op-by-op chain, lowered afresh for each captured graph."""
-
-    def __init__(self, machine: asp_lang.Machine):
-        self.machine = machine
-        self._chains: dict[tuple, Baseline] = {}
-
-    def chain(self, graph: AtenGraph) -> Baseline:
-        key = tuple((s.name, s.shape, s.dtype) for s in graph.inputs + graph.params)
-        if key not in self._chains:
-            self._chains[key] = build_baseline(graph, self.machine)
-        return self._chains[key]
-
-
-class PlanCandidate(_ChainCandidate):
-    """A fusion plan (agentforge.author): realized as a chain of kernels for each captured graph."""
-
-    def __init__(self, plan: dict, machine: asp_lang.Machine):
-        from .author import Plan
-
-        self.plan = Plan.from_dict(plan)
-        self.machine = machine
-
-    def chain(self, graph: AtenGraph):
-        from .author import realize
-
-        return realize(self.plan, graph, self.machine)
-
-    def trusted(self, step: OpKernel) -> bool:
-        # a plan's one-op regions are the baseline's lowering of that op (only its par is the
-        # plan's, which replicates work and never changes what is computed); its fused kernels
-        # are the plan's own code, held to the tiles they are timed with
-        return not step.target.startswith("fused.")
 
 
 _SETS_CACHE: "dict[tuple, list[dict]]" = {}
@@ -643,7 +510,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
           cfg.check_elements, cfg.min_tiles)
     if ck in _SETS_CACHE:
         return [dict(s) for s in _SETS_CACHE[ck]]
-    if isinstance(cand, KernelCandidate):  # a kernel binds on shapes alone: search on predicted shapes
+    if cand.binds_on_shapes:  # a kernel binds on shapes alone: search on predicted shapes
         model = _shape_model(task)
 
         def predicted(sizes: dict) -> int | None:
@@ -651,7 +518,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
             if shapes is None:
                 return None
             try:
-                got = cand.structure(shapes)
+                got = cand.predicted_structure(shapes)
             except Exception:  # noqa: BLE001 - the binding refuses these sizes
                 return None
             return _cost(_elements(shapes), got) if covers(timed, got, cfg.min_tiles) is None else None
@@ -674,7 +541,7 @@ def _configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
     return [dict(s) for s in sets]
 
 
-def _interface_at_small_sizes(task: Task, cand: KernelCandidate) -> None:
+def _interface_at_small_sizes(task: Task, cand: KernelSolution) -> None:
     """Raise what is wrong with ``cand`` at the task's first small size set whatever its tile sizes
     (a kernel that binds only at the task's own sizes, e.g. with its sizes written as numbers or
     its parameters swapped on a square task): that, not the size budget, is why it is rejected."""
@@ -684,7 +551,7 @@ def _interface_at_small_sizes(task: Task, cand: KernelCandidate) -> None:
     except Exception:  # noqa: BLE001 - the task's own problem is reported elsewhere
         return
     try:
-        bind(cand.kernel, graph, cand.machine, cand.filename, cand.source)
+        cand.check_interface(graph)
     except BindingError as e:
         raise BindingError(f"{e} [at sizes {small}]", getattr(e, "code", "interface")) from None
 
@@ -849,7 +716,7 @@ def baseline_timing(task: Task, machine: asp_lang.Machine) -> tuple[float, float
     key = (task.name, task.source, machine)
     if key not in _BASELINE_CACHE:
         graph = capture_at(task, meta=True)
-        t = build_baseline(graph, machine).time()
+        t = baseline_solution(machine).time(graph)
         roof = max(io_bytes(graph) / (machine.hbm.bandwidth_gbs * 1e9),
                    max((k["seconds"] * k["roofline_fraction"] for k in t.kernels), default=0.0))
         _BASELINE_CACHE[key] = (t.seconds, roof, t.hbm_bytes)
@@ -877,20 +744,10 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
     kind = candidate.get("kind")
     ev = Evaluation(task.name, kind or "?", False, None, machine=machine.name, own_sizes=dict(task.sizes))
     try:
-        if kind == "kernel":
-            src = candidate["source"]
-            ev.kernel_sha256 = hashlib.sha256(src.encode()).hexdigest()
-            cand = KernelCandidate(src, candidate.get("filename", "kernel.asp"), machine)
-        elif kind == "baseline":
-            cand = BaselineCandidate(machine)
-        elif kind == "plan":
-            cand = PlanCandidate(candidate["plan"], machine)
-        else:
-            raise ValueError(f"unknown candidate kind {kind!r}")
-        key = ev.kernel_sha256 if kind == "kernel" else (json.dumps(candidate.get("plan"), sort_keys=True)
-                                                         if kind == "plan" else "baseline")
+        sol = solution(candidate, machine)
+        ev.kernel_sha256 = sol.source_sha256
         try:
-            sets = _configured_sets(task, cand, cfg, key)
+            sets = _configured_sets(task, sol, cfg, sol.key())
         except BindingError as e:
             where = "" if "[at sizes" in str(e) else f" [at the task's own sizes {dict(task.sizes)}]"
             ev.reason, ev.reason_code = f"{e}{where}", _binding_code(e)
@@ -900,9 +757,9 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
             ev.reason, ev.reason_code = str(e), "uncheckable"
             ev.error = {"kind": "Uncheckable", "message": str(e)}
             return ev
-        ev.bound_sizes = dict(getattr(cand, "fixed", None) or {})
+        ev.bound_sizes = sol.bound_sizes
         extra = targeted_distributions(capture_at(task, meta=True))
-        ev.checks = run_checks(task, cand, cfg, sets, extra)
+        ev.checks = run_checks(task, sol, cfg, sets, extra)
         failed = [c for c in ev.checks if not c.passed]
         if failed:
             c = failed[0]
@@ -910,34 +767,11 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
             ev.reason_code = c.code
             return ev
         # timing at the task's own sizes: shapes only
-        if baseline_seconds is None or kind == "baseline":
-            bsec, broof, bhbm = baseline_timing(task, machine)
-            baseline_seconds = baseline_seconds or bsec
-        if kind == "baseline":
-            ev.simulated_seconds = bsec
-            ev.roofline_fraction = min(1.0, broof / bsec)
-            ev.hbm_bytes = bhbm
-            ev.bottleneck = "op-by-op chain"
-        elif kind == "plan":
-            own = capture_at(task, meta=True)
-            t = cand.chain(own).time()
-            ev.simulated_seconds = t.seconds
-            ev.hbm_bytes = t.hbm_bytes
-            roof = max(io_bytes(own) / (machine.hbm.bandwidth_gbs * 1e9),
-                       max((k["seconds"] * k["roofline_fraction"] for k in t.kernels), default=0.0))
-            ev.roofline_fraction = min(1.0, roof / t.seconds)
-            ev.bottleneck = max(t.kernels, key=lambda k: k["seconds"])["bottleneck"] if t.kernels else None
-            ev.profile = {"kernels": [{k: row.get(k) for k in ("node", "target", "seconds", "hbm_bytes",
-                                                               "roofline_fraction", "bottleneck")}
-                                      for row in t.kernels], "reconfigurations": t.reconfigurations}
-        else:
-            rep = cand.profile(capture_at(task, meta=True))
-            ev.simulated_seconds = rep.seconds
-            ev.roofline_fraction = rep.roofline_fraction
-            ev.hbm_bytes = rep.hbm_bytes
-            ev.flops = rep.flops
-            ev.bottleneck = rep.bottleneck
-            ev.profile = profile_summary(rep)
+        if baseline_seconds is None:
+            baseline_seconds = baseline_timing(task, machine)[0]
+        t = sol.time(capture_at(task, meta=True))
+        ev.simulated_seconds, ev.hbm_bytes, ev.flops = t.seconds, t.hbm_bytes, t.flops
+        ev.bottleneck, ev.profile = t.bottleneck, t.profile
         # the task's own roofline bounds every timing; beating it is an emulator bug (raises)
         from .scoring import task_roofline_fraction  # scoring imports this module
         ev.roofline_fraction = task_roofline_fraction(capture_at(task, meta=True), machine, ev.simulated_seconds,
@@ -971,24 +805,6 @@ def _evaluate(task, candidate: dict, cfg: VerifyConfig | None, baseline_seconds:
     finally:
         ev.eval_seconds = time.perf_counter() - t0
     return ev
-
-
-def profile_summary(rep: asp_lang.Report) -> dict:
-    """The parts of a timing report a kernel writer acts on: cycles per section and per operator
-    (with what bounds each), units allocated and used, HBM traffic and the roofline's limit."""
-    per_section: dict[int, float] = {}
-    for o in rep.ops:
-        per_section[o.section] = max(per_section.get(o.section, 0.0), float(o.finish_cycles or o.busy_cycles))
-    return {"cycles": rep.cycles, "sections": rep.sections, "reconfig_cycles": rep.reconfig_cycles,
-            "section_cycles": [per_section[k] for k in sorted(per_section)],
-            "pcu_allocated": rep.pcu_allocated, "pmu_allocated": rep.pmu_allocated,
-            "agcu_allocated": rep.agcu_allocated, "pcu_utilisation": rep.pcu_utilisation,
-            "pmu_utilisation": rep.pmu_utilisation, "sram_bytes": rep.sram_bytes,
-            "hbm_bandwidth_fraction": rep.hbm_bandwidth_fraction, "roofline_limit": rep.roofline_limit,
-            "roofline_seconds": rep.roofline_seconds, "notes": list(rep.notes),
-            "ops": [{"op": o.op, "line": o.line, "busy_cycles": o.busy_cycles, "limit": o.limit, "par": o.par,
-                     "pcus": o.pcus, "pmus": o.pmus, "offchip_bytes": o.offchip_bytes, "section": o.section,
-                     "finish_cycles": o.finish_cycles} for o in rep.ops]}
 
 
 def _out_of_memory(e: BaseException | None) -> bool:

@@ -356,9 +356,9 @@ class LLMWorker(_LLMRole):
 
         from asp_lang import AspError
 
-        from ..binding import BindingError, bind
+        from ..binding import BindingError
         from ..llm.feedback import render_verified
-        from ..verify import KernelCandidate, profile_summary
+        from ..solution import KernelSolution
 
         try:
             args = json.loads(arguments or "{}")
@@ -376,17 +376,18 @@ class LLMWorker(_LLMRole):
         if not isinstance(src, str) or not src.strip():
             return "error: 'source' must be the kernel's text"
         try:
-            kc = KernelCandidate(src, "candidate.asp", ctx.machine)
+            sol = KernelSolution(src, "candidate.asp", ctx.machine)
             if name == "check_kernel":
-                bind(kc.kernel, ctx.graph_own, ctx.machine, "candidate.asp", src)
+                sol.check_interface(ctx.graph_own)
                 return "OK: the kernel parses, checks and binds at the task's own sizes (correctness is checked " \
                        "when you submit it)"
-            rep = kc.profile(ctx.graph_own)
+            timing = sol.time(ctx.graph_own)
+            rep = timing.report
             base = ctx.baseline_seconds
             fb = Feedback(True, None, None, speedup=base / rep.seconds if base and rep.seconds else None,
                           roofline_fraction=rep.roofline_fraction, bottleneck=rep.bottleneck,
                           simulated_seconds=rep.seconds, baseline_seconds=base, hbm_bytes=rep.hbm_bytes,
-                          profile=profile_summary(rep))
+                          profile=timing.profile)
             return render_verified(fb, ctx).replace("VERIFIED:", "TIMED (correctness not checked):", 1)
         except AspError as e:
             return e.render()

@@ -9,12 +9,15 @@ between roles is plain, JSON-serialisable data so it can be persisted, cached an
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from asp_lang import Machine
 
 from ..capture import AtenGraph, Signature
 from ..tasks import Task
+
+if TYPE_CHECKING:
+    from ..solution import Solution
 
 
 @dataclass
@@ -46,6 +49,12 @@ class Candidate:
         if self.kind == "kernel":
             return {"kind": "kernel", "source": self.source or "", "filename": "candidate.asp"}
         return {"kind": "plan", "plan": self.plan}
+
+    def solution(self, machine: Any) -> "Solution":
+        """What this answer runs, as a :class:`~agentforge.solution.Solution` on ``machine``."""
+        from ..solution import solution
+
+        return solution(self.for_evaluation(), machine)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -133,12 +133,11 @@ def _profile_bound(source: str, machine: str, file: str, task_path: Path) -> Ker
     """Time a whole-task kernel at the task's own sizes (as the verifier did); None if it cannot bind."""
     import asp_lang
 
-    from ..binding import bind
+    from ..solution import KernelSolution
 
     try:
         graph = _own_graph(task_path)
-        _, prog = bind(asp_lang.parse(source, file), graph, asp_lang.load_machine(machine), file, source)
-        return report_to_timing(file, asp_lang.profile(prog))
+        return report_to_timing(file, KernelSolution(source, file, asp_lang.load_machine(machine)).time(graph).report)
     except Exception:  # noqa: BLE001 - fall back to the kernel's default sizes
         return None
 

@@ -43,8 +43,7 @@ def build_library(task_paths: list[str | os.PathLike[str]], out: str | os.PathLi
         c = res.best_candidate
         prov = Provenance("offline", None, "planner" if c.plan else None, None, date, machine,
                           asp_lang.EMULATOR_VERSION, __version__)
-        entry, files, task_files = build_entry(task, c.kind, c.source, c.plan, res.best, ctx.signature, prov,
-                                               ctx.machine)
+        entry, files, task_files = build_entry(task, c.solution(ctx.machine), res.best, ctx.signature, prov)
         lib.add(entry, files, task_files)
     return Library.open(out), notes
 

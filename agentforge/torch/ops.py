@@ -35,10 +35,11 @@ import torch
 
 import asp_lang
 
-from agentforge.baseline import capture_at, to_numpy, to_torch
+from agentforge.baseline import capture_at
 from agentforge.capture import AtenGraph, TensorSpec, dtype_str, signature, torch_dtype
 from agentforge.errors import AgentforgeError
 from agentforge.library import KernelEntry, Library
+from agentforge.solution import Solution
 from agentforge.tasks import Task, instantiate, load_task
 
 __all__ = ["load_library", "TorchLibrary", "OpFamily", "TorchBridgeError", "UnverifiedProblemError",
@@ -140,7 +141,7 @@ class OpFamily:
         self._tasks: dict[str, Task] = {}
         self._lock = threading.RLock()
         self._problems: _Problems | None = None
-        self._runners: dict[tuple[str, str], Callable] = {}
+        self._solutions: dict[str, Solution] = {}
         self._ranked: dict[ProblemKey, list[Verified]] = {}
         self._inferred: dict[ProblemKey, dict[str, int] | None] = {}
         self._refs: dict[tuple, torch.nn.Module] = {}
@@ -231,22 +232,17 @@ class OpFamily:
 
     def seconds(self, v: Verified) -> float:
         """Simulated seconds of ``v``'s kernel at ``v``'s sizes (timing model, no data)."""
-        if v.entry.kind == "plan":
-            return float(self._chain(v).time().seconds)
-        from agentforge.verify import KernelCandidate
-
-        e = v.entry
-        cand = KernelCandidate((self.library.root / e.files[0]).read_text(), e.files[0], self.machine)
-        return float(cand.profile(v.graph).seconds)
+        return float(self.solution(v.entry).time(v.graph).seconds)
 
     def hbm_bytes(self, v: Verified) -> float:
-        if v.entry.kind == "plan":
-            return float(self._chain(v).time().hbm_bytes)
-        from agentforge.verify import KernelCandidate
+        return float(self.solution(v.entry).time(v.graph).hbm_bytes)
 
-        e = v.entry
-        cand = KernelCandidate((self.library.root / e.files[0]).read_text(), e.files[0], self.machine)
-        return float(cand.profile(v.graph).hbm_bytes)
+    def solution(self, e: KernelEntry) -> Solution:
+        """The entry's solution (bound once per graph shape it runs at)."""
+        with self._lock:
+            if e.id not in self._solutions:
+                self._solutions[e.id] = e.solution(self.library.root, self.machine)
+            return self._solutions[e.id]
 
     def refusal(self, args: Sequence[torch.Tensor]) -> UnverifiedProblemError:
         return UnverifiedProblemError(
@@ -301,35 +297,7 @@ class OpFamily:
             raise self.range_error(wide)
         inputs = [a.detach() for a in args[: self.n_inputs]]
         params = {p.name: a.detach() for p, a in zip(v.graph.params, args[self.n_inputs:])}
-        if v.entry.kind == "plan":
-            return self._chain(v).run(inputs, params=params, limits=_LIMITS)
-        prog = self._program(v)
-        g = v.graph
-        feed = {}
-        for pname, t in zip(prog.params, [*inputs, *(params[p.name] for p in g.params)]):
-            a = to_numpy(t)
-            feed[pname] = (a.astype(np.int32) if a.dtype == np.int64 else a).reshape(prog.tensors[pname].shape)
-        outs = asp_lang.run(prog, feed, _LIMITS)
-        return [to_torch(outs[r], s.dtype).reshape(s.shape) for r, s in zip(prog.results, g.output_specs)]
-
-    def _chain(self, v: Verified):
-        key = (v.entry.id, v.sized_key)
-        if key not in self._runners:
-            from agentforge.author import Plan, realize
-
-            self._runners[key] = realize(Plan.from_dict(v.entry.plan or {}), v.graph, self.machine)
-        return self._runners[key]
-
-    def _program(self, v: Verified):
-        key = (v.entry.id, v.sized_key)
-        if key not in self._runners:
-            from agentforge.binding import bind
-
-            e = v.entry
-            src = (self.library.root / e.files[0]).read_text()
-            _, prog = bind(asp_lang.parse(src, e.files[0]), v.graph, self.machine, e.files[0], src)
-            self._runners[key] = prog
-        return self._runners[key]
+        return self.solution(v.entry).run(v.graph, inputs, _LIMITS, params=params)
 
     # ------------------------------------------------------------------ new sizes, reference, shapes
 
@@ -427,7 +395,7 @@ class OpFamily:
 
     def _verify_at_new_sizes(self, key: ProblemKey) -> list[Verified]:
         """Run the task's checks at the sizes of ``key`` for every entry; keep those that pass."""
-        from agentforge.verify import KernelCandidate, PlanCandidate, VerifyConfig, run_checks
+        from agentforge.verify import VerifyConfig, run_checks
 
         sizes = self.infer_sizes(key)
         if sizes is None:
@@ -436,11 +404,7 @@ class OpFamily:
         for e in self.entries:
             task = dataclasses.replace(self.task_of(e), size_sets=[dict(sizes)])
             cfg = VerifyConfig(machine=self.machine.name, size_sets=1)
-            if e.kind == "plan":
-                cand: Any = PlanCandidate(e.plan or {}, self.machine)
-            else:
-                cand = KernelCandidate((self.library.root / e.files[0]).read_text(), e.files[0], self.machine)
-            checks = _clean_thread(run_checks, task, cand, cfg)
+            checks = _clean_thread(run_checks, task, self.solution(e), cfg)
             if checks and all(c.passed for c in checks):
                 g = _capture_meta(task, sizes)
                 v = Verified(e, dict(sizes), g, signature(g).sized_key(), how="on first use")

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 import asp_lang
+from agentforge.solution import KernelSolution
 from agentforge.baseline import capture_at
 from agentforge.tasks import load_task
-from agentforge.verify import REASON_CODES, KernelCandidate, VerifyConfig, _configured_sets, evaluate, run_checks
+from agentforge.verify import REASON_CODES, VerifyConfig, _configured_sets, evaluate, run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 ADV = ROOT / "evals" / "adversarial"
@@ -147,8 +148,8 @@ TILED_CHEATS = {
 }
 
 
-def _candidate(path: Path) -> KernelCandidate:
-    return KernelCandidate(path.read_text(), str(path), asp_lang.load_machine("sn40l"))
+def _candidate(path: Path) -> KernelSolution:
+    return KernelSolution(path.read_text(), str(path), asp_lang.load_machine("sn40l"))
 
 
 @pytest.mark.parametrize("name", sorted(TILED_CHEATS))

@@ -22,6 +22,7 @@ from agentforge.cli import main
 from agentforge.library import Library, Provenance, build_entry, entry_id, op_name
 from agentforge.loop import task_context
 from agentforge.sandbox import landlock_abi
+from agentforge.solution import KernelSolution
 from agentforge.tasks import load_task
 from agentforge.verify import VerifyConfig, evaluate
 
@@ -58,7 +59,7 @@ def add_kernel(lib_root: Path, task_path: Path, source: str) -> str:
     assert ev.verified, ev.reason
     prov = Provenance(author="hand", model=None, plan_source=None, prompt_hash=None, date="2026-12-04T00:00:00+00:00",
                       machine="sn40l", emulator_version=asp_lang.EMULATOR_VERSION, agentforge_version="0.1.0")
-    entry, files, task_files = build_entry(task, "kernel", source, None, ev, ctx.signature, prov, machine)
+    entry, files, task_files = build_entry(task, KernelSolution(source, "kernel.asp", machine), ev, ctx.signature, prov)
     assert Library.create(lib_root, "sn40l", asp_lang.EMULATOR_VERSION).add(entry, files, task_files)
     return entry.id
 

@@ -57,6 +57,7 @@ def build_real_run(out: Path) -> Path:
     from agentforge.campaign.rundb import RunDB
     from agentforge.library import Library, Provenance, build_entry
     from agentforge.loop import offline_roles, solve, task_context
+    from agentforge.solution import KernelSolution
     from agentforge.tasks import load_task
     from agentforge.verify import Evaluation, evaluate
 
@@ -75,7 +76,7 @@ def build_real_run(out: Path) -> Path:
         ctx = task_context(t)
         res = solve(t, *offline_roles(), ctx=ctx)
         c = res.best_candidate
-        e, files, tf = build_entry(t, c.kind, c.source, c.plan, res.best, ctx.signature, prov, ctx.machine)
+        e, files, tf = build_entry(t, c.solution(ctx.machine), res.best, ctx.signature, prov)
         lib.add(e, files, tf)
         db.record_result(t.name, _result(res, ctx, time.time() - t0), e.id, {"event": "task_done", "task": t.name})
 
@@ -95,7 +96,7 @@ def build_real_run(out: Path) -> Path:
                         "seconds": ev.eval_seconds})
     assert [h["evaluation"]["verified"] for h in history] == [False, True, True], history
     best_ev = Evaluation.from_dict(history[2]["evaluation"])
-    e, files, tf = build_entry(sm, "kernel", good, None, best_ev, ctx.signature, prov, ctx.machine)
+    e, files, tf = build_entry(sm, KernelSolution(good, "kernel.asp", ctx.machine), best_ev, ctx.signature, prov)
     lib.add(e, files, tf)
     calls = [{"role": "worker", "model": "test", "kind": "chat", "ok": True, "prompt_tokens": 1200,
               "completion_tokens": 300, "cost": 0.0125, "latency_s": 2.0, "started": time.time()}]

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 import asp_lang
+from agentforge.solution import KernelSolution
 from agentforge.baseline import capture_at
 from agentforge.tasks import load_suite, load_task
 from agentforge.verify import (
     DISTRIBUTIONS,
-    KernelCandidate,
     _configured_sets,
     covers,
     targeted_distributions,
@@ -341,8 +341,8 @@ def test_broken_task_is_a_task_result():
 
 # ------------------------------------------------------------------ the checked configuration is the timed one
 
-def _candidate(path: Path) -> KernelCandidate:
-    return KernelCandidate(path.read_text(), str(path), asp_lang.load_machine("sn40l"))
+def _candidate(path: Path) -> KernelSolution:
+    return KernelSolution(path.read_text(), str(path), asp_lang.load_machine("sn40l"))
 
 
 def test_check_sizes_run_the_timed_tiles_at_least_three_tiles_long():
@@ -380,7 +380,7 @@ kernel softmax_rows(x: f32[M, N]) -> (y: f32[M, N]) {
 }
 """
     task = load_task(SOFTMAX)
-    cand = KernelCandidate(src, "rows.asp", asp_lang.load_machine("sn40l"))
+    cand = KernelSolution(src, "rows.asp", asp_lang.load_machine("sn40l"))
     sets = _configured_sets(task, cand, CFG, "test-rows")
     assert sets[0] == {"BATCH": 16, "DIM": 128}
     assert sets[1]["BATCH"] >= 12 and sets[1]["DIM"] >= 64  # never below the sidecar's smallest
@@ -444,15 +444,15 @@ def test_a_plans_one_op_regions_are_checked_like_the_baseline_and_its_fused_kern
     from agentforge.baseline import capture_at
     from agentforge.author import baseline_plan, author_plan
     from agentforge.tasks import load_task
-    from agentforge.verify import PlanCandidate
+    from agentforge.solution import plan_solution
     import asp_lang
 
     task = load_task(SUITE / "self_attention_proj.py")
     own = capture_at(task, meta=True)
     machine = asp_lang.load_machine("sn40l")
-    chain = PlanCandidate(baseline_plan(own).to_dict(), machine)
+    chain = plan_solution(baseline_plan(own).to_dict(), machine)
     assert chain.structure(own) and chain.configure(own) == []          # nothing held: all trusted
-    fused = PlanCandidate(author_plan(own, machine).plan.to_dict(), machine)
+    fused = plan_solution(author_plan(own, machine).plan.to_dict(), machine)
     flags = [t for t, _ in fused.structures(own)]
     assert False in flags                                                # its fused kernels are held
     assert len(fused.configure(own)) == flags.count(False)
