@@ -125,8 +125,7 @@ def run_job(job: dict, emit: Emit | None = None) -> dict:
                 date=_dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
                 machine=machine.name, emulator_version=asp_lang.EMULATOR_VERSION, agentforge_version=__version__,
                 seed=job.get("seed", 0), run=job.get("run_id"))
-            entry, files, task_files = build_entry(task, cand.kind, cand.source, cand.plan, ev, ctx.signature, prov,
-                                                   machine)
+            entry, files, task_files = build_entry(task, cand.solution(machine), ev, ctx.signature, prov)
             return {"entry": entry.to_dict(), "files": files, "task_files": task_files}
 
         lock = threading.Lock()
