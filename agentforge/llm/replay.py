@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .client import LLMReply, Messages
+from .reply import LLMReply, Messages
 from .errors import LLMCallError, ReplayError
 from .ledger import Ledger, TokenUsage
 
