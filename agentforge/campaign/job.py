@@ -67,7 +67,7 @@ def _roles(job: dict, ctx: Any, experience: Any, emit: Emit):
 
 def prompt_hash() -> str:
     """sha256 over the prompt templates (prompts/*.j2): which prompts an LLM kernel came from."""
-    from ..llm.prompting import prompts_dir
+    from ..agents.prompting import prompts_dir
 
     h = hashlib.sha256()
     for f in sorted(prompts_dir().glob("*.j2")):

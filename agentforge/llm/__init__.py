@@ -6,9 +6,13 @@ Small modules, one concern each (the layout of helion's ``autotuner/llm/``):
 - ``client``: :class:`LLMClient` (retries, budgets, structured output) and :class:`LLMReply`;
 - ``ledger``: :class:`Ledger` (every call, hard budgets) and :class:`TokenUsage`;
 - ``replay``: :class:`RecordingClient` / :class:`ReplayClient` (JSONL transcripts);
-- ``parsing``: kernel and JSON extraction from replies; ``validate``: a JSON Schema subset;
-- ``schemas``: the plan and reflection schemas; ``prompting``: templates and the ASP
-  reference; ``context`` / ``feedback``: what the prompts say about a task and a verdict.
+- ``reply``: :class:`LLMReply` (what a call gave), shared by the live and the replay clients;
+- ``parsing``: kernel and JSON extraction from replies; ``validate``: a JSON Schema subset.
+
+This package is transport only. What the prompts say (templates, the ASP reference, a task's
+context, feedback, the plan schema) is the agents': :mod:`agentforge.agents.prompting`,
+``context``, ``feedback``, ``schemas``. (``llm.context`` and the like still resolve to those
+modules while agents/llm_roles.py imports them by their old names.)
 
 :func:`make_client` builds the client a config asks for (providers are a plain registry).
 """

@@ -15,7 +15,7 @@ from agentforge.llm import (BudgetExceeded, LLMCallError, LLMClient, LLMConfig, 
                             PreflightError, RecordingClient, ReplayClient, ReplayError, make_client, preflight)
 from agentforge.llm.client import backoff_delay, retry_after_seconds
 from agentforge.llm.parsing import ReplyParseError, extract_json, extract_kernel
-from agentforge.llm.schemas import PLAN_SCHEMA, REFLECTION_SCHEMA, normalize_plan, plan_checker
+from agentforge.agents.schemas import PLAN_SCHEMA, REFLECTION_SCHEMA, normalize_plan, plan_checker
 from agentforge.llm.validate import SchemaError, validate
 from llm_server import ScriptedServer, chat, status
 

@@ -1,4 +1,4 @@
-"""What the LLM prompts say about a task (agentforge.llm.context): every graph node listed with
+"""What the LLM prompts say about a task (agentforge.agents.context): every graph node listed with
 its shape, every dimension named by a task size (equal sizes told apart, derived sizes named),
 dtype changes explained, the machine's constants read from its description, and a baseline
 line that always means something."""
@@ -15,7 +15,7 @@ from agentforge.agents.llm_roles import LLMPlanner, LLMWorker
 from agentforge.agents.roles import TaskContext
 from agentforge.capture import capture_at
 from agentforge.capture import signature
-from agentforge.llm.context import context_vars, interface, machine_constants, op_graph
+from agentforge.agents.context import context_vars, interface, machine_constants, op_graph
 from agentforge.tasks import load_task
 from test_llm_roles import PLAN, make_ctx
 

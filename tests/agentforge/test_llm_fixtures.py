@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agentforge.agents.llm_roles import plan_realisation_problems
-from agentforge.llm.context import interface
-from agentforge.llm.schemas import plan_problems
+from agentforge.agents.context import interface
+from agentforge.agents.schemas import plan_problems
 from test_llm_roles import make_ctx
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "llm_scripted"

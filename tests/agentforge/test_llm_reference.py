@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from agentforge.agents.llm_roles import LLMWorker
-from agentforge.llm.feedback import feedback_from_evaluation, render_feedback
-from agentforge.llm.prompting import (compact_reference, load_asp_reference, reference_requests,
+from agentforge.agents.feedback import feedback_from_evaluation, render_feedback
+from agentforge.agents.prompting import (compact_reference, load_asp_reference, reference_requests,
                                       reference_sections, task_classes)
 from agentforge.verify import VerifyConfig, evaluate
 from llm_server import ScriptedServer, chat

@@ -17,9 +17,9 @@ from agentforge.baseline import capture_at
 from agentforge.capture import signature
 from agentforge.llm import LLMClient, LLMConfig, Ledger, RecordingClient, ReplayClient, ReplyError
 from agentforge.llm.client import messages_tokens
-from agentforge.llm.context import interface
-from agentforge.llm.feedback import feedback_from_evaluation
-from agentforge.llm.prompting import PROMPTS_ENV, PromptError, prompts_dir, render_messages
+from agentforge.agents.context import interface
+from agentforge.agents.feedback import feedback_from_evaluation
+from agentforge.agents.prompting import PROMPTS_ENV, PromptError, prompts_dir, render_messages
 from agentforge.tasks import load_task
 from agentforge.verify import VerifyConfig, evaluate
 from llm_server import ScriptedServer, chat
