@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from .command import run_command
 from .errors import AgentforgeError
 
 
@@ -503,37 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _llm_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from .llm.errors import LLMError
-        return (LLMError,)
-    except ImportError:  # pragma: no cover
-        return ()
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from asp_lang import AspError
-
-    try:
-        return args.func(args)
-    except AgentforgeError as e:
-        print(f"agentforge: error: {e}", file=sys.stderr)
-        return 2
-    except AspError as e:
-        print(e.render(), file=sys.stderr)
-        return 2
-    except _llm_errors() as e:  # no key, unreachable server, spent budget: the user's to fix
-        print(f"agentforge: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        sys.stdout = open(os.devnull, "w")
-        return 0
-    except Exception as e:  # a bug in agentforge: one line, not a traceback
-        print(f"agentforge: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
-        return 3
+    return run_command(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..command import standalone_main
+
 
 if TYPE_CHECKING:
     from .data import Review
@@ -102,11 +104,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m agentforge.review.cli review ...``): the main command's parser
-    and error handling."""
-    from ..cli import main as agentforge_main
-
-    return agentforge_main(argv)
+    """Standalone entry (``python -m agentforge.review.cli review ...``): the review and show
+    subcommands with the main command's error handling."""
+    return standalone_main(add_parsers, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from agentforge.command import standalone_main
 from agentforge.errors import AgentforgeError
 
 
@@ -48,11 +49,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Standalone entry (``python -m agentforge.torch.cli report MODEL_FILE``): the main command's
-    parser and error handling."""
-    from agentforge.cli import main as agentforge_main
-
-    return agentforge_main(argv)
+    """Standalone entry (``python -m agentforge.torch.cli report MODEL_FILE``): the report
+    subcommand with the main command's error handling."""
+    return standalone_main(add_report_parser, argv)
 
 
 if __name__ == "__main__":
