@@ -11,7 +11,7 @@ valid degree with asp_lang's timing model (types only, so real model sizes cost 
 time) and keeps the fastest. ``mlp_stack_source`` is the pipeline-parallel option: layers split
 across sockets, activations passed on with ``send`` / ``recv``.
 
-Why a module of its own: the offline author (agentforge/author.py) can call it to emit the
+Why a module of its own: the offline author (agentforge/author/) can call it to emit the
 tensor-parallel form of a block when a task asks for more than one socket, without this code
 living inside the author's search.
 """

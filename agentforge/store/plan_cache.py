@@ -271,13 +271,13 @@ def _dtype_class(dtype: str) -> str:
 
 def _alias_roots(graph: "AtenGraph") -> dict[str, str]:
     """value -> the value it relabels (getitem, views, copies), followed to the end."""
-    from agentforge.author import _is_alias
+    from agentforge.author import is_alias
     from agentforge.capture import TRANSPARENT_KINDS, op_kind
 
     src: dict[str, str] = {}
     for n in graph.nodes:
         refs = n.refs()
-        if refs and (n.target == "getitem" or op_kind(n.target) in TRANSPARENT_KINDS or _is_alias(n, graph)):
+        if refs and (n.target == "getitem" or op_kind(n.target) in TRANSPARENT_KINDS or is_alias(n, graph)):
             src[n.name] = refs[0].name
             for o in n.outs:
                 src.setdefault(o.name, refs[0].name)
@@ -466,9 +466,10 @@ def retune(plan: "Plan", graph: "AtenGraph", machine: "Machine", tuned_at: list 
     the neighbourhood of its cached parameters (``author``'s prior radius), and the whole grid
     only when none of that fits. The fused-or-split decisions are the cached plan's. Returns
     (plan, timing evaluations spent, regions kept); raises when the plan does not realise."""
-    from agentforge.author import GRIDS, MIN_TRIES, Plan, Region, UnsupportedOpError, _best_params, _index, realize
+    from agentforge.author import (GRIDS, MIN_TRIES, Plan, Region, UnsupportedOpError, best_params, graph_index,
+                                   realize)
 
-    idx = _index(graph)
+    idx = graph_index(graph)
     per_region = max(1, budget // max(1, len(plan.regions)))
     tried = kept = 0
     out = []
@@ -482,10 +483,10 @@ def retune(plan: "Plan", graph: "AtenGraph", machine: "Machine", tuned_at: list 
             continue
         limit = max(per_region, MIN_TRIES.get(region.template, 0))
         prior = {region.template: region.params} if region.params else {}
-        best, n = _best_params(region, graph, machine, idx, prior, limit)
+        best, n = best_params(region, graph, machine, idx, prior, limit)
         tried += n
         if best is None and prior:
-            best, n = _best_params(region, graph, machine, idx, {}, limit)
+            best, n = best_params(region, graph, machine, idx, {}, limit)
             tried += n
         if best is None:
             raise UnsupportedOpError(f"no parameters fit region {k} ({region.template}) on {machine.name}")

@@ -10,9 +10,9 @@ import asp_lang
 from agentforge.author import (Plan, Region, attention_regions, author_plan, baseline_plan, common_partition,
                                moe_regions, partition, realize, semantic_nodes, tune)
 from agentforge.agents.offline import OfflineReflector
-from agentforge.agents.roles import Candidate
+from agentforge.agents.roles import Candidate, Feedback
 from agentforge.baseline import build_baseline, capture_at
-from agentforge.loop import feedback_of, task_context
+from agentforge.loop import task_context
 from agentforge.tasks import load_task
 from agentforge.verify import evaluate
 
@@ -46,7 +46,8 @@ def test_a_linear_layer_reads_its_weight_transposed_in_place_and_fuses_the_epilo
 def test_fusion_that_holds_only_by_coincidence_of_sizes_is_split(monkeypatch):
     # at its own sizes two ops may fuse only because two dimensions happen to be equal; at the
     # small sizes they do not: the common partition keeps what fuses at every size
-    import agentforge.author as author
+    from importlib import import_module
+    author = import_module("agentforge.author.partition")   # the module: common_partition calls its partition
 
     _, own, small = _graphs("layernorm_residual")
     n = len(semantic_nodes(own))
@@ -372,7 +373,7 @@ def test_routed_moe_verifies_and_beats_the_dense_experts_by_the_flops_it_saves(n
         ev = evaluate(task, {"kind": "plan", "plan": plan})
         if ev.reason_code != "uncheckable":
             break
-        plan = OfflineReflector().reflect(ctx, plan, Candidate("plan", plan=plan), feedback_of(ev), attempt).plan
+        plan = OfflineReflector().reflect(ctx, plan, Candidate("plan", plan=plan), Feedback.from_evaluation(ev), attempt).plan
     assert ev.verified, ev.reason
     assert any(r.template == "moe" for r in Plan.from_dict(plan).regions)
     dense = tune(Plan(common_partition([own, *small], moe=False)), own, SN40L)

@@ -1,0 +1,317 @@
+"""The mixture-of-experts template: its pattern matcher (a dense-masked mixture of experts: every
+expert's MLP on every token, weighted by a gate matrix with at most k non-zeros per token and
+summed over experts, found whole) and the routed kernel built for a matched region
+(``selector`` / ``partition`` / ``merge``: each token through its k experts only)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ...capture import AtenGraph, AtenNode, Ref
+from ...lowering import (KernelBuilder, OpKernel, UnsupportedOpError, asp_dtype, asp_literal, aten_name,
+                         divisor_at_most, elementwise_kind, elementwise_parts, is_noop_expand)
+from ..graph import RelabelWalk, row_kind, semantic_nodes
+from .base import RegionCode, Template, built_by
+
+# moe: hidden columns per accum step (tk), accum copies, banking of the on-chip expert weights (each
+# token re-reads its experts' weights from SRAM: their read bandwidth bounds the kernel) and memory
+# parallelism
+# (no tk = 256: checking a kernel in its timed configuration needs FFN >= 3 tk, and the interpreter
+# expands each routed token's expert weights, tokens x hidden x FFN elements: at tk = 256 that is
+# past its caps, so the plan would be 'uncheckable', docs/evaluation.md section 2.1)
+MOE_GRID = {"tk": (128, 64), "par": (960, 896, 768, 640, 512, 384, 256, 128),
+            "par_buf": (448, 384, 320, 256, 192, 128, 64), "par_mem": (8,)}
+MOE_MIN_TRIES = 112  # the whole grid: a moe region is most of its task's time
+
+
+@dataclass
+class MoeMatch:
+    """A dense-masked mixture of experts: every expert's MLP runs on every token and a gate matrix
+    with at most ``k`` non-zero entries per token weights the experts' outputs, summed over experts.
+    Routed, each token goes only through the experts its gates name: E/k fewer flops."""
+    nodes: list[int]                    # semantic indices the region computes
+    gates: str                          # G [T, E]: at most k non-zeros per row (read from HBM)
+    k: int
+    x: str                              # the tokens, viewed [T, D]
+    up: list[tuple[AtenNode, str]]      # (bmm of the expanded tokens, its stacked weight [E, D, F])
+    hidden: list[AtenNode]              # elementwise ops from the up products to the down product, in order
+    h: str                              # the value the down product reads ([E, T, F])
+    down: tuple[AtenNode, str]          # (bmm, its stacked weight [E, F, N])
+    post: list[AtenNode]                # elementwise ops of one operand on the expert outputs, in order
+    out: AtenNode                       # the sum over experts
+    dims: tuple[int, int, int, int, int]   # E, T, D, F, N
+
+
+def _moe_nonzeros(w: RelabelWalk, gates: str, T: int, E: int) -> int | None:
+    """k when the gate matrix has at most k non-zero entries per row by construction, else None:
+    ``where(idx[:, None] == arange(E), P, 0)`` (k = 1) or ``zeros.scatter(1, idx [T, k], src)``."""
+    n = w.node(w.back(gates, []))
+    if n is None:
+        return None
+    base = aten_name(n.target)
+    if base == "where" and len(n.args) == 3 and isinstance(n.args[0], Ref) and w.is_zero(n.args[2]):
+        cond = w.node(w.back(n.args[0].name, []))
+        if cond is None or aten_name(cond.target) != "eq" or len(cond.args) != 2 or \
+                not all(isinstance(a, Ref) for a in cond.args):
+            return None
+        for a, b in (cond.args, cond.args[::-1]):
+            ar = w.node(w.back(b.name, []))
+            # a column of one index per token against E distinct expert ids: one True per row at most
+            if ar is not None and aten_name(ar.target) == "arange" and b.name in w.constants and \
+                    math.prod(w.g.spec(b).shape) == E and tuple(w.g.spec(a).shape)[-2:] == (T, 1) and \
+                    math.prod(w.g.spec(a).shape) == T:
+                return 1
+        return None
+    if base == "scatter" and len(n.args) >= 3 and isinstance(n.args[1], int) and n.args[1] % 2 == 1 and \
+            w.is_zero(n.args[0]) and isinstance(n.args[2], Ref) and not n.kwargs.get("reduce"):
+        ishape = tuple(w.g.spec(n.args[2]).shape)
+        if len(ishape) == 2 and ishape[0] == T and 1 <= ishape[1] <= E:
+            return ishape[1]
+    return None
+
+
+def moe_matches(graph: AtenGraph) -> list[MoeMatch]:
+    """Every dense-masked mixture of experts of ``graph`` whose intermediates nothing else reads."""
+    sem = semantic_nodes(graph)
+    sem_index = {n.name: i for i, n in enumerate(sem)}
+    w = RelabelWalk(graph)
+    found = []
+    for node in sem:
+        if aten_name(node.target) != "sum":
+            continue
+        try:
+            m = _match_moe(w, node, sem_index)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, UnsupportedOpError):
+            m = None
+        if m is not None and not any(set(m.nodes) & set(f.nodes) for f in found):
+            found.append(m)
+    return found
+
+
+def _match_moe(w: RelabelWalk, s: AtenNode, sem_index: dict) -> MoeMatch | None:
+    g = w.g
+    if len(s.args) < 2 or not isinstance(s.args[0], Ref) or s.kwargs.get("dtype") is not None:
+        return None
+    src = g.spec(s.args[0])
+    dims = [s.args[1]] if isinstance(s.args[1], int) else list(s.args[1] or [])
+    if len(src.shape) != 3 or [d % 3 for d in dims] != [0]:
+        return None
+    E, T, N = src.shape
+    chain: list[str] = []               # values only the region may read
+    mul = w.node(w.back(s.args[0].name, chain))
+    if mul is None or aten_name(mul.target) != "mul" or len(mul.args) != 2 or \
+            not all(isinstance(a, Ref) for a in mul.args):
+        return None
+    chain.append(mul.name)
+    nodes = [s, mul]
+    # the gate side: G [T, E] transposed to [E, T] and unsqueezed to [E, T, 1]
+    gate = eo = None
+    for a, b in (mul.args, mul.args[::-1]):
+        if tuple(g.spec(a).shape) != (E, T, 1):
+            continue
+        gpath: list[str] = []
+        pn = w.node(w.back(a.name, gpath))
+        if pn is None or aten_name(pn.target) not in ("permute", "t", "transpose") or len(pn.outs[0].shape) != 2:
+            continue
+        if aten_name(pn.target) == "permute" and [d % 2 for d in pn.args[1]] != [1, 0]:
+            continue
+        if tuple(g.spec(pn.args[0]).shape) != (T, E):
+            continue
+        gate, eo = (pn, gpath), b
+        break
+    if gate is None:
+        return None
+    pn, gpath = gate
+    chain += gpath + [pn.name]
+    nodes.append(pn)
+    gates = pn.args[0].name
+    k = _moe_nonzeros(w, gates, T, E)
+    if k is None:
+        return None
+    # the expert outputs: [elementwise ops of one operand] after the down product
+    v = w.back(eo.name, chain)
+    post: list[AtenNode] = []
+    while True:
+        n = w.node(v)
+        if n is None or row_kind(n, g) != "elementwise" or len(n.refs()) != 1 or \
+                tuple(n.outs[0].shape) != (E, T, N) or n.name in w.constants:
+            break
+        post.append(n)
+        nodes.append(n)
+        chain.append(n.name)
+        v = w.back(n.refs()[0].name, chain)
+    post.reverse()
+    down = w.node(v)
+    if down is None or aten_name(down.target) != "bmm" or len(down.args) != 2 or \
+            not all(isinstance(a, Ref) for a in down.args):
+        return None
+    chain.append(down.name)
+    nodes.append(down)
+    h = w.back(down.args[0].name, chain)
+    F = g.spec(down.args[0]).shape[-1]
+
+    def weight(ref: Ref, shape: tuple[int, int, int]) -> str | None:
+        root = w.back(ref.name, [])
+        if root in w.constants or math.prod(g.spec(root).shape) != math.prod(shape) or \
+                tuple(g.spec(ref).shape) != shape:
+            return None
+        return root
+
+    w_down = weight(down.args[1], (E, F, N))
+    if w_down is None:
+        return None
+    # the up products of the expanded tokens, and the elementwise ops combining them
+    up: list[tuple[AtenNode, str]] = []
+    hidden: list[AtenNode] = []
+    tokens: set[str] = set()
+    seen: set[str] = set()
+
+    def visit(v: str) -> bool:
+        n = w.node(v)
+        if n is None or n.name in w.constants:
+            return False
+        if n.name in seen:
+            return True
+        seen.add(n.name)
+        chain.append(n.name)
+        nodes.append(n)
+        if aten_name(n.target) == "bmm" and len(n.args) == 2 and all(isinstance(a, Ref) for a in n.args):
+            xe = w.node(w.back(n.args[0].name, chain))
+            if xe is None or aten_name(xe.target) != "expand" or is_noop_expand(xe, g) or \
+                    not isinstance(xe.args[0], Ref):
+                return False
+            tin = tuple(g.spec(xe.args[0]).shape)
+            D = xe.outs[0].shape[-1]
+            if tuple(xe.outs[0].shape) != (E, T, D) or (1,) * (3 - len(tin)) + tin != (1, T, D) or \
+                    tuple(n.outs[0].shape) != (E, T, F):
+                return False
+            wt = weight(n.args[1], (E, D, F))
+            if wt is None:
+                return False
+            tokens.add(w.back(xe.args[0].name, []))
+            if xe.name not in seen:
+                seen.add(xe.name)
+                chain.append(xe.name)
+                nodes.append(xe)
+            up.append((n, wt))
+            return True
+        if row_kind(n, g) == "elementwise" and tuple(n.outs[0].shape) == (E, T, F) and n.refs():
+            hidden.append(n)
+            return all(visit(w.back(r.name, chain)) for r in n.refs())
+        return False
+
+    if not visit(h) or len(tokens) != 1 or not up:
+        return None
+    x = tokens.pop()
+    D = g.spec(up[0][0].args[0]).shape[-1]
+    if any(asp_dtype(g.spec(v_)) != "f32" for v_ in [gates, x, w_down] + [wt for _, wt in up]) or asp_dtype(s.outs[0]) != "f32":
+        return None  # the routed kernel computes in f32 throughout, as the dense graph does
+    inside = set(chain) | {n.name for n in nodes}
+    if not w.exclusive(chain, inside) or any(n.name not in sem_index for n in nodes):
+        return None
+    hidden.sort(key=lambda n: w.order[n.name])
+    up.sort(key=lambda u: w.order[u[0].name])
+    return MoeMatch(sorted({sem_index[n.name] for n in nodes}), gates, k, x, up, hidden, h, (down, w_down), post, s,
+                (E, T, D, F, N))
+
+
+class MoeKernel(RegionCode):
+    """A dense-masked mixture of experts, routed: per token the indices and weights of its (at most
+    k) non-zero gates select the experts (``selector``); ``partition`` sends the token to them only;
+    each expert's weights, held on chip (``bufferize``), are ``expand``ed over its tokens and streamed
+    past an ``accum`` that computes the expert MLP one hidden tile at a time
+    (``acc + act(x W_up[:, j]) W_down[j, :]``); ``merge`` puts the results back in token order, where
+    they are weighted by the gates and summed over the k slots. E/k fewer flops than the dense form."""
+
+    def build(self) -> OpKernel:
+        g = self.g
+        moe = self.whole_match(moe_matches(g), "mixture of experts")
+        E, T, D, F, N = moe.dims
+        k = moe.k
+        p = self.region.params
+        tf = divisor_at_most(F, int(p.get("tk", 128)))      # hidden columns per accum step
+        par, par_m, par_b = int(p.get("par", 256)), int(p.get("par_mem", 8)), int(p.get("par_buf", 128))
+        par_s = min(16, par)                                # the per-token maps (routing, gating)
+        kb = KernelBuilder(f"fused_{self.ri}_moe")
+        kb.fns.append(f"  sizes T = {T}, D = {D}, E = {E}, F = {F}, N = {N}, TF = {tf}")
+        inputs, views = [], []
+
+        def param(name: str, shape_names: tuple, shape: tuple) -> str:
+            inputs.append(name)
+            views.append(shape)
+            return kb.param("f32", shape_names)
+
+        # routing: the experts with a non-zero gate, in ascending order (the order torch's sum over
+        # experts adds them in), padded with zero-gate experts; and their gates
+        route = kb.fn(["g"], "(i, take(g, i, axis=1))", [
+            ("r", "cast(iota([1, E], axis=1), f32)"),
+            ("key", f"where(abs(g) > 0.0, 0.0 - r, {asp_literal(-float(E))} - r)"),
+            ("i", f"argtopk(key, k={k}, axis=1)")])
+        (gs,) = kb.op(f"load({param(moe.gates, ('T', 'E'), (T, E))}, tile=[1, E], par={par_m})")
+        idx, gv = kb.op(f"map({gs}, fn={route}, par={par_s})", 2)
+        (sel,) = kb.op(f"selector({idx}, n=E)")
+        s_part, s_merge = kb.op(f"copy({sel})", 2)
+        (xs,) = kb.op(f"load({param(moe.x, ('T', 'D'), (T, D))}, tile=[1, D], par={par_m})")
+        (parts,) = kb.op(f"partition({xs}, {s_part})")
+        like = kb.op(f"copy({parts})", 2 + len(moe.up))
+        (xr,) = kb.op(f"repeat({like[0]}, F / TF)")
+
+        def weights(name: str, shape_names: tuple, shape: tuple, tile: str, like_: str) -> str:
+            (ws,) = kb.op(f"load({param(name, shape_names, shape)}, tile={tile}, par={par_m})")
+            (wb,) = kb.op(f"bufferize({ws}, rank=1, par={par_b})")      # [E] of buf[F / TF]: one expert each
+            (we,) = kb.op(f"expand({wb}, like={like_})")                # over the tokens routed to it
+            (wt,) = kb.op(f"streamify({we}, par={par_b})")
+            return wt
+
+        streams = [xr]
+        params = ["xt"]
+        self.lets = []
+        for j, (node, wname) in enumerate(moe.up):
+            streams.append(weights(wname, ("E", "D", "F"), (E, D, F), "[1, D, TF]", like[1 + j]))
+            params.append(f"a{j}")
+            self.expr[node.name] = self.let(f"matmul(xt, a{j})", "u")
+
+        def operands(node: AtenNode) -> list[str]:
+            ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
+            return fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor" else asp_literal(o.value) for o in ops])
+
+        for node in moe.hidden:
+            self.expr[node.name] = self.let(operands(node), "h")
+        # the up products and the activation (one hidden tile per token and step), then the down
+        # product accumulated over the hidden tiles: two operators, so each copy fits one PCU; both
+        # are bound by reading their weight tiles, and share the ``par`` copies by the bytes they read
+        up_bytes, down_bytes = D + len(moe.up) * D * tf, tf + tf * N
+        par_up = max(1, round(par * up_bytes / (up_bytes + down_bytes)))
+        par_down = max(1, par - par_up)
+        up = kb.fn(params, self.expr[self.resolve(moe.h)], self.lets)
+        (hs,) = kb.op(f"map({', '.join(streams)}, fn={up}, par={par_up})")       # [E, ?, F / TF] of f32[1, TF]
+        down, wdown = moe.down
+        wd = weights(wdown, ("E", "F", "N"), (E, F, N), "[1, TF, N]", like[-1])
+        mac = kb.fn(["acc", "h", "b"], "acc + matmul(h, b)")
+        (o,) = kb.op(f"accum({hs}, {wd}, rank=1, init=zeros([1, N]), fn={mac}, par={par_down})")
+        if moe.post:
+            self.lets = []
+            self.expr[down.name] = "t"
+            for node in moe.post:
+                self.expr[node.name] = self.let(operands(node), "q")
+            post = kb.fn(["t"], self.expr[moe.post[-1].name], self.lets)
+            (o,) = kb.op(f"map({o}, fn={post}, par={par_s})")
+        (m,) = kb.op(f"merge({o}, {s_merge})")                          # [T, k] of f32[1, N]
+        if k == 1:
+            (mf,) = kb.op(f"flatten({m}, dims=[0, 1])")
+            scale = kb.fn(["o", "w"], "o * w")
+            (ys,) = kb.op(f"map({mf}, {gv}, fn={scale}, par={par_s})")
+        else:
+            one = kb.fn(["w"], "w")
+            (gk,) = kb.op(f"flatmap({gv}, fn={one}, split=[1, 1])")    # [T, k] of f32[1, 1]
+            comb = kb.fn(["acc", "o", "w"], "acc + o * w")
+            (ys,) = kb.op(f"accum({m}, {gk}, rank=1, init=zeros([1, N]), fn={comb}, par={par_s})")
+        out = kb.result("f32", ("T", "N"))
+        kb.do(f"store({out}, {ys}, par={par_m})")
+        comment = (f"fused mixture of experts, routed (top-{k} of {E}): " +
+                   ", ".join(n.target for n in self.nodes))
+        return OpKernel(moe.out.name, "fused.moe", kb.text(comment), inputs, views, [moe.out.name], [(T, N)])
+
+
+TEMPLATE = Template("moe", MOE_GRID, built_by(MoeKernel), min_tries=MOE_MIN_TRIES, whole_grid=True)
