@@ -16,9 +16,10 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:   # annotations only: the IR itself holds no torch objects, so reading it needs no torch
+    import torch
 
 __all__ = [
     "Ref",

@@ -9,19 +9,32 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from asp_lang.timing import EmulatorError
 
-from .capture import estimate_flops, io_bytes
-from .verify import Evaluation
+from .signature import estimate_flops, io_bytes
 
 
-def fast_p(evals: Iterable[Evaluation], p: float) -> float:
+class Scored(Protocol):
+    """What a score reads of one task's result (a :class:`agentforge.verify.Evaluation` is one)."""
+    verified: bool
+    speedup: float | None
+    roofline_fraction: float | None
+    reason_code: str | None
+
+
+def fast_fraction(verified_speedups: Iterable[float | None], tasks: int, p: float) -> float:
+    """fast_p from the speedups of the verified tasks out of ``tasks`` in all: the share of all
+    tasks verified and faster than the baseline by more than ``p``; 0 when there are no tasks.
+
+    The one definition the suite scores, the campaign's totals and the review's totals use."""
+    return sum(1 for s in verified_speedups if (s or 0.0) > p) / tasks if tasks else 0.0
+
+
+def fast_p(evals: Iterable[Scored], p: float) -> float:
     evals = list(evals)
-    if not evals:
-        return 0.0
-    return sum(1 for e in evals if e.verified and (e.speedup or 0.0) > p) / len(evals)
+    return fast_fraction((e.speedup for e in evals if e.verified), len(evals), p)
 
 
 def geomean(xs: Iterable[float]) -> float | None:
@@ -29,7 +42,7 @@ def geomean(xs: Iterable[float]) -> float | None:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else None
 
 
-def summarize(evals: Iterable[Evaluation]) -> dict:
+def summarize(evals: Iterable[Scored]) -> dict:
     """Totals a report shows: counts, fast_p for p in 0, 1, 2, geomean speedup, roofline."""
     evals = list(evals)
     ok = [e for e in evals if e.verified]

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..scoring import fast_fraction
 from ..store.db import Database, Migration, Schema
 
 RUN_SCHEMA = Schema("run", (
@@ -252,14 +253,13 @@ class RunDB:
         ver = [t for t in tasks if t["status"] == "verified"]
         calls = self.db.query("SELECT COUNT(*) AS n, COALESCE(SUM(prompt_tokens),0) AS p,"
                               " COALESCE(SUM(completion_tokens),0) AS c, COALESCE(SUM(cost),0) AS cost FROM llm_calls")[0]
-        n = len(tasks) or 1
         return {
             "tasks": len(tasks), "done": len(done), "verified": len(ver),
             "failed": sum(t["status"] == "failed" for t in tasks),
             "pending": sum(t["status"] == "pending" for t in tasks),
             "interrupted": sum(t["status"] == "running" for t in tasks),
-            "fast_1": sum((t["speedup"] or 0) > 1.0 for t in ver) / n,
-            "fast_2": sum((t["speedup"] or 0) > 2.0 for t in ver) / n,
+            "fast_1": fast_fraction((t["speedup"] for t in ver), len(tasks), 1.0),
+            "fast_2": fast_fraction((t["speedup"] for t in ver), len(tasks), 2.0),
             "attempts": sum(t["attempts"] for t in tasks),
             "llm_calls": calls["n"], "prompt_tokens": calls["p"], "completion_tokens": calls["c"],
             "tokens": calls["p"] + calls["c"], "cost": calls["cost"],
