@@ -116,22 +116,18 @@ def template_catalog() -> list[dict]:
 
 
 def plan_realisation_problems(value: dict, ctx: TaskContext) -> list[str]:
-    """Why a (schema-valid) plan cannot be used for ``ctx``: a node that computes but is in no
-    region, or a region the author cannot realise at the task's own or small sizes. Empty: usable."""
-    from ..author import Plan, _index, realize
+    """Why a (schema-valid) plan cannot be used for ``ctx``: what :func:`agentforge.author.validate_plan`
+    finds against the templates (an unknown template or parameter, a node index out of range or in
+    two regions), a node that computes but is in no region, or a region the author cannot realise
+    at the task's own or small sizes. Empty: usable."""
+    from ..author import Plan, realize, validate_plan
 
     plan = normalize_plan(value)
-    idx = _index(ctx.graph_own)
-    covered = {i for r in plan["regions"] for i in r["nodes"]}
-    loose = [f"[{i}] {n.name}" for i, n in enumerate(idx.sem) if i not in covered and n.name not in idx.fixed]
-    problems = []
-    if loose:
-        problems.append(f"node(s) {', '.join(loose)} are in no region: every node that computes must be in one "
-                        f"(a 'single' region runs one op as the baseline does)")
-    try:
-        p = Plan.from_dict(plan)
-    except (ValueError, KeyError, TypeError) as e:
-        return problems + [f"not a plan: {e}"]
+    broken = validate_plan(plan, ctx.graph_own, cover=False)   # templates, their params, node indices
+    if broken:
+        return broken   # realising it would only fail on the same things, less clearly
+    problems = validate_plan(plan, ctx.graph_own)             # now only a node in no region, if any
+    p = Plan.from_dict(plan)
     graphs = [("the task's own sizes", ctx.graph_own)] + [("a small test size", g) for g in ctx.graphs_small[:1]]
     for where, g in graphs:
         try:
