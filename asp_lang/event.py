@@ -54,7 +54,7 @@ from typing import Callable
 
 from .machine import Machine
 from .ops import Node, OpWork
-from .timing import (EmulatorError, OpTiming, Report, _busy, _edge_bytes, edge_depth, edge_service,
+from .timing import (EmulatorError, OpTiming, Report, element_bytes, operator_busy, edge_depth, edge_service,
                      inflight_elements, link_share, node_units, node_work, profile as fast_profile, request_interval,
                      roofline, spill_bytes, spill_tile_bytes)
 
@@ -623,7 +623,7 @@ def _proc_for(node: Node, w: OpWork, m: Machine, busy: float, ins: list[_Chan], 
               offchip_bytes=w.offchip_bytes, tier=w.tier)
     if w.kind == "mem":
         t = node.out_types[0] if node.out_types else node.in_types[-1]
-        p.req_bytes = _edge_bytes(t.elem)
+        p.req_bytes = element_bytes(t.elem)
     if w.kind == "link":
         p.link_share = link_share(node)
     return p
@@ -642,7 +642,7 @@ def _build_section(prog, sec: list[int], works: list[OpWork], units, max_chunks:
     def chan(name: str, t) -> _Chan:
         if name not in chans:
             k = _chunks(t.count, max_chunks)
-            chans[name] = _Chan(name, t.count, k, float(m.network.fifo_depth), _edge_bytes(t.elem))
+            chans[name] = _Chan(name, t.count, k, float(m.network.fifo_depth), element_bytes(t.elem))
         return chans[name]
 
     node_procs: dict[int, _Proc] = {}
@@ -650,7 +650,7 @@ def _build_section(prog, sec: list[int], works: list[OpWork], units, max_chunks:
         node, w = prog.nodes[i], works[i]
         ins = [chan(n, t) for n, t in zip(node.inputs, node.in_types)]
         outs = [chan(f"{n}" if n != "_" else f"_{i}.{j}", t) for j, (n, t) in enumerate(zip(node.outputs, node.out_types))]
-        busy, _ = _busy(node, w, m, units[i])
+        busy, _ = operator_busy(node, w, m, units[i])
         p = _proc_for(node, w, m, busy, ins, outs)
         for c, t in zip(outs, node.out_types):
             # credits: the FIFO's depth in elements (two buffers after a bufferize), plus the
@@ -760,7 +760,7 @@ def simulate(prog, max_chunks: int = MAX_CHUNKS) -> Report:
     pcu_busy = 0.0
     for i, node in enumerate(prog.nodes):
         w = works[i]
-        _, limit = _busy(node, w, m, units[i])
+        _, limit = operator_busy(node, w, m, units[i])
         tr = trace[i]
         pcu_busy += tr.busy * units[i].pcus
         busy = tr.busy

@@ -47,8 +47,8 @@ def node_work(node: Node) -> OpWork:
 def node_units(node: Node, w: OpWork, m: Machine) -> Units:
     """Units one operator occupies. Routing and shape operators live in the switches."""
     pmu_bytes = m.pmu_bytes
-    edge_bytes = sum(_edge_bytes(t.elem) for t in node.out_types) * m.network.fifo_depth
-    fifo_pmus = sum(math.ceil(_edge_bytes(t.elem) * m.network.fifo_depth / pmu_bytes)
+    edge_bytes = sum(element_bytes(t.elem) for t in node.out_types) * m.network.fifo_depth
+    fifo_pmus = sum(math.ceil(element_bytes(t.elem) * m.network.fifo_depth / pmu_bytes)
                     for t in node.out_types)
     u = Units(pmus=fifo_pmus, sram_bytes=edge_bytes)
     if w.kind == "compute":
@@ -82,7 +82,7 @@ def spill_bytes(t) -> float:
     """HBM bytes per element of a stream that crosses a section cut. A tile goes out and comes
     back as itself; a buffer reference stands for the whole buffer it points to, whose PMUs are
     reconfigured away: its contents make the round trip, not the 4-byte reference."""
-    return float(t.elem.nbytes) if isinstance(t.elem, BufT) else _edge_bytes(t.elem)
+    return float(t.elem.nbytes) if isinstance(t.elem, BufT) else element_bytes(t.elem)
 
 
 def spill_requests(t) -> float:
@@ -92,10 +92,12 @@ def spill_requests(t) -> float:
 
 def spill_tile_bytes(t) -> float:
     """Bytes of one HBM request of a spilled stream (a buffer is moved tile by tile)."""
-    return float(t.elem.elem.nbytes) if isinstance(t.elem, BufT) else _edge_bytes(t.elem)
+    return float(t.elem.elem.nbytes) if isinstance(t.elem, BufT) else element_bytes(t.elem)
 
 
-def _edge_bytes(e) -> float:
+def element_bytes(e) -> float:
+    """Bytes one stream element takes on an edge (a buffer reference: 4). Public because the
+    event simulator sizes its channels and requests the same way."""
     return 4.0 if isinstance(e, BufT) else float(e.nbytes)
 
 
@@ -277,7 +279,9 @@ def _skew(node: Node) -> float:
     return s
 
 
-def _busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
+def operator_busy(node: Node, w: OpWork, m: Machine, units: Units) -> tuple[float, str]:
+    """(cycles ``node`` keeps its units busy for its work ``w``, skew included; what limits it).
+    Public because the event simulator charges each operator the same busy time."""
     b, limit = _busy_even(node, w, m, units)
     return b * _skew(node), limit
 
@@ -435,7 +439,7 @@ def edge_depth(node: Node, w: OpWork, m: Machine, t) -> float:
     ``bufferize``, which double-buffers), plus the requests a memory reader has in flight."""
     d = 2.0 if node.op == "bufferize" else float(m.network.fifo_depth)
     if w.kind == "mem":
-        d += inflight_elements(m, w.tier, _edge_bytes(t.elem))
+        d += inflight_elements(m, w.tier, element_bytes(t.elem))
     if w.kind == "link":  # the link holds what is in flight over its latency, as a memory reader does
         per = node.attrs["link_busy"] / max(t.count, 1.0)
         d += math.ceil(node.attrs["link_latency"] / max(per, 1.0))
@@ -446,7 +450,7 @@ def edge_service(node: Node, w: OpWork, m: Machine, busy: float, t) -> float:
     """The producer's service per element of its output stream ``t`` (issue to done)."""
     a = busy / max(t.count, 1.0)
     if w.kind == "mem":
-        a = request_interval(m, w.tier, _edge_bytes(t.elem), a)
+        a = request_interval(m, w.tier, element_bytes(t.elem), a)
     return a
 
 
@@ -539,7 +543,7 @@ def profile(prog) -> Report:
         busy = {}
         for i in sec:
             w = works[i]
-            b, limit = _busy(prog.nodes[i], w, m, units[i])
+            b, limit = operator_busy(prog.nodes[i], w, m, units[i])
             busy[i] = (b, limit)
             if w.offchip_bytes:
                 traffic[w.tier] += w.offchip_bytes
