@@ -640,7 +640,7 @@ def build_entry(task: Any, sol: Solution, evaluation: Any, signature: Any,
     task's own sizes, in execution order) and its task's files."""
     if not evaluation.verified:
         raise LibraryError(f"{task.name}: only verified kernels enter a library")
-    from .baseline import capture_at
+    from .capture import capture_at
 
     op = op_name(task.name)
     names = sol.files(capture_at(task, meta=True))

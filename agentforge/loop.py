@@ -24,7 +24,7 @@ import asp_lang
 
 from .agents.roles import Candidate, Demo, Feedback, Planner, Reflector, TaskContext, Usage, Worker
 from .author import baseline_plan, tune
-from .baseline import capture_at
+from .capture import capture_at
 from .store.experience import DemoSchedule
 from .capture import signature
 from .tasks import Task
@@ -113,15 +113,6 @@ def task_context(task: Task, machine: asp_lang.Machine | str = "sn40l", size_set
     small = [capture_at(task, s, meta=True) for s in task.resolved_size_sets()[:size_sets]]
     bsec, _, _ = baseline_timing(task, m)
     return TaskContext(task, own, small, signature(own), m, bsec, asp_reference)
-
-
-def feedback_of(ev: Evaluation) -> Feedback:
-    err = None
-    if ev.error and isinstance(ev.error, dict):
-        err = ev.error.get("message")
-    return Feedback(ev.verified, ev.reason_code, ev.reason, ev.speedup, ev.roofline_fraction, ev.bottleneck, err,
-                    simulated_seconds=ev.simulated_seconds, baseline_seconds=ev.baseline_seconds,
-                    hbm_bytes=ev.hbm_bytes, profile=getattr(ev, "profile", None))
 
 
 def _better(a: dict | None, b: dict) -> bool:
@@ -393,7 +384,7 @@ def _record(attempt: int, worker: int, cand: Candidate | None, ev: Evaluation, t
             demos: list[Demo] = (), plan_no: int | None = None) -> dict:
     """One attempt: ``plan_no`` indexes the state's ``plans`` (the plan the worker followed)."""
     return {"attempt": attempt, "worker": worker, "plan_no": plan_no, "candidate": cand.to_dict() if cand else None,
-            "evaluation": ev.to_dict(), "feedback": feedback_of(ev).__dict__, "seconds": time.perf_counter() - t0,
+            "evaluation": ev.to_dict(), "feedback": Feedback.from_evaluation(ev).__dict__, "seconds": time.perf_counter() - t0,
             "demos": [{"task": d.task, "level": d.level} for d in demos]}
 
 

@@ -27,13 +27,13 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import torch
 
 import asp_lang
 
-from .baseline import Baseline, build_baseline, to_numpy, to_torch
+from .baseline import Baseline, build_baseline
 from .binding import bind
+from .bridge import program_feed, program_results
 from .capture import AtenGraph
 from .lowering import OpKernel
 
@@ -146,12 +146,8 @@ class _KernelBound(Bound):
     def run(self, inputs, params=None, limits=None):
         g, prog = self.graph, self.prog
         params = g.param_values if params is None else params
-        feed = {}
-        for pname, t in zip(prog.params, [*inputs, *(params[p.name] for p in g.params)]):
-            a = to_numpy(t)
-            feed[pname] = (a.astype(np.int32) if a.dtype == np.int64 else a).reshape(prog.tensors[pname].shape)
-        outs = asp_lang.run(prog, feed, limits)
-        return [to_torch(outs[r], s.dtype).reshape(s.shape) for r, s in zip(prog.results, g.output_specs)]
+        feed = program_feed(prog, [*inputs, *(params[p.name] for p in g.params)])
+        return program_results(prog, asp_lang.run(prog, feed, limits), g.output_specs)
 
     def time(self) -> Timing:
         if self._timing is None:

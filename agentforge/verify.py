@@ -39,9 +39,9 @@ import asp_lang
 from asp_lang import AspError
 from asp_lang.timing import EmulatorError
 
-from .baseline import capture_at, to_numpy
+from .bridge import to_numpy
 from .binding import BindingError
-from .capture import AtenGraph, capture, io_bytes
+from .capture import AtenGraph, capture, capture_at, io_bytes
 from .errors import AgentforgeError
 from .lowering import UnsupportedOpError
 from .solution import KernelSolution, baseline_solution, solution
@@ -572,13 +572,13 @@ def targeted_distributions(graph: AtenGraph) -> tuple[str, ...]:
     adds shows up as inf/NaN). Ops on computed values are left out, and so are the exp-class
     ones where an index op ranks computed values: float32 results may legitimately reorder
     near-ties and saturated values (attention scores, top-k over probabilities)."""
-    from .lowering import ALIAS_KINDS, _base
+    from .lowering import ALIAS_KINDS, aten_name
 
     inputs = {s.name for s in graph.inputs}
     alias_of: dict[str, str] = {}
     for n in graph.nodes:
         refs = n.refs()
-        if _base(n.target) in ALIAS_KINDS and refs:
+        if aten_name(n.target) in ALIAS_KINDS and refs:
             src = refs[0].name
             alias_of[n.name] = alias_of.get(src, src)
             for o in n.outs:
@@ -587,13 +587,13 @@ def targeted_distributions(graph: AtenGraph) -> tuple[str, ...]:
     # an index op (top-k, argmax) over computed values, e.g. top-k over softmax probabilities: a
     # maximum lifted 100 above the rest saturates the others to exact float32 zeros whose order is
     # a tie the float64 reference does not have, so the exp-class distributions are left out
-    ranks_computed = any(_base(n.target) in _ARG_CLASS and n.refs()
+    ranks_computed = any(aten_name(n.target) in _ARG_CLASS and n.refs()
                          and alias_of.get(n.refs()[0].name, n.refs()[0].name) not in inputs for n in graph.nodes)
     for n in graph.nodes:
         refs = n.refs()
         if not refs or alias_of.get(refs[0].name, refs[0].name) not in inputs:
             continue
-        base = _base(n.target)
+        base = aten_name(n.target)
         if base in _EXP_CLASS:
             if not ranks_computed:
                 out += ["last_max", "offset"]
@@ -601,7 +601,7 @@ def targeted_distributions(graph: AtenGraph) -> tuple[str, ...]:
             out += ["last_max", "near_ties"]
         elif base in _NORM_CLASS:
             out += ["mixed_scale"]
-    ranks = any(_base(n.target) in _ARG_CLASS for n in graph.nodes)
+    ranks = any(aten_name(n.target) in _ARG_CLASS for n in graph.nodes)
     if not ranks and any(s.dtype in ("f32", "bf16", "f16") for s in graph.inputs):
         out.append("zeros")  # (not where an index op ranks values: exact zeros are ties it may order either way)
     return tuple(dict.fromkeys(out))

@@ -75,6 +75,19 @@ class Feedback:
     hbm_bytes: float | None = None
     profile: dict | None = None      # verify.Evaluation.profile: sections, units, per-operator cycles
 
+    @classmethod
+    def from_evaluation(cls, ev: Any) -> "Feedback":
+        """The feedback of an ``agentforge.verify.Evaluation`` (or its dict form): the one place
+        verifier results become what roles read. ``error`` carries the rendered ``file:line:col``
+        message with the source line and caret when the evaluator has one; otherwise None."""
+        d = ev if isinstance(ev, dict) else ev.to_dict()
+        err = d.get("error") or {}
+        return cls(verified=bool(d.get("verified")), reason_code=d.get("reason_code"), reason=d.get("reason"),
+                   speedup=d.get("speedup"), roofline_fraction=d.get("roofline_fraction"),
+                   bottleneck=d.get("bottleneck"), error=err.get("message") if isinstance(err, dict) else None,
+                   simulated_seconds=d.get("simulated_seconds"), baseline_seconds=d.get("baseline_seconds"),
+                   hbm_bytes=d.get("hbm_bytes"), profile=d.get("profile"))
+
     def short(self) -> str:
         """A few lines, for an LLM prompt."""
         if self.verified:

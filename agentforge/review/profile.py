@@ -120,7 +120,7 @@ def _task_digest(task_path: Path) -> str:
 
 def _own_graph(task_path: Path) -> Any:
     """The task captured at its own sizes (shapes only); torch.export is slow, so once per task."""
-    from ..baseline import capture_at
+    from ..capture import capture_at
     from ..tasks import load_task
 
     key = _task_digest(task_path)

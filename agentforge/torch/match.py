@@ -41,7 +41,7 @@ from agentforge.canonical import canonical_form, canonical_graph, canonical_key,
 from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, dtype_str, export_guard,
                                 graph_from_export, node_flops, operand_specs, signature)
 from agentforge.torch.ops import (ModelCaptureError, OpFamily, ProblemKey, TorchLibrary, UnverifiedProblemError,
-                                  Verified, _fmt_args, problem_key)
+                                  Verified, format_arg_shapes, problem_key)
 
 __all__ = ["Region", "EagerOp", "Unverified", "OffloadPlan", "plan_offload", "export_graph"]
 
@@ -102,7 +102,7 @@ class Unverified:
     def message(self) -> str:
         why = ("its argument shapes and dtypes are verified, but not its scalars (eps, scale, dims...)"
                if self.key in self.family.problems.by_key else "no kernel is verified for these sizes and dtypes")
-        return (f"{self.op} matches model ops {', '.join(self.nodes)} at arguments ({_fmt_args(self.key)}), "
+        return (f"{self.op} matches model ops {', '.join(self.nodes)} at arguments ({format_arg_shapes(self.key)}), "
                 f"but {why}; verified problems: {self.family.verified_short()}")
 
     def error(self) -> UnverifiedProblemError:
@@ -495,7 +495,7 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unveri
     if not vs:
         unverified.append(Unverified(fam, got, semantic))
         return (f"matches the structure of {fam.qualname_hint}, but not a verified problem: arguments "
-                f"({_fmt_args(got)}); verified:\n{fam.describe_verified()}")
+                f"({format_arg_shapes(got)}); verified:\n{fam.describe_verified()}")
     v = min(vs, key=fam.seconds) if len(vs) > 1 else vs[0]
     args = [m.bind[i] for i in range(len(m.slots))]
     shapes = [tuple(s.shape) for s in (*v.graph.inputs, *v.graph.params)]

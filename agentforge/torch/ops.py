@@ -35,7 +35,7 @@ import torch
 
 import asp_lang
 
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.capture import AtenGraph, TensorSpec, dtype_str, signature, torch_dtype
 from agentforge.errors import AgentforgeError
 from agentforge.library import KernelEntry, Library
@@ -88,7 +88,7 @@ def _capture_meta(task: Task, sizes: Mapping[str, int] | None) -> AtenGraph:
     return _clean_thread(capture_at, task, sizes, True)
 
 
-def _fmt_args(shapes: Sequence[tuple[tuple[int, ...], str]]) -> str:
+def format_arg_shapes(shapes: Sequence[tuple[tuple[int, ...], str]]) -> str:
     return ", ".join(f"{dt}{list(sh)}" for sh, dt in shapes)
 
 
@@ -190,12 +190,12 @@ class OpFamily:
         rows = []
         for key, vs in self.problems.by_key.items():
             ids = ", ".join(sorted({v.entry.id for v in vs}))
-            rows.append(f"    ({_fmt_args(key)}) at {_fmt_sizes(vs[0].sizes)} [{ids}]")
+            rows.append(f"    ({format_arg_shapes(key)}) at {_fmt_sizes(vs[0].sizes)} [{ids}]")
         return "\n".join(rows) or "    (none)"
 
     def verified_short(self) -> str:
         """The verified problems on one line (warnings)."""
-        return "; ".join(f"({_fmt_args(key)})" for key in self.problems.by_key) or "none"
+        return "; ".join(f"({format_arg_shapes(key)})" for key in self.problems.by_key) or "none"
 
     # ------------------------------------------------------------------ choosing a kernel
 
@@ -215,7 +215,7 @@ class OpFamily:
                 cands = self._verify_at_new_sizes(key)
             if len({v.sized_key for v in cands}) > 1:
                 raise UnverifiedProblemError(
-                    f"{self.qualname_hint}: the argument shapes ({_fmt_args(key)}) fit several verified size sets "
+                    f"{self.qualname_hint}: the argument shapes ({format_arg_shapes(key)}) fit several verified size sets "
                     f"with different scalars ({'; '.join(_fmt_sizes(v.sizes) for v in cands)})\n  how to fix: call "
                     f"the kernel through its task at the sizes you mean, or keep one size set per shape")
             if len(cands) > 1:
@@ -246,7 +246,7 @@ class OpFamily:
 
     def refusal(self, args: Sequence[torch.Tensor]) -> UnverifiedProblemError:
         return UnverifiedProblemError(
-            f"{self.qualname_hint}: no kernel is verified for arguments ({_fmt_args(args_key(args))}); "
+            f"{self.qualname_hint}: no kernel is verified for arguments ({format_arg_shapes(args_key(args))}); "
             f"verified problems:\n{self.describe_verified()}\n  how to fix: call it at a verified size and "
             f"dtype, run a campaign that covers these sizes, or load the library with verify_new_sizes=True "
             f"(verify on first use) or fallback='torch' (run the PyTorch reference, with a warning)")
@@ -262,7 +262,7 @@ class OpFamily:
         wide = None if v is None else self.out_of_range(args)
         if v is None or wide is not None:
             if self.fallback == "torch":
-                why = wide or (f"no kernel verified for ({_fmt_args(args_key(args))}) "
+                why = wide or (f"no kernel verified for ({format_arg_shapes(args_key(args))}) "
                                f"(verified: {self.verified_short()})")
                 warnings.warn(f"{self.qualname_hint}: {why}; running the PyTorch reference instead "
                               f"(fallback='torch')", stacklevel=3)
@@ -357,7 +357,7 @@ class OpFamily:
         if sizes is None:
             raise UnverifiedProblemError(
                 f"{self.qualname_hint}: no sizes of task {self.task.name!r} give arguments "
-                f"({_fmt_args(key)}), so its reference cannot run there either\n  how to fix: pass the "
+                f"({format_arg_shapes(key)}), so its reference cannot run there either\n  how to fix: pass the "
                 f"task's inputs then its parameters ({', '.join(self.arg_names)}) with consistent shapes")
         skey = tuple(sorted(sizes.items()))
         with self._lock:
@@ -389,7 +389,7 @@ class OpFamily:
         sizes = self.infer_sizes(key)
         if sizes is None:
             raise UnverifiedProblemError(
-                f"{self.qualname_hint}: cannot infer output shapes for arguments ({_fmt_args(key)}): no sizes of "
+                f"{self.qualname_hint}: cannot infer output shapes for arguments ({format_arg_shapes(key)}): no sizes of "
                 f"task {self.task.name!r} give them; verified problems:\n{self.describe_verified()}")
         return _capture_meta(self.task, sizes).output_specs
 
