@@ -144,26 +144,25 @@ def cmd_baseline(args) -> int:
 
 
 def _write_solution(out: Path, res, task, machine) -> list[str]:
-    """The best candidate as files: kernel.asp, or plan.json and the chain's kernels at own sizes."""
-    from .author import Plan, realize
+    """The best candidate as files: kernel.asp, or plan.json and the chain's kernels at own sizes
+    (under kernels/), as its :class:`~agentforge.solution.Solution` writes them."""
     from .capture import capture_at
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
     cand = res.best_candidate
-    if cand is not None and cand.kind == "kernel":
-        (out / "kernel.asp").write_text(cand.source or "")
-        written.append("kernel.asp")
-    elif cand is not None and cand.kind == "plan":
-        (out / "plan.json").write_text(json.dumps(cand.plan, indent=2))
-        written.append("plan.json")
-        chain = realize(Plan.from_dict(cand.plan), capture_at(task, meta=True), machine)
-        kdir = out / "kernels"
-        kdir.mkdir(exist_ok=True)
-        for i, k in enumerate(chain.kernels):
-            name = f"{i:03d}_{k.node}.asp"
-            (kdir / name).write_text(k.source)
-            written.append(f"kernels/{name}")
+    if cand is not None:
+        sol = cand.solution(machine)
+        files = sol.files(capture_at(task, meta=True))
+        kdir, prefix = out, ""
+        if sol.plan_record is not None:
+            (out / "plan.json").write_text(json.dumps(sol.plan_record, indent=2))
+            written.append("plan.json")
+            kdir, prefix = out / "kernels", "kernels/"
+            kdir.mkdir(exist_ok=True)
+        for name, text in files.items():
+            (kdir / name).write_text(text)
+            written.append(prefix + name)
     (out / "evaluation.json").write_text(json.dumps(res.to_dict(), indent=2))
     written.append("evaluation.json")
     return written
