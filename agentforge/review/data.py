@@ -290,6 +290,8 @@ def _attach_entry(t: TaskView, lib: Any, e: Any, machine: str, timing: bool) -> 
 
 
 def _from_library(src: Path, lib: Any, timing: bool, only: str | None) -> Review:
+    from ..scoring import fast_fraction
+
     machine = lib.manifest.get("machine", "sn40l")
     tasks = []
     for i, e in enumerate(lib.entries):
@@ -300,8 +302,8 @@ def _from_library(src: Path, lib: Any, timing: bool, only: str | None) -> Review
     verified = len(tasks)
     totals = {"tasks": verified, "verified": verified, "failed": 0, "pending": 0, "attempts": None,
               "tokens": None, "cost": None, "llm_calls": None,
-              "fast_1": sum((t.speedup or 0) > 1 for t in tasks) / (verified or 1),
-              "fast_2": sum((t.speedup or 0) > 2 for t in tasks) / (verified or 1)}
+              "fast_1": fast_fraction((t.speedup for t in tasks), verified, 1.0),
+              "fast_2": fast_fraction((t.speedup for t in tasks), verified, 2.0)}
     manifest = {k: v for k, v in lib.manifest.items() if k != "kernels"}
     return Review(src, False, {}, manifest, machine, totals, tasks, [NO_RUN_NOTE])
 
