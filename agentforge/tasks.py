@@ -366,6 +366,18 @@ def _active_fraction(sidecar: Path, value: Any, sizes: Mapping[str, int]) -> flo
     raise TaskError(sidecar, f"active_fraction must be in (0, 1] or K/SIZE, not {value!r}", hint)
 
 
+def _table(sidecar: Path, data: dict, name: str, keys: set[str]) -> dict:
+    """The sidecar's ``[name]`` table (empty when absent); not a table, or a key not in ``keys``,
+    is a :class:`TaskError` saying what to write."""
+    tbl = data.get(name, {})
+    if not isinstance(tbl, dict):
+        raise TaskError(sidecar, f"'{name}' must be a table", f"write it as [{name}]")
+    unknown = set(tbl) - keys
+    if unknown:
+        raise TaskError(sidecar, f"unknown key(s) {sorted(unknown)} in [{name}]",
+                        "allowed keys: " + ", ".join(sorted(keys)))
+    return tbl
+
 def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
     """Read and validate ``<stem>.toml``; returns the normalised fields (empty when absent)."""
     sidecar = path.with_suffix(".toml")
@@ -387,16 +399,7 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
             "a sidecar has only [task], [tolerance], [roofline] and [[sizes]]",
         )
 
-    task_tbl = data.get("task", {})
-    if not isinstance(task_tbl, dict):
-        raise TaskError(sidecar, "'task' must be a table", "write it as [task]")
-    unknown = set(task_tbl) - _TASK_KEYS
-    if unknown:
-        raise TaskError(
-            sidecar,
-            f"unknown key(s) {sorted(unknown)} in [task]",
-            "allowed keys: " + ", ".join(sorted(_TASK_KEYS)),
-        )
+    task_tbl = _table(sidecar, data, "task", _TASK_KEYS)
     if "group" in task_tbl:
         group = task_tbl["group"]
         if group not in GROUPS:
@@ -427,12 +430,7 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
             raise TaskError(sidecar, "tags must be a list of strings", 'write tags = ["a", "b"]')
         out["tags"] = tags
 
-    tol = data.get("tolerance", {})
-    if not isinstance(tol, dict):
-        raise TaskError(sidecar, "'tolerance' must be a table", "write it as [tolerance]")
-    unknown = set(tol) - _TOLERANCE_KEYS
-    if unknown:
-        raise TaskError(sidecar, f"unknown key(s) {sorted(unknown)} in [tolerance]", "allowed keys: atol, rtol")
+    tol = _table(sidecar, data, "tolerance", _TOLERANCE_KEYS)
     for key in ("atol", "rtol"):
         if key in tol:
             value = tol[key]
@@ -444,12 +442,7 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
                 )
             out[key] = float(value)
 
-    roof = data.get("roofline", {})
-    if not isinstance(roof, dict):
-        raise TaskError(sidecar, "'roofline' must be a table", "write it as [roofline]")
-    unknown = set(roof) - _ROOFLINE_KEYS
-    if unknown:
-        raise TaskError(sidecar, f"unknown key(s) {sorted(unknown)} in [roofline]", "allowed keys: active_fraction")
+    roof = _table(sidecar, data, "roofline", _ROOFLINE_KEYS)
     if "active_fraction" in roof:
         out["active_fraction"] = _active_fraction(sidecar, roof["active_fraction"], sizes)
 

@@ -26,7 +26,8 @@ from ..llm.client import estimate_tokens
 
 PROMPTS_ENV = "AGENTFORGE_PROMPTS"
 _REPO = Path(__file__).resolve().parents[2]
-TEMPLATES = ("planner", "worker", "reflector")
+#: the prompt templates (prompts/NAME.j2), one per agent role; not the fusion templates (author.TEMPLATES)
+PROMPT_TEMPLATES = ("planner", "worker", "reflector")
 
 #: docs/asp.md sections, most useful first (by their number; 0 is the text before section 1; the
 #: compact reference adds 11, worked kernels, and 12, the index of sections available on request)
@@ -49,7 +50,7 @@ def prompts_dir() -> Path:
     if (p / "worker.j2").is_file():
         return p
     raise PromptError(f"prompt templates not found in {p}; set {PROMPTS_ENV} to the folder holding "
-                      f"{', '.join(t + '.j2' for t in TEMPLATES)}")
+                      f"{', '.join(t + '.j2' for t in PROMPT_TEMPLATES)}")
 
 
 @lru_cache(maxsize=8)
