@@ -378,6 +378,7 @@ def _table(sidecar: Path, data: dict, name: str, keys: set[str]) -> dict:
                         "allowed keys: " + ", ".join(sorted(keys)))
     return tbl
 
+
 def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
     """Read and validate ``<stem>.toml``; returns the normalised fields (empty when absent)."""
     sidecar = path.with_suffix(".toml")
