@@ -17,7 +17,8 @@ import asp_lang
 from agentforge.solution import KernelSolution
 from agentforge.baseline import capture_at
 from agentforge.tasks import load_task
-from agentforge.verify import REASON_CODES, VerifyConfig, _configured_sets, evaluate, run_checks
+from agentforge.check_sizes import configured_sets
+from agentforge.verify import REASON_CODES, VerifyConfig, evaluate, run_checks
 
 ROOT = Path(__file__).resolve().parents[2]
 ADV = ROOT / "evals" / "adversarial"
@@ -170,7 +171,7 @@ def test_tiled_cheat_is_checked_in_its_timed_configuration(name):
     path = ADV / f"{name}.asp"
     task = load_task(_task(path))
     cand = _candidate(path)
-    sets = _configured_sets(task, cand, CFG, name)
+    sets = configured_sets(task, cand, CFG, name)
     own = cand.structure(capture_at(task, meta=True))[0][1]
     for sizes in sets:
         checked = cand.structure(capture_at(task, sizes, meta=True))[0][1]
@@ -197,7 +198,7 @@ def test_targeted_distribution_catches_what_the_generic_ones_miss(name, caught_b
     path = ADV / f"{name}.asp"
     task = load_task(_task(path))
     cand = _candidate(path)
-    sets = _configured_sets(task, cand, CFG, name)
+    sets = configured_sets(task, cand, CFG, name)
     normal = run_checks(task, cand, OnlyNormal(machine="sn40l"), sets)
     assert all(c.passed for c in normal)
     only = type("Only", (_OnlyDistribution,), {"only": caught_by})(machine="sn40l")

@@ -4,7 +4,6 @@ the JSON schema and how an emulator bug is reported."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -12,13 +11,12 @@ import pytest
 import torch
 
 import asp_lang
+from agentforge.check_sizes import configured_sets, covers
 from agentforge.solution import KernelSolution
 from agentforge.baseline import capture_at
 from agentforge.tasks import load_suite, load_task
 from agentforge.verify import (
     DISTRIBUTIONS,
-    _configured_sets,
-    covers,
     targeted_distributions,
     REASON_CODES,
     SUSPICIOUS_SPEEDUP,
@@ -27,7 +25,6 @@ from agentforge.verify import (
     Mismatch,
     VerifyConfig,
     check_output,
-    compare,
     evaluate,
     run_checks,
 )
@@ -51,13 +48,12 @@ def _kernel(path: Path) -> dict:
     return {"kind": "kernel", "source": path.read_text(), "filename": str(path)}
 
 
-# ------------------------------------------------------------------ compare / check_output
+# ------------------------------------------------------------------ check_output
 
 def test_equal_outputs_pass_with_zero_error():
     r = torch.randn(4, 8, dtype=torch.float64)
     assert check_output(r.float(), r, 1e-4, 1e-4)[0] < 1e-6
-    msg, abs_err, rel_err = compare(r.clone(), r, 1e-4, 1e-4)
-    assert msg is None and abs_err == 0.0 and rel_err == 0.0
+    assert check_output(r.clone(), r, 1e-4, 1e-4) == (0.0, 0.0)
 
 
 def test_shape_is_checked_first():
@@ -65,8 +61,8 @@ def test_shape_is_checked_first():
     assert _code(torch.zeros(8, 4), r) == "shape"
     assert _code(r.reshape(32), r) == "shape"       # same values, other shape
     assert _code(r[:, :1], r) == "shape"
-    msg, a, b = compare(torch.zeros(8, 4), r, 1e-4, 1e-4)
-    assert "shape" in msg and a == math.inf and b == math.inf
+    with pytest.raises(Mismatch, match="shape"):
+        check_output(torch.zeros(8, 4), r, 1e-4, 1e-4)
 
 
 def test_integer_outputs_must_be_exact_and_of_the_same_dtype():
@@ -350,7 +346,7 @@ def test_check_sizes_run_the_timed_tiles_at_least_three_tiles_long():
     it stays 256 in every check and every tiled axis spans >= 3 tiles (or as many as timed)."""
     task = load_task(SOFTMAX)
     cand = _candidate(CONTROL)
-    sets = _configured_sets(task, cand, CFG, "test-control")
+    sets = configured_sets(task, cand, CFG, "test-control")
     assert cand.fixed == {"R": 4, "T": 256}
     timed = cand.structure(capture_at(task, meta=True))
     assert len(sets) == 2
@@ -381,7 +377,7 @@ kernel softmax_rows(x: f32[M, N]) -> (y: f32[M, N]) {
 """
     task = load_task(SOFTMAX)
     cand = KernelSolution(src, "rows.asp", asp_lang.load_machine("sn40l"))
-    sets = _configured_sets(task, cand, CFG, "test-rows")
+    sets = configured_sets(task, cand, CFG, "test-rows")
     assert sets[0] == {"BATCH": 16, "DIM": 128}
     assert sets[1]["BATCH"] >= 12 and sets[1]["DIM"] >= 64  # never below the sidecar's smallest
 
