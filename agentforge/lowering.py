@@ -1027,10 +1027,6 @@ def aten_name(target: str) -> str:
     return parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
 
 
-# verify.py still imports the old private name; kept until its owner switches to aten_name
-_base = aten_name
-
-
 def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
     """The baseline step for one node (``constants``: graph values known ahead of time)."""
     base = aten_name(node.target)

@@ -310,7 +310,7 @@ def _operand_class(shape: tuple[int, ...], out: tuple[int, ...]) -> str:
 def _describe(nodes: list[int], template: str, sem: list, graph: "AtenGraph", roots: dict[str, str]) -> dict:
     """One region's descriptor (see :class:`Structure`)."""
     from agentforge.author import row_kind, total_kind
-    from agentforge.capture import _is_reduction, _reduced_dims, _ref_specs, op_kind
+    from agentforge.capture import is_reduction, op_kind, operand_specs, reduced_dims
     from agentforge.lowering import ELEMENTWISE_OPS, aten_name
 
     members = [sem[i] for i in nodes]
@@ -358,8 +358,8 @@ def _describe(nodes: list[int], template: str, sem: list, graph: "AtenGraph", ro
                 push(str(rk))
             continue
         token = "ew" if base in ELEMENTWISE_OPS and base != "expand" else kind
-        if token != "ew" and _is_reduction(n):
-            token += "@" + ",".join(str(d) for d in _reduced_dims(n, _ref_specs(graph._spec_table, n)))
+        if token != "ew" and is_reduction(n):
+            token += "@" + ",".join(str(d) for d in reduced_dims(n, operand_specs(graph._spec_table, n)))
         push(token, outside(n) if token == "ew" else set())
     last = members[-1].outs[0] if members[-1].outs else None
     return {"template": template,
@@ -466,8 +466,8 @@ def retune(plan: "Plan", graph: "AtenGraph", machine: "Machine", tuned_at: list 
     the neighbourhood of its cached parameters (``author``'s prior radius), and the whole grid
     only when none of that fits. The fused-or-split decisions are the cached plan's. Returns
     (plan, timing evaluations spent, regions kept); raises when the plan does not realise."""
-    from agentforge.author import (GRIDS, MIN_TRIES, Plan, Region, UnsupportedOpError, best_params, graph_index,
-                                   realize)
+    from agentforge.author import GRIDS, MIN_TRIES, Plan, Region, UnsupportedOpError, best_params, graph_index
+    from agentforge.solution import plan_solution
 
     idx = graph_index(graph)
     per_region = max(1, budget // max(1, len(plan.regions)))
@@ -492,7 +492,8 @@ def retune(plan: "Plan", graph: "AtenGraph", machine: "Machine", tuned_at: list 
             raise UnsupportedOpError(f"no parameters fit region {k} ({region.template}) on {machine.name}")
         out.append(Region(region.template, list(region.nodes), best[1]))
     tuned = Plan(out, notes=plan.notes)
-    realize(tuned, graph, machine)
+    # realised through its solution: the chain is kept, and the loop's evaluation of this plan binds it again
+    plan_solution(tuned, machine).chain(graph)
     return tuned, tried, kept
 
 
@@ -659,8 +660,9 @@ class PlanCache:
     @staticmethod
     def _adapt(cached: CachedPlan | dict, graph: "AtenGraph", machine: "Machine | None",
                check_key: bool) -> "Plan | None":
-        from agentforge.author import Plan, Region, realize, row_kind, row_view, semantic_nodes
+        from agentforge.author import Plan, Region, row_kind, row_view, semantic_nodes
         from agentforge.capture import op_kind, signature
+        from agentforge.solution import plan_solution
 
         data = cached.plan if isinstance(cached, CachedPlan) else cached
         try:
@@ -715,7 +717,7 @@ class PlanCache:
         adapted = Plan(regions, plan.version, (plan.notes + " | adapted from the plan cache").strip(" |"))
         if machine is not None:
             try:
-                realize(adapted, graph, machine)
+                plan_solution(adapted, machine).chain(graph)   # kept: retune's plan is often this one
             except Exception:  # noqa: BLE001 - any failure to realize means "does not fit"
                 return None
         return adapted

@@ -461,6 +461,22 @@ def test_a_structural_hit_serves_an_unseen_epilogue_chain(cache, gemms):
     assert ev.verified, ev.reason
 
 
+def test_a_served_plan_is_realised_once_and_its_evaluation_reuses_the_chain(cache, gemms):
+    # the adaptation checks that the plan realises by binding its solution; the loop's evaluation
+    # binds a solution of the same plan at the same graph and gets that chain, not a second build
+    from agentforge import solution as sol
+
+    leaky = gemms["leaky"]
+    store_verified(cache, leaky, fused_plan(leaky, notes="realised once"), 3.0)   # notes: a plan no test built
+    before = sol.BUILDS["plan"]
+    served = cache.serve(leaky.sig, leaky.own, MACHINE, leaky.structure)
+    assert served is not None and served.tier == "exact" and "realised once" in served.plan.notes
+    assert sol.BUILDS["plan"] - before >= 1
+    built = sol.BUILDS["plan"]
+    chain = sol.plan_solution(served.plan.to_dict(), MACHINE).chain(leaky.own)
+    assert sol.BUILDS["plan"] == built and chain.kernels
+
+
 def test_a_task_of_another_structure_misses(cache, gemms):
     store_verified(cache, gemms["gelu"], fused_plan(gemms["gelu"]))
     relu = gemms["relu"]
