@@ -21,12 +21,15 @@ def semantic_nodes(graph: AtenGraph) -> list[AtenNode]:
 
 
 def is_const(node: AtenNode, constants: set[str]) -> bool:
+    """A value known ahead of time: a constant-making op, or an op of constants only (``constants``
+    so far, in graph order)."""
     base = aten_name(node.target)
     refs = [r.name for r in node.refs()]
     return base in CONST_TARGETS or (refs and all(r in constants for r in refs)) or (not refs and base != "getitem")
 
 
 def is_alias(node: AtenNode, graph: AtenGraph | None = None) -> bool:
+    """A relabel of another value (getitem, views, a dtype-less copy, a no-op expand): no kernel."""
     return node.target == "getitem" or aten_name(node.target) in ALIAS_KINDS or \
         (aten_name(node.target) == "_to_copy" and node.kwargs.get("dtype") is None) or \
         (graph is not None and is_noop_expand(node, graph))
@@ -54,12 +57,14 @@ def interleaves(node: AtenNode, graph: AtenGraph, rows: int) -> bool:
 
 
 def row_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """A shape as (rows, columns): every dimension but the last are rows."""
     if not shape:
         return 1, 1
     return math.prod(shape[:-1]), shape[-1]
 
 
 def on_last_dim(node: AtenNode, graph: AtenGraph, dims) -> bool:
+    """``dims`` (of the node's first operand) are exactly its last dimension."""
     x = graph.spec(node.args[0])
     rank = len(x.shape)
     if rank == 0:
@@ -149,6 +154,7 @@ def swaps_last_two(node: AtenNode, graph: AtenGraph) -> bool:
 
 
 def const_and_alias_steps(graph: AtenGraph) -> tuple[dict[str, Step], set[str]]:
+    """The chain steps that are no kernel (value -> Const or Alias step), and the constant values."""
     constants: set[str] = set()
     steps: dict[str, Step] = {}
     for node in graph.nodes:

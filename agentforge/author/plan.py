@@ -20,6 +20,7 @@ PLAN_VERSION = 1
 
 @dataclass
 class Region:
+    """One kernel of a plan: a template over semantic node indices, with the parameters it takes."""
     template: str                 # a name in TEMPLATES: "row" | "matmul" | "attention" | "moe" | "single"
     nodes: list[int]              # semantic node indices (see semantic_nodes)
     params: dict = field(default_factory=dict)
@@ -27,6 +28,7 @@ class Region:
 
 @dataclass
 class Plan:
+    """The regions of a task's graph, in graph order: one kernel each."""
     regions: list[Region]
     version: int = PLAN_VERSION
     notes: str = ""

@@ -30,6 +30,8 @@ class GraphIndex:
 
 
 def graph_index(graph: AtenGraph) -> GraphIndex:
+    """The graph's semantic nodes, constant and relabel steps, readers and outputs, computed once
+    (the tuner and the plan cache time many plans on one graph)."""
     fixed, constants = const_and_alias_steps(graph)
     return GraphIndex(semantic_nodes(graph), fixed, constants, consumers_of(graph), {r.name for r in graph.outputs})
 

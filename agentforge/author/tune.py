@@ -52,6 +52,7 @@ PRIOR_RADIUS = 1   # with priors, only parameter sets differing from them in at 
 
 @dataclass
 class Tuned:
+    """A tuned plan, its simulated seconds at the task's own sizes and what the search spent."""
     plan: Plan
     seconds: float
     kernels: int
