@@ -3,280 +3,31 @@ through HBM, the way an instruction-driven accelerator runs a model.
 
 It is the bar every generated kernel must beat, so it must be correct (it is verified like
 any candidate) and honestly timed: each kernel is profiled at the task's own sizes and every
-switch between kernels pays the machine's reconfiguration cost.
+switch between kernels pays the machine's reconfiguration cost. The chain it builds is a
+:class:`agentforge.chain.Chain`, the same class a realized fusion plan is.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping
-
-import numpy as np
-import torch
-
 import asp_lang
-from asp_lang import AspError, Machine
+from asp_lang import Machine
 
-from .aten import AtenGraph, AtenNode, Ref
-from .bridge import to_asp, to_numpy, to_torch, torch_dtype
+from .aten import AtenGraph
+from .bridge import to_numpy, to_torch
 from .capture import capture_at
-from .lowering import Alias, Const, OpKernel, Step, UnsupportedOpError, lower_node
-from .signature import node_flops
+from .chain import (PAR_BESIDE_MATMUL, PAR_COMPUTE, PAR_MEMORY, Chain, ChainTiming, eval_const, kernel_latency_seconds,
+                    op_roofline_seconds, with_par)
+from .lowering import Alias, Const, Step, UnsupportedOpError, lower_node
 
-__all__ = ["Baseline", "build_baseline", "lower_steps", "BaselineTiming"]
+__all__ = ["build_baseline", "lower_steps"]
 
-# Re-exported from their own modules (agentforge.capture, agentforge.bridge) while importers
-# outside this module's owner still read them here.
-__all__ += ["capture_at", "to_numpy", "to_torch"]
-
-
-def _to_torch_arg(v: Any, env: dict[str, torch.Tensor]) -> Any:
-    if isinstance(v, Ref):
-        return env[v.name]
-    if isinstance(v, list):
-        return [_to_torch_arg(x, env) for x in v]
-    if isinstance(v, tuple):
-        return tuple(_to_torch_arg(x, env) for x in v)
-    return v
-
-
-def _torch_kwargs(kwargs: dict, env) -> dict:
-    out = {}
-    for k, v in kwargs.items():
-        if k == "dtype" and isinstance(v, str):
-            out[k] = torch_dtype(v)
-        elif k == "device":
-            out[k] = torch.device("cpu")
-        elif k == "layout":
-            out[k] = torch.strided
-        elif k == "memory_format":
-            out[k] = torch.contiguous_format if v else None
-        else:
-            out[k] = _to_torch_arg(v, env)
-    return out
-
-
-def eval_const(node: AtenNode, env: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Evaluate a data-independent node on the host (it becomes a tensor preloaded in HBM)."""
-    ns, name, overload = node.target.split(".")
-    op = getattr(getattr(getattr(torch.ops, ns), name), overload)
-    res = op(*_to_torch_arg(node.args, env), **_torch_kwargs(node.kwargs, env))
-    return list(res) if isinstance(res, (tuple, list)) else [res]
-
-
-@dataclass
-class BaselineTiming:
-    seconds: float
-    cycles: float
-    hbm_bytes: float
-    kernels: list[dict]
-    reconfigurations: int
-
-
-@dataclass
-class Baseline:
-    """The op-by-op chain for one captured graph."""
-    graph: AtenGraph
-    steps: list[Step]
-    machine: Machine
-    tune_par: bool = True   # the op-by-op baseline picks each kernel's parallelism; plans carry their own
-    _programs: dict[int, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def kernels(self) -> list[OpKernel]:
-        return [s for s in self.steps if isinstance(s, OpKernel)]
-
-    def program(self, i: int, step: OpKernel):
-        if i not in self._programs:
-            try:
-                self._programs[i] = asp_lang.compile(step.source, self.machine, filename=f"{step.node}.asp")
-            except AspError as e:
-                # the op-by-op baseline fits the machine it runs on (par never changes results):
-                # a default par larger than this machine's units falls back to the smallest
-                if not (self.tune_par and e.kind == "ResourceError"):
-                    raise
-                self._programs[i] = asp_lang.compile(with_par(step.source, PAR_COMPUTE[0], PAR_MEMORY[0]),
-                                                     self.machine, filename=f"{step.node}.asp")
-        return self._programs[i]
-
-    def run(self, inputs: list[torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
-            limits: asp_lang.Limits | None = None) -> list[torch.Tensor]:
-        """Run the chain on the emulator; returns the graph's outputs as tensors."""
-        g = self.graph
-        params = dict(g.param_values if params is None else params)
-        tenv: dict[str, torch.Tensor] = {}
-        for spec, t in zip(g.inputs, inputs):
-            tenv[spec.name] = t
-        for spec in g.params:
-            tenv[spec.name] = params[spec.name]
-        env: dict[str, np.ndarray] = {k: to_numpy(v) for k, v in tenv.items()}
-        node_by_name = {n.name: n for n in g.nodes}
-        out_specs = {o.name: o for n in g.nodes for o in n.outs}
-        out_specs.update({n.name: n.outs[0] for n in g.nodes})
-        for i, step in enumerate(self.steps):
-            node = node_by_name[step.node]
-            if isinstance(step, Const):
-                for r in node.refs():
-                    if r.name in tenv:
-                        continue
-                    spec = g.spec(r)
-                    if r.name in env:
-                        tenv[r.name] = to_torch(env[r.name], spec.dtype)
-                    else:  # a *_like constant reads only the shape of a value not computed yet
-                        tenv[r.name] = torch.empty(spec.shape, dtype=torch_dtype(spec.dtype))
-                for spec, val in zip(node.outs, eval_const(node, tenv)):
-                    tenv[spec.name] = val
-                    env[spec.name] = to_numpy(val)
-            elif isinstance(step, Alias):
-                src = env[step.source]
-                spec = node.outs[0]
-                env[spec.name] = src.reshape(spec.shape)
-                if step.source in tenv:
-                    tenv[spec.name] = tenv[step.source].reshape(spec.shape)
-            else:
-                prog = self.program(i, step)
-                feed = {pname: to_asp(env[name], view)
-                        for pname, name, view in zip(prog.params, step.inputs, step.input_views)}
-                outs = asp_lang.run(prog, feed, limits)
-                for rname, name in zip(prog.results, step.outputs):
-                    env[name] = outs[rname].reshape(out_specs[name].shape)
-        result = []
-        for ref in g.outputs:
-            spec = g.spec(ref)
-            result.append(to_torch(env[ref.name], spec.dtype).reshape(spec.shape))
-        return result
-
-    def time(self) -> BaselineTiming:
-        """Profile every kernel at this graph's sizes (no data needed) and add reconfigurations.
-
-        Each kernel gets the parallelism that makes it fastest on this machine within one
-        configuration (a fair bar: the baseline loses by running op by op, not by being
-        under-provisioned).
-        """
-        cycles = 0.0
-        hbm = 0.0
-        rows = []
-        for i, step in enumerate(self.steps):
-            if not isinstance(step, OpKernel):
-                continue
-            rep, par = self._fastest(step)
-            cycles += rep.cycles
-            hbm += rep.hbm_bytes
-            op_roof = op_roofline_seconds(self.graph, step, self.machine)
-            rows.append({"node": step.node, "target": step.target, "seconds": rep.seconds,
-                         "hbm_bytes": rep.hbm_bytes, "roofline_fraction": rep.roofline_fraction,
-                         "op_roofline_seconds": op_roof, "op_roofline_fraction": op_roof / rep.seconds,
-                         "op_bound_fraction": min(1.0, (op_roof + kernel_latency_seconds(self.machine)) / rep.seconds),
-                         "bottleneck": rep.bottleneck, "par": par})
-        reconf = max(0, len(rows) - 1)
-        cycles += reconf * self.machine.reconfig.cycles
-        return BaselineTiming(cycles / (self.machine.clock_ghz * 1e9), cycles, hbm, rows, reconf)
-
-    def _fastest(self, step: OpKernel):
-        if not self.tune_par:
-            prog = self.program(self.steps.index(step), step)
-            return asp_lang.profile(prog), None
-        best = sectioned = None
-        for c in PAR_COMPUTE:
-            for m in PAR_MEMORY:
-                try:
-                    prog = asp_lang.compile(with_par(step.source, c, m), self.machine, filename=f"{step.node}.asp")
-                except AspError as e:
-                    if e.kind == "ResourceError":  # more units than this machine has: not a choice here
-                        continue
-                    raise
-                rep = asp_lang.profile(prog)
-                if len(prog.sections) > 1:
-                    if sectioned is None or rep.cycles < sectioned[0].cycles:
-                        sectioned = (rep, {"compute": c, "memory": m})
-                    continue
-                if best is None or rep.cycles < best[0].cycles:
-                    best = (rep, {"compute": c, "memory": m})
-        if best is None and sectioned is not None:  # nothing fits one configuration: the fastest sectioned
-            return sectioned
-        if best is None:
-            return asp_lang.profile(self.program(self.steps.index(step), step)), {"compute": 16, "memory": 4}
-        return best
-
-    def sources(self) -> dict[str, str]:
-        """ASP text of every kernel, by node name (what `agentforge baseline -o DIR` writes)."""
-        return {k.node: k.source for k in self.kernels}
-
-
-#: bytes of one element as ASP stores it (64-bit integers are kept as i32, docs/asp.md)
-_ASP_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i64": 4, "i32": 4, "bool": 1}
-
-
-def op_roofline_seconds(graph: AtenGraph, step: OpKernel, machine: Machine) -> float:
-    """The fastest any kernel for this one op can run on ``machine``: its operands read once and
-    its results written once at full HBM bandwidth, or its FLOPs at the best peak its dtypes
-    allow, whichever is longer.
-
-    This is the yardstick's own yardstick: the op-by-op baseline should be what a competent
-    instruction-driven accelerator does (every op its own kernel, each near this bound), so a
-    kernel far below it is a bad lowering, not a property of running op by op. Unlike
-    ``Report.roofline_fraction`` it does not count the kernel's own (possibly wasted) work."""
-    specs = dict(graph._spec_table)
-    for n in graph.nodes:
-        for o in n.outs:
-            specs.setdefault(o.name, o)
-    names = list(dict.fromkeys(step.inputs)) + list(dict.fromkeys(step.outputs))
-    nbytes = sum(specs[n].numel * _ASP_BYTES.get(specs[n].dtype, 4) for n in names)
-    node = graph.node(step.node)
-    operands = [specs[r.name] for r in node.refs()]
-    flops = float(node_flops(node, operands))
-    dtypes = {specs[n].dtype for n in names}
-    peak = max(machine.peak_tflops("bf16" if d in ("bf16", "f16") else "f32") for d in dtypes or {"f32"})
-    return max(nbytes / (machine.hbm.bandwidth_gbs * 1e9), flops / (peak * 1e12))
-
-
-def kernel_latency_seconds(machine: Machine) -> float:
-    """The least time any kernel that reads HBM and writes HBM takes beyond its roofline: its
-    first read's latency and its last write's (nothing overlaps them within one kernel). A tiny
-    op (a [tokens, 1] rsqrt) is bound by this, not by its bytes; the audit judges a kernel
-    against roofline + this, so it flags bad lowerings, not small tensors."""
-    return 2 * machine.latency_cycles("hbm") / (machine.clock_ghz * 1e9)
-
-
-PAR_COMPUTE = (4, 16, 64, 256, 960)
-PAR_MEMORY = (2, 8)
-#: the most PCUs the other compute operators of a matmul kernel (a bias add, a cast) get
-PAR_BESIDE_MATMUL = 64
-_PAR = re.compile(r"par=\d+")
-_FN = re.compile(r"^\s*fn (\w+)\(")
-
-
-def with_par(source: str, compute: int, memory: int) -> str:
-    """The same kernel with every memory operator at ``memory`` and compute operator at ``compute``.
-
-    In a kernel with a matmul, ``compute`` is the matmul operator's and the others (a bias add,
-    a cast) get at most PAR_BESIDE_MATMUL: a GEMM reaches its roofline only with most of the
-    chip's PCUs on the systolic work (960 of sn40l's 1040), which it could not have if every
-    operator of the kernel took as many."""
-    mm_fns = set()
-    lines = source.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        m = _FN.match(line)
-        if m:
-            body = line
-            j = i
-            while line.rstrip().endswith("{") and j + 1 < len(lines) and not body.rstrip().endswith("}"):
-                j += 1
-                body += lines[j]
-            if "matmul(" in body:
-                mm_fns.add(m.group(1))
-    out = []
-    for line in lines:
-        is_mem = "load(" in line or "store(" in line
-        if is_mem:
-            par = memory
-        elif not mm_fns or any(f"fn={f}," in line or f"fn={f})" in line for f in mm_fns):
-            par = compute
-        else:
-            par = min(compute, PAR_BESIDE_MATMUL)
-        out.append(_PAR.sub(f"par={par}", line))
-    return "".join(out)
+# Re-exported from their own modules (agentforge.chain, agentforge.capture, agentforge.bridge)
+# while importers outside this module's owner still read them here. ``Baseline`` was the name
+# of every chain, fused ones included; it is :class:`Chain` now.
+Baseline = Chain
+BaselineTiming = ChainTiming
+__all__ += ["Baseline", "BaselineTiming", "capture_at", "to_numpy", "to_torch", "eval_const", "with_par",
+            "op_roofline_seconds", "kernel_latency_seconds", "PAR_COMPUTE", "PAR_MEMORY", "PAR_BESIDE_MATMUL"]
 
 
 def lower_steps(graph: AtenGraph, skip: dict[str, str] | None = None) -> list[Step]:
@@ -305,7 +56,7 @@ def lower_steps(graph: AtenGraph, skip: dict[str, str] | None = None) -> list[St
     return steps
 
 
-def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Baseline:
+def build_baseline(graph: AtenGraph, machine: Machine | str = "sn40l") -> Chain:
     """Lower every node of ``graph``; unsupported ops raise UnsupportedOpError naming the op."""
     m = machine if isinstance(machine, Machine) else asp_lang.load_machine(machine)
-    return Baseline(graph, lower_steps(graph), m)
+    return Chain(graph, lower_steps(graph), m)

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from agentforge.baseline import Baseline
+from agentforge.chain import Chain
 from agentforge.errors import AgentforgeError
 from agentforge.capture import AtenGraph
 from agentforge.torch.backend import BackendConfig, get_library
@@ -124,7 +124,7 @@ def _op_by_op(graph: AtenGraph, machine: Any) -> tuple[dict[str, dict], dict[str
 
     missing: dict[str, str] = {}
     steps = lower_steps(graph, skip=missing)
-    t = Baseline(graph, steps, machine).time()
+    t = Chain(graph, steps, machine).time()
     rows = {r["node"]: r for r in t.kernels}
     reconf = machine.reconfig.cycles / (machine.clock_ghz * 1e9)
     return rows, missing, reconf

@@ -11,8 +11,9 @@ import pytest
 
 import asp_lang
 from asp_lang.printer import format_kernel
-from agentforge.baseline import PAR_COMPUTE, PAR_MEMORY, build_baseline, with_par
+from agentforge.baseline import build_baseline
 from agentforge.capture import capture_at
+from agentforge.chain import PAR_COMPUTE, PAR_MEMORY, with_par
 from agentforge.lowering import OpKernel, UnsupportedOpError
 from agentforge.tasks import load_suite, load_task
 from agentforge.verify import VerifyConfig, baseline_timing, evaluate, targeted_distributions

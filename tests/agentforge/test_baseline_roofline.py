@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 import asp_lang
-from agentforge.baseline import build_baseline, kernel_latency_seconds, op_roofline_seconds
+from agentforge.baseline import build_baseline
 from agentforge.capture import capture_at
+from agentforge.chain import kernel_latency_seconds, op_roofline_seconds
 from agentforge.lowering import OpKernel
 from agentforge.tasks import load_suite, load_task
 
