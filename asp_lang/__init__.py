@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .checker import Program, bind_sizes, check
+from .checker import Program, bind_sizes
+from .compiler import check
 from .errors import ERROR_KINDS, AspError, Span
 from .interp import Limits, random_inputs, run
 from .ir import Kernel

@@ -9,12 +9,13 @@ import math
 from dataclasses import dataclass, field
 
 from .consts import MAX_INT, MAX_RANK, eval_int
-from .errors import (AffineError, ArgumentError, AspError, NameError_, ResourceError, RoutingError,
+from .errors import (AffineError, ArgumentError, NameError_, ResourceError, RoutingError,
                      ShapeError, SizeError, TypeError_)
 from .ir import Call, FnDef, Kernel, Name, names
 from .machine import Machine
 from .ops import OPS, Node
 from .tilefn import TypedFn, check_fn
+from .timing import allocate
 from .types import StreamT, TensorT, TileT
 
 
@@ -193,28 +194,10 @@ class CheckCtx:
         return count / n, 1.0
 
 
-def check(kernel: Kernel, machine: Machine, sizes: dict[str, int] | None = None,
-          filename: str = "<kernel>", source: str | None = None, routing: dict | None = None,
-          node=None) -> Program:
-    """Type-check ``kernel`` at the given sizes for ``machine``. Errors are located in ``filename``.
-
-    A kernel with a ``sockets P = N`` line is checked as the P programs its sockets run
-    (``collectives.check_group``); ``node`` then gives the peer links (an
-    ``asp_lang.node.Node``, a node preset name, or None for the default links)."""
-    try:
-        if kernel.sockets is not None:
-            from .collectives import check_group
-            return check_group(kernel, machine, sizes, filename, source, routing or {}, node)
-        for p in kernel.params + kernel.results:
-            if p.split is not None:
-                raise ArgumentError(f"'{p.name}' is @split over sockets, but this kernel runs on one: add a "
-                                    "'sockets P = 2' line (docs/asp.md, 'More than one socket')", p.split.span)
-        return _check(kernel, machine, sizes, filename, source, routing or {})
-    except AspError as e:
-        raise e.located(filename, source) from None
-
-
-def _check(kernel, machine, size_overrides, filename, source, routing) -> Program:
+def check_socket(kernel: Kernel, machine: Machine, size_overrides, filename: str, source: str | None,
+                 routing: dict) -> Program:
+    """Check a kernel that runs on one socket (no ``sockets`` line); errors are not yet located
+    (:func:`asp_lang.compiler.check` locates them, and checks multi-socket kernels)."""
     ctx = begin_check(kernel, machine, size_overrides, routing)
     for i, st in enumerate(kernel.body):
         check_stmt(ctx, i, st)
@@ -310,8 +293,6 @@ def finish_check(ctx: CheckCtx, filename: str, source: str | None, routing: dict
                  allocate_units: bool = True) -> Program:
     """The affine rule's last checks (every stream used, every result written) and the Program,
     placed on the machine."""
-    from .timing import allocate  # timing depends on Program; imported here to keep one direction
-
     kernel = ctx.kernel
     for name, call in ctx.defined_at.items():
         if name not in ctx.consumed:

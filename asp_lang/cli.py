@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import EMULATOR_VERSION, __version__
-from .checker import check
+from .compiler import check
 from .errors import AspError
 from .interp import Limits, random_inputs, run
 from .machine import load_machine, presets

@@ -40,9 +40,12 @@ from .checker import Program, begin_check, bind_sizes, check_stmt, finish_check
 from .consts import eval_int
 from .errors import (AffineError, ArgumentError, AspError, CollectiveError, LimitError,
                      MachineError, NameError_, ShapeError, SizeError, TypeError_)
+from .event import simulate
+from .interp import Limits, RunCtx, check_declared_sizes, prepare_inputs
 from .ir import BinOp, Call, Kernel, ListExpr, Name, Param, Stmt
 from .machine import Machine
 from .ops import OPS, Node, OpWork, operator
+from .timing import link_share, profile
 from .types import StreamT, TensorT, TileT, round_to
 from .values import SVal
 
@@ -292,6 +295,16 @@ class GroupProgram(Program):
     def socket_count(self) -> int:
         return len(self.programs)
 
+    # interp.run, timing.profile and event.simulate hand a group to these (they cannot import
+    # this module: it builds on them), so the one-socket modules never import the group one.
+    def run(self, inputs: dict[str, np.ndarray], limits=None) -> dict[str, np.ndarray]:
+        """:func:`run_group`: every socket on its shards, with the collectives for real."""
+        return run_group(self, inputs, limits)
+
+    def time(self, model: str = "fast"):
+        """:func:`time_group` with the named timing model ("fast" or "event")."""
+        return time_group(self, model)
+
 
 def resolve_node(node, machine: Machine, sockets: int):
     """The node a group runs on: ``node`` (a Node or a preset name) with ``sockets`` sockets, or
@@ -479,7 +492,6 @@ def _sum(arrays: list[np.ndarray], dtype: str) -> np.ndarray:
 
 def run_group(gp: GroupProgram, inputs: dict[str, np.ndarray], limits=None) -> dict[str, np.ndarray]:
     """Run every socket on its shards, with the collectives for real; the whole results."""
-    from .interp import Limits, RunCtx, check_declared_sizes, prepare_inputs
     try:
         check_declared_sizes(gp, limits)
         full = prepare_inputs(gp, inputs)
@@ -604,8 +616,6 @@ def time_group(gp: GroupProgram, model: str = "fast"):
     as its slowest socket (each socket's collectives are charged their whole cost on its own
     peer link, so a symmetric group's sockets take the same time). ``Report.sockets`` lists
     every socket's cycles, bottleneck and link cycles."""
-    from .event import simulate
-    from .timing import link_share, profile
     fn = profile if model == "fast" else simulate
     # Start from each operator's own cost (an earlier call may have left waits in the attributes).
     for sp in gp.programs:

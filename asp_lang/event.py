@@ -735,9 +735,8 @@ def simulate(prog, max_chunks: int = MAX_CHUNKS) -> Report:
 
     Needs only the checked types (no data). ``max_chunks`` bounds the chunks per stream
     (more is finer and slower)."""
-    if hasattr(prog, "programs"):  # a kernel on several sockets
-        from .collectives import time_group
-        return time_group(prog, "event")
+    if hasattr(prog, "programs"):  # a kernel on several sockets (collectives.GroupProgram)
+        return prog.time("event")
     m = prog.machine
     r = run_events(prog, max_chunks)
     works = [node_work(n) for n in prog.nodes]

@@ -174,8 +174,7 @@ def random_inputs(prog, seed: int = 0, limits: Limits | None = None) -> dict[str
 def run(prog, inputs: dict[str, np.ndarray], limits: Limits | None = None) -> dict[str, np.ndarray]:
     """Execute ``prog`` on ``inputs`` (name -> array); returns the results by name."""
     if hasattr(prog, "programs"):  # a kernel on several sockets: every shard, collectives for real
-        from .collectives import run_group
-        return run_group(prog, inputs, limits)
+        return prog.run(inputs, limits)
     try:
         check_declared_sizes(prog, limits)  # results are allocated whole: refuse over-large ones first
         inputs = prepare_inputs(prog, inputs)

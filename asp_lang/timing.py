@@ -513,9 +513,8 @@ def roofline(prog) -> tuple[float, str]:
 
 def profile(prog) -> Report:
     """Time ``prog`` with the fast model. Needs only the checked types (no data)."""
-    if hasattr(prog, "programs"):  # a kernel on several sockets
-        from .collectives import time_group
-        return time_group(prog, "fast")
+    if hasattr(prog, "programs"):  # a kernel on several sockets (collectives.GroupProgram)
+        return prog.time("fast")
     m = prog.machine
     works = [node_work(n) for n in prog.nodes]
     units = [node_units(n, w, m) for n, w in zip(prog.nodes, works)]
