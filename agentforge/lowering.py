@@ -200,7 +200,7 @@ def merge_dims(shape: tuple[int, ...], operands: list[tuple[int, ...]]) -> tuple
 
 
 def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], expr: Callable[[list[str]], str],
-                       out_dtype: str | None = None, comment: str = "", extra_outs=None) -> tuple[str, list, list]:
+                       out_dtype: str | None = None, comment: str = "") -> tuple[str, list, list]:
     """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape.
 
     An operand smaller than the output is re-read from HBM once per position it broadcasts

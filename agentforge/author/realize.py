@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from asp_lang import Machine
 
-from ..baseline import Baseline
+from ..chain import Chain
 from ..capture import AtenGraph, AtenNode
 from ..lowering import Alias, Step, lower_node
 from .graph import const_and_alias_steps, consumers_of, semantic_nodes
@@ -36,8 +36,8 @@ def graph_index(graph: AtenGraph) -> GraphIndex:
     return GraphIndex(semantic_nodes(graph), fixed, constants, consumers_of(graph), {r.name for r in graph.outputs})
 
 
-def realize(plan: Plan, graph: AtenGraph, machine: Machine) -> Baseline:
-    """The chain of kernels ``plan`` gives for ``graph`` (a Baseline-shaped chain)."""
+def realize(plan: Plan, graph: AtenGraph, machine: Machine) -> Chain:
+    """The chain of kernels ``plan`` gives for ``graph``."""
     idx = graph_index(graph)
     sem, fixed, constants, consumers, outputs = idx.sem, idx.fixed, idx.constants, idx.consumers, idx.outputs
     owner: dict[str, int] = {}
@@ -80,7 +80,7 @@ def realize(plan: Plan, graph: AtenGraph, machine: Machine) -> Baseline:
                 if step.source in available:  # relabels of values kept inside the kernel are not needed
                     steps.append(step)
                     available.add(step.output)
-    return Baseline(graph, steps, machine, tune_par=False)
+    return Chain(graph, steps, machine, tune_par=False)
 
 
 def region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixed: dict, owner: dict, ri: int,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...baseline import with_par
+from ...chain import with_par
 from ...capture import AtenGraph, AtenNode
 from ...lowering import OpKernel, Step, lower_node
 from .base import Template
