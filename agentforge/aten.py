@@ -143,7 +143,7 @@ class AtenGraph:
     def spec(self, name: str | Ref) -> TensorSpec:
         """The :class:`TensorSpec` of a value (input, param or single-output node) by name."""
         key = name.name if isinstance(name, Ref) else name
-        specs = self._spec_table
+        specs = self.spec_table
         if key not in specs:
             raise KeyError(f"no tensor value named {key!r} in this graph")
         return specs[key]
@@ -159,8 +159,15 @@ class AtenGraph:
         return [self.spec(r) for r in self.outputs]
 
     @cached_property
-    def _spec_table(self) -> dict[str, TensorSpec]:
+    def spec_table(self) -> dict[str, TensorSpec]:
+        """Every single-valued tensor of the graph by name: inputs, params and single-output
+        nodes (computed once per graph; do not mutate)."""
         return self._specs()
+
+    @property
+    def _spec_table(self) -> dict[str, TensorSpec]:
+        # the old private name, while store/plan_cache.py still reads it
+        return self.spec_table
 
     def _specs(self) -> dict[str, TensorSpec]:
         specs: dict[str, TensorSpec] = {s.name: s for s in (*self.inputs, *self.params)}

@@ -56,7 +56,7 @@ def order_operands(g: AtenGraph, weights: set[str] | frozenset[str] | None = Non
     written as a task takes as inputs the values the model computes, so that distinction would
     order the two graphs differently."""
     heavy = _weight_names(g, weights)
-    specs = g._spec_table
+    specs = g.spec_table
     by_name = {n.name: n for n in g.nodes}
 
     def resolve(name: str) -> str:
@@ -112,7 +112,7 @@ def is_row_view(n: AtenNode, specs: dict[str, TensorSpec]) -> bool:
 
 def strip_row_views(g: AtenGraph) -> AtenGraph:
     """``g`` without its row views: each use of a row view reads the viewed value instead."""
-    specs = g._spec_table
+    specs = g.spec_table
     alias: dict[str, str] = {}
     nodes = []
     for n in g.nodes:
@@ -162,7 +162,7 @@ def row_safe(g: AtenGraph) -> bool:
     """Every op of ``g`` (row views removed) is row-wise: each row of each output depends only on
     the same row of the inputs (see the module docstring). Weights (params) may be anything the
     ops read whole: a linear's 2-D weight, a per-column vector."""
-    specs = g._spec_table
+    specs = g.spec_table
     weights = {s.name for s in g.params}
     for n in g.nodes:
         if n.kind == "getitem":

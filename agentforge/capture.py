@@ -60,11 +60,6 @@ __all__ = [
     "SIGNATURE_VERSION",
 ]
 
-#: the old private names, kept while agentforge/store/plan_cache.py still imports them
-_ref_specs = operand_specs
-_is_reduction = is_reduction
-_reduced_dims = reduced_dims
-
 _NOISY_LOGGERS = ("torch.fx.experimental.symbolic_shapes", "torch._export", "torch.export")
 
 

@@ -219,7 +219,7 @@ def op_roofline_seconds(graph: AtenGraph, step: OpKernel, machine: Machine) -> f
     instruction-driven accelerator does (every op its own kernel, each near this bound), so a
     kernel far below it is a bad lowering, not a property of running op by op. Unlike
     ``Report.roofline_fraction`` it does not count the kernel's own (possibly wasted) work."""
-    specs = dict(graph._spec_table)
+    specs = dict(graph.spec_table)
     for n in graph.nodes:
         for o in n.outs:
             specs.setdefault(o.name, o)

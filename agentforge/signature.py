@@ -160,7 +160,7 @@ def reduced_dims(node: AtenNode, operand_specs: list[TensorSpec]) -> tuple[int, 
 
 def estimate_flops(graph: AtenGraph) -> int:
     """Estimated floating-point operations of the whole graph (sum of :func:`node_flops`)."""
-    specs = graph._spec_table
+    specs = graph.spec_table
     return sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes)
 
 
@@ -288,7 +288,7 @@ def _flat_args(node: AtenNode) -> list[tuple[Any, Any]]:
 
 def signature(graph: AtenGraph) -> Signature:
     """Compute the :class:`Signature` of ``graph`` (pure function of the graph, no torch state)."""
-    specs = graph._spec_table
+    specs = graph.spec_table
     source: dict[str, str] = {}
     for i, s in enumerate(graph.inputs):
         source[s.name] = f"i{i}"

@@ -99,7 +99,7 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
             eager.setdefault(f"graph ran eagerly: {c.error}", []).append("(whole graph)")
             continue
         covered = set().union(*(r.nodes for r in plan.regions)) if plan.regions else set()
-        specs = plan.graph._spec_table
+        specs = plan.graph.spec_table
         for n in plan.graph.nodes:
             if n.kind in VIEW_KINDS:
                 continue

@@ -365,7 +365,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             ep, graph = export_graph(module, inputs, m.name)
         sem = semantic_nodes(graph)
         view = GraphView(canonical_graph(graph))
-        specs = graph._spec_table
+        specs = graph.spec_table
         from torch.export.graph_signature import InputKind
         params: dict[str, tuple[str, torch.Tensor]] = {}
         state = {**ep.state_dict, **getattr(ep, "constants", {})}

@@ -293,7 +293,7 @@ class GraphView:
     def __init__(self, g: AtenGraph):
         self.g = g
         self.nodes = {n.name: n for n in g.nodes}
-        specs = g._spec_table
+        specs = g.spec_table
         #: views that only merge/split leading dims: looked through like copies (agentforge.canonical)
         self.row_views = {n.name for n in g.nodes if is_row_view(n, specs)}
         self.users: dict[str, list[str]] = {}
@@ -571,7 +571,7 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
     # epilogue's last op); a match is checked against its family's verified problems (with
     # verify_new_sizes: verified at its sizes) only when no larger chosen region covers it, and
     # among the verified matches of one size the fastest kernel goes first
-    specs = graph._spec_table
+    specs = graph.spec_table
     flops = {n.name: node_flops(n, operand_specs(specs, n)) for n in graph.nodes}
     by_size: dict[tuple[int, int], list[tuple[OpFamily, _Matcher, list[str]]]] = {}
     for c in structural:

@@ -35,7 +35,7 @@ def _shares(graphs) -> tuple[float, float]:
     ops = off = flops = off_flops = 0
     for c in graphs:
         covered = set().union(*(r.nodes for r in c.plan.regions)) if c.plan.regions else set()
-        specs = c.plan.graph._spec_table
+        specs = c.plan.graph.spec_table
         for n in c.plan.graph.nodes:
             if n.kind in VIEWS:
                 continue
