@@ -1,4 +1,5 @@
-"""Feedback for the model: an evaluation as the roles read it, and as a prompt shows it.
+"""Feedback for the model: an evaluation as a prompt shows it (the evaluation as the roles read
+it is :meth:`agentforge.agents.roles.Feedback.from_evaluation`).
 
 A rejected kernel's feedback names the failing check (its reason code and what it means), the
 evaluator's message (the first mismatching index and values, or the ``file:line:col`` error
@@ -18,21 +19,6 @@ from typing import Any
 from .roles import Feedback
 
 MAX_OPS = 8          # operators listed for a verified kernel (the busiest)
-
-
-def feedback_from_evaluation(ev: Any) -> Feedback:
-    """A :class:`Feedback` from an ``agentforge.verify.Evaluation`` (or its dict form).
-
-    ``error`` carries the rendered ``file:line:col`` message with the source line and caret
-    when the evaluator has one (compile errors); otherwise the reason."""
-    d = ev if isinstance(ev, dict) else ev.to_dict()
-    err = d.get("error") or {}
-    rendered = err.get("message") if isinstance(err, dict) else None
-    return Feedback(verified=bool(d.get("verified")), reason_code=d.get("reason_code"), reason=d.get("reason"),
-                    speedup=d.get("speedup"), roofline_fraction=d.get("roofline_fraction"),
-                    bottleneck=d.get("bottleneck"), error=rendered, simulated_seconds=d.get("simulated_seconds"),
-                    baseline_seconds=d.get("baseline_seconds"), hbm_bytes=d.get("hbm_bytes"),
-                    profile=d.get("profile"))
 
 
 _LOCATION = re.compile(r"(?P<file>[\w.<>/-]+\.asp):(?P<line>\d+):(?P<col>\d+)")
@@ -131,4 +117,4 @@ def render_feedback(fb: Feedback | None, source: str | None = None, ctx: Any = N
     return "\n".join(lines)
 
 
-__all__ = ["feedback_from_evaluation", "render_feedback", "render_verified", "locate"]
+__all__ = ["render_feedback", "render_verified", "locate"]

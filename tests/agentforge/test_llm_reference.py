@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from agentforge.agents.llm_roles import LLMWorker
-from agentforge.agents.feedback import feedback_from_evaluation, render_feedback
+from agentforge.agents.feedback import render_feedback
+from agentforge.agents.roles import Feedback
 from agentforge.agents.prompting import (compact_reference, load_asp_reference, reference_requests,
                                       reference_sections, task_classes)
 from agentforge.verify import VerifyConfig, evaluate
@@ -60,7 +61,7 @@ def test_a_reply_asking_for_reference_gets_it_at_once_then_writes(server, relu_c
     assert follow[-2] == {"role": "assistant", "content": "Before writing I need the buffer operators.\nREFERENCE: 4.3"}
     assert "#### `bufferize`" in follow[-1]["content"]
     # a request that comes with a kernel is answered in the next attempt's prompt
-    fb = feedback_from_evaluation(evaluate(relu_ctx.task, cand.for_evaluation(), CFG))
+    fb = Feedback.from_evaluation(evaluate(relu_ctx.task, cand.for_evaluation(), CFG))
     worker.write(relu_ctx, PLAN, fb, [], 2)
     worker.write(relu_ctx, PLAN, fb, [], 3)
     user = server.chat_requests[3].body["messages"][1]["content"]
@@ -71,7 +72,7 @@ def test_a_reply_asking_for_reference_gets_it_at_once_then_writes(server, relu_c
 def test_a_mismatch_names_the_check_the_first_bad_index_and_the_sizes(relu_ctx):
     wrong = RELU_KERNEL.replace("fn f(t) = relu(t)", "fn f(t) = abs(t)")
     ev = evaluate(relu_ctx.task, {"kind": "kernel", "source": wrong, "filename": "candidate.asp"}, CFG)
-    text = render_feedback(feedback_from_evaluation(ev), wrong, relu_ctx)
+    text = render_feedback(Feedback.from_evaluation(ev), wrong, relu_ctx)
     assert text.startswith("REJECTED (mismatch: values outside the tolerance)")
     assert "the first at index [" in text and "values outside the tolerance" in text
     assert "[sizes {'BATCH': " in text and "seed 0, normal inputs]" in text
@@ -81,7 +82,7 @@ def test_a_verified_kernel_is_told_where_its_time_goes(relu_ctx):
     ev = evaluate(relu_ctx.task, {"kind": "kernel", "source": RELU_KERNEL, "filename": "candidate.asp"}, CFG,
                   baseline_seconds=relu_ctx.baseline_seconds)
     assert ev.profile["ops"] and ev.profile["section_cycles"]
-    text = render_feedback(feedback_from_evaluation(ev), RELU_KERNEL, relu_ctx)
+    text = render_feedback(Feedback.from_evaluation(ev), RELU_KERNEL, relu_ctx)
     assert text.startswith("VERIFIED: speedup")
     assert f"the task's minimum (inputs and outputs once) is {relu_ctx.signature.io_bytes / 1e6:,.2f} MB" in text
     assert "-bound): this kernel is at" in text and "of HBM peak bandwidth" in text

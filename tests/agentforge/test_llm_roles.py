@@ -18,7 +18,6 @@ from agentforge.capture import signature
 from agentforge.llm import LLMClient, LLMConfig, Ledger, RecordingClient, ReplayClient, ReplyError
 from agentforge.llm.client import messages_tokens
 from agentforge.agents.context import interface
-from agentforge.agents.feedback import feedback_from_evaluation
 from agentforge.agents.prompting import PROMPTS_ENV, PromptError, prompts_dir, render_messages
 from agentforge.tasks import load_task
 from agentforge.verify import VerifyConfig, evaluate
@@ -169,7 +168,7 @@ def test_worker_reply_without_kernel_is_fed_back(server, relu_ctx):
     assert cand.notes.startswith("parse error: no ASP kernel")
     ev = evaluate(relu_ctx.task, cand.for_evaluation(), CFG)
     assert not ev.verified and ev.reason_code == "compile"
-    fb = feedback_from_evaluation(ev)
+    fb = Feedback.from_evaluation(ev)
     again = worker.write(relu_ctx, PLAN, fb, [], 2)
     assert again.source == RELU_KERNEL
     text = user_text(server.chat_requests[1])
@@ -183,7 +182,7 @@ def test_worker_sees_the_rendered_error_and_its_previous_kernel(server, relu_ctx
     cand = worker.write(relu_ctx, PLAN, None, [], 1)
     ev = evaluate(relu_ctx.task, cand.for_evaluation(), CFG)
     assert ev.reason_code == "compile"
-    fb = feedback_from_evaluation(ev)
+    fb = Feedback.from_evaluation(ev)
     assert "candidate.asp:6:12" in fb.reason
     worker.write(relu_ctx, PLAN, fb, [], 2)
     text = user_text(server.chat_requests[1])
