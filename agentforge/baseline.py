@@ -13,21 +13,15 @@ import asp_lang
 from asp_lang import Machine
 
 from .aten import AtenGraph
-from .bridge import to_numpy, to_torch
-from .capture import capture_at
-from .chain import (PAR_BESIDE_MATMUL, PAR_COMPUTE, PAR_MEMORY, Chain, ChainTiming, eval_const, kernel_latency_seconds,
-                    op_roofline_seconds, with_par)
+from .chain import Chain, ChainTiming
 from .lowering import Alias, Const, Step, UnsupportedOpError, lower_node
 
 __all__ = ["build_baseline", "lower_steps"]
 
-# Re-exported from their own modules (agentforge.chain, agentforge.capture, agentforge.bridge)
-# while importers outside this module's owner still read them here. ``Baseline`` was the name
-# of every chain, fused ones included; it is :class:`Chain` now.
+# ``Baseline`` was the name of every chain, fused ones included: it is agentforge.chain.Chain
+# now. The old names stay while agentforge/solution.py imports them.
 Baseline = Chain
 BaselineTiming = ChainTiming
-__all__ += ["Baseline", "BaselineTiming", "capture_at", "to_numpy", "to_torch", "eval_const", "with_par",
-            "op_roofline_seconds", "kernel_latency_seconds", "PAR_COMPUTE", "PAR_MEMORY", "PAR_BESIDE_MATMUL"]
 
 
 def lower_steps(graph: AtenGraph, skip: dict[str, str] | None = None) -> list[Step]:

@@ -62,7 +62,7 @@ def run(tasks, machine: str, plan_cache=None, experience=None, use_priors: bool 
 
 
 def _memory_bound(res) -> bool:
-    from agentforge.baseline import capture_at
+    from agentforge.capture import capture_at
     from agentforge.capture import signature
     from agentforge.tasks import load_task
 

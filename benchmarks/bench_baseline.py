@@ -3,7 +3,7 @@
 The baseline is the yardstick every speedup is measured against, so it must be what a competent
 instruction-driven accelerator does: every ATen op its own kernel, intermediates through HBM,
 and each kernel near *its own* roofline (its operands read once and its results written once at
-full HBM bandwidth, or its FLOPs at peak: agentforge.baseline.op_roofline_seconds). A kernel far
+full HBM bandwidth, or its FLOPs at peak: agentforge.chain.op_roofline_seconds). A kernel far
 below that bound makes every speedup over the chain dishonest.
 
 Prints one JSON object (and writes it with --out):
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asp_lang  # noqa: E402
-from agentforge.baseline import build_baseline, capture_at  # noqa: E402
+from agentforge.baseline import build_baseline  # noqa: E402
+from agentforge.capture import capture_at  # noqa: E402
 from agentforge.tasks import Task, load_suite  # noqa: E402
 from agentforge.verify import VerifyConfig, evaluate  # noqa: E402
 

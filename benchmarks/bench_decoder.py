@@ -35,7 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 import asp_lang  # noqa: E402
 from agentforge.author import author_plan, realize, semantic_nodes  # noqa: E402
-from agentforge.baseline import build_baseline, capture_at  # noqa: E402
+from agentforge.baseline import build_baseline  # noqa: E402
+from agentforge.capture import capture_at  # noqa: E402
 from agentforge.scoring import task_roofline  # noqa: E402
 from agentforge.tasks import load_task  # noqa: E402
 

@@ -162,7 +162,8 @@ def chunking_rows(with_suite: bool) -> list[dict]:
         label = f"{name} " + " ".join(f"{k}={v}" for k, v in sizes.items())
         progs.append((label, asp_lang.compile_file(EXAMPLES / f"{name}.asp", machine=machine, sizes=sizes)))
     if with_suite:
-        from agentforge.baseline import build_baseline, capture_at
+        from agentforge.baseline import build_baseline
+        from agentforge.capture import capture_at
         from agentforge.lowering import OpKernel
         from agentforge.tasks import load_task
 
@@ -189,7 +190,8 @@ def chunking_rows(with_suite: bool) -> list[dict]:
 
 def suite_agreement() -> dict:
     """|fast / event - 1| on every kernel of the bundled suite's baseline (first size set)."""
-    from agentforge.baseline import build_baseline, capture_at
+    from agentforge.baseline import build_baseline
+    from agentforge.capture import capture_at
     from agentforge.lowering import OpKernel
     from agentforge.tasks import load_suite
 
@@ -209,7 +211,9 @@ def suite_agreement() -> dict:
 def baseline_rows() -> list[dict]:
     """The op-by-op chain of the same layer; each kernel at the par the baseline picks (fast
     model), then timed by both models; reconfigurations between kernels are charged to both."""
-    from agentforge.baseline import build_baseline, capture_at, with_par
+    from agentforge.baseline import build_baseline
+    from agentforge.capture import capture_at
+    from agentforge.chain import with_par
     from agentforge.tasks import load_task
 
     rows = []

@@ -15,7 +15,7 @@ import pytest
 
 import asp_lang
 from agentforge.solution import KernelSolution
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.tasks import load_task
 from agentforge.check_sizes import configured_sets
 from agentforge.verify import REASON_CODES, VerifyConfig, evaluate, run_checks

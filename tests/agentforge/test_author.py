@@ -11,7 +11,8 @@ from agentforge.author import (Plan, Region, attention_regions, author_plan, bas
                                moe_regions, partition, realize, semantic_nodes, tune)
 from agentforge.agents.offline import OfflineReflector
 from agentforge.agents.roles import Candidate, Feedback
-from agentforge.baseline import build_baseline, capture_at
+from agentforge.baseline import build_baseline
+from agentforge.capture import capture_at
 from agentforge.loop import task_context
 from agentforge.tasks import load_task
 from agentforge.verify import evaluate

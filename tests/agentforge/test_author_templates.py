@@ -11,7 +11,7 @@ import asp_lang
 from agentforge.author import (GRIDS, MIN_TRIES, TEMPLATES, WHOLE_GRID, Plan, Region, baseline_plan, partition,
                                realize, semantic_nodes, validate_plan)
 from agentforge.author.realize import region_kernel
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.tasks import load_task
 
 SUITE = Path(__file__).resolve().parents[2] / "evals" / "suite"

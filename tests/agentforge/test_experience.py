@@ -14,8 +14,7 @@ import pytest
 import asp_lang
 from agentforge import author
 from agentforge.agents.roles import Candidate, Demo
-from agentforge.baseline import capture_at
-from agentforge.capture import signature
+from agentforge.capture import capture_at, signature
 from agentforge.store.db import UnverifiedError
 from agentforge.store.experience import (DemoSchedule, ExperienceLibrary, InvalidExperienceError, kernel_form,
                                          plan_structure, stratify)

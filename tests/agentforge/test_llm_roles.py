@@ -13,8 +13,7 @@ import pytest
 import asp_lang
 from agentforge.agents.llm_roles import LLMPlanner, LLMReflector, LLMWorker, make_roles
 from agentforge.agents.roles import Candidate, Demo, Feedback, Planner, Reflector, TaskContext, Worker
-from agentforge.baseline import capture_at
-from agentforge.capture import signature
+from agentforge.capture import capture_at, signature
 from agentforge.llm import LLMClient, LLMConfig, Ledger, RecordingClient, ReplayClient, ReplyError
 from agentforge.llm.client import messages_tokens
 from agentforge.agents.context import interface

@@ -13,8 +13,7 @@ import pytest
 
 import asp_lang
 from agentforge import author
-from agentforge.baseline import capture_at
-from agentforge.capture import signature
+from agentforge.capture import capture_at, signature
 from agentforge.errors import AgentforgeError
 from agentforge.store.db import (CorruptDatabaseError, Database, Migration, Schema, SchemaTooNewError,
                                  UnverifiedError)

@@ -8,7 +8,7 @@ import torch
 import asp_lang
 from agentforge import solution as solution_mod
 from agentforge.author import author_plan
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.solution import KernelSolution, baseline_solution, plan_solution, solution
 from agentforge.tasks import instantiate, load_task, make_inputs
 from agentforge.verify import VerifyConfig, evaluate

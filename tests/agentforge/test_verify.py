@@ -13,7 +13,7 @@ import torch
 import asp_lang
 from agentforge.check_sizes import configured_sets, covers
 from agentforge.solution import KernelSolution
-from agentforge.baseline import capture_at
+from agentforge.capture import capture_at
 from agentforge.tasks import load_suite, load_task
 from agentforge.verify import (
     DISTRIBUTIONS,
@@ -437,7 +437,7 @@ def test_correct_softmax_verifies_on_the_small_machine():
 def test_a_plans_one_op_regions_are_checked_like_the_baseline_and_its_fused_kernels_as_timed():
     """A 'single' region is the baseline's own lowering (tiles follow each graph); a fused
     kernel is the plan's code and is held to the tiles it was timed with."""
-    from agentforge.baseline import capture_at
+    from agentforge.capture import capture_at
     from agentforge.author import baseline_plan, author_plan
     from agentforge.tasks import load_task
     from agentforge.solution import plan_solution
