@@ -26,14 +26,14 @@ from typing import Any
 from ..author import semantic_nodes
 from ..capture import op_kind
 from ..llm.client import messages_tokens
-from ..llm.context import context_vars, demo_view, interface
 from ..llm.errors import LLMCallError, ReplyError
-from ..llm.feedback import render_feedback
 from ..llm.parsing import ReplyParseError, extract_kernel
-from ..llm.prompting import (compact_reference, load_asp_reference, reference_requests, reference_sections,
-                             render_messages, task_classes, trim_reference)
-from ..llm.schemas import PLAN_SCHEMA, REFLECTION_SCHEMA, normalize_plan, plan_checker, reflection_checker
+from .context import context_vars, demo_view, interface
+from .feedback import render_feedback
+from .prompting import (compact_reference, load_asp_reference, reference_requests, reference_sections,
+                        render_messages, task_classes, trim_reference)
 from .roles import Candidate, Demo, Feedback, Planner, Reflection, TaskContext, Usage
+from .schemas import PLAN_SCHEMA, REFLECTION_SCHEMA, normalize_plan, plan_checker, reflection_checker
 
 DEFAULT_MAX_PROMPT_TOKENS = 40000
 REFERENCE_SHARE = 0.75       # at most this share of the prompt budget goes to the ASP reference
@@ -87,7 +87,7 @@ def _plan_view(plan: dict | None) -> dict:
 
 
 #: one line per template for the planner's catalog (the parameters and their tuner values are read
-#: from agentforge.author and agentforge.llm.schemas, not written here)
+#: from agentforge.author and agentforge.agents.schemas, not written here)
 TEMPLATE_HELP = {
     "row": "elementwise ops, last-dim reductions, softmax, layer/RMS norm, cumsum, flips, slices, topk, "
            "concatenation along the last dim over one space of rows: one map over tiles of whole rows",
@@ -103,7 +103,7 @@ def template_catalog() -> list[dict]:
     """The templates a plan may name, each with the parameters a plan may set and the values the
     offline tuner searches (``agentforge.author.GRIDS``)."""
     from ..author import GRIDS, TEMPLATES
-    from ..llm.schemas import PARAM_HELP, PARAM_KEYS
+    from .schemas import PARAM_HELP, PARAM_KEYS
 
     out = []
     for t in TEMPLATES:
@@ -147,7 +147,7 @@ def _after_prefix(problem: str) -> str:
 
 
 class LLMPlanner(_LLMRole):
-    """Asks for a JSON plan (agentforge.llm.schemas.PLAN_SCHEMA). The plan is validated before any
+    """Asks for a JSON plan (agentforge.agents.schemas.PLAN_SCHEMA). The plan is validated before any
     worker sees it: node indices, template parameters, every computing node covered, and realisable
     by the author at the task's sizes. A plan that is not goes back to the planner once, with the
     reason (the client's repair round); the reason is recorded in :attr:`returned` and in the
@@ -353,7 +353,7 @@ class LLMWorker(_LLMRole):
         from asp_lang import AspError
 
         from ..binding import BindingError
-        from ..llm.feedback import render_verified
+        from .feedback import render_verified
         from ..solution import KernelSolution
 
         try:

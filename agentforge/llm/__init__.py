@@ -11,8 +11,7 @@ Small modules, one concern each (the layout of helion's ``autotuner/llm/``):
 
 This package is transport only. What the prompts say (templates, the ASP reference, a task's
 context, feedback, the plan schema) is the agents': :mod:`agentforge.agents.prompting`,
-``context``, ``feedback``, ``schemas``. (``llm.context`` and the like still resolve to those
-modules while agents/llm_roles.py imports them by their old names.)
+``context``, ``feedback``, ``schemas``.
 
 :func:`make_client` builds the client a config asks for (providers are a plain registry).
 """
