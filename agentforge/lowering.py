@@ -6,6 +6,12 @@ shape (a reshape of HBM data costs nothing). Ops that only relabel memory (view,
 clone...) become aliases, ops with no data inputs (full, arange...) are constants computed
 ahead of time, and anything else is refused with ``not supported: aten.X`` rather than
 lowered wrongly.
+
+One module although it is over 1,000 lines: it is one table from op to kernel (elementwise with
+broadcasting, reductions and row ops, softmax and norms, matmuls, structural ops, gather/scatter,
+topk), every entry written with the same :class:`KernelBuilder`, tiling helpers and literal
+formatting (``asp_list``, ``asp_literal``, ``cast_expr``), which the author's templates also use.
+Splitting it by op family would scatter those shared helpers without separating two jobs.
 """
 
 from __future__ import annotations
