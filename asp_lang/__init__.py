@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# the operators, by family, into ops.OPS (first, so the registry keeps the order of the language
+# reference: memory, compute, routing, then the multi-socket ones of collectives)
+from . import ops_memory, ops_compute, ops_routing  # noqa: F401
 from .checker import Program, bind_sizes
 from .compiler import check
 from .errors import ERROR_KINDS, AspError, Span

@@ -1,4 +1,4 @@
-"""Sweep the interpreter's chunk size (asp_lang.ops._CHUNK_ELEMS) on the bench_interpreter
+"""Sweep the interpreter's chunk size (asp_lang.ops_compute._CHUNK_ELEMS) on the bench_interpreter
 benchmarks and print the best asp_lang.run time of each setting as JSON, with plain numpy
 formulations of the GEMM accumulation for reference.
 
@@ -19,7 +19,7 @@ import bench_interpreter as B  # noqa: E402
 import numpy as np  # noqa: E402
 
 import asp_lang  # noqa: E402
-from asp_lang import ops  # noqa: E402
+from asp_lang import ops_compute as ops  # noqa: E402
 
 
 def main(argv=None) -> int:
