@@ -26,7 +26,7 @@ import pytest
 import asp_lang
 from asp_lang.machine import _SECTIONS, machine_from_dict
 from asp_lang.ops import OPS
-from asp_lang.tilefn import BUILTINS
+from asp_lang.tile_builtins import BUILTINS
 from asp_lang.timing import EmulatorError
 
 ROOT = Path(__file__).resolve().parents[2]

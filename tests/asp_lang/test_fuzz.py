@@ -34,7 +34,8 @@ from asp_lang import ERROR_KINDS, AspError, Limits
 from asp_lang.checker import CheckCtx, bind_sizes
 from asp_lang.consts import eval_int
 from asp_lang.ops import OPS
-from asp_lang.tilefn import BUILTINS, check_fn
+from asp_lang.tile_builtins import BUILTINS
+from asp_lang.tilefn import check_fn
 from asp_lang.types import BufT, SelT, TensorT, TileT, TupT
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from asp_lang import AspError, parse
 from asp_lang.errors import ArgumentError, NameError_, ShapeError, SizeError, TypeError_
-from asp_lang.tilefn import BUILTINS, MAX_TILE_ELEMS, check_fn, eval_fn
+from asp_lang.tile_builtins import BUILTINS, MAX_TILE_ELEMS
+from asp_lang.tilefn import check_fn, eval_fn
 from asp_lang.types import TileT, round_bf16, round_to
 
 SET = settings(max_examples=40, deadline=None)
