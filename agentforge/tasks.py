@@ -13,6 +13,10 @@ requested size, exactly as if the user had edited the file.
 Task code is trusted reference code written by the user. This module is the only place in
 agentforge where it is executed (``instantiate`` / ``make_inputs``); nothing an agent writes
 ever reaches ``exec``.
+
+One module (about 740 lines) because it is one thing, the task format: loading a task file and
+its sidecar, instantiating it at sizes, and drawing its inputs all read the same parsed module
+and the same size rules.
 """
 
 from __future__ import annotations

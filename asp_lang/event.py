@@ -43,6 +43,11 @@ simulated time.
 Sections run one after another, as the allocator decided: a stream that crosses a section
 boundary is written to HBM by the producing section and read back by the consuming one (a
 stream of buffer references with the whole contents of its buffers, ``timing.spill_bytes``).
+
+One module on purpose (about 800 lines, this description included): the processes, channels,
+memory tiers and links of the simulation share its invariants (credits counted in elements,
+chunks as fluids, the wait records the critical path is walked from); split apart they would
+have to export that state to each other.
 """
 
 from __future__ import annotations
