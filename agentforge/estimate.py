@@ -19,6 +19,13 @@ Tensor parallelism over N sockets (Megatron style):
   then one all-reduce;
 - lm head split by vocabulary, then an all-gather of the logits; the embedding is a row gather.
 
+At decode with one user (batch 1) a socket's whole layer is instead ONE generated kernel
+(agentforge.shard.decoder_layer_source: norms, q/k/v by heads, RoPE, GQA against the cache,
+o projection, all-reduce, residual, SwiGLU, all-reduce, residual), timed by both of asp_lang's
+timing models and charged the slower: the author's chain of ~15 kernels pays an HBM round trip
+per kernel boundary, which at 16 sockets is as long as the 8B shard's weight streaming
+(``layer="author"`` keeps the chain; prefill and the lm head always use the author's kernels).
+
 Assumptions (docs/multisocket.md says how to read them):
 - ``reconfig="resident"`` (default): a decoder layer's kernels are configured once and reused by
   every layer (the SN40L paper's fused decoder); kernel boundaries cost their pipeline fill
@@ -300,6 +307,66 @@ def _scaled(rows: list[dict], weight_dtype: str) -> float:
     return total
 
 
+_FUSED: dict[tuple, dict] = {}
+
+
+def _fused_layer(model: ModelConfig, node, n: int, tokens: int, ctx: int) -> dict | None:
+    """Time one socket's whole decoder layer at decode as ONE generated tensor-parallel ASP kernel
+    (agentforge.shard.decoder_layer_source) on ``n`` sockets of ``node``.
+
+    Why: the author's chain of a shard is ~15 kernels per layer, and every kernel boundary costs
+    an HBM write and read latency (~0.8 us on sn40l) that, at 16 sockets, is as long as a small
+    model's per-kernel weight streaming. One kernel keeps activations on chip and streams all the
+    layer's weights in parallel loads; its two all-reduces are operators inside it, charged by
+    the node's link model. Two variants are timed, with and without the gate/up weights
+    prefetched into an on-chip buffer (so they stream during the attention half and its
+    all-reduce instead of stalling behind full FIFOs), each by the fast model AND the event
+    model; a variant is charged the slower of the two models (the fast model does not see FIFO
+    back-pressure), and the cheaper variant is kept. ``None`` when no variant fits the socket.
+
+    The kernel is generated at the group's head counts: when ``n`` exceeds the KV heads, each
+    socket keeps one replicated KV head (``kv_heads = kvl x n``), so every socket's program has
+    exactly its real shard's shapes."""
+    import asp_lang
+    from .shard import decoder_layer_source
+    key = (model.hidden, model.heads, model.kv_heads, model.head_dim, model.intermediate, n, tokens, ctx, node)
+    if key in _FUSED:
+        return _FUSED[key]
+    hl, kvl, il = -(-model.heads // n), max(1, -(-model.kv_heads // n)), -(-model.intermediate // n)
+    hl = kvl * -(-hl // kvl)
+    m = node.socket
+    variants = []
+    for prefetch in (False, True):
+        src = decoder_layer_source(tokens, model.hidden, hl * n, kvl * n, model.head_dim, il * n, ctx, n,
+                                   prefetch=prefetch)
+        try:
+            prog = asp_lang.compile(src, machine=m, node=node.with_sockets(n) if n > 1 else None,
+                                    filename=f"<estimate decoder_layer tp{n}>")
+            fast, event = asp_lang.profile(prog), asp_lang.simulate(prog)
+        except asp_lang.AspError:   # e.g. the prefetch buffer does not fit this socket's SRAM
+            continue
+        charged = fast if fast.seconds >= event.seconds else event
+        variants.append((charged.seconds, prefetch, fast, event, charged))
+    if not variants:
+        _FUSED[key] = None
+        return None
+    seconds, prefetch, fast, event, rep = min(variants, key=lambda v: v[0])
+    clock = m.clock_ghz * 1e9
+    act = tokens * model.hidden * 2.0
+    ar = node.all_reduce_s(act, n) if n > 1 else 0.0
+    ars = sorted((o for o in rep.ops if o.op == "all_reduce"), key=lambda o: o.index)
+    first = ars[0].finish_cycles / clock if ars else seconds / 2
+    wbytes = 2.0 * (model.hidden * (hl + 2 * kvl) * model.head_dim + hl * model.head_dim * model.hidden
+                    + 3 * model.hidden * il + 2 * model.hidden)
+    out = {"seconds": seconds, "fast_s": fast.seconds, "event_s": event.seconds,
+           "model": "fast" if rep is fast else "event", "prefetch": prefetch, "sections": rep.sections,
+           "attention_s": max(0.0, first - ar), "mlp_s": max(0.0, seconds - first - ar), "all_reduce_s": 2 * ar,
+           "hbm_bytes": rep.hbm_bytes / max(1, n), "weight_bytes": wbytes, "bottleneck": rep.bottleneck,
+           "heads": hl, "kv_heads": kvl, "intermediate": il}
+    _FUSED[key] = out
+    return out
+
+
 # ------------------------------------------------------------------ the estimate
 
 @dataclass
@@ -311,6 +378,7 @@ class Settings:
     spec_accept: float = 1.0
     reconfig: str = "resident"
     pipeline: int = 1
+    layer: str = "fused"
 
     @property
     def tp(self) -> int:
@@ -330,6 +398,8 @@ class Settings:
             raise ConfigError(f"--spec-accept (tokens kept per target step) must be in 1..16, got {self.spec_accept}")
         if self.reconfig not in ("resident", "chain"):
             raise ConfigError(f"--reconfig must be resident or chain, got {self.reconfig!r}")
+        if self.layer not in ("fused", "author"):
+            raise ConfigError(f"layer must be fused or author, got {self.layer!r}")
         if not isinstance(self.pipeline, int) or self.pipeline < 1 or self.sockets % self.pipeline:
             raise ConfigError(f"--pipeline must be a positive divisor of --sockets ({self.sockets}), got {self.pipeline}")
 
@@ -346,6 +416,25 @@ def _layer(model: ModelConfig, node, st: Settings, tokens: int, ctx: int) -> dic
     n, m = st.tp, node.socket
     hl, kvl, il = -(-model.heads // n), max(1, -(-model.kv_heads // n)), -(-model.intermediate // n)
     hl = kvl * -(-hl // kvl)   # whole groups of query heads per KV head
+    if ctx > 0 and st.layer == "fused" and st.batch == 1:
+        f = _fused_layer(model, node, n, tokens, ctx)
+        if f is not None:
+            ratio = WEIGHT_BYTES[st.weight_dtype] / 2.0
+            # fp8/int8: the kernel streams its weights at HBM's peak; the bytes it no longer reads
+            # are taken off at that rate (the all-reduces and latencies inside it are kept)
+            s = f["seconds"] - f["weight_bytes"] * (1.0 - ratio) / (m.hbm.bandwidth_gbs * 1e9)
+            reconf = m.reconfig.cycles / (m.clock_ghz * 1e9)
+            charged = reconf if st.reconfig == "chain" else 0.0
+            scale = s / f["seconds"] if f["seconds"] else 1.0
+            row = {"part": "layer", "kernel": "decoder_layer", "op": "shard.decoder_layer", "seconds": f["seconds"],
+                   "hbm_bytes": f["hbm_bytes"], "weight_bytes": f["weight_bytes"], "bottleneck": f["bottleneck"]}
+            return {"attention_s": f["attention_s"] * scale, "mlp_s": f["mlp_s"] * scale,
+                    "all_reduce_s": f["all_reduce_s"], "all_reduce_in_kernel": True, "reconfig_s": charged,
+                    "reconfig_if_chained_s": reconf, "kernels": 1, "seconds": s + charged,
+                    "layer_kernels": "fused", "fused": {k: v for k, v in f.items()
+                                                         if k not in ("heads", "kv_heads", "intermediate")},
+                    "heads_per_socket": hl, "kv_heads_per_socket": kvl, "intermediate_per_socket": il,
+                    "weight_bytes_per_socket": f["weight_bytes"] * ratio, "kernel_rows": [row]}
     t = tokens if st.batch * tokens > 1 else 2   # see the module doc: one row is timed as two
     attn = _timed_kernels("attention", (model.hidden, hl, kvl, model.head_dim, st.batch, t, ctx), model.dtype, m)
     mlp = _timed_kernels("mlp", (model.hidden, il, st.batch, t), model.dtype, m)
@@ -355,8 +444,9 @@ def _layer(model: ModelConfig, node, st: Settings, tokens: int, ctx: int) -> dic
     kernels = len(attn) + len(mlp)
     reconf = kernels * m.reconfig.cycles / (m.clock_ghz * 1e9)
     charged = reconf if st.reconfig == "chain" else 0.0
-    return {"attention_s": a_s, "mlp_s": m_s, "all_reduce_s": ar, "reconfig_s": charged,
+    return {"attention_s": a_s, "mlp_s": m_s, "all_reduce_s": ar, "all_reduce_in_kernel": False, "reconfig_s": charged,
             "reconfig_if_chained_s": reconf, "kernels": kernels, "seconds": a_s + m_s + ar + charged,
+            "layer_kernels": "author",
             "heads_per_socket": hl, "kv_heads_per_socket": kvl, "intermediate_per_socket": il,
             "weight_bytes_per_socket": (sum(r["weight_bytes"] for r in attn + mlp)) * WEIGHT_BYTES[st.weight_dtype] / 2,
             "kernel_rows": [dict(r, part="attention") for r in attn] + [dict(r, part="mlp") for r in mlp]}
@@ -377,7 +467,7 @@ def _head(model: ModelConfig, node, st: Settings, tokens: int) -> dict:
 
 def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: int = 1, prompt_tokens: int = 1024,
              weight_dtype: str = "bf16", spec_accept: float = 1.0, reconfig: str = "resident",
-             pipeline: int = 1) -> dict:
+             pipeline: int = 1, layer: str = "fused") -> dict:
     """Decode tokens/s per user and time to first token of ``model`` on ``sockets`` of ``node``.
 
     ``node`` is an :class:`asp_lang.node.Node` or a node preset/file name. ``pipeline`` > 1
@@ -390,7 +480,7 @@ def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: 
     if not isinstance(node, Node):
         node = load_node(node)
     st = Settings(node.sockets if sockets is None else sockets, batch, prompt_tokens, weight_dtype,
-                  float(spec_accept), reconfig, pipeline)
+                  float(spec_accept), reconfig, pipeline, layer)
     st.check(node)
     m = node.socket
     verify = math.ceil(st.spec_accept)              # tokens a target step processes per user
@@ -408,7 +498,7 @@ def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: 
     step = model.layers * dec["seconds"] + head["seconds"] + ddr_penalty + hops
     tok_s = st.spec_accept / step
     pre = _layer(model, node, Settings(st.sockets, st.batch, st.prompt_tokens, weight_dtype, 1.0, reconfig,
-                                       st.pipeline), st.prompt_tokens, 0)
+                                       st.pipeline, layer), st.prompt_tokens, 0)
     pre_head = _head(model, node, st, 1)
     pre_hops = (st.pipeline - 1) * node.send_recv_s(st.batch * st.prompt_tokens * model.hidden * 2.0, 0,
                                                     min(st.tp, st.sockets - 1)) if st.pipeline > 1 else 0.0
@@ -425,6 +515,7 @@ def estimate(model: ModelConfig | str, node, sockets: int | None = None, batch: 
         "sockets": st.sockets, "pipeline": st.pipeline, "tensor_parallel": st.tp,
         "batch": st.batch, "prompt_tokens": st.prompt_tokens,
         "weight_dtype": weight_dtype, "spec_accept": st.spec_accept, "reconfig": reconfig,
+        "layer": dec["layer_kernels"],
         "decode_tokens_per_s_per_user": tok_s,
         "decode_tokens_per_s": tok_s * st.batch,
         "decode_step_seconds": step,

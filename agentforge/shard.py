@@ -219,6 +219,196 @@ def mlp_stack_source(layers: int, tokens: int, hidden: int, intermediate: int, s
         + "\n".join(body) + "\n}\n")
 
 
+def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
+                         context: int, degree: int, dtype: str = "bf16", tk: int = 256, to: int = 32,
+                         tf: int = 128, td: int = 16, tc: int = 256, par: int = 16, load_par: int = 5,
+                         prefetch: bool = False) -> str:
+    """ASP for one whole Llama decoder layer at decode, tensor-parallel on ``degree`` sockets, as
+    ONE kernel: RMSNorm, the q/k/v projections (heads split by columns), RoPE, grouped-query
+    attention of the new rows against the KV cache (online softmax over cache blocks, the cache
+    read once per KV head), the output projection (rows split), one ``all_reduce``, the residual
+    add, RMSNorm, the SwiGLU MLP (gate/up by columns, down by rows), a second ``all_reduce`` and
+    the second residual add. The new rows' rotated keys and values are results (``kn``, ``vn``:
+    what a server appends to the cache). The new rows attend to the cache given (``kc`` kept
+    transposed, ``[KVH, HD, CTX]``; ``vc`` ``[KVH, CTX, HD]``), not to themselves, like the
+    estimate's shard module.
+
+    Why one kernel: at decode a socket's share of a layer is a few MB of weights, streamed in a
+    few microseconds, and every kernel boundary costs an HBM write and read latency (~0.8 us
+    on sn40l) plus, between layers of different kernels, a reconfiguration. Inside one kernel
+    activations stay on chip; the weights of every projection stream from HBM in parallel
+    loads, and what remains is the chain of data dependencies (each projection's reduction
+    waits for its input) and the two all-reduces.
+
+    Weights are ``[in, out]`` (``y = x @ w``). Parameters: x, g1 (attention norm), wq, wk, wv,
+    cos, sin ``[tokens, head_dim]``, kc, vc, wo, g2 (MLP norm), wg, wu, wd. ``heads`` and
+    ``kv_heads`` count the group's heads: both multiples of ``degree`` (a model whose KV heads
+    are fewer than the sockets is generated with one replicated KV head per socket:
+    ``kv_heads = degree``, which gives each socket exactly its shard's shapes). Tiles: ``tk``
+    the hidden-dimension slice of a projection step, ``to`` the rows of an output-projection
+    step (divides head_dim), ``tf`` the intermediate columns of a gate/up result, ``td`` the
+    rows of a down-projection step (divides tf), ``tc`` the cache block; each is halved until it
+    divides. ``par`` caps the replicas of each reduction, ``load_par`` the AGCUs of each weight
+    load. ``prefetch``: the gate/up weights go through one on-chip buffer (``bufferize`` of the
+    whole shard, read back by ``streamify``), so their loads stream from HBM while the attention
+    half and its all-reduce run instead of waiting, behind full FIFOs, for the MLP's input; it
+    costs twice the shard's bytes of SRAM (a ``ResourceError`` where it does not fit)."""
+    _positive(tokens=tokens, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
+              intermediate=intermediate, context=context, degree=degree, tk=tk, to=to, tf=tf, td=td, tc=tc,
+              par=par, load_par=load_par)
+    if dtype != "bf16":
+        raise ValueError(f"decoder_layer_source is written for bf16 weights and activations, got {dtype!r}")
+    if heads % kv_heads:
+        raise ValueError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
+    if kv_heads % degree:
+        raise ValueError(f"kv_heads {kv_heads} is not a multiple of the degree {degree} "
+                         "(each socket holds whole key/value heads; replicate them: kv_heads = degree)")
+    if intermediate % degree:
+        raise ValueError(f"intermediate size {intermediate} is not a multiple of the degree {degree}")
+    if head_dim % 2:
+        raise ValueError(f"head_dim {head_dim} must be even (rotary embeddings rotate halves)")
+    hl, kvl, fl = heads // degree, kv_heads // degree, intermediate // degree
+    g = heads // kv_heads
+    tk, to, tc = _tile(hidden, tk), _tile(head_dim, to), _tile(context, tc)
+    tf = _tile(fl, tf)
+    td = _tile(tf, td)
+
+    def rp(n: int) -> int:  # replicas of a reduction over n elements
+        return max(1, min(par, n))
+    pq, pkv = rp(hl * hidden // tk), rp(kvl * hidden // tk)
+    pat, po = rp(kvl * context // tc), rp(hl * head_dim // to)
+    pup, pdn = rp(fl // tf * hidden // tk), rp(fl // td)
+    lp = load_par
+    if prefetch:
+        up_loads = (f"  wgl = load(wg, tile=[TK, TF], order=[1, 0], par={lp})  # [F/P/TF, D/TK] of bf16[TK, TF]\n"
+                    f"  wul = load(wu, tile=[TK, TF], order=[1, 0], par={lp})\n"
+                    f"  wgb = bufferize(wgl, rank=2, par={2 * lp})  # prefetched: this socket's whole gate shard\n"
+                    f"  wub = bufferize(wul, rank=2, par={2 * lp})\n"
+                    f"  wgs = streamify(wgb, par={2 * lp})\n"
+                    f"  wus = streamify(wub, par={2 * lp})\n")
+    else:
+        up_loads = (f"  wgs = load(wg, tile=[TK, TF], order=[1, 0], par={lp})  # [F/P/TF, D/TK] of bf16[TK, TF]\n"
+                    f"  wus = load(wu, tile=[TK, TF], order=[1, 0], par={lp})\n")
+    return (
+        "# One Llama decoder layer at decode on P sockets, tensor-parallel, as one kernel\n"
+        "# (agentforge/shard.py decoder_layer_source): norm, q/k/v by heads, RoPE, GQA against the\n"
+        "# KV cache, o projection by rows, all_reduce, residual; norm, SwiGLU by columns/rows,\n"
+        "# all_reduce, residual.\n"
+        "kernel decoder_layer(x: bf16[M, D], g1: bf16[D], wq: bf16[D, H * HD] @split(1), "
+        "wk: bf16[D, KVH * HD] @split(1), wv: bf16[D, KVH * HD] @split(1), cos: bf16[M, HD], sin: bf16[M, HD], "
+        "kc: bf16[KVH, HD, CTX] @split(0), vc: bf16[KVH, CTX, HD] @split(0), wo: bf16[H * HD, D] @split(0), "
+        "g2: bf16[D], wg: bf16[D, F] @split(1), wu: bf16[D, F] @split(1), wd: bf16[F, D] @split(0)) "
+        "-> (y: bf16[M, D], kn: bf16[M, KVH * HD] @split(1), vn: bf16[M, KVH * HD] @split(1)) {\n"
+        f"  sockets P = {degree}\n"
+        f"  sizes M = {tokens}\n  sizes D = {hidden}\n  sizes H = {heads}\n  sizes KVH = {kv_heads}\n"
+        f"  sizes HD = {head_dim}\n  sizes F = {intermediate}\n  sizes CTX = {context}\n"
+        f"  sizes TK = {tk}\n  sizes TO = {to}\n  sizes TF = {tf}\n  sizes TD = {td}\n  sizes TC = {tc}\n"
+        "  fn rms(t, g) {\n"
+        "    let u = cast(t, f32)\n"
+        "    return cast(u * rsqrt(mean(u * u, axis=1) + 1e-05) * cast(g, f32), bf16)\n"
+        "  }\n"
+        "  fn pmac(acc, h, w) = acc + cast(matmul(take(h, iota([M, TK], axis=1) + pos(1) * TK, axis=1), w), f32)\n"
+        "  fn rope(t, c, s) {\n"
+        "    let lo = slice(t, axis=1, start=0, stop=HD / 2)\n"
+        "    let hi = slice(t, axis=1, start=HD / 2)\n"
+        "    return cast(t * cast(c, f32) + concat(-hi, lo, axis=1) * cast(s, f32), bf16)\n"
+        "  }\n"
+        "  fn ropeq(t, c, s) {\n"
+        "    let lo = slice(t, axis=1, start=0, stop=HD / 2)\n"
+        "    let hi = slice(t, axis=1, start=HD / 2)\n"
+        "    return cast((t * cast(c, f32) + concat(-hi, lo, axis=1) * cast(s, f32)) * rsqrt(HD), bf16)\n"
+        "  }\n"
+        "  fn stack(acc, t) = put(acc, iota([M, HD], axis=0) + pos(1) * M, t, axis=0)\n"
+        "  fn online(mx, sm, o, q, k, v) {\n"
+        "    let s = cast(matmul(q, k), f32)\n"
+        "    let m2 = maximum(mx, max(s, axis=1))\n"
+        "    let p = exp(s - m2)\n"
+        "    let a = exp(mx - m2)\n"
+        "    return (m2, sm * a + sum(p, axis=1), o * a + cast(matmul(cast(p, bf16), v), f32))\n"
+        "  }\n"
+        "  fn fin(sm, o) = cast(o / sm, bf16)\n"
+        "  fn omac(acc, a, w) {\n"
+        "    let r = take(a, iota([M, HD], axis=0) + pos(1) * M, axis=0)\n"
+        "    return acc + cast(matmul(take(r, iota([M, TO], axis=1) + pos(2) * TO, axis=1), w), f32)\n"
+        "  }\n"
+        "  fn upmac(ag, au, h, g, u) {\n"
+        "    let hh = take(h, iota([M, TK], axis=1) + pos(1) * TK, axis=1)\n"
+        "    return (ag + cast(matmul(hh, g), f32), au + cast(matmul(hh, u), f32))\n"
+        "  }\n"
+        "  fn act(a, b) = cast(a * sigmoid(a) * b, bf16)\n"
+        "  fn dmac(acc, a, w) = acc + cast(matmul(take(a, iota([M, TD], axis=1) + pos(1) * TD, axis=1), w), f32)\n"
+        "  fn tobf(t) = cast(t, bf16)\n"
+        "  fn add(a, b) = cast(cast(a, f32) + cast(b, f32), bf16)\n"
+        "  # attention: norm, projections (this socket's heads), RoPE\n"
+        "  xs = load(x, tile=[M, D])  # [] of bf16[M, D]: the hidden state, whole on every socket\n"
+        "  x1, x2 = copy(xs)\n"
+        "  g1s = load(g1, tile=[D])\n"
+        "  h = map(x1, g1s, fn=rms)\n"
+        "  hq0, hk0, hv0 = copy(h)\n"
+        "  hq1 = repeat(hq0, H / P)\n"
+        "  hq = repeat(hq1, D / TK)  # [H/P, D/TK]\n"
+        f"  wqs = load(wq, tile=[TK, HD], order=[1, 0], par={lp})  # [H/P, D/TK] of bf16[TK, HD]\n"
+        f"  q = accum(hq, wqs, rank=1, init=zeros([M, HD]), fn=pmac, par={pq})  # [H/P] of f32[M, HD]\n"
+        "  hk1 = repeat(hk0, KVH / P)\n"
+        "  hk = repeat(hk1, D / TK)\n"
+        f"  wks = load(wk, tile=[TK, HD], order=[1, 0], par={lp})\n"
+        f"  k = accum(hk, wks, rank=1, init=zeros([M, HD]), fn=pmac, par={pkv})  # [KVH/P] of f32[M, HD]\n"
+        "  hv1 = repeat(hv0, KVH / P)\n"
+        "  hv = repeat(hv1, D / TK)\n"
+        f"  wvs = load(wv, tile=[TK, HD], order=[1, 0], par={lp})\n"
+        f"  v = accum(hv, wvs, rank=1, init=zeros([M, HD]), fn=pmac, par={pkv})\n"
+        "  cs = load(cos, tile=[M, HD])\n"
+        "  ss = load(sin, tile=[M, HD])\n"
+        "  cq0, ck0 = copy(cs)\n"
+        "  sq0, sk0 = copy(ss)\n"
+        "  cq = repeat(cq0, H / P)\n"
+        "  sq = repeat(sq0, H / P)\n"
+        "  ck = repeat(ck0, KVH / P)\n"
+        "  sk = repeat(sk0, KVH / P)\n"
+        "  qr = map(q, cq, sq, fn=ropeq)  # [H/P] of bf16[M, HD], scaled by 1/sqrt(HD)\n"
+        "  kr = map(k, ck, sk, fn=rope)\n"
+        "  store(kn, kr)  # the new rows' keys, for the cache\n"
+        "  vb = map(v, fn=tobf)\n"
+        "  store(vn, vb)\n"
+        "  # grouped-query attention against the cache, read once per KV head\n"
+        "  qh = reshape(qr, dim=0, chunk=H / KVH)  # [KVH/P, H/KVH]\n"
+        "  qg = accum(qh, rank=1, init=zeros([H / KVH * M, HD], dtype=bf16), fn=stack)  # [KVH/P] of bf16[G*M, HD]\n"
+        "  qc = repeat(qg, CTX / TC)  # [KVH/P, CTX/TC]\n"
+        f"  kcs = load(kc, tile=[1, HD, TC], par={lp})  # [KVH/P, CTX/TC] of bf16[HD, TC]\n"
+        f"  vcs = load(vc, tile=[1, TC, HD], par={lp})  # [KVH/P, CTX/TC] of bf16[TC, HD]\n"
+        "  _, sm, oa = accum(qc, kcs, vcs, rank=1, init=(full([H / KVH * M, 1], -inf), zeros([H / KVH * M, 1]), "
+        f"zeros([H / KVH * M, HD])), fn=online, par={pat})\n"
+        "  att = map(sm, oa, fn=fin)  # [KVH/P] of bf16[G*M, HD]\n"
+        "  # output projection (this socket's rows of wo), all-reduce, residual\n"
+        "  a1 = repeat(att, H / KVH)\n"
+        "  a2 = repeat(a1, HD / TO)  # [KVH/P, H/KVH, HD/TO]\n"
+        f"  wos = load(wo, tile=[TO, D], par={lp})  # [H/P*HD/TO] of bf16[TO, D]\n"
+        "  wo1 = reshape(wos, dim=0, chunk=H / KVH * HD / TO)\n"
+        "  wo2 = reshape(wo1, dim=1, chunk=HD / TO)  # [KVH/P, H/KVH, HD/TO]\n"
+        f"  op = accum(a2, wo2, rank=3, init=zeros([M, D]), fn=omac, par={po})  # [] of f32[M, D]: a partial sum\n"
+        "  ob = map(op, fn=tobf)\n"
+        "  oar = all_reduce(ob)\n"
+        "  r1 = map(x2, oar, fn=add)\n"
+        "  r1a, r1b = copy(r1)\n"
+        "  # MLP: norm, gate/up (this socket's columns), SwiGLU, down (its rows), all-reduce, residual\n"
+        "  g2s = load(g2, tile=[D])\n"
+        "  h2 = map(r1a, g2s, fn=rms)\n"
+        "  hu1 = repeat(h2, F / P / TF)\n"
+        "  hu = repeat(hu1, D / TK)  # [F/P/TF, D/TK]\n"
+        f"{up_loads}"
+        f"  ag, au = accum(hu, wgs, wus, rank=1, init=(zeros([M, TF]), zeros([M, TF])), fn=upmac, par={pup})\n"
+        "  am = map(ag, au, fn=act)  # [F/P/TF] of bf16[M, TF]\n"
+        "  ad = repeat(am, TF / TD)  # [F/P/TF, TF/TD]\n"
+        f"  wds = load(wd, tile=[TD, D], par={lp})  # [F/P/TD] of bf16[TD, D]\n"
+        "  wd2 = reshape(wds, dim=0, chunk=TF / TD)\n"
+        f"  dp = accum(ad, wd2, rank=2, init=zeros([M, D]), fn=dmac, par={pdn})  # [] of f32[M, D]\n"
+        "  db = map(dp, fn=tobf)\n"
+        "  dar = all_reduce(db)\n"
+        "  ys = map(r1b, dar, fn=add)\n"
+        "  store(y, ys)\n"
+        "}\n")
+
+
 @dataclass
 class ShardChoice:
     """The degree the cost model picked, with every candidate degree's best time (degrees not
@@ -288,4 +478,4 @@ def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine
     return ShardChoice(best, seconds, sources[best], skipped, configs)
 
 
-__all__ = ["mlp_source", "attention_source", "mlp_stack_source", "pick_degree", "ShardChoice"]
+__all__ = ["mlp_source", "attention_source", "mlp_stack_source", "decoder_layer_source", "pick_degree", "ShardChoice"]

@@ -157,3 +157,29 @@ def test_switching_charges_a_copy_only_when_not_resident():
     assert gpu.switches == res.switches
     assert gpu.switch_s / res.switch_s == pytest.approx(node.host_to_hbm_s(gb / 8) / ddr_copy)
     assert gpu.switch_s > 5 * res.switch_s
+
+
+def test_a_decode_layer_is_one_fused_kernel_faster_than_the_author_chain(cfg_path, runs):
+    """At decode (batch 1) each socket's layer is one generated tensor-parallel kernel, charged the
+    slower of the fast and event models; it streams every weight of the shard and is no faster
+    than that at HBM peak, and it beats the author's chain of kernels of the same shard."""
+    node = load_node("sn40l-node8")
+    lay = runs[8]["decode_breakdown"]["per_layer"]
+    assert (runs[8]["layer"], lay["kernels"], lay["all_reduce_in_kernel"]) == ("fused", 1, True)
+    f = lay["fused"]
+    assert f["seconds"] == max(f["fast_s"], f["event_s"]) and f["sections"] == 1
+    assert lay["seconds"] > lay["weight_bytes_per_socket"] / (node.socket.hbm.bandwidth_gbs * 1e9) + lay["all_reduce_s"] / 2
+    author = estimate(str(cfg_path), node, 8, prompt_tokens=PROMPT, layer="author")
+    alay = author["decode_breakdown"]["per_layer"]
+    assert (author["layer"], alay["all_reduce_in_kernel"]) == ("author", False) and alay["kernels"] > 5
+    assert alay["weight_bytes_per_socket"] == pytest.approx(lay["weight_bytes_per_socket"], rel=0.01)
+    assert runs[8]["decode_tokens_per_s_per_user"] > author["decode_tokens_per_s_per_user"]
+    assert author["ttft_seconds"] == pytest.approx(runs[8]["ttft_seconds"])   # prefill keeps the author's kernels
+    # nothing stays configured: the fused layer pays one reconfiguration per layer, not one per kernel
+    chain = estimate(str(cfg_path), node, 8, prompt_tokens=PROMPT, reconfig="chain")
+    reconf = node.socket.reconfig.cycles / (node.socket.clock_ghz * 1e9)
+    assert chain["decode_breakdown"]["per_layer"]["seconds"] == pytest.approx(lay["seconds"] + reconf)
+    # several users have separate caches: the fused kernel is written for one; the author's chain times them
+    assert estimate(str(cfg_path), node, 8, batch=2, prompt_tokens=PROMPT)["layer"] == "author"
+    with pytest.raises(ConfigError, match="layer"):
+        estimate(str(cfg_path), node, 8, layer="whole")

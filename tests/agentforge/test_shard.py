@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import asp_lang
-from agentforge.shard import attention_source, mlp_source, pick_degree
+from agentforge.shard import attention_source, decoder_layer_source, mlp_source, pick_degree
+from asp_lang.node import load_node
 
 
 def _t(a) -> torch.Tensor:
@@ -130,3 +131,80 @@ def test_a_pipeline_needs_whole_layers_per_stage():
     from agentforge.shard import mlp_stack_source
     with pytest.raises(ValueError, match="not a multiple of the stages 3"):
         mlp_stack_source(4, 8, 16, 32, 3)
+
+
+def _layer_reference(t: dict, m: int, h: int, kvh: int, hd: int) -> tuple[torch.Tensor, ...]:
+    """One Llama decoder layer at decode in PyTorch (float32 on bf16-rounded inputs): the new rows
+    attend to the given cache (K transposed), grouped-query; weights are [in, out]."""
+    def rms(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+
+    def rot(x):
+        return torch.cat((-x[..., hd // 2:], x[..., :hd // 2]), -1)
+    x = t["x"]
+    a = rms(x, t["g1"])
+    q = (a @ t["wq"]).view(m, h, hd).transpose(0, 1)
+    k = (a @ t["wk"]).view(m, kvh, hd).transpose(0, 1)
+    v = (a @ t["wv"]).view(m, kvh, hd).transpose(0, 1)
+    q, k = q * t["cos"] + rot(q) * t["sin"], k * t["cos"] + rot(k) * t["sin"]
+    s = q.reshape(kvh, h // kvh * m, hd) @ t["kc"] * hd ** -0.5
+    o = (torch.softmax(s, -1) @ t["vc"]).reshape(h, m, hd).transpose(0, 1).reshape(m, h * hd)
+    r1 = x + o @ t["wo"]
+    b = rms(r1, t["g2"])
+    y = r1 + (torch.nn.functional.silu(b @ t["wg"]) * (b @ t["wu"])) @ t["wd"]
+    return y, k.transpose(0, 1).reshape(m, kvh * hd), v.transpose(0, 1).reshape(m, kvh * hd)
+
+
+@pytest.mark.parametrize("degree,prefetch", [(2, False), (4, True)])
+def test_whole_decoder_layer_as_one_kernel_matches_pytorch(degree, prefetch):
+    """Norms, q/k/v by heads, RoPE, GQA against the cache, o projection, all-reduce, residual,
+    SwiGLU MLP, all-reduce, residual: one generated kernel on 2 and 4 sockets, against PyTorch."""
+    m, d, h, kvh, hd, f, ctx = 2, 64, 8, 4, 16, 128, 32
+    prog = asp_lang.compile(decoder_layer_source(m, d, h, kvh, hd, f, ctx, degree, tk=16, to=8, tf=32, td=8, tc=8,
+                                                 prefetch=prefetch))
+    assert len(prog.programs) == degree
+    rng = np.random.default_rng(degree)
+    shapes = {"x": (m, d), "g1": (d,), "wq": (d, h * hd), "wk": (d, kvh * hd), "wv": (d, kvh * hd),
+              "cos": (m, hd), "sin": (m, hd), "kc": (kvh, hd, ctx), "vc": (kvh, ctx, hd), "wo": (h * hd, d),
+              "g2": (d,), "wg": (d, f), "wu": (d, f), "wd": (f, d)}
+    scale = {"g1": 0.1, "g2": 0.1, "wq": 1 / 8, "wk": 1 / 8, "wv": 1 / 8, "wo": 1 / 11, "wg": 1 / 8, "wu": 1 / 8,
+             "wd": 1 / 11}
+    ins = {k: (rng.standard_normal(s) * scale.get(k, 1.0) + (1.0 if k in ("g1", "g2") else 0.0)).astype(np.float32)
+           for k, s in shapes.items()}
+    ins["cos"], ins["sin"] = np.cos(ins["cos"]), np.sin(ins["sin"])
+    t = {k: torch.from_numpy(v).to(torch.bfloat16).float() for k, v in ins.items()}
+    out = asp_lang.run(prog, {k: v.numpy() for k, v in t.items()})
+    for name, ref in zip(("y", "kn", "vn"), _layer_reference(t, m, h, kvh, hd)):
+        got = torch.from_numpy(np.asarray(out[name], dtype=np.float32))
+        assert got.shape == ref.shape
+        assert (got - ref).abs().max() <= 2e-2 * ref.abs().max(), name   # bf16 activations
+
+
+def test_a_decode_layer_is_one_section_streaming_its_weights_with_both_all_reduces_charged():
+    """Llama-3.1-8B's layer on 16 sockets (one replicated KV head each): one section, no faster
+    than its weights at HBM peak plus its two all-reduces' latency, and the two timing models
+    agree within the fidelity bound."""
+    node = load_node("sn40l-node16")
+    src = decoder_layer_source(1, 4096, 32, 16, 128, 14336, 1024, 16, prefetch=True)
+    prog = asp_lang.compile(src, node=node)
+    fast, event = asp_lang.profile(prog), asp_lang.simulate(prog)
+    weights = 2 * (4096 * (2 + 2) * 128 + 2 * 128 * 4096 + 3 * 4096 * 896 + 2 * 4096)
+    floor = weights / 1.8e12 + node.all_reduce_s(4096 * 2, 16)
+    for rep in (fast, event):
+        assert rep.sections == 1
+        assert rep.seconds > floor
+        assert sum(1 for o in rep.ops if o.op == "all_reduce") == 2
+    assert abs(fast.seconds - event.seconds) <= 0.15 * event.seconds
+
+
+@pytest.mark.parametrize("kw,words", [
+    ({"kv_heads": 3}, "multiple of kv_heads"),
+    ({"degree": 8}, "replicate"),
+    ({"dtype": "f32"}, "bf16"),
+    ({"head_dim": 15}, "even"),
+])
+def test_decoder_layer_requests_say_what_to_fix(kw, words):
+    args = {"tokens": 1, "hidden": 64, "heads": 8, "kv_heads": 4, "head_dim": 16, "intermediate": 128,
+            "context": 32, "degree": 2} | kw
+    with pytest.raises(ValueError, match=words):
+        decoder_layer_source(**args)
