@@ -5,14 +5,13 @@ Every answer that is not a single kernel is a chain: the op-by-op baseline (ever
 own kernel, :mod:`agentforge.baseline`) and a fusion plan realized by the author. Steps come
 from :mod:`agentforge.lowering` (a kernel, a host-evaluated constant, or an alias of another
 value). ``tune_par`` (the baseline) gives each kernel the parallelism that makes it fastest on
-the machine within one configuration (:func:`with_par`); a plan's kernels carry their own.
+the machine within one configuration (:meth:`agentforge.lowering.OpKernel.with_par`); a plan's kernels carry their own.
 The per-op roofline and latency (:func:`op_roofline_seconds`, :func:`kernel_latency_seconds`)
 are what each kernel's row in :meth:`Chain.time` is judged against.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -24,10 +23,10 @@ from asp_lang import AspError, Machine
 
 from .aten import AtenGraph, AtenNode, Ref
 from .bridge import to_asp, to_numpy, to_torch, torch_dtype
-from .lowering import Alias, Const, OpKernel, Step
+from .lowering import PAR_BESIDE_MATMUL, Alias, Const, OpKernel, Step
 from .signature import node_flops
 
-__all__ = ["Chain", "ChainTiming", "eval_const", "with_par", "op_roofline_seconds", "kernel_latency_seconds",
+__all__ = ["Chain", "ChainTiming", "eval_const", "op_roofline_seconds", "kernel_latency_seconds",
            "PAR_COMPUTE", "PAR_MEMORY", "PAR_BESIDE_MATMUL"]
 
 
@@ -98,7 +97,7 @@ class Chain:
                 # a default par larger than this machine's units falls back to the smallest
                 if not (self.tune_par and e.kind == "ResourceError"):
                     raise
-                self._programs[i] = asp_lang.compile(with_par(step.source, PAR_COMPUTE[0], PAR_MEMORY[0]),
+                self._programs[i] = asp_lang.compile(step.with_par(PAR_COMPUTE[0], PAR_MEMORY[0]),
                                                      self.machine, filename=f"{step.node}.asp")
         return self._programs[i]
 
@@ -183,7 +182,7 @@ class Chain:
         for c in PAR_COMPUTE:
             for m in PAR_MEMORY:
                 try:
-                    prog = asp_lang.compile(with_par(step.source, c, m), self.machine, filename=f"{step.node}.asp")
+                    prog = asp_lang.compile(step.with_par(c, m), self.machine, filename=f"{step.node}.asp")
                 except AspError as e:
                     if e.kind == "ResourceError":  # more units than this machine has: not a choice here
                         continue
@@ -243,39 +242,3 @@ def kernel_latency_seconds(machine: Machine) -> float:
 
 PAR_COMPUTE = (4, 16, 64, 256, 960)
 PAR_MEMORY = (2, 8)
-#: the most PCUs the other compute operators of a matmul kernel (a bias add, a cast) get
-PAR_BESIDE_MATMUL = 64
-_PAR = re.compile(r"par=\d+")
-_FN = re.compile(r"^\s*fn (\w+)\(")
-
-
-def with_par(source: str, compute: int, memory: int) -> str:
-    """The same kernel with every memory operator at ``memory`` and compute operator at ``compute``.
-
-    In a kernel with a matmul, ``compute`` is the matmul operator's and the others (a bias add,
-    a cast) get at most PAR_BESIDE_MATMUL: a GEMM reaches its roofline only with most of the
-    chip's PCUs on the systolic work (960 of sn40l's 1040), which it could not have if every
-    operator of the kernel took as many."""
-    mm_fns = set()
-    lines = source.splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        m = _FN.match(line)
-        if m:
-            body = line
-            j = i
-            while line.rstrip().endswith("{") and j + 1 < len(lines) and not body.rstrip().endswith("}"):
-                j += 1
-                body += lines[j]
-            if "matmul(" in body:
-                mm_fns.add(m.group(1))
-    out = []
-    for line in lines:
-        is_mem = "load(" in line or "store(" in line
-        if is_mem:
-            par = memory
-        elif not mm_fns or any(f"fn={f}," in line or f"fn={f})" in line for f in mm_fns):
-            par = compute
-        else:
-            par = min(compute, PAR_BESIDE_MATMUL)
-        out.append(_PAR.sub(f"par={par}", line))
-    return "".join(out)

@@ -17,7 +17,7 @@ Splitting it by op family would scatter those shared helpers without separating 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import asp_lang
@@ -48,6 +48,14 @@ class OpKernel:
     input_views: list[tuple[int, ...]]
     outputs: list[str]
     output_views: list[tuple[int, ...]]
+    #: the lowering's kernel with its parallelism slots (None: a fused kernel, whose par its plan sets)
+    layout: "KernelText | None" = field(default=None, repr=False, compare=False)
+
+    def with_par(self, compute: int, memory: int) -> str:
+        """This kernel's text at another parallelism (see :meth:`KernelText.render`)."""
+        if self.layout is None:
+            raise ValueError(f"kernel for {self.node} ({self.target}) has no parallelism slots to set")
+        return self.layout.render(compute, memory)
 
 
 @dataclass
@@ -114,6 +122,44 @@ def asp_literal(v: Any) -> str:
     return f"({r})" if f < 0 else r
 
 
+#: the most PCUs the other compute operators of a matmul kernel (a bias add, a cast) get when the
+#: kernel is rendered at a larger ``compute`` (see :meth:`KernelText.render`)
+PAR_BESIDE_MATMUL = 64
+
+
+@dataclass(frozen=True)
+class KernelText:
+    """A lowered kernel's text with its parallelism kept apart: which operators are memory
+    operators (loads, stores) and which compute (maps, accums), so the same kernel is rendered at
+    other ``par`` values (the baseline picks each kernel's fastest, a plan's one-op region sets its
+    own) without editing ASP text."""
+    name: str
+    head: str                          # the comment and the kernel line
+    fns: tuple[str, ...]               # fn definitions (and sizes lines), as written
+    mm_fns: frozenset[str]             # the fns that compute a matmul
+    body: tuple[str, ...]              # body lines at their default parallelism
+    slots: tuple[tuple[int, str, str, bool, int], ...]   # (body line, text before its par, memory?, mm?, default)
+
+    def render(self, compute: int | None = None, memory: int | None = None) -> str:
+        """The kernel in canonical form (what `asp fmt` prints) with every memory operator at
+        ``memory`` and every compute operator at ``compute`` (None: as lowered). In a kernel with
+        a matmul, ``compute`` is the matmul operator's and the others (a bias add, a cast) get at
+        most :data:`PAR_BESIDE_MATMUL`: a GEMM reaches its roofline only with most of the chip's
+        PCUs on the systolic work (960 of sn40l's 1040), which it could not have if every
+        operator of the kernel took as many."""
+        body = list(self.body)
+        for i, before, is_memory, mm, default in self.slots:
+            if is_memory:
+                par = default if memory is None else memory
+            elif compute is None:
+                par = default
+            else:
+                par = compute if not self.mm_fns or mm else min(compute, PAR_BESIDE_MATMUL)
+            body[i] = f"{before}, par={par})"
+        text = "\n".join([self.head, *self.fns, *body, "}"]) + "\n"
+        return asp_lang.format_kernel(asp_lang.parse(text, f"{self.name}.asp"))
+
+
 class KernelBuilder:
     """Assembles the text of one ASP kernel."""
 
@@ -124,6 +170,9 @@ class KernelBuilder:
         self.fns: list[str] = []
         self.body: list[str] = []
         self.n = 0
+        self._fn_text: dict[str, str] = {}
+        self._slots: dict[int, tuple[str, str, int]] = {}   # body line -> (text before par, operator, default)
+        self._layout: KernelText | None = None
 
     def fresh(self, base: str) -> str:
         self.n += 1
@@ -146,15 +195,36 @@ class KernelBuilder:
         else:
             body = "\n".join(f"    let {k} = {v}" for k, v in lets)
             self.fns.append(f"  fn {name}({', '.join(params)}) {{\n{body}\n    return {result}\n  }}")
+        self._fn_text[name] = self.fns[-1]
         return name
 
-    def op(self, call: str, n_out: int = 1, base: str = "s") -> list[str]:
+    def op(self, call: str, n_out: int = 1, base: str = "s", par: int | None = None) -> list[str]:
+        """``targets = call``; with ``par``, the operator's parallelism (a slot :meth:`layout` keeps)."""
         targets = [self.fresh(base) for _ in range(n_out)]
-        self.body.append(f"  {', '.join(targets)} = {call}")
+        self._line(f"  {', '.join(targets)} = ", call, par)
         return targets
 
-    def do(self, call: str) -> None:
-        self.body.append(f"  {call}")
+    def do(self, call: str, par: int | None = None) -> None:
+        self._line("  ", call, par)
+
+    def _line(self, lead: str, call: str, par: int | None) -> None:
+        if par is None:
+            self.body.append(lead + call)
+            return
+        if not call.endswith(")"):
+            raise ValueError(f"an operator with a par slot must be a call: {call!r}")
+        before = lead + call[:-1]
+        self._slots[len(self.body)] = (before, call.split("(", 1)[0], par)
+        self.body.append(f"{before}, par={par})")
+
+    def layout(self, comment: str) -> KernelText:
+        """The kernel with its parallelism slots (see :class:`KernelText`)."""
+        head = f"# {comment}\nkernel {self.name}({', '.join(self.params)}) -> ({', '.join(self.results)}) {{"
+        mm_fns = frozenset(name for name, text in self._fn_text.items() if "matmul(" in text)
+        slots = tuple((i, before, operator in ("load", "store"),
+                       any(f"fn={f}," in before + ")" or f"fn={f})" in before + ")" for f in mm_fns), default)
+                      for i, (before, operator, default) in sorted(self._slots.items()))
+        return KernelText(self.name, head, tuple(self.fns), mm_fns, tuple(self.body), slots)
 
     def text(self, comment: str) -> str:
         """The kernel in canonical form (what `asp fmt` prints), so generated files diff cleanly."""
@@ -206,7 +276,7 @@ def merge_dims(shape: tuple[int, ...], operands: list[tuple[int, ...]]) -> tuple
 
 
 def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], expr: Callable[[list[str]], str],
-                       out_dtype: str | None = None, comment: str = "") -> tuple[str, list, list]:
+                       out_dtype: str | None = None, comment: str = "") -> tuple[str, list, list, KernelText]:
     """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape.
 
     An operand smaller than the output is re-read from HBM once per position it broadcasts
@@ -249,7 +319,7 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
         if order != sorted(order):
             call += f", order={asp_list(order)}"
         if op is held:
-            (s,) = kb.op(call + ", par=4)")
+            (s,) = kb.op(call + ")", par=4)
             for a in inner:
                 (s,) = kb.op(f"repeat({s}, {grid[a]})")
         else:
@@ -260,7 +330,7 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
                     ats.append(j)
             if repeats:
                 call += f", repeat={asp_list(repeats)}, at={asp_list(ats)}"
-            (s,) = kb.op(call + ", par=4)")
+            (s,) = kb.op(call + ")", par=4)
         streams.append(s)
         args.append(f"x{len(streams) - 1}")
     params = [f"x{i}" for i in range(len(streams))]
@@ -272,11 +342,11 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     fname = kb.fn(params, body)
     if not streams:
         raise UnsupportedOpError(f"not supported: {name} with only scalar operands")
-    (res,) = kb.op(f"map({', '.join(streams)}, fn={fname}, par=8)")
+    (res,) = kb.op(f"map({', '.join(streams)}, fn={fname})", par=8)
     oname = kb.result(odt, shape)
     store_order = [kept.index(a) for a in trav]
-    kb.do(f"store({oname}, {res}" + (f", order={asp_list(store_order)}" if trav != kept else "") + ", par=4)")
-    return kb.text(comment), inputs, views
+    kb.do(f"store({oname}, {res}" + (f", order={asp_list(store_order)}" if trav != kept else "") + ")", par=4)
+    return kb.text(comment), inputs, views, kb.layout(comment)
 
 
 def _bcast_operand(op: "_Operand", shape: tuple[int, ...]) -> bool:
@@ -329,9 +399,9 @@ def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     shape, views = merge_dims(out.shape or (1,), [o.spec.shape for o in tensors])
     merged = [_Operand(o.kind, o.value, TensorSpec(o.spec.name, v, o.spec.dtype)) if o.kind == "tensor" else o
               for o, v in zip(ops, _interleave(ops, views))]
-    src, inputs, views = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), merged, expr, odt,
-                                            comment=f"{node.target} ({node.name})")
-    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape])
+    src, inputs, views, layout = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), merged,
+                                                    expr, odt, comment=f"{node.target} ({node.name})")
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape], layout=layout)
 
 
 def _interleave(ops: list["_Operand"], views: list[tuple[int, ...]]) -> list:
@@ -534,7 +604,7 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         tb = divisor_at_most(B, ROW_CAP)
         ta = divisor_at_most(A, max(1, TILE_CAP // tb))
         p = kb.param(xdt, view)
-        (s,) = kb.op(f"load({p}, tile={asp_list([ta, tb])}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={asp_list([ta, tb])})", par=4)
         ax, init_shape = 1, [ta, 1]
     else:
         view = (A, B, C)
@@ -547,7 +617,7 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         call = f"load({p}, tile={asp_list([1, tb, tc])}"
         if order != sorted(order):
             call += f", order={asp_list(order)}"
-        (s,) = kb.op(call + ", par=4)")
+        (s,) = kb.op(call + ")", par=4)
         ax, init_shape = 0, [1, tc]
         ta = None
     whole = tb == B
@@ -558,13 +628,13 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         rexpr = f"{red}({xin}, axis={ax})"
         if whole:
             f = kb.fn(["t"], rexpr)
-            (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+            (r,) = kb.op(f"map({s}, fn={f})", par=8)
         else:
             init = "zeros(" + asp_list(init_shape) + (f", dtype={cdt})" if cdt != "f32" else ")") if red == "sum" else \
                 f"full({asp_list(init_shape)}, {_RED_INIT[kind] if kind in _RED_INIT else '-inf'}" + \
                 (f", dtype={cdt})" if cdt != "f32" else ")")
             f = kb.fn(["acc", "t"], combine.format(r=rexpr))
-            (r,) = kb.op(f"accum({s}, rank=1, init={init}, fn={f}, par=8)")
+            (r,) = kb.op(f"accum({s}, rank=1, init={init}, fn={f})", par=8)
         final = "v"
         if kind == "mean":
             final = f"v / {asp_literal(float(B))}"
@@ -579,7 +649,7 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         if not whole:
             raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
         f = kb.fn(["t"], f"{red}({xin}, axis={ax})")
-        (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+        (r,) = kb.op(f"map({s}, fn={f})", par=8)
         results.append((r, "i32"))
     else:  # var
         if not whole:
@@ -588,14 +658,14 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         corr = 1 if corr is None else corr
         f = kb.fn(["t"], cast_expr(f"sum(d * d, axis={ax}) / {asp_literal(float(B - corr))}", cdt, asp_dtype(outs[0])),
                   [("u", f"mean({xin}, axis={ax})"), ("d", f"{xin} - u")])
-        (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+        (r,) = kb.op(f"map({s}, fn={f})", par=8)
         results.append((r, asp_dtype(outs[0])))
     out_view = (A, 1) if C == 1 else (A, 1, C)
     for r, odt in results:
         o = kb.result(odt, out_view)
-        kb.do(f"store({o}, {r}, par=4)")
+        kb.do(f"store({o}, {r})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [view],
-                    [outs[0].name], [out_view])
+                    [outs[0].name], [out_view], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
@@ -617,26 +687,26 @@ def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
         tb = B
     p = kb.param(xdt, view)
     if tb == B:
-        (s,) = kb.op(f"load({p}, tile={asp_list(tile)}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={asp_list(tile)})", par=4)
         res = "z - log(sum(exp(z), axis=%d))" % ax if log else "e / sum(e, axis=%d)" % ax
         f = kb.fn(["t"], cast_expr(res, "f32", odt), [("z", f"{xin} - max({xin}, axis={ax})"), ("e", "exp(z)")])
-        (r,) = kb.op(f"map({s}, fn={f}, par=8)")
+        (r,) = kb.op(f"map({s}, fn={f})", par=8)
     else:
         # the row does not fit one tile: an online pass for (max, sum), then a second read
-        (s1,) = kb.op(f"load({p}, tile={asp_list(tile)}, par=4)")
+        (s1,) = kb.op(f"load({p}, tile={asp_list(tile)})", par=4)
         on = kb.fn(["m", "l", "t"], f"(m2, l * exp(m - m2) + sum(exp({xin} - m2), axis={ax}))",
                    [("m2", f"maximum(m, max({xin}, axis={ax}))")])
-        m, l_ = kb.op(f"accum({s1}, rank=1, init=(full({asp_list(st)}, -inf), zeros({asp_list(st)})), fn={on}, par=8)", 2)
-        (s2,) = kb.op(f"load({p}, tile={asp_list(tile)}, par=4)")
+        m, l_ = kb.op(f"accum({s1}, rank=1, init=(full({asp_list(st)}, -inf), zeros({asp_list(st)})), fn={on})", 2, par=8)
+        (s2,) = kb.op(f"load({p}, tile={asp_list(tile)})", par=4)
         (mr,) = kb.op(f"repeat({m}, {B // tb})")
         (lr,) = kb.op(f"repeat({l_}, {B // tb})")
         res = f"{xin} - m - log(l)" if log else f"exp({xin} - m) / l"
         f = kb.fn(["t", "m", "l"], cast_expr(res, "f32", odt))
-        (r,) = kb.op(f"map({s2}, {mr}, {lr}, fn={f}, par=8)")
+        (r,) = kb.op(f"map({s2}, {mr}, {lr}, fn={f})", par=8)
     o = kb.result(odt, view)
-    kb.do(f"store({o}, {r}, par=4)")
+    kb.do(f"store({o}, {r})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [view],
-                    [node.outs[0].name], [view])
+                    [node.outs[0].name], [view], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
@@ -653,7 +723,7 @@ def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
     kb = KernelBuilder(kernel_name(node))
     ta = divisor_at_most(A, max(1, TILE_CAP // B))
     p = kb.param(xdt, (A, B))
-    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])}, par=4)")
+    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])})", par=4)
     streams, params, inputs, views = [s], ["t"], [x.name], [(A, B)]
     for ref, nm in ((w, "g"), (b, "c")):
         if isinstance(ref, Ref):
@@ -676,14 +746,14 @@ def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
     f = kb.fn(params, f"({cast_expr(y, 'f32', odts[0])}, {cast_expr('u', 'f32', odts[1])}, {cast_expr('r', 'f32', odts[2])})",
               [("u", f"mean({xin}, axis=1)"), ("d", f"{xin} - u"),
                ("r", f"rsqrt(mean(d * d, axis=1) + {asp_literal(float(eps))})")])
-    ys, us, rs = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)", 3)
+    ys, us, rs = kb.op(f"map({', '.join(streams)}, fn={f})", 3, par=8)
     outs = []
     for st, od, view in ((ys, odts[0], (A, B)), (us, odts[1], (A, 1)), (rs, odts[2], (A, 1))):
         o = kb.result(od, view)
-        kb.do(f"store({o}, {st}, par=4)")
+        kb.do(f"store({o}, {st})", par=4)
         outs.append(view)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
-                    [o.name for o in node.outs], outs)
+                    [o.name for o in node.outs], outs, layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 # ------------------------------------------------------------------ matmul family
@@ -722,13 +792,13 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     a_call = f"load({pa}, tile={asp_list(lead + [tm, tk])}"
     if n_kept:
         a_call += f", repeat={N // tn}, at={off + (1 if m_kept else 0)}"
-    (xa,) = kb.op(a_call + ", par=4)")
+    (xa,) = kb.op(a_call + ")", par=4)
     b_call = f"load({pb}, tile={asp_list(lead + [tk, tn])}"
     if k_kept and n_kept:
         b_call += f", order={asp_list(([0] if off else []) + [off + 1, off])}"
     if m_kept:
         b_call += f", repeat={M // tm}, at={off}"
-    (xb,) = kb.op(b_call + ", par=4)")
+    (xb,) = kb.op(b_call + ")", par=4)
     zero = f"zeros({asp_list([tm, tn])}" + (f", dtype={dt})" if dt != "f32" else ")")
     if dt == "f32":
         mac = kb.fn(["acc", "x", "y"], "acc + matmul(x, y)")
@@ -738,10 +808,10 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         mac = kb.fn(["acc", "x", "y"], "acc + cast(matmul(x, y), f32)")
         acc_init = f"zeros({asp_list([tm, tn])})"
     if k_kept:
-        (c,) = kb.op(f"accum({xa}, {xb}, rank=1, init={acc_init}, fn={mac}, par=16)")
+        (c,) = kb.op(f"accum({xa}, {xb}, rank=1, init={acc_init}, fn={mac})", par=16)
     else:
         mm = kb.fn(["x", "y"], "matmul(x, y)" if dt == "f32" else "cast(matmul(x, y), f32)")
-        (c,) = kb.op(f"map({xa}, {xb}, fn={mm}, par=16)")
+        (c,) = kb.op(f"map({xa}, {xb}, fn={mm})", par=16)
     streams, params = [c], ["c"]
     if isinstance(bias, Ref):
         bs = graph.spec(bias)
@@ -767,11 +837,11 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         expr = f"{expr} + {bexpr}" + (f" * {asp_literal(beta)}" if beta != 1 else "")
     if expr != "c" or dt != "f32":
         f = kb.fn(params, cast_expr(expr, "f32", dt))
-        (c,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
+        (c,) = kb.op(f"map({', '.join(streams)}, fn={f})", par=8)
     o = kb.result(dt, out.shape)
-    kb.do(f"store({o}, {c}, par=4)")
+    kb.do(f"store({o}, {c})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
-                    [out.name], [out.shape])
+                    [out.name], [out.shape], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 # ------------------------------------------------------------------ layout and structural ops
@@ -821,18 +891,18 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     in_kept = [a for a in range(k) if tile[a] != x.shape[a]]
     out_kept = [j for j in range(k) if out_tile[j] != out.shape[j]]
     order = [in_kept.index(perm[j]) for j in out_kept]
-    call = f"load({p}, tile={asp_list(tile)}" + (f", order={asp_list(order)}" if order != sorted(order) else "") + ", par=4)"
-    (s,) = kb.op(call)
+    call = f"load({p}, tile={asp_list(tile)}" + (f", order={asp_list(order)}" if order != sorted(order) else "") + ")"
+    (s,) = kb.op(call, par=4)
     if swap:
         f = kb.fn(["t"], "transpose(t)")
-        (s,) = kb.op(f"map({s}, fn={f}, par=8)")
+        (s,) = kb.op(f"map({s}, fn={f})", par=8)
     elif reshape is not None and _squeezed(tile) != reshape:
         f = kb.fn(["t"], f"reshape(t, {asp_list(reshape)})")
-        (s,) = kb.op(f"map({s}, fn={f}, par=8)")
+        (s,) = kb.op(f"map({s}, fn={f})", par=8)
     o = kb.result(dt, out.shape)
-    kb.do(f"store({o}, {s}, par=4)")
+    kb.do(f"store({o}, {s})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [x.shape],
-                    [out.name], [out.shape])
+                    [out.name], [out.shape], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def _squeezed(tile: list[int]) -> list[int]:
@@ -873,18 +943,18 @@ def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_le
         if a_ != A or c_ != C:
             raise UnsupportedOpError(f"not supported: {node.target} with operands of different outer sizes")
         p = kb.param(asp_dtype(spec), (A, s_, c_))
-        (s,) = kb.op(f"load({p}, tile={asp_list([ta, s_, tc])}, par=4)")
+        (s,) = kb.op(f"load({p}, tile={asp_list([ta, s_, tc])})", par=4)
         streams.append(s)
         params.append(f"x{i}")
         inputs.append(spec.name)
         views.append((A, s_, c_))
     f = kb.fn(params, body(axis, params), list(lets))
-    (r,) = kb.op(f"map({', '.join(streams)}, fn={f}, par=8)")
+    (r,) = kb.op(f"map({', '.join(streams)}, fn={f})", par=8)
     view = (A, out_len, C)
     o = kb.result(asp_dtype(out), view)
-    kb.do(f"store({o}, {r}, par=4)")
+    kb.do(f"store({o}, {r})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
-                    [out.name], [view])
+                    [out.name], [view], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
@@ -966,19 +1036,19 @@ def lower_index_select(node: AtenNode, graph: AtenGraph, embedding: bool = False
     kb = KernelBuilder(kernel_name(node))
     px = kb.param(asp_dtype(x), (A, S, C))
     pi = kb.param("i32", (n, 1))
-    (sx,) = kb.op(f"load({px}, tile={asp_list([1, S, tc])}, par=4)")
+    (sx,) = kb.op(f"load({px}, tile={asp_list([1, S, tc])})", par=4)
     kept = ([A] if A > 1 else []) + ([C // tc] if tc < C else [])
     call = f"load({pi}, tile={asp_list([n, 1])}"
     if kept:
         call += f", repeat={asp_list(kept)}, at={asp_list(list(range(len(kept))))}"
     (si,) = kb.op(call + ")")
     f = kb.fn(["t", "i"], f"take(t, broadcast(i, {asp_list([n, tc])}), axis=0)")
-    (r,) = kb.op(f"map({sx}, {si}, fn={f}, par=8)")
+    (r,) = kb.op(f"map({sx}, {si}, fn={f})", par=8)
     out = node.outs[0]
     o = kb.result(asp_dtype(out), (A, n, C))
-    kb.do(f"store({o}, {r}, par=4)")
+    kb.do(f"store({o}, {r})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name, idx.name],
-                    [(A, S, C), (n, 1)], [out.name], [(A, n, C)])
+                    [(A, S, C), (n, 1)], [out.name], [(A, n, C)], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
@@ -995,18 +1065,18 @@ def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
     dt = asp_dtype(x)
     ta = divisor_at_most(A, max(1, TILE_CAP // B))
     p = kb.param(dt, (A, B))
-    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])}, par=4)")
+    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])})", par=4)
     if largest:
         f = kb.fn(["t"], f"(topk(t, k={k}, axis=1), argtopk(t, k={k}, axis=1))")
     else:
         f = kb.fn(["t"], f"(-topk(-t, k={k}, axis=1), argtopk(-t, k={k}, axis=1))")
-    v, i = kb.op(f"map({s}, fn={f}, par=8)", 2)
+    v, i = kb.op(f"map({s}, fn={f})", 2, par=8)
     ov = kb.result(dt, (A, k))
     oi = kb.result("i32", (A, k))
-    kb.do(f"store({ov}, {v}, par=4)")
-    kb.do(f"store({oi}, {i}, par=4)")
+    kb.do(f"store({ov}, {v})", par=4)
+    kb.do(f"store({oi}, {i})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [(A, B)],
-                    [o.name for o in node.outs], [(A, k), (A, k)])
+                    [o.name for o in node.outs], [(A, k), (A, k)], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 # ------------------------------------------------------------------ dispatch

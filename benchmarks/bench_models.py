@@ -213,7 +213,6 @@ def baseline_rows() -> list[dict]:
     model), then timed by both models; reconfigurations between kernels are charged to both."""
     from agentforge.baseline import build_baseline
     from agentforge.capture import capture_at
-    from agentforge.chain import with_par
     from agentforge.tasks import load_task
 
     rows = []
@@ -234,7 +233,7 @@ def baseline_rows() -> list[dict]:
             t0 = time.perf_counter()
             ev_cycles = ev_hbm = 0.0
             for step, par in chosen.values():
-                src = with_par(step.source, par["compute"], par["memory"]) if par else step.source
+                src = step.with_par(par["compute"], par["memory"]) if par else step.source
                 rep = simulate(asp_lang.compile(src, m, filename=f"{step.node}.asp"))
                 ev_cycles += rep.cycles
                 ev_hbm += rep.hbm_bytes

@@ -13,7 +13,7 @@ import asp_lang
 from asp_lang.printer import format_kernel
 from agentforge.baseline import build_baseline
 from agentforge.capture import capture_at
-from agentforge.chain import PAR_COMPUTE, PAR_MEMORY, with_par
+from agentforge.chain import PAR_COMPUTE, PAR_MEMORY
 from agentforge.lowering import OpKernel, UnsupportedOpError
 from agentforge.tasks import load_suite, load_task
 from agentforge.verify import VerifyConfig, baseline_timing, evaluate, targeted_distributions
@@ -71,7 +71,7 @@ def test_lowered_kernels_check_at_their_own_sizes():
         assert list(prog.params) and list(prog.results)
         for c in PAR_COMPUTE[:1]:
             for m in PAR_MEMORY[:1]:
-                asp_lang.compile(with_par(k.source, c, m), MACHINE)
+                asp_lang.compile(k.with_par(c, m), MACHINE)
 
 
 def test_baseline_timing_adds_up():

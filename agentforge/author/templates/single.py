@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ...chain import with_par
 from ...capture import AtenGraph, AtenNode
 from ...lowering import OpKernel, Step, lower_node
 from .base import Template
@@ -21,8 +20,7 @@ def single_kernel(region: "Region", nodes: list[AtenNode], graph: AtenGraph, *_c
         raise ValueError("a 'single' region holds one node")
     step = lower_node(nodes[0], graph, set())
     if isinstance(step, OpKernel) and region.params:
-        step.source = with_par(step.source, int(region.params.get("compute", 16)),
-                               int(region.params.get("memory", 4)))
+        step.source = step.with_par(int(region.params.get("compute", 16)), int(region.params.get("memory", 4)))
     return step
 
 
