@@ -31,10 +31,11 @@ import torch
 
 import asp_lang
 
-from .baseline import Baseline, build_baseline
+from .baseline import build_baseline
 from .binding import bind
 from .bridge import program_feed, program_results
 from .capture import AtenGraph
+from .chain import Chain
 from .lowering import OpKernel
 
 __all__ = ["Solution", "KernelSolution", "ChainSolution", "Bound", "Timing", "solution", "plan_solution",
@@ -164,7 +165,7 @@ class _KernelBound(Bound):
 
 
 class _ChainBound(Bound):
-    def __init__(self, chain: Baseline, trusted: Callable[[OpKernel], bool], label: str | None, profiled: bool):
+    def __init__(self, chain: Chain, trusted: Callable[[OpKernel], bool], label: str | None, profiled: bool):
         self.graph, self.chain = chain.graph, chain
         self._trusted, self._label, self._profiled = trusted, label, profiled
         self._timing: Timing | None = None
@@ -361,7 +362,7 @@ class ChainSolution(Solution):
         # are the plan's own code, held to the tiles they are timed with
         return self.plan is None or not step.target.startswith("fused.")
 
-    def chain(self, graph: AtenGraph) -> Baseline:
+    def chain(self, graph: AtenGraph) -> Chain:
         return self.at(graph).chain  # type: ignore[attr-defined]
 
     def _bind(self, graph: AtenGraph) -> Bound:

@@ -1,7 +1,7 @@
 """What a review shows, read from a campaign run directory or a bare kernel library.
 
 :func:`load_review` gathers everything once into plain records (:class:`Review`,
-:class:`TaskView`, :class:`Candidate`), so the HTML report and the terminal view are pure
+:class:`TaskView`, :class:`CandidateView`), so the HTML report and the terminal view are pure
 functions of them and cannot disagree. A run directory gives the campaign's whole story (the
 tasks, every candidate's lineage and evaluation, LLM tokens and cost, events); a bare library
 gives only its verified kernels, and the review says so instead of inventing the rest.
@@ -27,7 +27,7 @@ class ReviewError(AgentforgeError):
 
 
 @dataclass
-class Candidate:
+class CandidateView:
     """One attempt of one worker, with its evaluation and its diff from the worker's previous one."""
     id: int
     attempt: int
@@ -40,7 +40,7 @@ class Candidate:
     plan: dict | None = None
     diff: str = ""                  # unified diff from the parent ("" for a root or no change)
     best: bool = False
-    children: list["Candidate"] = field(default_factory=list)
+    children: list["CandidateView"] = field(default_factory=list)
 
     @property
     def verified(self) -> bool:
@@ -108,7 +108,7 @@ class TaskView:
     final_is_verified: bool = False
     plan: dict | None = None
     plans: list[dict] = field(default_factory=list)
-    candidates: list[Candidate] = field(default_factory=list)
+    candidates: list[CandidateView] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)
     verified_at: list[dict] = field(default_factory=list)
     timings: list[KernelTiming] = field(default_factory=list)
@@ -136,7 +136,7 @@ class TaskView:
         return tier
 
     @property
-    def roots(self) -> list[Candidate]:
+    def roots(self) -> list[CandidateView]:
         return [c for c in self.candidates if c.parent is None or c.parent not in {x.id for x in self.candidates}]
 
 
@@ -176,12 +176,12 @@ def unified_diff(old: str, new: str, old_name: str, new_name: str) -> str:
                                         old_name, new_name, n=2))
 
 
-def build_lineage(rows: list[dict], best_id: int | None) -> list[Candidate]:
+def build_lineage(rows: list[dict], best_id: int | None) -> list[CandidateView]:
     """Candidates from run-db rows, each with its diff from its parent and its children linked."""
-    by_id: dict[int, Candidate] = {}
+    by_id: dict[int, CandidateView] = {}
     out = []
     for r in rows:
-        c = Candidate(id=r["id"], attempt=r["attempt"], worker=r["worker"], parent=r.get("parent"),
+        c = CandidateView(id=r["id"], attempt=r["attempt"], worker=r["worker"], parent=r.get("parent"),
                       kind=r.get("kind") or "none", author=r.get("author"),
                       text=candidate_text(r.get("kind") or "none", r.get("source"), r.get("plan")),
                       evaluation=r.get("evaluation") or {}, plan=r.get("plan"), best=r["id"] == best_id)
@@ -368,5 +368,5 @@ def _from_run(src: Path, db_path: Path, lib: Any, entries: dict, timing: bool, o
     return Review(src, True, run, manifest, machine, totals, tasks, notes)
 
 
-__all__ = ["Review", "TaskView", "Candidate", "Roofline", "ReviewError", "load_review", "resolve",
+__all__ = ["Review", "TaskView", "CandidateView", "Roofline", "ReviewError", "load_review", "resolve",
            "build_lineage", "unified_diff", "candidate_text", "task_usage", "NO_RUN_NOTE"]

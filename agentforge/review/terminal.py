@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from .data import Candidate, Review, TaskView
+from .data import CandidateView, Review, TaskView
 from .highlight import to_rich
 from .html import fmt_bytes, fmt_num, fmt_pct, fmt_seconds, fmt_x
 
@@ -120,7 +120,7 @@ def socket_timelines(k) -> Table:
     return tab
 
 
-def _cand_label(c: Candidate) -> Text:
+def _cand_label(c: CandidateView) -> Text:
     ok = c.verified
     t = Text()
     t.append("verified" if ok else str(c.evaluation.get("reason_code") or "rejected"), style="green" if ok else "red")
@@ -153,7 +153,7 @@ def lineage_tree(review: Review, t: TaskView, max_diff_lines: int = 40) -> Tree 
         return Text("no candidates recorded", style="dim")
     tree = Tree(Text("lineage", style="bold"))
 
-    def add(node: Tree, c: Candidate) -> None:
+    def add(node: Tree, c: CandidateView) -> None:
         parts: list[Any] = [_cand_label(c)]
         if not c.verified:
             parts.append(Text("evaluator: " + c.feedback, style="yellow"))
