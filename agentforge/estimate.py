@@ -308,6 +308,8 @@ def _scaled(rows: list[dict], weight_dtype: str) -> float:
 
 
 _FUSED: dict[tuple, dict] = {}
+# the weights the fused layer may prefetch on chip, tried in turn (agentforge.shard.PREFETCHABLE)
+FUSED_PREFETCH = ((), ("wg", "wu"), ("wg", "wu", "wd"), ("wo", "wg", "wu", "wd"))
 
 
 def _fused_layer(model: ModelConfig, node, n: int, tokens: int, ctx: int) -> dict | None:
@@ -318,11 +320,11 @@ def _fused_layer(model: ModelConfig, node, n: int, tokens: int, ctx: int) -> dic
     an HBM write and read latency (~0.8 us on sn40l) that, at 16 sockets, is as long as a small
     model's per-kernel weight streaming. One kernel keeps activations on chip and streams all the
     layer's weights in parallel loads; its two all-reduces are operators inside it, charged by
-    the node's link model. Two variants are timed, with and without the gate/up weights
-    prefetched into an on-chip buffer (so they stream during the attention half and its
-    all-reduce instead of stalling behind full FIFOs), each by the fast model AND the event
-    model; a variant is charged the slower of the two models (the fast model does not see FIFO
-    back-pressure), and the cheaper variant is kept. ``None`` when no variant fits the socket.
+    the node's link model. The variants of ``FUSED_PREFETCH`` are timed (none, or some of the
+    o-projection and MLP weights prefetched into on-chip buffers, so they stream during the
+    attention half and its all-reduce instead of stalling behind full FIFOs), each by the fast
+    model AND the event model; a variant is charged the slower of the two (the fast model does
+    not see FIFO back-pressure) and the cheapest charged variant is kept. ``None`` when no variant fits the socket.
 
     The kernel is generated at the group's head counts: when ``n`` exceeds the KV heads, each
     socket keeps one replicated KV head (``kv_heads = kvl x n``), so every socket's program has
@@ -336,7 +338,7 @@ def _fused_layer(model: ModelConfig, node, n: int, tokens: int, ctx: int) -> dic
     hl = kvl * -(-hl // kvl)
     m = node.socket
     variants = []
-    for prefetch in (False, True):
+    for prefetch in FUSED_PREFETCH:
         src = decoder_layer_source(tokens, model.hidden, hl * n, kvl * n, model.head_dim, il * n, ctx, n,
                                    prefetch=prefetch)
         try:
@@ -354,13 +356,16 @@ def _fused_layer(model: ModelConfig, node, n: int, tokens: int, ctx: int) -> dic
     clock = m.clock_ghz * 1e9
     act = tokens * model.hidden * 2.0
     ar = node.all_reduce_s(act, n) if n > 1 else 0.0
-    ars = sorted((o for o in rep.ops if o.op == "all_reduce"), key=lambda o: o.index)
+    # the split into attention and MLP halves reads the event model's schedule (when the first
+    # all-reduce delivered); it is a reading of the charged time, whose parts add up to it
+    ars = sorted((o for o in event.ops if o.op == "all_reduce"), key=lambda o: o.index)
     first = ars[0].finish_cycles / clock if ars else seconds / 2
+    attention = min(max(0.0, first - ar), max(0.0, seconds - 2 * ar))
     wbytes = 2.0 * (model.hidden * (hl + 2 * kvl) * model.head_dim + hl * model.head_dim * model.hidden
                     + 3 * model.hidden * il + 2 * model.hidden)
     out = {"seconds": seconds, "fast_s": fast.seconds, "event_s": event.seconds,
            "model": "fast" if rep is fast else "event", "prefetch": prefetch, "sections": rep.sections,
-           "attention_s": max(0.0, first - ar), "mlp_s": max(0.0, seconds - first - ar), "all_reduce_s": 2 * ar,
+           "attention_s": attention, "mlp_s": seconds - 2 * ar - attention, "all_reduce_s": 2 * ar,
            "hbm_bytes": rep.hbm_bytes / max(1, n), "weight_bytes": wbytes, "bottleneck": rep.bottleneck,
            "heads": hl, "kv_heads": kvl, "intermediate": il}
     _FUSED[key] = out

@@ -24,6 +24,7 @@ import asp_lang
 
 DTYPES = ("f32", "bf16")
 ACTIVATIONS = ("relu", "swiglu")
+PREFETCHABLE = ("wo", "wg", "wu", "wd")  # decoder_layer_source's weights that may be prefetched on chip
 LAYOUTS = ("in_out", "out_in")  # a weight as [in, out] (y = x @ w) or as nn.Linear keeps it, [out, in]
 
 
@@ -221,8 +222,8 @@ def mlp_stack_source(layers: int, tokens: int, hidden: int, intermediate: int, s
 
 def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
                          context: int, degree: int, dtype: str = "bf16", tk: int = 256, to: int = 32,
-                         tf: int = 128, td: int = 16, tc: int = 256, par: int = 16, load_par: int = 5,
-                         prefetch: bool = False) -> str:
+                         tf: int = 128, td: int = 16, tc: int = 256, par: int = 64, load_par: int = 5,
+                         prefetch: tuple[str, ...] = (), buffer_par: int = 64) -> str:
     """ASP for one whole Llama decoder layer at decode, tensor-parallel on ``degree`` sockets, as
     ONE kernel: RMSNorm, the q/k/v projections (heads split by columns), RoPE, grouped-query
     attention of the new rows against the KV cache (online softmax over cache blocks, the cache
@@ -249,13 +250,17 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
     step (divides head_dim), ``tf`` the intermediate columns of a gate/up result, ``td`` the
     rows of a down-projection step (divides tf), ``tc`` the cache block; each is halved until it
     divides. ``par`` caps the replicas of each reduction, ``load_par`` the AGCUs of each weight
-    load. ``prefetch``: the gate/up weights go through one on-chip buffer (``bufferize`` of the
-    whole shard, read back by ``streamify``), so their loads stream from HBM while the attention
-    half and its all-reduce run instead of waiting, behind full FIFOs, for the MLP's input; it
-    costs twice the shard's bytes of SRAM (a ``ResourceError`` where it does not fit)."""
+    load. ``prefetch`` names weights (of ``PREFETCHABLE``: wo, wg, wu, wd) that go through one
+    on-chip buffer each (``bufferize`` of the socket's whole shard, read back by ``streamify``):
+    their loads then stream from HBM from the kernel's start, beside the q/k/v loads, instead of
+    waiting behind full FIFOs until their consumer's input exists (the MLP's weights wait for the
+    attention half and its all-reduce). It costs twice each shard's bytes of SRAM; where that does
+    not fit, the kernel is cut into sections (slower, so the estimate does not pick it) or is a
+    ``ResourceError``. ``buffer_par`` banks each such buffer over at least that many PMUs, so that
+    reading it back (at one PMU's port bandwidth per bank) keeps pace with its consumer."""
     _positive(tokens=tokens, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
               intermediate=intermediate, context=context, degree=degree, tk=tk, to=to, tf=tf, td=td, tc=tc,
-              par=par, load_par=load_par)
+              par=par, load_par=load_par, buffer_par=buffer_par)
     if dtype != "bf16":
         raise ValueError(f"decoder_layer_source is written for bf16 weights and activations, got {dtype!r}")
     if heads % kv_heads:
@@ -279,16 +284,17 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
     pat, po = rp(kvl * context // tc), rp(hl * head_dim // to)
     pup, pdn = rp(fl // tf * hidden // tk), rp(fl // td)
     lp = load_par
-    if prefetch:
-        up_loads = (f"  wgl = load(wg, tile=[TK, TF], order=[1, 0], par={lp})  # [F/P/TF, D/TK] of bf16[TK, TF]\n"
-                    f"  wul = load(wu, tile=[TK, TF], order=[1, 0], par={lp})\n"
-                    f"  wgb = bufferize(wgl, rank=2, par={2 * lp})  # prefetched: this socket's whole gate shard\n"
-                    f"  wub = bufferize(wul, rank=2, par={2 * lp})\n"
-                    f"  wgs = streamify(wgb, par={2 * lp})\n"
-                    f"  wus = streamify(wub, par={2 * lp})\n")
-    else:
-        up_loads = (f"  wgs = load(wg, tile=[TK, TF], order=[1, 0], par={lp})  # [F/P/TF, D/TK] of bf16[TK, TF]\n"
-                    f"  wus = load(wu, tile=[TK, TF], order=[1, 0], par={lp})\n")
+    bad = [w for w in prefetch if w not in PREFETCHABLE]
+    if bad:
+        raise ValueError(f"prefetch names weights of {', '.join(PREFETCHABLE)}, got {', '.join(map(str, bad))}")
+
+    def wload(w: str, tile: str, rank: int, extra: str = "") -> str:
+        """``{w}s``: the stream of weight ``w``'s tiles, straight from HBM or through a buffer."""
+        if w not in prefetch:
+            return f"  {w}s = load({w}, tile={tile}{extra}, par={lp})\n"
+        return (f"  {w}l = load({w}, tile={tile}{extra}, par={lp})\n"
+                f"  {w}b = bufferize({w}l, rank={rank}, par={buffer_par})  # prefetched: this socket's whole shard on chip\n"
+                f"  {w}s = streamify({w}b, par={buffer_par})\n")
     return (
         "# One Llama decoder layer at decode on P sockets, tensor-parallel, as one kernel\n"
         "# (agentforge/shard.py decoder_layer_source): norm, q/k/v by heads, RoPE, GQA against the\n"
@@ -382,7 +388,7 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
         "  # output projection (this socket's rows of wo), all-reduce, residual\n"
         "  a1 = repeat(att, H / KVH)\n"
         "  a2 = repeat(a1, HD / TO)  # [KVH/P, H/KVH, HD/TO]\n"
-        f"  wos = load(wo, tile=[TO, D], par={lp})  # [H/P*HD/TO] of bf16[TO, D]\n"
+        + wload("wo", "[TO, D]", 1) +   # [H/P*HD/TO] of bf16[TO, D]
         "  wo1 = reshape(wos, dim=0, chunk=H / KVH * HD / TO)\n"
         "  wo2 = reshape(wo1, dim=1, chunk=HD / TO)  # [KVH/P, H/KVH, HD/TO]\n"
         f"  op = accum(a2, wo2, rank=3, init=zeros([M, D]), fn=omac, par={po})  # [] of f32[M, D]: a partial sum\n"
@@ -395,11 +401,11 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
         "  h2 = map(r1a, g2s, fn=rms)\n"
         "  hu1 = repeat(h2, F / P / TF)\n"
         "  hu = repeat(hu1, D / TK)  # [F/P/TF, D/TK]\n"
-        f"{up_loads}"
+        + wload("wg", "[TK, TF]", 2, ", order=[1, 0]") + wload("wu", "[TK, TF]", 2, ", order=[1, 0]") +
         f"  ag, au = accum(hu, wgs, wus, rank=1, init=(zeros([M, TF]), zeros([M, TF])), fn=upmac, par={pup})\n"
         "  am = map(ag, au, fn=act)  # [F/P/TF] of bf16[M, TF]\n"
         "  ad = repeat(am, TF / TD)  # [F/P/TF, TF/TD]\n"
-        f"  wds = load(wd, tile=[TD, D], par={lp})  # [F/P/TD] of bf16[TD, D]\n"
+        + wload("wd", "[TD, D]", 1) +   # [F/P/TD] of bf16[TD, D]
         "  wd2 = reshape(wds, dim=0, chunk=TF / TD)\n"
         f"  dp = accum(ad, wd2, rank=2, init=zeros([M, D]), fn=dmac, par={pdn})  # [] of f32[M, D]\n"
         "  db = map(dp, fn=tobf)\n"

@@ -155,7 +155,7 @@ def _layer_reference(t: dict, m: int, h: int, kvh: int, hd: int) -> tuple[torch.
     return y, k.transpose(0, 1).reshape(m, kvh * hd), v.transpose(0, 1).reshape(m, kvh * hd)
 
 
-@pytest.mark.parametrize("degree,prefetch", [(2, False), (4, True)])
+@pytest.mark.parametrize("degree,prefetch", [(2, ()), (4, ("wo", "wg", "wu", "wd"))])
 def test_whole_decoder_layer_as_one_kernel_matches_pytorch(degree, prefetch):
     """Norms, q/k/v by heads, RoPE, GQA against the cache, o projection, all-reduce, residual,
     SwiGLU MLP, all-reduce, residual: one generated kernel on 2 and 4 sockets, against PyTorch."""
@@ -185,7 +185,7 @@ def test_a_decode_layer_is_one_section_streaming_its_weights_with_both_all_reduc
     than its weights at HBM peak plus its two all-reduces' latency, and the two timing models
     agree within the fidelity bound."""
     node = load_node("sn40l-node16")
-    src = decoder_layer_source(1, 4096, 32, 16, 128, 14336, 1024, 16, prefetch=True)
+    src = decoder_layer_source(1, 4096, 32, 16, 128, 14336, 1024, 16, prefetch=("wg", "wu"))
     prog = asp_lang.compile(src, node=node)
     fast, event = asp_lang.profile(prog), asp_lang.simulate(prog)
     weights = 2 * (4096 * (2 + 2) * 128 + 2 * 128 * 4096 + 3 * 4096 * 896 + 2 * 4096)
@@ -202,6 +202,7 @@ def test_a_decode_layer_is_one_section_streaming_its_weights_with_both_all_reduc
     ({"degree": 8}, "replicate"),
     ({"dtype": "f32"}, "bf16"),
     ({"head_dim": 15}, "even"),
+    ({"prefetch": ("wq",)}, "prefetch names weights of wo, wg, wu, wd"),
 ])
 def test_decoder_layer_requests_say_what_to_fix(kw, words):
     args = {"tokens": 1, "hidden": 64, "heads": 8, "kv_heads": 4, "head_dim": 16, "intermediate": 128,
