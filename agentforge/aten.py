@@ -164,11 +164,6 @@ class AtenGraph:
         nodes (computed once per graph; do not mutate)."""
         return self._specs()
 
-    @property
-    def _spec_table(self) -> dict[str, TensorSpec]:
-        # the old private name, while store/plan_cache.py still reads it
-        return self.spec_table
-
     def _specs(self) -> dict[str, TensorSpec]:
         specs: dict[str, TensorSpec] = {s.name: s for s in (*self.inputs, *self.params)}
         for n in self.nodes:

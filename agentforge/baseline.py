@@ -13,15 +13,10 @@ import asp_lang
 from asp_lang import Machine
 
 from .aten import AtenGraph
-from .chain import Chain, ChainTiming
+from .chain import Chain
 from .lowering import Alias, Const, Step, UnsupportedOpError, lower_node
 
 __all__ = ["build_baseline", "lower_steps"]
-
-# ``Baseline`` was the name of every chain, fused ones included: it is agentforge.chain.Chain
-# now. The old names stay while agentforge/solution.py imports them.
-Baseline = Chain
-BaselineTiming = ChainTiming
 
 
 def lower_steps(graph: AtenGraph, skip: dict[str, str] | None = None) -> list[Step]:
