@@ -5,6 +5,9 @@ Prints one JSON object (and writes benchmarks/results/estimate.json):
   (bf16 weights, batch 1, no speculation) beside the published 1042 / 457 / 129 (16 sockets)
   and the bf16 weight-streaming bound, with the fraction of that bound (target >= 0.75) and
   the per-token time split into its terms;
+- ``layer_kernels``: the same decode with each socket's layer as the author's chain of ~15
+  kernels (``layer="author"``, the estimate before issue 19's fused layer) and as one fused
+  generated kernel (the default), with the fused kernel's fast- and event-model times;
 - ``reproduce``: for each published figure, the smallest speculative acceptance (tokens kept
   per target step) that reaches it with bf16, fp8 and int8 weights;
 - ``sockets_sweep``: Llama-3.1 8B on 1..16 sockets;
@@ -42,21 +45,37 @@ PROMPT = 1024
 
 
 def terms(r: dict) -> dict:
-    """The per-token decode time, term by term (seconds)."""
+    """The per-token decode time, term by term (seconds).
+
+    The author's chain (``layer == "author"``): its weight kernels and small kernels. The fused
+    layer (one kernel per layer, the default at batch 1): its weights streamed at HBM peak, the KV
+    cache streamed at HBM peak, its two all-reduces (on its critical path), and what is left of
+    the kernel's time: the first load's and the last store's HBM latency, pipeline fills and FIFO
+    waits along the layer's chain of dependencies (``layer_latency_s``)."""
     d = r["decode_breakdown"]
     lay, n = d["per_layer"], d["layers"]
-    weight_kernels = sum(k["seconds"] for k in lay["kernel_list"] if k["weight_bytes"] > 0)
-    other_kernels = sum(k["seconds"] for k in lay["kernel_list"] if k["weight_bytes"] == 0)
-    # weight kernels' seconds are bf16-timed; rescale like the estimate does for the share
-    scale = (lay["attention_s"] + lay["mlp_s"]) / max(1e-30, weight_kernels + other_kernels)
-    ideal = r["weight_bytes_per_socket"] / (r["node"]["hbm_gbs_total"] / r["sockets"] * 1e9)
-    return {"ideal_weight_streaming_s": ideal,
-            "weight_kernels_s": n * weight_kernels * scale,
-            "small_kernels_s": n * other_kernels * scale,     # norms, RoPE, softmax, KV-cache attention
-            "all_reduce_s": n * lay["all_reduce_s"],
-            "lm_head_s": d["head"]["lm_head_s"], "logits_all_gather_s": d["head"]["logits_all_gather_s"],
-            "embedding_s": d["head"]["embedding_s"], "ddr_overflow_s": d["ddr_overflow_s"],
-            "step_s": r["decode_step_seconds"]}
+    bw = r["node"]["hbm_gbs_total"] / r["sockets"] * 1e9
+    ideal = r["weight_bytes_per_socket"] / bw
+    out = {"ideal_weight_streaming_s": ideal}
+    if lay.get("layer_kernels") == "fused":
+        weights = lay["weight_bytes_per_socket"] / bw
+        kv = r["kv_cache_bytes_per_socket"] / math.ceil(n / r["pipeline"]) / bw   # one layer's cache
+        out |= {"weight_kernels_s": n * (lay["seconds"] - lay["reconfig_s"] - lay["all_reduce_s"]),
+                "small_kernels_s": 0.0,
+                "layer_weight_streaming_s": n * weights,
+                "kv_cache_streaming_s": n * kv,
+                "layer_latency_s": n * (lay["seconds"] - lay["reconfig_s"] - lay["all_reduce_s"] - weights - kv)}
+    else:
+        weight_kernels = sum(k["seconds"] for k in lay["kernel_list"] if k["weight_bytes"] > 0)
+        other_kernels = sum(k["seconds"] for k in lay["kernel_list"] if k["weight_bytes"] == 0)
+        # weight kernels' seconds are bf16-timed; rescale like the estimate does for the share
+        scale = (lay["attention_s"] + lay["mlp_s"]) / max(1e-30, weight_kernels + other_kernels)
+        out |= {"weight_kernels_s": n * weight_kernels * scale,
+                "small_kernels_s": n * other_kernels * scale}   # norms, RoPE, softmax, KV-cache attention
+    return out | {"all_reduce_s": n * lay["all_reduce_s"], "reconfig_s": n * lay["reconfig_s"],
+                  "lm_head_s": d["head"]["lm_head_s"], "logits_all_gather_s": d["head"]["logits_all_gather_s"],
+                  "embedding_s": d["head"]["embedding_s"], "ddr_overflow_s": d["ddr_overflow_s"],
+                  "step_s": r["decode_step_seconds"]}
 
 
 def decode_table(models: list[str], sockets: list[int]) -> list[dict]:
@@ -76,6 +95,30 @@ def decode_table(models: list[str], sockets: list[int]) -> list[dict]:
                          "decode_kernels_per_layer": r["decode_breakdown"]["per_layer"]["kernels"],
                          "terms_ms": {k: round(v * 1e3, 4) for k, v in terms(r).items()},
                          "wall_seconds": round(time.perf_counter() - t0, 1)})
+    return rows
+
+
+def layer_kernels(models: list[str], sockets: list[int]) -> list[dict]:
+    """Decode with each socket's layer as the author's chain of kernels (``layer="author"``, what
+    the estimate did before the fused layer) and as one fused kernel (the default): the same
+    shard, the same weights, the same link model."""
+    rows = []
+    for name in models:
+        for n in sockets:
+            node = load_node("sn40l-node16" if n > 8 else "sn40l-node8").with_sockets(n)
+            row = {"model": name, "sockets": n}
+            for layer in ("author", "fused"):
+                r = estimate(name, node, n, prompt_tokens=PROMPT, layer=layer)
+                lay = r["decode_breakdown"]["per_layer"]
+                row[layer] = {"decode_tokens_per_s_per_user": round(r["decode_tokens_per_s_per_user"], 1),
+                              "fraction_of_bound": round(r["fraction_of_bound"], 3),
+                              "kernels_per_layer": lay["kernels"], "layer_us": round(lay["seconds"] * 1e6, 2)}
+                if layer == "fused":
+                    f = lay["fused"]
+                    row[layer] |= {"fast_model_us": round(f["fast_s"] * 1e6, 2),
+                                   "event_model_us": round(f["event_s"] * 1e6, 2), "charged": f["model"],
+                                   "prefetch": list(f["prefetch"])}
+            rows.append(row)
     return rows
 
 
@@ -186,6 +229,7 @@ def main() -> None:
     out["llama_405b_estimate_wall_seconds"] = t405
     out["bounds_16_sockets"] = {m: round(weight_streaming_bound(load_model(m), load_node("sn40l-node16"), 16), 1)
                                 for m in models}
+    out["layer_kernels"] = layer_kernels(models, [8, 16])
     out["reproduce"] = reproduce(models)
     if not args.quick:
         out["sockets_sweep"] = {"model": "llama-3.1-8b", "rows": sockets_sweep("llama-3.1-8b")}
