@@ -324,7 +324,8 @@ def _fused_layer(model: ModelConfig, node, n: int, tokens: int, ctx: int) -> dic
     o-projection and MLP weights prefetched into on-chip buffers, so they stream during the
     attention half and its all-reduce instead of stalling behind full FIFOs), each by the fast
     model AND the event model; a variant is charged the slower of the two (the fast model does
-    not see FIFO back-pressure) and the cheapest charged variant is kept. ``None`` when no variant fits the socket.
+    not see FIFO back-pressure) and the cheapest charged variant is kept. ``None`` when no
+    variant fits the socket.
 
     The kernel is generated at the group's head counts: when ``n`` exceeds the KV heads, each
     socket keeps one replicated KV head (``kv_heads = kvl x n``), so every socket's program has

@@ -9,7 +9,11 @@ one ``all_reduce``). The kernels take and return the whole tensors, so they are 
 against the same single-device reference as an unsharded kernel. ``pick_degree`` times every
 valid degree with asp_lang's timing model (types only, so real model sizes cost nothing to
 time) and keeps the fastest. ``mlp_stack_source`` is the pipeline-parallel option: layers split
-across sockets, activations passed on with ``send`` / ``recv``.
+across sockets, activations passed on with ``send`` / ``recv``. ``decoder_layer_source`` is a
+whole Llama decoder layer at decode (norms, attention by heads against the KV cache, the MLP,
+both all-reduces and residuals) as one kernel: what agentforge.estimate times per layer, since
+a chain of a dozen small kernels per layer costs more in HBM round trips than a small model's
+shard takes to stream.
 
 Why a module of its own: the offline author (agentforge/author/) can call it to emit the
 tensor-parallel form of a block when a task asks for more than one socket, without this code
@@ -273,7 +277,6 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
     if head_dim % 2:
         raise ValueError(f"head_dim {head_dim} must be even (rotary embeddings rotate halves)")
     hl, kvl, fl = heads // degree, kv_heads // degree, intermediate // degree
-    g = heads // kv_heads
     tk, to, tc = _tile(hidden, tk), _tile(head_dim, to), _tile(context, tc)
     tf = _tile(fl, tf)
     td = _tile(tf, td)
@@ -293,7 +296,7 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
         if w not in prefetch:
             return f"  {w}s = load({w}, tile={tile}{extra}, par={lp})\n"
         return (f"  {w}l = load({w}, tile={tile}{extra}, par={lp})\n"
-                f"  {w}b = bufferize({w}l, rank={rank}, par={buffer_par})  # prefetched: this socket's whole shard on chip\n"
+                f"  {w}b = bufferize({w}l, rank={rank}, par={buffer_par})  # prefetched: the whole shard on chip\n"
                 f"  {w}s = streamify({w}b, par={buffer_par})\n")
     return (
         "# One Llama decoder layer at decode on P sockets, tensor-parallel, as one kernel\n"

@@ -168,7 +168,8 @@ def test_a_decode_layer_is_one_fused_kernel_faster_than_the_author_chain(cfg_pat
     assert (runs[8]["layer"], lay["kernels"], lay["all_reduce_in_kernel"]) == ("fused", 1, True)
     f = lay["fused"]
     assert f["seconds"] == max(f["fast_s"], f["event_s"]) and f["sections"] == 1
-    assert lay["seconds"] > lay["weight_bytes_per_socket"] / (node.socket.hbm.bandwidth_gbs * 1e9) + lay["all_reduce_s"] / 2
+    streaming = lay["weight_bytes_per_socket"] / (node.socket.hbm.bandwidth_gbs * 1e9)
+    assert lay["seconds"] > streaming + lay["all_reduce_s"] / 2   # weights at peak, and at least one all-reduce
     author = estimate(str(cfg_path), node, 8, prompt_tokens=PROMPT, layer="author")
     alay = author["decode_breakdown"]["per_layer"]
     assert (author["layer"], alay["all_reduce_in_kernel"]) == ("author", False) and alay["kernels"] > 5
