@@ -125,7 +125,7 @@ _ENTRY_TYPES: dict[str, tuple[type, ...]] = {
 _PROV_REQUIRED = ("author", "date", "machine", "emulator_version", "agentforge_version")
 
 
-def _entry_from_dict(d: Any, where: str) -> KernelEntry:
+def entry_from_dict(d: Any, where: str) -> KernelEntry:
     def bad(msg: str) -> LibraryError:
         return LibraryError(f"{where}: {msg}\n  how to fix: regenerate the library with `agentforge campaign`, "
                             f"or correct the entry by hand (docs/library.md lists every field)")
@@ -304,7 +304,7 @@ class Library:
                                f"({SCHEMA_VERSION})\n  how to fix: upgrade agentforge")
         if not isinstance(m.get("kernels"), list):
             raise LibraryError(f"{mpath}: a top-level 'kernels' list is required")
-        entries = [_entry_from_dict(d, f"{mpath}: kernels[{i}]") for i, d in enumerate(m["kernels"])]
+        entries = [entry_from_dict(d, f"{mpath}: kernels[{i}]") for i, d in enumerate(m["kernels"])]
         ids = [e.id for e in entries]
         if len(set(ids)) != len(ids):
             raise LibraryError(f"{mpath}: duplicate kernel ids")
@@ -367,7 +367,7 @@ class Library:
         """Add ``entry`` (its files given as {relative path: text}); keep the faster kernel when the
         library already has one for the same problem. Returns whether ``entry`` was kept. Files are
         written before the manifest names them, each atomically, so a kill leaves a valid library."""
-        _entry_from_dict(entry.to_dict(), f"kernel {entry.id}")   # validate before anything is written
+        entry_from_dict(entry.to_dict(), f"kernel {entry.id}")   # validate before anything is written
         with self._locked():
             return self._add(entry, files, task_files)
 
@@ -522,7 +522,7 @@ class Library:
                         speedup=ev.speedup, roofline_fraction=ev.roofline_fraction, hbm_bytes=ev.hbm_bytes,
                         bottleneck=ev.bottleneck)
         files = {f"kernels/{e.id}/{n}": t for n, t in inc.kernels.items()}
-        _entry_from_dict(entry.to_dict(), f"kernel {entry.id}")
+        entry_from_dict(entry.to_dict(), f"kernel {entry.id}")
         with self._locked():
             before = {dispatch_key(x): x.id for x in self.entries}
             if any(x.id == entry.id for x in self.entries):
@@ -630,7 +630,7 @@ def op_name(task_name: str) -> str:
     return name if _OP_RE.match(name) else f"op_{name}"
 
 
-__all__ = ["Library", "KernelEntry", "Provenance", "LibraryError", "SCHEMA_VERSION", "FORMAT", "atomic_write_text",
+__all__ = ["Library", "KernelEntry", "entry_from_dict", "Provenance", "LibraryError", "SCHEMA_VERSION", "FORMAT", "atomic_write_text",
            "entry_id", "op_name", "dispatch_key"]
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AgentforgeError
-from ..library import KernelEntry, Library, _entry_from_dict, dispatch_key
+from ..library import KernelEntry, Library, entry_from_dict, dispatch_key
 from .config import Budget, CampaignConfig, ConfigError, bundled_suite, resume_conflicts
 from .executor import failed_result, make_executor
 from .rundb import TASK_DONE, RunDB
@@ -433,7 +433,7 @@ def _finish(job: dict, res: dict, db: RunDB, library: Library, book: BudgetBook,
     notes = list(res.get("notes", []))
     if res.get("entry"):
         e = res["entry"]
-        entry: KernelEntry = _entry_from_dict(e["entry"], f"kernel of {name}")
+        entry: KernelEntry = entry_from_dict(e["entry"], f"kernel of {name}")
         old = next((x.id for x in library.entries if dispatch_key(x) == dispatch_key(entry)), None)
         kept = library.add(entry, e["files"], e["task_files"])
         kernel_id = entry.id if kept else (old or entry.id)
