@@ -93,7 +93,9 @@ _SIDECAR_SECTIONS = {"task", "tolerance", "sizes", "roofline"}
 _ROOFLINE_KEYS = {"active_fraction"}
 #: ``active_fraction = "K/NAME"``: K of the size NAME (e.g. 2 of EXPERTS); parsed, never evaluated
 _FRACTION_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
-_TASK_KEYS = {"group", "level", "description", "tags", "distributions"}
+_TASK_KEYS = {"group", "level", "description", "tags", "distributions", "sockets"}
+#: the most sockets a task may ask for (the largest node preset, asp_lang/machines/nodes/sn40l-node16)
+MAX_SOCKETS = 16
 _TOLERANCE_KEYS = {"atol", "rtol"}
 _HEAVY_CLIP = 1e4
 _EXEC_COUNTER = itertools.count()
@@ -131,6 +133,10 @@ class Task:
     #: sidecar ``[roofline] active_fraction``: the share of the graph's FLOPs a kernel must do
     #: (a float, or ``(k, SIZE)`` for k of SIZE, e.g. top-k of EXPERTS); None = all of them
     active_fraction: float | tuple[int, str] | None = None
+    #: sidecar ``[task] sockets``: how many sockets of the machine's node the answer runs on (1:
+    #: one chip; N > 1: a tensor-parallel kernel where the task is a shardable block, see
+    #: docs/multisocket.md, "A campaign task on N sockets")
+    sockets: int = 1
 
     def work_fraction(self, sizes: Mapping[str, int] | None = None) -> float:
         """The share of the captured graph's FLOPs that any correct kernel must perform at
@@ -241,6 +247,7 @@ def load_task(path: str | Path) -> Task:
         tags=tuple(meta.get("tags", ())),
         distributions=tuple(meta.get("distributions", ())),
         active_fraction=meta.get("active_fraction"),
+        sockets=meta.get("sockets", 1),
     )
 
 
@@ -429,6 +436,12 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
             raise TaskError(sidecar, f"distributions must be a list of names from {list(DISTRIBUTIONS)}",
                             'write distributions = ["large"]')
         out["distributions"] = dists
+    if "sockets" in task_tbl:
+        sockets = task_tbl["sockets"]
+        if not _is_int(sockets) or not 1 <= sockets <= MAX_SOCKETS:
+            raise TaskError(sidecar, f"sockets must be an integer from 1 to {MAX_SOCKETS}, not {sockets!r}",
+                            "write e.g. sockets = 2 (the task's kernel then runs on 2 sockets of the machine's node)")
+        out["sockets"] = sockets
     if "tags" in task_tbl:
         tags = task_tbl["tags"]
         if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
