@@ -72,11 +72,13 @@ def _solve_shapes(kernel: Kernel, specs: list[TensorSpec], outs: list[TensorSpec
 
 
 def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", source: str | None = None,
-         max_tries: int = 40, fixed: dict[str, int] | None = None) -> tuple[Binding, "asp_lang.Program"]:
+         max_tries: int = 40, fixed: dict[str, int] | None = None, node=None) -> tuple[Binding, "asp_lang.Program"]:
     """Match ``kernel`` to ``graph`` and return the binding and the checked program.
 
     ``fixed`` binds the free sizes exactly (the values a timed binding chose): nothing is
-    halved, so the program is the timed configuration at this graph's sizes or an error."""
+    halved, so the program is the timed configuration at this graph's sizes or an error.
+    ``node`` gives the peer links of a kernel with a ``sockets`` line (asp_lang.node); its
+    socket count is never halved (a kernel for 2 sockets does not quietly become one for 1)."""
     specs = graph_operands(graph)
     outs = graph.output_specs
     if len(kernel.params) != len(specs):
@@ -108,7 +110,7 @@ def bind(kernel: Kernel, graph: AtenGraph, machine, filename: str = "<kernel>", 
                     raise BindingError(f"'{p.name}' has shape {list(got)} at sizes {sizes} but the task's "
                                        f"'{spec.name}' is {list(spec.shape)}",
                                        "shape" if i >= len(kernel.params) else "interface")
-            prog = asp_lang.check(kernel, machine, sizes, filename, source)
+            prog = asp_lang.check(kernel, machine, sizes, filename, source, node=node)
             return Binding(sizes, specs, outs, dict(free)), prog
         except SizeError as e:
             culprit = None if fixed is not None else _shrinkable(e, kernel, free)
@@ -127,7 +129,7 @@ def _shrinkable(err: AspError, kernel: Kernel, free: dict[str, int]) -> str | No
     for st in kernel.body:
         if st.call.span.line == line or st.span.line == line:
             used |= names(st.call)
-    cands = [k for k in free if k in used and free[k] > 1]
+    cands = [k for k in free if k in used and free[k] > 1 and k != kernel.sockets]
     if not cands:
-        cands = [k for k in free if free[k] > 1 and f"{free[k]}" in err.message]
+        cands = [k for k in free if free[k] > 1 and f"{free[k]}" in err.message and k != kernel.sockets]
     return max(cands, key=lambda k: free[k]) if cands else None

@@ -39,7 +39,7 @@ from .chain import Chain
 from .lowering import OpKernel
 
 __all__ = ["Solution", "KernelSolution", "ChainSolution", "Bound", "Timing", "solution", "plan_solution",
-           "baseline_solution", "structure", "profile_summary", "graph_key", "BUILDS"]
+           "baseline_solution", "kernel_node", "structure", "profile_summary", "graph_key", "BUILDS"]
 
 #: bindings made in this process, by kind ("plan", "baseline", "kernel"): what a graph cost to bind
 BUILDS: Counter = Counter()
@@ -270,6 +270,11 @@ class Solution:
         return None
 
     @property
+    def sockets(self) -> int:
+        """How many sockets it runs on (a kernel's ``sockets`` line; a chain runs on one)."""
+        return 1
+
+    @property
     def bound_sizes(self) -> dict[str, int]:
         """Free sizes fixed by :meth:`configure` (a single kernel's tile sizes; none for a chain)."""
         return {}
@@ -280,9 +285,27 @@ class Solution:
         return None
 
 
+def kernel_node(kernel: "asp_lang.Kernel", machine: asp_lang.Machine):
+    """The node a kernel with a ``sockets P = N`` line runs on: the machine's node cut to N
+    sockets (``asp_lang.node.node_for``), so its collectives are charged at that node's links;
+    None for a one-socket kernel, or a machine with no node preset (asp_lang's default links)."""
+    if kernel.sockets is None:
+        return None
+    from asp_lang.errors import MachineError
+    from asp_lang.node import node_for
+
+    try:
+        return node_for(machine.name, kernel.default_sizes().get(kernel.sockets))
+    except MachineError:
+        return None
+
+
 class KernelSolution(Solution):
     """One ASP kernel for the whole task. :meth:`configure` binds it at the task's own sizes and
-    fixes its free sizes (tile sizes); every later binding (checks, timing) reuses exactly those."""
+    fixes its free sizes (tile sizes); every later binding (checks, timing) reuses exactly those.
+    A kernel for several sockets (a ``sockets`` line) binds the same way, on the machine's node
+    (:func:`kernel_node`): the interpreter runs every socket's shard and the collectives, so it is
+    checked against the task's single-device reference like any other kernel."""
 
     kind = "kernel"
     binds_on_shapes = True
@@ -291,6 +314,7 @@ class KernelSolution(Solution):
         super().__init__(machine)
         self.source, self.filename = source, filename
         self.kernel = asp_lang.parse(source, filename)
+        self.node = kernel_node(self.kernel, machine)
         self.fixed: dict[str, int] | None = None
 
     def key(self) -> str:
@@ -304,6 +328,11 @@ class KernelSolution(Solution):
         return self.key()
 
     @property
+    def sockets(self) -> int:
+        k = self.kernel
+        return 1 if k.sockets is None else int(k.default_sizes()[k.sockets])
+
+    @property
     def bound_sizes(self) -> dict[str, int]:
         return dict(self.fixed or {})
 
@@ -312,22 +341,24 @@ class KernelSolution(Solution):
 
     def _bind(self, graph: AtenGraph) -> Bound:
         BUILDS[self.kind] += 1
-        _, prog = bind(self.kernel, graph, self.machine, self.filename, self.source, fixed=self.fixed)
+        _, prog = bind(self.kernel, graph, self.machine, self.filename, self.source, fixed=self.fixed,
+                       node=self.node)
         return _KernelBound(graph, prog, self.source)
 
     def predicted_structure(self, shapes: Any) -> list[tuple]:
         """The structure at shapes predicted without a capture (a kernel binds on operand shapes
         alone, so the referee's check-size search can skip capturing the task at every guess)."""
-        return [structure(bind(self.kernel, shapes, self.machine, self.filename, self.source, fixed=self.fixed)[1])]
+        return [structure(bind(self.kernel, shapes, self.machine, self.filename, self.source, fixed=self.fixed,
+                               node=self.node)[1])]
 
     def check_interface(self, graph: AtenGraph) -> None:
         """Raise the :class:`BindingError` binding at ``graph`` gives with free tile sizes."""
-        bind(self.kernel, graph, self.machine, self.filename, self.source)
+        bind(self.kernel, graph, self.machine, self.filename, self.source, node=self.node)
 
     def configure(self, own: AtenGraph) -> list[tuple]:
         """Bind at the task's own sizes (free sizes halved there if they must be) and fix them."""
         self.fixed = None
-        binding, prog = bind(self.kernel, own, self.machine, self.filename, self.source)
+        binding, prog = bind(self.kernel, own, self.machine, self.filename, self.source, node=self.node)
         self.fixed = dict(binding.free)
         return [structure(prog)]
 
