@@ -89,6 +89,7 @@ class SolveResult:
     plan_cache_tier: str | None = None      # "exact" | "structural" | "miss"; None: no plan cache
     plan_cache_false_hit: bool = False      # the cached plan failed verification; the planner was asked
     plan_cache: dict | None = None          # what the cache served and saved (tier, entry task, evaluations)
+    sockets: int = 1                        # the sockets the best candidate runs on (task sidecar: sockets)
 
     @property
     def verified(self) -> bool:
@@ -102,7 +103,7 @@ class SolveResult:
                 "llm_calls": self.usage.calls,
                 "tokens": {"prompt": self.usage.prompt_tokens, "completion": self.usage.completion_tokens,
                            "cached": self.usage.cached_tokens},
-                "cost": self.usage.cost, "plan": self.plan, "notes": self.notes,
+                "cost": self.usage.cost, "plan": self.plan, "notes": self.notes, "sockets": self.sockets,
                 "candidate": self.best_candidate.to_dict() if self.best_candidate else None}
 
 
@@ -436,7 +437,8 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
     if best_ev is not None and best_ev.verified and best_cand is not None and not replayed:
         followed = _followed_plan(best, final.get("plans", []))
         cacheable = best_cand.plan or followed
-        if plan_cache is not None and cacheable:
+        if plan_cache is not None and cacheable and _sockets(best_cand, ctx.machine) == 1:
+            # (an N-socket kernel's speedup is not what its single-socket plan would earn)
             # the plan that led to the verified kernel (the offline author's candidate is the plan
             # itself; an LLM worker's kernel followed the planner's or reflector's plan)
             try:
@@ -467,12 +469,28 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
             notes.append(f"the best verified candidate ({best_ev.speedup:.2f}x) is slower than the op-by-op "
                          f"baseline it is measured against: the result is the baseline chain (1.00x)")
             best_ev, best_cand = chain
+    sockets = _sockets(best_cand, ctx.machine)
+    if getattr(task, "sockets", 1) > 1 and sockets != task.sockets:
+        # the task asked for N sockets and the answer is not an N-socket kernel: say so, and why
+        why = (best_cand.notes if best_cand is not None and best_cand.notes else
+               "no worker wrote a kernel for that many sockets")
+        notes.append(f"the task asks for {task.sockets} sockets; the result runs on {sockets}: {why}")
     rounds = len({h["attempt"] for h in final.get("history", [])})
     tier = None if plan_cache is None or cache_info is None else cache_info.get("tier")
     summary = None if cache_info is None else {k: v for k, v in cache_info.items() if k != "entry"}
     return SolveResult(task.name, best_ev, best_cand, rounds, hit, usage, final.get("history", []),
                        final.get("plan"), notes, final.get("plan_source"), list(final.get("plans", [])),
-                       tier, false_hit, summary)
+                       tier, false_hit, summary, sockets)
+
+
+def _sockets(cand: Candidate | None, machine: asp_lang.Machine) -> int:
+    """The sockets a candidate runs on (1 for a plan, or a kernel that does not parse)."""
+    if cand is None:
+        return 1
+    try:
+        return cand.solution(machine).sockets
+    except Exception:  # noqa: BLE001 - an unparsable kernel was never verified: it runs nowhere
+        return 1
 
 
 def _budget_short(workers: list, calls: int) -> str | None:

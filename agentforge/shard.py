@@ -487,4 +487,122 @@ def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine
     return ShardChoice(best, seconds, sources[best], skipped, configs)
 
 
-__all__ = ["mlp_source", "attention_source", "mlp_stack_source", "decoder_layer_source", "pick_degree", "ShardChoice"]
+# ------------------------------------------------------------------ a task's graph as a shardable block
+
+_TORCH_DTYPE = {"f32": "float32", "bf16": "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Block:
+    """A task's graph recognised as a block this module shards: what ``pick_degree`` needs."""
+    block: str                  # "mlp"
+    sizes: dict[str, int]
+    dtype: str
+    activation: str
+    layout: str
+
+    def describe(self) -> str:
+        s = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
+        return f"{self.activation} MLP ({s}; {self.dtype}, weights {self.layout})"
+
+
+def _mlp_reference(activation: str, layout: str, m: int, d: int, f: int, dtype: str, swap: bool = False):
+    """The PyTorch form of the MLP ``mlp_source`` writes, on the meta device, and its input
+    (``swap``: SwiGLU written ``up(x) * silu(gate(x))``, which captures in another node order and
+    operand order than ``silu(gate(x)) * up(x)``; the canonical form keeps them apart)."""
+    import torch
+
+    dt = getattr(torch, _TORCH_DTYPE[dtype])
+    names = ("w1", "w2") if activation == "relu" else ("wg", "wu", "wd")
+    up, down = ((f, d), (d, f)) if layout == "out_in" else ((d, f), (f, d))
+
+    class Mlp(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for n in names:
+                shape = down if n in ("w2", "wd") else up
+                self.register_parameter(n, torch.nn.Parameter(torch.empty(shape, dtype=dt)))
+
+        def proj(self, a, w):
+            return a @ (w.t() if layout == "out_in" else w)
+
+        def forward(self, x):
+            if activation == "relu":
+                return self.proj(torch.relu(self.proj(x, self.w1)), self.w2)
+            if swap:
+                u = self.proj(x, self.wu)
+                return self.proj(u * torch.nn.functional.silu(self.proj(x, self.wg)), self.wd)
+            return self.proj(torch.nn.functional.silu(self.proj(x, self.wg)) * self.proj(x, self.wu), self.wd)
+
+    with torch.device("meta"):
+        return Mlp(), torch.empty((m, d), dtype=dt)
+
+
+def match_block(graph) -> Block | str:
+    """The shardable block ``graph`` (a task's captured ``AtenGraph``) is, or why it is none.
+
+    Matched by structure, never by name: the operands' shapes propose a block (one [M, D] input
+    and two MLP weights, relu, or three, SwiGLU, as ``nn.Linear`` keeps them or as [in, out]),
+    and the task's graph must have the same canonical form (agentforge.canonical: operand order
+    of commutative ops and row views do not matter) as that block written in PyTorch at the
+    task's sizes. What else computes the same thing differently is not recognised (the verifier
+    would still judge a kernel for it; the author just does not offer one)."""
+    import torch
+
+    from .canonical import canonical_key
+    from .capture import export_guard, graph_from_export
+
+    ins, params = list(graph.inputs), list(graph.params)
+    if len(ins) != 1 or len(ins[0].shape) != 2 or len(graph.outputs) != 1:
+        return ("not a shardable block: the tensor-parallel blocks take one 2-D input and give one output "
+                f"(this graph takes {len(ins)} input(s) {[list(s.shape) for s in ins]} and gives "
+                f"{len(graph.outputs)} output(s))")
+    dtype = ins[0].dtype
+    if dtype not in _TORCH_DTYPE or any(p.dtype != dtype for p in params):
+        return f"not a shardable block: the tensor-parallel kernels are f32 or bf16 throughout (inputs {dtype})"
+    m, d = ins[0].shape
+    tried = []
+    for activation, n in (("relu", 2), ("swiglu", 3)):
+        if len(params) != n or any(len(p.shape) != 2 for p in params):
+            continue
+        for layout in LAYOUTS:
+            up = params[0].shape
+            f = up[0] if layout == "out_in" else up[1]
+            for swap in ((False,) if activation == "relu" else (False, True)):
+                mod, x = _mlp_reference(activation, layout, m, d, f, dtype, swap)
+                if [tuple(p.shape) for p in mod.parameters()] != [tuple(p.shape) for p in params]:
+                    break
+                if not swap:
+                    tried.append(f"{activation} MLP ({layout})")
+                with export_guard():
+                    ep = torch.export.export(mod, (x,)).run_decompositions()
+                ref = graph_from_export(ep, "reference", "<shard reference>")
+                if canonical_key(ref) == canonical_key(graph):
+                    return Block("mlp", {"tokens": m, "hidden": d, "intermediate": f}, dtype, activation, layout)
+    if not tried:
+        return ("not a shardable block: its operands fit no tensor-parallel block of agentforge/shard.py "
+                f"(an MLP takes x [M, D] and 2 or 3 weights; this graph has weights "
+                f"{[list(p.shape) for p in params]})")
+    return f"not a shardable block: the operands fit a {' or '.join(tried)}, but the graph computes something else"
+
+
+def shard_task_kernel(graph, sockets: int, machine: str = "sn40l") -> tuple[ShardChoice, Block] | str:
+    """The tensor-parallel kernel for a task's graph on ``sockets`` sockets of ``machine``'s node
+    (tiles searched by ``pick_degree`` on that node's links), or why there is none: the graph is
+    not a shardable block, or the block's sizes cannot be split that many ways."""
+    from asp_lang.node import node_for
+
+    b = match_block(graph)
+    if isinstance(b, str):
+        return b
+    try:
+        choice = pick_degree(b.block, b.sizes, degrees=(sockets,), machine=machine,
+                             node=node_for(machine, sockets), dtype=b.dtype, activation=b.activation,
+                             layout=b.layout)
+    except ValueError as e:
+        return f"the task is a {b.describe()}, but it cannot be split over {sockets} sockets: {e}"
+    return choice, b
+
+
+__all__ = ["mlp_source", "attention_source", "mlp_stack_source", "decoder_layer_source", "pick_degree", "ShardChoice",
+           "Block", "match_block", "shard_task_kernel"]

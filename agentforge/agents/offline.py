@@ -3,7 +3,11 @@
 - planner: agentforge.author decides fusion (regions valid at every size of the task) and
   tunes tiling and parallelism on the timing model, starting from priors learned from
   earlier verified plans;
-- worker: realizes the plan (worker i > 0 tries a variant, so parallel workers explore);
+- worker: realizes the plan (worker i > 0 tries a variant, so parallel workers explore); for a
+  task that asks for N > 1 sockets (sidecar ``[task] sockets``) whose graph is a block
+  agentforge.shard can split, it writes that block's tensor-parallel kernel for N sockets
+  instead, and falls back to the plan (saying why in the candidate's notes) when the graph is
+  no such block or the kernel failed verification;
 - reflector: reads the evaluator's report and revises the plan: a kernel that fails to
   check or runs out of on-chip memory gets its region split or shrunk; a numerical mismatch
   splits the largest fused region (bisecting towards the op-by-op chain, which always
@@ -36,14 +40,46 @@ class OfflineWorker:
     def __init__(self, worker_id: int = 0):
         self.usage = Usage()
         self.worker_id = worker_id
+        self._sharded: dict[str, str] = {}   # task -> why its N-socket kernel is not offered again
 
     def write(self, ctx: TaskContext, plan: dict, feedback: Feedback | None, demos: list[Demo],
               attempt: int) -> Candidate:
+        why = ""
+        sockets = getattr(ctx.task, "sockets", 1)
+        if sockets > 1:
+            sharded, why = self._sharded_kernel(ctx, sockets, feedback)
+            if sharded is not None:
+                return sharded
         p = copy.deepcopy(plan)
         if self.worker_id:
             p = variant(p, self.worker_id)
-        return Candidate("plan", plan=p, author="offline",
-                         notes=f"{len(p['regions'])} kernel(s)" + (f", variant {self.worker_id}" if self.worker_id else ""))
+        notes = f"{len(p['regions'])} kernel(s)" + (f", variant {self.worker_id}" if self.worker_id else "")
+        if why:
+            notes = f"single-socket plan ({notes}): {why}"
+        return Candidate("plan", plan=p, author="offline", notes=notes)
+
+    def _sharded_kernel(self, ctx: TaskContext, sockets: int, feedback: Feedback | None
+                        ) -> tuple[Candidate | None, str]:
+        """The task's tensor-parallel kernel on ``sockets`` sockets, or None and why not. Written
+        once per task: if it failed verification, the later attempts go back to the plan."""
+        name = ctx.task.name
+        if name in self._sharded and feedback is not None and not feedback.verified:
+            self._sharded[name] = (f"the {sockets}-socket kernel failed verification "
+                                   f"({feedback.reason_code}: {feedback.reason})")
+        if self._sharded.get(name):
+            return None, self._sharded[name]
+        from ..shard import shard_task_kernel
+
+        found = shard_task_kernel(ctx.graph_own, sockets, ctx.machine.name)
+        if isinstance(found, str):
+            self._sharded[name] = f"the task asks for {sockets} sockets, but {found}"
+            return None, self._sharded[name]
+        choice, block = found
+        self._sharded[name] = ""
+        cfg = ", ".join(f"{k}={v}" for k, v in choice.configs[sockets].items())
+        return Candidate("kernel", source=choice.source, author="offline",
+                         notes=f"tensor-parallel {block.describe()} on {sockets} sockets "
+                               f"(agentforge/shard.py; tiles {cfg})"), ""
 
 
 def variant(plan: dict, k: int) -> dict:
