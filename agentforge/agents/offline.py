@@ -72,7 +72,7 @@ class OfflineWorker:
 
         found = shard_task_kernel(ctx.graph_own, sockets, ctx.machine.name)
         if isinstance(found, str):
-            self._sharded[name] = f"the task asks for {sockets} sockets, but {found}"
+            self._sharded[name] = found
             return None, self._sharded[name]
         choice, block = found
         self._sharded[name] = ""

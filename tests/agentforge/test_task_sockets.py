@@ -83,3 +83,33 @@ def test_a_bad_socket_count_is_a_clear_error(tmp_path, value, words):
 def test_a_task_without_the_key_runs_on_one_socket():
     task = load_task(Path(__file__).resolve().parents[2] / "evals" / "suite" / "moe_expert_swiglu.py")
     assert task.sockets == 1
+
+
+def test_a_two_socket_kernel_that_fails_verification_falls_back_to_the_plan_with_the_reason():
+    from agentforge.agents.offline import OfflineWorker
+    from agentforge.agents.roles import Feedback
+    from agentforge.loop import task_context
+
+    task = load_task(FIXTURES / "mlp_swiglu_2sockets.py")
+    ctx = task_context(task)
+    planner, _, _ = offline_roles()
+    plan = planner.plan(ctx, [])
+    w = OfflineWorker()
+    first = w.write(ctx, plan, None, [], 0)
+    assert first.kind == "kernel" and "sockets P = 2" in first.source
+    again = w.write(ctx, plan, Feedback(False, "mismatch", "values outside the tolerance"), [], 1)
+    assert again.kind == "plan" and again.plan == plan
+    assert "2-socket kernel failed verification (mismatch: values outside the tolerance)" in again.notes
+
+
+def test_a_block_that_cannot_be_split_that_many_ways_says_so():
+    """FFN 512 does not split over 3 sockets; the reason names the block and the size."""
+    from agentforge.capture import capture_at
+    from agentforge.shard import match_block, shard_task_kernel
+
+    graph = capture_at(load_task(FIXTURES / "mlp_swiglu_2sockets.py"), meta=True)
+    block = match_block(graph)
+    assert block.block == "mlp" and block.activation == "swiglu" and block.layout == "out_in"
+    assert block.sizes == {"tokens": 32, "hidden": 128, "intermediate": 512}
+    why = shard_task_kernel(graph, 3)
+    assert isinstance(why, str) and "cannot be split over 3 sockets" in why and "not a multiple of the degree 3" in why
