@@ -118,15 +118,19 @@ def mlp_source(tokens: int, hidden: int, intermediate: int, degree: int, dtype: 
 
 
 def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim: int, degree: int,
-                     dtype: str = "f32", bq: int = 16, par: int = 4) -> str:
+                     dtype: str = "f32", bq: int = 16, par: int = 4, layout: str = "in_out") -> str:
     """ASP for an attention block (``softmax(q k^T / sqrt(hd)) v`` per head, grouped-query,
     then the output projection) on ``degree`` sockets, split by heads. ``heads`` must be a
     multiple of ``kv_heads`` and both of ``degree`` (a socket holds whole key/value heads).
     Parameters x [seq, hidden], wq [hidden, heads*hd], wk / wv [hidden, kv_heads*hd],
     wo [heads*hd, hidden]; the result y [seq, hidden]. Scores and softmax are f32. ``bq`` is
-    the preferred query block (halved until it divides), ``par`` the compute replicas."""
+    the preferred query block (halved until it divides), ``par`` the compute replicas.
+    ``layout="out_in"`` declares the four weights as ``nn.Linear`` keeps them (wq [heads*hd,
+    hidden], ..., wo [hidden, heads*hd]), as a task's parameters bind."""
     _positive(seq=seq, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim, degree=degree)
     _dtype(dtype)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     if heads % kv_heads:
         raise ValueError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
     if kv_heads % degree:
@@ -135,31 +139,36 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
     _positive(bq=bq, par=par)
     bq = _tile(seq, bq)
     dt = dtype
+    t = layout == "out_in"
+    qkv = (lambda n: f"{dt}[{n} * HD, D] @split(0)") if t else (lambda n: f"{dt}[D, {n} * HD] @split(1)")
+    wo_t = f"{dt}[D, H * HD] @split(1)" if t else f"{dt}[H * HD, D] @split(0)"
+    w_tile, o_tile = ("[HD, D]", "[D, HD]") if t else ("[D, HD]", "[HD, D]")
+    mm = "matmul({}, transpose({}))" if t else "matmul({}, {})"
     return (
         "# Attention block split by heads (grouped-query) on P sockets: each socket projects its\n"
         "# query and key/value heads, attends, and multiplies by its rows of wo; one all_reduce\n"
         "# (agentforge/shard.py).\n"
-        f"kernel attention_tp(x: {dt}[S, D], wq: {dt}[D, H * HD] @split(1), wk: {dt}[D, KVH * HD] @split(1), "
-        f"wv: {dt}[D, KVH * HD] @split(1), wo: {dt}[H * HD, D] @split(0)) -> (y: {dt}[S, D]) {{\n"
+        f"kernel attention_tp(x: {dt}[S, D], wq: {qkv('H')}, wk: {qkv('KVH')}, "
+        f"wv: {qkv('KVH')}, wo: {wo_t}) -> (y: {dt}[S, D]) {{\n"
         f"  sockets P = {degree}\n"
         f"  sizes S = {seq}\n  sizes D = {hidden}\n  sizes H = {heads}\n  sizes KVH = {kv_heads}\n"
         f"  sizes HD = {head_dim}\n  sizes BQ = {bq}\n"
-        "  fn proj(a, w) = matmul(a, w)\n"
+        f"  fn proj(a, w) = {mm.format('a', 'w')}\n"
         "  fn attend(q, k, v) {\n"
         "    let s = cast(matmul(q, transpose(k)), f32) * rsqrt(HD)\n"
         "    let p = exp(s - max(s, axis=1))\n"
         f"    return matmul(cast(p / sum(p, axis=1), {dt}), v)\n"
         "  }\n"
-        "  fn mac(acc, o, w) = acc + cast(matmul(o, w), f32)\n"
+        f"  fn mac(acc, o, w) = acc + cast({mm.format('o', 'w')}, f32)\n"
         f"  fn out(t) = cast(t, {dt})\n"
         "  xq = load(x, tile=[BQ, D], repeat=H / P, at=1)\n"
-        "  qw = load(wq, tile=[D, HD], repeat=S / BQ, at=0)\n"
+        f"  qw = load(wq, tile={w_tile}, repeat=S / BQ, at=0)\n"
         f"  qs = map(xq, qw, fn=proj, par={par})\n"
         "  xk = load(x, tile=[S, D], repeat=KVH / P)\n"
-        "  kw = load(wk, tile=[D, HD])\n"
+        f"  kw = load(wk, tile={w_tile})\n"
         f"  ks = map(xk, kw, fn=proj, par={par})\n"
         "  xv = load(x, tile=[S, D], repeat=KVH / P)\n"
-        "  vw = load(wv, tile=[D, HD])\n"
+        f"  vw = load(wv, tile={w_tile})\n"
         f"  vs = map(xv, vw, fn=proj, par={par})\n"
         "  kq = repeat(ks, H / KVH)\n"
         "  vq = repeat(vs, H / KVH)\n"
@@ -170,7 +179,7 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
         "  kr = streamify(kb, repeat=S / BQ)\n"
         "  vr = streamify(vb, repeat=S / BQ)\n"
         f"  os = map(qs, kr, vr, fn=attend, par={par})\n"
-        "  ow = load(wo, tile=[HD, D], repeat=S / BQ, at=0)\n"
+        f"  ow = load(wo, tile={o_tile}, repeat=S / BQ, at=0)\n"
         f"  part = accum(os, ow, rank=1, init=zeros([BQ, D]), fn=mac, par={par})\n"
         "  pc = map(part, fn=out)\n"
         "  ys = all_reduce(pc)\n"
@@ -443,7 +452,8 @@ def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine
     kv_heads, head_dim) at every degree the sizes allow, each with the best of a small grid of
     tiles and replicas (``MLP_GRID``, ``ATTENTION_GRID``), and return the fastest degree (ties:
     the smaller, which uses fewer sockets). ``node`` gives the peer links (asp_lang.node;
-    default those of sn40l-node8); ``model`` is asp_lang's "fast" or "event" timing model."""
+    default those of sn40l-node8); ``model`` is asp_lang's "fast" or "event" timing model; ``layout``
+    the weights' layout (``LAYOUTS``), ``activation`` the MLP's."""
     if block not in ("mlp", "attention"):
         raise ValueError(f"block must be 'mlp' or 'attention', got {block!r}")
     if model not in ("fast", "event"):
@@ -465,7 +475,7 @@ def pick_degree(block: str, sizes: dict[str, int], degrees=(1, 2, 4, 8), machine
         for cfg in (MLP_GRID if block == "mlp" else ATTENTION_GRID):
             try:
                 src = (mlp_source(degree=p, dtype=dtype, activation=activation, layout=layout, **cfg, **sizes)
-                       if block == "mlp" else attention_source(degree=p, dtype=dtype, **cfg, **sizes))
+                       if block == "mlp" else attention_source(degree=p, dtype=dtype, layout=layout, **cfg, **sizes))
                 if src in seen:
                     continue
                 seen.add(src)
@@ -495,7 +505,7 @@ _TORCH_DTYPE = {"f32": "float32", "bf16": "bfloat16"}
 @dataclass(frozen=True)
 class Block:
     """A task's graph recognised as a block this module shards: what ``pick_degree`` needs."""
-    block: str                  # "mlp"
+    block: str                  # "mlp" | "attention"
     sizes: dict[str, int]
     dtype: str
     activation: str
@@ -503,7 +513,8 @@ class Block:
 
     def describe(self) -> str:
         s = ", ".join(f"{k} {v}" for k, v in self.sizes.items())
-        return f"{self.activation} MLP ({s}; {self.dtype}, weights {self.layout})"
+        what = f"{self.activation} MLP" if self.block == "mlp" else "grouped-query attention block"
+        return f"{what} ({s}; {self.dtype}, weights {self.layout})"
 
 
 def _mlp_reference(activation: str, layout: str, m: int, d: int, f: int, dtype: str, swap: bool = False):
@@ -538,14 +549,65 @@ def _mlp_reference(activation: str, layout: str, m: int, d: int, f: int, dtype: 
         return Mlp(), torch.empty((m, d), dtype=dt)
 
 
+def _attention_reference(layout: str, s: int, d: int, h: int, kvh: int, hd: int, dtype: str):
+    """The PyTorch form of the block ``attention_source`` writes (q/k/v projections viewed as
+    heads, key/value heads repeated for their query-head group, softmax(q k^T / sqrt(hd)) v, the
+    output projection), on the meta device, and its input."""
+    import torch
+
+    dt = getattr(torch, _TORCH_DTYPE[dtype])
+    shapes = {"wq": (h * hd, d), "wk": (kvh * hd, d), "wv": (kvh * hd, d), "wo": (d, h * hd)}
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for n, shape in shapes.items():
+                shape = shape if layout == "out_in" else shape[::-1]
+                self.register_parameter(n, torch.nn.Parameter(torch.empty(shape, dtype=dt)))
+
+        def proj(self, a, w):
+            return a @ (w.t() if layout == "out_in" else w)
+
+        def forward(self, x):
+            q = self.proj(x, self.wq).view(s, h, hd).transpose(0, 1)
+            k = self.proj(x, self.wk).view(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, dim=0)
+            v = self.proj(x, self.wv).view(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, dim=0)
+            p = torch.softmax(q @ k.transpose(-2, -1) * hd ** -0.5, dim=-1)
+            return self.proj((p @ v).transpose(0, 1).reshape(s, h * hd), self.wo)
+
+    with torch.device("meta"):
+        return Attention(), torch.empty((s, d), dtype=dt)
+
+
+def _attention_candidates(graph, s: int, d: int, params) -> list[tuple[str, int, int, int]]:
+    """(layout, heads, kv_heads, head_dim) the four weights' shapes allow, head_dim read from the
+    graph's [seq, heads, head_dim] views (the heads a task splits its projections into)."""
+    if len(params) != 4 or any(len(p.shape) != 2 for p in params):
+        return []
+    wq, wk, wv, wo = (tuple(p.shape) for p in params)
+    views = {n.out.shape[2] for n in graph.nodes
+             if not isinstance(n.out, tuple) and len(n.out.shape) == 3 and n.out.shape[0] == s}
+    out = []
+    for layout in LAYOUTS:
+        fix = (lambda t: t) if layout == "out_in" else (lambda t: t[::-1])
+        wq_, wk_, wv_, wo_ = fix(wq), fix(wk), fix(wv), fix(wo)
+        if wq_[1] != d or wk_[1] != d or wk_ != wv_ or wo_ != (d, wq_[0]):
+            continue
+        for hd in sorted(views):
+            if hd and wq_[0] % hd == 0 and wk_[0] % hd == 0 and (wq_[0] // hd) % (wk_[0] // hd) == 0:
+                out.append((layout, wq_[0] // hd, wk_[0] // hd, hd))
+    return out
+
+
 def match_block(graph) -> Block | str:
     """The shardable block ``graph`` (a task's captured ``AtenGraph``) is, or why it is none.
 
     Matched by structure, never by name: the operands' shapes propose a block (one [M, D] input
-    and two MLP weights, relu, or three, SwiGLU, as ``nn.Linear`` keeps them or as [in, out]),
-    and the task's graph must have the same canonical form (agentforge.canonical: operand order
-    of commutative ops and row views do not matter) as that block written in PyTorch at the
-    task's sizes. What else computes the same thing differently is not recognised (the verifier
+    and two MLP weights, relu, or three, SwiGLU; or wq, wk, wv, wo of a grouped-query attention
+    block, its head size read from the graph's [seq, heads, head_dim] views; weights as
+    ``nn.Linear`` keeps them or as [in, out]), and the task's graph must have the same canonical
+    form (agentforge.canonical: operand order of commutative ops and row views do not matter) as
+    that block written in PyTorch at the task's sizes. What else computes the same thing differently is not recognised (the verifier
     would still judge a kernel for it; the author just does not offer one)."""
     import torch
 
@@ -579,10 +641,18 @@ def match_block(graph) -> Block | str:
                 ref = graph_from_export(ep, "reference", "<shard reference>")
                 if canonical_key(ref) == canonical_key(graph):
                     return Block("mlp", {"tokens": m, "hidden": d, "intermediate": f}, dtype, activation, layout)
+    for layout, h, kvh, hd in _attention_candidates(graph, m, d, params):
+        tried.append(f"attention block ({h} heads, {kvh} KV heads of {hd}, {layout})")
+        mod, x = _attention_reference(layout, m, d, h, kvh, hd, dtype)
+        with export_guard():
+            ep = torch.export.export(mod, (x,)).run_decompositions()
+        if canonical_key(graph_from_export(ep, "reference", "<shard reference>")) == canonical_key(graph):
+            return Block("attention", {"seq": m, "hidden": d, "heads": h, "kv_heads": kvh, "head_dim": hd}, dtype,
+                         "softmax", layout)
     if not tried:
         return ("not a shardable block: its operands fit no tensor-parallel block of agentforge/shard.py "
-                f"(an MLP takes x [M, D] and 2 or 3 weights; this graph has weights "
-                f"{[list(p.shape) for p in params]})")
+                f"(an MLP takes x [M, D] and 2 or 3 weights, an attention block x [S, D] and wq, wk, wv, wo; "
+                f"this graph has weights {[list(p.shape) for p in params]})")
     return f"not a shardable block: the operands fit a {' or '.join(tried)}, but the graph computes something else"
 
 

@@ -31,20 +31,23 @@ def test_tensor_parallel_mlp_matches_pytorch(activation, degree):
     np.testing.assert_allclose(y, ref.numpy(), rtol=2e-4, atol=1e-5 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
 @pytest.mark.parametrize("degree", [2, 4])
-def test_head_sharded_gqa_attention_matches_pytorch(degree):
+def test_head_sharded_gqa_attention_matches_pytorch(degree, layout):
+    """Weights as [in, out], or as nn.Linear keeps them ([out, in]: how a task's weights bind)."""
     s, d, h, kvh, hd = 64, 128, 8, 4, 16
-    prog = asp_lang.compile(attention_source(s, d, h, kvh, hd, degree))
+    prog = asp_lang.compile(attention_source(s, d, h, kvh, hd, degree, layout=layout))
     i = asp_lang.random_inputs(prog, seed=degree)
     for w in ("wq", "wk", "wv"):
         i[w] = i[w] / np.float32(np.sqrt(d))
     y = asp_lang.run(prog, i)["y"]
     x = _t(i["x"])
-    q = (x @ _t(i["wq"])).reshape(s, h, hd).transpose(0, 1)
-    k = (x @ _t(i["wk"])).reshape(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, 0)
-    v = (x @ _t(i["wv"])).reshape(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, 0)
+    w = {n: _t(i[n]).T if layout == "out_in" else _t(i[n]) for n in ("wq", "wk", "wv", "wo")}
+    q = (x @ w["wq"]).reshape(s, h, hd).transpose(0, 1)
+    k = (x @ w["wk"]).reshape(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, 0)
+    v = (x @ w["wv"]).reshape(s, kvh, hd).transpose(0, 1).repeat_interleave(h // kvh, 0)
     o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    ref = (o.transpose(0, 1).reshape(s, h * hd) @ _t(i["wo"])).numpy()
+    ref = (o.transpose(0, 1).reshape(s, h * hd) @ w["wo"]).numpy()
     np.testing.assert_allclose(y, ref, rtol=2e-4, atol=1e-5 * float(np.abs(ref).max()))
 
 

@@ -57,6 +57,28 @@ def _slow_node():
     return n.with_peer(latency_ns=n.peer.latency_ns * 50)
 
 
+def test_a_two_socket_gqa_attention_task_is_solved_by_a_kernel_split_by_heads():
+    task = load_task(FIXTURES / "gqa_attention_2sockets.py")
+    planner, workers, reflector = offline_roles()
+    res = solve(task, planner, workers, reflector)
+    assert res.verified and res.sockets == 2 and res.best.speedup > 1.0
+    cand = res.best_candidate
+    assert cand.kind == "kernel" and "kernel attention_tp" in cand.source and "sockets P = 2" in cand.source
+    assert "heads 8, kv_heads 4, head_dim 16" in cand.notes
+    assert all(c.passed for c in res.best.checks) and len({c.sizes["SEQ"] for c in res.best.checks}) >= 2
+
+
+def test_the_same_operands_computing_something_else_are_not_matched(tmp_path):
+    """gelu where SwiGLU has silu: the weights fit, the structure does not."""
+    from agentforge.capture import capture_at
+    from agentforge.shard import match_block
+
+    src = (FIXTURES / "mlp_swiglu_2sockets.py").read_text().replace("F.silu(", "F.gelu(")
+    (tmp_path / "gelu_mlp.py").write_text(src)
+    why = match_block(capture_at(load_task(tmp_path / "gelu_mlp.py"), meta=True))
+    assert isinstance(why, str) and "fit a swiglu MLP" in why and "computes something else" in why
+
+
 def test_a_task_that_is_no_shardable_block_gets_a_single_socket_result_with_a_note():
     task = load_task(FIXTURES / "rmsnorm_2sockets.py")
     assert task.sockets == 2
