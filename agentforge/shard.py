@@ -659,18 +659,23 @@ def match_block(graph) -> Block | str:
 def shard_task_kernel(graph, sockets: int, machine: str = "sn40l") -> tuple[ShardChoice, Block] | str:
     """The tensor-parallel kernel for a task's graph on ``sockets`` sockets of ``machine``'s node
     (tiles searched by ``pick_degree`` on that node's links), or why there is none: the graph is
-    not a shardable block, or the block's sizes cannot be split that many ways."""
+    not a shardable block, or the block's sizes cannot be split that many ways. The choice's
+    ``seconds`` also holds the same block's best time on one socket (key 1) where it was timed:
+    the task's N is honoured, and what it costs or buys against one socket is reported."""
     from asp_lang.node import node_for
 
     b = match_block(graph)
     if isinstance(b, str):
         return b
+    kw = dict(machine=machine, dtype=b.dtype, activation=b.activation, layout=b.layout)
     try:
-        choice = pick_degree(b.block, b.sizes, degrees=(sockets,), machine=machine,
-                             node=node_for(machine, sockets), dtype=b.dtype, activation=b.activation,
-                             layout=b.layout)
+        choice = pick_degree(b.block, b.sizes, degrees=(sockets,), node=node_for(machine, sockets), **kw)
     except ValueError as e:
         return f"the task is a {b.describe()}, but it cannot be split over {sockets} sockets: {e}"
+    try:
+        choice.seconds.update(pick_degree(b.block, b.sizes, degrees=(1,), **kw).seconds)
+    except ValueError:   # no one-socket tiles fit: nothing to compare with
+        pass
     return choice, b
 
 

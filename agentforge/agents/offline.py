@@ -77,9 +77,12 @@ class OfflineWorker:
         choice, block = found
         self._sharded[name] = ""
         cfg = ", ".join(f"{k}={v}" for k, v in choice.configs[sockets].items())
+        one = choice.seconds.get(1)
+        vs = (f"; timed {choice.seconds[sockets] * 1e6:.3g} us against {one * 1e6:.3g} us for the same block "
+              "on one socket" if one else "")
         return Candidate("kernel", source=choice.source, author="offline",
                          notes=f"tensor-parallel {block.describe()} on {sockets} sockets "
-                               f"(agentforge/shard.py; tiles {cfg})"), ""
+                               f"(agentforge/shard.py; tiles {cfg}){vs}"), ""
 
 
 def variant(plan: dict, k: int) -> dict:

@@ -33,6 +33,7 @@ def test_a_two_socket_mlp_task_is_solved_offline_by_a_verified_two_socket_kernel
     cand = res.best_candidate
     assert cand.kind == "kernel" and "sockets P = 2" in cand.source and "all_reduce" in cand.source
     assert "tensor-parallel swiglu MLP" in cand.notes
+    assert "for the same block on one socket" in cand.notes   # what the sockets cost or buy is said
     assert not any("asks for 2 sockets" in n for n in res.notes)
     ev = res.best
     assert len(ev.checks) >= 3 and all(c.passed for c in ev.checks)   # the interpreter ran both shards
