@@ -421,6 +421,12 @@ class ChainSolution(Solution):
         return bound
 
 
+def clear_caches() -> None:
+    """Forget every shared chain (and its timing): the next binding of any plan builds again."""
+    with _LOCK:
+        _CHAINS.clear()
+
+
 def plan_solution(plan: Any, machine: asp_lang.Machine) -> ChainSolution:
     """A fusion plan (an ``author.Plan`` or its dict) as a solution."""
     return ChainSolution(plan, machine)
