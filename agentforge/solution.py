@@ -39,7 +39,7 @@ from .chain import Chain
 from .lowering import OpKernel
 
 __all__ = ["Solution", "KernelSolution", "ChainSolution", "Bound", "Timing", "solution", "plan_solution",
-           "baseline_solution", "kernel_node", "structure", "profile_summary", "graph_key", "BUILDS"]
+           "baseline_solution", "clear_caches", "kernel_node", "structure", "profile_summary", "graph_key", "BUILDS"]
 
 #: bindings made in this process, by kind ("plan", "baseline", "kernel"): what a graph cost to bind
 BUILDS: Counter = Counter()
