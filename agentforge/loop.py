@@ -457,7 +457,8 @@ def solve(task: Task, planner: Planner, workers: list[Worker], reflector: Reflec
                                  structure=structure_of(ctx.graph_own, ctx.graphs_small, ctx.signature))
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands
                 notes.append(f"plan cache: storing the verified plan failed: {type(e).__name__}: {e}")
-        if experience is not None:
+        if experience is not None and _sockets(best_cand, ctx.machine) == 1:
+            # (an N-socket kernel is no demonstration for the single-socket tasks workers are shown it on)
             try:
                 experience.add(task.name, ctx.signature, best_cand.kind, best_cand, best_ev)
             except Exception as e:  # noqa: BLE001 - reported, the verified result still stands

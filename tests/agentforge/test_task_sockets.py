@@ -20,14 +20,23 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sockets"
 
 
 @pytest.fixture(scope="module")
-def mlp_result():
+def mlp_result(tmp_path_factory):
+    from agentforge.store.experience import ExperienceLibrary
+    from agentforge.store.plan_cache import PlanCache
+
     task = load_task(FIXTURES / "mlp_swiglu_2sockets.py")
     planner, workers, reflector = offline_roles()
-    return task, solve(task, planner, workers, reflector)
+    memory = tmp_path_factory.mktemp("memory") / "memory.sqlite"
+    cache, experience = PlanCache(memory), ExperienceLibrary(memory)
+    res = solve(task, planner, workers, reflector, plan_cache=cache, experience=experience)
+    # an N-socket kernel's speedup is not its single-socket plan's, nor a demonstration for one-socket tasks
+    stored = (cache.entries(), experience.experiences())
+    cache.close(), experience.close()
+    return task, res, stored
 
 
 def test_a_two_socket_mlp_task_is_solved_offline_by_a_verified_two_socket_kernel(mlp_result):
-    task, res = mlp_result
+    task, res, stored = mlp_result
     assert task.sockets == 2
     assert res.verified and res.sockets == 2 and res.to_dict()["sockets"] == 2
     cand = res.best_candidate
@@ -40,10 +49,11 @@ def test_a_two_socket_mlp_task_is_solved_offline_by_a_verified_two_socket_kernel
     # speedup against the single-socket op-by-op baseline, at the task's own sizes
     assert ev.baseline_seconds > 0 and ev.speedup == pytest.approx(ev.baseline_seconds / ev.simulated_seconds)
     assert ev.speedup > 1.0
+    assert stored == ([], [])   # kept out of the plan cache and the experience library
 
 
 def test_the_two_socket_kernel_is_timed_on_the_node_with_its_all_reduce_charged(mlp_result):
-    _, res = mlp_result
+    _, res, _ = mlp_result
     sol = solution(res.best_candidate.for_evaluation(), asp_lang.load_machine("sn40l"))
     assert sol.sockets == 2 and sol.node.sockets == 2 and sol.node.peer == node_for("sn40l", 2).peer
     ops = {o["op"]: o for o in res.best.profile["ops"]}
