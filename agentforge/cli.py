@@ -53,7 +53,7 @@ def _verify_config(args):
     return VerifyConfig(machine=args.machine, timeout_s=args.timeout, memory_mb=args.memory_mb)
 
 
-def _print_eval(ev, as_json: bool) -> None:
+def _print_eval(ev, as_json: bool, sockets: int = 1) -> None:
     if as_json:
         print(json.dumps(ev.to_dict(), indent=2))
         return
@@ -68,7 +68,8 @@ def _print_eval(ev, as_json: bool) -> None:
     print(f"  checks: {passed}/{len(ev.checks)} passed"
           + (f" ({', '.join(sorted({c.distribution for c in ev.checks}))} inputs)" if ev.checks else ""))
     if ev.simulated_seconds is not None:
-        print(f"  simulated {ev.simulated_seconds * 1e6:,.2f} us on {ev.machine} at {ev.own_sizes}; "
+        where = f"{sockets} sockets of {ev.machine}" if sockets > 1 else ev.machine
+        print(f"  simulated {ev.simulated_seconds * 1e6:,.2f} us on {where} at {ev.own_sizes}; "
               f"baseline {ev.baseline_seconds * 1e6:,.2f} us; speedup {ev.speedup:.2f}x; "
               f"roofline {ev.roofline_fraction:.1%}; HBM {ev.hbm_bytes / 2**20:,.1f} MiB")
     for w in ev.warnings:
@@ -213,7 +214,7 @@ def cmd_solve(args) -> int:
         print(json.dumps(res.to_dict(), indent=2))
     else:
         if res.best is not None:
-            _print_eval(res.best, False)
+            _print_eval(res.best, False, res.sockets)
         else:
             print(f"{task.name}: no candidate was evaluated")
         print(f"  attempts: {res.attempts}; plan cache hit: {res.plan_cache_hit}; LLM calls: {res.usage.calls}; "

@@ -146,3 +146,14 @@ def test_a_block_that_cannot_be_split_that_many_ways_says_so():
     assert block.sizes == {"tokens": 32, "hidden": 128, "intermediate": 512}
     why = shard_task_kernel(graph, 3)
     assert isinstance(why, str) and "cannot be split over 3 sockets" in why and "not a multiple of the degree 3" in why
+
+
+def test_agentforge_solve_says_how_many_sockets_the_result_runs_on(capsys):
+    from agentforge.cli import main
+
+    assert main(["solve", str(FIXTURES / "mlp_swiglu_2sockets.py")]) == 0
+    out = capsys.readouterr().out
+    assert "VERIFIED" in out and "on 2 sockets of sn40l" in out
+    assert main(["solve", str(FIXTURES / "rmsnorm_2sockets.py")]) == 0
+    out = capsys.readouterr().out
+    assert "on 2 sockets" not in out and "note: the task asks for 2 sockets; the result runs on 1" in out
