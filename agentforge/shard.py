@@ -607,8 +607,9 @@ def match_block(graph) -> Block | str:
     block, its head size read from the graph's [seq, heads, head_dim] views; weights as
     ``nn.Linear`` keeps them or as [in, out]), and the task's graph must have the same canonical
     form (agentforge.canonical: operand order of commutative ops and row views do not matter) as
-    that block written in PyTorch at the task's sizes. What else computes the same thing differently is not recognised (the verifier
-    would still judge a kernel for it; the author just does not offer one)."""
+    that block written in PyTorch at the task's sizes. What else computes the same thing
+    differently is not recognised (the verifier would still judge a kernel for it; the author
+    just does not offer one)."""
     import torch
 
     from .canonical import canonical_key
