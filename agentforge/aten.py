@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+import hashlib
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -157,6 +158,13 @@ class AtenGraph:
     @property
     def output_specs(self) -> list[TensorSpec]:
         return [self.spec(r) for r in self.outputs]
+
+    @cached_property
+    def structure_key(self) -> str:
+        """A digest of what a kernel bound to this graph depends on: its operands, nodes and
+        outputs, never its data (computed once per graph: bindings are looked up by it per call)."""
+        text = repr((self.inputs, self.params, self.nodes, self.outputs))
+        return hashlib.sha256(text.encode()).hexdigest()
 
     @cached_property
     def spec_table(self) -> dict[str, TensorSpec]:

@@ -39,7 +39,7 @@ from .chain import Chain
 from .lowering import OpKernel
 
 __all__ = ["Solution", "KernelSolution", "ChainSolution", "Bound", "Timing", "solution", "plan_solution",
-           "baseline_solution", "clear_caches", "kernel_node", "structure", "profile_summary", "graph_key", "BUILDS"]
+           "baseline_solution", "clear_caches", "kernel_node", "structure", "profile_summary", "BUILDS"]
 
 #: bindings made in this process, by kind ("plan", "baseline", "kernel"): what a graph cost to bind
 BUILDS: Counter = Counter()
@@ -61,12 +61,6 @@ class Timing:
     kernels: list[dict] = field(default_factory=list)
     reconfigurations: int = 0
     report: Any = None   # the asp_lang.Report of a single kernel (None for a chain)
-
-
-def graph_key(graph: AtenGraph) -> str:
-    """What a binding depends on: the graph's operands, nodes and outputs (never its data)."""
-    text = repr((graph.inputs, graph.params, graph.nodes, graph.outputs))
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _machine_key(machine: asp_lang.Machine) -> str:
@@ -123,8 +117,9 @@ class Bound:
 
     graph: AtenGraph
 
-    def run(self, inputs: list[torch.Tensor], params: Mapping[str, torch.Tensor] | None = None,
+    def run(self, inputs: list[torch.Tensor], params: Mapping[str, torch.Tensor],
             limits: asp_lang.Limits | None = None) -> list[torch.Tensor]:  # pragma: no cover - abstract
+        """Run with these weights: a bound is shared by every graph of its shape, whose weights differ."""
         raise NotImplementedError
 
     def time(self) -> Timing:  # pragma: no cover - abstract
@@ -144,9 +139,8 @@ class _KernelBound(Bound):
         self.graph, self.prog, self.source = graph, prog, source
         self._timing: Timing | None = None
 
-    def run(self, inputs, params=None, limits=None):
+    def run(self, inputs, params, limits=None):
         g, prog = self.graph, self.prog
-        params = g.param_values if params is None else params
         feed = program_feed(prog, [*inputs, *(params[p.name] for p in g.params)])
         return program_results(prog, asp_lang.run(prog, feed, limits), g.output_specs)
 
@@ -170,8 +164,8 @@ class _ChainBound(Bound):
         self._trusted, self._label, self._profiled = trusted, label, profiled
         self._timing: Timing | None = None
 
-    def run(self, inputs, params=None, limits=None):
-        return self.chain.run(inputs, params=self.graph.param_values if params is None else params, limits=limits)
+    def run(self, inputs, params, limits=None):
+        return self.chain.run(inputs, params=params, limits=limits)
 
     def time(self) -> Timing:
         if self._timing is None:
@@ -228,7 +222,7 @@ class Solution:
     # what every consumer uses
     def at(self, graph: AtenGraph) -> Bound:
         """This solution bound to ``graph`` (built once per graph shape, then reused)."""
-        k = (graph_key(graph), *self._bind_key())
+        k = (graph.structure_key, *self._bind_key())
         with _LOCK:
             if k in self._bound:
                 self._bound.move_to_end(k)
@@ -399,7 +393,7 @@ class ChainSolution(Solution):
     def _bind(self, graph: AtenGraph) -> Bound:
         # chains (and their timings) are shared by every solution of the same plan on the same
         # machine: the baseline is timed once per task, whoever asks
-        k = (self.key(), graph_key(graph), _machine_key(self.machine))
+        k = (self.key(), graph.structure_key, _machine_key(self.machine))
         with _LOCK:
             bound = _CHAINS.get(k)
             if bound is not None:
