@@ -40,6 +40,16 @@ def _tile(n: int, prefer: int) -> int:
     return max(t, 1)
 
 
+def _heads_split(heads: int, kv_heads: int, degree: int, hint: str = "") -> None:
+    """Attention splits by key/value head: query heads group evenly over them, and each socket
+    holds whole key/value heads."""
+    if heads % kv_heads:
+        raise ValueError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
+    if kv_heads % degree:
+        raise ValueError(f"kv_heads {kv_heads} is not a multiple of the degree {degree} "
+                         f"(each socket holds whole key/value heads{hint})")
+
+
 def _positive(**values: int) -> None:
     for k, v in values.items():
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -131,11 +141,7 @@ def attention_source(seq: int, hidden: int, heads: int, kv_heads: int, head_dim:
     _dtype(dtype)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if heads % kv_heads:
-        raise ValueError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
-    if kv_heads % degree:
-        raise ValueError(f"kv_heads {kv_heads} is not a multiple of the degree {degree} "
-                         "(each socket holds whole key/value heads)")
+    _heads_split(heads, kv_heads, degree)
     _positive(bq=bq, par=par)
     bq = _tile(seq, bq)
     dt = dtype
@@ -276,11 +282,7 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
               par=par, load_par=load_par, buffer_par=buffer_par)
     if dtype != "bf16":
         raise ValueError(f"decoder_layer_source is written for bf16 weights and activations, got {dtype!r}")
-    if heads % kv_heads:
-        raise ValueError(f"heads {heads} is not a multiple of kv_heads {kv_heads}")
-    if kv_heads % degree:
-        raise ValueError(f"kv_heads {kv_heads} is not a multiple of the degree {degree} "
-                         "(each socket holds whole key/value heads; replicate them: kv_heads = degree)")
+    _heads_split(heads, kv_heads, degree, "; replicate them: kv_heads = degree")
     if intermediate % degree:
         raise ValueError(f"intermediate size {intermediate} is not a multiple of the degree {degree}")
     if head_dim % 2:
