@@ -11,8 +11,10 @@ within the budget: the candidate is :class:`Uncheckable`, never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -56,6 +58,20 @@ def _elements(graph: AtenGraph) -> int:
     return sum(math.prod(s.shape or (1,)) for s in list(graph.inputs) + list(graph.params) + graph.output_specs)
 
 
+@contextlib.contextmanager
+def _quiet_probes():
+    """Silence torch's fake-tensor dispatcher while probing sizes: a size the task refuses (a
+    broadcast that needs two sizes equal, a group count that must divide the features) is an
+    expected answer of the search, but torch logs each one at ERROR with a full traceback."""
+    log = logging.getLogger("torch._subclasses.fake_tensor")
+    old = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(old)
+
+
 _SETS_CACHE: "dict[tuple, list[dict]]" = {}
 _SHAPE_MODELS: "dict[tuple, _ShapeModel]" = {}
 
@@ -88,7 +104,8 @@ class _ShapeModel:
                 if not probe:
                     continue
                 try:
-                    g = capture_at(task, {name: probe}, meta=True)
+                    with _quiet_probes():
+                        g = capture_at(task, {name: probe}, meta=True)
                 except Exception:  # noqa: BLE001 - the task refuses this size: try the other probe
                     continue
                 got = list(g.inputs) + list(g.params) + list(g.output_specs)
@@ -291,7 +308,8 @@ def configured_sets(task: Task, cand, cfg: "VerifyConfig", key) -> list[dict]:
 
     def real(sizes: dict) -> tuple | None:
         try:
-            g = capture_at(task, sizes, meta=True)
+            with _quiet_probes():
+                g = capture_at(task, sizes, meta=True)
             pairs = cand.structures(g)
         except Exception:  # noqa: BLE001 - a size the task, the binding or a template refuses does not fit
             return None

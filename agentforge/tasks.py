@@ -25,6 +25,7 @@ import ast
 import hashlib
 import itertools
 import math
+import operator
 import re
 import sys
 import tomllib
@@ -299,26 +300,81 @@ def _parse(path: Path, source: str) -> ast.Module:
         ) from None
 
 
-def _size_targets(stmt: ast.stmt) -> list[str]:
-    """Names that ``stmt`` binds to a plain non-negative int literal at module level."""
+#: Operators a size may be written with (``N = 2048 * 2``, ``K = 1 << 20``): integer arithmetic,
+#: evaluated by :func:`_const_int` on the parsed tree, never by ``eval``.
+_SIZE_OPS: dict[type, Any] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod, ast.Pow: operator.pow, ast.LShift: operator.lshift,
+}
+#: A constant expression whose value (or any intermediate) passes this is not a size (and is never
+#: computed: ``10 ** 10 ** 10`` is refused before it is evaluated).
+_MAX_SIZE = 1 << 62
+
+
+def _const_int(node: ast.expr) -> int | None:
+    """The value of ``node`` when it is a constant integer expression (int literals combined with
+    ``+ - * // % ** <<`` and unary ``+ -``, no names, no calls), else None. Evaluated here on the
+    tree, so a task file's text is never executed to learn its sizes; operands are bounded so a
+    hostile expression cannot make this slow."""
+    if isinstance(node, ast.Constant):
+        return node.value if _is_int(node.value) and abs(node.value) <= _MAX_SIZE else None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        v = _const_int(node.operand)
+        return None if v is None else (v if isinstance(node.op, ast.UAdd) else -v)
+    if isinstance(node, ast.BinOp) and type(node.op) in _SIZE_OPS:
+        a, b = _const_int(node.left), _const_int(node.right)
+        if a is None or b is None:
+            return None
+        if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and b == 0:
+            return None
+        if isinstance(node.op, ast.Pow) and not (0 <= b <= 64 and (abs(a) <= 1 or b * abs(a).bit_length() <= 64)):
+            return None
+        if isinstance(node.op, ast.LShift) and not 0 <= b <= 62:
+            return None
+        v = _SIZE_OPS[type(node.op)](a, b)
+        return v if abs(v) <= _MAX_SIZE else None
+    return None
+
+
+def _stmt_sizes(stmt: ast.stmt) -> dict[str, int]:
+    """The sizes a module-level statement defines, by name, with their values.
+
+    A size is a non-negative int written as a constant integer expression (``N = 4096``,
+    ``N = 2048 * 2``, ``M = 256 * 8  # 2048``), bound to one or more plain names (``A = B = 8``:
+    sizes ``A`` and ``B``), or such an element of a tuple or list bound to one name
+    (``input_shape = (32768,)``: the size ``input_shape[0]``; a published problem writes a
+    feature dimension that way and builds ``torch.rand(batch_size, *input_shape)``).
+
+    An expression that names another variable (``K = 4 * N``, ``shape = (N,)``) is not a size of its
+    own: it stays as written when sizes are rewritten, so it follows the sizes it names, and the
+    relation the author wrote (the model may rely on ``K == 4 * N``) holds at every size set. A
+    negative constant (``hardtanh_min = -2``) is a parameter, never a size."""
     if isinstance(stmt, ast.Assign):
         value, targets = stmt.value, stmt.targets
     elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None and stmt.simple:
         value, targets = stmt.value, [stmt.target]
     else:
-        return []
-    if not (isinstance(value, ast.Constant) and _is_int(value.value)):
-        return []
+        return {}
     if not all(isinstance(t, ast.Name) for t in targets):
-        return []
-    return [t.id for t in targets]  # type: ignore[attr-defined]
+        return {}
+    names = [t.id for t in targets]  # type: ignore[attr-defined]
+    v = _const_int(value)
+    if v is not None:
+        return {n: v for n in names} if v >= 0 else {}
+    if isinstance(value, (ast.Tuple, ast.List)) and len(names) == 1:
+        out = {}
+        for i, elt in enumerate(value.elts):
+            e = _const_int(elt)
+            if e is not None and e >= 0:
+                out[f"{names[0]}[{i}]"] = e
+        return out
+    return {}
 
 
 def _module_sizes(tree: ast.Module) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for stmt in tree.body:
-        for name in _size_targets(stmt):
-            sizes[name] = int(stmt.value.value)  # type: ignore[attr-defined]
+        sizes.update(_stmt_sizes(stmt))
     return sizes
 
 
@@ -509,6 +565,8 @@ class Instance:
     seed: int = 0
     init_inputs: list[Any] = field(default_factory=list)
     namespace: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: numbers ``get_inputs()`` returned, by position, bound into ``model`` (see _BoundScalars)
+    scalar_inputs: dict[int, Any] = field(default_factory=dict)
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -523,18 +581,26 @@ def derive_seed(seed: int, purpose: str) -> int:
 
 
 def _rewrite_sizes(tree: ast.Module, sizes: Mapping[str, int]) -> ast.Module:
-    """Replace the literal of every module-level size assignment by its value in ``sizes``."""
+    """Replace the constant expression of every module-level size (:func:`_stmt_sizes`) by its
+    value in ``sizes``; everything else, derived sizes included, stays as written."""
     new_body: list[ast.stmt] = []
     for stmt in tree.body:
-        names = [n for n in _size_targets(stmt) if n in sizes]
+        own = _stmt_sizes(stmt)
+        names = [n for n in own if n in sizes]
+        value = stmt.value if names else None  # type: ignore[attr-defined]
         if not names:
             new_body.append(stmt)
-        elif len({sizes[n] for n in names}) == 1 and len(names) == len(_size_targets(stmt)):
-            stmt.value = ast.copy_location(ast.Constant(sizes[names[0]]), stmt.value)  # type: ignore[attr-defined]
+        elif isinstance(value, (ast.Tuple, ast.List)):  # sizes inside a tuple: ``shape = (32768,)``
+            prefix = next(iter(own)).split("[")[0]
+            for i, elt in enumerate(value.elts):
+                if f"{prefix}[{i}]" in sizes:
+                    value.elts[i] = ast.copy_location(ast.Constant(sizes[f"{prefix}[{i}]"]), elt)
+            new_body.append(stmt)
+        elif len({sizes[n] for n in names}) == 1 and len(names) == len(own):
+            stmt.value = ast.copy_location(ast.Constant(sizes[names[0]]), value)  # type: ignore[attr-defined]
             new_body.append(stmt)
         else:  # ``A = B = 4`` with A and B given different sizes: one assignment per name
-            default = stmt.value.value  # type: ignore[attr-defined]
-            for name in _size_targets(stmt):
+            for name, default in own.items():
                 assign = ast.Assign(
                     targets=[ast.Name(id=name, ctx=ast.Store())],
                     value=ast.Constant(sizes.get(name, default)),
@@ -589,7 +655,12 @@ def _call(task: Task, phase: str, fn: Any, *args: Any) -> Any:
         raise _task_failure(task, phase, exc) from None
 
 
-def _call_get_inputs(task: Task, namespace: Mapping[str, Any], seed: int) -> list[torch.Tensor]:
+def _call_get_inputs(task: Task, namespace: Mapping[str, Any], seed: int) -> tuple[list[torch.Tensor], dict[int, Any]]:
+    """The tensors ``get_inputs()`` returns, and its plain Python numbers by position.
+
+    A published problem may pass a scalar to ``forward`` (``return [A, 3.14]``): it is a constant of
+    the problem, not an input a kernel reads, so it is bound into the model (:class:`_BoundScalars`)
+    and every tensor keeps its place in the list that candidates and references are called with."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "inputs"))
         inputs = _call(task, "get_inputs()", namespace["get_inputs"])
@@ -599,14 +670,38 @@ def _call_get_inputs(task: Task, namespace: Mapping[str, Any], seed: int) -> lis
             f"get_inputs() returned {type(inputs).__name__}, not a list",
             "return a list of tensors: return [x, y]",
         )
+    tensors: list[torch.Tensor] = []
+    scalars: dict[int, Any] = {}
     for i, value in enumerate(inputs):
-        if not isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+        elif isinstance(value, (bool, int, float)):
+            scalars[i] = value
+        else:
             raise TaskError(
                 task.path,
-                f"get_inputs() item {i} is a {type(value).__name__}, not a tensor",
-                "pass non-tensor arguments to the constructor via get_init_inputs()",
+                f"get_inputs() item {i} is a {type(value).__name__}, not a tensor or a number",
+                "pass other non-tensor arguments to the constructor via get_init_inputs()",
             )
-    return list(inputs)
+    if not tensors:
+        raise TaskError(task.path, "get_inputs() returned no tensor", "return at least one input tensor")
+    return tensors, scalars
+
+
+class _BoundScalars(nn.Module):
+    """A task's model with the numbers ``get_inputs()`` returns bound as constants: ``forward`` takes
+    the tensors alone, in order, and calls the task's model with the numbers back in their places.
+    The task's model is the submodule ``inner`` (so weights keep their names under ``inner.``)."""
+
+    def __init__(self, inner: nn.Module, scalars: Mapping[int, Any], arity: int):
+        super().__init__()
+        self.inner = inner
+        self.scalars = dict(scalars)
+        self.arity = arity
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        it = iter(tensors)
+        return self.inner(*[self.scalars[i] if i in self.scalars else next(it) for i in range(self.arity)])
 
 
 def instantiate(task: Task, sizes: Mapping[str, int] | None = None, seed: int = 0) -> Instance:
@@ -636,7 +731,9 @@ def instantiate(task: Task, sizes: Mapping[str, int] | None = None, seed: int = 
             "make Model a subclass of torch.nn.Module",
         )
     model.eval()
-    inputs = _call_get_inputs(task, namespace, seed)
+    inputs, scalars = _call_get_inputs(task, namespace, seed)
+    if scalars:
+        model = _BoundScalars(model, scalars, len(inputs) + len(scalars)).eval()
     return Instance(
         task=task,
         model=model,
@@ -645,6 +742,7 @@ def instantiate(task: Task, sizes: Mapping[str, int] | None = None, seed: int = 
         seed=int(seed),
         init_inputs=list(init_inputs),
         namespace=namespace,
+        scalar_inputs=scalars,
     )
 
 
@@ -701,7 +799,7 @@ def make_inputs(
         namespace = None
     if namespace is None:
         namespace = _load_namespace(task, resolved)
-    base = _call_get_inputs(task, namespace, seed)
+    base, _ = _call_get_inputs(task, namespace, seed)
     if distribution == "normal":
         return base
     gen = torch.Generator().manual_seed(derive_seed(seed, f"distribution:{distribution}"))

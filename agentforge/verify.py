@@ -290,7 +290,9 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig, sets: list[dict] | None
     for sizes, seed, dist in cfg.checks(task, sets, extra):
         t0 = time.perf_counter()
         inst = instantiate(task, sizes, seed=seed)
-        key = tuple(sorted(inst.sizes.items()))
+        # numbers get_inputs() returns are constants of the captured graph: a seed that draws others
+        # needs its own capture
+        key = (tuple(sorted(inst.sizes.items())), tuple(sorted(inst.scalar_inputs.items())))
         if key not in graphs:
             graphs[key] = capture(inst)
         g = graph = graphs[key].with_weights(inst.model)  # this seed's weights

@@ -354,7 +354,8 @@ def test_exception_at_import_becomes_task_error(tmp_path: Path) -> None:
     assert info.value.line == 5
 
 
-@pytest.mark.parametrize("inputs", ["return torch.randn(3)", "return [torch.randn(3), 2]"])
+# (a number is accepted, bound into the model: test_kernelbench_published.py)
+@pytest.mark.parametrize("inputs", ["return torch.randn(3)", "return [torch.randn(3), 'two']", "return [2]"])
 def test_get_inputs_must_return_list_of_tensors(tmp_path: Path, inputs: str) -> None:
     path = write_task(tmp_path, "bad_inputs", "", "return xs[0]", inputs)
     with pytest.raises(TaskError):
