@@ -90,7 +90,7 @@ _LAST_MAX_MARGIN = 100.0
 DEFAULT_LEVEL = 1
 
 _REQUIRED_NAMES = ("Model", "get_inputs", "get_init_inputs")
-_SIDECAR_SECTIONS = {"task", "tolerance", "sizes", "roofline"}
+_SIDECAR_SECTIONS = {"task", "tolerance", "sizes", "roofline", "ranges"}
 _ROOFLINE_KEYS = {"active_fraction"}
 #: ``active_fraction = "K/NAME"``: K of the size NAME (e.g. 2 of EXPERTS); parsed, never evaluated
 _FRACTION_RE = re.compile(r"^\s*(\d{1,6})\s*/\s*([A-Za-z_][A-Za-z0-9_]*)\s*$")
@@ -464,7 +464,7 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
         raise TaskError(
             sidecar,
             f"unknown section(s) {sorted(unknown)}",
-            "a sidecar has only [task], [tolerance], [roofline] and [[sizes]]",
+            "a sidecar has only [task], [tolerance], [roofline], [ranges] and [[sizes]]",
         )
 
     task_tbl = _table(sidecar, data, "task", _TASK_KEYS)
@@ -515,6 +515,15 @@ def _load_sidecar(path: Path, sizes: Mapping[str, int]) -> dict[str, Any]:
                     f"write e.g. {key} = 1e-4",
                 )
             out[key] = float(value)
+
+    if "ranges" in data:  # validated here, read by agentforge.ranges (shape-generic library kernels)
+        from .ranges import RangeError, parse_ranges
+
+        try:
+            parse_ranges(data["ranges"], sizes, where="[ranges]")
+        except RangeError as e:
+            text, _, hint = str(e).partition("\n  how to fix: ")
+            raise TaskError(sidecar, text, hint or 'write e.g. TOKENS = "1..8192"') from None
 
     roof = _table(sidecar, data, "roofline", _ROOFLINE_KEYS)
     if "active_fraction" in roof:
