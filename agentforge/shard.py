@@ -30,6 +30,7 @@ DTYPES = ("f32", "bf16")
 ACTIVATIONS = ("relu", "swiglu")
 PREFETCHABLE = ("wo", "wg", "wu", "wd")  # decoder_layer_source's weights that may be prefetched on chip
 LAYOUTS = ("in_out", "out_in")  # a weight as [in, out] (y = x @ w) or as nn.Linear keeps it, [out, in]
+CACHE_LAYOUTS = ("kt", "k")  # decoder_layer_source's key cache transposed ([.., HD, CTX]) or as a model keeps it
 
 
 def _tile(n: int, prefer: int) -> int:
@@ -242,7 +243,9 @@ def mlp_stack_source(layers: int, tokens: int, hidden: int, intermediate: int, s
 def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
                          context: int, degree: int, dtype: str = "bf16", tk: int = 256, to: int = 32,
                          tf: int = 128, td: int = 16, tc: int = 256, par: int = 64, load_par: int = 5,
-                         prefetch: tuple[str, ...] = (), buffer_par: int = 64) -> str:
+                         prefetch: tuple[str, ...] = (), buffer_par: int = 64, layout: str = "in_out",
+                         cache: str = "kt", batch: int = 1, attend_new: bool = False, eps: float = 1e-5,
+                         rope_rows: int | None = None, fixed_par: bool = False) -> str:
     """ASP for one whole Llama decoder layer at decode, tensor-parallel on ``degree`` sockets, as
     ONE kernel: RMSNorm, the q/k/v projections (heads split by columns), RoPE, grouped-query
     attention of the new rows against the KV cache (online softmax over cache blocks, the cache
@@ -276,12 +279,36 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
     attention half and its all-reduce). It costs twice each shard's bytes of SRAM; where that does
     not fit, the kernel is cut into sections (slower, so the estimate does not pick it) or is a
     ``ResourceError``. ``buffer_par`` banks each such buffer over at least that many PMUs, so that
-    reading it back (at one PMU's port bandwidth per bank) keeps pace with its consumer."""
+    reading it back (at one PMU's port bandwidth per bank) keeps pace with its consumer.
+
+    The forms a PyTorch layer is written in (what the offline author's decoder template binds a
+    task's tensors to, agentforge/author/templates/decoder.py): ``dtype`` "f32" computes and keeps
+    everything in f32; ``layout="out_in"`` declares the seven weights as ``nn.Linear`` keeps them
+    (``[out, in]``, read transposed in place); ``cache="k"`` takes the key cache untransposed
+    (``[KVH, CTX, HD]``, as a model keeps it); ``batch`` > 1 is that many sequences of one new row
+    each (``tokens == batch``), each with its own cache (``kc`` ``[B, KVH, ...]``, ``vc`` ``[B, KVH,
+    CTX, HD]``); ``attend_new`` lets each new row attend to its own key and value too (an
+    online-softmax merge after the cache, one new row per sequence); ``eps`` is the norms';
+    ``rope_rows`` 1 takes one cos/sin row for every new row (one position, broadcast);
+    ``fixed_par`` gives every reduction ``par`` replicas at any sizes (not fewer where it has fewer
+    steps), so the kernel at a task's check sizes is the configuration timed at its own."""
     _positive(tokens=tokens, hidden=hidden, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
               intermediate=intermediate, context=context, degree=degree, tk=tk, to=to, tf=tf, td=td, tc=tc,
-              par=par, load_par=load_par, buffer_par=buffer_par)
-    if dtype != "bf16":
-        raise ValueError(f"decoder_layer_source is written for bf16 weights and activations, got {dtype!r}")
+              par=par, load_par=load_par, buffer_par=buffer_par, batch=batch)
+    _dtype(dtype)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if cache not in CACHE_LAYOUTS:
+        raise ValueError(f"cache must be one of {', '.join(CACHE_LAYOUTS)}, got {cache!r}")
+    if batch > 1 and tokens != batch:
+        raise ValueError(f"batch {batch} sequences take one new row each: tokens must be {batch}, got {tokens}")
+    if attend_new and tokens != batch:
+        raise ValueError(f"attend_new merges one new row per sequence: tokens ({tokens}) must equal batch ({batch})")
+    rope_rows = tokens if rope_rows is None else rope_rows
+    if rope_rows not in (1, tokens):
+        raise ValueError(f"rope_rows must be 1 (one position for every row) or tokens ({tokens}), got {rope_rows}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), got {eps!r}")
     _heads_split(heads, kv_heads, degree, "; replicate them: kv_heads = degree")
     if intermediate % degree:
         raise ValueError(f"intermediate size {intermediate} is not a multiple of the degree {degree}")
@@ -293,14 +320,30 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
     td = _tile(tf, td)
 
     def rp(n: int) -> int:  # replicas of a reduction over n elements
-        return max(1, min(par, n))
+        return par if fixed_par else max(1, min(par, n))
     pq, pkv = rp(hl * hidden // tk), rp(kvl * hidden // tk)
-    pat, po = rp(kvl * context // tc), rp(hl * head_dim // to)
+    pat, po = rp(batch * kvl * context // tc), rp(hl * head_dim // to)
     pup, pdn = rp(fl // tf * hidden // tk), rp(fl // td)
     lp = load_par
     bad = [w for w in prefetch if w not in PREFETCHABLE]
     if bad:
         raise ValueError(f"prefetch names weights of {', '.join(PREFETCHABLE)}, got {', '.join(map(str, bad))}")
+    dt = dtype
+    t = layout == "out_in"
+    # a weight's declaration, the tile of one reduction step, the stream order, and how a step multiplies
+    mm = "matmul({}, transpose({}))" if t else "matmul({}, {})"
+    w_in = (lambda n, s: f"{dt}[{n}, {s}] @split(0)") if t else (lambda n, s: f"{dt}[{s}, {n}] @split(1)")
+    w_out = (lambda n, s: f"{dt}[{s}, {n}] @split(1)") if t else (lambda n, s: f"{dt}[{n}, {s}] @split(0)")
+    proj_tile, proj_order = ("[HD, TK]", "") if t else ("[TK, HD]", ", order=[1, 0]")
+    o_tile, up_tile, d_tile = ("[D, TO]", "[TF, TK]", "[D, TD]") if t else ("[TO, D]", "[TK, TF]", "[TD, D]")
+    up_order = "" if t else ", order=[1, 0]"
+    # the caches: one per sequence with batch > 1 (a leading batch axis); K transposed or not
+    lead, lead1, bsplit = ("B, ", "1, ", 1) if batch > 1 else ("", "", 0)
+    kc_shape = f"{lead}KVH, HD, CTX" if cache == "kt" else f"{lead}KVH, CTX, HD"
+    kc_tile = f"[{lead1}1, HD, TC]" if cache == "kt" else f"[{lead1}1, TC, HD]"
+    cache_order = ", order=[1, 0, 2]" if batch > 1 else ""   # KV head outer, sequence inner
+    score = "matmul(q, k)" if cache == "kt" else "matmul(q, transpose(k))"
+    rope_decl = "M" if rope_rows == tokens else "1"
 
     def wload(w: str, tile: str, rank: int, extra: str = "") -> str:
         """``{w}s``: the stream of weight ``w``'s tiles, straight from HBM or through a buffer."""
@@ -309,100 +352,145 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
         return (f"  {w}l = load({w}, tile={tile}{extra}, par={lp})\n"
                 f"  {w}b = bufferize({w}l, rank={rank}, par={buffer_par})  # prefetched: the whole shard on chip\n"
                 f"  {w}s = streamify({w}b, par={buffer_par})\n")
+
+    new_fns = ""
+    if batch > 1:   # sequence b's rows: its query rows of a KV head's group, its new key / value row
+        new_fns += ("  fn pick(t) = take(t, iota([H / KVH, HD], axis=0) * M + pos(1), axis=0)\n"
+                    "  fn row(t) = take(t, iota([1, HD], axis=0) + pos(1), axis=0)\n"
+                    "  fn unstack(acc, t) = put(acc, iota([H / KVH, HD], axis=0) * M + pos(1), t, axis=0)\n")
+    if attend_new:
+        new_fns += ("  fn merge(mx, sm, o, q, k, v) {\n"
+                    "    let s = cast(matmul(q, transpose(k)), f32)\n"
+                    "    let m2 = maximum(mx, s)\n"
+                    "    let a = exp(mx - m2)\n"
+                    "    let p = exp(s - m2)\n"
+                    f"    return cast((o * a + p * cast(v, f32)) / (sm * a + p), {dt})\n"
+                    "  }\n")
+    g_rows = "H / KVH" if batch > 1 else "H / KVH * M"   # the query rows one cache block meets
+    ginit = f"init=(full([{g_rows}, 1], -inf), zeros([{g_rows}, 1]), zeros([{g_rows}, HD]))"
+    # grouped-query attention: the queries of one KV head (and sequence) against its cache blocks
+    if batch > 1:
+        att = ("  qb = repeat(qg, B)  # [KVH/P, B]\n"
+               "  qs = map(qb, fn=pick)  # [KVH/P, B] of [G, HD]: sequence b's query rows\n")
+        qsrc, qdims = "qs", "[KVH/P, B, CTX/TC]"
+    else:
+        att, qsrc, qdims = "", "qg", "[KVH/P, CTX/TC]"
+    if attend_new:
+        att += f"  {qsrc}a, {qsrc}m = copy({qsrc})\n"
+        qsrc_c, qsrc_m = f"{qsrc}a", f"{qsrc}m"
+    else:
+        qsrc_c = qsrc
+    att += (f"  qc = repeat({qsrc_c}, CTX / TC)  # {qdims}\n"
+            f"  kcs = load(kc, tile={kc_tile}{cache_order}, par={lp})  # {qdims}\n"
+            f"  vcs = load(vc, tile=[{lead1}1, TC, HD]{cache_order}, par={lp})  # {qdims} of [TC, HD]\n"
+            f"  {'mx' if attend_new else '_'}, sm, oa = accum(qc, kcs, vcs, rank=1, {ginit}, fn=online, par={pat})\n")
+    a0 = "att0" if batch > 1 else "att"
+    if attend_new:
+        kq, vq = "krm", "vbm"
+        if batch > 1:
+            att += ("  kb = repeat(krm, B)\n  kq = map(kb, fn=row)  # [KVH/P, B] of [1, HD]: sequence b's new key\n"
+                    "  vbb = repeat(vbm, B)\n  vq = map(vbb, fn=row)\n")
+            kq, vq = "kq", "vq"
+        att += f"  {a0} = map(mx, sm, oa, {qsrc_m}, {kq}, {vq}, fn=merge)  # the new rows' own keys merged in\n"
+    else:
+        att += f"  {a0} = map(sm, oa, fn=fin)  # [KVH/P] of {dt}[G*M, HD]\n"
+    if batch > 1:   # back to [KVH/P] of [G*M, HD], the rows the output projection takes
+        att += f"  att = accum(att0, rank=1, init=zeros([H / KVH * M, HD], dtype={dt}), fn=unstack)\n"
+    kv_out = ("  krs, krm = copy(kr)\n  store(kn, krs)  # the new rows' keys, for the cache\n"
+              "  vb = map(v, fn=tobf)\n  vbs, vbm = copy(vb)\n  store(vn, vbs)\n") if attend_new else (
+              "  store(kn, kr)  # the new rows' keys, for the cache\n  vb = map(v, fn=tobf)\n  store(vn, vb)\n")
     return (
         "# One Llama decoder layer at decode on P sockets, tensor-parallel, as one kernel\n"
         "# (agentforge/shard.py decoder_layer_source): norm, q/k/v by heads, RoPE, GQA against the\n"
         "# KV cache, o projection by rows, all_reduce, residual; norm, SwiGLU by columns/rows,\n"
         "# all_reduce, residual.\n"
-        "kernel decoder_layer(x: bf16[M, D], g1: bf16[D], wq: bf16[D, H * HD] @split(1), "
-        "wk: bf16[D, KVH * HD] @split(1), wv: bf16[D, KVH * HD] @split(1), cos: bf16[M, HD], sin: bf16[M, HD], "
-        "kc: bf16[KVH, HD, CTX] @split(0), vc: bf16[KVH, CTX, HD] @split(0), wo: bf16[H * HD, D] @split(0), "
-        "g2: bf16[D], wg: bf16[D, F] @split(1), wu: bf16[D, F] @split(1), wd: bf16[F, D] @split(0)) "
-        "-> (y: bf16[M, D], kn: bf16[M, KVH * HD] @split(1), vn: bf16[M, KVH * HD] @split(1)) {\n"
+        f"kernel decoder_layer(x: {dt}[M, D], g1: {dt}[D], wq: {w_in('H * HD', 'D')}, "
+        f"wk: {w_in('KVH * HD', 'D')}, wv: {w_in('KVH * HD', 'D')}, cos: {dt}[{rope_decl}, HD], "
+        f"sin: {dt}[{rope_decl}, HD], kc: {dt}[{kc_shape}] @split({bsplit}), vc: {dt}[{lead}KVH, CTX, HD] "
+        f"@split({bsplit}), wo: {w_out('H * HD', 'D')}, g2: {dt}[D], wg: {w_in('F', 'D')}, wu: {w_in('F', 'D')}, "
+        f"wd: {w_out('F', 'D')}) "
+        f"-> (y: {dt}[M, D], kn: {dt}[M, KVH * HD] @split(1), vn: {dt}[M, KVH * HD] @split(1)) {{\n"
         f"  sockets P = {degree}\n"
         f"  sizes M = {tokens}\n  sizes D = {hidden}\n  sizes H = {heads}\n  sizes KVH = {kv_heads}\n"
         f"  sizes HD = {head_dim}\n  sizes F = {intermediate}\n  sizes CTX = {context}\n"
+        + (f"  sizes B = {batch}\n" if batch > 1 else "") +
         f"  sizes TK = {tk}\n  sizes TO = {to}\n  sizes TF = {tf}\n  sizes TD = {td}\n  sizes TC = {tc}\n"
         "  fn rms(t, g) {\n"
         "    let u = cast(t, f32)\n"
-        "    return cast(u * rsqrt(mean(u * u, axis=1) + 1e-05) * cast(g, f32), bf16)\n"
+        f"    return cast(u * rsqrt(mean(u * u, axis=1) + {eps!r}) * cast(g, f32), {dt})\n"
         "  }\n"
-        "  fn pmac(acc, h, w) = acc + cast(matmul(take(h, iota([M, TK], axis=1) + pos(1) * TK, axis=1), w), f32)\n"
+        f"  fn pmac(acc, h, w) = acc + cast({mm.format('take(h, iota([M, TK], axis=1) + pos(1) * TK, axis=1)', 'w')}"
+        ", f32)\n"
         "  fn rope(t, c, s) {\n"
         "    let lo = slice(t, axis=1, start=0, stop=HD / 2)\n"
         "    let hi = slice(t, axis=1, start=HD / 2)\n"
-        "    return cast(t * cast(c, f32) + concat(-hi, lo, axis=1) * cast(s, f32), bf16)\n"
+        f"    return cast(t * cast(c, f32) + concat(-hi, lo, axis=1) * cast(s, f32), {dt})\n"
         "  }\n"
         "  fn ropeq(t, c, s) {\n"
         "    let lo = slice(t, axis=1, start=0, stop=HD / 2)\n"
         "    let hi = slice(t, axis=1, start=HD / 2)\n"
-        "    return cast((t * cast(c, f32) + concat(-hi, lo, axis=1) * cast(s, f32)) * rsqrt(HD), bf16)\n"
+        f"    return cast((t * cast(c, f32) + concat(-hi, lo, axis=1) * cast(s, f32)) * rsqrt(HD), {dt})\n"
         "  }\n"
         "  fn stack(acc, t) = put(acc, iota([M, HD], axis=0) + pos(1) * M, t, axis=0)\n"
         "  fn online(mx, sm, o, q, k, v) {\n"
-        "    let s = cast(matmul(q, k), f32)\n"
+        f"    let s = cast({score}, f32)\n"
         "    let m2 = maximum(mx, max(s, axis=1))\n"
         "    let p = exp(s - m2)\n"
         "    let a = exp(mx - m2)\n"
-        "    return (m2, sm * a + sum(p, axis=1), o * a + cast(matmul(cast(p, bf16), v), f32))\n"
+        f"    return (m2, sm * a + sum(p, axis=1), o * a + cast(matmul(cast(p, {dt}), v), f32))\n"
         "  }\n"
-        "  fn fin(sm, o) = cast(o / sm, bf16)\n"
+        f"  fn fin(sm, o) = cast(o / sm, {dt})\n"
+        + new_fns +
         "  fn omac(acc, a, w) {\n"
         "    let r = take(a, iota([M, HD], axis=0) + pos(1) * M, axis=0)\n"
-        "    return acc + cast(matmul(take(r, iota([M, TO], axis=1) + pos(2) * TO, axis=1), w), f32)\n"
+        f"    return acc + cast({mm.format('take(r, iota([M, TO], axis=1) + pos(2) * TO, axis=1)', 'w')}, f32)\n"
         "  }\n"
         "  fn upmac(ag, au, h, g, u) {\n"
         "    let hh = take(h, iota([M, TK], axis=1) + pos(1) * TK, axis=1)\n"
-        "    return (ag + cast(matmul(hh, g), f32), au + cast(matmul(hh, u), f32))\n"
+        f"    return (ag + cast({mm.format('hh', 'g')}, f32), au + cast({mm.format('hh', 'u')}, f32))\n"
         "  }\n"
-        "  fn act(a, b) = cast(a * sigmoid(a) * b, bf16)\n"
-        "  fn dmac(acc, a, w) = acc + cast(matmul(take(a, iota([M, TD], axis=1) + pos(1) * TD, axis=1), w), f32)\n"
-        "  fn tobf(t) = cast(t, bf16)\n"
-        "  fn add(a, b) = cast(cast(a, f32) + cast(b, f32), bf16)\n"
+        f"  fn act(a, b) = cast(a * sigmoid(a) * b, {dt})\n"
+        f"  fn dmac(acc, a, w) = acc + cast({mm.format('take(a, iota([M, TD], axis=1) + pos(1) * TD, axis=1)', 'w')}"
+        ", f32)\n"
+        f"  fn tobf(t) = cast(t, {dt})\n"
+        f"  fn add(a, b) = cast(cast(a, f32) + cast(b, f32), {dt})\n"
         "  # attention: norm, projections (this socket's heads), RoPE\n"
-        "  xs = load(x, tile=[M, D])  # [] of bf16[M, D]: the hidden state, whole on every socket\n"
+        f"  xs = load(x, tile=[M, D])  # [] of {dt}[M, D]: the hidden state, whole on every socket\n"
         "  x1, x2 = copy(xs)\n"
         "  g1s = load(g1, tile=[D])\n"
         "  h = map(x1, g1s, fn=rms)\n"
         "  hq0, hk0, hv0 = copy(h)\n"
         "  hq1 = repeat(hq0, H / P)\n"
         "  hq = repeat(hq1, D / TK)  # [H/P, D/TK]\n"
-        f"  wqs = load(wq, tile=[TK, HD], order=[1, 0], par={lp})  # [H/P, D/TK] of bf16[TK, HD]\n"
+        f"  wqs = load(wq, tile={proj_tile}{proj_order}, par={lp})  # [H/P, D/TK] of one head's slice\n"
         f"  q = accum(hq, wqs, rank=1, init=zeros([M, HD]), fn=pmac, par={pq})  # [H/P] of f32[M, HD]\n"
         "  hk1 = repeat(hk0, KVH / P)\n"
         "  hk = repeat(hk1, D / TK)\n"
-        f"  wks = load(wk, tile=[TK, HD], order=[1, 0], par={lp})\n"
+        f"  wks = load(wk, tile={proj_tile}{proj_order}, par={lp})\n"
         f"  k = accum(hk, wks, rank=1, init=zeros([M, HD]), fn=pmac, par={pkv})  # [KVH/P] of f32[M, HD]\n"
         "  hv1 = repeat(hv0, KVH / P)\n"
         "  hv = repeat(hv1, D / TK)\n"
-        f"  wvs = load(wv, tile=[TK, HD], order=[1, 0], par={lp})\n"
+        f"  wvs = load(wv, tile={proj_tile}{proj_order}, par={lp})\n"
         f"  v = accum(hv, wvs, rank=1, init=zeros([M, HD]), fn=pmac, par={pkv})\n"
-        "  cs = load(cos, tile=[M, HD])\n"
-        "  ss = load(sin, tile=[M, HD])\n"
+        f"  cs = load(cos, tile=[{rope_decl}, HD])\n"
+        f"  ss = load(sin, tile=[{rope_decl}, HD])\n"
         "  cq0, ck0 = copy(cs)\n"
         "  sq0, sk0 = copy(ss)\n"
         "  cq = repeat(cq0, H / P)\n"
         "  sq = repeat(sq0, H / P)\n"
         "  ck = repeat(ck0, KVH / P)\n"
         "  sk = repeat(sk0, KVH / P)\n"
-        "  qr = map(q, cq, sq, fn=ropeq)  # [H/P] of bf16[M, HD], scaled by 1/sqrt(HD)\n"
+        f"  qr = map(q, cq, sq, fn=ropeq)  # [H/P] of {dt}[M, HD], scaled by 1/sqrt(HD)\n"
         "  kr = map(k, ck, sk, fn=rope)\n"
-        "  store(kn, kr)  # the new rows' keys, for the cache\n"
-        "  vb = map(v, fn=tobf)\n"
-        "  store(vn, vb)\n"
+        + kv_out +
         "  # grouped-query attention against the cache, read once per KV head\n"
         "  qh = reshape(qr, dim=0, chunk=H / KVH)  # [KVH/P, H/KVH]\n"
-        "  qg = accum(qh, rank=1, init=zeros([H / KVH * M, HD], dtype=bf16), fn=stack)  # [KVH/P] of bf16[G*M, HD]\n"
-        "  qc = repeat(qg, CTX / TC)  # [KVH/P, CTX/TC]\n"
-        f"  kcs = load(kc, tile=[1, HD, TC], par={lp})  # [KVH/P, CTX/TC] of bf16[HD, TC]\n"
-        f"  vcs = load(vc, tile=[1, TC, HD], par={lp})  # [KVH/P, CTX/TC] of bf16[TC, HD]\n"
-        "  _, sm, oa = accum(qc, kcs, vcs, rank=1, init=(full([H / KVH * M, 1], -inf), zeros([H / KVH * M, 1]), "
-        f"zeros([H / KVH * M, HD])), fn=online, par={pat})\n"
-        "  att = map(sm, oa, fn=fin)  # [KVH/P] of bf16[G*M, HD]\n"
+        f"  qg = accum(qh, rank=1, init=zeros([H / KVH * M, HD], dtype={dt}), fn=stack)  # [KVH/P] of {dt}[G*M, HD]\n"
+        + att +
         "  # output projection (this socket's rows of wo), all-reduce, residual\n"
         "  a1 = repeat(att, H / KVH)\n"
         "  a2 = repeat(a1, HD / TO)  # [KVH/P, H/KVH, HD/TO]\n"
-        + wload("wo", "[TO, D]", 1) +   # [H/P*HD/TO] of bf16[TO, D]
+        + wload("wo", o_tile, 1) +   # [H/P*HD/TO] of one step's rows of wo
         "  wo1 = reshape(wos, dim=0, chunk=H / KVH * HD / TO)\n"
         "  wo2 = reshape(wo1, dim=1, chunk=HD / TO)  # [KVH/P, H/KVH, HD/TO]\n"
         f"  op = accum(a2, wo2, rank=3, init=zeros([M, D]), fn=omac, par={po})  # [] of f32[M, D]: a partial sum\n"
@@ -415,11 +503,11 @@ def decoder_layer_source(tokens: int, hidden: int, heads: int, kv_heads: int, he
         "  h2 = map(r1a, g2s, fn=rms)\n"
         "  hu1 = repeat(h2, F / P / TF)\n"
         "  hu = repeat(hu1, D / TK)  # [F/P/TF, D/TK]\n"
-        + wload("wg", "[TK, TF]", 2, ", order=[1, 0]") + wload("wu", "[TK, TF]", 2, ", order=[1, 0]") +
+        + wload("wg", up_tile, 2, up_order) + wload("wu", up_tile, 2, up_order) +
         f"  ag, au = accum(hu, wgs, wus, rank=1, init=(zeros([M, TF]), zeros([M, TF])), fn=upmac, par={pup})\n"
-        "  am = map(ag, au, fn=act)  # [F/P/TF] of bf16[M, TF]\n"
+        f"  am = map(ag, au, fn=act)  # [F/P/TF] of {dt}[M, TF]\n"
         "  ad = repeat(am, TF / TD)  # [F/P/TF, TF/TD]\n"
-        + wload("wd", "[TD, D]", 1) +   # [F/P/TD] of bf16[TD, D]
+        + wload("wd", d_tile, 1) +   # [F/P/TD] of one step's rows of wd
         "  wd2 = reshape(wds, dim=0, chunk=TF / TD)\n"
         f"  dp = accum(ad, wd2, rank=2, init=zeros([M, D]), fn=dmac, par={pdn})  # [] of f32[M, D]\n"
         "  db = map(dp, fn=tobf)\n"

@@ -95,6 +95,8 @@ TEMPLATE_HELP = {
     "attention": "a whole attention pattern (bmm(Q, K^T), scale, constant mask, softmax, bmm with V; or softmax "
                  "and bmm alone) as one flash-attention kernel",
     "moe": "a dense-masked mixture of experts whose gate has at most k non-zeros per token, as one routed kernel",
+    "decoder": "a whole Llama-style decoder layer at decode (one new token per sequence against its KV cache), "
+               "recognised whole, as one kernel",
     "single": "one op on its own, lowered as the baseline lowers it",
 }
 

@@ -21,6 +21,7 @@ from .partition import common_partition
 from .plan import Plan, Region
 from .realize import GraphIndex, graph_index, realize, region_kernel
 from .templates import GRIDS, MIN_TRIES, WHOLE_GRID
+from .templates.decoder import decoder_matches
 
 # the referee checks a plan at sizes where every tiled axis is 3 tiles long, within a budget of input,
 # weight and output elements (agentforge.verify.VerifyConfig.check_elements, 2^23; docs/evaluation.md
@@ -80,7 +81,7 @@ def tune(plan: Plan, graph_own: AtenGraph, machine: Machine, priors: dict | None
         limit = max(per_region, MIN_TRIES.get(region.template, 0))
         best, n = best_params(region, graph_own, machine, idx, priors, limit, curves, share, cap)
         tried += n
-        if region.template != "single":
+        if region.template not in ("single", "decoder"):   # a whole layer is weighed against the greedy plan
             # fusing must pay: compare with the same ops as separate kernels (+ reconfigurations)
             singles = [best_params(Region("single", [i]), graph_own, machine, idx, priors, 8) for i in region.nodes]
             tried += sum(k for _, k in singles)
@@ -194,13 +195,15 @@ def _region_seconds(region: Region, graph: AtenGraph, machine: Machine, idx: Gra
     """One region's kernel, alone, timed at the graph's sizes (inf if it needs sections)."""
     nodes = [idx.sem[i] for i in region.nodes]
     owner = {n.name: 0 for n in nodes}
-    k = region_kernel(region, nodes, graph, idx.fixed, owner, 0, idx.consumers, idx.outputs)
-    if not isinstance(k, OpKernel):
-        return 0.0
-    prog = asp_lang.compile(k.source, machine, filename="region.asp")
-    if len(prog.sections) > 1:
-        return math.inf
-    return asp_lang.profile(prog).seconds
+    built = region_kernel(region, nodes, graph, idx.fixed, owner, 0, idx.consumers, idx.outputs)
+    kernels = [k for k in (built if isinstance(built, list) else [built]) if isinstance(k, OpKernel)]
+    secs = 0.0
+    for k in kernels:   # a region of several kernels: each one, and a reconfiguration between them
+        prog = asp_lang.compile(k.source, machine, filename="region.asp")
+        if len(prog.sections) > 1:
+            return math.inf
+        secs += asp_lang.profile(prog).seconds
+    return secs + max(0, len(kernels) - 1) * machine.reconfig.cycles / (machine.clock_ghz * 1e9)
 
 
 def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = None,
@@ -219,4 +222,26 @@ def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = No
         tried = tuned.configs_tried + alt.configs_tried
         tuned = alt if alt.seconds < tuned.seconds else tuned
         tuned.configs_tried = tried
+    layer = whole_layer(graphs)
+    if layer is not None:
+        # a decoder layer at decode, found whole at every size: its one kernel against the greedy
+        # plan, the faster kept (the timing model decides, as for every other fusion)
+        try:
+            one = tune(Plan([layer], notes="offline: the whole decoder layer at decode as one kernel"), graph_own,
+                       machine, priors)
+        except UnsupportedOpError:   # no tiles fit this machine in one kernel: the greedy plan stands
+            one = None
+        if one is not None:
+            tried = tuned.configs_tried + one.configs_tried
+            tuned = one if one.seconds < tuned.seconds else tuned
+            tuned.configs_tried = tried
     return tuned
+
+
+def whole_layer(graphs: list[AtenGraph]) -> Region | None:
+    """The region of a decoder layer at decode (the ``decoder`` template) covering every graph's
+    same nodes, or None when a graph is no such layer."""
+    found = [decoder_matches(g) for g in graphs]
+    if not all(found) or any(f[0].nodes != found[0][0].nodes for f in found):
+        return None
+    return Region("decoder", list(found[0][0].nodes))

@@ -33,6 +33,7 @@ PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "matmul": ("tm", "tn", "tk", "par", "hold", "par_buf", "par_mem", "par_epi"),
     "attention": ("tm", "tk", "par", "par_mem", "par_buf", "kv_buf"),
     "moe": ("tk", "par", "par_mem", "par_buf"),
+    "decoder": ("tk", "tc", "to", "tf", "td", "par", "load_par"),
     "single": ("compute", "memory"),
 }
 

@@ -23,11 +23,11 @@ def silu_mul():
 
 
 def test_the_registry_is_the_one_source_of_names_grids_and_tries():
-    assert list(TEMPLATES) == ["row", "matmul", "attention", "moe", "single"]
+    assert list(TEMPLATES) == ["row", "matmul", "attention", "moe", "decoder", "single"]
     for name, t in TEMPLATES.items():
         assert t.name == name and GRIDS[name] is t.grid
         assert t.params == tuple(t.grid) and all(len(v) >= 1 for v in t.grid.values())
-    assert MIN_TRIES == {"matmul": 80, "attention": 264, "moe": 112}
+    assert MIN_TRIES == {"matmul": 80, "attention": 264, "moe": 112, "decoder": 24}
     assert WHOLE_GRID == ("attention", "moe")
     # a whole-grid template's minimum tries cover its whole grid
     for name in WHOLE_GRID:
@@ -44,7 +44,8 @@ def test_realize_builds_each_region_with_the_template_it_names(silu_mul):
     chain = realize(Plan([region]), silu_mul, m)
     assert [k.target for k in chain.kernels] == ["fused.row"]
     sem = semantic_nodes(silu_mul)
-    with pytest.raises(ValueError, match="unknown region template 'bogus'.*row, matmul, attention, moe, single"):
+    with pytest.raises(ValueError,
+                       match="unknown region template 'bogus'.*row, matmul, attention, moe, decoder, single"):
         region_kernel(Region("bogus", [0]), [sem[0]], silu_mul, {}, {}, 0, {}, set())
 
 

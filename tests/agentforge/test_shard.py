@@ -203,7 +203,11 @@ def test_a_decode_layer_is_one_section_streaming_its_weights_with_both_all_reduc
 @pytest.mark.parametrize("kw,words", [
     ({"kv_heads": 3}, "multiple of kv_heads"),
     ({"degree": 8}, "replicate"),
-    ({"dtype": "f32"}, "bf16"),
+    ({"dtype": "f16"}, "bf16"),
+    ({"tokens": 2, "batch": 4}, "tokens must be 4"),
+    ({"tokens": 2, "attend_new": True}, "one new row per sequence"),
+    ({"cache": "kv"}, "cache must be one of kt, k"),
+    ({"rope_rows": 3}, "rope_rows must be 1"),
     ({"head_dim": 15}, "even"),
     ({"prefetch": ("wq",)}, "prefetch names weights of wo, wg, wu, wd"),
 ])

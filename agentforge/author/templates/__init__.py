@@ -9,9 +9,10 @@ checks a plan against them. A new template is a module with a ``TEMPLATE`` added
 
 from __future__ import annotations
 
-from . import attention, matmul, moe, row, single
+from . import attention, decoder, matmul, moe, row, single
 from .attention import ATTN_GRID, ATTN_MIN_TRIES, AttentionKernel
 from .base import KernelFn, RegionCode, Template
+from .decoder import DECODER_GRID, DECODER_MIN_TRIES, DecoderKernel
 from .matmul import MM_GRID, MM_MIN_TRIES, MatmulKernel
 from .moe import MOE_GRID, MOE_MIN_TRIES, MoeKernel
 from .row import ROW_GRID, RowKernel
@@ -19,7 +20,7 @@ from .single import SINGLE_GRID
 
 #: name -> template, in the order the planner's catalog lists them
 TEMPLATES: dict[str, Template] = {t.name: t for t in (row.TEMPLATE, matmul.TEMPLATE, attention.TEMPLATE,
-                                                      moe.TEMPLATE, single.TEMPLATE)}
+                                                      moe.TEMPLATE, decoder.TEMPLATE, single.TEMPLATE)}
 #: name -> the parameter grid the tuner searches
 GRIDS: dict[str, dict[str, tuple]] = {name: t.grid for name, t in TEMPLATES.items()}
 #: name -> timing evaluations spent on one region at least (templates that ask for more than their share)
@@ -28,5 +29,6 @@ MIN_TRIES: dict[str, int] = {name: t.min_tries for name, t in TEMPLATES.items() 
 WHOLE_GRID: tuple[str, ...] = tuple(name for name, t in TEMPLATES.items() if t.whole_grid)
 
 __all__ = ["TEMPLATES", "GRIDS", "MIN_TRIES", "WHOLE_GRID", "Template", "KernelFn", "RegionCode", "RowKernel",
-           "MatmulKernel", "AttentionKernel", "MoeKernel", "ROW_GRID", "MM_GRID", "MM_MIN_TRIES", "ATTN_GRID",
-           "ATTN_MIN_TRIES", "MOE_GRID", "MOE_MIN_TRIES", "SINGLE_GRID"]
+           "MatmulKernel", "AttentionKernel", "MoeKernel", "DecoderKernel", "ROW_GRID", "MM_GRID", "MM_MIN_TRIES",
+           "ATTN_GRID", "ATTN_MIN_TRIES", "MOE_GRID", "MOE_MIN_TRIES", "DECODER_GRID", "DECODER_MIN_TRIES",
+           "SINGLE_GRID"]
