@@ -73,9 +73,12 @@ def realize(plan: Plan, graph: AtenGraph, machine: Machine) -> Chain:
             region = plan.regions[ri]
             nodes = [sem[i] for i in sorted(region.nodes)]
             kernel = region_kernel(region, nodes, graph, fixed, owner, ri, consumers, outputs)
-            steps.append(kernel)
+            # a template may build a region as several kernels (grouped experts: sort and compute, then
+            # combine), their intermediates through HBM like any chain's
+            kernels = kernel if isinstance(kernel, list) else [kernel]
+            steps.extend(kernels)
             emitted.add(ri)
-            available = set(getattr(kernel, "outputs", [])) | {getattr(kernel, "output", None)}
+            available = {v for k in kernels for v in [*getattr(k, "outputs", []), getattr(k, "output", None)]}
             for step in pending.pop(ri, []):
                 if step.source in available:  # relabels of values kept inside the kernel are not needed
                     steps.append(step)
@@ -84,8 +87,9 @@ def realize(plan: Plan, graph: AtenGraph, machine: Machine) -> Chain:
 
 
 def region_kernel(region: Region, nodes: list[AtenNode], graph: AtenGraph, fixed: dict, owner: dict, ri: int,
-                  consumers: dict, outputs: set) -> Step:
-    """The kernel of one region: built by the template the region names."""
+                  consumers: dict, outputs: set) -> "Step | list[Step]":
+    """The kernel of one region (or its kernels, in order, where the template needs several): built
+    by the template the region names."""
     template = TEMPLATES.get(region.template)
     if template is None:
         raise ValueError(f"unknown region template {region.template!r} ({', '.join(TEMPLATES)})")

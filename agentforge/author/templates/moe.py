@@ -14,15 +14,19 @@ from ...lowering import (KernelBuilder, OpKernel, UnsupportedOpError, asp_dtype,
 from ..graph import RelabelWalk, row_kind, semantic_nodes
 from .base import RegionCode, Template, built_by
 
-# moe: hidden columns per accum step (tk), accum copies, banking of the on-chip expert weights (each
-# token re-reads its experts' weights from SRAM: their read bandwidth bounds the kernel) and memory
-# parallelism
+# moe: tokens per tile of the grouped form (tm; 0: token by token), hidden columns per accum step (tk),
+# accum copies, banking of the on-chip expert weights, memory parallelism and the copies of the grouped
+# form's per-tile routing maps. Grouped, tm tokens share each weight tile read from SRAM, so the
+# expert products are compute-bound and want every PCU (par ~ 1000); smaller tm pads each expert's
+# group less (at most E (tm - 1) pad rows). Token by token, each token re-reads its experts' weights
+# from SRAM and their read bandwidth (par_buf) bounds it. Searched by coordinate descent from the
+# first values (the grouped form's best neighbourhood on sn40l).
 # (no tk = 256: checking a kernel in its timed configuration needs FFN >= 3 tk, and the interpreter
-# expands each routed token's expert weights, tokens x hidden x FFN elements: at tk = 256 that is
-# past its caps, so the plan would be 'uncheckable', docs/evaluation.md section 2.1)
-MOE_GRID = {"tk": (128, 64), "par": (960, 896, 768, 640, 512, 384, 256, 128),
-            "par_buf": (448, 384, 320, 256, 192, 128, 64), "par_mem": (8,)}
-MOE_MIN_TRIES = 112  # the whole grid: a moe region is most of its task's time
+# expands each routed tile's expert weights: at tk = 256 that is past its caps, so the plan would be
+# 'uncheckable', docs/evaluation.md section 2.1)
+MOE_GRID = {"tm": (32, 64, 16, 0), "tk": (128, 64), "par": (1000, 960, 896, 768, 640, 512, 384, 256, 128),
+            "par_buf": (64, 128, 192, 256, 320, 384, 448), "par_mem": (8,), "par_route": (4, 16)}
+MOE_MIN_TRIES = 64  # a few rounds of coordinate descent: a moe region is most of its task's time
 
 
 @dataclass
@@ -41,6 +45,11 @@ class MoeMatch:
     post: list[AtenNode]                # elementwise ops of one operand on the expert outputs, in order
     out: AtenNode                       # the sum over experts
     dims: tuple[int, int, int, int, int]   # E, T, D, F, N
+
+    @property
+    def expert_out(self) -> AtenNode:
+        """The node of the expert outputs [E, T, N] the gates weight (the down product or its last post op)."""
+        return self.post[-1] if self.post else self.down[0]
 
 
 def _moe_nonzeros(w: RelabelWalk, gates: str, T: int, E: int) -> int | None:
@@ -217,50 +226,80 @@ def _match_moe(w: RelabelWalk, s: AtenNode, sem_index: dict) -> MoeMatch | None:
 
 
 class MoeKernel(RegionCode):
-    """A dense-masked mixture of experts, routed: per token the indices and weights of its (at most
-    k) non-zero gates select the experts (``selector``); ``partition`` sends the token to them only;
-    each expert's weights, held on chip (``bufferize``), are ``expand``ed over its tokens and streamed
-    past an ``accum`` that computes the expert MLP one hidden tile at a time
-    (``acc + act(x W_up[:, j]) W_down[j, :]``); ``merge`` puts the results back in token order, where
-    they are weighted by the gates and summed over the k slots. E/k fewer flops than the dense form."""
+    """A dense-masked mixture of experts, routed: each token goes through the k experts its
+    non-zero gates name, and only those (E/k fewer flops than the dense form).
 
-    def build(self) -> OpKernel:
+    Two forms, by the ``tm`` parameter:
+
+    - ``tm = 0``, one kernel, token by token: per token the indices and weights of its gates
+      select the experts (``selector``); ``partition`` sends the token to them; each expert's
+      weights, held on chip (``bufferize``), are ``expand``ed over its tokens and streamed past an
+      ``accum`` that computes the expert MLP one hidden tile at a time
+      (``acc + act(x W_up[:, j]) W_down[j, :]``); ``merge`` puts the results back in token order,
+      where they are weighted by the gates and summed over the k slots. Every token re-reads its
+      experts' weights from SRAM: a [1, D] x [D, TF] product reads 2 bytes per flop, so the PMUs'
+      read bandwidth, not the PCUs, bounds it (about 0.4 of the f32 peak on sn40l).
+    - ``tm >= 2``, grouped, two kernels (:meth:`_grouped`): the first sorts the routed tokens by
+      expert into tiles of ``tm`` tokens (each expert's group padded to a multiple of ``tm``, so
+      every tile belongs to one expert), gathers their rows, runs each tile through its expert as
+      a [tm, D] x [D, TF] product (``tm`` tokens share every weight tile read: compute-bound) and
+      scatters each token's expert output to its row of the expert-output value [E, T, N] (only
+      the T x k routed rows are written, the rest never read); the second gathers each token's k
+      rows, weights them by the gates and sums them in expert order, as the dense sum does."""
+
+    def build(self) -> "OpKernel | list[OpKernel]":
         g = self.g
         moe = self.whole_match(moe_matches(g), "mixture of experts")
         E, T, D, F, N = moe.dims
-        k = moe.k
         p = self.region.params
-        tf = divisor_at_most(F, int(p.get("tk", 128)))      # hidden columns per accum step
-        par, par_m, par_b = int(p.get("par", 256)), int(p.get("par_mem", 8)), int(p.get("par_buf", 128))
-        par_s = min(16, par)                                # the per-token maps (routing, gating)
-        kb = KernelBuilder(f"fused_{self.ri}_moe")
-        kb.fns.append(f"  sizes T = {T}, D = {D}, E = {E}, F = {F}, N = {N}, TF = {tf}")
-        inputs, views = [], []
+        tm = int(p.get("tm", 0))
+        if tm >= 2:
+            if moe.k >= E:
+                raise UnsupportedOpError("grouped experts need an expert each token does not use (k < E)")
+            return self._grouped(moe, tm)
+        return self._per_token(moe)
 
-        def param(name: str, shape_names: tuple, shape: tuple) -> str:
-            inputs.append(name)
-            views.append(shape)
-            return kb.param("f32", shape_names)
+    # ---------------------------------------------------------------- shared parts
+    def _start(self, moe: MoeMatch, name: str) -> KernelBuilder:
+        E, T, D, F, N = moe.dims
+        kb = KernelBuilder(name)
+        kb.fns.append(f"  sizes T = {T}, D = {D}, E = {E}, F = {F}, N = {N}, TF = {self._tf(moe)}")
+        self.inputs, self.views = [], []
+        return kb
 
-        # routing: the experts with a non-zero gate, in ascending order (the order torch's sum over
-        # experts adds them in), padded with zero-gate experts; and their gates
-        route = kb.fn(["g"], "(i, take(g, i, axis=1))", [
-            ("r", "cast(iota([1, E], axis=1), f32)"),
+    def _tf(self, moe: MoeMatch) -> int:
+        return divisor_at_most(moe.dims[3], int(self.region.params.get("tk", 128)))   # hidden columns per step
+
+    def _param(self, kb: KernelBuilder, name: str, shape_names: tuple, shape: tuple) -> str:
+        self.inputs.append(name)
+        self.views.append(shape)
+        return kb.param("f32", shape_names)
+
+    def _route_fn(self, kb: KernelBuilder, moe: MoeMatch, rows: str, extra: list[tuple[str, str]] = (),
+                  result: str = "(i, take(g, i, axis=1))") -> str:
+        """A fn of a gates tile [rows, E]: ``i``, the experts with a non-zero gate in ascending order
+        (the order torch's sum over experts adds them in), padded with zero-gate experts."""
+        E = moe.dims[0]
+        return kb.fn(["g"], result, [
+            ("r", f"cast(iota([{rows}, E], axis=1), f32)"),
             ("key", f"where(abs(g) > 0.0, 0.0 - r, {asp_literal(-float(E))} - r)"),
-            ("i", f"argtopk(key, k={k}, axis=1)")])
-        (gs,) = kb.op(f"load({param(moe.gates, ('T', 'E'), (T, E))}, tile=[1, E], par={par_m})")
-        idx, gv = kb.op(f"map({gs}, fn={route}, par={par_s})", 2)
-        (sel,) = kb.op(f"selector({idx}, n=E)")
-        s_part, s_merge = kb.op(f"copy({sel})", 2)
-        (xs,) = kb.op(f"load({param(moe.x, ('T', 'D'), (T, D))}, tile=[1, D], par={par_m})")
-        (parts,) = kb.op(f"partition({xs}, {s_part})")
+            ("i", f"argtopk(key, k={moe.k}, axis=1)"), *extra])
+
+    def _experts(self, kb: KernelBuilder, moe: MoeMatch, parts: str, rows: int, par: int, par_b: int,
+                 par_m: int, par_s: int) -> str:
+        """The expert MLP over a partitioned stream [E, ?] of [rows, D] token tiles: each expert's
+        weights held on chip (``bufferize``) and ``expand``ed over its tiles; returns [E, ?] of
+        [rows, N] (post ops applied)."""
+        g = self.g
+        E, T, D, F, N = moe.dims
+        tf = self._tf(moe)
         like = kb.op(f"copy({parts})", 2 + len(moe.up))
         (xr,) = kb.op(f"repeat({like[0]}, F / TF)")
 
         def weights(name: str, shape_names: tuple, shape: tuple, tile: str, like_: str) -> str:
-            (ws,) = kb.op(f"load({param(name, shape_names, shape)}, tile={tile}, par={par_m})")
+            (ws,) = kb.op(f"load({self._param(kb, name, shape_names, shape)}, tile={tile}, par={par_m})")
             (wb,) = kb.op(f"bufferize({ws}, rank=1, par={par_b})")      # [E] of buf[F / TF]: one expert each
-            (we,) = kb.op(f"expand({wb}, like={like_})")                # over the tokens routed to it
+            (we,) = kb.op(f"expand({wb}, like={like_})")                # over the tiles routed to it
             (wt,) = kb.op(f"streamify({we}, par={par_b})")
             return wt
 
@@ -271,47 +310,146 @@ class MoeKernel(RegionCode):
             streams.append(weights(wname, ("E", "D", "F"), (E, D, F), "[1, D, TF]", like[1 + j]))
             params.append(f"a{j}")
             self.expr[node.name] = self.let(f"matmul(xt, a{j})", "u")
-
-        def operands(node: AtenNode) -> list[str]:
-            ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
-            return fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor" else asp_literal(o.value) for o in ops])
-
         for node in moe.hidden:
-            self.expr[node.name] = self.let(operands(node), "h")
-        # the up products and the activation (one hidden tile per token and step), then the down
-        # product accumulated over the hidden tiles: two operators, so each copy fits one PCU; both
-        # are bound by reading their weight tiles, and share the ``par`` copies by the bytes they read
-        up_bytes, down_bytes = D + len(moe.up) * D * tf, tf + tf * N
-        par_up = max(1, round(par * up_bytes / (up_bytes + down_bytes)))
+            self.expr[node.name] = self.let(self._operands(node), "h")
+        # the up products and the activation (one hidden tile per token tile and step), then the down
+        # product accumulated over the hidden tiles: two operators, so each copy fits one PCU; they
+        # share the ``par`` copies by their flops where the tiles are compute-bound (grouped), by the
+        # bytes they read where each token re-reads its weight tiles (token by token)
+        if rows > 1:
+            up_w, down_w = len(moe.up), 1
+        else:
+            up_w, down_w = D + len(moe.up) * D * tf, tf + tf * N
+        par_up = max(1, round(par * up_w / (up_w + down_w)))
         par_down = max(1, par - par_up)
         up = kb.fn(params, self.expr[self.resolve(moe.h)], self.lets)
-        (hs,) = kb.op(f"map({', '.join(streams)}, fn={up}, par={par_up})")       # [E, ?, F / TF] of f32[1, TF]
+        (hs,) = kb.op(f"map({', '.join(streams)}, fn={up}, par={par_up})")       # [E, ?, F / TF] of f32[rows, TF]
         down, wdown = moe.down
         wd = weights(wdown, ("E", "F", "N"), (E, F, N), "[1, TF, N]", like[-1])
         mac = kb.fn(["acc", "h", "b"], "acc + matmul(h, b)")
-        (o,) = kb.op(f"accum({hs}, {wd}, rank=1, init=zeros([1, N]), fn={mac}, par={par_down})")
+        (o,) = kb.op(f"accum({hs}, {wd}, rank=1, init=zeros([{rows}, N]), fn={mac}, par={par_down})")
         if moe.post:
             self.lets = []
             self.expr[down.name] = "t"
             for node in moe.post:
-                self.expr[node.name] = self.let(operands(node), "q")
+                self.expr[node.name] = self.let(self._operands(node), "q")
             post = kb.fn(["t"], self.expr[moe.post[-1].name], self.lets)
             (o,) = kb.op(f"map({o}, fn={post}, par={par_s})")
+        return o
+
+    def _operands(self, node: AtenNode) -> str:
+        ops, fexpr, _ = elementwise_parts(node, self.g, elementwise_kind(aten_name(node.target)))
+        return fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor" else asp_literal(o.value) for o in ops])
+
+    def _comment(self, moe: MoeMatch, what: str) -> str:
+        return f"fused mixture of experts, routed (top-{moe.k} of {moe.dims[0]}){what}: " + \
+            ", ".join(n.target for n in self.nodes)
+
+    # ---------------------------------------------------------------- token by token
+    def _per_token(self, moe: MoeMatch) -> OpKernel:
+        E, T, D, F, N = moe.dims
+        k = moe.k
+        p = self.region.params
+        par, par_m, par_b = int(p.get("par", 256)), int(p.get("par_mem", 8)), int(p.get("par_buf", 128))
+        par_s = min(16, par)                                # the per-token maps (routing, gating)
+        kb = self._start(moe, f"fused_{self.ri}_moe")
+        route = self._route_fn(kb, moe, "1")
+        (gs,) = kb.op(f"load({self._param(kb, moe.gates, ('T', 'E'), (T, E))}, tile=[1, E], par={par_m})")
+        idx, gv = kb.op(f"map({gs}, fn={route}, par={par_s})", 2)
+        (sel,) = kb.op(f"selector({idx}, n=E)")
+        s_part, s_merge = kb.op(f"copy({sel})", 2)
+        (xs,) = kb.op(f"load({self._param(kb, moe.x, ('T', 'D'), (T, D))}, tile=[1, D], par={par_m})")
+        (parts,) = kb.op(f"partition({xs}, {s_part})")
+        o = self._experts(kb, moe, parts, 1, par, par_b, par_m, par_s)
         (m,) = kb.op(f"merge({o}, {s_merge})")                          # [T, k] of f32[1, N]
-        if k == 1:
+        ys = self._combine(kb, moe, m, gv, par_s)
+        out = kb.result("f32", ("T", "N"))
+        kb.do(f"store({out}, {ys}, par={par_m})")
+        return OpKernel(moe.out.name, "fused.moe", kb.text(self._comment(moe, "")), self.inputs, self.views,
+                        [moe.out.name], [(T, N)])
+
+    def _combine(self, kb: KernelBuilder, moe: MoeMatch, m: str, gv: str, par_s: int) -> str:
+        """[T, k] of [1, N] expert outputs and [T] of [1, k] gates -> [T] of [1, N]: weighted, summed
+        over the k slots in their order."""
+        if moe.k == 1:
             (mf,) = kb.op(f"flatten({m}, dims=[0, 1])")
             scale = kb.fn(["o", "w"], "o * w")
             (ys,) = kb.op(f"map({mf}, {gv}, fn={scale}, par={par_s})")
-        else:
-            one = kb.fn(["w"], "w")
-            (gk,) = kb.op(f"flatmap({gv}, fn={one}, split=[1, 1])")    # [T, k] of f32[1, 1]
-            comb = kb.fn(["acc", "o", "w"], "acc + o * w")
-            (ys,) = kb.op(f"accum({m}, {gk}, rank=1, init=zeros([1, N]), fn={comb}, par={par_s})")
+            return ys
+        one = kb.fn(["w"], "w")
+        (gk,) = kb.op(f"flatmap({gv}, fn={one}, split=[1, 1])")    # [T, k] of f32[1, 1]
+        comb = kb.fn(["acc", "o", "w"], "acc + o * w")
+        (ys,) = kb.op(f"accum({m}, {gk}, rank=1, init=zeros([1, N]), fn={comb}, par={par_s})")
+        return ys
+
+    # ---------------------------------------------------------------- grouped
+    def _grouped(self, moe: MoeMatch, tm: int) -> list[OpKernel]:
+        E, T, D, F, N = moe.dims
+        k = moe.k
+        p = self.region.params
+        par, par_m, par_b = int(p.get("par", 256)), int(p.get("par_mem", 8)), int(p.get("par_buf", 128))
+        par_s = int(p.get("par_route", 4))                     # the per-tile routing and packing maps
+        # every expert's group padded to a multiple of tm: at most T k / tm + E tiles, whatever the routing
+        nt = -(-(T * k + E * (tm - 1)) // tm)
+        kb = self._start(moe, f"fused_{self.ri}_moe")
+        kb.fns.append(f"  sizes TM = {tm}, NT = {nt}")
+        # the routing of all tokens at once, on one [T, E] tile of gates: the one-hot m of each token's
+        # k experts, every expert group's end in the padded sorted order, each (token, expert)'s sorted
+        # position (-1 where not routed), and an expert token 0 does not use (its row of the expert
+        # outputs is never read: the pad rows are written there)
+        route = self._route_fn(kb, moe, "T", [
+            ("m", "put(zeros([T, E]), i, 1.0, axis=1)"),
+            ("c", "sum(m, axis=0)"),
+            ("end", "cumsum(floor((c + (TM - 1)) / TM) * TM, axis=1)"),
+            ("pos", "where(m > 0.0, end - floor((c + (TM - 1)) / TM) * TM + cumsum(m, axis=0) - m, -1.0)"),
+            ("free", "argmin(slice(m, axis=0, start=0, stop=1), axis=1)")],
+            "(pos, end, free)")
+        (gs,) = kb.op(f"load({self._param(kb, moe.gates, ('T', 'E'), (T, E))}, tile=[T, E], par={par_m})")
+        pos, end, free = kb.op(f"map({gs}, fn={route})", 3)             # [] of [T, E], [1, E], [1, 1]
+        rp, re_, rf = (kb.op(f"repeat({s}, NT)")[0] for s in (pos, end, free))   # [NT]
+        # per sorted tile: its expert (the group its first position falls in), its tokens (0 for a
+        # pad row) and each row's destination in the expert outputs [E T, N] (e T + t; pads: free T)
+        tile = kb.fn(["pos", "end", "free"], "(cast(e, i32), cast(tok, i32), cast(dst, i32))", [
+            ("p0", "cast(pos(0) * TM, f32)"),
+            ("e", f"minimum(sum(where(end <= p0, 1.0, 0.0), axis=1), {asp_literal(float(E - 1))})"),
+            ("col", "take(pos, broadcast(cast(e, i32), [T, 1]), axis=1)"),
+            ("hit", "where(col == p0 + cast(iota([1, TM], axis=1), f32), 1.0, 0.0)"),
+            ("tok", "sum(hit * cast(iota([T, 1], axis=0), f32), axis=0)"),
+            ("dst", "where(sum(hit, axis=0) > 0.0, e * T + tok, cast(free, f32) * T)")])
+        te, tt, td = kb.op(f"map({rp}, {re_}, {rf}, fn={tile}, par={par_s})", 3)   # [NT] of [1,1], [1,TM], [1,TM]
+        one = kb.fn(["v"], "v")
+        (ti,) = kb.op(f"flatmap({tt}, fn={one}, split=[1, 1])")          # [NT, TM] of i32[1, 1]
+        (rows,) = kb.op(f"gather({self._param(kb, moe.x, ('T', 'D'), (T, D))}, {ti}, tile=[1, D], par={par_m})")
+        shift = kb.fn(["acc", "r"], "concat(slice(acc, axis=0, start=1), r, axis=0)")
+        (xt,) = kb.op(f"accum({rows}, rank=1, init=zeros([TM, D]), fn={shift}, par={par_s})")  # [NT] of [TM, D]
+        (sel,) = kb.op(f"selector({te}, n=E)")
+        s_part, s_merge = kb.op(f"copy({sel})", 2)
+        (parts,) = kb.op(f"partition({xt}, {s_part})")                    # [E, ?] of [TM, D]
+        o = self._experts(kb, moe, parts, tm, par, par_b, par_m, par_s)
+        (m,) = kb.op(f"merge({o}, {s_merge})")                            # [NT, 1] of [TM, N]
+        (mf,) = kb.op(f"flatten({m}, dims=[0, 1])")
+        (yr,) = kb.op(f"flatmap({mf}, fn={one}, split=[1, N], par={par_s})")   # [NT, TM] of [1, N]
+        (di,) = kb.op(f"flatmap({td}, fn={one}, split=[1, 1])")          # [NT, TM] of i32[1, 1]
+        y = kb.result("f32", ("E * T", "N"))
+        kb.do(f"scatter({y}, {di}, {yr}, par={par_m})")
+        eo = moe.expert_out
+        first = OpKernel(eo.name, "fused.moe", kb.text(self._comment(moe, ", grouped: sorted tiles of tokens")),
+                         self.inputs, self.views, [eo.name], [(E * T, N)])
+        # the combine: each token's k expert outputs gathered, weighted by its gates, summed
+        kb = self._start(moe, f"fused_{self.ri}_moe_combine")
+        route = self._route_fn(kb, moe, "1", [("q", "i * T + pos(0)")], "(q, take(g, i, axis=1))")
+        (gs,) = kb.op(f"load({self._param(kb, moe.gates, ('T', 'E'), (T, E))}, tile=[1, E], par={par_m})")
+        q, gv = kb.op(f"map({gs}, fn={route}, par=16)", 2)
+        one = kb.fn(["v"], "v")
+        (qi,) = kb.op(f"flatmap({q}, fn={one}, split=[1, 1])")            # [T, k] of i32[1, 1]
+        (yk,) = kb.op(f"gather({self._param(kb, eo.name, ('E * T', 'N'), (E * T, N))}, {qi}, tile=[1, N], "
+                      f"par={par_m})")                                      # [T, k] of f32[1, N]
+        ys = self._combine(kb, moe, yk, gv, 16)
         out = kb.result("f32", ("T", "N"))
         kb.do(f"store({out}, {ys}, par={par_m})")
-        comment = (f"fused mixture of experts, routed (top-{k} of {E}): " +
-                   ", ".join(n.target for n in self.nodes))
-        return OpKernel(moe.out.name, "fused.moe", kb.text(comment), inputs, views, [moe.out.name], [(T, N)])
+        second = OpKernel(moe.out.name, "fused.moe_combine", kb.text(self._comment(moe, ", combine")), self.inputs,
+                          self.views, [moe.out.name], [(T, N)])
+        return [first, second]
 
 
-TEMPLATE = Template("moe", MOE_GRID, built_by(MoeKernel), min_tries=MOE_MIN_TRIES, whole_grid=True)
+TEMPLATE = Template("moe", MOE_GRID, built_by(MoeKernel), min_tries=MOE_MIN_TRIES)
