@@ -93,6 +93,9 @@ class KernelEntry:
     provenance: Provenance
     plan: dict | None = None
     own_sizes: dict[str, int] = field(default_factory=dict)
+    #: size ranges it is verified over (agentforge.ranges: sampled points, timing at each, provenance);
+    #: PyTorch dispatch uses it anywhere inside a ``verified`` one without verifying at call time
+    ranges: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,6 +162,9 @@ def entry_from_dict(d: Any, where: str) -> KernelEntry:
             raise bad("verified_at must list objects with a 'sizes' object")
     if d["speedup"] <= 0 or d["simulated_seconds"] <= 0:
         raise bad("simulated_seconds and speedup must be positive")
+    problem = _ranges_problem(d.get("ranges", []))
+    if problem:
+        raise bad(problem)
     prov = d["provenance"]
     for k in _PROV_REQUIRED:
         if not isinstance(prov.get(k), str):
@@ -171,6 +177,24 @@ def entry_from_dict(d: Any, where: str) -> KernelEntry:
     fields = {f for f in KernelEntry.__dataclass_fields__}
     rest = {k: v for k, v in d.items() if k in fields and k != "provenance"}
     return KernelEntry(**rest, provenance=Provenance(**prov))
+
+
+def _ranges_problem(ranges: Any) -> str | None:
+    """Why a ``ranges`` field is not a list of range records (None when it is): each has ``sizes``
+    (name -> [lo, hi], 1 <= lo <= hi), ``fixed`` (name -> int), ``verified`` (bool) and ``points``."""
+    if not isinstance(ranges, list):
+        return "ranges must be a list of range records"
+    for i, r in enumerate(ranges):
+        if not isinstance(r, dict) or not isinstance(r.get("sizes"), dict) or not isinstance(r.get("fixed"), dict) \
+                or not isinstance(r.get("verified"), bool) or not isinstance(r.get("points"), list):
+            return f"ranges[{i}] must be an object with 'sizes', 'fixed', 'verified' and 'points'"
+        for n, lohi in r["sizes"].items():
+            if not (isinstance(lohi, list) and len(lohi) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                       for x in lohi) and 1 <= lohi[0] <= lohi[1]):
+                return f"ranges[{i}].sizes.{n} must be [lo, hi] with 1 <= lo <= hi"
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in r["fixed"].values()):
+            return f"ranges[{i}].fixed must map size names to integers"
+    return None
 
 
 def _now() -> str:
@@ -371,6 +395,21 @@ class Library:
         with self._locked():
             return self._add(entry, files, task_files)
 
+    def set_ranges(self, entry_id: str, record: dict[str, Any]) -> KernelEntry:
+        """Record that entry ``entry_id`` was verified over a range (:mod:`agentforge.ranges`): the
+        record replaces an older one for the same ranged sizes and fixed sizes; others are kept."""
+        problem = _ranges_problem([record])
+        if problem:
+            raise LibraryError(f"kernel {entry_id}: {problem}")
+        with self._locked():
+            e = next((x for x in self.entries if x.id == entry_id), None)
+            if e is None:
+                raise LibraryError(f"{self.root}: no kernel {entry_id} (it was replaced while its range was verified)")
+            same = (sorted(record["sizes"]), record["fixed"])
+            e.ranges = [r for r in e.ranges if (sorted(r["sizes"]), r["fixed"]) != same] + [record]
+            self.save()
+            return e
+
     def _add(self, entry: KernelEntry, files: dict[str, str], task_files: dict[str, str],
              measured: dict[str, float] | None = None) -> bool:
         """``measured``: {entry id: seconds re-timed just now} for entries already here; a merge
@@ -520,7 +559,7 @@ class Library:
                         own_sizes=dict(info.get("own_sizes") or {}), verified_at=list(verified_at.values()),
                         simulated_seconds=ev.simulated_seconds, baseline_seconds=ev.baseline_seconds,
                         speedup=ev.speedup, roofline_fraction=ev.roofline_fraction, hbm_bytes=ev.hbm_bytes,
-                        bottleneck=ev.bottleneck)
+                        bottleneck=ev.bottleneck, ranges=[])   # a claimed range is not believed: verify-ranges again
         files = {f"kernels/{e.id}/{n}": t for n, t in inc.kernels.items()}
         entry_from_dict(entry.to_dict(), f"kernel {entry.id}")
         with self._locked():

@@ -9,7 +9,8 @@ wiring; layout copies are looked through on both sides, as the signature does). 
 match is then checked the way the campaign keyed its kernels: the matched subgraph is written
 in the pattern's order and its :func:`agentforge.capture.signature` must have the
 ``sized_key`` of a problem the family was verified on (same op pattern, shapes, scalars such
-as eps and scale, dtypes). Only then is the subgraph replaced by a call of the family's
+as eps and scale, dtypes), or of its task at sizes inside a range the kernel was verified over
+(:mod:`agentforge.ranges`; no check runs at call time). Only then is the subgraph replaced by a call of the family's
 custom op. Only the task's outputs may leave the matched subgraph: a task with several outputs
 (residual add + RMSNorm returning ``(rmsnorm(h), h)``) covers a pre-norm block's ``h = x + f(x);
 norm(h)`` even though the next residual add reads ``h``, because the kernel returns ``h`` too.
@@ -488,6 +489,13 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unveri
     flat = problem_key([*canon.inputs, *canon.params])  # the problem in the task's terms (rows flattened)
     got = problem_key([*sub.inputs, *sub.params])        # ... and in the model's
     vs = _canonical_problems(fam).get(key)
+    if not vs and fam.ranges_short():
+        # inside a verified range the kernel joins the problems as it is (no check runs): the task's
+        # sizes are found from the arguments as the model has them, or with rows flattened
+        for k in dict.fromkeys((got, flat)):
+            if k not in fam.problems.by_key and fam.covered(k):
+                break
+        vs = _canonical_problems(fam).get(key)
     if not vs and fam.verify_new_sizes and flat not in fam.problems.by_key:
         fam.select_key(flat)            # the task's checks at these sizes; a passing kernel joins the problems
         vs = _canonical_problems(fam).get(key)

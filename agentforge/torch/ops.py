@@ -9,10 +9,12 @@ the task's inputs in ``get_inputs()`` order, followed by its parameters, buffers
 constants in capture order (``AtenGraph.params``: ``p_weight``, ``p_q_proj_weight`` ...). The
 op returns the task's outputs: one tensor, or a tuple of them.
 
-What "verified for" means here: a kernel runs only on an *exact problem it was verified on*:
-the argument shapes and dtypes of one of its ``verified_at`` size sets (its task captured at
-those sizes). Anything else is refused with an error that lists what exists, unless the
-library was loaded with ``verify_new_sizes=True`` (the task's checks run at the new sizes on
+What "verified for" means here: a kernel runs only on a problem it was verified on: the
+argument shapes and dtypes of one of its ``verified_at`` size sets (its task captured at those
+sizes), or any sizes inside a range it was verified over (``agentforge library verify-ranges``,
+:mod:`agentforge.ranges`: edges, ragged and interior points checked once, so a call inside the
+range runs the kernel without verifying at call time). Anything else is refused with an error
+that lists what exists, unless the library was loaded with ``verify_new_sizes=True`` (the task's checks run at the new sizes on
 first use, the verdict is cached for the process) or ``fallback="torch"`` (the task's PyTorch
 reference runs instead, with a warning; at other dtypes, the reference at those dtypes). The
 chip computes integers in int32: int64 arguments are converted only when every value fits, else
@@ -39,6 +41,7 @@ from agentforge.capture import capture_at
 from agentforge.capture import AtenGraph, TensorSpec, dtype_str, signature, torch_dtype
 from agentforge.errors import AgentforgeError
 from agentforge.library import KernelEntry, Library
+from agentforge.ranges import range_covers
 from agentforge.solution import Solution
 from agentforge.tasks import Task, instantiate, load_task
 
@@ -115,6 +118,7 @@ class Verified:
     graph: AtenGraph                      # the task captured at ``sizes`` (meta: shapes only)
     sized_key: str
     how: str = "campaign"                 # "campaign" (verified_at) | "on first use" (verify_new_sizes)
+    #                                       | "verified range NAME=LO..HI" (agentforge.ranges)
 
 
 @dataclass
@@ -191,11 +195,14 @@ class OpFamily:
         for key, vs in self.problems.by_key.items():
             ids = ", ".join(sorted({v.entry.id for v in vs}))
             rows.append(f"    ({format_arg_shapes(key)}) at {_fmt_sizes(vs[0].sizes)} [{ids}]")
+        if self.ranges_short():
+            rows.append(f"    and any sizes in the verified ranges {self.ranges_short()}")
         return "\n".join(rows) or "    (none)"
 
     def verified_short(self) -> str:
         """The verified problems on one line (warnings)."""
-        return "; ".join(f"({format_arg_shapes(key)})" for key in self.problems.by_key) or "none"
+        fixed = "; ".join(f"({format_arg_shapes(key)})" for key in self.problems.by_key) or "none"
+        return fixed + (f"; ranges {self.ranges_short()}" if self.ranges_short() else "")
 
     # ------------------------------------------------------------------ choosing a kernel
 
@@ -211,6 +218,8 @@ class OpFamily:
             if key in self._ranked:
                 return self._ranked[key][0] if self._ranked[key] else None
             cands = list(self.problems.by_key.get(key, []))
+            if not cands:
+                cands = self._in_range(key)
             if not cands and self.verify_new_sizes:
                 cands = self._verify_at_new_sizes(key)
             if len({v.sized_key for v in cands}) > 1:
@@ -222,6 +231,48 @@ class OpFamily:
                 cands.sort(key=self.seconds)
             self._ranked[key] = cands
             return cands[0] if cands else None
+
+    def ranges_short(self) -> str:
+        """The verified ranges of the family's kernels on one line ("" when none)."""
+        out = []
+        for e in self.entries:
+            for r in e.ranges:
+                if r.get("verified"):
+                    rng = ", ".join(f"{n}={lo}..{hi}" for n, (lo, hi) in r["sizes"].items())
+                    fixed = ", ".join(f"{n}={v}" for n, v in r.get("fixed", {}).items())
+                    out.append(f"{rng}{f' at {fixed}' if fixed else ''} [{e.id}]")
+        return "; ".join(out)
+
+    def covered(self, key: ProblemKey) -> bool:
+        """Whether a kernel is verified for arguments ``key``: at one of its size sets, or inside one
+        of its verified ranges (never verifies anything new, whatever ``verify_new_sizes`` says)."""
+        with self._lock:
+            if key in self._ranked:
+                return bool(self._ranked[key])
+            return bool(self.problems.by_key.get(key)) or bool(self._in_range(key))
+
+    def _in_range(self, key: ProblemKey) -> list[Verified]:
+        """The kernels whose verified ranges hold the task sizes that give arguments ``key`` (they
+        join the family's problems: no check runs, the range was verified at its sampled points)."""
+        ranged = [e for e in self.entries if any(r.get("verified") for r in e.ranges)]
+        if not ranged:
+            return []
+        sizes = self.infer_sizes(key)
+        if sizes is None:
+            return []
+        out = []
+        for e in ranged:
+            rec = next((r for r in e.ranges if range_covers(r, sizes)), None)
+            if rec is None:
+                continue
+            g = _capture_meta(self.task_of(e), sizes)
+            if problem_key([*g.inputs, *g.params]) != key:
+                continue
+            how = "verified range " + ", ".join(f"{n}={lo}..{hi}" for n, (lo, hi) in rec["sizes"].items())
+            v = Verified(e, dict(sizes), g, signature(g).sized_key(), how=how)
+            self.problems.add(v)
+            out.append(v)
+        return out
 
     qualname_hint = "op"
     namespace = "rdu"
