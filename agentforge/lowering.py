@@ -262,6 +262,13 @@ def merge_dims(shape: tuple[int, ...], operands: list[tuple[int, ...]]) -> tuple
     large tiles instead of 4096 tiles of 16 elements."""
     k = len(shape)
     ops = [(1,) * (k - len(p)) + tuple(p) for p in operands]
+    # size-1 output axes go first: such an axis is both "covered whole" and "broadcast" by every
+    # operand, so it would otherwise join a broadcast run to a whole run ([B, H, 1, D] * [1, D]
+    # merged into one axis that the [1, D] table does not cover: a decode step's q * cos)
+    live = [a for a in range(k) if shape[a] != 1] or [k - 1]
+    shape = tuple(shape[a] for a in live)
+    ops = [tuple(p[a] for a in live) for p in ops]
+    k = len(shape)
     groups: list[list[int]] = []
     for a in range(k):
         if groups:
@@ -382,6 +389,8 @@ _UNARY = {
 _BINARY = {"add": "+", "sub": "-", "mul": "*", "div": "/", "eq": "==", "ne": "!=", "lt": "<", "le": "<=",
            "gt": ">", "ge": ">=", "logical_and": "&", "logical_or": "|", "bitwise_and": "&", "bitwise_or": "|",
            "maximum": "maximum", "minimum": "minimum", "pow": "**", "remainder": "%", "fmod": "%"}
+#: float classification: a bool per element (NaN is the one value unequal to itself)
+_FLOAT_CLASS = {"isnan": "{0} != {0}", "isinf": "abs({0}) == inf", "isfinite": "abs({0}) < inf"}
 _COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
 _LOGICAL = {"logical_and", "logical_or", "bitwise_and", "bitwise_or", "logical_not"}
 
@@ -434,6 +443,12 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
         def expr(xs):
             want = "bool" if kind in _LOGICAL else cdt
             return cast_expr(tmpl.format(_paren(conv(ops[0], 0, xs[0], want))), cdt, odt)
+    elif kind in _FLOAT_CLASS:
+        ops = [_scalar_or_tensor(graph, a[0])]
+
+        def expr(xs):
+            x = _paren(conv(ops[0], 0, xs[0], "f32" if asp_dtype(ops[0].spec) in ("i32", "bool") else asp_dtype(ops[0].spec)))
+            return _FLOAT_CLASS[kind].format(x)
     elif kind in ("gelu",):
         ops = [_scalar_or_tensor(graph, a[0])]
         approx = kw.get("approximate", a[1] if len(a) > 1 else "none")
@@ -478,6 +493,8 @@ def elementwise_parts(node: AtenNode, graph: AtenGraph, kind: str):
         if kind == "div" and kw.get("rounding_mode") not in (None,):
             raise UnsupportedOpError(f"not supported: {node.target} with rounding_mode={kw.get('rounding_mode')}")
         sym = _BINARY[kind]
+        if odt == "bool" and kind in ("mul", "add", "maximum", "minimum"):
+            sym = {"mul": "&", "add": "|", "maximum": "|", "minimum": "&"}[kind]   # bool arithmetic is logic
         if kind in _COMPARE:
             specs = [o.spec for o in ops if o.kind == "tensor"]
             dts = {asp_dtype(s) for s in specs}
@@ -574,19 +591,46 @@ def _abc(shape: tuple[int, ...], dims: list[int], node: AtenNode) -> tuple[int, 
 
 
 _RED_INIT = {"sum": "zeros", "mean": "zeros", "amax": "-inf", "amin": "inf", "max": "-inf", "min": "inf"}
+#: ATen reductions the baseline lowers -> the ASP reduction at their heart
+_REDUCER = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min", "max": "max", "min": "min",
+            "argmax": "argmax", "argmin": "argmin", "var": "var", "any": "max", "all": "min"}
+
+
+def _vector_norm_parts(node: AtenNode) -> tuple[Any, str, str, str]:
+    """linalg_vector_norm(x, ord=2, dim=None, keepdim=False): (dims, reducer, what each element
+    contributes, the finishing step of the reduced value ``v``)."""
+    a_, kw = node.args, node.kwargs
+    p = a_[1] if len(a_) > 1 else kw.get("ord", 2)
+    dims = a_[2] if len(a_) > 2 else kw.get("dim")
+    p = float(p)
+    if p == math.inf:
+        return dims, "max", "abs({x})", "v"
+    if p == -math.inf:
+        return dims, "min", "abs({x})", "v"
+    if p == 0:
+        return dims, "sum", "cast({x} != 0.0, f32)", "v"
+    if p == 1:
+        return dims, "sum", "abs({x})", "v"
+    if p == 2:
+        return dims, "sum", "{x} * {x}", "sqrt(v)"
+    return dims, "sum", f"abs({{x}}) ** {asp_literal(p)}", f"v ** {asp_literal(1.0 / p)}"
 
 
 def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
+    """One reduction over adjacent dims, viewed as [A, B] (B reduced) or [A, B, C] (B reduced,
+    streamed with B innermost). A row of B that does not fit one tile is reduced chunk by chunk
+    in an accum; an index reduction (argmax, max.dim's indices) carries (best value, its index)
+    across chunks, the earlier index winning ties as in PyTorch."""
     x = graph.spec(node.args[0])
     a_ = node.args
-    if kind in ("sum", "mean", "amax", "amin"):
-        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
-    elif kind in ("argmax", "argmin", "max", "min"):
-        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
-    elif kind == "var":
-        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
-    else:
+    if kind not in _REDUCER and kind != "norm":
         raise UnsupportedOpError(f"not supported: {node.target}")
+    pre, post = "{x}", "v"
+    if kind == "norm":
+        dims, red, pre, post = _vector_norm_parts(node)
+    else:
+        dims = a_[1] if len(a_) > 1 else node.kwargs.get("dim")
+        red = _REDUCER[kind]
     rank = len(x.shape)
     dl = _norm_dims(dims, rank)
     A, B, C = _abc(x.shape, dl, node)
@@ -597,8 +641,11 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     cdt = "f32" if xdt in ("bf16", "f16") else xdt
     if kind in ("sum", "mean") and xdt != odt0 and odt0 not in ("bf16", "f16"):
         cdt = odt0  # e.g. summing bools counts them in i32
-    red = {"sum": "sum", "mean": "sum", "amax": "max", "amin": "min", "max": "max", "min": "min",
-           "argmax": "argmax", "argmin": "argmin", "var": "var"}[kind]
+    if kind in ("any", "all"):
+        cdt, pre, post = "i32", "cast({x}, i32)" if xdt == "bool" else "cast({x} != 0, i32)", "v"
+    if kind == "norm" and xdt not in ("f32", "bf16", "f16"):
+        raise UnsupportedOpError(f"not supported: {node.target} of a {x.dtype} tensor")
+    indexed = red in ("argmax", "argmin") or (kind in ("max", "min") and len(outs) > 1)
     if C == 1:
         view = (A, B)
         tb = divisor_at_most(B, ROW_CAP)
@@ -606,10 +653,11 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         p = kb.param(xdt, view)
         (s,) = kb.op(f"load({p}, tile={asp_list([ta, tb])})", par=4)
         ax, init_shape = 1, [ta, 1]
+        step_dim = 1 if ta < A else 0            # the chunk dimension of the stream, when B is cut
     else:
         view = (A, B, C)
         tc = divisor_at_most(C, TILE_CAP)
-        tb = divisor_at_most(B, max(1, BLOCK_CAP // tc)) if red in ("var", "argmax", "argmin") else \
+        tb = divisor_at_most(B, max(1, BLOCK_CAP // tc)) if red == "var" else \
             divisor_at_most(B, max(1, TILE_CAP // tc))
         p = kb.param(xdt, view)
         kept = [i for i, (n, t) in enumerate(zip(view, (1, tb, tc))) if n != t]
@@ -619,23 +667,56 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
             call += f", order={asp_list(order)}"
         (s,) = kb.op(call + ")", par=4)
         ax, init_shape = 0, [1, tc]
-        ta = None
+        step_dim = (A > 1) + (tc < C)
     whole = tb == B
     xin = "t" if cdt == xdt else f"cast(t, {cdt})"
+    if kind in ("any", "all", "norm"):
+        xin = pre.format(x="t" if kind != "norm" else _paren(xin))
     results = []
-    if red in ("sum", "max", "min"):
+    if indexed:
+        vred = "max" if red in ("argmax", "max") else "min"
+        if whole:
+            body = f"(arg{vred}({xin}, axis={ax}), {vred}({xin}, axis={ax}))"
+            f = kb.fn(["t"], body if kind in ("max", "min") else f"arg{vred}({xin}, axis={ax})")
+        else:
+            worst = ("-inf" if vred == "max" else "inf") if cdt != "i32" else \
+                ("-2147483647" if vred == "max" else "2147483647")
+            cmp = ">" if vred == "max" else "<"
+            f = kb.fn(["v", "i", "t"], "(where(k, cv, v), where(k, ci, i))",
+                      [("cv", f"{vred}({xin}, axis={ax})"), ("ci", f"arg{vred}({xin}, axis={ax}) + pos({step_dim}) * {tb}"),
+                       ("k", f"(cv {cmp} v) | ((cv != cv) & (v == v))")])   # NaN wins, as in PyTorch
+            init = f"(full({asp_list(init_shape)}, {worst}" + (f", dtype={cdt})" if cdt != "f32" else ")") + \
+                f", zeros({asp_list(init_shape)}, dtype=i32))"
+        if kind in ("max", "min"):
+            if whole:
+                i_, v_ = kb.op(f"map({s}, fn={f})", 2, par=8)
+            else:
+                v_, i_ = kb.op(f"accum({s}, rank=1, init={init}, fn={f})", 2, par=8)
+            if cdt != odt0:
+                (v_,) = kb.op(f"map({v_}, fn={kb.fn(['v'], cast_expr('v', cdt, odt0))})")
+            results += [(v_, odt0), (i_, "i32")]
+        elif whole:
+            (r,) = kb.op(f"map({s}, fn={f})", par=8)
+            results.append((r, "i32"))
+        else:
+            r = kb.fresh("s")
+            kb.do(f"_, {r} = accum({s}, rank=1, init={init}, fn={f})", par=8)   # the best value is not a result
+            results.append((r, "i32"))
+    elif red in ("sum", "max", "min"):
         combine = {"sum": "acc + {r}", "max": "maximum(acc, {r})", "min": "minimum(acc, {r})"}[red]
         rexpr = f"{red}({xin}, axis={ax})"
         if whole:
             f = kb.fn(["t"], rexpr)
             (r,) = kb.op(f"map({s}, fn={f})", par=8)
         else:
-            init = "zeros(" + asp_list(init_shape) + (f", dtype={cdt})" if cdt != "f32" else ")") if red == "sum" else \
-                f"full({asp_list(init_shape)}, {_RED_INIT[kind] if kind in _RED_INIT else '-inf'}" + \
-                (f", dtype={cdt})" if cdt != "f32" else ")")
+            if red == "sum":
+                init = "zeros(" + asp_list(init_shape) + (f", dtype={cdt})" if cdt != "f32" else ")")
+            else:
+                start = {"any": "0", "all": "1"}.get(kind, "-inf" if red == "max" else "inf")
+                init = f"full({asp_list(init_shape)}, {start}" + (f", dtype={cdt})" if cdt != "f32" else ")")
             f = kb.fn(["acc", "t"], combine.format(r=rexpr))
             (r,) = kb.op(f"accum({s}, rank=1, init={init}, fn={f})", par=8)
-        final = "v"
+        final = post
         if kind == "mean":
             final = f"v / {asp_literal(float(B))}"
         odt = asp_dtype(outs[0])
@@ -643,14 +724,6 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
             g = kb.fn(["v"], cast_expr(final, cdt, odt))
             (r,) = kb.op(f"map({r}, fn={g})")
         results.append((r, odt))
-        if kind in ("max", "min") and len(outs) > 1:
-            raise UnsupportedOpError(f"not supported: {node.target} with indices")
-    elif red in ("argmax", "argmin"):
-        if not whole:
-            raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
-        f = kb.fn(["t"], f"{red}({xin}, axis={ax})")
-        (r,) = kb.op(f"map({s}, fn={f})", par=8)
-        results.append((r, "i32"))
     else:  # var
         if not whole:
             raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
@@ -665,7 +738,8 @@ def lower_reduction(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
         o = kb.result(odt, out_view)
         kb.do(f"store({o}, {r})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [view],
-                    [outs[0].name], [out_view], layout=kb.layout(f"{node.target} ({node.name})"))
+                    [o.name for o in outs[:len(results)]], [out_view] * len(results),
+                    layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
@@ -709,51 +783,209 @@ def lower_softmax(node: AtenNode, graph: AtenGraph, log: bool) -> OpKernel:
                     [node.outs[0].name], [view], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
-def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
-    x = graph.spec(node.args[0])
-    ns = node.args[1]
-    w = node.args[2] if len(node.args) > 2 else None
-    b = node.args[3] if len(node.args) > 3 else None
-    eps = node.args[4] if len(node.args) > 4 else 1e-5
-    B = math.prod(ns)
-    A = x.numel // B
-    if B > ROW_CAP:
-        raise UnsupportedOpError(f"not supported: {node.target} over {B} elements (more than {ROW_CAP})")
+def _norm_out_dtypes(node: AtenNode) -> list[str | None]:
+    """Each result's ASP dtype, None for a result this lowering does not produce (batch norm in
+    eval mode returns two empty tensors beside its output)."""
+    return [asp_dtype(o) if o.numel > 0 else None for o in node.outs]
+
+
+def normalize_rows(node: AtenNode, graph: AtenGraph, x: TensorSpec, groups: tuple[int, int, int, int],
+                   w: Any, b: Any, eps: float) -> OpKernel:
+    """``y = (x - mean) * rstd * weight + bias`` with the statistics taken over rows: the one
+    lowering of layer norm, group norm and instance norm (batch norm on batch statistics).
+
+    ``groups = (N, G, Cg, HW)``: ``x`` viewed as ``N * G`` rows of ``L = Cg * HW`` elements, each
+    row normalised on its own; the affine weight and bias have ``G * Cg`` entries, one per
+    channel, a channel being ``HW`` consecutive elements of a row (layer norm: ``G = 1, HW = 1``,
+    a weight per element; group norm: ``C = G * Cg`` channels of ``HW`` pixels; instance norm:
+    ``G = C, Cg = 1``). Results: the output and, where the op returns them, the mean and rstd per
+    row. A row that fits one tile (``L <= ROW_CAP``) is read once; a longer one is read twice, an
+    accum pass combining each chunk's (mean, squared deviations) with Chan's formula (as exact as
+    two passes over the row, without a third read) and a pass that normalises."""
+    N, G, Cg, HW = groups
+    R, L = N * G, Cg * HW
     xdt = asp_dtype(x)
+    odts = _norm_out_dtypes(node)
     kb = KernelBuilder(kernel_name(node))
-    ta = divisor_at_most(A, max(1, TILE_CAP // B))
-    p = kb.param(xdt, (A, B))
-    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])})", par=4)
-    streams, params, inputs, views = [s], ["t"], [x.name], [(A, B)]
-    for ref, nm in ((w, "g"), (b, "c")):
-        if isinstance(ref, Ref):
+    xin = "t" if xdt == "f32" else "cast(t, f32)"
+    affine = [(ref, nm) for ref, nm in ((w, "g"), (b, "c")) if isinstance(ref, Ref)]
+    p = kb.param(xdt, (R, L))
+    inputs, views = [x.name], [(R, L)]
+    e = asp_literal(float(eps))
+    if L <= ROW_CAP:
+        # whole rows: several groups (or samples) per tile; the weight tile covers gw groups
+        if L * G <= TILE_CAP:
+            tr, gw = G * divisor_at_most(N, max(1, TILE_CAP // (L * G))), G
+        else:
+            tr = gw = divisor_at_most(G, max(1, TILE_CAP // L))
+        (s,) = kb.op(f"load({p}, tile={asp_list([tr, L])})", par=4)
+        streams, params = [s], ["t"]
+        flat = G == 1 and HW == 1           # a weight per element of the row (layer norm)
+        wview = (1, L) if flat else (G, Cg, 1)
+        wtile = [1, L] if flat else [gw, Cg, 1]
+        for ref, nm in affine:
             spec = graph.spec(ref)
-            q = kb.param(asp_dtype(spec), (1, B))
-            (wr,) = kb.op(f"load({q}, tile={asp_list([1, B])})")
-            if A // ta > 1:
-                (wr,) = kb.op(f"repeat({wr}, {A // ta})")
-            streams.append(wr)
+            q = kb.param(asp_dtype(spec), wview)
+            call = f"load({q}, tile={asp_list(wtile)}"
+            if gw < G and N > 1:
+                call += f", repeat={N}, at=0"
+            (ws,) = kb.op(call + ")")
+            if gw < G and N > 1:
+                (ws,) = kb.op(f"flatten({ws}, dims=[0, 1])")
+            elif gw == G and R // tr > 1:
+                (ws,) = kb.op(f"repeat({ws}, {R // tr})")
+            streams.append(ws)
             params.append(nm)
             inputs.append(spec.name)
-            views.append((1, B))
-    xin = "t" if xdt == "f32" else "cast(t, f32)"
-    y = "d * r"
-    if "g" in params:
-        y += " * " + ("g" if asp_dtype(graph.spec(w)) == "f32" else "cast(g, f32)")
-    if "c" in params:
-        y += " + " + ("c" if asp_dtype(graph.spec(b)) == "f32" else "cast(c, f32)")
-    odts = [asp_dtype(o) for o in node.outs]
-    f = kb.fn(params, f"({cast_expr(y, 'f32', odts[0])}, {cast_expr('u', 'f32', odts[1])}, {cast_expr('r', 'f32', odts[2])})",
-              [("u", f"mean({xin}, axis=1)"), ("d", f"{xin} - u"),
-               ("r", f"rsqrt(mean(d * d, axis=1) + {asp_literal(float(eps))})")])
-    ys, us, rs = kb.op(f"map({', '.join(streams)}, fn={f})", 3, par=8)
-    outs = []
-    for st, od, view in ((ys, odts[0], (A, B)), (us, odts[1], (A, 1)), (rs, odts[2], (A, 1))):
-        o = kb.result(od, view)
-        kb.do(f"store({o}, {st})", par=4)
-        outs.append(view)
+            views.append(wview)
+        y = "d * r"
+        if affine:
+            y = y if flat else f"reshape(d * r, {asp_list([tr // gw, gw, Cg, HW])})"
+            for ref, nm in affine:
+                v = nm if asp_dtype(graph.spec(ref)) == "f32" else f"cast({nm}, f32)"
+                v = v if flat else f"reshape({v}, {asp_list([gw, Cg, 1])})"
+                y = f"{y} * {v}" if nm == "g" else f"{y} + {v}"
+            y = y if flat else f"reshape({y}, {asp_list([tr, L])})"
+        res = [cast_expr(v, "f32", dt) for v, dt in zip((y, "u", "r"), odts) if dt is not None]
+        f = kb.fn(params, f"({', '.join(res)})" if len(res) > 1 else res[0],
+                  [("u", f"mean({xin}, axis=1)"), ("d", f"{xin} - u"), ("r", f"rsqrt(mean(d * d, axis=1) + {e})")])
+        outs = kb.op(f"map({', '.join(streams)}, fn={f})", len(res), par=8)
+    else:
+        # long rows: chunks of TL elements, within one channel or whole channels
+        if HW > TILE_CAP:
+            TL, k = divisor_at_most(HW, TILE_CAP), 1
+        else:
+            k = divisor_at_most(Cg, max(1, TILE_CAP // HW))
+            TL = k * HW
+        nc = L // TL
+        red = 1 if R > 1 else 0           # the chunk axis of the [R, L / TL] stream
+        (s1,) = kb.op(f"load({p}, tile={asp_list([1, TL])})", par=4)
+        welford = kb.fn(["m", "q", "t"], "(m + dl * fr, q + cq + dl * dl * n0 * fr)",
+                        [("cm", f"mean({xin}, axis=1)"), ("dc", f"{xin} - cm"), ("cq", "sum(dc * dc, axis=1)"),
+                         ("n0", f"cast(pos({red}), f32) * {TL}.0"), ("dl", "cm - m"), ("fr", f"{TL}.0 / (n0 + {TL}.0)")])
+        m, q = kb.op(f"accum({s1}, rank=1, init=(zeros([1, 1]), zeros([1, 1])), fn={welford})", 2, par=8)
+        fr = kb.fn(["q"], f"rsqrt(q / {float(L)} + {e})")
+        (r,) = kb.op(f"map({q}, fn={fr})")
+        stats = []
+        for st, dt in ((m, odts[1] if len(odts) > 1 else None), (r, odts[2] if len(odts) > 2 else None)):
+            if dt is None:
+                stats.append((st, None))
+                continue
+            a, c2 = kb.op(f"copy({st})", 2)
+            if dt != "f32":
+                (c2,) = kb.op(f"map({c2}, fn={kb.fn(['v'], f'cast(v, {dt})')})")
+            stats.append((a, c2))
+        (s2,) = kb.op(f"load({p}, tile={asp_list([1, TL])})", par=4)
+        streams, params = [s2], ["t"]
+        for (st, _), nm in zip(stats, ("m", "r")):
+            (sr,) = kb.op(f"repeat({st}, {nc})")
+            streams.append(sr)
+            params.append(nm)
+        C = G * Cg
+        for ref, nm in affine:
+            spec = graph.spec(ref)
+            q2 = kb.param(asp_dtype(spec), (C // k, k))
+            reps = [(n, at) for n, at in ((N, 0), (HW // TL if TL < HW else 1, (N > 1) + (C // k > 1))) if n > 1]
+            ndims = (N > 1) + (C // k > 1) + (TL < HW and HW // TL > 1)
+            call = f"load({q2}, tile={asp_list([1, k])}"
+            if reps:
+                call += f", repeat={asp_list([n for n, _ in reps])}, at={asp_list([a for _, a in reps])}"
+            (ws,) = kb.op(call + ")")
+            if ndims > 1:
+                (ws,) = kb.op(f"flatten({ws}, dims=[0, {ndims - 1}])")
+            if R > 1:
+                (ws,) = kb.op(f"reshape({ws}, dim=0, chunk={nc})")
+            streams.append(ws)
+            params.append(nm)
+            inputs.append(spec.name)
+            views.append((C // k, k))
+        y = f"({xin} - m) * r"
+        for ref, nm in affine:
+            v = nm if asp_dtype(graph.spec(ref)) == "f32" else f"cast({nm}, f32)"
+            if HW > 1 and k > 1:
+                y = f"reshape({y}, {asp_list([k, HW])})" if nm == "g" else y
+                v = f"reshape({v}, {asp_list([k, 1])})"
+            y = f"{y} * {v}" if nm == "g" else f"{y} + {v}"
+        if affine and HW > 1 and k > 1:
+            y = f"reshape({y}, {asp_list([1, TL])})"
+        f = kb.fn(params, cast_expr(y, "f32", odts[0]))
+        (ys,) = kb.op(f"map({', '.join(streams)}, fn={f})", par=8)
+        outs = [ys] + [c2 for _, c2 in stats if c2 is not None]
+    names, out_views = [], []
+    for st, o, view in zip(outs, [o for o, dt in zip(node.outs, odts) if dt is not None], [(R, L), (R, 1), (R, 1)]):
+        r_ = kb.result(asp_dtype(o), view)
+        kb.do(f"store({r_}, {st})", par=4)
+        names.append(o.name)
+        out_views.append(view)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
-                    [o.name for o in node.outs], outs, layout=kb.layout(f"{node.target} ({node.name})"))
+                    names, out_views, layout=kb.layout(f"{node.target} ({node.name})"))
+
+
+def lower_layer_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """native_layer_norm(x, normalized_shape, w, b, eps): rows of prod(normalized_shape)."""
+    x = graph.spec(node.args[0])
+    a = node.args
+    B = math.prod(a[1])
+    return normalize_rows(node, graph, x, (x.numel // B, 1, B, 1), a[2] if len(a) > 2 else None,
+                          a[3] if len(a) > 3 else None, a[4] if len(a) > 4 else 1e-5)
+
+
+def lower_group_norm(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """native_group_norm(x, w, b, N, C, HxW, group, eps): N * group rows of C / group channels."""
+    x = graph.spec(node.args[0])
+    w, b, N, C, HW, G, eps = node.args[1:8]
+    return normalize_rows(node, graph, x, (N, G, C // G, HW), w, b, eps)
+
+
+def lower_batch_norm(node: AtenNode, graph: AtenGraph, base: str) -> OpKernel:
+    """Batch norm on running statistics (eval mode: one elementwise map with per-channel
+    operands) or on the batch's own (training mode, instance norm: the row normaliser; a batch
+    of one sample only, where each channel's statistics are over one contiguous row)."""
+    x = graph.spec(node.args[0])
+    a = node.args
+    if len(x.shape) < 2:
+        raise UnsupportedOpError(f"not supported: {node.target} on a tensor of rank {len(x.shape)}")
+    N, C, HW = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    w, b = a[1], a[2]
+    if base == "_native_batch_norm_legit_no_training":
+        return _batch_norm_eval(node, graph, x, (N, C, HW), w, b, a[3], a[4], a[6])
+    if node.target.endswith("no_stats"):      # (x, w, b, training, momentum, eps)
+        eps = a[5]
+    else:                                     # (x, w, b, running_mean, running_var, training, momentum, eps)
+        eps = a[7]
+        if not a[5]:
+            return _batch_norm_eval(node, graph, x, (N, C, HW), w, b, a[3], a[4], eps)
+    if N != 1:
+        raise UnsupportedOpError(f"not supported: {node.target} on batch statistics over {N} samples "
+                                 "(the statistics of a channel are not one contiguous row)")
+    return normalize_rows(node, graph, x, (1, C, 1, HW), w, b, eps)
+
+
+def _batch_norm_eval(node: AtenNode, graph: AtenGraph, x: TensorSpec, view: tuple[int, int, int], w, b, rm, rv,
+                     eps: float) -> OpKernel:
+    """``(x - running_mean) * rsqrt(running_var + eps) * w + b`` per channel: one elementwise kernel."""
+    N, C, HW = view
+    out = node.outs[0]
+    refs = [(r, nm) for r, nm in ((rm, "m"), (rv, "v"), (w, "g"), (b, "c")) if isinstance(r, Ref)]
+    if [nm for _, nm in refs[:2]] != ["m", "v"]:
+        raise UnsupportedOpError(f"not supported: {node.target} without running statistics")
+    ops = [_Operand("tensor", x.name, x)] + [_Operand("tensor", graph.spec(r).name, graph.spec(r)) for r, _ in refs]
+    odt = asp_dtype(out)
+    shape, vs = merge_dims((N, C, HW), [(N, C, HW)] + [(1, C, 1)] * len(refs))
+    merged = [_Operand("tensor", o.value, TensorSpec(o.spec.name, v, o.spec.dtype)) for o, v in zip(ops, vs)]
+
+    def expr(xs: list[str]) -> str:
+        f = [v if asp_dtype(o.spec) == "f32" else f"cast({v}, f32)" for v, o in zip(xs, ops)]
+        terms = dict(zip([nm for _, nm in refs], f[1:]))
+        y = f"({f[0]} - {terms['m']}) * rsqrt({terms['v']} + {asp_literal(float(eps))})"
+        if "g" in terms:
+            y = f"{y} * {terms['g']}"
+        if "c" in terms:
+            y = f"{y} + {terms['c']}"
+        return cast_expr(y, "f32", odt)
+    src, inputs, views, layout = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), merged,
+                                                    expr, odt, comment=f"{node.target} ({node.name})")
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape], layout=layout)
 
 
 # ------------------------------------------------------------------ matmul family
@@ -1082,7 +1314,7 @@ def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
 # ------------------------------------------------------------------ dispatch
 
 #: ATen op names that the baseline lowers as one elementwise map (and that fuse into row regions)
-ELEMENTWISE_OPS = set(_UNARY) | set(_BINARY) | {"gelu", "elu", "leaky_relu", "clamp", "hardtanh", "where",
+ELEMENTWISE_OPS = set(_UNARY) | set(_BINARY) | set(_FLOAT_CLASS) | {"gelu", "elu", "leaky_relu", "clamp", "hardtanh", "where",
                                              "masked_fill", "_to_copy", "expand"}
 
 
@@ -1115,13 +1347,19 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_softmax(node, graph, log=False)
     if base in ("_log_softmax", "log_softmax"):
         return lower_softmax(node, graph, log=True)
-    if base in ("sum", "mean", "amax", "amin", "argmax", "argmin", "var") or (base in ("max", "min") and
-                                                                              node.target.endswith(".dim")):
+    if base in ("sum", "mean", "amax", "amin", "argmax", "argmin", "var", "any", "all") or \
+            (base in ("max", "min") and node.target.endswith(".dim")):
         return lower_reduction(node, graph, base)
+    if base == "linalg_vector_norm":
+        return lower_reduction(node, graph, "norm")
     if base in ("max", "min") and node.target.endswith(".default") and len(node.args) == 1:
         return lower_reduction(node, graph, "amax" if base == "max" else "amin")
     if base == "native_layer_norm":
         return lower_layer_norm(node, graph)
+    if base == "native_group_norm":
+        return lower_group_norm(node, graph)
+    if base in ("_native_batch_norm_legit_no_training", "_native_batch_norm_legit", "native_batch_norm"):
+        return lower_batch_norm(node, graph, base)
     if base in ("mm", "bmm", "addmm"):
         return lower_matmul(node, graph, base)
     if base in ("permute", "transpose", "t"):
