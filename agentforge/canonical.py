@@ -33,7 +33,7 @@ from typing import Any
 from agentforge.capture import AtenGraph, AtenNode, Ref, TensorSpec, signature
 
 __all__ = ["order_operands", "canonical_graph", "is_row_view", "strip_row_views", "row_safe", "flatten_rows",
-           "canonical_key", "canonical_form", "COMMUTATIVE"]
+           "canonical_key", "canonical_form", "squeeze_broadcast_operands", "COMMUTATIVE", "rewrite_masked_row_guard", "canonical_export"]
 
 #: ops whose two tensor operands may be swapped without changing the result
 COMMUTATIVE = frozenset({"aten.add.Tensor", "aten.mul.Tensor", "aten.maximum.default", "aten.minimum.default",
@@ -248,11 +248,42 @@ def flatten_rows(g: AtenGraph) -> AtenGraph:
                      g.param_targets)
 
 
+def squeeze_broadcast_operands(g: AtenGraph) -> AtenGraph:
+    """``g`` with the leading size-1 dims of each input or param dropped where only elementwise
+    ops read it (``[1, 1, S, S]`` and ``[S, S]`` are the same operand of ``scores + mask``:
+    broadcasting reads the same element for every output position). Each reading op's output
+    shape stays in the graph, so two graphs that agree after this compute the same values.
+    Used to compare (a mask made ``[S, S]`` then unsqueezed in one capture and ``[1, 1, S, S]``
+    in another), never to run: the backend reshapes the model's value to the kernel's shape."""
+    readers: dict[str, list[AtenNode]] = {}
+    for n in g.nodes:
+        for r in n.refs():
+            readers.setdefault(r.name, []).append(n)
+    outputs = {r.name for r in g.outputs}
+
+    def squeezable(s: TensorSpec) -> bool:
+        users = readers.get(s.name, [])
+        return (len(s.shape) > 1 and s.shape[0] == 1 and s.name not in outputs and bool(users)
+                and all(u.kind in _ELEMENTWISE and u.kind not in ("clone", "alias", "detach") for u in users))
+
+    def squeezed(s: TensorSpec) -> TensorSpec:
+        shape = tuple(s.shape)
+        while len(shape) > 1 and shape[0] == 1:
+            shape = shape[1:]
+        return TensorSpec(s.name, shape, s.dtype)
+
+    if not any(squeezable(s) for s in (*g.inputs, *g.params)):
+        return g
+    return AtenGraph([squeezed(s) if squeezable(s) else s for s in g.inputs],
+                     [squeezed(s) if squeezable(s) else s for s in g.params], g.nodes, g.outputs, g.param_values,
+                     g.param_targets)
+
+
 def canonical_form(g: AtenGraph, reorder: bool = True) -> AtenGraph:
     """What :func:`canonical_key` hashes: operands ordered (unless ``reorder`` is False: a matched
-    subgraph is already in its pattern's order), row views removed, shapes flattened to rows
-    where the graph is row-wise."""
-    c = strip_row_views(order_operands(g) if reorder else g)
+    subgraph is already in its pattern's order), row views removed, broadcast operands without
+    their leading 1s, shapes flattened to rows where the graph is row-wise."""
+    c = squeeze_broadcast_operands(strip_row_views(order_operands(g) if reorder else g))
     return flatten_rows(c) if row_safe(c) else c
 
 
@@ -260,3 +291,93 @@ def canonical_key(g: AtenGraph, reorder: bool = True) -> str:
     """The sized key two graphs share when they compute the same problem up to the canonical
     differences (operand order, row views, leading dimensions of a row-wise graph)."""
     return signature(canonical_form(g, reorder)).sized_key()
+
+
+# ---------------------------------------------------------------------- exported programs
+
+def _is_call(n: Any, target: Any) -> bool:
+    return getattr(n, "op", None) == "call_function" and n.target is target
+
+
+def _row_guard_source(n: Any) -> Any:
+    """For ``any(logical_not(eq(x, -inf)), dim, keepdim)`` over one static non-empty dim of a float
+    ``x``: (x, dim, keepdim), else None."""
+    import torch
+
+    aten = torch.ops.aten
+    if not (_is_call(n, aten.any.dim) or _is_call(n, aten.any.dims)):
+        return None
+    dims = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+    keepdim = n.args[2] if len(n.args) > 2 else n.kwargs.get("keepdim", False)
+    dims = [dims] if isinstance(dims, int) else dims
+    if not isinstance(dims, (list, tuple)) or len(dims) != 1 or not isinstance(dims[0], int):
+        return None
+    src = n.args[0]
+    if not _is_call(src, aten.logical_not.default):
+        return None
+    eq = src.args[0]
+    if not _is_call(eq, aten.eq.Scalar) or not (isinstance(eq.args[1], float) and eq.args[1] == -math.inf):
+        return None
+    x = eq.args[0]
+    xv = x.meta.get("val") if hasattr(x, "meta") else None
+    if not isinstance(xv, torch.Tensor) or not xv.dtype.is_floating_point or not xv.dim():
+        return None
+    size = xv.shape[dims[0] % xv.dim()]
+    if not isinstance(size, int) or size < 1:
+        return None     # amax of an empty row raises where any() answers False: only rewrite when it cannot be empty
+    return x, dims[0], bool(keepdim)
+
+
+def rewrite_masked_row_guard(ep: Any) -> int:
+    """Rewrite, in place in the exported program ``ep``, the guard PyTorch's SDPA decomposition
+    puts after a masked softmax ("a row whose scores are all -inf gives zeros, not NaN"):
+    ``any(logical_not(eq(s, -inf)), -1, keepdim)`` becomes ``ne(amax(s, -1, keepdim), -inf)``.
+    Returns how many guards were rewritten.
+
+    Why: ``any`` over booleans is not an op the chip's lowering has, so the guard (two ops per
+    attention layer) ran eagerly between the score kernel and the probabilities kernel; ``amax``
+    and ``ne`` are row ops the row template fuses with the softmax that already takes the row
+    max. The two forms are equal for every input: a row of ``s`` has a value other than -inf
+    exactly when its max is not -inf (a NaN makes both True: ``eq(NaN, -inf)`` is False, and
+    ``amax`` propagates NaN, which is not -inf); an empty row is never rewritten. The ops that
+    fed only the old guard are removed. Both the campaign's model capture
+    (:mod:`agentforge.torch.from_model`) and the backend apply it, so tasks and the graphs they
+    are matched in agree."""
+    import torch
+
+    aten = torch.ops.aten
+    g = ep.graph_module.graph
+    done = 0
+    for n in list(g.nodes):
+        got = _row_guard_source(n)
+        if got is None:
+            continue
+        x, dim, keepdim = got
+        not_node, eq_node = n.args[0], n.args[0].args[0]
+        with g.inserting_before(n):
+            amax = g.call_function(aten.amax.default, (x, [dim], keepdim))
+            ne = g.call_function(aten.ne.Scalar, (amax, -math.inf))
+        for new in (amax, ne):
+            new.meta.update({k: v for k, v in n.meta.items() if k in ("stack_trace", "nn_module_stack", "source_fn_stack")})
+        amax.meta["val"] = aten.amax.default(x.meta["val"], [dim], keepdim)
+        ne.meta["val"] = aten.ne.Scalar(amax.meta["val"], -math.inf)
+        n.replace_all_uses_with(ne)
+        g.erase_node(n)
+        for dead in (not_node, eq_node):
+            if not dead.users:
+                g.erase_node(dead)
+        done += 1
+    if done:
+        ep.graph_module.recompile()
+    return done
+
+
+def canonical_export(ep: Any, graph: AtenGraph, name: str = "model") -> AtenGraph:
+    """``ep`` (an exported, decomposed program) with the rewrites that keep what it computes
+    (:func:`rewrite_masked_row_guard`) applied in place, and its AtenGraph (``graph`` when nothing
+    changed). Used on every model graph the campaign captures tasks from and the backend plans."""
+    if not rewrite_masked_row_guard(ep):
+        return graph
+    from agentforge.capture import graph_from_export
+
+    return graph_from_export(ep, name, f"<{name}>")

@@ -46,6 +46,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from agentforge.canonical import canonical_export
 from agentforge.torch.ops import FALLBACKS, TorchBridgeError, TorchLibrary, UnverifiedProblemError, load_library
 
 __all__ = ["BackendConfig", "Specialization", "agentforge_backend", "compiled_graphs", "get_library", "CONFIG_FILE",
@@ -388,6 +389,7 @@ class _Compiled:
                     shapes = tuple({d: torch.export.Dim.AUTO for d in ds} or None for ds in dims)
                     ep, graph = export_graph(_Derived(self.gm, slots), tensors, "compiled graph",
                                              dynamic_shapes=(shapes,))
+                    graph = canonical_export(ep, graph, "compiled graph")
                     spec.plan = plan_offload(tl, ep, graph, weight_inputs(ep, tensors))
                 except Exception as e:  # noqa: BLE001 - fall back to a plan per concrete signature
                     if self.cfg.strict:
@@ -428,6 +430,7 @@ class _Compiled:
             fn = self.gm if len(tensors) == len(args) else _Bound(self.gm, args)
             t0 = time.perf_counter()
             ep, graph = export_graph(fn, tensors, "compiled graph")
+            graph = canonical_export(ep, graph, "compiled graph")   # as from_model captured its tasks
             spec.plan = plan_offload(tl, ep, graph, weight_inputs(ep, tensors))
             spec.planning_s = time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - anything: the model must keep working

@@ -232,9 +232,18 @@ def _val(n: torch.fx.Node) -> Any:
     return n.meta.get("val")
 
 
-def _input_expr(n: torch.fx.Node, high: int | None) -> str:
+def _input_expr(n: torch.fx.Node, high: int | None, masks: frozenset[str] = frozenset(),
+                guarded: bool = False) -> str:
     v = _val(n)
     shape = list(v.shape)
+    if n.name in masks:
+        # an additive mask (0 / -inf in the model): checked with masked entries and, where the
+        # region guards fully masked rows (``guarded``: SDPA's where), with a fully masked first
+        # row in every [.., rows, cols] slice, so the checks reach what the guard exists for
+        fill = f"torch.where(torch.rand({shape}) < 0.3, float('-inf'), torch.randn({shape}, dtype={v.dtype}))"
+        if guarded and len(shape) > 1:
+            return f"{fill}.index_fill(-2, torch.tensor([0]), float('-inf'))"
+        return fill
     if v.dtype == torch.bool:
         return f"torch.rand({shape}) < 0.5"
     if v.dtype.is_floating_point:
@@ -260,9 +269,44 @@ def _index_high(ep_nodes: dict[str, torch.fx.Node], value: str, users: dict[str,
     return min(highs) if highs else None
 
 
+#: ops whose value depends only on another tensor's shape and dtype (never ``empty_like``: uninitialised)
+_SHAPED_CONSTANTS = frozenset({torch.ops.aten.full_like.default, torch.ops.aten.zeros_like.default,
+                               torch.ops.aten.ones_like.default})
+
+
+def additive_masks(ep: Any) -> frozenset[str]:
+    """Nodes of ``ep`` that are additive attention masks: floating values no user input reaches
+    (made from positions, once per plan) holding -inf and no other non-finite value. Evaluated
+    on the constants alone (the model's parameters are not read)."""
+    env: dict[str, Any] = {}
+    out = set()
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or not isinstance(n.target, torch._ops.OpOverload):
+            continue
+        if not all(a.name in env for a in n.all_input_nodes):
+            continue
+        name = str(n.target)
+        if any(w in name for w in ("empty", "rand", "normal", "bernoulli", "_assert")):
+            continue
+        try:
+            val = n.target(*torch.fx.node.map_arg(n.args, lambda x: env[x.name]),
+                           **torch.fx.node.map_arg(n.kwargs, lambda x: env[x.name]))
+        except Exception:  # noqa: BLE001 - not computable from constants alone: not a mask
+            continue
+        env[n.name] = val
+        if isinstance(val, torch.Tensor) and val.dtype.is_floating_point and val.numel():
+            inf = torch.isneginf(val)
+            if bool(inf.any()) and bool(torch.isfinite(val[~inf]).all()):
+                out.add(n.name)
+    return frozenset(out)
+
+
 def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params: dict[str, tuple[str, torch.Tensor]],
-                 users: dict[str, list[torch.fx.Node]]) -> tuple[str, list[str]] | None:
-    """The task source of one region (None: it computes nothing), and its non-view op kinds."""
+                 users: dict[str, list[torch.fx.Node]],
+                 masks: frozenset[str] = frozenset()) -> tuple[str, list[str]] | None:
+    """The task source of one region (None: it computes nothing), and its non-view op kinds.
+    ``masks``: values that are additive attention masks (:func:`additive_masks`): an input that
+    is one is checked with masked entries."""
     from agentforge.capture import op_kind
 
     fx = {n.name: n for n in ep.graph.nodes}
@@ -284,6 +328,16 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
             if view.transparent(a.name):
                 members.add(a.name)
                 frontier.append(a.name)
+    # a constant shaped like a member (``full_like(probs, 0)``: the zeros SDPA's guard selects for
+    # a fully masked row) that only the region reads is made inside it: it depends on no data,
+    # the kernel makes it ahead of time, and the backend's match then covers it too (left out,
+    # it would be a task input and run eagerly at every call)
+    for n in ep.graph.nodes:
+        if n.name not in members and n.target in _SHAPED_CONSTANTS and n.all_input_nodes \
+                and all(a.name in members for a in n.all_input_nodes) \
+                and users.get(n.name) and all(u.name in members for u in users[n.name]):
+            members.add(n.name)
+            sem.add(n.name)
     kinds = [op_kind(str(n.target)) for n in ep.graph.nodes if n.name in sem and n.target is not operator.getitem]
     if all(k in _VIEW_KINDS for k in kinds):
         return None
@@ -342,7 +396,7 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
     lines += body
     highs = [_index_high(fx, a.name, users) for a in inputs]
     lines += ["", "", "def get_inputs():",
-              f"    return [{', '.join(_input_expr(a, h) for a, h in zip(inputs, highs))}]", "", "",
+              f"    return [{', '.join(_input_expr(a, h, masks, 'where' in kinds) for a, h in zip(inputs, highs))}]", "", "",
               "def get_init_inputs():", "    return []", ""]
     return "\n".join(lines), kinds
 
@@ -354,7 +408,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
     program at two KV lengths: projections, norms, MLPs on one token) are tasks too; those that
     do run eagerly (a kernel is verified for exact sizes, the KV length changes every token)."""
     from agentforge.author import partition, semantic_nodes
-    from agentforge.canonical import canonical_graph
+    from agentforge.canonical import canonical_export, canonical_graph
     from agentforge.capture import node_flops, operand_specs
     from agentforge.torch.match import GraphView, export_graph
 
@@ -363,6 +417,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
     for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode):
         with torch.no_grad():
             ep, graph = export_graph(module, inputs, m.name)
+        graph = canonical_export(ep, graph, m.name)      # as the backend will see it
         sem = semantic_nodes(graph)
         view = GraphView(canonical_graph(graph))
         specs = graph.spec_table
@@ -378,9 +433,10 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
                 continue        # a runtime assertion: no data, not a use the backend sees
             for a in n.all_input_nodes:
                 users.setdefault(a.name, []).append(n)
+        masks = additive_masks(ep)
         for region in partition(graph):
             names = [sem[i].name for i in region.nodes]
-            got = _region_task(ep, graph, view, names, params, users)
+            got = _region_task(ep, graph, view, names, params, users, masks)
             if got is None:
                 continue
             source, kinds = got

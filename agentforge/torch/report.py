@@ -23,6 +23,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
+from agentforge.canonical import canonical_export
 from agentforge.chain import Chain
 from agentforge.errors import AgentforgeError
 from agentforge.capture import AtenGraph
@@ -178,6 +179,7 @@ def report(model: torch.nn.Module, inputs: Sequence[Any], *, library: str | os.P
     tl = get_library(cfg)
     name = type(model).__name__
     ep, graph = export_graph(_TensorOutputs(model), list(inputs), name)
+    graph = canonical_export(ep, graph, name)       # the graph the backend plans
     plan = plan_offload(tl, ep, graph)
     return build_report(plan, tl.machine, name, str(tl.library.root))
 

@@ -147,3 +147,72 @@ def test_decode_is_planned_once_for_every_kv_length(lib):
     kinds = {n.kind for n in spec.plan.graph.nodes}
     assert "bmm" in kinds and "softmax" in kinds                                   # the attention over the cache
     torch._dynamo.reset()
+
+
+GUARD_KINDS = {"softmax", "amax", "ne", "logical_not", "full_like", "where", "any", "eq"}
+
+
+@pytest.fixture(scope="module")
+def guard_lib(tmp_path_factory) -> tuple[str, object]:
+    """A library of one task taken from the tiny Llama by `campaign --from-model`'s capture: its
+    masked softmax with the fully-masked-row guard SDPA's decomposition adds."""
+    from agentforge.torch._build import build_library
+    from agentforge.torch.from_model import LoadedModel, model_tasks, write_suite
+
+    tmp = tmp_path_factory.mktemp("guard")
+    tasks = [t for t in model_tasks(LoadedModel("llama", _build("llama"), None, 256)) if "softmax" in t.kinds]
+    assert len(tasks) == 1
+    suite = write_suite(tasks, tmp / "suite", "llama")
+    _, notes = build_library([suite / f"{tasks[0].name}.py"], tmp / "library")
+    assert not notes
+    return str(tmp / "library"), tasks[0]
+
+
+def _eager_kinds(graphs) -> set[str]:
+    return {e.kind for c in graphs for e in c.plan.eager if e.node not in c.plan.folded}
+
+
+def test_the_sdpa_guard_is_inside_a_task_checked_on_fully_masked_rows(guard_lib):
+    _, task = guard_lib
+    assert {"softmax", "amax", "ne", "where", "full_like"} <= set(task.kinds) and "any" not in task.kinds
+    inputs = task.source.split("def get_inputs():")[1]
+    assert "float('-inf')" in inputs and "index_fill(-2" in inputs     # the additive mask, a fully masked row
+
+
+def test_the_sdpa_guard_runs_on_the_generated_kernel_not_eagerly(guard_lib, monkeypatch):
+    lib, task = guard_lib
+    model = _build("llama")
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
+    before = {id(c) for c in compiled_graphs()}
+    with torch.no_grad():
+        out = _compile(model, lib)(ids, use_cache=False).logits
+        ref = model(ids, use_cache=False).logits
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    graphs = [c for c in compiled_graphs() if id(c) not in before]
+    assert [r.family.op for c in graphs for r in c.plan.regions] == [task.name] * 2      # one per layer
+    assert not _eager_kinds(graphs) & GUARD_KINDS
+    from agentforge.torch.ops import OpFamily
+
+    real = OpFamily._run
+    monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
+    with torch.no_grad():
+        bad = _compile(model, lib)(ids, use_cache=False).logits
+    assert not torch.allclose(bad, ref, atol=1e-2, rtol=1e-2)
+    torch._dynamo.reset()
+
+
+def test_generate_with_the_guard_on_a_kernel_gives_eagers_tokens(guard_lib):
+    lib, task = guard_lib
+    model = _build("llama")
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
+    before = {id(c) for c in compiled_graphs()}
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        model.forward = _compile(model.forward, lib)
+        got = model.generate(ids, **kw)
+    assert torch.equal(got, ref)
+    ran = {r.family.op for c in compiled_graphs() if id(c) not in before
+           for s in c.specializations.values() if s.plan is not None for r in s.plan.regions}
+    assert task.name in ran                                          # the prefill's attention ran on it
+    torch._dynamo.reset()

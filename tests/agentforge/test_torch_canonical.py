@@ -252,3 +252,35 @@ def test_values_no_input_reaches_are_folded_once_per_plan_and_random_ones_never(
         a, b = noisy(x), noisy(x)
     assert not torch.equal(a, b) and not compiled_graphs()[-1].plan.folded
     torch._dynamo.reset()
+
+
+class _MaskedSDPA(torch.nn.Module):
+    """SDPA with a boolean mask: its decomposition guards fully masked rows with any(...)."""
+
+    def forward(self, q, k, v, mask):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def test_the_sdpa_fully_masked_row_guard_is_rewritten_without_any_and_computes_the_same():
+    from agentforge.canonical import canonical_export
+    from agentforge.torch.match import export_graph
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 8, 4, generator=g) for _ in range(3))
+    mask = torch.rand(1, 1, 8, 8, generator=g) < 0.6
+    mask[..., 2, :] = False                      # a fully masked row: SDPA answers zeros there, not NaN
+    ep, graph = export_graph(_MaskedSDPA(), [q, k, v, mask], "sdpa")
+    assert "any" in {n.kind for n in graph.nodes}
+    want = ep.module()(q, k, v, mask)
+    new = canonical_export(ep, graph, "sdpa")
+    kinds = [n.kind for n in new.nodes]
+    assert "any" not in kinds and "amax" in kinds
+    # the ops that fed only the old guard are gone (the softmax's own row max is not one of them)
+    assert kinds.count("eq") < [n.kind for n in graph.nodes].count("eq")
+    got = ep.module()(q, k, v, mask)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.allclose(got.nan_to_num(), want.nan_to_num())
+    assert torch.all(got[..., 2, :] == 0)
+    for x in (torch.full((1, 1, 8, 8), float("nan")), torch.full((1, 1, 8, 8), float("-inf"))):
+        # the two forms agree on NaN and -inf rows (amax propagates NaN, and NaN is not -inf)
+        old = torch.ops.aten.any.dim(torch.ops.aten.logical_not(torch.ops.aten.eq.Scalar(x, float("-inf"))), -1, True)
+        assert torch.equal(old, torch.ops.aten.ne.Scalar(torch.ops.aten.amax(x, [-1], True), float("-inf")))
