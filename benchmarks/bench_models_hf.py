@@ -52,8 +52,9 @@ CONFIGS = {
 }
 
 
-def campaign_from_model(name: str, out: Path, seq: int) -> tuple[str, float, str]:
-    """Run ``agentforge campaign --from-model`` on the model's config; (library, wall seconds, summary line)."""
+def campaign_from_model(name: str, out: Path, seq: int, new_tokens: int) -> tuple[str, float, str]:
+    """Run ``agentforge campaign --from-model`` on the model's config (prefill at ``seq`` tokens and,
+    with ``new_tokens``, the decode step); (library, wall seconds, summary line)."""
     import subprocess
 
     out.mkdir(parents=True, exist_ok=True)
@@ -61,8 +62,9 @@ def campaign_from_model(name: str, out: Path, seq: int) -> tuple[str, float, str
     cfg.write_text(json.dumps(CONFIGS[name]))
     run = out / name
     t0 = time.perf_counter()
+    decode = ["--max-new-tokens", str(new_tokens)] if new_tokens else []
     p = subprocess.run([sys.executable, "-m", "agentforge.cli", "campaign", "--from-model", str(cfg), "--out", str(run),
-                        "--prompt-tokens", str(seq), "--quiet"], capture_output=True, text=True)
+                        "--prompt-tokens", str(seq), *decode, "--quiet"], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("verified ")), p.stderr.strip()[-300:])
     return str(run / "library"), wall, line
@@ -116,7 +118,7 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
         for e in plan.eager:
             if e.kind not in VIEW_KINDS and e.node not in getattr(plan, "folded", {}):
                 eager.setdefault(e.reason.splitlines()[0][:160], []).append(e.kind)
-    return {"ops": ops, "offloaded_ops": off, "folded_ops": folded,
+    return {"ops": ops, "offloaded_ops": off, "folded_ops": folded, "eager_ops": ops - off - folded,
             "runtime_ops_share": off / (ops - folded) if ops > folded else 0.0, "flops": flops,
             "flops_share": off_flops / flops if flops else 0.0,
             "library_ops": offloaded,
@@ -124,8 +126,71 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
                                 sorted(eager.items(), key=lambda kv: -len(kv[1]))[:8]}}
 
 
+def planning_seconds(graphs: list[Any]) -> float:
+    """Export + matching seconds of every plan the compiled graphs made (static and dynamic)."""
+    return sum(s.planning_s for c in graphs for s in [*c.specializations.values(), *c.dynamic_specs.values()])
+
+
+def decode(name: str, factory: Any, library: str, seq: int, new_tokens: int, options: dict[str, Any]) -> dict[str, Any]:
+    """``generate()`` with the compiled forward (dynamo's default: the decode step compiled once with
+    a symbolic KV length, planned once): tokens equal to eager's, plans made, planning seconds, and
+    the decode plan's offload (its KV-length-dependent ops run eagerly)."""
+    from agentforge.torch.backend import compiled_graphs
+
+    torch.manual_seed(0)
+    model = factory().eval()
+    ids = torch.randint(0, 256, (1, seq), generator=torch.Generator().manual_seed(2))
+    kw = dict(max_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    before = {id(c) for c in compiled_graphs()}
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ref = model.generate(ids, **kw)
+        model.forward = torch.compile(model.forward, backend="agentforge", options={"library": library, **options})
+        t0 = time.perf_counter()
+        got = model.generate(ids, **kw)
+        wall = time.perf_counter() - t0
+    graphs = [c for c in compiled_graphs() if id(c) not in before]
+    dyn = [s for c in graphs for s in c.dynamic_specs.values()]
+    row: dict[str, Any] = {"new_tokens": new_tokens, "tokens_equal_eager": bool(torch.equal(got, ref)),
+                           "generate_s": round(wall, 2), "graphs": len(graphs),
+                           "plans": sum(len(c.specializations) + len(c.dynamic_specs) for c in graphs),
+                           "planning_s": round(planning_seconds(graphs), 2),
+                           "decode_planning_s": round(sum(s.planning_s for s in dyn), 2),
+                           "agentforge_warnings": sum("agentforge" in str(w.message) for w in caught)}
+    dyn_graphs = [c for c in graphs if c.dynamic_specs]
+    if dyn_graphs:
+        for c in dyn_graphs:
+            c.last = next(iter(c.dynamic_specs.values()))
+        cov = coverage(dyn_graphs)
+        row["decode_graph"] = {k: cov[k] for k in ("ops", "offloaded_ops", "folded_ops", "eager_ops",
+                                                   "runtime_ops_share", "flops_share")}
+    torch._dynamo.reset()
+    return row
+
+
+def simulate_decode(factory: Any, library: str, seq: int) -> dict[str, Any]:
+    """The simulated decode step (one token, a KV cache of ``seq`` tokens) with the library vs op by op."""
+    from agentforge.torch.from_model import _Decode, _kv_shape
+    from agentforge.torch.report import report
+
+    torch.manual_seed(0)
+    model = factory().eval()
+    g = torch.Generator().manual_seed(0)
+    layers, _, shape = _kv_shape(model.config, 1, seq)
+    args = [torch.randint(0, 256, (1, 1), generator=g), *(torch.randn(shape, generator=g) for _ in range(2 * layers))]
+    r = report(_Decode(model), args, library=library)
+    return simulated(r)
+
+
+def simulated(r: Any) -> dict[str, Any]:
+    return {"error": r.error, "chip_s": r.chip_seconds, "op_by_op_s": r.op_by_op_seconds,
+            "speedup": r.speedup if r.error is None else None, "offloaded_regions": len(r.regions),
+            "eager_ops": len(r.eager), "not_lowerable_ops": len(r.not_lowerable)}
+
+
 def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, Any],
-          simulate: bool = False) -> dict[str, Any]:
+          simulate: bool = False, new_tokens: int = 0) -> dict[str, Any]:
     from agentforge.torch.backend import compiled_graphs
 
     torch.manual_seed(0)
@@ -136,9 +201,9 @@ def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, An
     compiled = torch.compile(model, backend="agentforge", dynamic=False, options={"library": library, **options})
     with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = compiled(ids, use_cache=False).logits
-        first = time.perf_counter() - t0
+        first, first_cpu = time.perf_counter() - t0, time.process_time() - c0
         t0 = time.perf_counter()
         compiled(ids, use_cache=False)
         second = time.perf_counter() - t0
@@ -146,6 +211,7 @@ def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, An
     graphs = [c for c in compiled_graphs() if id(c) not in before]
     row = {"model": name, "input": [1, seq], "graphs": len(graphs),
            "max_abs_err": float((out - ref).abs().max()), "first_forward_s": round(first, 2),
+           "first_forward_cpu_s": round(first_cpu, 2), "planning_s": round(planning_seconds(graphs), 2),
            "second_forward_s": round(second, 2),
            "agentforge_warnings": sum("agentforge" in str(w.message) for w in caught)}
     row.update(coverage(graphs))
@@ -154,10 +220,10 @@ def bench(name: str, factory: Any, library: str, seq: int, options: dict[str, An
     if simulate:
         from agentforge.torch.report import report
 
-        r = report(model, [ids], library=library)
-        row["simulated"] = {"error": r.error, "chip_s": r.chip_seconds, "op_by_op_s": r.op_by_op_seconds,
-                            "speedup": r.speedup if r.error is None else None,
-                            "not_lowerable_ops": len(r.not_lowerable)}
+        row["simulated"] = simulated(report(model, [ids], library=library))
+        row["simulated_decode"] = simulate_decode(factory, library, seq)
+    if new_tokens:
+        row["generate"] = decode(name, factory, library, seq, new_tokens, options)
     return row
 
 
@@ -168,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="/tmp/bench_models_hf", help="--from-model: where the runs go")
     ap.add_argument("--models", default="llama,qwen2,mixtral,gpt2")
     ap.add_argument("--seq", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=8,
+                    help="decode: the campaign captures the decode step too, and generate() this many tokens with the "
+                         "compiled forward is checked against eager (0: prefill only)")
     ap.add_argument("--verify-new-sizes", action="store_true")
     ap.add_argument("--simulate", action="store_true", help="also the emulator's time of the whole forward with the "
                                                             "library vs op by op (agentforge.torch.report)")
@@ -183,11 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for m in a.models.split(","):
         if a.from_model:
-            lib, wall, line = campaign_from_model(m, Path(a.out), a.seq)
-            row = bench(m, factories[m], lib, a.seq, opts, a.simulate)
+            lib, wall, line = campaign_from_model(m, Path(a.out), a.seq, a.max_new_tokens)
+            row = bench(m, factories[m], lib, a.seq, opts, a.simulate, a.max_new_tokens)
             row.update({"library": lib, "campaign_s": round(wall, 1), "campaign": line})
         else:
-            row = bench(m, factories[m], a.library, a.seq, opts, a.simulate)
+            row = bench(m, factories[m], a.library, a.seq, opts, a.simulate, a.max_new_tokens)
         rows.append(row)
     print(json.dumps({"library": a.library or "per model (--from-model)", "torch": torch.__version__, "models": rows},
                      indent=1))
