@@ -18,7 +18,7 @@ from .graph import (const_and_alias_steps, interleaves, is_alias, is_const, row_
 from .plan import Plan, Region
 from .templates.attention import attention_matches
 from .templates.matmul import mm_parts
-from .templates.moe import moe_matches
+from .templates.moe import experts_matches, moe_matches
 
 
 class _Partitioner:
@@ -307,7 +307,7 @@ def partition(graph: AtenGraph, attention: bool | list[Region] = True, moe: bool
     """Greedy regions; ``attention``: detect attention (and, with ``moe``, mixture-of-experts)
     regions first (True), or take these pre-matched regions."""
     if attention is True:
-        attention = attention_regions(graph) + (moe_regions(graph) if moe else [])
+        attention = attention_regions(graph) + (moe_regions(graph) + experts_regions(graph) if moe else [])
     return _Partitioner(graph, list(attention or [])).run()
 
 
@@ -322,6 +322,12 @@ def moe_regions(graph: AtenGraph) -> list[Region]:
     return [Region("moe", list(m.nodes)) for m in moe_matches(graph)]
 
 
+def experts_regions(graph: AtenGraph) -> list[Region]:
+    """The graph's expert MLPs on tokens already grouped by expert (batched up products, activation,
+    batched down product) as whole regions."""
+    return [Region("experts", list(m.nodes)) for m in experts_matches(graph)]
+
+
 def common_partition(graphs: list[AtenGraph], attention: bool = True, moe: bool = True) -> list[Region]:
     """Regions that are valid in every graph (the task at several sizes): the coarsest common
     refinement, so a fusion that only works because two sizes happen to be equal is split.
@@ -333,7 +339,8 @@ def common_partition(graphs: list[AtenGraph], attention: bool = True, moe: bool 
     if any(len(semantic_nodes(g)) != n for g in graphs):
         raise UnsupportedOpError("the task's graph changes shape with its sizes; plans cannot be shared")
     # attention / moe regions only where every size matches the same pattern; the rest is partitioned around them
-    found = [(attention_regions(g) if attention else []) + (moe_regions(g) if moe else []) for g in graphs]
+    found = [(attention_regions(g) if attention else []) + (moe_regions(g) + experts_regions(g) if moe else [])
+             for g in graphs]
     common = [r for r in found[0] if all(any(r2.nodes == r.nodes and r2.template == r.template for r2 in f)
                                          for f in found[1:])]
     taken = {i for r in common for i in r.nodes}

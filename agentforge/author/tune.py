@@ -212,12 +212,13 @@ def author_plan(graph_own: AtenGraph, machine: Machine, priors: dict | None = No
     graphs = [graph_own, *graphs_small]
     plan = Plan(common_partition(graphs), notes="offline: greedy row/matmul fusion, tuned on the timing model")
     tuned = tune(plan, graph_own, machine, priors)
-    dropped = {t for t in ("attention", "moe") if any(r.template == t for r in plan.regions)
+    dropped = {t for t in ("attention", "moe", "experts") if any(r.template == t for r in plan.regions)
                and not any(r.template == t for r in tuned.plan.regions)}
     if dropped:
         # no attention (or moe) kernel fits or pays on this machine: the ops fall back to single
         # kernels in tune; the greedy row/matmul regions over the same ops may do better
-        alt = tune(Plan(common_partition(graphs, attention="attention" not in dropped, moe="moe" not in dropped),
+        routed = not dropped & {"moe", "experts"}   # the moe flag covers both expert templates
+        alt = tune(Plan(common_partition(graphs, attention="attention" not in dropped, moe=routed),
                         notes=plan.notes), graph_own, machine, priors)
         tried = tuned.configs_tried + alt.configs_tried
         tuned = alt if alt.seconds < tuned.seconds else tuned

@@ -142,3 +142,71 @@ def test_a_grouped_plan_verifies_where_it_is_timed(tmp_path):
     moe.params = {"tm": 8, "tk": 8, "par": 16, "par_buf": 4, "par_route": 2}
     ev = evaluate(task, {"kind": "plan", "plan": Plan(regions).to_dict()})
     assert ev.verified, ev.reason
+
+
+# ------------------------------------------------------------------ experts already grouped (no routing)
+
+
+def test_experts_already_grouped_are_one_kernel_faster_than_op_by_op():
+    from agentforge.baseline import build_baseline
+    from agentforge.author import semantic_nodes
+
+    task, own, small = _graphs("moe_experts_grouped")
+    tuned = author_plan(own, SN40L, graphs_small=small)
+    # the up products, SiLU, the gating product and the down product: one kernel, the [E, C, F]
+    # hidden values never in HBM
+    assert [r.template for r in tuned.plan.regions] == ["experts"]
+    assert len(tuned.plan.regions[0].nodes) == len(semantic_nodes(own))
+    secs = realize(tuned.plan, own, SN40L).time().seconds
+    assert secs < build_baseline(own, SN40L).time().seconds / 1.2
+    assert task_roofline_fraction(own, SN40L, secs) >= 0.8
+    # a dense-masked mixture of experts holds the same products: it stays one routed region
+    _, top1, _ = _graphs("moe_layer_top1")
+    assert [r.template for r in common_partition([top1]) if r.template in ("moe", "experts")] == ["moe"]
+
+
+def test_grouped_experts_kernel_is_exact(tmp_path):
+    path = tmp_path / "experts.py"
+    path.write_text('''import torch
+import torch.nn as nn
+
+E = 3
+C = 24
+D = 8
+F = 16
+
+
+class Model(nn.Module):
+    def __init__(self, e, d, f):
+        super().__init__()
+        self.w1 = nn.Parameter(torch.randn(e, d, f) * d ** -0.5)
+        self.w3 = nn.Parameter(torch.randn(e, d, f) * d ** -0.5)
+        self.w2 = nn.Parameter(torch.randn(e, f, d) * f ** -0.5)
+
+    def forward(self, x):
+        h = torch.nn.functional.silu(torch.bmm(x, self.w1)) * torch.bmm(x, self.w3)
+        return torch.bmm(h, self.w2)
+
+
+def get_inputs():
+    return [torch.randn(E, C, D)]
+
+
+def get_init_inputs():
+    return [E, D, F]
+''')
+    path.with_suffix(".toml").write_text('[task]\ngroup = "moe"\nlevel = 2\ndescription = "experts"\n')
+    task = load_task(path)
+    graph = capture_at(task)
+    regions = common_partition([graph])
+    assert [r.template for r in regions] == ["experts"]
+    regions[0].params = {"tm": 8, "tk": 8, "par": 8, "par_buf": 2}   # 3 token tiles and 2 hidden tiles each
+    x = torch.randn(3, 24, 8)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    model = mod.Model(3, 8, 16)
+    graph = graph.with_weights(model)
+    (got,) = realize(Plan(regions), graph, SN40L).run([x])
+    with torch.no_grad():
+        torch.testing.assert_close(got, model(x), atol=1e-4, rtol=1e-4)

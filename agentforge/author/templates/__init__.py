@@ -20,7 +20,8 @@ from .single import SINGLE_GRID
 
 #: name -> template, in the order the planner's catalog lists them
 TEMPLATES: dict[str, Template] = {t.name: t for t in (row.TEMPLATE, matmul.TEMPLATE, attention.TEMPLATE,
-                                                      moe.TEMPLATE, decoder.TEMPLATE, single.TEMPLATE)}
+                                                      moe.TEMPLATE, moe.EXPERTS_TEMPLATE, decoder.TEMPLATE,
+                                                      single.TEMPLATE)}
 #: name -> the parameter grid the tuner searches
 GRIDS: dict[str, dict[str, tuple]] = {name: t.grid for name, t in TEMPLATES.items()}
 #: name -> timing evaluations spent on one region at least (templates that ask for more than their share)

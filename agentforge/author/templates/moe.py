@@ -453,3 +453,123 @@ class MoeKernel(RegionCode):
 
 
 TEMPLATE = Template("moe", MOE_GRID, built_by(MoeKernel), min_tries=MOE_MIN_TRIES)
+
+
+# ------------------------------------------------------------------ grouped experts (already dispatched)
+
+# experts: tokens per tile (tm), hidden columns per accum step (tk), accum copies, banking of the
+# on-chip expert weights and memory parallelism. The expert products are compute-bound at tm >= 32,
+# so they want every PCU
+EXPERTS_GRID = {"tm": (64, 128, 32), "tk": (128, 64), "par": (1000, 960, 896, 768, 640, 512, 256),
+                "par_buf": (64, 128, 256), "par_mem": (8,)}
+EXPERTS_MIN_TRIES = 40
+
+
+def experts_matches(graph: AtenGraph) -> list[MoeMatch]:
+    """Every group of expert MLPs on tokens already dispatched to them (``x [E, C, D]``): batched
+    up products of ``x`` with stacked weights ``[E, D, F]``, elementwise ops, and a batched down
+    product with ``[E, F, N]``, whose intermediates nothing else reads. Returned as a
+    :class:`MoeMatch` without gates (``k = 0``) whose ``out`` is the down product."""
+    sem = semantic_nodes(graph)
+    sem_index = {n.name: i for i, n in enumerate(sem)}
+    w = RelabelWalk(graph)
+    # a dense-masked mixture of experts holds the same products (of the tokens expanded to every
+    # expert): it is routed whole, never grouped densely
+    found: list[MoeMatch] = []
+    routed = {i for m in moe_matches(graph) for i in m.nodes}
+    for node in sem:
+        if aten_name(node.target) != "bmm" or sem_index[node.name] in routed:
+            continue
+        try:
+            m = _match_experts(w, node, sem_index)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, UnsupportedOpError):
+            m = None
+        if m is not None and not set(m.nodes) & routed and not any(set(m.nodes) & set(f.nodes) for f in found):
+            found.append(m)
+    return found
+
+
+def _match_experts(w: RelabelWalk, down: AtenNode, sem_index: dict) -> MoeMatch | None:
+    g = w.g
+    if len(down.args) != 2 or not all(isinstance(a, Ref) for a in down.args):
+        return None
+    E, F, N = g.spec(down.args[1]).shape
+    E2, T, F2 = g.spec(down.args[0]).shape
+    if (E2, F2) != (E, F):
+        return None
+    chain: list[str] = []
+    nodes = [down]
+    w_down = w.back(down.args[1].name, [])
+    if w_down in w.constants or tuple(g.spec(w_down).shape) != (E, F, N):
+        return None
+    h = w.back(down.args[0].name, chain)
+    up: list[tuple[AtenNode, str]] = []
+    hidden: list[AtenNode] = []
+    tokens: set[str] = set()
+    seen: set[str] = set()
+
+    def visit(v: str) -> bool:
+        n = w.node(v)
+        if n is None or n.name in w.constants:
+            return False
+        if n.name in seen:
+            return True
+        seen.add(n.name)
+        chain.append(n.name)
+        nodes.append(n)
+        if aten_name(n.target) == "bmm" and len(n.args) == 2 and all(isinstance(a, Ref) for a in n.args):
+            xv = w.back(n.args[0].name, [])
+            wt = w.back(n.args[1].name, [])
+            D = g.spec(n.args[0]).shape[-1]
+            if tuple(g.spec(xv).shape) != (E, T, D) or wt in w.constants or \
+                    tuple(g.spec(wt).shape) != (E, D, F) or tuple(n.outs[0].shape) != (E, T, F):
+                return False
+            tokens.add(xv)
+            up.append((n, wt))
+            return True
+        if row_kind(n, g) == "elementwise" and tuple(n.outs[0].shape) == (E, T, F) and n.refs():
+            hidden.append(n)
+            return all(visit(w.back(r.name, chain)) for r in n.refs())
+        return False
+
+    if not visit(h) or len(tokens) != 1 or not up or not hidden:
+        return None   # without an activation between them the products are plain batched matmuls
+    x = tokens.pop()
+    D = g.spec(x).shape[-1]
+    if any(asp_dtype(g.spec(v_)) != "f32" for v_ in [x, w_down] + [wt for _, wt in up]) or \
+            asp_dtype(down.outs[0]) != "f32":
+        return None
+    inside = set(chain) | {n.name for n in nodes}
+    if not w.exclusive(chain, inside) or any(n.name not in sem_index for n in nodes) or x in inside:
+        return None
+    hidden.sort(key=lambda n: w.order[n.name])
+    up.sort(key=lambda u: w.order[u[0].name])
+    return MoeMatch(sorted({sem_index[n.name] for n in nodes}), "", 0, x, up, hidden, h, (down, w_down), [], down,
+                    (E, T, D, F, N))
+
+
+class ExpertsKernel(MoeKernel):
+    """Expert MLPs on tokens already grouped by expert (``x [E, C, D]``), one kernel: each expert's
+    weights held on chip (``bufferize``) and ``expand``ed over its tiles of ``tm`` tokens, the up
+    products and the activation one hidden tile at a time, the down product accumulated over the
+    hidden tiles (``acc + act(x W_up[:, j]) W_down[j, :]``): the [E, C, F] hidden values never
+    leave the chip and ``x`` is read once."""
+
+    def build(self) -> OpKernel:
+        moe = self.whole_match(experts_matches(self.g), "group of experts")
+        E, T, D, F, N = moe.dims
+        p = self.region.params
+        tm = divisor_at_most(T, int(p.get("tm", 64)))
+        par, par_m, par_b = int(p.get("par", 256)), int(p.get("par_mem", 8)), int(p.get("par_buf", 64))
+        kb = self._start(moe, f"fused_{self.ri}_experts")
+        kb.fns.append(f"  sizes TM = {tm}")
+        (xs,) = kb.op(f"load({self._param(kb, moe.x, ('E', 'T', 'D'), (E, T, D))}, tile=[1, TM, D], par={par_m})")
+        o = self._experts(kb, moe, xs, tm, par, par_b, par_m, 16)          # [E, T / TM] of [TM, N]
+        out = kb.result("f32", ("E", "T", "N"))
+        kb.do(f"store({out}, {o}, par={par_m})")
+        comment = "fused grouped experts: " + ", ".join(n.target for n in self.nodes)
+        return OpKernel(moe.out.name, "fused.experts", kb.text(comment), self.inputs, self.views, [moe.out.name],
+                        [(E, T, N)])
+
+
+EXPERTS_TEMPLATE = Template("experts", EXPERTS_GRID, built_by(ExpertsKernel), min_tries=EXPERTS_MIN_TRIES)
