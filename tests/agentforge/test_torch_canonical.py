@@ -284,3 +284,32 @@ def test_the_sdpa_fully_masked_row_guard_is_rewritten_without_any_and_computes_t
         # the two forms agree on NaN and -inf rows (amax propagates NaN, and NaN is not -inf)
         old = torch.ops.aten.any.dim(torch.ops.aten.logical_not(torch.ops.aten.eq.Scalar(x, float("-inf"))), -1, True)
         assert torch.equal(old, torch.ops.aten.ne.Scalar(torch.ops.aten.amax(x, [-1], True), float("-inf")))
+
+
+class _AddSoftmax(torch.nn.Module):
+    def forward(self, s, m):
+        return torch.softmax(s + m, -1)
+
+
+class _SumFirst(torch.nn.Module):
+    def forward(self, s, m):
+        return s + m.sum(0)
+
+
+def test_a_broadcast_operand_compares_without_its_leading_ones_only_where_elementwise_ops_read_it():
+    from agentforge.torch.match import export_graph
+
+    s = torch.randn(1, 4, 8, 8)
+
+    def key(mod, m):
+        return canonical_key(export_graph(mod, [s, m], "m")[1])
+
+    # a mask made [S, S] (then broadcast) and one made [1, 1, S, S]: the same operand of scores + mask
+    assert key(_AddSoftmax(), torch.randn(1, 1, 8, 8)) == key(_AddSoftmax(), torch.randn(8, 8))
+    # a leading 1 that a reduction reads by position is part of the problem: kept
+    from agentforge.canonical import squeeze_broadcast_operands
+
+    g = export_graph(_SumFirst(), [s, torch.randn(1, 8, 8)], "m")[1]
+    assert [tuple(x.shape) for x in squeeze_broadcast_operands(g).inputs] == [(4, 8, 8), (1, 8, 8)]
+    g = export_graph(_AddSoftmax(), [s, torch.randn(1, 1, 8, 8)], "m")[1]
+    assert [tuple(x.shape) for x in squeeze_broadcast_operands(g).inputs] == [(4, 8, 8), (8, 8)]
