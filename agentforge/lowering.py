@@ -287,9 +287,10 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape.
 
     An operand smaller than the output is re-read from HBM once per position it broadcasts
-    over, except the largest such operand: the traversal puts the axes it broadcasts over
-    innermost, so each of its tiles is read once and repeated on chip (`repeat`) while the
-    others stream past (a competent kernel does not re-read a RoPE table once per head)."""
+    over, except the largest such operand and any broadcast over the same axes: the traversal
+    puts those axes innermost, so each of their tiles is read once and repeated on chip
+    (`repeat`) while the others stream past (a competent kernel does not re-read a RoPE table
+    once per head, nor batch norm's four per-channel vectors once per row block)."""
     shape = out.shape or (1,)
     k = len(shape)
     kb = KernelBuilder(name)
@@ -308,6 +309,9 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
     tensors = [op for op in operands if op.kind == "tensor"]
     held = max((op for op in tensors if bcast_axes(op)), key=lambda op: op.spec.numel, default=None)
     inner = bcast_axes(held) if held is not None else []
+    # every operand broadcast over exactly those axes is read once too (batch norm's four
+    # per-channel vectors), not only the largest
+    holds = [id(op) for op in tensors if inner and bcast_axes(op) == inner]
     trav = [a for a in kept if a not in inner] + inner
     streams, args, inputs, views = [], [], [], []
     for op in operands:
@@ -325,7 +329,7 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
         order = [own_kept.index(a) for a in trav if a in own_kept]
         if order != sorted(order):
             call += f", order={asp_list(order)}"
-        if op is held:
+        if id(op) in holds:
             (s,) = kb.op(call + ")", par=4)
             for a in inner:
                 (s,) = kb.op(f"repeat({s}, {grid[a]})")
@@ -875,14 +879,30 @@ def normalize_rows(node: AtenNode, graph: AtenGraph, x: TensorSpec, groups: tupl
             if dt != "f32":
                 (c2,) = kb.op(f"map({c2}, fn={kb.fn(['v'], f'cast(v, {dt})')})")
             stats.append((a, c2))
-        (s2,) = kb.op(f"load({p}, tile={asp_list([1, TL])})", par=4)
+        # a weight per element of the row (layer norm) is read once, not once per row: the
+        # normalising pass walks chunk-major and the rows' statistics wait in a buffer
+        by_chunk = G == 1 and HW == 1 and R > 1 and bool(affine)
+        (s2,) = kb.op(f"load({p}, tile={asp_list([1, TL])}" + (", order=[1, 0]" if by_chunk else "") + ")", par=4)
         streams, params = [s2], ["t"]
         for (st, _), nm in zip(stats, ("m", "r")):
-            (sr,) = kb.op(f"repeat({st}, {nc})")
+            if by_chunk:
+                (sb,) = kb.op(f"bufferize({st}, rank=1)")
+                (sr,) = kb.op(f"streamify({sb}, repeat={nc})")
+            else:
+                (sr,) = kb.op(f"repeat({st}, {nc})")
             streams.append(sr)
             params.append(nm)
         C = G * Cg
-        for ref, nm in affine:
+        for ref, nm in (affine if by_chunk else ()):
+            spec = graph.spec(ref)
+            q2 = kb.param(asp_dtype(spec), (nc, TL))
+            (ws,) = kb.op(f"load({q2}, tile={asp_list([1, TL])})")
+            (ws,) = kb.op(f"repeat({ws}, {R})")
+            streams.append(ws)
+            params.append(nm)
+            inputs.append(spec.name)
+            views.append((nc, TL))
+        for ref, nm in (() if by_chunk else affine):
             spec = graph.spec(ref)
             q2 = kb.param(asp_dtype(spec), (C // k, k))
             reps = [(n, at) for n, at in ((N, 0), (HW // TL if TL < HW else 1, (N > 1) + (C // k > 1))) if n > 1]
@@ -911,10 +931,13 @@ def normalize_rows(node: AtenNode, graph: AtenGraph, x: TensorSpec, groups: tupl
         f = kb.fn(params, cast_expr(y, "f32", odts[0]))
         (ys,) = kb.op(f"map({', '.join(streams)}, fn={f})", par=8)
         outs = [ys] + [c2 for _, c2 in stats if c2 is not None]
+        if by_chunk:
+            outs[0] = (outs[0], ", order=[1, 0]")
     names, out_views = [], []
     for st, o, view in zip(outs, [o for o, dt in zip(node.outs, odts) if dt is not None], [(R, L), (R, 1), (R, 1)]):
+        st, order = st if isinstance(st, tuple) else (st, "")
         r_ = kb.result(asp_dtype(o), view)
-        kb.do(f"store({r_}, {st})", par=4)
+        kb.do(f"store({r_}, {st}{order})", par=4)
         names.append(o.name)
         out_views.append(view)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
@@ -1078,6 +1101,24 @@ def lower_matmul(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
 
 # ------------------------------------------------------------------ layout and structural ops
 
+def permute_view(shape: tuple[int, ...], perm: list[int]) -> tuple[tuple[int, ...], list[int]]:
+    """The coarsest view of a permute: size-1 axes dropped and runs of input axes that stay
+    adjacent and in order in the output merged (a reshape of contiguous HBM data costs nothing),
+    so ``[256, 768, 1, 1, 1]`` permuted by ``[2, 3, 4, 1, 0]`` is the 2-D transpose it is, and a
+    ``[B, S, H, D] -> [B, H, S, D]`` head split keeps ``D`` as one axis."""
+    live = [a for a in perm if shape[a] != 1]
+    runs: list[list[int]] = []
+    for a in live:
+        if runs and a == runs[-1][-1] + 1:
+            runs[-1].append(a)
+        else:
+            runs.append([a])
+    by_start = sorted(runs, key=lambda r: r[0])
+    new_shape = tuple(math.prod(shape[a] for a in r) for r in by_start) or (1,)
+    new_perm = [by_start.index(r) for r in runs] or [0]
+    return new_shape, new_perm
+
+
 def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Alias:
     x = graph.spec(node.args[0])
     k = len(x.shape)
@@ -1093,18 +1134,21 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
     # moving only size-1 axes is a relabelling
     if [a for a in perm if x.shape[a] != 1] == [a for a in range(k) if x.shape[a] != 1]:
         return Alias(node.name, node.target, x.name, out.name)
+    xshape, perm = permute_view(x.shape, perm)
+    k = len(perm)
+    oshape = tuple(xshape[a] for a in perm)
     dt = asp_dtype(x)
     kb = KernelBuilder(kernel_name(node))
-    p = kb.param(dt, x.shape)
+    p = kb.param(dt, xshape)
     tile = [1] * k
     reshape = None
     if perm[-1] == k - 1:
         # the last axis stays: move [R, D] slabs, R rows of the input axis that becomes the
         # output's second-to-last (the tile's other axes are size 1, a free reshape on chip), so
         # a head-split permute moves 64 KiB tiles, not one 256-byte row per memory request
-        tile[-1] = divisor_at_most(x.shape[-1], TILE_CAP)
+        tile[-1] = divisor_at_most(xshape[-1], TILE_CAP)
         r_ax = perm[-2] if k >= 2 else None
-        rows = divisor_at_most(x.shape[r_ax], max(1, TILE_CAP // tile[-1])) if r_ax is not None else 1
+        rows = divisor_at_most(xshape[r_ax], max(1, TILE_CAP // tile[-1])) if r_ax is not None else 1
         if rows > 1:
             tile[r_ax] = rows
             out_tile = [1] * (k - 2) + [rows, tile[-1]]
@@ -1112,29 +1156,34 @@ def lower_permute(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel | Ali
         else:
             out_tile = [1] * (k - 1) + [tile[-1]]
         swap = False
-    elif perm[-2] == k - 1:
-        a_ax = perm[-1]
-        tile[-1] = divisor_at_most(x.shape[-1], MM_TILE)
-        tile[a_ax] = divisor_at_most(x.shape[a_ax], MM_TILE)
-        out_tile = [1] * (k - 2) + [tile[-1], tile[a_ax]]
-        swap = True
     else:
-        raise UnsupportedOpError(f"not supported: {node.target} with permutation {perm}")
-    in_kept = [a for a in range(k) if tile[a] != x.shape[a]]
-    out_kept = [j for j in range(k) if out_tile[j] != out.shape[j]]
+        # the last axis moves: [Ta, Tl] tiles of the input axis that becomes the output's last (a)
+        # and the input's last (l), transposed on chip; l lands at output position j, so the
+        # stored element is [Tl, 1, .., 1, Ta] (rank-5 einsum permutes, not only swaps of the last two)
+        a_ax, j = perm[-1], perm.index(k - 1)
+        tile[-1] = divisor_at_most(xshape[-1], MM_TILE)
+        tile[a_ax] = divisor_at_most(xshape[a_ax], MM_TILE)
+        out_tile = [1] * k
+        out_tile[j], out_tile[-1] = tile[-1], tile[a_ax]
+        swap = True
+    in_kept = [a for a in range(k) if tile[a] != xshape[a]]
+    out_kept = [j for j in range(k) if out_tile[j] != oshape[j]]
     order = [in_kept.index(perm[j]) for j in out_kept]
     call = f"load({p}, tile={asp_list(tile)}" + (f", order={asp_list(order)}" if order != sorted(order) else "") + ")"
     (s,) = kb.op(call, par=4)
     if swap:
-        f = kb.fn(["t"], "transpose(t)")
+        pair, out_elem = [tile[a_ax], tile[-1]], [tile[-1]] + [1] * (k - 2 - j) + [tile[a_ax]]
+        e = "t" if _squeezed(tile) == pair else f"reshape(t, {asp_list(pair)})"
+        e = f"transpose({e})" if out_elem == pair[::-1] else f"reshape(transpose({e}), {asp_list(out_elem)})"
+        f = kb.fn(["t"], e)
         (s,) = kb.op(f"map({s}, fn={f})", par=8)
     elif reshape is not None and _squeezed(tile) != reshape:
         f = kb.fn(["t"], f"reshape(t, {asp_list(reshape)})")
         (s,) = kb.op(f"map({s}, fn={f})", par=8)
-    o = kb.result(dt, out.shape)
+    o = kb.result(dt, oshape)
     kb.do(f"store({o}, {s})", par=4)
-    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [x.shape],
-                    [out.name], [out.shape], layout=kb.layout(f"{node.target} ({node.name})"))
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [xshape],
+                    [out.name], [oshape], layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def _squeezed(tile: list[int]) -> list[int]:
@@ -1152,7 +1201,8 @@ def _block(shape: tuple[int, ...], dim: int) -> tuple[int, int, int]:
 
 
 def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_len: int,
-                  body: Callable[[int, list[str]], str], lets=(), extra=None) -> OpKernel:
+                  body: Callable[[int, list[str]], str], lets=(), extra=None,
+                  lets_for: Callable[[int, list[str], list[int]], list] | None = None) -> OpKernel:
     """View every operand as [A, S_i, C] and process [TA, S_i, TC] blocks, one per tile.
 
     The op works along the S axis only, so A and C can be cut into chunks of TA and TC freely;
@@ -1180,6 +1230,8 @@ def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_le
         params.append(f"x{i}")
         inputs.append(spec.name)
         views.append((A, s_, c_))
+    if lets_for is not None:   # lets that need the tile's shape (S on ``axis``)
+        lets = lets_for(axis, params, [ta, out_len, tc] if ta > 1 else [out_len, tc])
     f = kb.fn(params, body(axis, params), list(lets))
     (r,) = kb.op(f"map({', '.join(streams)}, fn={f})", par=8)
     view = (A, out_len, C)
@@ -1187,6 +1239,21 @@ def _block_kernel(node: AtenNode, graph: AtenGraph, refs: list, dim: int, out_le
     kb.do(f"store({o}, {r})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
                     [out.name], [view], layout=kb.layout(f"{node.target} ({node.name})"))
+
+
+def _product_scan(x: str, axis: int, tile: list[int], xdt: str, cdt: str) -> list[tuple[str, str]]:
+    """Lets ``y0 .. yk`` with ``yk`` the running product of ``x`` along ``axis`` (ASP has a cumsum
+    builtin but no cumprod): a log-depth (Hillis-Steele) scan, ``y(j+1) = yj * (yj shifted by 2^j,
+    ones shifted in)``, k = ceil(log2 S) multiplies per element instead of S sequential steps."""
+    lets = [("y0", x if xdt == cdt else f"cast({x}, {cdt})")]
+    S, j, shift = tile[axis], 0, 1
+    while shift < S:
+        pad = list(tile)
+        pad[axis] = shift
+        ones = f"ones({asp_list(pad)}" + (f", dtype={cdt})" if cdt != "f32" else ")")
+        lets.append((f"y{j + 1}", f"y{j} * concat({ones}, slice(y{j}, axis={axis}, stop={S - shift}), axis={axis})"))
+        j, shift = j + 1, shift * 2
+    return lets
 
 
 def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
@@ -1236,6 +1303,13 @@ def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
             v = ps[0] if asp_dtype(x) == odt else f"cast({ps[0]}, {odt})"
             return f"cumsum({v}, axis={ax})"
         return _block_kernel(node, graph, [a[0]], dim, x.shape[dim], body)
+    if kind == "cumprod":
+        dim = a[1] % rank
+        xdt, odt = asp_dtype(x), asp_dtype(node.outs[0])
+        cdt = "f32" if _float_compute(odt) or xdt != odt else odt
+        last = f"y{(x.shape[dim] - 1).bit_length()}"
+        return _block_kernel(node, graph, [a[0]], dim, x.shape[dim], lambda ax, ps: cast_expr(last, cdt, odt),
+                             lets_for=lambda ax, ps, tile: _product_scan(ps[0], ax, tile, xdt, cdt))
     if kind in ("gather", "index_select", "scatter"):
         dim = a[1] % rank
         idx = a[2]
@@ -1364,7 +1438,7 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_matmul(node, graph, base)
     if base in ("permute", "transpose", "t"):
         return lower_permute(node, graph, base)
-    if base in ("cat", "slice", "select", "flip", "cumsum", "gather", "scatter"):
+    if base in ("cat", "slice", "select", "flip", "cumsum", "cumprod", "gather", "scatter"):
         return lower_structural(node, graph, base)
     if base == "topk":
         return lower_topk(node, graph)
