@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from .verify import VerifyConfig
 
 CHECK_MIN_TILES = 3
+#: How far a size may go below its floor (:func:`_floors`) when the check sizes at the floors are past
+#: the budget: a dimension a kernel covers whole still has several elements, and a check that small
+#: is still a check, where the alternative is none (a batched GEMM's batch of 16 over the budget)
+LAST_FLOOR = 4
 
 
 class Uncheckable(Exception):
@@ -172,6 +176,59 @@ def _candidates(v: int, floor: int) -> list[int]:
     return sorted(c for c in out if c >= floor)
 
 
+def _lowest(fits, cur: dict, cost, name: str, cands: list[int]) -> tuple[dict, tuple]:
+    """``cur`` with size ``name`` lowered to the smallest of ``cands`` (ascending) at which ``fits``
+    holds, by bisection (the candidates are ordered so that a larger one runs the configuration
+    when a smaller one does); ``cur`` unchanged when none is found. Returns (sizes, cost)."""
+    lo, hi = 0, len(cands)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        got = fits({**cur, name: cands[mid]})
+        if got is not None:
+            hi = mid
+            cur, cost = {**cur, name: cands[mid]}, got
+        else:
+            lo = mid + 1
+    return cur, cost
+
+
+def _primes_below(n: int) -> list[int]:
+    sieve = bytearray([1]) * max(n, 2)
+    sieve[:2] = b"\0\0"
+    for i in range(2, int(n ** 0.5) + 1):
+        if sieve[i]:
+            sieve[i * i::i] = bytearray(len(sieve[i * i::i]))
+    return [i for i in range(n) if sieve[i]]
+
+
+def _prime_factors(v: int) -> list[int]:
+    out, p = [], 2
+    while p * p <= v:
+        while v % p == 0:
+            out.append(p)
+            v //= p
+        p += 1
+    return out + ([v] if v > 1 else [])
+
+
+def _factor_families(v: int, floor: int, limit: int = 1 << 16) -> list[list[int]]:
+    """Values for an odd size that the power-of-two candidates cannot lower: a kernel tiles such a
+    size by one of its divisors (8205 = 15 x 547 by 15, 547 tiles). Each family replaces one distinct
+    prime factor ``p`` of ``v`` by every smaller prime ``q`` (ascending): 15 x q keeps the tile 15
+    once q is past the largest tile, q x 191 keeps the tile 191 with q tiles, so within a family the
+    configuration runs from some q on and a bisection finds the smallest. Largest prime first (the
+    largest reduction); none for a size without a prime factor above 3 or past ``limit``."""
+    primes = sorted(set(_prime_factors(v)), reverse=True)
+    out = []
+    for p in primes:
+        if p <= 3 or p > limit:
+            continue
+        fam = [v // p * q for q in _primes_below(p) if v // p * q >= floor]
+        if fam:
+            out.append(fam)
+    return out
+
+
 def _floors(task: Task) -> dict[str, int]:
     """How far the search may lower each size: the smallest value the task's sidecar uses for it
     (its author's idea of a small but meaningful size: a dimension a kernel covers whole never
@@ -269,16 +326,19 @@ def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names
     if cost is None:
         raise Uncheckable(f"{what}does not run its own configuration at the task's own sizes {cur}")
     for name in sorted(names if names is not None else cur, key=lambda k: -cur[k]):
-        cands = _candidates(cur[name], floors[name])
-        lo, hi = 0, len(cands)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            got = fits({**cur, name: cands[mid]})
-            if got is not None:
-                hi = mid
-                cur, cost = {**cur, name: cands[mid]}, got
-            else:
-                lo = mid + 1
+        own = cur[name]
+        cur, cost = _lowest(fits, cur, cost, name, _candidates(own, floors[name]))
+        if cur[name] == own:  # an odd size (8205 = 15 x 547) tiled by a divisor: keep the tile, fewer tiles
+            for family in _factor_families(own, floors[name]):
+                cur, cost = _lowest(fits, cur, cost, name, family)
+                if cur[name] != own:
+                    break
+    if not _within(cost, cfg):  # past the budget at the floors: lower what the floors kept (a bmm's batch)
+        for name in sorted(names if names is not None else cur, key=lambda k: -cur[k]):
+            if cur[name] > LAST_FLOOR:
+                cur, cost = _lowest(fits, cur, cost, name, _candidates(cur[name], LAST_FLOOR))
+            if _within(cost, cfg):
+                break
     if not _within(cost, cfg):
         raise Uncheckable(f"{what}cannot be checked within the size budget: the smallest sizes that run its "
                           f"timed configuration with every tiled dimension {cfg.min_tiles} tiles long are {cur} "

@@ -125,3 +125,45 @@ def test_timing_at_the_own_sizes_allocates_no_data() -> None:
     got = json.loads(p.stdout.strip().splitlines()[-1])
     assert got["baseline"] and got["author"], got
     assert got["rss_mb"] < 2048, got
+
+
+def _task_with(tmp_path: Path, header: str):
+    path = tmp_path / "sizes.py"
+    path.write_text(f"import torch\nfrom torch import nn\n{header}\n"
+                    "class Model(nn.Module):\n    def forward(self, x):\n        return x\n"
+                    "def get_inputs():\n    return [torch.randn(4)]\ndef get_init_inputs():\n    return []\n")
+    return load_task(path)
+
+
+def test_an_odd_size_tiled_by_a_divisor_gets_check_sizes_with_the_same_tile(tmp_path: Path) -> None:
+    """8_Matmul_with_irregular_shapes_: M = 8205 = 15 x 547 is tiled by 15 (its largest divisor up
+    to a 256 tile), 547 tiles. Halving or 3 x 2^j give other tiles; replacing the prime 547 by the
+    smallest prime past 256 / 15 keeps tile 15 with 257 tiles (M = 3855)."""
+    from agentforge.check_sizes import check_size_sets
+    from agentforge.verify import VerifyConfig
+
+    def tile(m: int) -> int:
+        return max(d for d in range(1, 257) if m % d == 0)
+
+    def fits(s: dict):  # the timed configuration: tile 15, at least 3 tiles; cost = elements
+        m = s["M"]
+        return (m * 2048, 0.0, 0.0) if tile(m) == 15 and m // 15 >= 3 else None
+
+    task = _task_with(tmp_path, "M = 8205")
+    assert check_size_sets(task, fits, VerifyConfig(size_sets=1)) == [{"M": 3855}]
+
+
+def test_sizes_go_below_their_floor_only_when_the_floor_is_past_the_budget(tmp_path: Path) -> None:
+    """3_Batched_matrix_multiplication: the batch stops at its floor of 16 unless that is past the
+    budget; then it goes lower (4), never when the floors fit."""
+    from agentforge.check_sizes import LAST_FLOOR, check_size_sets
+    from agentforge.verify import VerifyConfig
+
+    cfg = VerifyConfig(size_sets=1)
+    task = _task_with(tmp_path, "B = 128\nN = 4096")
+
+    def fits(per_row: int):
+        return lambda s: (s["B"] * per_row, 0.0, 0.0) if s["N"] == 4096 else None  # N's tiles fix it
+
+    assert check_size_sets(task, fits(1 << 16), cfg) == [{"B": 16, "N": 4096}]
+    assert check_size_sets(task, fits(1 << 21), cfg) == [{"B": LAST_FLOOR, "N": 4096}]
