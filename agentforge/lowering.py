@@ -978,10 +978,92 @@ def lower_batch_norm(node: AtenNode, graph: AtenGraph, base: str) -> OpKernel:
         eps = a[7]
         if not a[5]:
             return _batch_norm_eval(node, graph, x, (N, C, HW), w, b, a[3], a[4], eps)
+    if len(node.outs) != 3 or any(o.numel == 0 for o in node.outs):
+        raise UnsupportedOpError(f"not supported: {node.target} updating running statistics")
     if N != 1:
-        raise UnsupportedOpError(f"not supported: {node.target} on batch statistics over {N} samples "
-                                 "(the statistics of a channel are not one contiguous row)")
+        return _batch_norm_batch_stats(node, graph, x, (N, C, HW), w, b, eps)
     return normalize_rows(node, graph, x, (1, C, 1, HW), w, b, eps)
+
+
+def _batch_norm_batch_stats(node: AtenNode, graph: AtenGraph, x: TensorSpec, view: tuple[int, int, int], w, b,
+                            eps: float) -> OpKernel:
+    """Batch norm on the batch's own statistics over several samples. A channel's values are N
+    strided runs of HW, so the kernel walks channel-block-major: [C/tc, N, HW/TH] tiles of
+    [tc, TH] (or, with HW = 1, [C/tc, N/tn] tiles of [tn, tc]), combines each tile's per-channel
+    (mean, squared deviations) in an accum with Chan's formula, then reads x again in the same
+    order to normalise: two reads and one write, as a long-row norm. Results: the output, and
+    the mean and rstd per channel."""
+    N, C, HW = view
+    xdt = asp_dtype(x)
+    odts = _norm_out_dtypes(node)
+    kb = KernelBuilder(kernel_name(node))
+    xin = "t" if xdt == "f32" else "cast(t, f32)"
+    if HW == 1:      # [N, C]: several samples per tile, reduced along the tile's axis 0
+        tc = divisor_at_most(C, TILE_CAP)
+        per = divisor_at_most(N, max(1, TILE_CAP // tc))
+        xview, tile, ax, sview = (N, C), [per, tc], 0, (1, C)
+        steps = [N // per] if per < N else []
+    else:            # [N, C, HW]: one sample's [tc, TH] per tile, reduced along the tile's axis 1
+        per = divisor_at_most(HW, TILE_CAP)
+        tc = divisor_at_most(C, max(1, TILE_CAP // per))
+        xview, tile, ax, sview = (N, C, HW), [1, tc, per], 1, (C, 1)
+        steps = [N] + ([HW // per] if per < HW else [])
+    stile = [1, tc] if HW == 1 else [tc, 1]
+    order = ""
+    if tc < C and steps:          # channel blocks outermost, the reduced steps inside
+        order = ", order=" + asp_list([1, 0] + list(range(2, 1 + len(steps))))   # the channel dim is natural dim 1
+    first = 1 if tc < C else 0    # the stream dimension of the first step
+    p = kb.param(xdt, xview)
+    inputs, views = [x.name], [xview]
+    load = f"load({p}, tile={asp_list(tile)}{order})"
+    (s1,) = kb.op(load, par=4)
+    lets = [("cm", f"mean({xin}, axis={ax})"), ("dc", f"{xin} - cm"), ("cq", f"sum(dc * dc, axis={ax})")]
+    if steps:
+        step = f"pos({first})" + (f" * {steps[1]} + pos({first + 1})" if len(steps) > 1 else "")
+        welford = kb.fn(["m", "q", "t"], "(m + dl * fr, q + cq + dl * dl * n0 * fr)", lets + [
+            ("n0", f"cast({step}, f32) * {per}.0"), ("dl", "cm - m"), ("fr", f"{per}.0 / (n0 + {per}.0)")])
+        init = f"(zeros({asp_list(stile)}), zeros({asp_list(stile)}))"
+        m, q = kb.op(f"accum({s1}, rank={len(steps)}, init={init}, fn={welford})", 2, par=8)
+    else:            # the whole batch in one tile
+        m, q = kb.op(f"map({s1}, fn={kb.fn(['t'], '(cm, cq)', lets)})", 2, par=8)
+    (r,) = kb.op(f"map({q}, fn={kb.fn(['q'], f'rsqrt(q / {float(N * HW)} + {asp_literal(float(eps))})')})")
+    stats, outs = [], []
+    for st, dt in ((m, odts[1]), (r, odts[2])):
+        a, c2 = kb.op(f"copy({st})", 2)
+        if dt != "f32":
+            (c2,) = kb.op(f"map({c2}, fn={kb.fn(['v'], f'cast(v, {dt})')})")
+        stats.append(a)
+        outs.append(c2)
+
+    def spread(s: str) -> str:
+        """A per-channel-block stream repeated over the reduced steps, on chip."""
+        for n in steps:
+            (s,) = kb.op(f"repeat({s}, {n})")
+        return s
+    (s2,) = kb.op(load, par=4)
+    streams, params = [s2] + [spread(s) for s in stats], ["t", "m", "r"]
+    y = f"({xin} - m) * r"
+    for ref, nm in ((w, "g"), (b, "c")):
+        if not isinstance(ref, Ref):
+            continue
+        spec = graph.spec(ref)
+        q2 = kb.param(asp_dtype(spec), sview)
+        (ws,) = kb.op(f"load({q2}, tile={asp_list(stile)})")
+        streams.append(spread(ws))
+        params.append(nm)
+        inputs.append(spec.name)
+        views.append(sview)
+        v = nm if asp_dtype(spec) == "f32" else f"cast({nm}, f32)"
+        y = f"{y} * {v}" if nm == "g" else f"{y} + {v}"
+    f = kb.fn(params, cast_expr(y, "f32", odts[0]))
+    (ys,) = kb.op(f"map({', '.join(streams)}, fn={f})", par=8)
+    results = [(ys, node.outs[0], xview, order)] + [(o, spec, sview, "") for o, spec in zip(outs, node.outs[1:3])]
+    for st, spec, v, o in results:
+        r_ = kb.result(asp_dtype(spec), v)
+        kb.do(f"store({r_}, {st}{o})", par=4)
+    return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), inputs, views,
+                    [spec.name for _, spec, _, _ in results], [v for _, _, v, _ in results],
+                    layout=kb.layout(f"{node.target} ({node.name})"))
 
 
 def _batch_norm_eval(node: AtenNode, graph: AtenGraph, x: TensorSpec, view: tuple[int, int, int], w, b, rm, rv,

@@ -17,8 +17,8 @@ from torch import nn
 import asp_lang
 from agentforge.baseline import build_baseline
 from agentforge.capture import graph_from_export
-from agentforge.chain import op_roofline_seconds
-from agentforge.lowering import ROW_CAP, TILE_CAP, OpKernel, UnsupportedOpError, permute_view
+from agentforge.aten import AtenNode, Ref, TensorSpec
+from agentforge.lowering import ROW_CAP, UnsupportedOpError, lower_node, permute_view
 
 MACHINE = asp_lang.load_machine("sn40l")
 
@@ -149,9 +149,25 @@ def test_instance_norm_and_batch_statistics_of_one_sample():
     _check(_norm(nn.InstanceNorm2d(3)), torch.randn(2, 3, 300, 256) * 3 - 1)
 
 
-def test_batch_statistics_over_several_samples_are_refused_by_name():
-    with pytest.raises(UnsupportedOpError, match="batch statistics over 2 samples"):
-        _lower(Fn(lambda s, x: torch.nn.functional.batch_norm(x, None, None, training=True)), torch.randn(2, 6, 4, 4))
+def test_batch_statistics_over_several_samples():
+    """Training-mode batch norm: a channel's statistics span every sample (strided runs)."""
+    torch.manual_seed(0)
+    shapes = [(2, 6, 4, 4), (4, 3, 200, 100), (1024, 64), (8, 4)]
+    ws = [(torch.randn(s_[1]), torch.randn(s_[1])) for s_ in shapes]
+    model = Fn(lambda s, *xs: tuple(t for x, (w, b) in zip(xs, ws) for t in
+                                    torch.ops.aten._native_batch_norm_legit.no_stats(x, w, b, True, 0.1, 1e-5)))
+    xs = [torch.randn(*s_) * 2 + 1 for s_ in shapes]
+    _, chain = _check(model, *xs, labels=[f"{what} of {s_}" for s_ in shapes for what in ("y", "mean", "rstd")])
+    assert set(_targets(chain)) == {"aten._native_batch_norm_legit.no_stats"}
+
+
+def test_batch_norm_updating_running_statistics_is_refused_by_name():
+    graph, _ = _lower(Fn(lambda s, x: x * 2.0), torch.randn(2, 3))
+    node = AtenNode("bn", "aten._native_batch_norm_legit_functional.default", (Ref("x"), None, None, None, None, True,
+                                                                            0.1, 1e-5), {},
+                    tuple(TensorSpec(f"bn.{i}", (2, 3) if i == 0 else (3,), "f32") for i in range(5)))
+    with pytest.raises(UnsupportedOpError, match="not supported"):
+        lower_node(node, graph, set())
 
 
 # ------------------------------------------------------------------ reductions
@@ -290,6 +306,10 @@ def test_permute_view_drops_size1_axes_and_merges_runs():
     ("group norm, GEMM output", _norm(nn.GroupNorm(16, 8192)), (1024, 8192), 0.9),
     ("instance norm, long rows", _norm(nn.InstanceNorm2d(64)), (16, 64, 512, 512), 0.6),
     ("batch norm eval", _norm(nn.BatchNorm2d(64)), (16, 64, 128, 128), 0.9),
+    ("batch statistics", Fn(lambda s, x: torch.nn.functional.batch_norm(x, None, None, training=True)),
+     (16, 64, 128, 128), 0.6),
+    ("batch statistics, HW = 1", Fn(lambda s, x: torch.nn.functional.batch_norm(x, None, None, training=True)),
+     (16384, 4096), 0.6),
     ("layer norm, long rows", _norm(nn.LayerNorm((64, 256, 256))), (16, 64, 256, 256), 0.6),
     ("argmax, middle dim", Fn(lambda s, x: torch.argmax(x, dim=1)), (128, 4096, 4095), 0.9),
     ("max with indices", Fn(lambda s, x: torch.max(x, dim=1)), (128, 4096, 4095), 0.9),
