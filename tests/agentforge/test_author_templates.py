@@ -23,12 +23,12 @@ def silu_mul():
 
 
 def test_the_registry_is_the_one_source_of_names_grids_and_tries():
-    assert list(TEMPLATES) == ["row", "matmul", "attention", "moe", "decoder", "single"]
+    assert list(TEMPLATES) == ["row", "matmul", "attention", "moe", "experts", "decoder", "single"]
     for name, t in TEMPLATES.items():
         assert t.name == name and GRIDS[name] is t.grid
         assert t.params == tuple(t.grid) and all(len(v) >= 1 for v in t.grid.values())
-    assert MIN_TRIES == {"matmul": 80, "attention": 264, "moe": 112, "decoder": 24}
-    assert WHOLE_GRID == ("attention", "moe")
+    assert MIN_TRIES == {"matmul": 80, "attention": 264, "moe": 64, "experts": 40, "decoder": 24}
+    assert WHOLE_GRID == ("attention",)
     # a whole-grid template's minimum tries cover its whole grid
     for name in WHOLE_GRID:
         size = 1
@@ -45,7 +45,7 @@ def test_realize_builds_each_region_with_the_template_it_names(silu_mul):
     assert [k.target for k in chain.kernels] == ["fused.row"]
     sem = semantic_nodes(silu_mul)
     with pytest.raises(ValueError,
-                       match="unknown region template 'bogus'.*row, matmul, attention, moe, decoder, single"):
+                       match="unknown region template 'bogus'.*row, matmul, attention, moe, experts, decoder, single"):
         region_kernel(Region("bogus", [0]), [sem[0]], silu_mul, {}, {}, 0, {}, set())
 
 
