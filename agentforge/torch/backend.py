@@ -129,6 +129,7 @@ class Specialization:
     error: str | None = None        # why this signature runs eagerly (planning or running failed)
     calls: int = 0
     planning_s: float = 0.0         # export + matching, wall clock
+    planning_cpu_s: float = 0.0     # the same, this process's CPU time (what the host's other load does not inflate)
 
     @property
     def offloaded(self) -> list[str]:
@@ -381,7 +382,7 @@ class _Compiled:
             spec = self.dynamic_specs.get(key)
             if spec is None:
                 spec = Specialization(key)
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 try:
                     from agentforge.torch.match import export_graph, plan_offload, weight_inputs
 
@@ -398,7 +399,7 @@ class _Compiled:
                               "planning per signature", type(e).__name__, e)
                     self.dynamic = None
                     return None
-                spec.planning_s = time.perf_counter() - t0
+                spec.planning_s, spec.planning_cpu_s = time.perf_counter() - t0, time.process_time() - c0
                 self.dynamic_specs[key] = spec
                 _LOG.info("%s", spec.summary)
             if not _fits(spec.plan.exported, tensors):
@@ -428,11 +429,11 @@ class _Compiled:
             tl = get_library(self.cfg)
             tensors = [a for a in args if isinstance(a, torch.Tensor)]
             fn = self.gm if len(tensors) == len(args) else _Bound(self.gm, args)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             ep, graph = export_graph(fn, tensors, "compiled graph")
             graph = canonical_export(ep, graph, "compiled graph")   # as from_model captured its tasks
             spec.plan = plan_offload(tl, ep, graph, weight_inputs(ep, tensors))
-            spec.planning_s = time.perf_counter() - t0
+            spec.planning_s, spec.planning_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         except Exception as e:  # noqa: BLE001 - anything: the model must keep working
             self._fail(spec, "planning the offload", e)
             return

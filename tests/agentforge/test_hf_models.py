@@ -143,7 +143,7 @@ def test_decode_is_planned_once_for_every_kv_length(lib):
     (c,) = dynamic
     assert c.calls >= 4 and not c.specializations and len(c.dynamic_specs) == 1    # one plan, every KV length
     (spec,) = c.dynamic_specs.values()
-    assert spec.calls == c.calls and spec.plan is not None and spec.planning_s < 10
+    assert spec.calls == c.calls and spec.plan is not None      # planning time: benchmarks/bench_models_hf.py
     kinds = {n.kind for n in spec.plan.graph.nodes}
     assert "bmm" in kinds and "softmax" in kinds                                   # the attention over the cache
     torch._dynamo.reset()
