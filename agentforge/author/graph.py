@@ -135,6 +135,13 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
                 len(graph.spec(a[2]).shape) != len(x.shape):
             return None
         return "scatter"   # along rows: put(row, idx, src)
+    if base == "gather" and len(a) >= 3 and isinstance(a[0], Ref) and isinstance(a[2], Ref) and \
+            not node.kwargs.get("sparse_grad") and not (len(a) > 3 and a[3]):
+        x, idx = graph.spec(a[0]), graph.spec(a[2])
+        if len(x.shape) < 1 or a[1] % len(x.shape) != len(x.shape) - 1 or len(idx.shape) != len(x.shape) or \
+                tuple(idx.shape[:-1]) != tuple(x.shape[:-1]):
+            return None
+        return "gather"    # along rows: take(row, idx) (the target logit of a cross-entropy)
     return None
 
 

@@ -118,8 +118,26 @@ class _Partitioner:
         if self.open is None or src not in self.views:
             return
         spec = node.outs[0]
-        if row_view(spec.shape) == self.views[src]:
+        if row_view(spec.shape) == self.views[src] or \
+                (self._column(spec.shape) and self.views[src] == (self.rows, 1)):   # [R, 1] squeezed to [R]
             self.views[node.name] = self.views[src]
+
+    def _column(self, shape: tuple[int, ...]) -> bool:
+        """A 1-d value of one element per row of the open region (a per-row loss, a target index):
+        logically a column [rows, 1], not one row of ``rows`` columns."""
+        return self.rows > 1 and len(shape) == 1 and shape[0] == self.rows
+
+    def _column_views(self, node: AtenNode) -> bool:
+        """An elementwise op on columns (and scalars): its result is a column too."""
+        for r in node.refs():
+            spec = self.g.spec(r.name)
+            if self._operand_in_region(r) or r.name in self.views:
+                if self.views.get(r.name) != (self.rows, 1) or tuple(spec.shape) not in ((self.rows,), (self.rows, 1)):
+                    return False
+            elif math.prod(spec.shape) != 1 and not self._column(spec.shape):
+                return False
+        self.views[node.name] = (self.rows, 1)
+        return True
 
     def _operand_view(self, ref: Ref, out_shape: tuple[int, ...]) -> tuple[int, int] | None:
         """The logical view of an operand in the open region, or None if it cannot be used there."""
@@ -184,15 +202,19 @@ class _Partitioner:
             if total_kind(node, self.g) == "columns" and \
                     row_view(self.g.spec(src).shape) != self.views[src.name]:
                 return False
-            self.tail = {o.name for o in node.outs}
+            self.tail |= {o.name for o in node.outs}
             return True
         out = node.outs[0]
+        if kind == "elementwise" and self._column(out.shape):
+            return self._column_views(node)
         ins = [r for r in node.refs()]
         views = []
         for r in ins:
             v = self._operand_view(r, out.shape)
             if v is None:
                 return False
+            if len(self.g.spec(r.name).shape) == 1 < len(out.shape) and v == (self.rows, 1) and self.rows > 1:
+                return False   # a column [R] broadcasts along the last dim in PyTorch, not down the rows
             views.append(v)
         if kind in ("elementwise", "expand"):
             if row_view(out.shape)[0] != self.rows:
@@ -214,6 +236,10 @@ class _Partitioner:
             for o, c in zip(node.outs, (x[1], 1, 1)):
                 self.views[o.name] = (self.rows, c)
             return all(v[0] in (1, self.rows) for v in views)
+        elif kind == "gather":   # the index is rows of its own, as long as the source's
+            if any(v[0] != self.rows for v in views):
+                return False
+            self.views[node.name] = (self.rows, out.shape[-1])
         elif kind == "topk":
             k = node.args[1]
             for o in node.outs:
@@ -244,7 +270,9 @@ class _Partitioner:
         if self.open is None:
             return False
         if self.open.template == "row" and self.tail:
-            ok = self._tail_join(node)
+            # elementwise ops on the split reductions' results, or more row ops (another split reduction)
+            # as long as they do not read those results (that would take a second pass over the rows)
+            ok = self._tail_join(node) or self._row_views(node)
         elif self.open.template == "row":
             ok = self._row_views(node)
         else:

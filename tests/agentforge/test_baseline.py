@@ -28,7 +28,7 @@ TASKS = load_suite(SUITE)
 
 
 def test_suite_is_complete():
-    assert len(TASKS) == 58
+    assert len(TASKS) == 59
 
 
 @pytest.mark.slow

@@ -40,6 +40,12 @@ def _reduce_expr(node: AtenNode, x: str, xdt: str, odt: str, cols: int) -> str:
                 f"{asp_literal(float(cols - corr))}", cdt, odt)
 
 
+def _column(shape, rows: int) -> bool:
+    """A 1-d value of one element per row (a per-row loss, a class index): a column [rows, 1] of
+    the region (the partitioner lets such values into a region only as columns)."""
+    return rows > 1 and len(shape) == 1 and shape[0] == rows
+
+
 PERIODIC_BUFFER_CAP = 16 << 20   # bytes of a row-periodic operand held on chip rather than re-read
 
 
@@ -51,8 +57,8 @@ class RowKernel(RegionCode):
         first = self.nodes[0]
         rows = row_view(first.outs[0].shape)[0]
         cols = [row_view(o.shape)[1] for n in self.nodes for o in n.outs if o.dtype != "none"]
-        widest = max(cols + [row_view(g.spec(r.name).shape)[1] for n in self.nodes for r in n.refs()
-                             if self.resolve(r.name) not in self.inside])
+        widest = max(cols + [1 if _column(g.spec(r.name).shape, rows) else row_view(g.spec(r.name).shape)[1]
+                             for n in self.nodes for r in n.refs() if self.resolve(r.name) not in self.inside])
         base_rows = rows
         for n in self.nodes:   # row tiles must not straddle the period of an operand that repeats its rows
             if row_kind(n, g) in ("elementwise", "expand"):
@@ -76,6 +82,12 @@ class RowKernel(RegionCode):
             if out_shape is None:   # read as rows of the region, whatever its shape: [rows, numel / rows]
                 out_shape = (rows, math.prod(spec.shape) // rows)
                 spec = TensorSpec(spec.name, out_shape, spec.dtype)
+            elif _column(out_shape, rows):   # an operand of a column op: a column [rows] or a scalar
+                if math.prod(spec.shape) not in (1, rows):
+                    raise UnsupportedOpError(f"plan does not fit this graph: '{ref.name}' {list(spec.shape)} is "
+                                             f"neither a column of {rows} rows nor a scalar")
+                out_shape = (rows, 1)
+                spec = TensorSpec(spec.name, (rows, 1) if math.prod(spec.shape) == rows else (1, 1), spec.dtype)
             p = (1,) * (len(out_shape) - len(spec.shape)) + tuple(spec.shape) if out_shape else tuple(spec.shape)
             lead_full = tuple(p[:-1]) == tuple(out_shape[:-1]) if out_shape else False
             c = p[-1] if p else 1
@@ -121,18 +133,23 @@ class RowKernel(RegionCode):
             self.expr[ref.name] = pn
             return pn
 
-        total = None          # the split reduction: (node, partial, combine, dtype, width)
-        stage1: list = []
-        after: set[str] = set()   # values of the second stage: the reduction's result and what follows it
+        # the split reductions: (node, partial, combine, dtype, width, name of its combined total)
+        totals: list[tuple] = []
+        row_lets: list = []       # the map over row tiles
+        fin_lets: list = []       # the second stage, on the combined totals
+        after: set[str] = set()   # values of the second stage: the reductions' results and what follows them
         for node in self.nodes:
             kind = row_kind(node, g)
             out = node.outs[0]
-            if total is not None:  # after the split reduction: elementwise ops on its (combined) result
+            if totals and kind == "elementwise" and node.refs() and \
+                    all(self.resolve(r.name) in after for r in node.refs()):
+                self.lets = fin_lets   # elementwise ops on the (combined) totals only
                 ops, fexpr, _ = elementwise_parts(node, g, elementwise_kind(aten_name(node.target)))
                 self.expr[node.name] = self.let(fexpr([self.expr[self.resolve(o.value)] if o.kind == "tensor"
                                                        else asp_literal(o.value) for o in ops]))
                 after.update(o.name for o in node.outs)
                 continue
+            self.lets = row_lets
             if kind == "total":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
@@ -146,11 +163,12 @@ class RowKernel(RegionCode):
                 # stage 1, in the map over row tiles (in parallel): each tile's partial
                 partial = self.let(f"{red}({red}({xin}, axis=1), axis=0)" if whole else f"{red}({xin}, axis=0)")
                 width = 1 if whole else xs.shape[-1]
-                total = (node, partial, red, cdt, width)
-                stage1, self.lets = self.lets, []
+                tname = f"t{len(totals)}"
+                totals.append((node, partial, red, cdt, width, tname))
+                self.lets = fin_lets
                 count = math.prod(xs.shape) if whole else math.prod(xs.shape[:-1])
-                fin = cast_expr("t" if base != "mean" else f"t / {asp_literal(float(count))}", cdt, odt)
-                self.expr[node.name] = fin if fin == "t" else self.let(fin)
+                fin = cast_expr(tname if base != "mean" else f"{tname} / {asp_literal(float(count))}", cdt, odt)
+                self.expr[node.name] = fin if fin == tname else self.let(fin)
                 after.update(o.name for o in node.outs)
                 continue
             if kind == "elementwise":
@@ -231,6 +249,10 @@ class RowKernel(RegionCode):
                 b = xs.shape[-1]
                 self.expr[node.name] = self.let(f"slice({x}, axis=1, start={node.args[2] % b}, "
                                                 f"stop={math.prod(xs.shape) // rows}, step={b})")
+            elif kind == "gather":
+                x = operand(node.args[0], g.spec(node.args[0]).shape)
+                idx = operand(node.args[2], g.spec(node.args[2]).shape)
+                self.expr[node.name] = self.let(f"take({x}, {idx}, axis=1)")
             elif kind == "topk":
                 xs = g.spec(node.args[0])
                 x = operand(node.args[0], xs.shape)
@@ -258,9 +280,7 @@ class RowKernel(RegionCode):
                 self.expr[node.name] = self.let(f"put({base}, {idx}, {sv}, axis=1)")
             else:
                 raise UnsupportedOpError(f"not supported in a row region: {node.target}")
-        fin_lets = []
-        if total is not None:
-            fin_lets, self.lets = self.lets, stage1
+        self.lets = row_lets
         results, finals = [], []
         for node in self.nodes:
             for o in node.outs:
@@ -268,31 +288,34 @@ class RowKernel(RegionCode):
                     (finals if o.name in after else results).append(o)
         if not results and not finals:
             raise UnsupportedOpError("a row region with no result used outside it")
-        names = [self.expr[o.name] for o in results] + ([total[1]] if total is not None else [])
+        names = [self.expr[o.name] for o in results] + [t[1] for t in totals]
         f = kb.fn(params, names[0] if len(names) == 1 else "(" + ", ".join(names) + ")", self.lets)
         outs = kb.op(f"map({', '.join(streams)}, fn={f}, par={par_c})", len(names))
         out_views = []
-        if total is not None:
-            # stage 2: combine the tiles' partials (one small accumulator), then what follows the reduction
-            node, _, red, cdt, width = total
-            part = outs[-1]
-            if rows // r_tile > 1:
-                dt_ = "" if cdt == "f32" else f", dtype={cdt}"
-                init = f"zeros([1, {width}]{dt_})" if red == "sum" else \
-                    f"full([1, {width}], {'-inf' if red == 'max' else 'inf'}{dt_})"
-                comb = kb.fn(["acc", "p"], {"sum": "acc + p", "max": "maximum(acc, p)", "min": "minimum(acc, p)"}[red])
-                (part,) = kb.op(f"accum({part}, rank=1, init={init}, fn={comb})")
+        if totals:
+            # stage 2: combine each reduction's tile partials (one small accumulator each), then what follows
+            parts = []
+            for (_, _, red, cdt, width, _), part in zip(totals, outs[len(results):]):
+                if rows // r_tile > 1:
+                    dt_ = "" if cdt == "f32" else f", dtype={cdt}"
+                    init = f"zeros([1, {width}]{dt_})" if red == "sum" else \
+                        f"full([1, {width}], {'-inf' if red == 'max' else 'inf'}{dt_})"
+                    comb = kb.fn(["acc", "p"], {"sum": "acc + p", "max": "maximum(acc, p)",
+                                                "min": "minimum(acc, p)"}[red])
+                    (part,) = kb.op(f"accum({part}, rank=1, init={init}, fn={comb})")
+                parts.append(part)
             fnames = [self.expr[o.name] for o in finals]
-            fouts = [part]
-            if fnames != ["t"]:
-                fin = kb.fn(["t"], fnames[0] if len(fnames) == 1 else "(" + ", ".join(fnames) + ")", fin_lets)
-                fouts = kb.op(f"map({part}, fn={fin})", len(fnames))
+            tnames = [t[5] for t in totals]
+            fouts = parts
+            if fnames != tnames:
+                fin = kb.fn(tnames, fnames[0] if len(fnames) == 1 else "(" + ", ".join(fnames) + ")", fin_lets)
+                fouts = kb.op(f"map({', '.join(parts)}, fn={fin})", len(fnames))
         for s, o in zip(outs, results):
             view = (rows, math.prod(o.shape) // rows)
             oname = kb.result(asp_dtype(o), view)
             kb.do(f"store({oname}, {s}, par={par_m})")
             out_views.append(view)
-        if total is not None:
+        if totals:
             for s, o in zip(fouts, finals):
                 view = (1, max(1, math.prod(o.shape)))
                 kb.do(f"store({kb.result(asp_dtype(o), view)}, {s})")
