@@ -417,6 +417,21 @@ def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape], layout=layout)
 
 
+def lower_repeat(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """x.repeat(r0, r1, ...): the output viewed as [r0, x0, r1, x1, ...] is x viewed as
+    [1, x0, 1, x1, ...] broadcast, one elementwise copy (the broadcast axes merged, x held on chip
+    where it repeats innermost: InstanceNorm's weight.repeat(N) reads the weight once)."""
+    x, reps = graph.spec(node.args[0]), [int(r) for r in node.args[1]]
+    out = node.outs[0]
+    xs = (1,) * (len(reps) - len(x.shape)) + tuple(x.shape)
+    shape, (view,) = merge_dims(tuple(v for r, n in zip(reps, xs) for v in (r, n)), [tuple(v for n in xs for v in (1, n))])
+    op = _Operand("tensor", x.name, TensorSpec(x.name, view, x.dtype))
+    comment = f"{node.target} ({node.name})"
+    src, inputs, views, layout = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), [op],
+                                                    lambda a: a[0], asp_dtype(out), comment=comment)
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape], layout=layout)
+
+
 def _interleave(ops: list["_Operand"], views: list[tuple[int, ...]]) -> list:
     """``views`` (one per tensor operand) aligned with ``ops`` (scalars get None)."""
     it = iter(views)
@@ -1524,6 +1539,8 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_structural(node, graph, base)
     if base == "topk":
         return lower_topk(node, graph)
+    if base == "repeat":
+        return lower_repeat(node, graph)
     if base == "index_select":
         return lower_index_select(node, graph)
     if base == "embedding":

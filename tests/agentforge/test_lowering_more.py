@@ -145,8 +145,9 @@ def test_instance_norm_and_batch_statistics_of_one_sample():
     assert _targets(chain) == ["aten._native_batch_norm_legit.no_stats"]
     w, b = torch.randn(6), torch.randn(6)
     _check(Fn(lambda s, x: torch.nn.functional.batch_norm(x, None, None, w, b, training=True)), torch.randn(1, 6, 40, 40))
-    # a long row per channel (instance norm at KernelBench's 512 x 512)
-    _check(_norm(nn.InstanceNorm2d(3)), torch.randn(2, 3, 300, 256) * 3 - 1)
+    # a long row per channel (instance norm at KernelBench's 512 x 512), affine: weight.repeat(N) then rows
+    _, chain = _check(_norm(nn.InstanceNorm2d(3, affine=True)), torch.randn(2, 3, 300, 256) * 3 - 1)
+    assert "aten.repeat.default" in _targets(chain)
 
 
 def test_batch_statistics_over_several_samples():
@@ -284,6 +285,16 @@ def test_permutes_that_move_the_last_axis():
              ((0, 3, 1, 2), (3, 4, 5, 6)), ((2, 0, 1), (300, 4, 260))]
     model, xs, labels = _many([(f"permute {p}", lambda x, p=p: x.permute(*p).contiguous() * 2.0, s_)
                                for p, s_ in cases])
+    _check(model, *xs, labels=labels)
+
+
+def test_repeat():
+    model, xs, labels = _many([
+        ("1-D", lambda x: x.repeat(3), (5,)),
+        ("new leading dim", lambda x: x.repeat(2, 1, 3), (4, 5)),
+        ("last dim", lambda x: x.repeat(1, 2), (4, 5)),
+        ("both dims, several tiles", lambda x: x.repeat(2, 2), (300, 70)),
+    ])
     _check(model, *xs, labels=labels)
 
 
