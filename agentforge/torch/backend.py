@@ -408,7 +408,7 @@ class _Compiled:
 
             left = []
             for fam, problem, nodes in spec.plan.blocked_at(dynamic_sizes(spec.plan.exported, tensors)):
-                if problem in fam.problems.by_key:
+                if fam.covered(problem):
                     return None     # a kernel is verified at this call's sizes: plan this signature
                 left.append(Unverified(fam, problem, nodes))
             if left and self.cfg.strict:     # the largest block the library would cover at other sizes
