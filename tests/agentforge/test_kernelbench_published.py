@@ -167,3 +167,14 @@ def test_sizes_go_below_their_floor_only_when_the_floor_is_past_the_budget(tmp_p
 
     assert check_size_sets(task, fits(1 << 16), cfg) == [{"B": 16, "N": 4096}]
     assert check_size_sets(task, fits(1 << 21), cfg) == [{"B": LAST_FLOOR, "N": 4096}]
+
+
+def test_a_sidecar_may_declare_ranges_holding_the_own_sizes(tmp_path: Path) -> None:
+    from agentforge.errors import TaskError
+
+    task = _task_with(tmp_path, "TOKENS = 64")
+    task.sidecar_path.write_text('[ranges]\nTOKENS = "1..8192"\n')
+    assert load_task(task.path).sizes == {"TOKENS": 64}
+    task.sidecar_path.write_text('[ranges]\nTOKENS = "100..8192"\n')
+    with pytest.raises(TaskError, match=r"sizes\.toml.*\[ranges\].*TOKENS"):
+        load_task(task.path)
