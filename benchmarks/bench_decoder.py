@@ -1,10 +1,12 @@
-"""A Llama-style decoder layer authored by the offline author, decode and prefill, timing only.
+"""A Llama-style decoder layer authored by the offline author, decode and prefill.
 
 For each form the layer is captured at its real sizes on meta tensors (no data), planned and tuned
 by ``agentforge.author.author_plan`` at those sizes, realised as a chain of ASP kernels and timed by
-the analytic model on the machine (reconfigurations between kernels included). Nothing is
-verified here (the suite's ``llama_decoder_block`` is verified by bench_author.py at its own sizes);
-this measures how close the author's plan comes to the chip:
+the analytic model on the machine (reconfigurations between kernels included). Each decode plan is
+also checked against PyTorch by the referee (``agentforge.verify.evaluate``, the plan as timed, at
+the check sizes of the task's sidecar ``DECODE_SIDECAR``; ``--no-verify`` skips it); the prefill
+form is the suite's ``llama_decoder_block``, verified by bench_author.py at its own sizes. This
+measures how close the author's plan comes to the chip:
 
 - decode (one new token per sequence, BATCH 1-8, a KV cache of CACHE positions): memory-bound,
   reported as the fraction of the HBM roofline (every weight, the KV cache, the token's
@@ -13,11 +15,15 @@ this measures how close the author's plan comes to the chip:
   roofline (the layer's FLOPs at peak); target >= 0.60.
 
 Each row carries the per-section breakdown (one entry per kernel of the plan: its region
-template, ops, time, share of the layer and its own roofline fraction), the op-by-op baseline's
-time and the speedup over it. Weights are float32, as in the suite's task (HIDDEN 4096,
-HEADS 32, INTERMEDIATE 11008: Llama-2 7B).
+template, ops, time, share of the layer and its own roofline fraction; a whole-layer ``decoder``
+kernel, which the author picks for the decode form when the timing model prefers it to its greedy
+row/matmul plan, also lists its stages: norm + q/k/v + RoPE, attention against the cache, output
+projection + residual, MLP, each with its HBM bytes and their time at full bandwidth), the
+op-by-op baseline's time and the speedup over it. Weights are float32, as in the suite's task
+(HIDDEN 4096, HEADS 32, INTERMEDIATE 11008: Llama-2 7B).
 
     .venv/bin/python benchmarks/bench_decoder.py [--machine sn40l] [--decode 1,8] [--prefill 512,4096] [--cache 2048]
+                                                 [--no-verify]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from agentforge.baseline import build_baseline  # noqa: E402
 from agentforge.capture import capture_at  # noqa: E402
 from agentforge.scoring import task_roofline  # noqa: E402
 from agentforge.tasks import load_task  # noqa: E402
+from agentforge.verify import VerifyConfig, evaluate  # noqa: E402
 
 PREFILL_TASK = ROOT / "evals" / "suite" / "llama_decoder_block.py"
 
@@ -116,8 +123,32 @@ def get_init_inputs():
 '''
 
 
-def measure(task, sizes: dict, machine: asp_lang.Machine, form: str) -> dict:
-    """Plan, tune and time ``task`` at ``sizes``; the row of the JSON report."""
+# The decode task's check sizes (its sidecar, as every suite task has one): the referee checks the plan
+# where every tiled axis spans >= 3 tiles of the tiles timed at the real sizes (the head dimension stays
+# 128, so HIDDEN = 128 * HEADS; 384, 512 and 640 are 3, 4 and 5 tiles of 128), BATCH as timed; both sets
+# within the referee's element budget (2^23) at BATCH 8.
+DECODE_SIDECAR = """[tolerance]
+atol = 1e-3
+rtol = 1e-3
+
+[[sizes]]
+CACHE = 384
+HIDDEN = 384
+HEADS = 3
+INTERMEDIATE = 384
+
+[[sizes]]
+CACHE = 512
+HIDDEN = 512
+HEADS = 4
+INTERMEDIATE = 640
+"""
+
+
+def measure(task, sizes: dict, machine: asp_lang.Machine, form: str, verify: bool = False) -> dict:
+    """Plan, tune and time ``task`` at ``sizes``; the row of the JSON report. ``verify``: also
+    check the plan against PyTorch through the referee (agentforge.verify.evaluate) at the task's
+    check sizes, the plan as timed."""
     task = replace(task, sizes=task.sizes_for(sizes))
     t0 = time.perf_counter()
     graph = capture_at(task, meta=True)
@@ -144,6 +175,16 @@ def measure(task, sizes: dict, machine: asp_lang.Machine, form: str) -> dict:
             "ops": [sem[j].target.split(".")[1] for j in region.nodes] if region else [k.target],
             "seconds": rep.seconds, "share": 0.0, "roofline_fraction": rep.roofline_fraction,
             "roofline_limit": rep.roofline_limit, "bottleneck": rep.bottleneck})
+        if region is not None and region.template == "decoder":
+            sections[-1]["stages"] = kernel_stages(k.source, rep, machine)
+    author_seconds = round(time.perf_counter() - t0, 2)   # planning, timing and the baseline; not the checks
+    verified = None
+    if verify:
+        ev = evaluate(task, {"kind": "plan", "plan": tuned.plan.to_dict()}, VerifyConfig(machine=machine.name),
+                      baseline_seconds=base or 1.0)
+        verified = {"verified": ev.verified, "reason": ev.reason, "checks": len(ev.checks or []),
+                    "check_sizes": [dict(t) for t in dict.fromkeys(tuple(c.sizes.items()) for c in ev.checks or [])],
+                    "seconds": round(ev.eval_seconds, 2)}
     kernel_total = sum(s["seconds"] for s in sections) or 1.0
     for s in sections:
         s["share"] = s["seconds"] / kernel_total
@@ -156,8 +197,33 @@ def measure(task, sizes: dict, machine: asp_lang.Machine, form: str) -> dict:
         "hbm_roofline_fraction": hbm_seconds / timing.seconds,
         "compute_roofline_fraction": compute_seconds / timing.seconds,
         "kernels": len(kernels), "reconfiguration_seconds": reconfig,
-        "search_evaluations": tuned.configs_tried, "author_seconds": round(time.perf_counter() - t0, 2),
+        "plan_templates": [r.template for r in tuned.plan.regions], "verification": verified,
+        "search_evaluations": tuned.configs_tried, "author_seconds": author_seconds,
         "sections": sections}
+
+
+def kernel_stages(source: str, rep, machine: asp_lang.Machine) -> list[dict]:
+    """A one-kernel layer's breakdown: its operators grouped by the stage comments the generator
+    writes in the kernel body (agentforge/shard.py decoder_layer_source: norm and q/k/v
+    projections with RoPE; attention against the cache; output projection and residual; the MLP),
+    each stage's HBM bytes, flops and PCUs, and the time its bytes take at full HBM bandwidth (the
+    kernel streams the stages' weights and cache back to back, so at decode these add up to the
+    kernel's time within its roofline fraction)."""
+    marks = [(no, text.strip()[2:]) for no, text in enumerate(source.splitlines(), 1)
+             if text.startswith("  # ")]
+    stages: dict[str, dict] = {}
+    for op in rep.ops:
+        title = next((t for no, t in reversed(marks) if no <= op.line), "setup")
+        st = stages.setdefault(title, {"stage": title, "operators": 0, "hbm_bytes": 0.0, "flops": 0.0, "pcus": 0})
+        st["operators"] += 1
+        st["hbm_bytes"] += op.offchip_bytes
+        st["flops"] += op.flops
+        st["pcus"] += op.pcus
+    total = sum(st["hbm_bytes"] for st in stages.values()) or 1.0
+    for st in stages.values():
+        st["hbm_seconds"] = st["hbm_bytes"] / (machine.hbm.bandwidth_gbs * 1e9)
+        st["share"] = st["hbm_bytes"] / total
+    return list(stages.values())
 
 
 def main() -> None:
@@ -166,6 +232,8 @@ def main() -> None:
     ap.add_argument("--decode", default="1,2,4,8", help="decode batch sizes (comma-separated; '' for none)")
     ap.add_argument("--prefill", default="512,1024,2048,4096", help="prefill sequence lengths ('' for none)")
     ap.add_argument("--cache", type=int, default=2048, help="KV cache positions of the decode form")
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="time only (by default each decode plan is also checked against PyTorch by the referee)")
     args = ap.parse_args()
     machine = asp_lang.load_machine(args.machine)
     rows = []
@@ -173,9 +241,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "llama_decode_step.py"
         path.write_text(DECODE_SOURCE)
+        path.with_suffix(".toml").write_text(DECODE_SIDECAR)
         decode = load_task(path)
         for b in [int(v) for v in args.decode.split(",") if v]:
-            rows.append(measure(decode, {"BATCH": b, "CACHE": args.cache}, machine, "decode"))
+            rows.append(measure(decode, {"BATCH": b, "CACHE": args.cache}, machine, "decode", verify=args.verify))
             print(_line(rows[-1]), file=sys.stderr)
     for s in [int(v) for v in args.prefill.split(",") if v]:
         rows.append(measure(prefill, {"BATCH": 1, "SEQ": s}, machine, "prefill"))
@@ -185,6 +254,8 @@ def main() -> None:
     out = {"machine": args.machine, "dtype": "f32",
            "summary": {"decode_min_hbm_roofline_fraction": min(dec) if dec else None,
                        "decode_target": 0.85,
+                       "decode_all_verified": all(r["verification"]["verified"] for r in rows
+                                                  if r["form"] == "decode") if args.verify and dec else None,
                        "prefill_min_compute_roofline_fraction": min(pre) if pre else None,
                        "prefill_target": 0.60},
            "rows": rows}
@@ -197,7 +268,9 @@ def _line(r: dict) -> str:
     return (f"{r['form']:8s} {r['sizes']}: {r['seconds'] * 1e6:9.1f} us, {frac:.3f} of the {what} roofline, "
             f"{r['kernels']} kernels, " + (f"{r['speedup']:.2f}x over op-by-op" if r["speedup"] else
                                            f"op-by-op baseline failed: {r['baseline_error']}")
-            + f" ({r['author_seconds']} s)")
+            + f" ({r['author_seconds']} s)"
+            + ("" if not r.get("verification") else ", verified against PyTorch" if r["verification"]["verified"]
+               else f", NOT verified: {r['verification']['reason']}"))
 
 
 if __name__ == "__main__":
