@@ -94,7 +94,10 @@ TEMPLATE_HELP = {
     "matmul": "mm/addmm with the transposed weight it reads (linear's permute) and an elementwise epilogue",
     "attention": "a whole attention pattern (bmm(Q, K^T), scale, constant mask, softmax, bmm with V; or softmax "
                  "and bmm alone) as one flash-attention kernel",
-    "moe": "a dense-masked mixture of experts whose gate has at most k non-zeros per token, as one routed kernel",
+    "moe": "a dense-masked mixture of experts whose gate has at most k non-zeros per token, routed: its tokens "
+           "sorted by expert into tiles that share each weight read (two kernels), or token by token (tm = 0)",
+    "experts": "expert MLPs on tokens already grouped by expert (bmm up products of x [E, C, D], an elementwise "
+               "activation, bmm down product) as one kernel",
     "decoder": "a whole Llama-style decoder layer at decode (one new token per sequence against its KV cache), "
                "recognised whole, as one kernel",
     "single": "one op on its own, lowered as the baseline lowers it",

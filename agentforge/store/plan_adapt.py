@@ -32,7 +32,8 @@ PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "row": ("rows", "par", "par_mem"),
     "matmul": ("tm", "tn", "tk", "par", "hold", "par_buf", "par_mem", "par_epi"),
     "attention": ("tm", "tk", "par", "par_mem", "par_buf", "kv_buf"),
-    "moe": ("tk", "par", "par_mem", "par_buf"),
+    "moe": ("tm", "tk", "par", "par_mem", "par_buf", "par_route"),
+    "experts": ("tm", "tk", "par", "par_mem", "par_buf"),
     "decoder": ("tk", "tc", "to", "tf", "td", "par", "load_par"),
     "single": ("compute", "memory"),
 }

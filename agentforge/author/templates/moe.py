@@ -252,7 +252,7 @@ class MoeKernel(RegionCode):
         moe = self.whole_match(moe_matches(g), "mixture of experts")
         E, T, D, F, N = moe.dims
         p = self.region.params
-        tm = int(p.get("tm", 0))
+        tm = int(p.get("tm", MOE_GRID["tm"][0]))   # a plan that does not say (an LLM's): grouped
         if tm >= 2:
             if moe.k >= E:
                 raise UnsupportedOpError("grouped experts need an expert each token does not use (k < E)")
