@@ -107,6 +107,10 @@ def row_kind(node: AtenNode, graph: AtenGraph) -> str | None:
         if on_last_dim(node, graph, dims):
             return "reduce"
         return "total" if base in ("sum", "mean", "amax", "amin") and total_kind(node, graph) else None
+    if base == "linalg_vector_norm" and node.kwargs.get("dtype") is None:   # ord 2, 1, inf over each row
+        ord_ = a[1] if len(a) > 1 else node.kwargs.get("ord", 2)
+        dims = a[2] if len(a) > 2 else node.kwargs.get("dim")
+        return "reduce" if ord_ in (2, 1, math.inf) and on_last_dim(node, graph, dims) else None
     if base in ("_softmax", "_log_softmax"):
         return "softmax" if on_last_dim(node, graph, a[1]) else None
     if base == "native_layer_norm":

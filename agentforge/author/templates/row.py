@@ -34,6 +34,11 @@ def _reduce_expr(node: AtenNode, x: str, xdt: str, odt: str, cols: int) -> str:
         return cast_expr(f"{'max' if base == 'amax' else 'min'}({xin}, axis=1)", cdt, odt)
     if base in ("argmax", "argmin"):
         return f"{base}({xin}, axis=1)"
+    if base == "linalg_vector_norm":   # row_kind admits ord 2, 1 and inf
+        ord_ = node.args[1] if len(node.args) > 1 else node.kwargs.get("ord", 2)
+        if ord_ == 2:
+            return cast_expr(f"sqrt(sum({xin} * {xin}, axis=1))", cdt, odt)
+        return cast_expr(f"{'sum' if ord_ == 1 else 'max'}(abs({xin}), axis=1)", cdt, odt)
     corr = node.kwargs.get("correction", 1)
     corr = 1 if corr is None else corr
     return cast_expr(f"sum(({xin} - mean({xin}, axis=1)) * ({xin} - mean({xin}, axis=1)), axis=1) / "
