@@ -50,7 +50,6 @@ import time
 import tokenize
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from .errors import AgentforgeError
@@ -345,7 +344,10 @@ def verify_library_ranges(lib: "Library", overrides: Mapping[str, Range] | None 
     rows: list[dict[str, Any]] = []
     from .tasks import load_task
 
-    for e in list(lib.get(only) if only else lib.entries):
+    entries = lib.get(only) if only else lib.entries
+    if only and not entries:
+        raise RangeError(f"{lib.root}: no kernel {only!r} (an id, op or task name; see `agentforge library list`)")
+    for e in list(entries):
         task = load_task(lib.root / e.task_file)
         ranges = sidecar_ranges(task)
         for n, r in (overrides or {}).items():

@@ -496,8 +496,12 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unveri
             if k not in fam.problems.by_key and fam.covered(k):
                 break
         vs = _canonical_problems(fam).get(key)
-    if not vs and fam.verify_new_sizes and flat not in fam.problems.by_key:
-        fam.select_key(flat)            # the task's checks at these sizes; a passing kernel joins the problems
+    if not vs and fam.verify_new_sizes:
+        # the task's checks at these sizes (its sizes found from the arguments as the model has them,
+        # or with rows flattened); a passing kernel joins the problems
+        for k in dict.fromkeys((got, flat)):
+            if k not in fam.problems.by_key and fam.select_key(k) is not None:
+                break
         vs = _canonical_problems(fam).get(key)
     semantic = [m.nodes[n.name] for n in P.g.nodes if not P.transparent(n.name)]
     if not vs:

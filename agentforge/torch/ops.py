@@ -14,11 +14,11 @@ argument shapes and dtypes of one of its ``verified_at`` size sets (its task cap
 sizes), or any sizes inside a range it was verified over (``agentforge library verify-ranges``,
 :mod:`agentforge.ranges`: edges, ragged and interior points checked once, so a call inside the
 range runs the kernel without verifying at call time). Anything else is refused with an error
-that lists what exists, unless the library was loaded with ``verify_new_sizes=True`` (the task's checks run at the new sizes on
-first use, the verdict is cached for the process) or ``fallback="torch"`` (the task's PyTorch
-reference runs instead, with a warning; at other dtypes, the reference at those dtypes). The
-chip computes integers in int32: int64 arguments are converted only when every value fits, else
-refused the same way. Never a silent wrong answer.
+that lists what exists, unless the library was loaded with ``verify_new_sizes=True`` (the
+task's checks run at the new sizes on first use, the verdict is cached for the process) or
+``fallback="torch"`` (the task's PyTorch reference runs instead, with a warning; at other
+dtypes, the reference at those dtypes). The chip computes integers in int32: int64 arguments
+are converted only when every value fits, else refused the same way. Never a silent wrong answer.
 """
 
 from __future__ import annotations

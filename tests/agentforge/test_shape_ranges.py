@@ -87,12 +87,23 @@ def test_a_point_over_the_check_budget_is_checked_at_the_largest_fitting_size_wi
 # ---------------------------------------------------------------------- a ranged library
 
 @pytest.fixture(scope="module")
-def ranged(torch_library, tmp_path_factory) -> Path:
-    """The test library's rmsnorm_small kernel (verified at SEQ 16 and its sidecar sets), verified
-    over SEQ 1..40 with the command line (one seed per point: a fast test)."""
-    out = tmp_path_factory.mktemp("ranged") / "library"
+def rms_only(torch_library, tmp_path_factory) -> Path:
+    """The test library with its rmsnorm_small kernel only (verified at SEQ 16 and its sidecar sets):
+    loading it into PyTorch captures one task, not six."""
+    out = tmp_path_factory.mktemp("rms") / "library"
     shutil.copytree(torch_library, out)
-    assert main(["verify-ranges", str(out), "--range", "SEQ=1..40", "--only", "rmsnorm_small", "--seeds", "1"]) == 0
+    lib = Library.open(out)
+    lib.entries = lib.get("rmsnorm_small")
+    lib.save()
+    return out
+
+
+@pytest.fixture(scope="module")
+def ranged(rms_only, tmp_path_factory) -> Path:
+    """That kernel verified over SEQ 1..40 with the command line (one seed per point: a fast test)."""
+    out = tmp_path_factory.mktemp("ranged") / "library"
+    shutil.copytree(rms_only, out)
+    assert main(["verify-ranges", str(out), "--range", "SEQ=1..40", "--seeds", "1"]) == 0
     return out
 
 
@@ -120,8 +131,10 @@ def test_verify_ranges_records_points_timing_and_provenance_in_the_manifest(rang
 def test_verify_ranges_says_what_is_wrong_on_the_command_line(ranged, capsys):
     assert main(["verify-ranges", str(ranged), "--range", "SEQ=1-40"]) == 2
     assert "SEQ = '1-40' is not LO..HI" in capsys.readouterr().err
-    assert main(["verify-ranges", str(ranged), "--range", "SEQ=32..40", "--only", "rmsnorm_small"]) == 2
+    assert main(["verify-ranges", str(ranged), "--range", "SEQ=32..40"]) == 2
     assert "does not hold the task's own SEQ = 16" in capsys.readouterr().err
+    assert main(["verify-ranges", str(ranged), "--range", "SEQ=1..40", "--only", "rmsnorm"]) == 2
+    assert "no kernel 'rmsnorm'" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -174,25 +187,42 @@ def test_a_compiled_model_offloads_at_a_size_inside_the_range_and_not_outside(ra
     from agentforge.torch import load_library
 
     load_library(ranged)        # the backend's namespace points at this library
-
-    class Norm(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.weight = torch.nn.Parameter(1.0 + 0.1 * torch.randn(64))
-
-        def forward(self, x):
-            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
-
     m = Norm()
     _poison(monkeypatch)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for seq, inside in ((24, True), (48, False)):
-            torch._dynamo.reset()
-            x = torch.randn(1, seq, 64)
-            got = torch.compile(m, backend="agentforge", dynamic=False, options={"library": str(ranged)})(x)
-            assert torch.equal(got, torch.full_like(got, 7.0)) == inside, seq
+            assert _compiled_is_poisoned(m, seq, {"library": str(ranged)}) == inside, seq
     assert [r[1]["SEQ"] for r in ran] == [24]
+
+
+class Norm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(1.0 + 0.1 * torch.randn(64))
+
+    def forward(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
+
+def _compiled_is_poisoned(m: torch.nn.Module, seq: int, options: dict) -> bool:
+    torch._dynamo.reset()
+    got = torch.compile(m, backend="agentforge", dynamic=False, options=options)(torch.randn(1, seq, 64))
+    torch._dynamo.reset()
+    return bool(torch.equal(got, torch.full_like(got, 7.0)))
+
+
+def test_verify_new_sizes_in_a_compiled_model_finds_the_tasks_sizes_from_the_models_arguments(rms_only, monkeypatch):
+    """A [1, S, H] match is keyed with rows flattened for the signature; its task's sizes are found
+    from the arguments as the model has them (before: never, so verify_new_sizes offloaded nothing)."""
+    from agentforge.torch.ops import OpFamily
+
+    # the kernel's answer is poisoned where the model calls it, not where the task's checks run it
+    monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full(s.shape, 7.0)
+                                                                 for s in v.graph.output_specs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _compiled_is_poisoned(Norm(), 24, {"library": str(rms_only), "verify_new_sizes": True})
 
 
 # ---------------------------------------------------------------------- symbolic tasks from literal ones
