@@ -1,9 +1,15 @@
-"""The row template: elementwise ops, reductions, softmax, layer norm, cumsum, slices, topk and
-concatenation along the last dimension over one space of rows, as one map over row tiles whose
-tile function holds the whole region; it may end in a split reduction across rows (each tile
-reduces to a partial in the map, a small ``accum`` combines them).
+"""The row template: elementwise ops, reductions (vector norms among them), softmax, layer norm,
+cumsum, slices, topk, gather / scatter and concatenation along the last dimension over one space
+of rows, as one map over row tiles whose tile function holds the whole region. 1-d values of one
+element per row (class targets, per-row losses) are columns [rows, 1] of the region. It may end
+in split reductions across rows (each tile reduces to a partial in the map, a small ``accum`` per
+reduction combines them, elementwise ops on the totals follow): a cross-entropy over class
+indices is one region (log-softmax, the target's gather, the loss sum and the count of valid rows).
 
-One cohesive kernel builder (about 280 lines): the ops a row region may hold are cases of one
+Losses, scans and norms are row ops, so they live here rather than in templates of their own: one
+place decides how a row region loads, tiles and reduces, whatever ops it holds.
+
+One cohesive kernel builder (about 320 lines): the ops a row region may hold are cases of one
 loop over the region's nodes, sharing the operand loading and the tile size.
 """
 
