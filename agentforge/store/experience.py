@@ -139,6 +139,23 @@ EXPERIENCE_SCHEMA = Schema("experience", (
         "DROP TABLE experience_priors",
         "ALTER TABLE experience_priors_v3 RENAME TO experience_priors",
     )),
+    Migration(4, "plan priors accept the 'experts' (grouped expert MLPs) and 'decoder' (whole layer) templates", (
+        "CREATE TABLE experience_priors_v4 ("
+        " signature_key TEXT NOT NULL,"
+        " class_key TEXT NOT NULL,"
+        " template TEXT NOT NULL CHECK (template IN ('row', 'matmul', 'attention', 'moe', 'experts', 'decoder',"
+        " 'single')),"
+        " params_json TEXT NOT NULL,"
+        " speedup REAL,"
+        " task TEXT NOT NULL,"
+        " updated_at REAL NOT NULL,"
+        " PRIMARY KEY (signature_key, class_key, template))",
+        "INSERT INTO experience_priors_v4 (signature_key, class_key, template, params_json, speedup, task,"
+        " updated_at) SELECT signature_key, class_key, template, params_json, speedup, task, updated_at"
+        " FROM experience_priors",
+        "DROP TABLE experience_priors",
+        "ALTER TABLE experience_priors_v4 RENAME TO experience_priors",
+    )),
 ))
 
 

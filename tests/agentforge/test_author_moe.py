@@ -210,3 +210,22 @@ def get_init_inputs():
     (got,) = realize(Plan(regions), graph, SN40L).run([x])
     with torch.no_grad():
         torch.testing.assert_close(got, model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_the_experience_library_keeps_priors_of_both_expert_templates(tmp_path):
+    # its priors table names the templates it accepts (a CHECK constraint): a verified plan with an
+    # experts region must be recorded, not refused, and its parameters offered back as priors
+    from agentforge.capture import signature
+    from agentforge.store.experience import ExperienceLibrary
+
+    _, own, _ = _graphs("moe_experts_grouped")
+    sig = signature(own)
+    params = {"tm": 64, "tk": 128, "par": 1000, "par_buf": 64, "par_mem": 8}
+    routed = {"tm": 16, "tk": 128, "par": 1000, "par_buf": 64, "par_mem": 8, "par_route": 4}
+    ok = {"verified": True, "speedup": 1.3}
+    with ExperienceLibrary(tmp_path / "x.sqlite") as lib:
+        lib.add("moe_experts_grouped", sig, "plan", {"regions": [{"template": "experts", "nodes": [0, 1, 2, 3, 4],
+                                                                  "params": params}]}, ok)
+        lib.add("moe_layer", sig, "plan", {"regions": [{"template": "moe", "nodes": [0, 1, 2, 3, 4],
+                                                        "params": routed}]}, ok)
+        assert lib.priors(sig) == {"experts": params, "moe": routed}
