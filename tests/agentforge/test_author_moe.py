@@ -109,8 +109,8 @@ def _model(path: Path, k: int, skew: bool) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("k", [1, 2])
-@pytest.mark.parametrize("skew", [False, True])
-def test_grouped_experts_are_exact_for_any_routing(tmp_path, k, skew):
+@pytest.mark.parametrize("skew, tm", [(False, 4), (True, 4), (True, 0)])
+def test_grouped_experts_are_exact_for_any_routing(tmp_path, k, skew, tm):
     task, path = _task(tmp_path, k)
     sizes = task.resolved_size_sets()[0]                 # T = 24 tokens
     graph = capture_at(task, sizes)
@@ -118,10 +118,12 @@ def test_grouped_experts_are_exact_for_any_routing(tmp_path, k, skew):
     graph = graph.with_weights(model)
     regions = common_partition([graph])
     (moe,) = [r for r in regions if r.template == "moe"]
-    # 4 tokens a tile: the crowded expert spans several tiles, each group is padded, empty experts have none
-    moe.params = {"tm": 4, "tk": 8, "par": 8, "par_buf": 2, "par_route": 2}
+    # 4 tokens a tile: the crowded expert spans several tiles, each group is padded, empty experts have
+    # none (tm = 0: the token-by-token form, one kernel)
+    moe.params = {"tm": tm, "tk": 8, "par": 8, "par_buf": 2, "par_route": 2}
     chain = realize(Plan(regions), graph, SN40L)
-    assert [kk.target for kk in chain.kernels][-2:] == ["fused.moe", "fused.moe_combine"]
+    assert [kk.target for kk in chain.kernels][-2:] == (["fused.moe", "fused.moe_combine"] if tm else
+                                                        ["fused.row", "fused.moe"])
     torch.manual_seed(2)
     x = torch.randn(sizes["T"], 8)
     x[:, 0] = 1.0
