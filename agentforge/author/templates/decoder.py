@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...capture import AtenGraph, AtenNode
+from ...capture import AtenGraph, AtenNode, Ref
 from ...lowering import OpKernel, UnsupportedOpError, asp_dtype, aten_name
 from ...shard import decoder_layer_source
 from ..graph import const_and_alias_steps, semantic_nodes
@@ -126,13 +126,15 @@ _MATCHES: dict[str, "DecoderMatch | None"] = {}   # by graph.structure_key: one 
 
 def decoder_matches(graph: AtenGraph) -> list[DecoderMatch]:
     """The graph as one decoder layer at decode (a list of one), or [] when it is none."""
+    if _proposal(graph) is None:   # the operands' shapes alone rule it out: no key, no export
+        return []
     key = graph.structure_key
     if key not in _MATCHES:
         if len(_MATCHES) > 64:
             _MATCHES.clear()
         try:
             _MATCHES[key] = _match(graph)
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError, UnsupportedOpError):
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError, UnsupportedOpError):
             _MATCHES[key] = None   # not a form this matcher understands: the greedy regions take it
     m = _MATCHES[key]
     return [m] if m is not None else []
@@ -166,7 +168,7 @@ def _epsilons(graph: AtenGraph) -> list[float]:
     seen: dict[float, int] = {}
     for n in graph.nodes:
         if aten_name(n.target) == "add" and len(n.args) == 2 and isinstance(n.args[1], float) and \
-                hasattr(n.args[0], "name") and aten_name(getattr(by_name.get(n.args[0].name), "target", "")) == "mean":
+                isinstance(n.args[0], Ref) and aten_name(getattr(by_name.get(n.args[0].name), "target", "")) == "mean":
             seen[n.args[1]] = seen.get(n.args[1], 0) + 1
     return sorted(seen, key=lambda e: -seen[e])
 
