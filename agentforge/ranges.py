@@ -149,14 +149,29 @@ def sidecar_ranges(task: "Task") -> dict[str, Range]:
 # ---------------------------------------------------------------------- sampling
 
 
-def tile_modulus(structures: Iterable[tuple]) -> int:
+def _plan_tile_params() -> frozenset[str]:
+    """The fusion templates' tile-size parameters (``rows`` of a row region, ``tm``/``tn``/``tk``... of a
+    matmul), read off the templates' parameter names (agentforge.store.plan_adapt.PARAM_KEYS)."""
+    from .store.plan_adapt import PARAM_KEYS
+
+    return frozenset(k for keys in PARAM_KEYS.values() for k in keys if k == "rows" or re.fullmatch(r"t[a-z]", k))
+
+
+def tile_modulus(structures: Iterable[tuple], plan: Mapping[str, Any] | None = None) -> int:
     """The lcm of every tile size in ``structures`` (:func:`agentforge.solution.structure`'s
-    ``(ops, tiles, ...)``, tiles as (operator, axis, tile, tiles along it)); 1 when nothing is tiled."""
+    ``(ops, tiles, ...)``, tiles as (operator, axis, tile, tiles along it)) and, for a fusion plan,
+    of its regions' tile parameters (a fused kernel's row or matmul tiles are the plan's, not an
+    operator's tiling); 1 when nothing is tiled."""
     m = 1
     for st in structures:
         for _, _, t, _ in st[1]:
             if isinstance(t, int) and t > 1:
                 m = math.lcm(m, t)
+    names = _plan_tile_params() if plan else frozenset()
+    for region in (plan or {}).get("regions", []):
+        for k, v in (region.get("params") or {}).items():
+            if k in names and isinstance(v, int) and not isinstance(v, bool) and v > 1:
+                m = math.lcm(m, v)
     return m if m <= _MAX_MODULUS else 1
 
 
@@ -281,7 +296,7 @@ def verify_entry_ranges(lib: "Library", e: "KernelEntry", ranges: Mapping[str, R
     parse_ranges({n: str(r) for n, r in ranges.items()}, own, f"kernel {e.id} ({e.task})")
     sol = e.solution(lib.root, machine)
     base = baseline_solution(machine)
-    modulus = tile_modulus(sol.structure(capture_at(task, own, meta=True)))
+    modulus = tile_modulus(sol.structure(capture_at(task, own, meta=True)), e.plan)
     points = []
     ok = True
     t0 = time.perf_counter()

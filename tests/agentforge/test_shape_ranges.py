@@ -54,6 +54,9 @@ def test_a_sidecar_ranges_table_is_read_and_checked(tmp_path):
 def test_sampled_points_hold_both_edges_ragged_and_aligned_tiles_and_interior_points():
     assert tile_modulus([((), ((0, 0, 32, 4), (1, 1, 48, 2)), 0.0, 0.0)]) == 96
     assert tile_modulus([((), (), 0.0, 0.0)]) == 1
+    plan = {"regions": [{"template": "row", "params": {"rows": 16, "par": 48}},
+                        {"template": "matmul", "params": {"tm": 64, "tn": 32, "tk": 128, "par_mem": 8}}]}
+    assert tile_modulus([((), (), 0.0, 0.0)], plan) == 128        # tile parameters, not par
     pts = sample_points({"TOKENS": 16, "HIDDEN": 64}, {"TOKENS": Range(1, 8192)}, 64)
     vals = {s["TOKENS"]: why for s, why in pts}
     assert all(s["HIDDEN"] == 64 for s, _ in pts)                     # an unranged size stays as timed
@@ -112,7 +115,8 @@ def test_verify_ranges_records_points_timing_and_provenance_in_the_manifest(rang
     (rec,) = e.ranges
     assert rec["verified"] and rec["sizes"] == {"SEQ": [1, 40]} and rec["fixed"] == {"BATCH": 1, "HIDDEN": 64}
     seqs = {p["sizes"]["SEQ"] for p in rec["points"]}
-    assert {1, 40} <= seqs and any(s % 2 for s in seqs - {1}) and len(seqs) >= 5
+    L = rec["tile_modulus"]                # the fused row kernel's rows per tile
+    assert L > 1 and {1, 40, L - 1, L + 1} <= seqs and len(seqs) >= 5
     assert all(p["passed"] and p["checked_at"] == p["sizes"] and p["seconds"] > 0 and p["baseline_seconds"] > 0
                for p in rec["points"])
     assert {"date", "machine", "emulator_version", "agentforge_version", "seeds"} <= set(rec["provenance"])
