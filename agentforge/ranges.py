@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Range", "RangeError", "parse_range", "parse_ranges", "sidecar_ranges", "sample_points", "tile_modulus",
            "checkable_point", "verify_entry_ranges", "verify_library_ranges", "range_covers", "symbolize_sources",
+           "symbolic_model_suite",
            "MAX_POINTS_PER_SIZE"]
 
 _RANGE_RE = re.compile(r"^\s*(\d{1,12})\s*\.\.\s*(\d{1,12})\s*$")
@@ -128,7 +129,7 @@ def parse_range_args(items: Sequence[str] | None) -> dict[str, Range]:
     out: dict[str, Range] = {}
     for it in items or ():
         name, sep, text = it.partition("=")
-        if not sep or not name.strip().isidentifier():
+        if not sep or not re.fullmatch(r"[A-Za-z_]\w*(\[\d+\])?", name.strip()):
             raise RangeError(f"--range {it!r}: expected NAME=LO..HI, e.g. --range TOKENS=1..8192")
         out[name.strip()] = parse_range(text, name.strip(), "--range")
     return out
@@ -463,6 +464,49 @@ def symbolize_sources(sources: Mapping[int, str], name: str = "TOKENS") -> str |
     return "\n".join(lines) + "\n"
 
 
+def symbolic_model_suite(spec: str, out: Any, prompt: int = 16, batch: int = 1,
+                         max_tokens: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """``campaign --from-model``'s suite with tasks symbolic in the prompt length: the model is
+    captured at ``prompt``, ``prompt + 1`` and ``prompt + 2`` tokens (:func:`agentforge.torch.from_model.model_tasks`),
+    each region's three sources (paired by where the region is in the model) become one task with
+    a ``TOKENS`` size (:func:`symbolize_sources`, own value ``prompt``) and a sidecar
+    ``[ranges] TOKENS = "1..max_tokens"`` (default: the config's ``max_position_embeddings``).
+    A region that cannot be written so (its program differs at the other lengths, e.g. two regions
+    that are one program only where the prompt length equals the head dimension) stays literal.
+    Returns the suite folder and {"tasks", "symbolic", "literal": [names], "tokens": "1..N"}."""
+    from pathlib import Path
+
+    from .torch.from_model import load_model_spec, model_tasks, write_suite
+
+    if prompt < 1 or batch < 1:
+        raise RangeError(f"--prompt-tokens {prompt} / --batch {batch}: give positive integers")
+    m = load_model_spec(spec)
+    if m.example_inputs is not None:
+        raise RangeError(f"{spec}: a factory's model is captured at its example inputs only, so no prompt length "
+                         f"varies\n  how to fix: give a Hugging Face config.json (a causal LM) instead")
+    hi = max_tokens or getattr(getattr(m.module, "config", None), "max_position_embeddings", None) or prompt
+    if hi < prompt:
+        raise RangeError(f"--max-tokens {hi} is below the prompt length {prompt}")
+    lengths = (prompt, prompt + 1, prompt + 2)
+    by_len = {p: {tuple(sorted(o.split(": ", 1)[-1] for o in t.occurrences)): t for t in model_tasks(m, batch, [p])}
+              for p in lengths}
+    tasks, symbolic, literal = [], [], []
+    for k, t in by_len[prompt].items():
+        srcs = {p: by_len[p][k].source for p in lengths if k in by_len[p]}
+        sym = symbolize_sources(srcs, "TOKENS") if len(srcs) == len(lengths) else None
+        if sym is not None:
+            t.source = sym
+            symbolic.append(t.name)
+        else:
+            literal.append(t.name)
+        tasks.append(t)
+    folder = write_suite(tasks, Path(out) / "suite", m.name)
+    for name in symbolic:
+        side = folder / f"{name}.toml"
+        side.write_text(side.read_text() + f'\n[ranges]\nTOKENS = "1..{hi}"\n')
+    return folder, {"tasks": len(tasks), "symbolic": len(symbolic), "literal": literal, "tokens": f"1..{hi}"}
+
+
 # ---------------------------------------------------------------------- command line
 
 
@@ -512,10 +556,33 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_verify_ranges)
 
 
+def cmd_model_suite(args: argparse.Namespace) -> int:
+    """``python -m agentforge.ranges model-suite SPEC --out OUT``: the symbolic suite, and what to run next."""
+    folder, info = symbolic_model_suite(args.spec, args.out, args.prompt_tokens, args.batch, args.max_tokens)
+    print(f"{folder}: {info['tasks']} tasks, {info['symbolic']} symbolic in TOKENS ({info['tokens']})"
+          + (f", literal: {', '.join(info['literal'])}" if info["literal"] else ""))
+    print(f"next: agentforge campaign {folder} --out {args.out}\n      "
+          f"python -m agentforge.ranges verify-ranges {args.out}/library")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Both subcommands, for ``python -m agentforge.ranges``."""
+    add_parser(sub)
+    p = sub.add_parser("model-suite", help="a model's campaign suite with tasks symbolic in the prompt length")
+    p.add_argument("spec", help="a Hugging Face config.json of a causal LM")
+    p.add_argument("--out", required=True, help="run folder: the suite goes to OUT/suite")
+    p.add_argument("--prompt-tokens", type=int, default=16, help="the prompt length tasks are timed at (own size)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--max-tokens", type=int, default=None,
+                   help="the top of the TOKENS range (default: the config's max_position_embeddings)")
+    p.set_defaults(func=cmd_model_suite)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .command import standalone_main
 
-    return standalone_main(add_parser, argv)
+    return standalone_main(add_parsers, argv)
 
 
 if __name__ == "__main__":

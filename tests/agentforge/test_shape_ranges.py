@@ -268,3 +268,24 @@ def test_a_region_written_at_three_prompt_lengths_becomes_one_task_symbolic_in_t
     assert symbolize_sources({p: srcs[16] for p in (16, 17, 18)}) is None       # nothing varies
     with pytest.raises(RangeError, match="3 or more"):
         symbolize_sources({16: srcs[16], 17: srcs[17]})
+
+
+def test_a_models_suite_symbolic_in_tokens_declares_its_range_and_runs_at_other_prompt_lengths(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    from agentforge.capture import capture_at
+    from agentforge.tasks import load_suite
+
+    cfg = tmp_path / "llama.json"
+    cfg.write_text(json.dumps(dict(model_type="llama", vocab_size=32, hidden_size=16, intermediate_size=32,
+                                   num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                                   max_position_embeddings=48)))
+    assert main(["model-suite", str(cfg), "--out", str(tmp_path / "run"), "--prompt-tokens", "8"]) == 0
+    assert "symbolic in TOKENS (1..48)" in capsys.readouterr().out
+    tasks = load_suite(tmp_path / "run" / "suite")       # the sidecars' [ranges] are accepted by the loader
+    sym = [t for t in tasks if "TOKENS" in t.sizes]
+    assert sym and all(t.sizes["TOKENS"] == 8 and sidecar_ranges(t) == {"TOKENS": Range(1, 48)} for t in sym)
+    mlp = next(t for t in sym if "mm" in t.name)
+    assert capture_at(mlp, {"TOKENS": 37}, meta=True).inputs[0].shape[-2] == 37
+    with pytest.raises(RangeError, match="below the prompt length"):
+        from agentforge.ranges import symbolic_model_suite
+        symbolic_model_suite(str(cfg), tmp_path / "r2", prompt=8, max_tokens=4)
