@@ -245,22 +245,26 @@ def checkable_point(task: "Task", sol: Any, sizes: dict[str, int], ranged: Seque
     if not big:
         return None, f"{_elements(g)} elements, over the check budget {budget}, and no ranged size to lower"
 
-    def at(k: int) -> dict[str, int]:   # every big ranged size lowered by the same share of its tiles
-        return {**sizes, **{n: max(sizes[n] % L or L, sizes[n] - L * ((sizes[n] // L) * k // 64)) for n in big}}
+    K = max(sizes[n] // L for n in big)          # k of K steps removes k / K of every big size's whole tiles
 
-    lo, hi = 1, 64               # k / 64 of the tiles removed: bisect on the smallest k that fits
-    if _elements(capture_at(task, at(hi), meta=True)) > budget:
+    def at(k: int) -> dict[str, int]:
+        return {**sizes, **{n: max(sizes[n] % L or L, sizes[n] - L * ((sizes[n] // L) * k // K)) for n in big}}
+
+    def fits(k: int) -> bool:
+        return _elements(capture_at(task, at(k), meta=True)) <= budget
+
+    if not fits(K):
         return None, f"over the check budget {budget} even with every ranged size at its last tile"
+    lo, hi = 1, K                # bisect on the fewest steps that fit: one tile per step for a single ranged size
     while lo < hi:
         mid = (lo + hi) // 2
-        if _elements(capture_at(task, at(mid), meta=True)) <= budget:
+        if fits(mid):
             hi = mid
         else:
             lo = mid + 1
-    for k in range(lo, 65):
+    for k in range(lo, min(K, lo + 16) + 1):     # the first of those that also runs the point's configuration
         s = at(k)
-        gs = capture_at(task, s, meta=True)
-        if _elements(gs) <= budget and _config(sol.structure(gs)) == want:
+        if _config(sol.structure(capture_at(task, s, meta=True))) == want:
             return s, (f"{_elements(g)} elements at the point, over the check budget {budget}: checked at the "
                        f"largest checkable sizes with the same remainder modulo the tile modulus {L} and the same "
                        f"configuration")
