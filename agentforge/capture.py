@@ -109,6 +109,20 @@ def _spec_from_val(name: str, val: Any) -> TensorSpec:
     return TensorSpec(name, (), "none")
 
 
+def _data_dependent(val: Any) -> bool:
+    """Whether an exported value's shape is a symbol torch could not resolve from the input
+    shapes (an unbacked size: x[mask], nonzero); a static export has no other symbolic sizes."""
+    if isinstance(val, (list, tuple)):
+        return any(_data_dependent(v) for v in val)
+    if isinstance(val, torch.Tensor):
+        for d in val.shape:
+            try:
+                int(d)
+            except Exception:  # noqa: BLE001 - torch raises GuardOnDataDependentSymNode and kin
+                return True
+    return False
+
+
 def _out_spec(node: torch.fx.Node) -> TensorSpec | tuple[TensorSpec, ...]:
     val = node.meta.get("val")
     if isinstance(val, (list, tuple)):
@@ -307,6 +321,18 @@ def graph_from_export(exported: torch.export.ExportedProgram, task_name: str, pa
         target = _target_name(node.target)
         if not node.users and node.meta.get("val") is None:
             continue  # runtime assertions such as aten._assert_tensor_metadata: no data
+        if _data_dependent(node.meta.get("val")):
+            trace = node.meta.get("stack_trace") or ""
+            found = re.findall(rf'File "{re.escape(path)}", line (\d+)', trace)
+            raise TaskError(
+                path,
+                f"task {task_name!r}: unsupported: data-dependent shape from {target} ({node.name}): "
+                "the size of its result depends on the input values (boolean-mask indexing x[mask], "
+                "nonzero, unique, masked_select), and every kernel here has static shapes",
+                "keep the shape static: torch.where(mask, x, 0) or x.masked_fill(~mask, 0) instead of x[mask], "
+                "then reduce over the masked tensor",
+                line=int(found[-1]) if found else None,
+            )
         nodes.append(
             AtenNode(
                 name=node.name,

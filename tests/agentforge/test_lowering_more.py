@@ -337,3 +337,41 @@ def test_new_lowerings_reach_their_own_roofline_at_kernelbench_sizes(name, model
     assert rows
     for r in rows:
         assert r["op_bound_fraction"] >= floor, (name, r)
+
+
+# ------------------------------------------------------------------ data-dependent shapes
+
+MASK_TASK = '''import torch
+import torch.nn as nn
+
+N = 16
+
+
+class Model(nn.Module):
+    def forward(self, x, mask):
+        return x[mask] * 2.0
+
+
+def get_inputs():
+    return [torch.randn(N, 4), torch.rand(N, 4) > 0.5]
+
+
+def get_init_inputs():
+    return []
+'''
+
+
+def test_a_data_dependent_shape_is_a_clear_task_error_not_an_internal_one(tmp_path):
+    """x[mask] exports with an unbacked size; capture says which op and how to keep shapes
+    static (it was a GuardOnDataDependentSymNode traceback, exit 3)."""
+    from agentforge.capture import capture_at
+    from agentforge.errors import TaskError
+    from agentforge.tasks import load_task
+
+    path = tmp_path / "bool_mask.py"
+    path.write_text(MASK_TASK)
+    with pytest.raises(TaskError) as err:
+        capture_at(load_task(path), meta=True)
+    text = str(err.value)
+    assert "unsupported: data-dependent shape from aten.index.Tensor" in text
+    assert "bool_mask.py:9" in text and "torch.where(mask, x, 0)" in text
