@@ -31,7 +31,7 @@ CHECK_MIN_TILES = 3
 #: How far a size may go below its floor (:func:`_floors`) when the check sizes at the floors are past
 #: the budget: a dimension a kernel covers whole still has several elements, and a check that small
 #: is still a check, where the alternative is none (a batched GEMM's batch of 16 over the budget)
-LAST_FLOOR = 4
+LAST_FLOOR = 2
 
 
 class Uncheckable(Exception):
@@ -192,6 +192,25 @@ def _lowest(fits, cur: dict, cost, name: str, cands: list[int]) -> tuple[dict, t
     return cur, cost
 
 
+def _below_floors(fits, cfg: "VerifyConfig", cur: dict, cost, names: list[str]) -> tuple[dict, tuple]:
+    """Sizes past the budget at their floors, lowered below them towards :data:`LAST_FLOOR`, as
+    little as the budget allows: each size in turn (largest first) takes the largest value that
+    brings the set within the budget, else the smallest that runs the configuration, and the next
+    size goes on from there (an attention's batch and heads, 32 x 32 at their floors 4 x 4, both 2)."""
+    for name in sorted(names, key=lambda k: -cur[k]):
+        smallest = None
+        for c in sorted(_candidates(cur[name], LAST_FLOOR), reverse=True):
+            got = fits({**cur, name: c})
+            if got is None:
+                continue
+            if _within(got, cfg):
+                return {**cur, name: c}, got
+            smallest = (c, got)
+        if smallest is not None:
+            cur, cost = {**cur, name: smallest[0]}, smallest[1]
+    return cur, cost
+
+
 def _primes_below(n: int) -> list[int]:
     sieve = bytearray([1]) * max(n, 2)
     sieve[:2] = b"\0\0"
@@ -334,11 +353,7 @@ def check_size_sets(task: Task, fits, cfg: "VerifyConfig", what: str = "", names
                 if cur[name] != own:
                     break
     if not _within(cost, cfg):  # past the budget at the floors: lower what the floors kept (a bmm's batch)
-        for name in sorted(names if names is not None else cur, key=lambda k: -cur[k]):
-            if cur[name] > LAST_FLOOR:
-                cur, cost = _lowest(fits, cur, cost, name, _candidates(cur[name], LAST_FLOOR))
-            if _within(cost, cfg):
-                break
+        cur, cost = _below_floors(fits, cfg, cur, cost, names if names is not None else list(cur))
     if not _within(cost, cfg):
         raise Uncheckable(f"{what}cannot be checked within the size budget: the smallest sizes that run its "
                           f"timed configuration with every tiled dimension {cfg.min_tiles} tiles long are {cur} "

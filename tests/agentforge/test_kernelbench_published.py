@@ -155,7 +155,7 @@ def test_an_odd_size_tiled_by_a_divisor_gets_check_sizes_with_the_same_tile(tmp_
 
 def test_sizes_go_below_their_floor_only_when_the_floor_is_past_the_budget(tmp_path: Path) -> None:
     """3_Batched_matrix_multiplication: the batch stops at its floor of 16 unless that is past the
-    budget; then it goes lower (4), never when the floors fit."""
+    budget; then it goes lower, as little as the budget allows (4), never when the floors fit."""
     from agentforge.check_sizes import LAST_FLOOR, check_size_sets
     from agentforge.verify import VerifyConfig
 
@@ -166,7 +166,11 @@ def test_sizes_go_below_their_floor_only_when_the_floor_is_past_the_budget(tmp_p
         return lambda s: (s["B"] * per_row, 0.0, 0.0) if s["N"] == 4096 else None  # N's tiles fix it
 
     assert check_size_sets(task, fits(1 << 16), cfg) == [{"B": 16, "N": 4096}]
-    assert check_size_sets(task, fits(1 << 21), cfg) == [{"B": LAST_FLOOR, "N": 4096}]
+    assert check_size_sets(task, fits(1 << 21), cfg) == [{"B": 4, "N": 4096}]  # the largest within the budget
+    # 97_ScaledDotProductAttention: batch and heads must both go lower (to 2) to fit
+    task = _task_with(tmp_path, "B = 32\nH = 32\nN = 4096")
+    both = check_size_sets(task, lambda s: (s["B"] * s["H"] * (1 << 21), 0.0, 0.0) if s["N"] == 4096 else None, cfg)
+    assert both == [{"B": LAST_FLOOR, "H": LAST_FLOOR, "N": 4096}]
 
 
 def test_a_sidecar_may_declare_ranges_holding_the_own_sizes(tmp_path: Path) -> None:
