@@ -32,6 +32,7 @@ __all__ = [
     "MOVEMENT_KINDS",
     "TRANSPARENT_KINDS",
     "DTYPE_BYTES",
+    "ASP_DTYPE_BYTES",
 ]
 
 #: Bytes per element of each dtype string.
@@ -49,6 +50,10 @@ DTYPE_BYTES: dict[str, int] = {
     "c64": 8,
     "c128": 16,
 }
+
+#: Bytes per element as ASP stores it on the chip: 64-bit integers are kept as i32 (docs/asp.md), so
+#: an int64 result (argmax's indices) moves 4 bytes per element, not 8. Roofline byte counts use this.
+ASP_DTYPE_BYTES: dict[str, int] = {**DTYPE_BYTES, "i64": 4}
 
 # --------------------------------------------------------------------------------------------
 # IR
@@ -84,6 +89,11 @@ class TensorSpec:
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPE_BYTES.get(self.dtype, 0)
+
+    @property
+    def asp_nbytes(self) -> int:
+        """Bytes of this tensor as the chip holds it (int64 as i32): what a kernel really moves."""
+        return self.numel * ASP_DTYPE_BYTES.get(self.dtype, 4)
 
 
 @dataclass(frozen=True)

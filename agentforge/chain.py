@@ -205,10 +205,6 @@ class Chain:
         return {k.node: k.source for k in self.kernels}
 
 
-#: bytes of one element as ASP stores it (64-bit integers are kept as i32, docs/asp.md)
-_ASP_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "i64": 4, "i32": 4, "bool": 1}
-
-
 def op_roofline_seconds(graph: AtenGraph, step: OpKernel, machine: Machine) -> float:
     """The fastest any kernel for this one op can run on ``machine``: its operands read once and
     its results written once at full HBM bandwidth, or its FLOPs at the best peak its dtypes
@@ -223,7 +219,7 @@ def op_roofline_seconds(graph: AtenGraph, step: OpKernel, machine: Machine) -> f
         for o in n.outs:
             specs.setdefault(o.name, o)
     names = list(dict.fromkeys(step.inputs)) + list(dict.fromkeys(step.outputs))
-    nbytes = sum(specs[n].numel * _ASP_BYTES.get(specs[n].dtype, 4) for n in names)
+    nbytes = sum(specs[n].asp_nbytes for n in names)
     node = graph.node(step.node)
     operands = [specs[r.name] for r in node.refs()]
     flops = float(node_flops(node, operands))

@@ -168,10 +168,11 @@ def io_bytes(graph: AtenGraph) -> int:
     """Compulsory off-chip traffic: every input and param read once, every output written once.
 
     An output that appears twice is counted once. This is the byte count of the roofline: no
-    kernel can move less, whatever it fuses.
+    kernel can move less, whatever it fuses. Bytes are counted as the chip stores them (an int64
+    result is written as i32), or a kernel at full bandwidth would look faster than the roofline.
     """
-    read = sum(s.nbytes for s in (*graph.inputs, *graph.params))
-    written = sum(graph.spec(name).nbytes for name in dict.fromkeys(r.name for r in graph.outputs))
+    read = sum(s.asp_nbytes for s in (*graph.inputs, *graph.params))
+    written = sum(graph.spec(name).asp_nbytes for name in dict.fromkeys(r.name for r in graph.outputs))
     return read + written
 
 

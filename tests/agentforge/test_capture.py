@@ -237,6 +237,15 @@ def test_linear_gelu_flops_and_bytes() -> None:
     assert io_bytes(g) == 4 * (b * i + o * i + o + b * o)
 
 
+def test_int64_results_count_the_bytes_the_chip_writes() -> None:
+    # ASP keeps int64 as i32 (docs/asp.md): counting argmax's indices at 8 bytes made a kernel at
+    # full bandwidth look faster than the roofline (KernelBench level1/51, rejected as an emulator bug)
+    g = graph_of(SUITE / "argmax_dim.py")
+    (x,), (out,) = g.inputs, [g.spec(r.name) for r in g.outputs]
+    assert out.dtype == "i64"
+    assert io_bytes(g) == 4 * x.numel + 4 * out.numel
+
+
 def test_softmax_flops() -> None:
     g = graph_of(GOOD / "softmax.py")
     assert estimate_flops(g) == 5 * 8 * 64
