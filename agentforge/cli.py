@@ -308,6 +308,10 @@ def cmd_campaign(args) -> int:
 def cmd_library(args) -> int:
     from .library import TIME_RTOL, Library, verify_library
 
+    if args.action == "verify-ranges":
+        from .ranges import cmd_verify_ranges
+
+        return cmd_verify_ranges(args)
     lib = Library.open(args.path)
     if args.action == "list":
         rows = [{"id": e.id, "op": e.op, "kind": e.kind, "dtypes": e.dtypes, "speedup": e.speedup,
@@ -462,10 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("library", help="list, show, merge or re-verify a kernel library",
                        description="merge INTO FROM re-verifies and re-times every kernel of FROM against INTO's own "
                                    "tasks before it may replace anything; exit 1 when any kernel was rejected. verify "
-                                   "re-verifies and re-times every kernel; exit 1 on any mismatch (docs/library.md).")
-    p.add_argument("action", choices=("list", "show", "merge", "verify"))
+                                   "re-verifies and re-times every kernel; exit 1 on any mismatch. verify-ranges verifies "
+                                   "each kernel over a declared range per size and records it, so PyTorch dispatch "
+                                   "uses it anywhere inside without verifying (docs/library.md).")
+    p.add_argument("action", choices=("list", "show", "merge", "verify", "verify-ranges"))
     p.add_argument("path", help="a library folder (a campaign's OUT/library)")
     p.add_argument("name", nargs="?", help="show: a kernel id, op or task; merge: the library to merge in")
+    p.add_argument("--range", action="append", metavar="NAME=LO..HI",
+                   help="verify-ranges: a size's range (repeatable); overrides the task sidecar's [ranges]")
+    p.add_argument("--only", help="verify-ranges: only the kernels of this id, op or task")
+    p.add_argument("--seeds", type=int, default=None, help="verify-ranges: input draws per point")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="verify, merge: seconds before one kernel's evaluation is killed")
     p.add_argument("--json", action="store_true")

@@ -566,7 +566,7 @@ def cmd_model_suite(args: argparse.Namespace) -> int:
     print(f"{folder}: {info['tasks']} tasks, {info['symbolic']} symbolic in TOKENS ({info['tokens']})"
           + (f", literal: {', '.join(info['literal'])}" if info["literal"] else ""))
     print(f"next: agentforge campaign {folder} --out {args.out}\n      "
-          f"python -m agentforge.ranges verify-ranges {args.out}/library")
+          f"agentforge library verify-ranges {args.out}/library")
     return 0
 
 

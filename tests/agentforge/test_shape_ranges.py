@@ -141,6 +141,13 @@ def test_verify_ranges_says_what_is_wrong_on_the_command_line(ranged, capsys):
     assert "no kernel 'rmsnorm'" in capsys.readouterr().err
 
 
+def test_agentforge_library_verify_ranges_is_the_same_command(ranged, capsys):
+    from agentforge.cli import main as agentforge_main
+
+    assert agentforge_main(["library", "verify-ranges", str(ranged), "--range", "SEQ=32..40"]) == 2
+    assert "does not hold the task's own SEQ = 16" in capsys.readouterr().err
+
+
 @pytest.fixture
 def ran(monkeypatch):
     """(entry id, sizes, how) of every kernel run; verification at call time fails the test."""
