@@ -89,8 +89,10 @@ def _plan_view(plan: dict | None) -> dict:
 #: one line per template for the planner's catalog (the parameters and their tuner values are read
 #: from agentforge.author and agentforge.agents.schemas, not written here)
 TEMPLATE_HELP = {
-    "row": "elementwise ops, last-dim reductions, softmax, layer/RMS norm, cumsum, flips, slices, topk, "
-           "concatenation along the last dim over one space of rows: one map over tiles of whole rows",
+    "row": "elementwise ops, last-dim reductions and vector norms, softmax, layer/RMS norm, cumsum, flips, "
+           "slices, topk, gather and concatenation along the last dim over one space of rows (per-row 1-d values "
+           "as columns), ending in sums/means across rows (a cross-entropy over class indices is one region): one "
+           "map over tiles of whole rows",
     "matmul": "mm/addmm with the transposed weight it reads (linear's permute) and an elementwise epilogue",
     "attention": "a whole attention pattern (bmm(Q, K^T), scale, constant mask, softmax, bmm with V; or softmax "
                  "and bmm alone) as one flash-attention kernel",
