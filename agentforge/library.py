@@ -427,6 +427,8 @@ class Library:
         elif old is not None and not _better(old, entry):
             return False
         for rel, text in {**files, **task_files}.items():
+            if rel.endswith(".captures.json"):
+                text = self._union_captures(rel, text)
             atomic_write_text(self.root / rel, text)
         if old is not None:
             self.entries.remove(old)
@@ -442,6 +444,25 @@ class Library:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         return True
+
+    def _union_captures(self, rel: str, text: str) -> str:
+        """A task's stored captures: ``text`` plus the graphs the file already holds at other sizes (another
+        kernel of the same task verified elsewhere), when both were made from the same task and torch."""
+        if not (self.root / rel).is_file():
+            return text
+        try:
+            old, new = json.loads((self.root / rel).read_text()), json.loads(text)
+            same = all(old.get(k) == new.get(k) for k in ("format", "version", "torch", "signature_version",
+                                                          "task_digest"))
+            if not same or old.get("digest") != _content_digest({k: v for k, v in old.items() if k != "digest"}):
+                return text
+            graphs = {sizes_id(r["sizes"]): r for r in old["graphs"]}
+            graphs.update({sizes_id(r["sizes"]): r for r in new["graphs"]})
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return text
+        body = {k: v for k, v in new.items() if k != "digest"}
+        body["graphs"] = [graphs[k] for k in sorted(graphs)]
+        return json.dumps({**body, "digest": _content_digest(body)}, separators=(",", ":")) + "\n"
 
     def definitions(self) -> dict[str, dict[str, str]]:
         """{task name: {task digest: task file}} from the task files' content (not folder names)."""
@@ -709,6 +730,10 @@ def build_entry(task: Any, sol: Solution, evaluation: Any, signature: Any,
         baseline_seconds=evaluation.baseline_seconds, speedup=evaluation.speedup,
         roofline_fraction=evaluation.roofline_fraction, hbm_bytes=evaluation.hbm_bytes,
         bottleneck=evaluation.bottleneck, provenance=provenance, plan=plan, own_sizes=dict(task.sizes))
+    # what PyTorch dispatch and matching need of the task, so loading the library does not capture it again
+    stored = captures_text(task, [v["sizes"] for v in entry.verified_at] + [{}], task_digest(text, side_text))
+    if stored is not None:
+        task_files[captures_path(task_file)] = stored
     return entry, files, task_files
 
 
@@ -758,3 +783,215 @@ def _verify_row(e: KernelEntry, ev: Any, problems: list[str], rtol: float = TIME
 
 __all__ += ["build_entry", "entry_candidate", "verify_library", "read_inside", "task_digest", "timing_problems",
             "TIME_RTOL"]
+
+
+# ---------------------------------------------------------------------- stored captures
+
+#: What :func:`agentforge.torch.load_library` needs of a task to dispatch and match its kernels: the
+#: task captured (meta, shapes only) at each size set its kernels are verified at. Capturing is
+#: torch.export + decomposition, ~0.5 s per size set, so a 37-task model library took ~20 s of a
+#: model's first forward to load; stored here when the library is written, it loads in milliseconds.
+#: The file sits next to the task (``tasks/<digest>/<task>.captures.json``; it depends on the task's
+#: text only, so every kernel of the task shares it) and is used only when everything it was made from
+#: still holds: its format version, the torch version and signature version that captured it, the
+#: task's digest (file and sidecar as read now), a digest of its own content, and each graph's sized
+#: signature. Anything else falls back to capturing, with the reason: never a stale graph (a stale
+#: graph would match model subgraphs the kernel was not verified for).
+CAPTURES_FORMAT = "agentforge-captures"
+CAPTURES_VERSION = 1
+
+
+def captures_path(task_file: str) -> str:
+    """Where the stored captures of the task at ``task_file`` (relative to the library) live."""
+    return str(Path(task_file).with_suffix(".captures.json"))
+
+
+def sizes_id(sizes: dict[str, int]) -> str:
+    """One size set as a lookup key (the task's full sizes, order-free)."""
+    return json.dumps({k: int(v) for k, v in sizes.items()}, sort_keys=True)
+
+
+def _enc(v: Any) -> Any:
+    """A graph argument value as JSON that decodes to exactly the same Python value (tuples stay
+    tuples, ints stay ints, inf/nan survive, Refs are tagged)."""
+    from .aten import Ref
+
+    if isinstance(v, Ref):
+        return {"ref": v.name}
+    if isinstance(v, tuple):
+        return {"tuple": [_enc(x) for x in v]}
+    if isinstance(v, list):
+        return [_enc(x) for x in v]
+    if isinstance(v, dict):
+        return {"dict": {str(k): _enc(x) for k, x in v.items()}}
+    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
+        return {"float": repr(v)}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise ValueError(f"cannot store a graph argument of type {type(v).__name__}")
+
+
+def _dec(v: Any) -> Any:
+    from .aten import Ref
+
+    if isinstance(v, list):
+        return [_dec(x) for x in v]
+    if isinstance(v, dict):
+        if set(v) == {"ref"} and isinstance(v["ref"], str):
+            return Ref(v["ref"])
+        if set(v) == {"tuple"} and isinstance(v["tuple"], list):
+            return tuple(_dec(x) for x in v["tuple"])
+        if set(v) == {"dict"} and isinstance(v["dict"], dict):
+            return {k: _dec(x) for k, x in v["dict"].items()}
+        if set(v) == {"float"} and v["float"] in ("inf", "-inf", "nan"):
+            return float(v["float"])
+        raise ValueError(f"unknown tagged value {sorted(v)}")
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise ValueError(f"unexpected value {v!r}")
+
+
+def _enc_spec(s: Any) -> list:
+    return [s.name, list(s.shape), s.dtype]
+
+
+def _dec_spec(d: Any) -> Any:
+    from .aten import TensorSpec
+
+    if not (isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and isinstance(d[2], str)
+            and isinstance(d[1], list) and all(isinstance(x, int) and not isinstance(x, bool) for x in d[1])):
+        raise ValueError(f"not a tensor spec: {d!r}"[:200])
+    return TensorSpec(d[0], tuple(d[1]), d[2])
+
+
+def encode_graph(g: Any) -> dict:
+    """An :class:`~agentforge.aten.AtenGraph` (shapes only) as JSON; :func:`decode_graph` inverts it.
+    Parameter values are data, not structure, and are not stored (a meta capture has none)."""
+    return {"inputs": [_enc_spec(s) for s in g.inputs], "params": [_enc_spec(s) for s in g.params],
+            "nodes": [[n.name, n.target, _enc(n.args), _enc(n.kwargs),
+                       [_enc_spec(o) for o in n.out] if isinstance(n.out, tuple) else _enc_spec(n.out)]
+                      for n in g.nodes],
+            "outputs": [r.name for r in g.outputs], "param_targets": dict(g.param_targets)}
+
+
+def decode_graph(d: Any) -> Any:
+    """The graph :func:`encode_graph` wrote (ValueError naming what is malformed)."""
+    from .aten import AtenGraph, AtenNode, Ref
+
+    if not isinstance(d, dict) or not {"inputs", "params", "nodes", "outputs", "param_targets"} <= set(d):
+        raise ValueError("a graph needs inputs, params, nodes, outputs and param_targets")
+    nodes = []
+    for n in d["nodes"]:
+        if not (isinstance(n, list) and len(n) == 5 and isinstance(n[0], str) and isinstance(n[1], str)):
+            raise ValueError(f"not a node: {n!r}"[:200])
+        args, kwargs = _dec(n[2]), _dec(n[3])
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            raise ValueError(f"node {n[0]}: args must be a tuple and kwargs a dict")
+        out = tuple(_dec_spec(o) for o in n[4]) if n[4] and isinstance(n[4][0], list) else _dec_spec(n[4])
+        nodes.append(AtenNode(n[0], n[1], args, kwargs, out))
+    if not all(isinstance(r, str) for r in d["outputs"]) or not isinstance(d["param_targets"], dict):
+        raise ValueError("outputs must be names and param_targets an object")
+    return AtenGraph([_dec_spec(s) for s in d["inputs"]], [_dec_spec(s) for s in d["params"]], nodes,
+                     [Ref(r) for r in d["outputs"]], {}, {str(k): str(v) for k, v in d["param_targets"].items()})
+
+
+def _captures_header(digest: str) -> dict[str, Any]:
+    import torch
+
+    from .signature import SIGNATURE_VERSION
+
+    return {"format": CAPTURES_FORMAT, "version": CAPTURES_VERSION, "torch": torch.__version__,
+            "signature_version": SIGNATURE_VERSION, "task_digest": digest}
+
+
+def _content_digest(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def captures_text(task: Any, size_sets: list[dict[str, int]], digest: str,
+                  keep: dict[str, dict] | None = None) -> str | None:
+    """The stored-captures file of ``task`` (``digest``: its folder's task digest) at each of
+    ``size_sets``, plus the still-valid graphs of ``keep`` (sizes id -> record; an earlier file of the
+    same task), or None when no graph could be stored. A graph is stored only if it round-trips
+    exactly (the loader compares nothing it could not reproduce) and holds no data."""
+    from .capture import capture_at
+    from .signature import signature
+
+    graphs: dict[str, dict] = dict(keep or {})
+    for sizes in size_sets:
+        full = task.sizes_for(sizes)
+        sid = sizes_id(full)
+        if sid in graphs:
+            continue
+        g = capture_at(task, full, meta=True)
+        if any(getattr(v, "device", None) is not None and v.device.type != "meta" for v in g.param_values.values()):
+            continue    # a constant with real values: the loader would not have them, so it captures
+        try:
+            enc = encode_graph(g)
+            back = decode_graph(json.loads(json.dumps(enc)))
+        except ValueError:
+            continue
+        if back != g or repr(back) != repr(g) or back.param_targets != g.param_targets:
+            continue
+        graphs[sid] = {"sizes": full, "sized_key": signature(g).sized_key(), "graph": enc}
+    if not graphs:
+        return None
+    body = {**_captures_header(digest), "graphs": [graphs[k] for k in sorted(graphs)]}
+    return json.dumps({**body, "digest": _content_digest(body)}, separators=(",", ":")) + "\n"
+
+
+@dataclass
+class StoredCaptures:
+    """A task's stored captures as loaded: graphs by sizes id, or why none can be used."""
+    graphs: dict[str, Any] = field(default_factory=dict)   # sizes id -> AtenGraph
+    records: dict[str, dict] = field(default_factory=dict)  # sizes id -> the stored record (JSON)
+    #: why the file is not used ("" when it is, or when there is none: an older library)
+    problem: str = ""
+    present: bool = False
+
+
+def read_captures(root: Path, task_file: str) -> StoredCaptures:
+    """The stored captures of the task at ``task_file`` in the library at ``root``, validated against
+    the task as it is now (see :data:`CAPTURES_FORMAT`); never raises for a bad file, says why."""
+    from .signature import signature
+
+    rel = captures_path(task_file)
+    if not os.path.lexists(root / rel):
+        return StoredCaptures()
+    try:
+        text = read_inside(root, rel, MAX_MANIFEST_BYTES)
+        d = json.loads(text)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        side = str(Path(task_file).with_suffix(".toml"))
+        digest = task_digest(read_inside(root, task_file),
+                             read_inside(root, side) if os.path.lexists(root / side) else "")
+        want = _captures_header(digest)
+        for k in ("format", "version", "torch", "signature_version"):
+            if d.get(k) != want[k]:
+                raise ValueError(f"written for {k} {d.get(k)!r}, this is {want[k]!r}")
+        if d.get("task_digest") != digest:
+            raise ValueError(f"made from another version of the task (digest {d.get('task_digest')!r}, the task "
+                             f"file and sidecar now have {digest})")
+        body = {k: v for k, v in d.items() if k != "digest"}
+        if d.get("digest") != _content_digest(body):
+            raise ValueError("its content does not match its digest (edited or damaged)")
+        if not isinstance(d.get("graphs"), list):
+            raise ValueError("no 'graphs' list")
+        out = StoredCaptures(present=True)
+        for rec in d["graphs"]:
+            if not isinstance(rec, dict) or not isinstance(rec.get("sizes"), dict) or \
+                    not isinstance(rec.get("sized_key"), str):
+                raise ValueError("a graph record needs 'sizes' and 'sized_key'")
+            g = decode_graph(rec.get("graph"))
+            if signature(g).sized_key() != rec["sized_key"]:
+                raise ValueError(f"the graph at {rec['sizes']} does not have its recorded signature")
+            sid = sizes_id(rec["sizes"])
+            out.graphs[sid], out.records[sid] = g, rec
+        return out
+    except Exception as e:  # noqa: BLE001 - whatever is wrong with the file, the loader captures instead
+        return StoredCaptures(problem=f"{rel}: {e}", present=True)
+
+
+__all__ += ["captures_path", "captures_text", "read_captures", "encode_graph", "decode_graph", "StoredCaptures",
+            "sizes_id", "CAPTURES_VERSION"]

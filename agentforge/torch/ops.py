@@ -40,13 +40,13 @@ import asp_lang
 from agentforge.capture import capture_at
 from agentforge.capture import AtenGraph, TensorSpec, dtype_str, signature, torch_dtype
 from agentforge.errors import AgentforgeError
-from agentforge.library import KernelEntry, Library
+from agentforge.library import KernelEntry, Library, StoredCaptures, read_captures, sizes_id
 from agentforge.ranges import range_covers
 from agentforge.solution import Solution
 from agentforge.tasks import Task, instantiate, load_task
 
 __all__ = ["load_library", "TorchLibrary", "OpFamily", "TorchBridgeError", "UnverifiedProblemError",
-           "NoDerivativeError", "ModelCaptureError", "FALLBACKS"]
+           "NoDerivativeError", "ModelCaptureError", "StoredCapturesWarning", "FALLBACKS"]
 
 FALLBACKS = ("error", "torch")
 _LIMITS = asp_lang.Limits(max_elements=1 << 28, max_steps=1 << 18, max_array_bytes=1 << 30)
@@ -62,6 +62,11 @@ class UnverifiedProblemError(TorchBridgeError):
 
 class NoDerivativeError(TorchBridgeError):
     """Backward was asked of an op whose reference has no usable derivative."""
+
+
+class StoredCapturesWarning(UserWarning):
+    """A library's stored task captures could not be used (damaged, made by another torch or from another
+    version of the task): the task is captured again, as for a library written before they were stored."""
 
 
 class ModelCaptureError(TorchBridgeError):
@@ -150,10 +155,13 @@ class OpFamily:
         self._inferred: dict[ProblemKey, dict[str, int] | None] = {}
         self._refs: dict[tuple, torch.nn.Module] = {}
         self._new_checked: dict[tuple[str, ProblemKey], bool] = {}
+        self._stored: dict[str, StoredCaptures] = {}
+        #: where each verified problem's graph came from: "stored" (the library's captures) or "captured"
+        self.graph_sources: dict[str, int] = {"stored": 0, "captured": 0}
         first = self.entries[0]
         self.task = self.task_of(first)
         sizes = first.verified_at[0]["sizes"] if first.verified_at else first.own_sizes
-        self.template = capture_at(self.task, sizes, meta=True)   # the interface (names, ranks)
+        self.template = self.captured(sizes, first)   # the interface (names, ranks)
         self.n_inputs = len(self.template.inputs)
         self.arg_names = _arg_names([*self.template.inputs, *self.template.params])
         self.n_outputs = len(self.template.outputs)
@@ -164,6 +172,46 @@ class OpFamily:
         if e.task_file not in self._tasks:
             self._tasks[e.task_file] = load_task(self.library.root / e.task_file)
         return self._tasks[e.task_file]
+
+    def stored(self, e: KernelEntry) -> StoredCaptures:
+        """The library's stored captures of ``e``'s task (agentforge.library.read_captures), read once;
+        a file that cannot be used is reported once (a warning with the reason) and the task is captured."""
+        with self._lock:
+            if e.task_file not in self._stored:
+                st = read_captures(self.library.root, e.task_file)
+                task = self.task_of(e)
+                for x in self.entries:
+                    # the stored graph at the task's own sizes must have the signature the manifest recorded
+                    # (the kernel's id is a digest of it): else neither can be trusted to describe the other
+                    mine = st.graphs.get(sizes_id(task.sizes_for(x.own_sizes or {}))) \
+                        if x.task_file == e.task_file else None
+                    if mine is not None and signature(mine).sized_key() != x.signature.get("sized_key"):
+                        st = StoredCaptures(problem=f"the stored graph at the task's own sizes does not have the "
+                                                    f"signature manifest entry {x.id} records", present=True)
+                        break
+                if st.problem:
+                    warnings.warn(f"library {self.library.root}: stored captures of task {e.task!r} not used: "
+                                  f"{st.problem}; capturing the task again instead (torch.export, ~0.5 s per "
+                                  f"size set)", StoredCapturesWarning, stacklevel=2)
+                self._stored[e.task_file] = st
+            return self._stored[e.task_file]
+
+    def captured(self, sizes: Mapping[str, int] | None, entry: KernelEntry | None = None, *,
+                 clean: bool = False) -> AtenGraph:
+        """The task of ``entry`` (default: the family's) captured without data at ``sizes``: the library's
+        stored capture when it holds a valid one for those sizes, else ``torch.export`` now (``clean``: in
+        a fresh thread, as an op's implementation must)."""
+        e = entry or self.entries[0]
+        task = self.task_of(e)
+        st = self.stored(e)
+        if st.graphs:
+            try:
+                g = st.graphs.get(sizes_id(task.sizes_for(sizes)))
+            except AgentforgeError:
+                g = None
+            if g is not None:
+                return g
+        return _capture_meta(task, sizes) if clean else capture_at(task, sizes, meta=True)
 
     @property
     def problems(self) -> _Problems:
@@ -180,7 +228,9 @@ class OpFamily:
                     if own and all(own != s for s, _ in sets):
                         sets.append((own, "own sizes (checked at smaller sizes, same configuration)"))
                     for sizes, how in sets:
-                        g = capture_at(task, sizes, meta=True)
+                        st = self.stored(e)
+                        g = self.captured(sizes, e)
+                        self.graph_sources["stored" if any(g is x for x in st.graphs.values()) else "captured"] += 1
                         probs.add(Verified(e, sizes, g, signature(g).sized_key(), how))
                 self._problems = probs
             return self._problems
@@ -265,7 +315,7 @@ class OpFamily:
             rec = next((r for r in e.ranges if range_covers(r, sizes)), None)
             if rec is None:
                 continue
-            g = _capture_meta(self.task_of(e), sizes)
+            g = self.captured(sizes, e, clean=True)
             if problem_key([*g.inputs, *g.params]) != key:
                 continue
             how = "verified range " + ", ".join(f"{n}={lo}..{hi}" for n, (lo, hi) in rec["sizes"].items())
@@ -382,7 +432,7 @@ class OpFamily:
             for combo in itertools.islice(itertools.product(*options.values()), 64):
                 sizes = dict(zip(options, combo))
                 try:
-                    g = _capture_meta(task, sizes)
+                    g = self.captured(sizes, clean=True)
                 except AgentforgeError:
                     continue
                 got = problem_key([*g.inputs, *g.params])
@@ -417,7 +467,7 @@ class OpFamily:
 
                 with unset_fake_temporarily():
                     inst = _clean_thread(instantiate, self.task, sizes)
-                    g = _capture_meta(self.task, sizes)
+                    g = self.captured(sizes, clean=True)
                 model = inst.model
                 model._agentforge_targets = [g.param_targets.get(p.name) for p in g.params]  # type: ignore[attr-defined]
                 self._refs[skey] = model
@@ -442,7 +492,7 @@ class OpFamily:
             raise UnverifiedProblemError(
                 f"{self.qualname_hint}: cannot infer output shapes for arguments ({format_arg_shapes(key)}): no sizes of "
                 f"task {self.task.name!r} give them; verified problems:\n{self.describe_verified()}")
-        return _capture_meta(self.task, sizes).output_specs
+        return self.captured(sizes, clean=True).output_specs
 
     def _verify_at_new_sizes(self, key: ProblemKey) -> list[Verified]:
         """Run the task's checks at the sizes of ``key`` for every entry; keep those that pass."""
