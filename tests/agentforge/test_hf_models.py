@@ -216,3 +216,16 @@ def test_generate_with_the_guard_on_a_kernel_gives_eagers_tokens(guard_lib):
            for s in c.specializations.values() if s.plan is not None for r in s.plan.regions}
     assert task.name in ran                                          # the prefill's attention ran on it
     torch._dynamo.reset()
+
+
+def test_a_value_read_outside_only_through_a_copy_is_a_task_output():
+    """GPT-2's wte + wpe is read by the next residual add only through the clone ln_1's region pulls
+    in: the add + layer_norm task must return the sum too, or the matcher refuses the region (the
+    kernel would not return what the model reads) and the add runs eagerly at every call."""
+    from agentforge.torch.from_model import LoadedModel, model_tasks
+
+    tasks = [t for t in model_tasks(LoadedModel("gpt2", _build("gpt2"), None, 256))
+             if t.kinds[:2] == ["add", "layer_norm"]]
+    assert tasks
+    ret = [ln.strip() for ln in tasks[0].source.splitlines() if ln.strip().startswith("return (")]
+    assert ret and ret[0].startswith("return (v0, ")       # the add (v0) and the norm
