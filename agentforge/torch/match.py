@@ -44,7 +44,7 @@ from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, Ten
 from agentforge.torch.ops import (ModelCaptureError, OpFamily, ProblemKey, TorchLibrary, UnverifiedProblemError,
                                   Verified, format_arg_shapes, problem_key)
 
-__all__ = ["Region", "EagerOp", "Unverified", "OffloadPlan", "plan_offload", "export_graph"]
+__all__ = ["Region", "EagerOp", "is_view_target", "Unverified", "OffloadPlan", "plan_offload", "export_graph"]
 
 
 @dataclass
@@ -86,6 +86,22 @@ class EagerOp:
     node: str
     kind: str
     reason: str
+    #: PyTorch returns a view of its input (no computation, no copy: a split of a fused QKV projection)
+    view: bool = False
+
+
+def is_view_target(target: str) -> bool:
+    """Whether the ATen op ``target`` ("aten.split_with_sizes.default") returns views of its input: every
+    result aliases an argument without writing it (its schema's ``Tensor(a)`` returns). Such an op
+    computes nothing and copies nothing, so left to PyTorch it costs no time and needs no kernel."""
+    parts = target.split(".")
+    if len(parts) != 3 or parts[0] != "aten":
+        return False
+    try:
+        returns = getattr(getattr(torch.ops.aten, parts[1]), parts[2])._schema.returns
+    except (AttributeError, RuntimeError):
+        return False
+    return bool(returns) and all(r.alias_info is not None and not r.alias_info.is_write for r in returns)
 
 
 @dataclass
@@ -280,8 +296,9 @@ def _capture_failure(name: str, e: BaseException) -> str:
     first = lines[0] if lines else ""
     return (f"torch.export could not capture {name}: {type(e).__name__}: {first}{where}\n  how to fix: the offload "
             f"needs a graph torch.export can capture (no Python branching on tensor values, no unsupported "
-            f"Python objects in forward); rewrite that part (torch.cond, torch.where), or run the model without "
-            f"the library")
+            f"Python objects in forward); rewrite that part (torch.cond, torch.where), or compile the model with "
+            f"torch.compile(model, backend=\"agentforge\"), which splits it at such branches and plans each graph "
+            f"between them on its own, or run the model without the library")
 
 
 # ---------------------------------------------------------------------- graph views
@@ -630,11 +647,14 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
     for n in graph.nodes:
         if n.name in taken or n.name in folded:
             continue
+        is_view = G.transparent(n.name) or n.kind == "getitem" or is_view_target(n.target)
         if G.transparent(n.name) or n.kind == "getitem":
             why = "a copy or element pick (no computation)"
+        elif is_view:
+            why = f"a view of its input ({n.kind}: PyTorch returns an alias, nothing is computed or copied)"
         else:
             why = reasons.get(n.name, f"no library kernel computes it (library ops: {ops})")
-        eager.append(EagerOp(n.name, n.kind, why))
+        eager.append(EagerOp(n.name, n.kind, why, is_view))
     # a match at unverified sizes matters only where its ops stay eager (not inside a larger kernel)
     left: list[Unverified] = []
     for u in unverified:

@@ -152,7 +152,7 @@ def build_report(plan: OffloadPlan, machine: Any, model_name: str, library: str)
     from agentforge.torch.match import GraphView
 
     view = GraphView(plan.graph)
-    computing = [e for e in plan.eager if not (view.transparent(e.node) or e.kind in _VIEW_KINDS)]
+    computing = [e for e in plan.eager if not (view.transparent(e.node) or e.kind in _VIEW_KINDS or e.view)]
     eager = [EagerRow(e.node, e.kind, e.reason if e.node not in missing else
                       f"{e.reason}; the chip's op-by-op lowering lacks it too") for e in computing]
     return OffloadReport(model_name, machine.name, library, regions, eager, len(plan.eager) - len(computing),
