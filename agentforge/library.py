@@ -447,19 +447,15 @@ class Library:
 
     def _union_captures(self, rel: str, text: str) -> str:
         """A task's stored captures: ``text`` plus the graphs the file already holds at other sizes (another
-        kernel of the same task verified elsewhere), when both were made from the same task and torch."""
-        if not (self.root / rel).is_file():
+        kernel of the same task verified elsewhere), when the file on disk is still valid for this task and
+        torch (:func:`read_captures`: the loader's own checks)."""
+        old = read_captures(self.root, rel[: -len(".captures.json")] + ".py")
+        if not old.records or old.problem:
             return text
-        try:
-            old, new = json.loads((self.root / rel).read_text()), json.loads(text)
-            same = all(old.get(k) == new.get(k) for k in ("format", "version", "torch", "signature_version",
-                                                          "task_digest"))
-            if not same or old.get("digest") != _content_digest({k: v for k, v in old.items() if k != "digest"}):
-                return text
-            graphs = {sizes_id(r["sizes"]): r for r in old["graphs"]}
-            graphs.update({sizes_id(r["sizes"]): r for r in new["graphs"]})
-        except (ValueError, TypeError, KeyError, AttributeError):
-            return text
+        # the task file is written before its captures (build_entry's order), so read_captures checked the
+        # old file against the task being added
+        new = json.loads(text)
+        graphs = {**old.records, **{sizes_id(r["sizes"]): r for r in new["graphs"]}}
         body = {k: v for k, v in new.items() if k != "digest"}
         body["graphs"] = [graphs[k] for k in sorted(graphs)]
         return json.dumps({**body, "digest": _content_digest(body)}, separators=(",", ":")) + "\n"
@@ -908,16 +904,15 @@ def _content_digest(body: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def captures_text(task: Any, size_sets: list[dict[str, int]], digest: str,
-                  keep: dict[str, dict] | None = None) -> str | None:
+def captures_text(task: Any, size_sets: list[dict[str, int]], digest: str) -> str | None:
     """The stored-captures file of ``task`` (``digest``: its folder's task digest) at each of
-    ``size_sets``, plus the still-valid graphs of ``keep`` (sizes id -> record; an earlier file of the
-    same task), or None when no graph could be stored. A graph is stored only if it round-trips
+    ``size_sets``, or None when no graph could be stored (:meth:`Library.add` merges it with the graphs
+    an earlier file of the same task holds). A graph is stored only if it round-trips
     exactly (the loader compares nothing it could not reproduce) and holds no data."""
     from .capture import capture_at
     from .signature import signature
 
-    graphs: dict[str, dict] = dict(keep or {})
+    graphs: dict[str, dict] = {}
     for sizes in size_sets:
         full = task.sizes_for(sizes)
         sid = sizes_id(full)
