@@ -157,7 +157,7 @@ def summarize(plan: Any) -> str:
         calls[r.op] = calls.get(r.op, 0) + 1
     kinds = {n.name: n.kind for n in plan.graph.nodes}
     covered = sum(1 for r in plan.regions for n in r.semantic if kinds.get(n) not in _VIEWS)
-    eager = [e for e in plan.eager if e.kind not in _VIEWS and not e.reason.startswith("a copy")]
+    eager = [e for e in plan.eager if e.kind not in _VIEWS and not e.view]   # e.view: copies, picks, aliases
     total = covered + len(eager)
     groups: dict[str, list[str]] = {}
     for e in eager:

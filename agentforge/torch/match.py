@@ -647,8 +647,9 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
     for n in graph.nodes:
         if n.name in taken or n.name in folded:
             continue
-        is_view = G.transparent(n.name) or n.kind == "getitem" or is_view_target(n.target)
-        if G.transparent(n.name) or n.kind == "getitem":
+        picked = G.transparent(n.name) or n.kind == "getitem"
+        is_view = picked or is_view_target(n.target)
+        if picked:
             why = "a copy or element pick (no computation)"
         elif is_view:
             why = f"a view of its input ({n.kind}: PyTorch returns an alias, nothing is computed or copied)"
