@@ -180,12 +180,12 @@ class OpFamily:
             if e.task_file not in self._stored:
                 st = read_captures(self.library.root, e.task_file)
                 task = self.task_of(e)
-                for x in self.entries:
+                for x in (x for x in self.entries if x.task_file == e.task_file):
                     # the stored graph at the task's own sizes must have the signature the manifest recorded
-                    # (the kernel's id is a digest of it): else neither can be trusted to describe the other
-                    mine = st.graphs.get(sizes_id(task.sizes_for(x.own_sizes or {}))) \
-                        if x.task_file == e.task_file else None
-                    if mine is not None and signature(mine).sized_key() != x.signature.get("sized_key"):
+                    # (the kernel's id is a digest of it): else neither can be trusted to describe the other.
+                    # read_captures checked each record's sized_key against its decoded graph.
+                    mine = st.records.get(sizes_id(task.sizes_for(x.own_sizes or {})))
+                    if mine is not None and mine["sized_key"] != x.signature.get("sized_key"):
                         st = StoredCaptures(problem=f"the stored graph at the task's own sizes does not have the "
                                                     f"signature manifest entry {x.id} records", present=True)
                         break
@@ -220,7 +220,7 @@ class OpFamily:
             if self._problems is None:
                 probs = _Problems()
                 for e in self.entries:
-                    task = self.task_of(e)
+                    st = self.stored(e)
                     sets = [(dict(v["sizes"]), "campaign") for v in e.verified_at]
                     # a library whose kernels are checked at derived check sizes running the configuration
                     # timed at the task's own sizes (the referee's check_size_sets) vouches for those too
@@ -228,7 +228,6 @@ class OpFamily:
                     if own and all(own != s for s, _ in sets):
                         sets.append((own, "own sizes (checked at smaller sizes, same configuration)"))
                     for sizes, how in sets:
-                        st = self.stored(e)
                         g = self.captured(sizes, e)
                         self.graph_sources["stored" if any(g is x for x in st.graphs.values()) else "captured"] += 1
                         probs.add(Verified(e, sizes, g, signature(g).sized_key(), how))
