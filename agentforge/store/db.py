@@ -146,8 +146,7 @@ class Database:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the database ({exc})") from None
         try:
-            self._configure(busy_timeout_s, integrity_check)
-            self._migrate()
+            self._open_retrying(busy_timeout_s, integrity_check)
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             if _is_corruption(exc):
@@ -158,6 +157,29 @@ class Database:
             raise
 
     # ------------------------------------------------------------------ setup
+
+    def _open_retrying(self, busy_timeout_s: float, integrity_check: bool) -> None:
+        """Configure and migrate, retrying "database is locked" up to the busy timeout.
+
+        Why: SQLite can return SQLITE_BUSY at once, without calling the busy handler, while
+        another connection recovers the WAL or changes the journal mode; a campaign task whose
+        worker opened a fresh run's ``memory.sqlite`` beside the others failed that way in 2 ms
+        (Mixtral from-model campaign, 2026-12-06). Not reproduced on demand: this is a guard."""
+        deadline = time.monotonic() + busy_timeout_s
+        pause = 0.01
+        while True:
+            try:
+                self._configure(busy_timeout_s, integrity_check)
+                self._migrate()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                self._rollback()
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     def _configure(self, busy_timeout_s: float, integrity_check: bool) -> None:
         c = self.conn
