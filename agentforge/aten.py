@@ -267,5 +267,6 @@ def op_kind(target: str) -> str:
     if target == "getitem":
         return "getitem"
     parts = target.split(".")
-    base = parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
+    # "aten.add.Tensor", and a custom op's "namespace.op.overload" ("transformers.grouped_mm_fallback.default")
+    base = parts[1] if (len(parts) >= 2 and parts[0] == "aten") or len(parts) == 3 else parts[0]
     return _KIND_ALIASES.get(base, base.lstrip("_") or base)

@@ -1506,6 +1506,11 @@ def aten_name(target: str) -> str:
     return parts[1] if len(parts) >= 2 and parts[0] == "aten" else parts[0]
 
 
+def _grouped_mm_targets() -> frozenset[str]:
+    from .grouped_matmul import GROUPED_MM_TARGETS      # it builds on this module's helpers
+    return GROUPED_MM_TARGETS
+
+
 def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
     """The baseline step for one node (``constants``: graph values known ahead of time)."""
     base = aten_name(node.target)
@@ -1533,6 +1538,9 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_batch_norm(node, graph, base)
     if base in ("mm", "bmm", "addmm"):
         return lower_matmul(node, graph, base)
+    if node.target in _grouped_mm_targets():
+        from .grouped_matmul import lower_grouped_mm
+        return lower_grouped_mm(node, graph)
     if base in ("permute", "transpose", "t"):
         return lower_permute(node, graph, base)
     if base in ("cat", "slice", "select", "flip", "cumsum", "cumprod", "gather", "scatter"):

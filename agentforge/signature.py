@@ -104,6 +104,9 @@ def node_flops(node: AtenNode, operand_specs: list[TensorSpec]) -> int:
             bias = 0
         contraction = a.shape[-1] if a.shape else 1
         return 2 * out_numel * contraction + bias
+    if kind == "grouped_mm_fallback":
+        # rows [S, K] each through its expert's [K, N] (agentforge.grouped_matmul): 2 S K N
+        return 2 * out_numel * (operand_specs[0].shape[-1] if operand_specs and operand_specs[0].shape else 1)
     if kind == "conv":
         weight = operand_specs[1]
         per_out = weight.numel // weight.shape[0] if weight.shape and weight.shape[0] else 0

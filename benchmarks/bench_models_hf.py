@@ -88,16 +88,11 @@ def tiny_models() -> dict[str, Any]:
 
 
 def flops_of(n: Any, specs: dict[str, Any]) -> int:
-    """A node's estimated FLOPs: agentforge's table, and for Hugging Face's grouped expert matmul
-    (``transformers::grouped_mm_fallback(input [S, K], weight [E, K, N], offs)``, the MoE experts of
-    Mixtral in this transformers), which the table does not know and would count as 0: 2 S K N."""
+    """A node's estimated FLOPs (agentforge's table; Hugging Face's grouped expert matmul, the MoE
+    experts of Mixtral in this transformers, counts 2 S K N)."""
     from agentforge.capture import node_flops, operand_specs
 
-    ins = operand_specs(specs, n)
-    if "grouped_mm" in str(n.target) and len(ins) >= 2 and len(ins[0].shape) == 2 and len(ins[1].shape) == 3:
-        (rows, k), n_out = ins[0].shape, ins[1].shape[2]
-        return 2 * rows * k * n_out
-    return node_flops(n, ins)
+    return node_flops(n, operand_specs(specs, n))
 
 
 def coverage(graphs: list[Any]) -> dict[str, Any]:
