@@ -229,3 +229,44 @@ def test_a_value_read_outside_only_through_a_copy_is_a_task_output():
     assert tasks
     ret = [ln.strip() for ln in tasks[0].source.splitlines() if ln.strip().startswith("return (")]
     assert ret and ret[0].startswith("return (v0, ")       # the add (v0) and the norm
+
+
+@pytest.fixture(scope="module")
+def experts_lib(tmp_path_factory):
+    """A library of Mixtral's own expert tasks (``campaign --from-model``'s grouped matmuls)."""
+    from agentforge.torch.from_model import LoadedModel, model_tasks, write_suite
+
+    tasks = [t for t in model_tasks(LoadedModel("mixtral", _build("mixtral"), None, 256))
+             if "grouped_mm_fallback" in t.kinds]
+    suite = write_suite(tasks, tmp_path_factory.mktemp("mixtral_experts"), "mixtral")
+    return str(cached_library(tuple(str(suite / f"{t.name}.py") for t in tasks))), tasks
+
+
+def test_mixtral_experts_run_on_their_generated_kernels(experts_lib, monkeypatch):
+    """Hugging Face's MoE experts (rows sorted by expert, ``grouped_mm_fallback`` with cumulative
+    counts) become tasks that import the op's module and check valid routings, verify, and run in
+    the compiled Mixtral: every grouped matmul on a kernel, logits equal to eager, and a poisoned
+    kernel changes the logits."""
+    from agentforge.torch.ops import OpFamily
+
+    lib, tasks = experts_lib
+    assert len(tasks) == 2                     # gate_up [64 -> 256] and down [128 -> 64], both layers each
+    for t in tasks:
+        assert "import transformers.integrations.moe" in t.source and ".sort().values" in t.source
+    model = _build("mixtral")
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
+    before = {id(c) for c in compiled_graphs()}
+    with torch.no_grad():
+        out = _compile(model, lib)(ids).logits
+        ref = model(ids).logits
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    plans = [c.plan for c in compiled_graphs() if id(c) not in before]
+    ran = [r.family.op for p in plans for r in p.regions]
+    assert sorted(ran) == sorted(t.name for t in tasks for _ in range(2))     # 2 layers
+    assert not [e for p in plans for e in p.eager if "grouped_mm" in e.kind]
+    real = OpFamily._run
+    monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
+    with torch.no_grad():
+        poisoned = _compile(model, lib)(ids).logits
+    assert not torch.allclose(poisoned, ref, atol=1e-2, rtol=1e-2)
+    torch._dynamo.reset()
