@@ -110,7 +110,7 @@ def coverage(graphs: list[Any]) -> dict[str, Any]:
         specs = plan.graph.spec_table
         # ATen view ops the plan classifies by their schema (split_with_sizes, slice, select, unbind:
         # they alias their input, no computation): not eager computing ops
-        views = {e.node for e in plan.eager if getattr(e, "view", False)}
+        views = {e.node for e in plan.eager if e.view}
         for n in plan.graph.nodes:
             if n.kind in VIEW_KINDS or n.name in views:
                 continue

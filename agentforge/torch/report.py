@@ -149,10 +149,11 @@ def build_report(plan: OffloadPlan, machine: Any, model_name: str, library: str)
     chip_b = sum(r.chip_hbm_bytes for r in regions) + sum(x["hbm_bytes"] for x in rest)
     all_s = sum(x["seconds"] for x in rows.values()) + max(0, len(rows) - 1) * reconf
     all_b = sum(x["hbm_bytes"] for x in rows.values())
-    from agentforge.torch.match import GraphView
-
-    view = GraphView(plan.graph)
-    computing = [e for e in plan.eager if not (view.transparent(e.node) or e.kind in _VIEW_KINDS or e.view)]
+    # EagerOp.view is the plan's classification: copies, element picks (getitem) and schema aliases
+    # (match.plan_offload; it covers what GraphView.transparent says of these nodes). _VIEW_KINDS adds
+    # the kinds op_kind folds into view/permute/expand that are no alias (_unsafe_view, reshape: they
+    # may copy, but compute nothing).
+    computing = [e for e in plan.eager if not (e.view or e.kind in _VIEW_KINDS)]
     eager = [EagerRow(e.node, e.kind, e.reason if e.node not in missing else
                       f"{e.reason}; the chip's op-by-op lowering lacks it too") for e in computing]
     return OffloadReport(model_name, machine.name, library, regions, eager, len(plan.eager) - len(computing),
