@@ -20,6 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 import asp_lang
 
 from .capture import AtenGraph, AtenNode, Ref, TensorSpec
@@ -282,9 +284,11 @@ def merge_dims(shape: tuple[int, ...], operands: list[tuple[int, ...]]) -> tuple
     return new_shape, new_ops
 
 
-def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], expr: Callable[[list[str]], str],
+def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand],
+                       expr: Callable[[list[str]], "str | tuple[list[tuple[str, str]], str]"],
                        out_dtype: str | None = None, comment: str = "") -> tuple[str, list, list, KernelText]:
-    """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape.
+    """A kernel computing ``expr`` elementwise over broadcast operands into ``out``'s shape
+    (``expr`` may give ``(lets, result)``: named intermediate tiles, for a many-step formula).
 
     An operand smaller than the output is re-read from HBM once per position it broadcasts
     over, except the largest such operand and any broadcast over the same axes: the traversal
@@ -346,11 +350,14 @@ def elementwise_kernel(name: str, out: TensorSpec, operands: list[_Operand], exp
         args.append(f"x{len(streams) - 1}")
     params = [f"x{i}" for i in range(len(streams))]
     body = expr(args)
+    lets: list[tuple[str, str]] = []
+    if isinstance(body, tuple):   # (lets, result): an expression with named intermediate tiles
+        lets, body = body
     elem = [tr, tq] if k >= 2 else [tq]
     if any(_bcast_operand(op, shape) for op in operands):
         body = f"broadcast({body}, {asp_list(elem)})"
     odt = out_dtype or asp_dtype(out)
-    fname = kb.fn(params, body)
+    fname = kb.fn(params, body, lets)
     if not streams:
         raise UnsupportedOpError(f"not supported: {name} with only scalar operands")
     (res,) = kb.op(f"map({', '.join(streams)}, fn={fname})", par=8)
@@ -1431,6 +1438,12 @@ def lower_index_select(node: AtenNode, graph: AtenGraph, embedding: bool = False
         x, idx, dim = graph.spec(node.args[0]), graph.spec(node.args[1]), 0
     else:
         x, dim, idx = graph.spec(node.args[0]), node.args[1] % len(graph.spec(node.args[0]).shape), graph.spec(node.args[2])
+    return _select_kernel(node, x, dim, idx)
+
+
+def _select_kernel(node: AtenNode, x: TensorSpec, dim: int, idx: TensorSpec) -> OpKernel:
+    """x's slices along ``dim`` at the (flattened) indices ``idx``: x viewed as [A, S, C], the result
+    as [A, n, C]; each [S, TC] block of x is held on chip and ``take`` picks its rows."""
     A, S, C = _block(x.shape, dim)
     n = idx.numel
     tc = divisor_at_most(C, max(1, TILE_CAP // max(S, n)))
@@ -1480,6 +1493,270 @@ def lower_topk(node: AtenNode, graph: AtenGraph) -> OpKernel:
     kb.do(f"store({oi}, {i})", par=4)
     return OpKernel(node.name, node.target, kb.text(f"{node.target} ({node.name})"), [x.name], [(A, B)],
                     [o.name for o in node.outs], [(A, k), (A, k)], layout=kb.layout(f"{node.target} ({node.name})"))
+
+
+# ------------------------------------------------------------------ router ops (MoE dispatch: sort, histc, index, index_put)
+
+def _sort_args(node: AtenNode, rank: int) -> tuple[int, bool]:
+    """(dim, descending) of aten.sort.default(x, dim=-1, descending=False) or
+    aten.sort.stable(x, *, stable, dim=-1, descending=False)."""
+    a, kw = node.args, node.kwargs
+    if node.target.endswith(".stable"):
+        dim, desc = kw.get("dim", -1), kw.get("descending", False)
+    else:
+        dim = a[1] if len(a) > 1 else kw.get("dim", -1)
+        desc = a[2] if len(a) > 2 else kw.get("descending", False)
+    return dim % max(rank, 1), bool(desc)
+
+
+def _descending_order(t: str, dt: str, k: int) -> list[tuple[str, str]]:
+    """Lets ending in ``p``: the stable descending order of the rows of tile ``t`` (axis 1, length k),
+    NaNs first (torch ranks NaN above +inf). ``argtopk`` keeps ties in index order, but the emulator
+    ranks NaN equal to +inf, so floats take a second stable pass on "is NaN" (a two-key radix sort)."""
+    if dt == "bool":
+        return [("p", f"argtopk(cast({t}, i32), k={k}, axis=1)")]
+    if dt == "i32":
+        return [("p", f"argtopk({t}, k={k}, axis=1)")]
+    return [("p1", f"argtopk({t}, k={k}, axis=1)"),
+            ("nan1", f"take(cast({t} != {t}, i32), p1, axis=1)"),
+            ("p", f"take(p1, argtopk(nan1, k={k}, axis=1), axis=1)")]
+
+
+def lower_sort(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """sort(x, dim, descending) along the last dim, stable (equal values keep their index order, as
+    torch's CPU sort does; NaN last ascending and first descending). Descending is ``argtopk`` over
+    the whole row; ascending is the descending order of the flipped row (ties then come highest index
+    first), mapped back to original indices and reversed. Exact for every value: no keys are computed."""
+    x = graph.spec(node.args[0])
+    rank = len(x.shape)
+    dim, desc = _sort_args(node, rank)
+    if rank and dim != rank - 1:
+        raise UnsupportedOpError(f"not supported: {node.target} along a dim other than the last (dim={dim} of {rank})")
+    B = x.shape[-1] if rank else 1
+    A = x.numel // B if B else 0
+    if B == 0 or A == 0:
+        raise UnsupportedOpError(f"not supported: {node.target} of an empty tensor")
+    if B > ROW_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} of rows of {B} elements (at most {ROW_CAP})")
+    dt = asp_dtype(x)
+    kb = KernelBuilder(kernel_name(node))
+    ta = divisor_at_most(A, max(1, TILE_CAP // B))
+    p = kb.param(dt, (A, B))
+    (s,) = kb.op(f"load({p}, tile={asp_list([ta, B])})", par=4)
+    if desc:
+        lets = [("u", "t"), *_descending_order("u", dt, B), ("idx", "p")]
+    else:
+        lets = [("u", "flip(t, axis=1)"), *_descending_order("u", dt, B), ("idx", f"flip({B - 1} - p, axis=1)")]
+    f = kb.fn(["t"], "(take(t, idx, axis=1), idx)", lets)
+    v, i = kb.op(f"map({s}, fn={f})", 2, par=8)
+    ov = kb.result(dt, (A, B))
+    oi = kb.result("i32", (A, B))
+    kb.do(f"store({ov}, {v})", par=4)
+    kb.do(f"store({oi}, {i})", par=4)
+    comment = f"{node.target} ({node.name})"
+    return OpKernel(node.name, node.target, kb.text(comment), [x.name], [(A, B)],
+                    [o.name for o in node.outs[:2]], [(A, B), (A, B)], layout=kb.layout(comment))
+
+
+def _f32(v: float) -> float:
+    """``v`` rounded to float32 (as torch stores histc's bin edges), as a Python float."""
+    with np.errstate(over="ignore"):
+        return float(np.float32(v))
+
+
+def lower_histc(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """histc(x, bins, min, max) as torch computes it on the CPU: edges ``lo = f32(min)``, ``hi = f32(max)``
+    (``min == max``: the data's min and max, widened by 1 each way if equal), an element's bin is
+    ``trunc((x - lo) * bins / (hi - lo))`` in f32 (``x == hi`` in the last bin), and elements outside
+    [lo, hi] (NaN included) count nowhere. One tile holds the whole input: each element compares its
+    bin with ``iota`` and the matches are summed per bin."""
+    a, kw = node.args, node.kwargs
+    x = graph.spec(a[0])
+    bins = int(a[1] if len(a) > 1 else kw.get("bins", 100))
+    lo = float(a[2] if len(a) > 2 else kw.get("min", 0))
+    hi = float(a[3] if len(a) > 3 else kw.get("max", 0))
+    dt = asp_dtype(x)
+    if dt != "f32":
+        raise UnsupportedOpError(f"not supported: {node.target} of {x.dtype} input (f32 only)")
+    n = x.numel
+    if n == 0 or n * bins > BLOCK_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} of {n} elements into {bins} bins "
+                                 f"(at most {BLOCK_CAP} element-bin pairs, in one tile)")
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+        raise UnsupportedOpError(f"not supported: {node.target} with range [{lo}, {hi}] (torch rejects it)")
+    if lo == hi:
+        lets = [("m0", "min(x, axis=0)"), ("m1", "max(x, axis=0)"), ("same", "m0 == m1"),
+                ("lo", "where(same, m0 - 1.0, m0)"), ("hi", "where(same, m1 + 1.0, m1)"), ("span", "hi - lo")]
+    else:
+        lo32, hi32 = _f32(lo), _f32(hi)
+        if not (math.isfinite(lo32) and math.isfinite(hi32) and lo32 < hi32):
+            raise UnsupportedOpError(f"not supported: {node.target} with range [{lo}, {hi}], empty in float32")
+        span = _f32(hi32 - lo32)   # exact operands, one f32 rounding: what the f32 subtraction gives
+        lets = [("lo", asp_literal(lo32)), ("hi", asp_literal(hi32)), ("span", asp_literal(span))]
+    lets += [("b", f"minimum(cast((x - lo) * {bins} / span, i32), {bins - 1})"),
+             ("hit", f"(b == iota([1, {bins}], axis=1)) & (x >= lo) & (x <= hi)")]
+    kb = KernelBuilder(kernel_name(node))
+    p = kb.param("f32", (n, 1))
+    (s,) = kb.op(f"load({p}, tile={asp_list([n, 1])})", par=4)
+    f = kb.fn(["x"], "sum(cast(hit, f32), axis=0)", lets)
+    (r,) = kb.op(f"map({s}, fn={f})", par=8)
+    o = kb.result("f32", (1, bins))
+    kb.do(f"store({o}, {r})", par=4)
+    comment = f"{node.target} ({node.name})"
+    return OpKernel(node.name, node.target, kb.text(comment), [x.name], [(n, 1)], [node.outs[0].name], [(1, bins)],
+                    layout=kb.layout(comment))
+
+
+def _int_floor_div(a: str, b: str, q: str) -> list[tuple[str, str]]:
+    """Lets ending in ``q`` (its name): Python's ``a // b`` on i32 tiles, exactly (ASP's i32 has no ``/``). An f32
+    quotient is off by up to ~2^8 for |a| near 2^31, so two refinements on the exact i32 residual
+    ``a - q * b`` (wrapping arithmetic keeps a small residual exact) bring it within one, and a last
+    step puts the remainder on the divisor's side (``%``'s convention)."""
+    lets = [("fb", f"cast({b}, f32)"), ("q0", f"cast(floor(cast({a}, f32) / fb), i32)")]
+    for j in (1, 2):
+        lets.append((f"q{j}", f"q{j - 1} + cast(floor(cast({a} - q{j - 1} * {b}, f32) / fb), i32)"))
+    lets += [("r2", f"{a} - q2 * {b}"),
+             ("under", f"(r2 != 0) & ((r2 < 0) != ({b} < 0))"),
+             ("over", f"(({b} > 0) & (r2 >= {b})) | (({b} < 0) & (r2 <= {b}))"),
+             (q, "q2 - cast(under, i32) + cast(over, i32)")]
+    return lets
+
+
+def _float_floor_div(a: str, b: str) -> list[tuple[str, str]]:
+    """Lets ending in ``q``: torch's floor division of floats (c10::div_floor_floating), which is not
+    ``floor(a / b)``: ``div = (a - fmod(a, b)) / b``, one less where the remainder's sign differs from
+    the divisor's, then rounded to the nearest integer; a zero keeps the sign of ``a / b``, and
+    ``b == 0`` gives ``a / b``. ``fmod`` is ``%`` (floored) with the divisor given ``a``'s sign."""
+    return [("qd", f"{a} / {b}"),
+            ("mod", f"{a} % where({a} < 0.0, -abs({b}), abs({b}))"),
+            ("d0", f"({a} - mod) / {b}"),
+            ("d", f"where((mod != 0.0) & ((mod < 0.0) != ({b} < 0.0)), d0 - 1.0, d0)"),
+            ("fl", "floor(d)"),
+            ("rd", "where(d - fl > 0.5, fl + 1.0, fl)"),
+            ("z", "where((qd < 0.0) | (1.0 / qd < 0.0), -0.0, 0.0)"),
+            ("q", f"where({b} == 0.0, qd, where(d != 0.0, rd, z))")]
+
+
+def lower_div_rounding(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """div(a, b, rounding_mode='floor'|'trunc') as torch computes it: on integers Python's floor division
+    (or truncation toward zero), exactly; on floats torch's floor (see :func:`_float_floor_div`) or
+    ``trunc(a / b)``; 16-bit floats computed in f32 and rounded once."""
+    mode = node.kwargs.get("rounding_mode")
+    if mode not in ("floor", "trunc"):
+        raise UnsupportedOpError(f"not supported: {node.target} with rounding_mode={mode!r}")
+    out = node.outs[0]
+    odt = asp_dtype(out)
+    if odt == "bool":
+        raise UnsupportedOpError(f"not supported: {node.target} with a bool result")
+    ops = [_scalar_or_tensor(graph, node.args[0]), _scalar_or_tensor(graph, node.args[1])]
+    if odt == "i32":
+        for o in ops:
+            if o.kind == "scalar" and not (isinstance(o.value, int) and -2 ** 31 <= o.value < 2 ** 31):
+                raise UnsupportedOpError(f"not supported: {node.target} with scalar {o.value!r} on integers")
+    cdt = "i32" if odt == "i32" else "f32"
+
+    def operand(o: _Operand, x: str) -> str:
+        if o.kind == "scalar":
+            # a one-element tile, not a weak constant: the lets compare and mix it freely
+            v = int(o.value) if cdt == "i32" else float(o.value)
+            return f"full([1], {asp_literal(v)}, dtype={cdt})"
+        return _paren(cast_expr(x, asp_dtype(o.spec), cdt))
+
+    def expr(xs: list[str]):
+        a, b = operand(ops[0], xs[0]), operand(ops[1], xs[1])
+        lets = [("a", a), ("b", b)]
+        if cdt == "i32":
+            if mode == "floor":
+                lets += _int_floor_div("a", "b", "q")
+            else:   # the floor moved up by one where the division was inexact and the signs differ
+                lets += _int_floor_div("a", "b", "qf")
+                lets.append(("q", "qf + cast(((a - qf * b) != 0) & ((a < 0) != (b < 0)), i32)"))
+        elif mode == "floor":
+            lets += _float_floor_div("a", "b")
+        else:
+            lets += [("qd", "a / b"), ("q", "where(qd < 0.0, -floor(-qd), floor(qd))")]
+        return lets, cast_expr("q", cdt, odt)
+
+    tensors = [o for o in ops if o.kind == "tensor"]
+    shape, views = merge_dims(out.shape or (1,), [o.spec.shape for o in tensors])
+    merged = [_Operand(o.kind, o.value, TensorSpec(o.spec.name, v, o.spec.dtype)) if o.kind == "tensor" else o
+              for o, v in zip(ops, _interleave(ops, views))]
+    src, inputs, views, layout = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), merged,
+                                                    expr, odt, comment=f"{node.target} ({node.name})")
+    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape], layout=layout)
+
+
+
+def _single_index(node: AtenNode, graph: AtenGraph) -> tuple[TensorSpec, TensorSpec]:
+    """(x, idx) of ``x[idx]`` / ``x[idx] = v``: one integer index tensor on dim 0; anything else (None
+    entries, several index tensors, bool masks, whose result size depends on the data) is refused."""
+    x, indices = graph.spec(node.args[0]), node.args[1]
+    if len(indices) != 1 or not isinstance(indices[0], Ref):
+        raise UnsupportedOpError(f"not supported: {node.target} with indices {indices!r} "
+                                 "(only one index tensor, on dim 0)")
+    idx = graph.spec(indices[0])
+    if idx.dtype not in ("i64", "i32"):
+        raise UnsupportedOpError(f"not supported: {node.target} with a {idx.dtype} index (integer indices only)")
+    if not x.shape:
+        raise UnsupportedOpError(f"not supported: {node.target} of a 0-d tensor")
+    return x, idx
+
+
+def lower_index(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """x[idx] with one integer index tensor: rows of x picked along dim 0 (``index_select`` of the
+    flattened index; the result is idx.shape + x.shape[1:]). Negative indices count from the end."""
+    x, idx = _single_index(node, graph)
+    return _select_kernel(node, x, 0, idx)
+
+
+def lower_index_put(node: AtenNode, graph: AtenGraph) -> OpKernel:
+    """``y = x.clone(); y[idx] = values`` (accumulate=False) with one integer index tensor on dim 0:
+    x viewed as [S, C] held on chip per column block, ``put`` writes the [n, C] values (or one
+    broadcast scalar-like value) at the indexed rows. Repeated indices: the later write wins (what
+    torch's CPU kernel does when it runs on one thread; torch leaves it unspecified)."""
+    a = node.args
+    x, idx = _single_index(node, graph)
+    accumulate = a[3] if len(a) > 3 else node.kwargs.get("accumulate", False)
+    if accumulate:
+        raise UnsupportedOpError(f"not supported: {node.target} with accumulate=True")
+    if not isinstance(a[2], Ref):
+        raise UnsupportedOpError(f"not supported: {node.target} with values {a[2]!r}")
+    v = graph.spec(a[2])
+    S, C, n = x.shape[0], math.prod(x.shape[1:]), idx.numel
+    if v.numel not in (1, n * C) or (v.numel != 1 and tuple(v.shape) != tuple(idx.shape) + tuple(x.shape[1:])):
+        raise UnsupportedOpError(f"not supported: {node.target} with values of shape {list(v.shape)} for "
+                                 f"{list(idx.shape) + list(x.shape[1:])} (a full block or one value only)")
+    tc = divisor_at_most(C, max(1, TILE_CAP // max(S, n)))
+    if max(S, n) * tc > BLOCK_CAP:
+        raise UnsupportedOpError(f"not supported: {node.target} along a dimension of {max(S, n)} elements")
+    dt, vdt = asp_dtype(x), asp_dtype(v)
+    kb = KernelBuilder(kernel_name(node))
+    px = kb.param(dt, (S, C))
+    pi = kb.param("i32", (n, 1))
+    chunks = [C // tc] if tc < C else []
+    (sx,) = kb.op(f"load({px}, tile={asp_list([S, tc])})", par=4)
+    call = f"load({pi}, tile={asp_list([n, 1])}"
+    if chunks:
+        call += f", repeat={asp_list(chunks)}, at=[0]"
+    (si,) = kb.op(call + ")")
+    if v.numel == 1:
+        pv = kb.param(vdt, (1, 1))
+        call = f"load({pv}, tile=[1, 1]" + (f", repeat={asp_list(chunks)}, at=[0]" if chunks else "")
+        vexpr = f"broadcast({cast_expr('v', vdt, dt)}, {asp_list([n, tc])})"
+        vview = (1, 1)
+    else:
+        pv = kb.param(vdt, (n, C))
+        call = f"load({pv}, tile={asp_list([n, tc])}"
+        vexpr = cast_expr("v", vdt, dt)
+        vview = (n, C)
+    (sv,) = kb.op(call + ")", par=4)
+    f = kb.fn(["t", "i", "v"], f"put(t, broadcast(i, {asp_list([n, tc])}), {vexpr}, axis=0)")
+    (r,) = kb.op(f"map({sx}, {si}, {sv}, fn={f})", par=8)
+    o = kb.result(dt, (S, C))
+    kb.do(f"store({o}, {r})", par=4)
+    comment = f"{node.target} ({node.name})"
+    return OpKernel(node.name, node.target, kb.text(comment), [x.name, idx.name, v.name], [(S, C), (n, 1), vview],
+                    [node.outs[0].name], [(S, C)], layout=kb.layout(comment))
 
 
 # ------------------------------------------------------------------ dispatch
@@ -1547,6 +1824,16 @@ def lower_node(node: AtenNode, graph: AtenGraph, constants: set[str]) -> Step:
         return lower_structural(node, graph, base)
     if base == "topk":
         return lower_topk(node, graph)
+    if base == "sort":
+        return lower_sort(node, graph)
+    if base == "histc":
+        return lower_histc(node, graph)
+    if base == "index":
+        return lower_index(node, graph)
+    if base == "index_put":
+        return lower_index_put(node, graph)
+    if base == "div" and node.kwargs.get("rounding_mode") is not None:
+        return lower_div_rounding(node, graph)
     if base == "repeat":
         return lower_repeat(node, graph)
     if base == "index_select":
