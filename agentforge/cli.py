@@ -361,6 +361,10 @@ def cmd_library(args) -> int:
         return 1 if report["rejected"] else 0
     rows = verify_library(lib, timeout_s=args.timeout)
     bad = [r for r in rows if not r["ok"]]
+    if args.recapture:
+        _recapture(lib, rows, quiet=args.json)
+    caps = {r["captures"]["file"]: r["captures"] for r in rows}
+    stale = [c for c in caps.values() if c["status"] == "stale"]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -368,7 +372,47 @@ def cmd_library(args) -> int:
             print(f"{'ok  ' if r['ok'] else 'FAIL'} {r['id']}" + "".join(f"\n     - {p}" for p in r["problems"]))
         print(f"{len(rows) - len(bad)}/{len(rows)} kernels verified and timed as recorded "
               f"(times within a relative {TIME_RTOL:g})")
-    return 1 if bad else 0
+        _print_captures(caps, args.path)
+    return 1 if bad or stale else 0
+
+
+def _print_captures(caps: dict[str, dict], path: str) -> None:
+    """``library verify``'s lines on the tasks' stored captures: what load_library will do with each."""
+    counts = {s: sum(c["status"] == s for c in caps.values()) for s in ("ok", "missing", "stale")}
+    for file, c in sorted(caps.items()):
+        if c["status"] == "ok":
+            print(f"ok    {file}: {c['graphs']} stored graph(s), loading uses them")
+        elif c["status"] == "missing":
+            print(f"none  {file}: loading captures this task (fine; --recapture stores them)")
+        else:
+            print(f"STALE {c['reason']}\n     - loading warns (StoredCapturesWarning) and captures this task again")
+    print(f"stored captures: {counts['ok']} ok, {counts['missing']} missing (captured at load), "
+          f"{counts['stale']} stale or damaged")
+    if counts["stale"]:
+        print(f"  how to fix: agentforge library verify {path} --recapture (rewrites them from the library's tasks, "
+              f"running the task code in this process as loading does), or delete the stale files (loading then "
+              f"captures those tasks, as for an older library)")
+
+
+def _recapture(lib, rows: list[dict], quiet: bool) -> None:
+    """``library verify --recapture``: rewrite the stored captures of each task whose file is missing or
+    stale and whose kernels all verified as recorded (a task that fails is left for its own fix); ``rows``'
+    ``captures`` are updated in place."""
+    from .library import recapture
+
+    by_task: dict[str, list[dict]] = {}
+    for r, e in zip(rows, lib.entries):
+        by_task.setdefault(e.task_file, []).append(r)
+    for task_file, rs in by_task.items():
+        before = rs[0]["captures"]
+        if before["status"] == "ok" or not all(r["ok"] for r in rs):
+            continue
+        now = recapture(lib, task_file)
+        for r in rs:
+            r["captures"] = now
+        if not quiet:
+            print(f"recaptured {now['file']} (was {before['status']}): {now['status']}, {now['graphs']} graph(s)",
+                  file=sys.stderr)
 
 
 def _llm_roles(args, ctx):
@@ -466,9 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("library", help="list, show, merge or re-verify a kernel library",
                        description="merge INTO FROM re-verifies and re-times every kernel of FROM against INTO's own "
                                    "tasks before it may replace anything; exit 1 when any kernel was rejected. verify "
-                                   "re-verifies and re-times every kernel; exit 1 on any mismatch. verify-ranges verifies "
-                                   "each kernel over a declared range per size and records it, so PyTorch dispatch "
-                                   "uses it anywhere inside without verifying (docs/library.md).")
+                                   "re-verifies and re-times every kernel and checks each task's stored captures as "
+                                   "loading would; exit 1 on any mismatch or stale captures file. verify-ranges "
+                                   "verifies each kernel over a declared range per size and records it, so PyTorch "
+                                   "dispatch uses it anywhere inside without verifying (docs/library.md).")
     p.add_argument("action", choices=("list", "show", "merge", "verify", "verify-ranges"))
     p.add_argument("path", help="a library folder (a campaign's OUT/library)")
     p.add_argument("name", nargs="?", help="show: a kernel id, op or task; merge: the library to merge in")
@@ -478,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=None, help="verify-ranges: input draws per point")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="verify, merge: seconds before one kernel's evaluation is killed")
+    p.add_argument("--recapture", action="store_true",
+                   help="verify: rewrite each task's missing or stale stored captures (tasks/*/*.captures.json) "
+                        "when its kernels verified; runs the task code in this process, as load_library does")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_library)
     from .review.cli import add_parsers as add_review_parsers

@@ -32,7 +32,7 @@ import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -739,7 +739,9 @@ def verify_library(lib: Library, timeout_s: float = 300.0, rtol: float = TIME_RT
     against, it verifies again, its task gives the recorded signature and dtypes, a plan's .asp
     files are exactly what the plan builds, and the recorded simulated time, baseline time and
     speedup reproduce within ``rtol``. Task code runs only in confined workers, a fresh one per
-    task definition. One row per kernel; ``ok`` is whether all of it holds."""
+    task definition. One row per kernel; ``ok`` is whether all of it holds. Each row also has
+    ``captures``: its task's stored captures as the loader would judge them (:func:`captures_status`;
+    shared by the task's kernels, so a stale file does not make a kernel fail)."""
     from .sandbox import Evaluator
     from .verify import VerifyConfig
 
@@ -757,16 +759,20 @@ def verify_library(lib: Library, timeout_s: float = 300.0, rtol: float = TIME_RT
             rows[e.id] = _verify_row(e, None, [str(x)])
             continue
         groups.setdefault(e.task_file, []).append((e, inc))
+    task_sizes: dict[str, dict[str, int]] = {}   # each task's sizes as its code declares them (worker-computed)
     for task_file, items in groups.items():
         with Evaluator(cfg, confine=True) as worker:
             for e, inc in items:
                 ev, info = worker.inspect(lib.root / task_file, inc.candidate(e), timeout_s=timeout_s)
+                if isinstance(info.get("own_sizes"), dict):
+                    task_sizes.setdefault(task_file, dict(info["own_sizes"]))
                 if ev.verified:
                     problems = [p for _, p in _agreement_problems(e, ev, info, inc.kernels, rtol)]
                 else:
                     problems = [f"does not verify: {ev.reason}"]
                 rows[e.id] = _verify_row(e, ev, problems, rtol)
-    return [rows[e.id] for e in lib.entries]
+    caps = {tf: captures_status(lib, tf, task_sizes.get(tf, {})) for tf in {e.task_file for e in lib.entries}}
+    return [{**rows[e.id], "captures": caps[e.task_file]} for e in lib.entries]
 
 
 def _verify_row(e: KernelEntry, ev: Any, problems: list[str], rtol: float = TIME_RTOL) -> dict:
@@ -988,5 +994,60 @@ def read_captures(root: Path, task_file: str) -> StoredCaptures:
         return StoredCaptures(problem=f"{rel}: {e}", present=True)
 
 
+def stored_captures(root: Path, task_file: str, entries: Iterable[KernelEntry],
+                    task_sizes: Mapping[str, int]) -> StoredCaptures:
+    """The stored captures of the task at ``task_file`` as the loader may use them, or why not: what
+    :func:`read_captures` checks (the file against the task as it is now), then the manifest: the stored
+    graph at each of ``entries``' own sizes (over ``task_sizes``, the task's declared sizes) must have the
+    signature the entry records, the kernel's id being a digest of it; else neither can be trusted to
+    describe the other. One check for both of its users, ``load_library`` and ``library verify``, so
+    verify calls a file fine exactly when loading would use it."""
+    st = read_captures(root, task_file)
+    for x in entries:
+        mine = st.records.get(sizes_id({**task_sizes, **(x.own_sizes or {})}))
+        if mine is not None and mine["sized_key"] != x.signature.get("sized_key"):
+            return StoredCaptures(problem=f"{captures_path(task_file)}: the stored graph at the task's own sizes "
+                                          f"does not have the signature manifest entry {x.id} records", present=True)
+    return st
+
+
+def captures_status(lib: Library, task_file: str, task_sizes: Mapping[str, int]) -> dict[str, Any]:
+    """How ``library verify`` reports a task's stored captures: ``status`` "ok" (loading uses them),
+    "missing" (a library written before them, or a kernel merged in: loading captures the task, which is
+    fine) or "stale" (damaged, edited, another torch or task version: loading warns and captures again);
+    ``reason`` says why in words. Judged by :func:`stored_captures`, the loader's own check."""
+    rel = captures_path(task_file)
+    st = stored_captures(lib.root, task_file, [e for e in lib.entries if e.task_file == task_file], task_sizes)
+    if st.problem:
+        return {"file": rel, "status": "stale", "graphs": 0, "reason": st.problem}
+    if not st.present:
+        return {"file": rel, "status": "missing", "graphs": 0,
+                "reason": "no stored captures (a library written before them, or a kernel merged in): loading "
+                          "captures this task with torch.export instead"}
+    return {"file": rel, "status": "ok", "graphs": len(st.graphs), "reason": ""}
+
+
+def recapture(lib: Library, task_file: str) -> dict[str, Any]:
+    """Write the stored captures of the task at ``task_file`` again, from the task as it is in the library,
+    at every size set its kernels are verified at (the writer :func:`build_entry` uses: :func:`captures_text`),
+    and return their :func:`captures_status`. The task's code runs in this process (``torch.export``), as
+    ``load_library`` runs it: for a library one would load, never one merely being vetted. No storable graph
+    removes the file (the loader then captures, as for an older library)."""
+    from .tasks import load_task
+
+    entries = [e for e in lib.entries if e.task_file == task_file]
+    side = str(Path(task_file).with_suffix(".toml"))
+    digest = task_digest(read_inside(lib.root, task_file),
+                         read_inside(lib.root, side) if os.path.lexists(lib.root / side) else "")
+    task = load_task(lib.root / task_file)
+    text = captures_text(task, [v["sizes"] for e in entries for v in e.verified_at] + [{}], digest)
+    with lib._locked():
+        if text is None:
+            (lib.root / captures_path(task_file)).unlink(missing_ok=True)
+        else:
+            atomic_write_text(lib.root / captures_path(task_file), text)
+    return captures_status(lib, task_file, dict(task.sizes))
+
+
 __all__ += ["captures_path", "captures_text", "read_captures", "encode_graph", "decode_graph", "StoredCaptures",
-            "sizes_id", "CAPTURES_VERSION"]
+            "sizes_id", "stored_captures", "captures_status", "recapture", "CAPTURES_VERSION"]

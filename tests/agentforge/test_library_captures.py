@@ -13,8 +13,8 @@ import pytest
 
 from agentforge.aten import AtenGraph, AtenNode, Ref, TensorSpec
 from agentforge.capture import capture_at
-from agentforge.library import (Library, _content_digest, captures_path, decode_graph, encode_graph,
-                                read_captures)
+from agentforge.library import (Library, _content_digest, captures_path, captures_status, decode_graph,
+                                encode_graph, read_captures)
 from agentforge.signature import signature
 from agentforge.torch import load_library
 from agentforge.torch.ops import StoredCapturesWarning
@@ -127,3 +127,65 @@ def test_a_task_file_edited_after_its_captures_were_stored_makes_them_stale(torc
     task.write_text(task.read_text() + "\n# edited\n")
     st = read_captures(lib, e.task_file)
     assert not st.graphs and "another version of the task" in st.problem
+
+
+# ---------------------------------------------------------------------- `library verify` checks them too
+
+def _verify(lib: Path, capsys, *flags: str) -> tuple[int, str]:
+    from agentforge.cli import main
+
+    code = main(["library", "verify", str(lib), *flags])
+    return code, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, change, redigest, reason", [
+    ("damaged", lambda d: _eps_to(d, 0.5, False), False, "does not match its digest"),
+    ("edited consistently", lambda d: _eps_to(d, 0.5, True), True, "signature manifest entry"),
+    ("other torch", lambda d: d.update(torch="1.0.0"), True, "written for torch '1.0.0'"),
+    ("other signature version", lambda d: d.update(signature_version=-1), True, "written for signature_version -1"),
+])
+def test_verify_judges_a_stored_capture_as_the_loader_does(torch_library, tmp_path, case, change, redigest, reason):
+    """One check (library.stored_captures) for both: verify calls a file stale exactly when loading warns."""
+    lib = _one_task_copy(torch_library, tmp_path)
+    e = Library.open(lib).entries[0]
+    assert captures_status(Library.open(lib), e.task_file, {})["status"] == "ok"
+    _edit(lib, change, redigest)
+    status = captures_status(Library.open(lib), e.task_file, {})
+    assert status["status"] == "stale" and reason in status["reason"], case
+    assert status["file"] == captures_path(e.task_file)
+    with pytest.warns(StoredCapturesWarning, match=reason):
+        load_library(lib, namespace=f"rdu_cap_v{abs(hash(case)) % 10 ** 6}")
+
+
+def test_verify_passes_a_library_without_stored_captures_and_says_loading_captures_its_tasks(torch_library, tmp_path,
+                                                                                             capsys):
+    lib = _one_task_copy(torch_library, tmp_path)
+    e = Library.open(lib).entries[0]
+    (lib / captures_path(e.task_file)).unlink()                  # as a library written before them
+    code, out = _verify(lib, capsys)
+    assert code == 0, out
+    assert f"none  {captures_path(e.task_file)}: loading captures this task" in out
+    assert "stored captures: 0 ok, 1 missing (captured at load), 0 stale or damaged" in out
+
+
+def test_verify_fails_on_a_stale_stored_capture_with_its_reason_and_the_fix_and_recapture_rewrites_it(
+        torch_library, tmp_path, capsys):
+    lib = _one_task_copy(torch_library, tmp_path)
+    e = Library.open(lib).entries[0]
+    rel = captures_path(e.task_file)
+    good = (lib / rel).read_text()
+    _edit(lib, lambda d: d.update(torch="1.0.0"), True)            # as after a torch upgrade
+    code, out = _verify(lib, capsys)
+    assert code == 1
+    assert f"ok   {e.id}" in out                                     # the kernel itself is fine
+    assert f"STALE {rel}: written for torch '1.0.0'" in out
+    assert f"how to fix: agentforge library verify {lib} --recapture" in out
+    code, out = _verify(lib, capsys, "--recapture")
+    assert code == 0, out
+    assert f"ok    {rel}: 2 stored graph(s), loading uses them" in out
+    assert "stored captures: 1 ok, 0 missing (captured at load), 0 stale or damaged" in out
+    assert (lib / rel).read_text() == good                       # exactly what Library.add wrote
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StoredCapturesWarning)
+        tl = load_library(lib, namespace="rdu_cap_r")
+    assert tl.families["rmsnorm_small"].graph_sources["captured"] == 0
