@@ -1363,8 +1363,12 @@ def _product_scan(x: str, axis: int, tile: list[int], xdt: str, cdt: str) -> lis
 def lower_structural(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     a = node.args
     if kind == "cat":
-        refs = [r for r in a[0]]
-        rank = len(graph.spec(refs[0]).shape)
+        # empty operands add nothing; torch also skips a legacy 1-D [0] one whatever its rank (a
+        # KV cache that starts as torch.tensor([]))
+        refs = [r for r in a[0] if graph.spec(r).numel > 0]
+        if not refs:
+            raise UnsupportedOpError(f"not supported: {node.target} producing an empty tensor")
+        rank = len(node.outs[0].shape)
         dim = (a[1] if len(a) > 1 else node.kwargs.get("dim", 0)) % rank
         total = sum(graph.spec(r).shape[dim] for r in refs)
 

@@ -215,3 +215,11 @@ def test_moe_router_dispatch_sequence_verifies_op_by_op():
     for op in ("aten.sort.stable", "aten.index.Tensor", "aten.histc.default", "aten.cumsum.default",
                "aten.index_put.default", "aten.div.Tensor_mode"):
         assert op in _targets(chain), (op, _targets(chain))
+
+
+def test_cat_skips_empty_operands():
+    """A KV cache that starts empty: cat([tensor([]), x], -2) is x (torch skips a legacy 1-D [0]
+    operand of any rank), and an operand empty along the cat dim adds nothing."""
+    x = torch.randn(1, 2, 4, 3)
+    _check(lambda x: torch.cat([torch.zeros(0), x * 2], -2), x, op="aten.cat.default")
+    _check(lambda x: torch.cat([torch.zeros(1, 2, 0, 3), x * 2, x], -2), x, op="aten.cat.default")
