@@ -407,7 +407,11 @@ def _recapture(lib, rows: list[dict], quiet: bool) -> None:
         before = rs[0]["captures"]
         if before["status"] == "ok" or not all(r["ok"] for r in rs):
             continue
-        now = recapture(lib, task_file)
+        try:
+            now = recapture(lib, task_file)
+        except (AgentforgeError, OSError, ValueError) as x:     # the task no longer captures here: say so
+            print(f"could not recapture {before['file']}: {x}", file=sys.stderr)
+            continue
         for r in rs:
             r["captures"] = now
         if not quiet:
