@@ -110,9 +110,9 @@ def test_the_prompt_carries_the_machine_constants_read_from_the_machine():
 
 def test_the_baseline_line_names_the_op_it_cannot_lower(tmp_path):
     task_file = tmp_path / "sort_rows.py"
-    task_file.write_text('"""Sort the rows, doubled."""\nimport torch\nimport torch.nn as nn\n\nROWS = 64\nCOLS = 32\n\n\n'
+    task_file.write_text('"""Sort the columns, doubled."""\nimport torch\nimport torch.nn as nn\n\nROWS = 64\nCOLS = 32\n\n\n'
                          'class Model(nn.Module):\n    def forward(self, x):\n'
-                         '        return torch.sort(x, dim=-1)[0] * 2\n\n\n'
+                         '        return torch.sort(x, dim=0)[0] * 2\n\n\n'
                          'def get_inputs():\n    return [torch.randn(ROWS, COLS)]\n\n\n'
                          'def get_init_inputs():\n    return []\n')
     task = load_task(task_file)
