@@ -1583,6 +1583,8 @@ def lower_histc(node: AtenNode, graph: AtenGraph) -> OpKernel:
     if dt != "f32":
         raise UnsupportedOpError(f"not supported: {node.target} of {x.dtype} input (f32 only)")
     n = x.numel
+    if bins < 1:
+        raise UnsupportedOpError(f"not supported: {node.target} with bins={bins} (torch rejects it)")
     if n == 0 or n * bins > BLOCK_CAP:
         raise UnsupportedOpError(f"not supported: {node.target} of {n} elements into {bins} bins "
                                  f"(at most {BLOCK_CAP} element-bin pairs, in one tile)")
@@ -1644,14 +1646,16 @@ def _float_floor_div(a: str, b: str) -> list[tuple[str, str]]:
 def lower_div_rounding(node: AtenNode, graph: AtenGraph) -> OpKernel:
     """div(a, b, rounding_mode='floor'|'trunc') as torch computes it: on integers Python's floor division
     (or truncation toward zero), exactly; on floats torch's floor (see :func:`_float_floor_div`) or
-    ``trunc(a / b)``; 16-bit floats computed in f32 and rounded once."""
+    ``trunc(a / b)``; 16-bit floats are refused."""
     mode = node.kwargs.get("rounding_mode")
     if mode not in ("floor", "trunc"):
         raise UnsupportedOpError(f"not supported: {node.target} with rounding_mode={mode!r}")
     out = node.outs[0]
     odt = asp_dtype(out)
-    if odt == "bool":
-        raise UnsupportedOpError(f"not supported: {node.target} with a bool result")
+    if odt not in ("f32", "i32"):
+        # 16-bit floats: torch rounds differently per mode and path (trunc rounds the quotient to
+        # 16 bits first), which an f32 formula does not reproduce bit for bit
+        raise UnsupportedOpError(f"not supported: {node.target} with a {out.dtype} result (f32 and integers only)")
     ops = [_scalar_or_tensor(graph, node.args[0]), _scalar_or_tensor(graph, node.args[1])]
     if odt == "i32":
         for o in ops:

@@ -94,6 +94,13 @@ def test_default_sort_gives_the_stable_order(descending):
     assert torch.equal(values, ref.values) and torch.equal(indices, ref.indices)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stable_sort_of_16_bit_floats(dtype):
+    x = torch.randn(40, generator=torch.Generator().manual_seed(9)).round(decimals=1).to(dtype)
+    _check(_stable_sort(False), x, op="aten.sort.stable")
+    _check(_stable_sort(True), x)
+
+
 def test_sort_stable_overload_and_bool():
     x = torch.tensor([3, 1, 3, 0, 1, 3])
     _check(lambda x: torch.sort(x, stable=True, descending=True), x, op="aten.sort.stable")
@@ -137,8 +144,8 @@ def test_integer_division_rounds_like_python_and_c(mode):
                                                                                    rounding_mode=mode), _DIVS)
 
 
-_FA = torch.tensor([7.5, -7.5, 1.0, -1.0, 0.0, -0.0, 5.0, -5.0, float("inf"), 3.0, -2.0, 1e30, 0.3, float("nan")])
-_FB = torch.tensor([2.0, 2.0, 0.1, 0.1, -3.0, 3.0, 0.0, 0.0, 2.0, float("inf"), float("inf"), 7.0, 0.1, 1.0])
+_FA = torch.tensor([7.5, -7.5, 1.0, -1.0, 0.0, -0.0, 5.0, -5.0, float("inf"), 3.0, -2.0, 1e30, 0.3, float("nan"), 1e30])
+_FB = torch.tensor([2.0, 2.0, 0.1, 0.1, -3.0, 3.0, 0.0, 0.0, 2.0, float("inf"), float("inf"), 7.0, 0.1, 1.0, -1e-30])
 
 
 @pytest.mark.parametrize("mode", ["floor", "trunc"])
@@ -148,6 +155,11 @@ def test_float_division_rounds_like_torch(mode):
     g = torch.Generator().manual_seed(3)
     a, b = torch.randn(4, 64, generator=g) * 100, torch.randn(64, generator=g)
     _check(lambda a, b: torch.div(a, b, rounding_mode=mode), a, b)
+
+
+def test_16_bit_float_division_with_rounding_is_refused():
+    _refused(lambda a: torch.div(a, 3, rounding_mode="floor"), torch.ones(4, dtype=torch.bfloat16),
+             match="aten.div.Tensor_mode.*f32 and integers only")
 
 
 # ------------------------------------------------------------------ index and index_put
