@@ -97,9 +97,19 @@ def _task_line(exc: BaseException, path: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def _size_hint(s: Any) -> int:
+    """A size as an int; a symbolic one (a graph exported with dynamic dims) by its example value,
+    without the guard ``int(s)`` would add: that guard specialises the export's shape environment,
+    so the symbol would read as the constant in the exported program's shapes from then on."""
+    if isinstance(s, int):
+        return s
+    from torch.fx.experimental.symbolic_shapes import optimization_hint
+    return int(optimization_hint(s))
+
+
 def _spec_from_val(name: str, val: Any) -> TensorSpec:
     if isinstance(val, torch.Tensor):
-        return TensorSpec(name, tuple(int(s) for s in val.shape), dtype_str(val.dtype))
+        return TensorSpec(name, tuple(_size_hint(s) for s in val.shape), dtype_str(val.dtype))
     if isinstance(val, (bool, torch.SymBool)):
         return TensorSpec(name, (), "bool")
     if isinstance(val, (int, torch.SymInt)):
@@ -115,11 +125,10 @@ def _data_dependent(val: Any) -> bool:
     if isinstance(val, (list, tuple)):
         return any(_data_dependent(v) for v in val)
     if isinstance(val, torch.Tensor):
-        for d in val.shape:
-            try:
-                int(d)
-            except Exception:  # noqa: BLE001 - torch raises GuardOnDataDependentSymNode and kin
-                return True
+        from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+        # not int(d): on a backed symbol (a dynamic dim) that adds a guard specialising it
+        return any(not isinstance(d, int) and bool(free_unbacked_symbols(d)) for d in val.shape)
     return False
 
 

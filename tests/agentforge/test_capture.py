@@ -447,3 +447,22 @@ def test_remembering_the_cia_op_list_changes_no_capture_and_restores_torch():
     finally:
         cap._cia_ops_remembered = saved
     assert remembered == plain
+
+
+def test_a_dynamic_export_keeps_its_symbols_through_capture():
+    """Capturing a graph exported with a dynamic dim reads sizes by their example value without
+    guarding on them: the exported program's dim stays a symbol (the backend's one plan for every
+    KV length of a decode step depends on it), and the AtenGraph holds the example size."""
+    import torch
+    from agentforge.capture import graph_from_export
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return (x * 2).sum(-1, keepdim=True) + x
+
+    x = torch.randn(3, 5)
+    ep = torch.export.export(M(), (x,), dynamic_shapes=({1: torch.export.Dim.AUTO},)).run_decompositions()
+    g = graph_from_export(ep, "t", "t.py")
+    assert tuple(g.inputs[0].shape) == (3, 5)
+    ph = next(n for n in ep.graph.nodes if n.op == "placeholder")
+    assert ph.meta["val"].shape[1].node.expr.is_Symbol
