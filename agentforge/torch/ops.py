@@ -40,7 +40,7 @@ import asp_lang
 from agentforge.capture import capture_at
 from agentforge.capture import AtenGraph, TensorSpec, dtype_str, signature, torch_dtype
 from agentforge.errors import AgentforgeError
-from agentforge.library import KernelEntry, Library, StoredCaptures, read_captures, sizes_id
+from agentforge.library import KernelEntry, Library, StoredCaptures, sizes_id, stored_captures
 from agentforge.ranges import range_covers
 from agentforge.solution import Solution
 from agentforge.tasks import Task, instantiate, load_task
@@ -153,6 +153,7 @@ class OpFamily:
         self._solutions: dict[str, Solution] = {}
         self._ranked: dict[ProblemKey, list[Verified]] = {}
         self._inferred: dict[ProblemKey, dict[str, int] | None] = {}
+        self._at_sizes: dict[tuple, Verified | None] = {}
         self._refs: dict[tuple, torch.nn.Module] = {}
         self._new_checked: dict[tuple[str, ProblemKey], bool] = {}
         self._stored: dict[str, StoredCaptures] = {}
@@ -174,21 +175,13 @@ class OpFamily:
         return self._tasks[e.task_file]
 
     def stored(self, e: KernelEntry) -> StoredCaptures:
-        """The library's stored captures of ``e``'s task (agentforge.library.read_captures), read once;
+        """The library's stored captures of ``e``'s task (agentforge.library.stored_captures), read once;
         a file that cannot be used is reported once (a warning with the reason) and the task is captured."""
         with self._lock:
             if e.task_file not in self._stored:
-                st = read_captures(self.library.root, e.task_file)
-                task = self.task_of(e)
-                for x in (x for x in self.entries if x.task_file == e.task_file):
-                    # the stored graph at the task's own sizes must have the signature the manifest recorded
-                    # (the kernel's id is a digest of it): else neither can be trusted to describe the other.
-                    # read_captures checked each record's sized_key against its decoded graph.
-                    mine = st.records.get(sizes_id(task.sizes_for(x.own_sizes or {})))
-                    if mine is not None and mine["sized_key"] != x.signature.get("sized_key"):
-                        st = StoredCaptures(problem=f"the stored graph at the task's own sizes does not have the "
-                                                    f"signature manifest entry {x.id} records", present=True)
-                        break
+                # the file against the task and the manifest: the check `library verify` reports
+                st = stored_captures(self.library.root, e.task_file,
+                                     [x for x in self.entries if x.task_file == e.task_file], self.task_of(e).sizes)
                 if st.problem:
                     warnings.warn(f"library {self.library.root}: stored captures of task {e.task!r} not used: "
                                   f"{st.problem}; capturing the task again instead (torch.export, ~0.5 s per "
@@ -303,25 +296,47 @@ class OpFamily:
     def _in_range(self, key: ProblemKey) -> list[Verified]:
         """The kernels whose verified ranges hold the task sizes that give arguments ``key`` (they
         join the family's problems: no check runs, the range was verified at its sampled points)."""
-        ranged = [e for e in self.entries if any(r.get("verified") for r in e.ranges)]
-        if not ranged:
+        if not any(r.get("verified") for e in self.entries for r in e.ranges):
             return []
         sizes = self.infer_sizes(key)
         if sizes is None:
             return []
+        return [v for v in self._range_verified(sizes) if problem_key([*v.graph.inputs, *v.graph.params]) == key]
+
+    def _range_verified(self, sizes: Mapping[str, int]) -> list[Verified]:
+        """A problem at the task sizes ``sizes`` for each kernel with a verified range that holds
+        them (added to the family's problems once)."""
         out = []
-        for e in ranged:
+        for e in self.entries:
             rec = next((r for r in e.ranges if range_covers(r, sizes)), None)
             if rec is None:
                 continue
-            g = self.captured(sizes, e, clean=True)
-            if problem_key([*g.inputs, *g.params]) != key:
+            known = next((v for vs in self.problems.by_key.values() for v in vs
+                          if v.entry is e and v.sizes == dict(sizes)), None)
+            if known is not None:
+                out.append(known)
                 continue
+            g = self.captured(sizes, e, clean=True)
             how = "verified range " + ", ".join(f"{n}={lo}..{hi}" for n, (lo, hi) in rec["sizes"].items())
             v = Verified(e, dict(sizes), g, signature(g).sized_key(), how=how)
             self.problems.add(v)
+            self._ranked.pop(problem_key([*g.inputs, *g.params]), None)    # a cached "none" is stale now
             out.append(v)
         return out
+
+    def at_sizes(self, sizes: Mapping[str, int]) -> Verified | None:
+        """The fastest kernel verified for the task at ``sizes`` (all of its sizes): at a verified
+        size set, or inside a verified range (it then joins the problems, so a call with its
+        argument shapes finds it without inferring sizes). None: no kernel is verified there.
+        Why: a decode step's region is called at a KV length known from the model's shapes, where
+        the task's own argument shapes (a row view of the model's) cannot be read off directly."""
+        memo = tuple(sorted(sizes.items()))
+        with self._lock:
+            if memo not in self._at_sizes:
+                cands = [v for vs in self.problems.by_key.values() for v in vs if v.sizes == dict(sizes)]
+                cands = cands or self._range_verified(sizes)
+                self._at_sizes[memo] = min(cands, key=self.seconds) if cands else None
+            return self._at_sizes[memo]
 
     qualname_hint = "op"
     namespace = "rdu"
