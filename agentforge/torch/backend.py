@@ -287,7 +287,7 @@ def _fits(ep: Any, tensors: Sequence[torch.Tensor]) -> bool:
 def _bound(x: Any, unbounded: int) -> int:
     try:
         return int(x)
-    except (TypeError, ValueError, OverflowError):     # sympy's int_oo
+    except (TypeError, ValueError, OverflowError, AttributeError):     # sympy's int_oo (no _mpf_: AttributeError)
         return unbounded
 
 
@@ -402,12 +402,17 @@ class _Compiled:
                 spec.planning_s, spec.planning_cpu_s = time.perf_counter() - t0, time.process_time() - c0
                 self.dynamic_specs[key] = spec
                 _LOG.info("%s", spec.summary)
+            if spec.plan is None:
+                return spec     # running it failed once (a warning said why): this graph runs eagerly
             if not _fits(spec.plan.exported, tensors):
                 return None
             from agentforge.torch.match import Unverified, dynamic_sizes
 
             left = []
-            for fam, problem, nodes in spec.plan.blocked_at(dynamic_sizes(spec.plan.exported, tensors)):
+            sizes = dynamic_sizes(spec.plan.exported, tensors)
+            if spec.plan.dynamic_unverified(sizes):
+                return None     # outside the verified range of a kernel the plan calls: plan this signature
+            for fam, problem, nodes in spec.plan.blocked_at(sizes):
                 if fam.covered(problem):
                     return None     # a kernel is verified at this call's sizes: plan this signature
                 left.append(Unverified(fam, problem, nodes))

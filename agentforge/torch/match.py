@@ -39,6 +39,7 @@ import torch
 from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
 
 from agentforge.canonical import canonical_form, canonical_graph, canonical_key, is_row_view
+from agentforge.errors import AgentforgeError
 from agentforge.capture import (TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec, dtype_str, export_guard,
                                 graph_from_export, node_flops, operand_specs, signature)
 from agentforge.torch.ops import (ModelCaptureError, OpFamily, ProblemKey, TorchLibrary, UnverifiedProblemError,
@@ -61,6 +62,9 @@ class Region:
     arg_shapes: list[tuple[int, ...]] = field(default_factory=list)
     #: model node name -> its shape (the kernel's output is reshaped back to it)
     out_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: in a plan for dynamic sizes (decode's KV length): how the call's sizes give the task's, so the
+    #: kernel and its shapes are picked per call inside a verified range (None: fixed sizes)
+    dynamic: "DynamicBinding | None" = None
 
     @property
     def op(self) -> str:
@@ -68,16 +72,70 @@ class Region:
 
     def call(self, values: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run the library op on the model's values; the model values it gives, by node name."""
+        arg_shapes, out_shapes = self.arg_shapes, self.out_shapes
+        if self.dynamic is not None:
+            arg_shapes, out_shapes = self.dynamic.shapes(self.family, values)
         args = [v if not s or tuple(v.shape) == s else v.reshape(s)
-                for v, s in itertools.zip_longest(values, self.arg_shapes)]
+                for v, s in itertools.zip_longest(values, arg_shapes)]
         outs = self.family.call_op(*args)
         outs = outs if isinstance(outs, (tuple, list)) else (outs,)
         got = {}
         for name, i in self.outputs.items():
             o = outs[i]
-            want = self.out_shapes.get(name)
+            want = out_shapes.get(name)
             got[name] = o if want is None or tuple(o.shape) == want else o.reshape(want)
         return got
+
+
+@dataclass
+class DynamicBinding:
+    """How a region of a graph with a dynamic size (a decode step's KV length: a sympy symbol) calls
+    a kernel verified over a range of a task size: the task size is the symbol plus ``shift``
+    (checked at three consecutive values when the plan is made: every argument and result has the
+    same elements as the task's at those sizes), the task's other sizes are ``fixed``; per call the
+    kernel's argument shapes come from the task at those sizes, the model's from the patterns."""
+    symbol: Any
+    task_size: str
+    shift: int
+    fixed: dict[str, int]
+    arg_patterns: list[tuple]              # per argument: (shape with sympy dims, dtype)
+    out_patterns: dict[str, tuple]         # model node -> its shape with sympy dims
+
+    def task_sizes(self, value: int) -> dict[str, int]:
+        return {**self.fixed, self.task_size: value + self.shift}
+
+    def value(self, values: Sequence[torch.Tensor]) -> int | None:
+        """The symbol's value in this call (solved from an argument dim that depends on it)."""
+        return _symbol_value(self.symbol, [p[0] for p in self.arg_patterns], [tuple(v.shape) for v in values])
+
+    def shapes(self, fam: OpFamily, values: Sequence[torch.Tensor]) -> tuple[list[tuple[int, ...]],
+                                                                               dict[str, tuple[int, ...]]]:
+        """The kernel's argument shapes and the model's result shapes in this call."""
+        n = self.value(values)
+        v = fam.at_sizes(self.task_sizes(n)) if n is not None else None
+        if v is None:
+            raise UnverifiedProblemError(f"{fam.qualname_hint}: no kernel verified for {self.task_size} = "
+                                         f"{None if n is None else n + self.shift} (the backend checks this first)")
+        at = {self.symbol: n}
+        outs = {name: tuple(d if isinstance(d, int) else int(d.subs(at)) for d in shape)
+                for name, (shape, _) in self.out_patterns.items()}
+        return [tuple(x.shape) for x in (*v.graph.inputs, *v.graph.params)], outs
+
+
+def _symbol_value(sym: Any, patterns: Sequence[Sequence[Any]], shapes: Sequence[Sequence[int]]) -> int | None:
+    """The value of ``sym`` that gives these concrete ``shapes`` for shape ``patterns`` (sympy dims),
+    solved from the first dim affine in it (``s + 1``: the KV cache after this step's token)."""
+    for pattern, shape in zip(patterns, shapes):
+        for d, x in zip(pattern, shape):
+            if isinstance(d, int) or sym not in d.free_symbols:
+                continue
+            b = d.subs(sym, 0)
+            a = d.subs(sym, 1) - b
+            if not (a.is_Integer and b.is_Integer) or a == 0 or d.subs(sym, 2) != 2 * a + b:
+                continue
+            if (int(x) - int(b)) % int(a) == 0:
+                return (int(x) - int(b)) // int(a)
+    return None
 
 
 @dataclass
@@ -148,14 +206,19 @@ class OffloadPlan:
         the dynamic sizes (symbol -> int): (family, problem key, model ops)."""
         out = []
         for fam, nodes, pattern in self.dynamic_blocked:
-            if any(p is None for p in pattern):
-                continue
-            try:
-                key = tuple((tuple(d if isinstance(d, int) else int(d.subs(sizes)) for d in shape), dtype)
-                            for shape, dtype in pattern)
-            except (TypeError, ValueError):
-                continue
-            out.append((fam, key, nodes))
+            key = _key_at(pattern, sizes)
+            if key is not None:
+                out.append((fam, key, nodes))
+        return out
+
+    def dynamic_unverified(self, sizes: dict[Any, int]) -> list[Region]:
+        """The regions whose kernel is picked per call (:attr:`Region.dynamic`) that have none verified
+        at these values of the dynamic sizes (symbol -> int)."""
+        out = []
+        for r in self.regions:
+            b = r.dynamic
+            if b is not None and (b.symbol not in sizes or r.family.at_sizes(b.task_sizes(sizes[b.symbol])) is None):
+                out.append(r)
         return out
 
     def run(self, args: Sequence[Any]) -> Any:
@@ -183,6 +246,18 @@ class OffloadPlan:
         out_node = next(n for n in ep.graph.nodes if n.op == "output")
         flat = [env[x.name] if isinstance(x, torch.fx.Node) else x for x in out_node.args[0]]
         return torch.utils._pytree.tree_unflatten(flat, ep.call_spec.out_spec)
+
+
+def _key_at(pattern: Sequence[tuple | None], sizes: dict[Any, int]) -> ProblemKey | None:
+    """The problem key of arguments whose shapes are ``pattern`` (sympy expressions for dynamic
+    dims) at these values of the dynamic sizes; None if one is not a tensor or not computable."""
+    if any(p is None for p in pattern):
+        return None
+    try:
+        return tuple((tuple(d if isinstance(d, int) else int(d.subs(sizes)) for d in shape), dtype)
+                     for shape, dtype in pattern)
+    except (TypeError, ValueError):
+        return None
 
 
 def _is_assertion(n: torch.fx.Node) -> bool:
@@ -478,8 +553,10 @@ def _try_family(fam: OpFamily, P: GraphView, G: GraphView) -> list[tuple[OpFamil
     return found
 
 
-def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unverified]) -> Region | str:
-    P, G = m.P, m.G
+def _region_parts(fam: OpFamily, m: _Matcher, outs: list[str]) -> tuple[set[str], dict[str, int]] | str:
+    """A match's model nodes (the matched ones and the copies / row views of them) and which of them
+    the rest of the model reads, by the op output that gives each; or why it cannot be a region."""
+    G = m.G
     mapped = set(m.nodes.values())
     members = set(mapped)
     for name in G.nodes:
@@ -500,6 +577,15 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unveri
             outputs[r] = out_vals.index(v)
             # another region reads a value through the copies and row views it is seen through
             outputs.setdefault(v, out_vals.index(v))
+    return members, outputs
+
+
+def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unverified]) -> Region | str:
+    P, G = m.P, m.G
+    parts = _region_parts(fam, m, outs)
+    if isinstance(parts, str):
+        return parts
+    members, outputs = parts
     sub = _subgraph(m)
     canon = canonical_form(sub, reorder=False)      # the pattern's operand order already
     key = signature(canon).sized_key()
@@ -533,6 +619,84 @@ def _region(fam: OpFamily, m: _Matcher, outs: list[str], unverified: list[Unveri
             return f"matches {fam.qualname_hint}, but argument {a} has {G.g.spec(a).shape}, the kernel takes {s}"
     out_shapes = {r: tuple(G.g.spec(r).shape) for r in outputs}
     return Region(fam, v, members, semantic, args, outputs, shapes, out_shapes)
+
+
+def _dynamic_region(fam: OpFamily, m: _Matcher, outs: list[str], ep_nodes: dict[str, Any]) -> Region | None:
+    """A match whose shapes depend on one dynamic size (a decode step's KV length), as a region
+    whose kernel is picked per call (:class:`DynamicBinding`); None unless a task size of the family
+    follows the dynamic size (:func:`_bind_task_size`) and a kernel is verified (a range) at the
+    sizes the graph was traced at. The backend checks the range again at every call
+    (:meth:`OffloadPlan.dynamic_unverified`) and plans that call's sizes on their own outside it."""
+    parts = _region_parts(fam, m, outs)
+    if isinstance(parts, str):
+        return None
+    members, outputs = parts
+    args = [m.bind[i] for i in range(len(m.slots))]
+    arg_pat = [_shape_pattern(ep_nodes.get(a)) for a in args]
+    out_pat = {r: _shape_pattern(ep_nodes.get(r)) for r in outputs}
+    if any(p is None for p in [*arg_pat, *out_pat.values()]):
+        return None
+    symbols = {x for p in [*arg_pat, *out_pat.values()] for d in p[0] if not isinstance(d, int)
+               for x in d.free_symbols}
+    if len(symbols) != 1:
+        return None
+    (sym,) = symbols
+    hint = _symbol_value(sym, [p[0] for p in arg_pat], [m.G.g.spec(a).shape for a in args])
+    if hint is None:
+        return None
+    b = _bind_task_size(fam, sym, int(hint), arg_pat, out_pat, outputs)
+    v = fam.at_sizes(b.task_sizes(int(hint))) if b is not None else None
+    if v is None:
+        return None
+    semantic = [m.nodes[n.name] for n in m.P.g.nodes if not m.P.transparent(n.name)]
+    return Region(fam, v, members, semantic, args, outputs, [], {}, dynamic=b)
+
+
+def _bind_task_size(fam: OpFamily, sym: Any, hint: int, arg_pat: list[tuple], out_pat: dict[str, tuple],
+                    outputs: dict[str, int]) -> DynamicBinding | None:
+    """The task size (one the family has a verified range for) that moves with the graph's dynamic
+    size ``sym``: its value at the traced size ``hint`` is solved from the element counts (the task
+    captured at its own value and one more), then every argument and result must have the task's
+    element count and dtype at three consecutive values (a reshape, never a different problem)."""
+    def numels(sizes: dict[str, int]) -> tuple[list[int], list[str], list[int]] | None:
+        try:
+            g = fam.captured(sizes, clean=True)
+        except AgentforgeError:
+            return None
+        ins = [*g.inputs, *g.params]
+        return [math.prod(x.shape) for x in ins], [x.dtype for x in ins], [math.prod(g.spec(o).shape) for o in g.outputs]
+
+    def model(value: int) -> tuple[list[int], list[int | None]]:
+        at = {sym: value}
+        size = lambda shape: math.prod(d if isinstance(d, int) else int(d.subs(at)) for d in shape)  # noqa: E731
+        outs: list[int | None] = [None] * (max(outputs.values()) + 1)
+        for name, i in outputs.items():
+            outs[i] = size(out_pat[name][0])
+        return [size(p[0]) for p in arg_pat], outs
+
+    own = dict(fam.task.sizes)
+    ranged = {n for e in fam.entries for r in e.ranges if r.get("verified") for n in r.get("sizes", {})}
+    for name in sorted(ranged & own.keys()):
+        fixed = {k: v for k, v in own.items() if k != name}
+        a, b = numels({**fixed, name: own[name]}), numels({**fixed, name: own[name] + 1})
+        if a is None or b is None:
+            continue
+        want, _ = model(hint)
+        step = next(((i, b[0][i] - a[0][i]) for i in range(len(want)) if b[0][i] != a[0][i]), None)
+        if step is None or (want[step[0]] - a[0][step[0]]) % step[1]:
+            continue
+        at_hint = own[name] + (want[step[0]] - a[0][step[0]]) // step[1]
+        ok = True
+        for t in range(3):
+            k = numels({**fixed, name: at_hint + t}) if at_hint + t >= 1 else None
+            got_in, got_out = model(hint + t)
+            if k is None or k[0] != got_in or [dt for _, dt in arg_pat] != k[1] or \
+                    any(x is not None and x != y for x, y in zip(got_out, k[2])):
+                ok = False
+                break
+        if ok:
+            return DynamicBinding(sym, name, at_hint - hint, fixed, arg_pat, out_pat)
+    return None
 
 
 def _canonical_problems(fam: OpFamily) -> dict[str, list[Verified]]:
@@ -616,7 +780,12 @@ def plan_offload(tl: TorchLibrary, ep: Any, graph: AtenGraph, weights: set[str] 
             if set(m.nodes.values()) & taken:
                 continue
             hit = (set(m.nodes.values()) | set(m.bind.values())) & dynamic.keys()
-            if hit:      # a kernel is verified for exact sizes; these change from call to call
+            if hit and fam.ranges_short():
+                r = _dynamic_region(fam, m, outs, ep_nodes)
+                if r is not None:
+                    verified.append(r)
+                    continue
+            if hit:      # a kernel is verified for exact sizes (or a range that does not hold these); these change
                 blocked.append((fam, [m.nodes[n.name] for n in m.P.g.nodes if not m.P.transparent(n.name)],
                                 [_shape_pattern(ep_nodes.get(m.bind[i])) for i in range(len(m.slots))]))
                 why = (f"matches {fam.qualname_hint}, but its shapes depend on a dynamic size "
