@@ -32,6 +32,7 @@ import math
 import operator
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -162,8 +163,9 @@ def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] 
                    decode: bool = False) -> list[tuple[str, torch.nn.Module, list[torch.Tensor]]]:
     """The shapes the model will serve: a causal LM at ``batch`` x each prompt length (token ids,
     no cache) and, with ``decode``, one generated token per sequence with a KV cache after each
-    prompt length and one token longer (so that what does not depend on the KV length shows in
-    both); a factory's model at its example inputs. Returns (label, module, inputs)."""
+    prompt length and one and two tokens longer (what does not depend on the KV length shows the
+    same at all three; what does is written symbolic in it, :func:`model_tasks`); a factory's model
+    at its example inputs. Returns (label, module, inputs)."""
     if m.example_inputs is not None:
         return [("example", m.module, list(m.example_inputs))]
     if m.vocab_size is None:
@@ -176,7 +178,7 @@ def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] 
     if decode:
         step = _Decode(m.module)
         for p in prompt_tokens:
-            for kv_len in (p, p + 1):
+            for kv_len in (p, p + 1, p + 2):
                 layers, _, shape = _kv_shape(m.module.config, batch, kv_len)
                 kv = [torch.randn(shape, generator=g) for _ in range(2 * layers)]
                 out.append((f"decode {batch}x1 kv {kv_len}", step,
@@ -196,6 +198,8 @@ class ModelTask:
     occurrences: list[str] = field(default_factory=list)   # "<shape label>: first node .. last node"
     template: str = ""
     flops: int = 0
+    #: sizes the task is symbolic in and the range its kernel is to be verified over ({"KV": "1..127"})
+    ranges: dict[str, str] = field(default_factory=dict)
 
 
 def _fmt(v: Any, names: dict[str, str]) -> str:
@@ -500,11 +504,9 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
                 continue
             tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
     labels = list(decode_seen)
-    for a, b in zip(labels[::2], labels[1::2]):        # (kv P, kv P+1) pairs
-        other = {k for k, _ in decode_seen[b]}
-        for key, t in decode_seen[a]:
-            if key not in other:
-                continue                                # depends on the KV length
+    kv_hi = _kv_limit(m)
+    for trio in zip(labels[::3], labels[1::3], labels[2::3]):        # (kv P, kv P+1, kv P+2)
+        for key, t in _decode_tasks([decode_seen[lb] for lb in trio], [_kv_of(lb) for lb in trio], kv_hi):
             if key in tasks:
                 tasks[key].occurrences += t.occurrences
                 tasks[key].flops += t.flops
@@ -516,6 +518,45 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
     for i, t in enumerate(out):
         short = "_".join(dict.fromkeys(k for k in t.kinds if k not in _VIEW_KINDS))[:40].strip("_")
         t.name = f"{_slug(m.name)}_{i:02d}_{short}"
+    return out
+
+
+def _kv_of(label: str) -> int:
+    return int(label.rsplit(" ", 1)[1])
+
+
+def _kv_limit(m: LoadedModel) -> int | None:
+    """The longest KV cache a decode step reads: the model's ``max_position_embeddings`` (None: unknown)."""
+    cfg = getattr(m.module, "config", None)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def _decode_tasks(seen: list[list[tuple[str, ModelTask]]], kvs: list[int],
+                  kv_hi: int | None) -> list[tuple[str, ModelTask]]:
+    """The decode step's tasks from its regions at three KV lengths ``kvs`` (each: (key, task) in
+    graph order). A region with the same program at all three is one task; one whose program
+    changes with the KV length (attention over the cache) is written symbolic in ``KV`` (each
+    literal that varies an affine function of it, :func:`agentforge.ranges.symbolize_sources`) with
+    the range ``1..max_position_embeddings - 1`` to verify its kernel over; regions are paired by
+    where they are in the graph. A region that is neither stays out (it runs eagerly)."""
+    from agentforge.ranges import symbolize_sources
+
+    out = []
+    others = [{k for k, _ in s} for s in seen[1:]]
+    where = [{t.occurrences[0].split(": ", 1)[1]: t for _, t in s} for s in seen]
+    for key, t in seen[0]:
+        if all(key in o for o in others):
+            out.append((key, t))
+            continue
+        loc = t.occurrences[0].split(": ", 1)[1]
+        if kv_hi is None or not all(loc in w for w in where[1:]):
+            continue
+        sym = symbolize_sources({kv: w[loc].source for kv, w in zip(kvs, where)}, "KV")
+        if sym is None:
+            continue
+        key = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", sym.split('"""', 2)[2])
+        out.append((key, ModelTask("", sym, t.kinds, t.occurrences, t.template, t.flops,
+                                   {"KV": f"1..{max(kvs[0], kv_hi - 1)}"})))
     return out
 
 
@@ -549,7 +590,9 @@ def write_suite(tasks: list[ModelTask], folder: str | Path, model: str) -> Path:
     for t in tasks:
         (folder / f"{t.name}.py").write_text(t.source)
         desc = f"{model}: {t.template} region ({', '.join(t.kinds)}), {len(t.occurrences)} occurrence(s)"
-        (folder / f"{t.name}.toml").write_text(f"[task]\ngroup = \"{_group(t)}\"\ndescription = {json.dumps(desc)}\n")
+        ranges = ("\n[ranges]\n" + "".join(f"{n} = \"{r}\"\n" for n, r in t.ranges.items())) if t.ranges else ""
+        (folder / f"{t.name}.toml").write_text(f"[task]\ngroup = \"{_group(t)}\"\ndescription = {json.dumps(desc)}\n"
+                                               f"{ranges}")
     (folder / "index.json").write_text(json.dumps(
         {"model": model, "tasks": [{"name": t.name, "template": t.template, "kinds": t.kinds, "flops": t.flops,
                                     "occurrences": t.occurrences} for t in tasks]}, indent=1))
@@ -564,6 +607,26 @@ def from_model_suite(spec: str, out: str | Path, batch: int = 1, prompt_tokens: 
     if not tasks:
         raise ModelSpecError(f"{spec}: the model's graph has no region that computes anything")
     return write_suite(tasks, Path(out) / "suite", m.name), tasks
+
+
+def _verify_decode_ranges(library: Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """Verify the library's kernels of KV-length-symbolic tasks over their declared ranges
+    (:func:`agentforge.ranges.verify_library_ranges`): the backend then runs them at every KV length
+    of a decode step without verifying at call time. Prints one line per kernel (and each failed
+    point); a kernel that fails keeps its own size set and runs eagerly at other KV lengths."""
+    from agentforge.library import Library
+    from agentforge.ranges import verify_library_ranges
+
+    t0 = time.perf_counter()
+    rows = [r for r in verify_library_ranges(Library.open(library)) if r["verified"] is not None]
+    ok = sum(1 for r in rows if r["verified"])
+    print(f"KV ranges: {ok}/{len(rows)} decode kernels verified over their KV range "
+          f"({', '.join(sorted({v for r in rows for v in r['ranges'].values()}))}) in {time.perf_counter() - t0:.1f} s")
+    if not quiet:
+        for r in rows:
+            for f in r["failed"] if not r["verified"] else []:
+                print(f"  {r['op']} at {f['sizes']}: {f['reason']}")
+    return rows
 
 
 def _ints(text: str | None, default: Sequence[int], what: str) -> list[int]:
@@ -617,5 +680,7 @@ def cmd_campaign_from_model(args: Any) -> int:
     view = CampaignView("jsonl" if args.jsonl else "quiet" if args.quiet else "rich")
     res = run_campaign(cfg, on_event=view, expect=None)
     view.summary(res)
+    if any(t.ranges for t in tasks) and (out / "library" / "manifest.json").is_file():
+        _verify_decode_ranges(out / "library", quiet=bool(args.quiet or args.jsonl))
     print(f"use it: torch.compile(model, backend=\"agentforge\", options={{\"library\": \"{out / 'library'}\"}})")
     return 1 if res.status == "stopped" else 0

@@ -270,3 +270,64 @@ def test_mixtral_experts_run_on_their_generated_kernels(experts_lib, monkeypatch
         poisoned = _compile(model, lib)(ids).logits
     assert not torch.allclose(poisoned, ref, atol=1e-2, rtol=1e-2)
     torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def kv_lib(tmp_path_factory):
+    """A library of Llama's decode tasks whose program depends on the KV length (from-model writes
+    them symbolic in KV with a [ranges] sidecar), each kernel verified over KV 1..127."""
+    from agentforge.library import Library
+    from agentforge.ranges import verify_library_ranges
+    from agentforge.torch._build import build_library
+    from agentforge.torch.from_model import LoadedModel, model_tasks, write_suite
+
+    tasks = [t for t in model_tasks(LoadedModel("llama", _build("llama"), None, 256), decode=True) if t.ranges]
+    suite = write_suite(tasks, tmp_path_factory.mktemp("kv_suite"), "llama")
+    out = tmp_path_factory.mktemp("kv_lib") / "library"
+    build_library([suite / f"{t.name}.py" for t in tasks], out)
+    rows = verify_library_ranges(Library.open(out))
+    return str(out), tasks, rows
+
+
+def test_decode_tasks_over_the_kv_cache_are_symbolic_and_verified_over_a_range(kv_lib):
+    _, tasks, rows = kv_lib
+    kinds = {k for t in tasks for k in t.kinds}
+    assert {"bmm", "cat"} <= kinds                             # attention over the cache, the cache update
+    for t in tasks:
+        assert t.ranges == {"KV": "1..127"} and "\nKV = 16\n" in t.source          # a size, own value 16
+        assert "KV" in t.source.split("def get_inputs", 1)[1]                        # the inputs' shapes use it
+    assert rows and all(r["verified"] for r in rows), [r for r in rows if not r["verified"]]
+
+
+def test_decode_over_the_kv_cache_runs_on_range_verified_kernels_planned_once(kv_lib, monkeypatch):
+    """generate(): the decode step is planned once with a symbolic KV length and its attention
+    matmuls and cache update run on kernels picked per call inside their verified KV range (no
+    plan per KV length, no call-time verification); tokens equal eager; a poisoned kernel changes them."""
+    from agentforge.torch.ops import OpFamily
+
+    lib, tasks, _ = kv_lib
+    model = _build("llama")
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
+    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+    torch._dynamo.reset()
+    before = {id(c) for c in compiled_graphs()}
+    with torch.no_grad():
+        ref = model.generate(ids, **kw)
+        forward = model.forward
+        model.forward = torch.compile(forward, backend="agentforge", options={"library": lib})
+        got = model.generate(ids, **kw)
+    assert torch.equal(got, ref)
+    (c,) = [c for c in compiled_graphs() if id(c) not in before and c.dynamic is not None]
+    assert not c.specializations and len(c.dynamic_specs) == 1          # one plan for every KV length
+    (spec,) = c.dynamic_specs.values()
+    dyn = [r for r in spec.plan.regions if r.dynamic is not None]
+    assert {r.family.op for r in dyn} >= {t.name for t in tasks if "bmm" in t.kinds}
+    assert spec.calls == c.calls >= 4
+    real = OpFamily._run
+    monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
+    torch._dynamo.reset()
+    with torch.no_grad():
+        model.forward = torch.compile(forward, backend="agentforge", options={"library": lib})
+        poisoned = model.generate(ids, **kw)
+    assert not torch.equal(poisoned, ref)
+    torch._dynamo.reset()
