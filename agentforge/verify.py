@@ -14,6 +14,9 @@ with the task computed in float64 from the same inputs. It counts only if every 
 - values within dtype-aware tolerances: |c - r| <= atol * max(1, max|r|) + rtol * |r|;
 - NaN and +-Inf at exactly the reference's positions (outputs start poisoned with NaN, so
   an unwritten element is caught);
+- the indices of an unstable sort (``aten.sort``/``argsort`` without ``stable=True``), whose tie
+  order torch leaves unspecified (its CPU sort orders the ties of rows over 16 elements its own
+  way), up to ties only: a permutation along the sorted dim that gathers the sorted values;
 - not constant or all-zero where the reference is not;
 - inputs unmodified.
 
@@ -29,8 +32,10 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import asp_lang
 from asp_lang import AspError
@@ -214,6 +219,164 @@ def check_output(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float)
     return max_abs, max_rel
 
 
+# ------------------------------------------------------------------ unstable sorts
+#
+# An unstable sort's contract says nothing about the order of equal values, and torch's CPU sort
+# (std::sort) does order the ties of rows over 16 elements in a way of its own: the reference's
+# indices are then not a function of the input, and a kernel that sorts stably (the baseline) or
+# any other correct way would fail an exact comparison. Such an output is checked for what the op
+# promises instead: a permutation along the sorted dim that gathers the reference's sorted values.
+# Its input is the value the reference sorted, recorded while the reference runs.
+
+_SORTS = frozenset({"aten.sort.default", "aten.sort.stable", "aten.argsort.default", "aten.argsort.stable"})
+#: ops an indices output may pass through unchanged (torch.export adds copies depending on layout)
+_SAME_VALUE = frozenset({"clone", "alias", "detach", "lift_fresh_copy"})
+
+
+@dataclass(frozen=True)
+class UnstableSort:
+    """Where an output of a captured graph is the indices of an unstable sort."""
+    node: str           #: the sort (or argsort) node
+    dim: int            #: the sorted dim, as the op was called (may be negative)
+    descending: bool
+    input_dtype: str    #: dtype of the sorted tensor: sets the tolerance of the gathered values
+    rank: int           #: position among the graph's unstable sorts (eager order matches it)
+
+
+def _sort_call(target: str, args: tuple, kwargs: dict) -> tuple[bool, int, bool] | None:
+    """(stable, dim, descending) of a sort/argsort call in ATen's argument layout, or None for
+    another op. ``.default`` takes dim and descending positionally; ``.stable`` takes all three as
+    keywords; a ``stable`` of None or False leaves the ties unordered."""
+    if target not in _SORTS:
+        return None
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
+    descending = args[2] if len(args) > 2 else kwargs.get("descending", False)
+    return bool(kwargs.get("stable")), int(dim), bool(descending)
+
+
+def unstable_sort_indices(graph: AtenGraph) -> dict[int, UnstableSort]:
+    """Output index -> the unstable sort whose indices it is (``getitem(sort, 1)`` or an unstable
+    argsort, through copies). Any other output, a stable sort's indices included, is absent and
+    is compared exactly."""
+    producer: dict[str, Any] = {n.name: n for n in graph.nodes}
+    ranks: dict[str, int] = {}
+    for n in graph.nodes:
+        call = _sort_call(n.target, n.args, n.kwargs)
+        if call is not None and not call[0]:
+            ranks[n.name] = len(ranks)
+    found: dict[int, UnstableSort] = {}
+    for i, out in enumerate(graph.outputs):
+        n = producer.get(out.name)
+        while n is not None and n.target.startswith("aten.") and n.target.split(".")[1] in _SAME_VALUE and n.refs():
+            n = producer.get(n.refs()[0].name)
+        if n is None:
+            continue
+        if n.target == "getitem" and n.args[1] == 1 and n.args[0].name in producer \
+                and producer[n.args[0].name].target.startswith("aten.sort."):
+            n = producer[n.args[0].name]
+        elif not n.target.startswith("aten.argsort."):
+            continue
+        if n.name not in ranks:
+            continue
+        _, dim, descending = _sort_call(n.target, n.args, n.kwargs)
+        sorted_spec = graph.spec_table.get(n.refs()[0].name) if n.refs() else None
+        found[i] = UnstableSort(n.name, dim, descending, sorted_spec.dtype if sorted_spec else "", ranks[n.name])
+    return found
+
+
+@dataclass
+class _SortCall:
+    """One unstable sort the reference ran: what it sorted and the indices it returned."""
+    input: torch.Tensor
+    indices: torch.Tensor
+    dim: int
+    descending: bool
+
+
+class _SortRecorder(TorchDispatchMode):
+    """Records every unstable sort (and argsort) the reference runs, in order; changes nothing."""
+
+    def __init__(self, calls: list[_SortCall]):
+        super().__init__()
+        self.calls = calls
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        call = _sort_call(str(func), args, kwargs)
+        if call is not None and not call[0] and isinstance(args[0], torch.Tensor):
+            indices = out[1] if isinstance(out, (tuple, list)) else out
+            self.calls.append(_SortCall(args[0].detach().clone(), indices, call[1], call[2]))
+        return out
+
+
+def _match_sorts(unstable: dict[int, UnstableSort], calls: list[_SortCall],
+                 refs: list[torch.Tensor]) -> dict[int, tuple[_SortCall, str]]:
+    """Output index -> (the recorded sort that produced it, the sorted tensor's dtype) for each
+    output the graph says is an unstable sort's indices and that a recorded call explains."""
+    found: dict[int, tuple[_SortCall, str]] = {}
+    for i, where in unstable.items():
+        call = _recorded_sort(calls, refs[i], where) if i < len(refs) else None
+        if call is not None:
+            found[i] = (call, where.input_dtype)
+    return found
+
+
+def _recorded_sort(calls: list[_SortCall], ref: torch.Tensor, where: UnstableSort) -> _SortCall | None:
+    """The recorded sort that produced the reference output ``ref``: the very tensor, else one
+    whose indices equal it (a copy) with the graph node's dim and direction, preferring the one at
+    the node's place in order. None when nothing fits: the output is then compared exactly."""
+    same = [c for c in calls if c.indices is ref]
+    if same:
+        return same[0]
+    fits = [c for c in calls if c.indices.shape == ref.shape and c.dim == where.dim
+            and c.descending == where.descending and torch.equal(c.indices, ref)]
+    if where.rank < len(calls) and any(c is calls[where.rank] for c in fits):
+        return calls[where.rank]
+    return fits[0] if fits else None
+
+
+def check_sort_indices(out: torch.Tensor, ref: torch.Tensor, sorted_input: torch.Tensor, dim: int,
+                       atol: float, rtol: float) -> tuple[float, float]:
+    """Raise :class:`Mismatch` unless ``out`` is a valid answer for the indices of an unstable sort
+    of ``sorted_input`` along ``dim`` whose reference answer is ``ref``: a permutation of
+    0..n-1 along ``dim`` (every row) that gathers the same values as ``ref`` (exactly for integers,
+    within atol/rtol for floats). Any order of equal values passes; nothing else does. Returns the
+    max abs/rel errors of the gathered values."""
+    if tuple(out.shape) != tuple(ref.shape):
+        raise Mismatch("shape", f"shape {list(out.shape)} but the reference is {list(ref.shape)}")
+    if sorted_input.dim() == 0 or tuple(sorted_input.shape) != tuple(ref.shape):
+        return check_output(out, ref, atol, rtol)
+    dim = dim % sorted_input.dim()
+    n = sorted_input.shape[dim]
+    what = f"the indices of an unstable sort must be a permutation of 0..{n - 1} along dim {dim}"
+    outside = (out < 0) | (out >= n)
+    if outside.any():
+        at = outside.nonzero()[0].tolist()
+        raise Mismatch("mismatch", f"{what}: {int(outside.sum())} of {out.numel()} are out of range "
+                                   f"(first at {at}: {out[tuple(at)].item()})")
+    rows = out.movedim(dim, -1).reshape(-1, n).long()
+    counts = torch.zeros(rows.shape[0], n, dtype=torch.long).scatter_add_(1, rows, torch.ones_like(rows))
+    bad = (counts != 1).any(dim=1)
+    if bad.any():
+        j = int(bad.nonzero()[0])
+        twice = int((counts[j] > 1).nonzero()[0])
+        never = int((counts[j] == 0).nonzero()[0])
+        others = [s for k, s in enumerate(out.shape) if k != dim]
+        row = [int(t) for t in torch.unravel_index(torch.tensor(j), others)] if others else []
+        place = f" in the row at {row}" if row else ""
+        raise Mismatch("mismatch", f"{what}: index {twice} appears {int(counts[j, twice])} times{place} and "
+                                   f"{never} never ({int(bad.sum())} of {rows.shape[0]} rows are not permutations)")
+    got = sorted_input.gather(dim, out.long())
+    want = sorted_input.gather(dim, ref.long())
+    try:
+        return check_output(got, want, atol, rtol)
+    except Mismatch as m:
+        raise Mismatch(m.code, f"the indices of an unstable sort (any order of equal values is accepted) do not "
+                               f"sort the input, the values they gather differ from the sorted reference: "
+                               f"{m.message}") from None
+
+
 # ------------------------------------------------------------------ candidates
 
 _EXP_CLASS = {"_softmax", "_log_softmax", "logsumexp", "exp", "softmax", "log_softmax"}
@@ -267,11 +430,18 @@ def targeted_distributions(graph: AtenGraph) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def _reference(model: torch.nn.Module, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+def _reference(model: torch.nn.Module, inputs: list[torch.Tensor],
+               sorts: list[_SortCall] | None = None) -> list[torch.Tensor]:
+    """The task's outputs in float64; with ``sorts``, every unstable sort it runs is appended there
+    (for :func:`check_sort_indices`; the recorder is installed only then)."""
     model = model.double()
     args = [t.double() if t.dtype.is_floating_point else t for t in inputs]
     with torch.no_grad():
-        out = model(*args)
+        if sorts is None:
+            out = model(*args)
+        else:
+            with _SortRecorder(sorts):
+                out = model(*args)
     return list(out) if isinstance(out, (tuple, list)) else [out]
 
 
@@ -287,6 +457,7 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig, sets: list[dict] | None
     """Run ``cfg.checks(task, sets, extra)`` in order; the first failure ends the list."""
     checks: list[Check] = []
     graphs: dict[tuple, AtenGraph] = {}
+    unstable: dict[tuple, dict[int, UnstableSort]] = {}   # per graph: outputs that are unstable sorts' indices
     for sizes, seed, dist in cfg.checks(task, sets, extra):
         t0 = time.perf_counter()
         inst = instantiate(task, sizes, seed=seed)
@@ -295,6 +466,7 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig, sets: list[dict] | None
         key = (tuple(sorted(inst.sizes.items())), tuple(sorted(inst.scalar_inputs.items())))
         if key not in graphs:
             graphs[key] = capture(inst)
+            unstable[key] = unstable_sort_indices(graphs[key])
         g = graph = graphs[key].with_weights(inst.model)  # this seed's weights
         inputs = make_inputs(inst, sizes, seed=seed, distribution=dist)
         before = _digest(inputs)
@@ -304,8 +476,10 @@ def run_checks(task: Task, candidate, cfg: VerifyConfig, sets: list[dict] | None
             outs = candidate.run(g, fed, cfg.limits)
             if _digest(fed) != before:
                 raise Mismatch("inputs_modified", "the candidate modified its inputs")
-            refs = _reference(inst.model, inputs)
-            check.max_abs_error, check.max_rel_error = _compare_all(task, outs, refs, graph)
+            calls: list[_SortCall] | None = [] if unstable[key] else None
+            refs = _reference(inst.model, inputs, calls)
+            sorts = _match_sorts(unstable[key], calls or [], refs)
+            check.max_abs_error, check.max_rel_error = _compare_all(task, outs, refs, graph, sorts)
             check.passed = True
         except Mismatch as m:
             check.code, check.reason = m.code, m.message
@@ -339,24 +513,34 @@ def _asp_code(e: AspError) -> str:
     return "runtime"
 
 
-def _compare_all(task: Task, outs, refs, graph: AtenGraph) -> tuple[float, float]:
+def _tolerance(task: Task, dtype: str) -> tuple[float, float]:
+    atol, rtol = DEFAULT_TOLERANCE.get(dtype, (0.0, 0.0))
+    return (task.atol if task.atol is not None else atol), (task.rtol if task.rtol is not None else rtol)
+
+
+def _compare_all(task: Task, outs, refs, graph: AtenGraph,
+                 sorts: dict[int, tuple[_SortCall, str]] | None = None) -> tuple[float, float]:
+    """Compare every output with the reference's. ``sorts`` (:func:`_match_sorts`) names the
+    outputs that are the indices of an unstable sort, checked up to ties; every other output is
+    compared as it always was."""
     if len(outs) != len(refs):
         raise Mismatch("interface", f"{len(outs)} outputs but the task has {len(refs)}")
+    sorts = sorts or {}
     worst = (0.0, 0.0)
     for i, (o, r, spec) in enumerate(zip(outs, refs, graph.output_specs)):
         want = spec.dtype
-        atol, rtol = DEFAULT_TOLERANCE.get(want, (0.0, 0.0))
-        if task.atol is not None:
-            atol = task.atol
-        if task.rtol is not None:
-            rtol = task.rtol
+        atol, rtol = _tolerance(task, want)
         if o.dtype != getattr(torch, _torch_name(want)):
             raise Mismatch("dtype", f"output {i} has dtype {o.dtype}, the task's is {want}")
         ref = r if not r.dtype.is_floating_point else r.double()
         if not r.dtype.is_floating_point and o.dtype != r.dtype:
             o = o.to(r.dtype)
         try:
-            errs = check_output(o, ref, atol, rtol)
+            if i in sorts:
+                call, input_dtype = sorts[i]
+                errs = check_sort_indices(o, ref, call.input, call.dim, *_tolerance(task, input_dtype))
+            else:
+                errs = check_output(o, ref, atol, rtol)
         except Mismatch as m:
             raise Mismatch(m.code, f"output {i}: {m.message}") from None
         worst = (max(worst[0], errs[0]), max(worst[1], errs[1]))
