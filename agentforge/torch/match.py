@@ -243,9 +243,20 @@ class OffloadPlan:
             a = torch.fx.node.map_arg(n.args, lambda x: env[x.name])
             k = torch.fx.node.map_arg(n.kwargs, lambda x: env[x.name])
             env[n.name] = n.target(*a, **k)
+            if _uninitialised(n) and isinstance(env[n.name], torch.Tensor):
+                env[n.name].zero_()
         out_node = next(n for n in ep.graph.nodes if n.op == "output")
         flat = [env[x.name] if isinstance(x, torch.fx.Node) else x for x in out_node.args[0]]
         return torch.utils._pytree.tree_unflatten(flat, ep.call_spec.out_spec)
+
+
+def _uninitialised(n: torch.fx.Node) -> bool:
+    """An allocation whose contents PyTorch leaves undefined (``empty_like``, ``empty_permuted``...).
+    The plan fills it with zeros, one of the values it may hold: Mixtral's dispatch writes
+    ``inv_perm[perm] = arange(S)`` into ``empty_like(perm)``, and left undefined the memory held int64
+    values outside int32, so the kernel's guard sent every call back to eager."""
+    return isinstance(n.target, torch._ops.OpOverload) and n.target.name().split("::")[-1].split(".")[0] in (
+        "empty_like", "empty_permuted", "empty", "empty_strided", "new_empty", "new_empty_strided")
 
 
 def _key_at(pattern: Sequence[tuple | None], sizes: dict[Any, int]) -> ProblemKey | None:

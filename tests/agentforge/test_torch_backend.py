@@ -438,3 +438,22 @@ def test_docs_example_runs():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "torch.ops.rdu_docs.rmsnorm" in proc.stdout
+
+
+def test_memory_the_model_leaves_uninitialised_is_zeros_in_a_plan(lib):
+    """``empty_like`` memory a model only partly writes (Mixtral's ``inv_perm[perm] = arange``
+    writes it all) holds zeros in a plan, one of the values it may hold: left undefined it held
+    int64 values outside int32, and the guard against wrapping them sent every call to eager."""
+    class Partial(torch.nn.Module):
+        def forward(self, x, idx):
+            y = torch.empty_like(x)
+            y[idx] = x[idx] + 1
+            return y
+
+    x, idx = torch.randn(8, 4), torch.tensor([1, 5])
+    with torch.no_grad():
+        out = _compile(Partial(), lib)(x, idx)
+    torch._dynamo.reset()
+    rest = torch.ones(8, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(out[idx], x[idx] + 1) and torch.equal(out[rest], torch.zeros(6, 4))
