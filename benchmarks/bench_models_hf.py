@@ -67,7 +67,8 @@ def campaign_from_model(name: str, out: Path, seq: int, new_tokens: int) -> tupl
                         "--prompt-tokens", str(seq), *decode, "--quiet"], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("verified ")), p.stderr.strip()[-300:])
-    return str(run / "library"), wall, line
+    kv = next((ln for ln in p.stdout.splitlines() if ln.startswith("KV ranges: ")), None)
+    return str(run / "library"), wall, line + (f"; {kv}" if kv else "")
 
 
 def tiny_models() -> dict[str, Any]:
