@@ -323,7 +323,12 @@ def _row_guard_source(n: Any) -> Any:
     if not isinstance(xv, torch.Tensor) or not xv.dtype.is_floating_point or not xv.dim():
         return None
     size = xv.shape[dims[0] % xv.dim()]
-    if not isinstance(size, int) or size < 1:
+    if isinstance(size, int):
+        nonempty = size >= 1
+    else:       # a dynamic dim (a decode step's KV length): its range must exclude 0, known without a guard
+        from torch.fx.experimental.symbolic_shapes import statically_known_true
+        nonempty = statically_known_true(size >= 1)
+    if not nonempty:
         return None     # amax of an empty row raises where any() answers False: only rewrite when it cannot be empty
     return x, dims[0], bool(keepdim)
 

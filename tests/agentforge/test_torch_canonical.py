@@ -313,3 +313,24 @@ def test_a_broadcast_operand_compares_without_its_leading_ones_only_where_elemen
     assert [tuple(x.shape) for x in squeeze_broadcast_operands(g).inputs] == [(4, 8, 8), (1, 8, 8)]
     g = export_graph(_AddSoftmax(), [s, torch.randn(1, 1, 8, 8)], "m")[1]
     assert [tuple(x.shape) for x in squeeze_broadcast_operands(g).inputs] == [(4, 8, 8), (8, 8)]
+
+
+def test_the_guard_over_a_dynamic_kv_length_is_rewritten_too():
+    """In a decode step exported with a dynamic KV length the guard's row is a symbol whose range
+    excludes 0 (dynamo's default is 2..): it is rewritten as at fixed sizes, so the masked softmax
+    matches the task captured at fixed sizes; the program still answers as before at other lengths."""
+    from agentforge.canonical import canonical_export
+    from agentforge.torch.match import export_graph
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 2, 1, 4, generator=g)
+    k, v = (torch.randn(1, 2, 9, 4, generator=g) for _ in range(2))
+    mask = torch.ones(1, 1, 1, 9, dtype=torch.bool)
+    dims = ({}, {2: torch.export.Dim.AUTO}, {2: torch.export.Dim.AUTO}, {3: torch.export.Dim.AUTO})
+    ep, graph = export_graph(_MaskedSDPA(), [q, k, v, mask], "decode", dynamic_shapes=dims)
+    assert "any" in {n.kind for n in graph.nodes}
+    new = canonical_export(ep, graph, "decode")
+    assert "any" not in {n.kind for n in new.nodes} and "amax" in {n.kind for n in new.nodes}
+    k2, v2 = (torch.randn(1, 2, 13, 4, generator=g) for _ in range(2))
+    m2 = torch.rand(1, 1, 1, 13, generator=g) < 0.5
+    torch.testing.assert_close(ep.module()(q, k2, v2, m2), _MaskedSDPA()(q, k2, v2, m2))
