@@ -125,16 +125,21 @@ class DynamicBinding:
 def _symbol_value(sym: Any, patterns: Sequence[Sequence[Any]], shapes: Sequence[Sequence[int]]) -> int | None:
     """The value of ``sym`` that gives these concrete ``shapes`` for shape ``patterns`` (sympy dims),
     solved from the first dim affine in it (``s + 1``: the KV cache after this step's token)."""
+    import sympy
+
     for pattern, shape in zip(patterns, shapes):
         for d, x in zip(pattern, shape):
-            if isinstance(d, int) or sym not in d.free_symbols:
+            if isinstance(d, int) or d.free_symbols != {sym}:
                 continue
-            b = d.subs(sym, 0)
-            a = d.subs(sym, 1) - b
-            if not (a.is_Integer and b.is_Integer) or a == 0 or d.subs(sym, 2) != 2 * a + b:
+            try:
+                poly = sympy.Poly(d, sym)       # Min(s + 1, W), Mod(s, 3)... are not polynomials: skipped
+            except sympy.PolynomialError:
                 continue
-            if (int(x) - int(b)) % int(a) == 0:
-                return (int(x) - int(b)) // int(a)
+            if poly.degree() != 1 or not all(c.is_Integer for c in poly.all_coeffs()):
+                continue
+            a, b = (int(c) for c in poly.all_coeffs())
+            if (int(x) - b) % a == 0:
+                return (int(x) - b) // a
     return None
 
 
@@ -657,10 +662,50 @@ def _dynamic_region(fam: OpFamily, m: _Matcher, outs: list[str], ep_nodes: dict[
         return None
     b = _bind_task_size(fam, sym, int(hint), arg_pat, out_pat, outputs)
     v = fam.at_sizes(b.task_sizes(int(hint))) if b is not None else None
-    if v is None:
+    if v is None or not _same_problem(fam, m, b, int(hint), ep_nodes):
         return None
     semantic = [m.nodes[n.name] for n in m.P.g.nodes if not m.P.transparent(n.name)]
     return Region(fam, v, members, semantic, args, outputs, [], {}, dynamic=b)
+
+
+def _scalars(args: Any) -> list[Any]:
+    """A node's non-tensor arguments, flattened; a symbolic one (a Ref to a size) as None."""
+    out: list[Any] = []
+    for a in args if isinstance(args, (list, tuple)) else [args]:
+        if isinstance(a, (list, tuple)):
+            out += _scalars(a)
+        else:
+            out.append(None if isinstance(a, Ref) else a)
+    return out
+
+
+def _same_problem(fam: OpFamily, m: _Matcher, b: "DynamicBinding", hint: int, ep_nodes: dict[str, Any]) -> bool:
+    """Whether the model's matched ops compute the task's problem at the bound sizes: each matched
+    (non-copy) op has the task op's full shape at three consecutive values, and the same scalar
+    arguments (dims, scale, eps...; a symbolic one must be the task's size there). Element counts
+    alone (:func:`_bind_task_size`) would let a cache laid out [B*H, D, s] feed a [B, H, KV, D] task
+    reshaped, in the wrong element order, or a model with another attention scale use the task's."""
+    for t in range(3):
+        try:
+            g = fam.captured(b.task_sizes(hint + t), clean=True)
+        except AgentforgeError:
+            return False
+        task_nodes = {n.name: n for n in g.nodes}
+        at = {b.symbol: hint + t}
+        for pn, gn in m.nodes.items():
+            if m.P.transparent(pn):
+                continue
+            tn, pat = task_nodes.get(pn), _shape_pattern(ep_nodes.get(gn))
+            if tn is None or pat is None or not isinstance(tn.out, TensorSpec):
+                return False
+            if tuple(tn.out.shape) != tuple(d if isinstance(d, int) else int(d.subs(at)) for d in pat[0]):
+                return False
+            if t == 0:
+                model, task = _scalars(m.G.nodes[gn].args), _scalars(tn.args)
+                if len(model) != len(task) or any(x is not None and y is not None and x != y
+                                                  for x, y in zip(model, task)):
+                    return False
+    return True
 
 
 def _bind_task_size(fam: OpFamily, sym: Any, hint: int, arg_pat: list[tuple], out_pat: dict[str, tuple],

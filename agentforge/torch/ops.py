@@ -332,10 +332,12 @@ class OpFamily:
         the task's own argument shapes (a row view of the model's) cannot be read off directly."""
         memo = tuple(sorted(sizes.items()))
         with self._lock:
-            if memo not in self._at_sizes:
+            if memo not in self._at_sizes:      # a "none" is not kept: a later range or size set may add it
                 cands = [v for vs in self.problems.by_key.values() for v in vs if v.sizes == dict(sizes)]
                 cands = cands or self._range_verified(sizes)
-                self._at_sizes[memo] = min(cands, key=self.seconds) if cands else None
+                if not cands:
+                    return None
+                self._at_sizes[memo] = min(cands, key=self.seconds) if len(cands) > 1 else cands[0]
             return self._at_sizes[memo]
 
     qualname_hint = "op"

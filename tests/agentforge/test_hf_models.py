@@ -331,3 +331,29 @@ def test_decode_over_the_kv_cache_runs_on_range_verified_kernels_planned_once(kv
         poisoned = model.generate(ids, **kw)
     assert not torch.equal(poisoned, ref)
     torch._dynamo.reset()
+
+
+def test_a_cache_laid_out_otherwise_is_not_fed_to_the_kv_kernel_reshaped(kv_lib):
+    """A KV cache kept as [H, D, s] (keys transposed) with the same element counts as the task's
+    [1, H, KV, D] cache update: the dynamic match compares shapes and scalars with the task at the
+    bound sizes, not element counts only, so the concatenation runs eagerly and stays right."""
+    lib, _, _ = kv_lib
+
+    class Transposed(torch.nn.Module):
+        def forward(self, past, new):
+            return torch.cat([past, new], dim=2) * 2.0
+
+    past, new = torch.randn(2, 16, 17), torch.randn(2, 16, 1)
+    torch._dynamo.reset()
+    before = {id(c) for c in compiled_graphs()}
+    f = torch.compile(Transposed(), backend="agentforge", options={"library": lib})
+    for s in (17, 18, 19):
+        p = torch.randn(2, 16, s)
+        torch._dynamo.mark_dynamic(p, 2)
+        with torch.no_grad():
+            torch.testing.assert_close(f(p, new), Transposed()(p, new))
+    regions = [r for c in compiled_graphs() if id(c) not in before
+               for sp in [*c.dynamic_specs.values(), *c.specializations.values()] if sp.plan is not None
+               for r in sp.plan.regions]
+    assert not [r for r in regions if r.dynamic is not None]
+    torch._dynamo.reset()
