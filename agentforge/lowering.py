@@ -414,6 +414,11 @@ def _gelu(x: str, approximate: str) -> str:
 
 def lower_elementwise(node: AtenNode, graph: AtenGraph, kind: str) -> OpKernel:
     ops, expr, odt = elementwise_parts(node, graph, kind)
+    return _elementwise_op_kernel(node, ops, expr, odt)
+
+
+def _elementwise_op_kernel(node: AtenNode, ops: list["_Operand"], expr: Callable, odt: str) -> OpKernel:
+    """One elementwise map computing ``node`` from ``ops`` (dims merged where every operand allows)."""
     out = node.outs[0]
     tensors = [o for o in ops if o.kind == "tensor"]
     shape, views = merge_dims(out.shape or (1,), [o.spec.shape for o in tensors])
@@ -1685,13 +1690,7 @@ def lower_div_rounding(node: AtenNode, graph: AtenGraph) -> OpKernel:
             lets += [("qd", "a / b"), ("q", "where(qd < 0.0, -floor(-qd), floor(qd))")]
         return lets, cast_expr("q", cdt, odt)
 
-    tensors = [o for o in ops if o.kind == "tensor"]
-    shape, views = merge_dims(out.shape or (1,), [o.spec.shape for o in tensors])
-    merged = [_Operand(o.kind, o.value, TensorSpec(o.spec.name, v, o.spec.dtype)) if o.kind == "tensor" else o
-              for o, v in zip(ops, _interleave(ops, views))]
-    src, inputs, views, layout = elementwise_kernel(kernel_name(node), TensorSpec(out.name, shape, out.dtype), merged,
-                                                    expr, odt, comment=f"{node.target} ({node.name})")
-    return OpKernel(node.name, node.target, src, inputs, views, [out.name], [shape], layout=layout)
+    return _elementwise_op_kernel(node, ops, expr, odt)
 
 
 
