@@ -490,8 +490,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             if got is None:
                 continue
             source, kinds = got
-            body = source.split('"""', 2)[2]
-            key = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", body)   # parameter statistics
+            key = _program_key(source)
             flops = sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes if n.name in set(names))
             where = f"{label}: {names[0]}..{names[-1]}"
             if label.startswith("decode"):
@@ -519,6 +518,12 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
         short = "_".join(dict.fromkeys(k for k in t.kinds if k not in _VIEW_KINDS))[:40].strip("_")
         t.name = f"{_slug(m.name)}_{i:02d}_{short}"
     return out
+
+
+def _program_key(source: str) -> str:
+    """A task source without its docstring and its parameters' statistics: regions with the same key
+    are the same program (every layer of a model shares its tasks)."""
+    return re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", source.split('"""', 2)[2])
 
 
 def _kv_of(label: str) -> int:
@@ -554,7 +559,7 @@ def _decode_tasks(seen: list[list[tuple[str, ModelTask]]], kvs: list[int],
         sym = symbolize_sources({kv: w[loc].source for kv, w in zip(kvs, where)}, "KV")
         if sym is None:
             continue
-        key = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", sym.split('"""', 2)[2])
+        key = _program_key(sym)
         out.append((key, ModelTask("", sym, t.kinds, t.occurrences, t.template, t.flops,
                                    {"KV": f"1..{max(kvs[0], kv_hi - 1)}"})))
     return out
