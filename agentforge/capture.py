@@ -23,6 +23,7 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from typing import Any
 
 import torch
+from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols, optimization_hint
 
 from agentforge.aten import (DTYPE_BYTES, MOVEMENT_KINDS, TRANSPARENT_KINDS, AtenGraph, AtenNode, Ref, TensorSpec,
                              iter_refs, op_kind)
@@ -103,7 +104,6 @@ def _size_hint(s: Any) -> int:
     so the symbol would read as the constant in the exported program's shapes from then on."""
     if isinstance(s, int):
         return s
-    from torch.fx.experimental.symbolic_shapes import optimization_hint
     return int(optimization_hint(s))
 
 
@@ -125,8 +125,6 @@ def _data_dependent(val: Any) -> bool:
     if isinstance(val, (list, tuple)):
         return any(_data_dependent(v) for v in val)
     if isinstance(val, torch.Tensor):
-        from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
-
         # not int(d): on a backed symbol (a dynamic dim) that adds a guard specialising it
         return any(not isinstance(d, int) and bool(free_unbacked_symbols(d)) for d in val.shape)
     return False
