@@ -9,6 +9,7 @@ share). Skipped, saying why, where ``transformers`` is not installed (``pip inst
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -123,24 +124,41 @@ def test_report_works_on_a_causal_lm(lib):
     assert "LlamaForCausalLM" in str(r)
 
 
-def test_decode_is_planned_once_for_every_kv_length(lib):
-    """generate() with a plain torch.compile: dynamo compiles the decode step once with a symbolic KV
-    length; the backend plans that graph once (its KV-length-dependent ops eager, the rest matched
-    once) and runs every later token on that plan, with the same tokens as eager."""
+@dataclass
+class _Generated:
+    model: torch.nn.Module
+    forward: object                  # the model's own forward (before compiling)
+    ids: torch.Tensor
+    kw: dict
+    ref: torch.Tensor                # eager tokens
+    got: torch.Tensor                # tokens with the compiled forward
+    dynamic: object                  # the one compiled graph dynamo made with a symbolic KV length
+
+
+def _generate_compiled(lib: str) -> _Generated:
+    """Tiny Llama's greedy generate() of 6 tokens, eagerly and with its forward compiled by the backend
+    (dynamo's default: the decode step recompiled once with a symbolic KV length)."""
     model = _build("llama")
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
     kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
     torch._dynamo.reset()
     before = {id(c) for c in compiled_graphs()}
+    forward = model.forward
     with torch.no_grad():
         ref = model.generate(ids, **kw)
-        model.forward = torch.compile(model.forward, backend="agentforge", options={"library": lib})
+        model.forward = torch.compile(forward, backend="agentforge", options={"library": lib})
         got = model.generate(ids, **kw)
-    assert torch.equal(got, ref)
-    graphs = [c for c in compiled_graphs() if id(c) not in before]
-    dynamic = [c for c in graphs if c.dynamic is not None]
-    assert len(dynamic) == 1
-    (c,) = dynamic
+    (dynamic,) = [c for c in compiled_graphs() if id(c) not in before and c.dynamic is not None]
+    return _Generated(model, forward, ids, kw, ref, got, dynamic)
+
+
+def test_decode_is_planned_once_for_every_kv_length(lib):
+    """generate() with a plain torch.compile: dynamo compiles the decode step once with a symbolic KV
+    length; the backend plans that graph once (its KV-length-dependent ops eager, the rest matched
+    once) and runs every later token on that plan, with the same tokens as eager."""
+    run = _generate_compiled(lib)
+    assert torch.equal(run.got, run.ref)
+    c = run.dynamic
     assert c.calls >= 4 and not c.specializations and len(c.dynamic_specs) == 1    # one plan, every KV length
     (spec,) = c.dynamic_specs.values()
     assert spec.calls == c.calls and spec.plan is not None      # planning time: benchmarks/bench_models_hf.py
@@ -306,18 +324,9 @@ def test_decode_over_the_kv_cache_runs_on_range_verified_kernels_planned_once(kv
     from agentforge.torch.ops import OpFamily
 
     lib, tasks, _ = kv_lib
-    model = _build("llama")
-    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
-    torch._dynamo.reset()
-    before = {id(c) for c in compiled_graphs()}
-    with torch.no_grad():
-        ref = model.generate(ids, **kw)
-        forward = model.forward
-        model.forward = torch.compile(forward, backend="agentforge", options={"library": lib})
-        got = model.generate(ids, **kw)
-    assert torch.equal(got, ref)
-    (c,) = [c for c in compiled_graphs() if id(c) not in before and c.dynamic is not None]
+    run = _generate_compiled(lib)
+    assert torch.equal(run.got, run.ref)
+    c = run.dynamic
     assert not c.specializations and len(c.dynamic_specs) == 1          # one plan for every KV length
     (spec,) = c.dynamic_specs.values()
     dyn = [r for r in spec.plan.regions if r.dynamic is not None]
@@ -327,9 +336,9 @@ def test_decode_over_the_kv_cache_runs_on_range_verified_kernels_planned_once(kv
     monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
     torch._dynamo.reset()
     with torch.no_grad():
-        model.forward = torch.compile(forward, backend="agentforge", options={"library": lib})
-        poisoned = model.generate(ids, **kw)
-    assert not torch.equal(poisoned, ref)
+        run.model.forward = torch.compile(run.forward, backend="agentforge", options={"library": lib})
+        poisoned = run.model.generate(run.ids, **run.kw)
+    assert not torch.equal(poisoned, run.ref)
     torch._dynamo.reset()
 
 
