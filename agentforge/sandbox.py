@@ -151,7 +151,7 @@ def worker_main(memory_mb: int, threads: int, scratch: str | None = None) -> Non
     import torch
 
     from .tasks import load_task
-    from .verify import evaluate
+    from .verify import _out_of_memory, evaluate
 
     torch.set_num_threads(max(1, threads))
     if memory_mb > 0:
@@ -189,10 +189,12 @@ def worker_main(memory_mb: int, threads: int, scratch: str | None = None) -> Non
             if isinstance(req, dict):
                 reply = {"evaluation": reply, **(_inspect(tasks[task_path], candidate, cfg) if ev.verified else {})}
             send_json(out, reply)
-        except MemoryError:
-            send_json(out, {"__error__": "memory",
-                             "message": f"the evaluation exceeded its {memory_mb} MiB memory cap"})
         except BaseException as e:  # noqa: BLE001 - any failure of the candidate is a result
+            if _out_of_memory(e):  # a MemoryError, or torch's allocator failing under the cap
+                send_json(out, {"__error__": "memory",
+                                 "message": f"the evaluation exceeded its {memory_mb} MiB memory cap "
+                                            f"({type(e).__name__}: {str(e)[:200]})"})
+                continue
             send_json(out, {"__error__": "crash", "message": f"{type(e).__name__}: {e}",
                              "traceback": traceback.format_exc(limit=12)})
 

@@ -659,17 +659,24 @@ def _out_of_memory(e: BaseException | None) -> bool:
     Under the sandbox's address-space cap a C extension (torch.export's tracer among them) whose
     allocation fails may return NULL without setting an exception; CPython then raises
     ``SystemError: error return without exception set``. With a cap in force that is a failed
-    allocation, so it counts as memory; without a cap it stays a task error."""
+    allocation, so it counts as memory; without a cap it stays a task error. torch's own allocator
+    reports a failed allocation as a RuntimeError (``DefaultCPUAllocator: can't allocate memory``)
+    or ``torch.OutOfMemoryError``: memory too, cap or not."""
     capped = _address_space_capped()
     seen: set[int] = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, MemoryError):
+        if isinstance(e, MemoryError) or _torch_allocation_failed(e):
             return True
         if capped and isinstance(e, SystemError) and "without exception set" in str(e):
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return False
+
+
+def _torch_allocation_failed(e: BaseException) -> bool:
+    return isinstance(e, RuntimeError) and (type(e).__name__ == "OutOfMemoryError"
+                                            or "can't allocate memory" in str(e))
 
 
 def _address_space_capped() -> bool:
