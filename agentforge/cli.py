@@ -507,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="--from-model: sequences per forward (default 1)")
     p.add_argument("--prompt-tokens", help="--from-model: prompt lengths to capture, e.g. 16,64 (default 16)")
     p.add_argument("--max-new-tokens", type=int, help="--from-model: tokens generated after the prompt")
+    p.add_argument("--exact-prompts", action="store_true",
+                   help="--from-model: verify prefill kernels at the --prompt-tokens lengths only, not over every "
+                        "prompt length up to the model's max_position_embeddings (a shorter campaign)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quiet", action="store_true", help="only the summary")
     mode.add_argument("--jsonl", action="store_true", help="every event as a JSON line on stdout")

@@ -471,13 +471,14 @@ def symbolize_sources(sources: Mapping[int, str], name: str = "TOKENS") -> str |
 def symbolic_model_suite(spec: str, out: Any, prompt: int = 16, batch: int = 1,
                          max_tokens: int | None = None) -> tuple[Any, dict[str, Any]]:
     """``campaign --from-model``'s suite with tasks symbolic in the prompt length: the model is
-    captured at ``prompt``, ``prompt + 1`` and ``prompt + 2`` tokens (:func:`agentforge.torch.from_model.model_tasks`),
-    each region's three sources (paired by where the region is in the model) become one task with
-    a ``TOKENS`` size (:func:`symbolize_sources`, own value ``prompt``) and a sidecar
-    ``[ranges] TOKENS = "1..max_tokens"`` (default: the config's ``max_position_embeddings``).
-    A region that cannot be written so (its program differs at the other lengths, e.g. two regions
-    that are one program only where the prompt length equals the head dimension) stays literal.
-    Returns the suite folder and {"tasks", "symbolic", "literal": [names], "tokens": "1..N"}."""
+    captured at ``prompt``, ``prompt + 1`` and ``prompt + 2`` tokens and each region whose program
+    changes with it becomes one task with a ``TOKENS`` size (own value ``prompt``) and a sidecar
+    ``[ranges] TOKENS = "1..max_tokens"`` (default: the config's ``max_position_embeddings``;
+    :func:`agentforge.torch.from_model.model_tasks` with ``prompt_ranges``, as ``campaign
+    --from-model`` does by default). A region that cannot be written so (its program differs at the
+    other lengths, e.g. two regions that are one program only where the prompt length equals the
+    head dimension) stays literal. Returns the suite folder and {"tasks", "symbolic", "literal":
+    [names], "tokens": "1..N"}."""
     from pathlib import Path
 
     from .torch.from_model import load_model_spec, model_tasks, write_suite
@@ -491,24 +492,14 @@ def symbolic_model_suite(spec: str, out: Any, prompt: int = 16, batch: int = 1,
     hi = max_tokens or getattr(getattr(m.module, "config", None), "max_position_embeddings", None) or prompt
     if hi < prompt:
         raise RangeError(f"--max-tokens {hi} is below the prompt length {prompt}")
-    lengths = (prompt, prompt + 1, prompt + 2)
-    by_len = {p: {tuple(sorted(o.split(": ", 1)[-1] for o in t.occurrences)): t for t in model_tasks(m, batch, [p])}
-              for p in lengths}
-    tasks, symbolic, literal = [], [], []
-    for k, t in by_len[prompt].items():
-        srcs = {p: by_len[p][k].source for p in lengths if k in by_len[p]}
-        sym = symbolize_sources(srcs, "TOKENS") if len(srcs) == len(lengths) else None
-        if sym is not None:
-            t.source = sym
-            symbolic.append(t.name)
-        else:
-            literal.append(t.name)
-        tasks.append(t)
+    tasks = model_tasks(m, batch, [prompt], prompt_ranges=True)
+    for t in tasks:
+        if "TOKENS" in t.ranges:
+            t.ranges["TOKENS"] = f"1..{hi}"
     folder = write_suite(tasks, Path(out) / "suite", m.name)
-    for name in symbolic:
-        side = folder / f"{name}.toml"
-        side.write_text(side.read_text() + f'\n[ranges]\nTOKENS = "1..{hi}"\n')
-    return folder, {"tasks": len(tasks), "symbolic": len(symbolic), "literal": literal, "tokens": f"1..{hi}"}
+    symbolic = [t.name for t in tasks if t.ranges]
+    return folder, {"tasks": len(tasks), "symbolic": len(symbolic), "literal": [t.name for t in tasks if not t.ranges],
+                    "tokens": f"1..{hi}"}
 
 
 # ---------------------------------------------------------------------- command line

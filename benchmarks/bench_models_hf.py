@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-VIEW_KINDS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach"})
+#: kinds that compute nothing: views, and sym_size (a dynamic graph reading a tensor's size, no data)
+VIEW_KINDS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach", "sym_size"})
 
 
 #: the tiny models' configs (what ``--from-model`` writes as config.json)
@@ -67,7 +68,7 @@ def campaign_from_model(name: str, out: Path, seq: int, new_tokens: int) -> tupl
                         "--prompt-tokens", str(seq), *decode, "--quiet"], capture_output=True, text=True)
     wall = time.perf_counter() - t0
     line = next((ln for ln in p.stdout.splitlines() if ln.startswith("verified ")), p.stderr.strip()[-300:])
-    kv = next((ln for ln in p.stdout.splitlines() if ln.startswith("KV ranges: ")), None)
+    kv = next((ln for ln in p.stdout.splitlines() if ln.startswith("ranges: ")), None)
     return str(run / "library"), wall, line + (f"; {kv}" if kv else "")
 
 
@@ -178,22 +179,22 @@ def decode(name: str, factory: Any, library: str, seq: int, new_tokens: int, opt
             c.last = next(iter(c.dynamic_specs.values()))
         cov = coverage(dyn_graphs)
         row["decode_graph"] = {k: cov[k] for k in ("ops", "offloaded_ops", "folded_ops", "eager_ops",
-                                                   "runtime_ops_share", "flops_share")}
+                                                   "runtime_ops_share", "flops_share", "eager_by_reason")}
     torch._dynamo.reset()
     return row
 
 
 def simulate_decode(factory: Any, library: str, seq: int) -> dict[str, Any]:
-    """The simulated decode step (one token, a KV cache of ``seq`` tokens) with the library vs op by op."""
-    from agentforge.torch.from_model import _Decode, _kv_shape
+    """The simulated decode step (one token over a KV cache of ``seq`` tokens, the graph dynamo
+    compiles inside ``generate()``) with the library vs op by op."""
+    from agentforge.torch.from_model import decode_steps
     from agentforge.torch.report import report
 
     torch.manual_seed(0)
     model = factory().eval()
-    g = torch.Generator().manual_seed(0)
-    layers, _, shape = _kv_shape(model.config, 1, seq)
-    args = [torch.randint(0, 256, (1, 1), generator=g), *(torch.randn(shape, generator=g) for _ in range(2 * layers))]
-    r = report(_Decode(model), args, library=library)
+    prompt = torch.randint(0, 256, (1, seq - 1), generator=torch.Generator().manual_seed(0))
+    _, fn, tensors = decode_steps(model, prompt, steps=1)[0]
+    r = report(fn, tensors, library=library)
     return simulated(r)
 
 

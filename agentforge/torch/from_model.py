@@ -41,7 +41,7 @@ import torch
 
 from agentforge.errors import AgentforgeError
 
-__all__ = ["ModelSpecError", "ModelTask", "load_model_spec", "serving_inputs", "model_tasks", "write_suite",
+__all__ = ["ModelSpecError", "ModelTask", "load_model_spec", "serving_inputs", "decode_steps", "model_tasks", "write_suite",
            "from_model_suite"]
 
 _VIEW_KINDS = frozenset({"view", "permute", "expand", "getitem", "clone", "alias", "detach", "split_with_sizes",
@@ -133,39 +133,68 @@ def load_model_spec(spec: str) -> LoadedModel:
     return LoadedModel(factory, got.eval(), inputs, getattr(cfg, "vocab_size", None))
 
 
-class _Decode(torch.nn.Module):
-    """One decode step of a causal LM: a token per sequence and the KV cache (keys and values per
-    layer, as tensors), to logits; the cache is rebuilt as the model's ``DynamicCache``."""
+def decode_steps(lm: torch.nn.Module, prompt: torch.Tensor, steps: int = 3,
+                 skip: int = 1) -> list[tuple[int, torch.nn.Module, list[torch.Tensor]]]:
+    """The decode step of a causal LM as ``torch.compile`` hands it to a backend inside
+    ``generate()``: each graph dynamo compiles for a decode step, with the tensors it was called
+    with, at ``steps`` consecutive KV lengths after the first ``skip`` decode steps (dynamo
+    compiles the first step static and recompiles the next with a symbolic KV length, the graph
+    the backend plans once). Returns (KV length before the step, graph with its sizes bound, tensors).
 
-    def __init__(self, lm: torch.nn.Module):
-        super().__init__()
-        self.lm = lm
+    Why not export a wrapper that rebuilds the cache: the model's code takes other branches under
+    dynamo inside ``generate()`` (the causal mask is skipped for one query token), so a task
+    captured from a wrapper is not the graph the backend will see, and never matches it."""
+    from agentforge.torch.backend import _Bound
 
-    def forward(self, input_ids: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
-        from transformers import DynamicCache
+    calls: list[tuple[int, torch.fx.GraphModule, list[Any]]] = []
+    step = [0]
 
-        cache = DynamicCache()
-        for i in range(len(kv) // 2):
-            cache.update(kv[2 * i], kv[2 * i + 1], i)
-        return self.lm(input_ids, past_key_values=cache, use_cache=True).logits
+    def record(gm: torch.fx.GraphModule, _example: Any) -> Any:
+        def run(*args: Any) -> Any:
+            calls.append((step[0], gm, list(args)))
+            return gm(*args)
+        return run
 
+    compiled = torch.compile(lm.forward, backend=record)
 
-def _kv_shape(cfg: Any, batch: int, length: int) -> tuple[int, int, tuple[int, ...]]:
-    layers = getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer")
-    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head")
-    kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
-    hidden = getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd")
-    head_dim = getattr(cfg, "head_dim", None) or hidden // heads
-    return layers, kv_heads, (batch, kv_heads, length, head_dim)
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        step[0] += 1
+        return compiled(*args, **kwargs)
+
+    mine = lm.__dict__.get("forward")        # a forward the caller set on the instance (compiled, say)
+    torch._dynamo.reset()
+    lm.forward = counted
+    try:
+        with torch.no_grad():
+            n = 1 + skip + steps
+            lm.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+    finally:
+        if mine is None:
+            del lm.forward
+        else:
+            lm.forward = mine
+        torch._dynamo.reset()
+    p = prompt.shape[1]
+    out = []
+    for s, gm, args in calls:
+        kv = p + s - 2                      # step 1 is the prefill, step 2 the first token over p cached
+        if s < 2 + skip or s >= 2 + skip + steps:
+            continue
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        out.append((kv, gm if len(tensors) == len(args) else _Bound(gm, args), tensors))
+    return out
 
 
 def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
-                   decode: bool = False) -> list[tuple[str, torch.nn.Module, list[torch.Tensor]]]:
+                   decode: bool = False, prompt_ranges: bool = False) -> list[tuple[str, torch.nn.Module,
+                                                                                     list[torch.Tensor]]]:
     """The shapes the model will serve: a causal LM at ``batch`` x each prompt length (token ids,
-    no cache) and, with ``decode``, one generated token per sequence with a KV cache after each
-    prompt length and one and two tokens longer (what does not depend on the KV length shows the
-    same at all three; what does is written symbolic in it, :func:`model_tasks`); a factory's model
-    at its example inputs. Returns (label, module, inputs)."""
+    no cache) and, with ``decode``, the decode steps ``generate()`` runs after each prompt
+    (:func:`decode_steps`: dynamo's graph, at three consecutive KV lengths; what does not depend on
+    the KV length shows the same at all three, what does is written symbolic in it,
+    :func:`model_tasks`); a factory's model at its example inputs. With ``prompt_ranges`` each
+    prompt length ``P`` is captured at ``P``, ``P + 1`` and ``P + 2`` too (what changes with it is
+    written symbolic in ``TOKENS``). Returns (label, module, inputs)."""
     if m.example_inputs is not None:
         return [("example", m.module, list(m.example_inputs))]
     if m.vocab_size is None:
@@ -173,16 +202,13 @@ def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] 
                              f"vocab_size\n  how to fix: return (model, [example inputs]) from the factory")
     g = torch.Generator().manual_seed(0)
     wrapped = _Logits(m.module)
+    lengths = [q for p in prompt_tokens for q in ((p, p + 1, p + 2) if prompt_ranges else (p,))]
     out = [(f"prefill {batch}x{p}", wrapped, [torch.randint(0, m.vocab_size, (batch, p), generator=g)])
-           for p in prompt_tokens]
+           for p in lengths]
     if decode:
-        step = _Decode(m.module)
         for p in prompt_tokens:
-            for kv_len in (p, p + 1, p + 2):
-                layers, _, shape = _kv_shape(m.module.config, batch, kv_len)
-                kv = [torch.randn(shape, generator=g) for _ in range(2 * layers)]
-                out.append((f"decode {batch}x1 kv {kv_len}", step,
-                            [torch.randint(0, m.vocab_size, (batch, 1), generator=g), *kv]))
+            prompt = torch.randint(0, m.vocab_size, (batch, p), generator=g)
+            out += [(f"decode {batch}x1 kv {kv}", fn, tensors) for kv, fn, tensors in decode_steps(m.module, prompt)]
     return out
 
 
@@ -452,19 +478,22 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
 
 
 def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
-                max_tasks: int | None = None, decode: bool = False) -> list[ModelTask]:
+                max_tasks: int | None = None, decode: bool = False, prompt_ranges: bool = False) -> list[ModelTask]:
     """The model's fusible regions at its serving shapes, one task per distinct region program.
-    With ``decode``, the decode step's regions that do not depend on the KV length (the same
-    program at two KV lengths: projections, norms, MLPs on one token) are tasks too; those that
-    do run eagerly (a kernel is verified for exact sizes, the KV length changes every token)."""
+    With ``decode``, the decode step as dynamo compiles it inside ``generate()``
+    (:func:`decode_steps`) at three KV lengths: a region with the same program at all three is a
+    task as it is, one whose program changes with the KV length is written symbolic in ``KV``
+    (:func:`_sized_tasks`). With ``prompt_ranges`` the prefill likewise, at ``P``, ``P + 1`` and
+    ``P + 2`` tokens, symbolic in ``TOKENS`` over ``1..max_position_embeddings`` (a region that
+    cannot be written so stays a task at ``P`` tokens): its kernels then serve every prompt length."""
     from agentforge.author import partition, semantic_nodes
     from agentforge.canonical import canonical_export, canonical_graph
     from agentforge.capture import node_flops, operand_specs
-    from agentforge.torch.match import GraphView, export_graph
+    from agentforge.torch.match import GraphView, export_graph, weight_inputs
 
     tasks: dict[str, ModelTask] = {}
-    decode_seen: dict[str, list[tuple[str, ModelTask]]] = {}    # decode regions by KV length label
-    for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode):
+    seen: dict[str, list[tuple[str, ModelTask]]] = {}    # regions by capture label, where sizes vary
+    for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode, prompt_ranges):
         with torch.no_grad():
             ep, graph = export_graph(module, inputs, m.name)
         graph = canonical_export(ep, graph, m.name)      # as the backend will see it
@@ -477,6 +506,10 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
         for s in ep.graph_signature.input_specs:
             if s.kind in (InputKind.PARAMETER, InputKind.BUFFER, InputKind.CONSTANT_TENSOR) and s.target in state:
                 params[s.arg.name] = (s.target, state[s.target])
+        weights = weight_inputs(ep, inputs)     # a dynamo graph takes the model's weights as inputs
+        for name, t in zip(ep.graph_signature.user_inputs, inputs):
+            if name in weights:
+                params[name] = (name, t.detach())
         users: dict[str, list[torch.fx.Node]] = {}
         for n in ep.graph.nodes:
             if n.op == "call_function" and not n.users and n.meta.get("val") is None:
@@ -493,19 +526,23 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             key = _program_key(source)
             flops = sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes if n.name in set(names))
             where = f"{label}: {names[0]}..{names[-1]}"
-            if label.startswith("decode"):
-                decode_seen.setdefault(label, []).append((key, ModelTask("", source, kinds, [where], region.template,
-                                                                         flops)))
+            if label.startswith("decode") or prompt_ranges:
+                seen.setdefault(label, []).append((key, ModelTask("", source, kinds, [where], region.template, flops)))
                 continue
             if key in tasks:
                 tasks[key].occurrences.append(where)
                 tasks[key].flops += flops
                 continue
             tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
-    labels = list(decode_seen)
-    kv_hi = _kv_limit(m)
-    for trio in zip(labels[::3], labels[1::3], labels[2::3]):        # (kv P, kv P+1, kv P+2)
-        for key, t in _decode_tasks([decode_seen[lb] for lb in trio], [_kv_of(lb) for lb in trio], kv_hi):
+    labels = list(seen)
+    hi = _kv_limit(m)
+    for trio in zip(labels[::3], labels[1::3], labels[2::3]):        # (P, P+1, P+2) tokens or KV lengths
+        xs = [_size_of(lb) for lb in trio]
+        if trio[0].startswith("decode"):
+            named = ("KV", f"1..{max(xs[0], hi - 1)}" if hi else None, False)
+        else:
+            named = ("TOKENS", f"1..{max(xs[0], hi)}" if hi else None, True)
+        for key, t in _sized_tasks([seen[lb] for lb in trio], xs, *named):
             if key in tasks:
                 tasks[key].occurrences += t.occurrences
                 tasks[key].flops += t.flops
@@ -526,24 +563,26 @@ def _program_key(source: str) -> str:
     return re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", source.split('"""', 2)[2])
 
 
-def _kv_of(label: str) -> int:
-    return int(label.rsplit(" ", 1)[1])
+def _size_of(label: str) -> int:
+    """The size a capture label ends with: "decode 1x1 kv 17" -> 17, "prefill 1x16" -> 16."""
+    return int(re.split(r"[ x]", label)[-1])
 
 
 def _kv_limit(m: LoadedModel) -> int | None:
-    """The longest KV cache a decode step reads: the model's ``max_position_embeddings`` (None: unknown)."""
+    """The longest sequence the model reads: its ``max_position_embeddings`` (None: unknown)."""
     cfg = getattr(m.module, "config", None)
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 
-def _decode_tasks(seen: list[list[tuple[str, ModelTask]]], kvs: list[int],
-                  kv_hi: int | None) -> list[tuple[str, ModelTask]]:
-    """The decode step's tasks from its regions at three KV lengths ``kvs`` (each: (key, task) in
-    graph order). A region with the same program at all three is one task; one whose program
-    changes with the KV length (attention over the cache) is written symbolic in ``KV`` (each
-    literal that varies an affine function of it, :func:`agentforge.ranges.symbolize_sources`) with
-    the range ``1..max_position_embeddings - 1`` to verify its kernel over; regions are paired by
-    where they are in the graph. A region that is neither stays out (it runs eagerly)."""
+def _sized_tasks(seen: list[list[tuple[str, ModelTask]]], xs: list[int], name: str, rng: str | None,
+                 keep_literal: bool) -> list[tuple[str, ModelTask]]:
+    """The tasks of one capture at three values ``xs`` of a size (KV lengths of the decode step, or
+    prompt lengths; each capture's (key, task) in graph order). A region with the same program at
+    all three is one task; one whose program changes with the size is written symbolic in ``name``
+    (each literal that varies an affine function of it, :func:`agentforge.ranges.symbolize_sources`)
+    with the range ``rng`` to verify its kernel over; regions are paired by where they are in the
+    graph. A region that is neither (or any, without a range) is the task at ``xs[0]`` with
+    ``keep_literal``, else left out (it runs eagerly: a decode step's KV length changes every token)."""
     from agentforge.ranges import symbolize_sources
 
     out = []
@@ -554,14 +593,14 @@ def _decode_tasks(seen: list[list[tuple[str, ModelTask]]], kvs: list[int],
             out.append((key, t))
             continue
         loc = t.occurrences[0].split(": ", 1)[1]
-        if kv_hi is None or not all(loc in w for w in where[1:]):
-            continue
-        sym = symbolize_sources({kv: w[loc].source for kv, w in zip(kvs, where)}, "KV")
-        if sym is None:
-            continue
-        key = _program_key(sym)
-        out.append((key, ModelTask("", sym, t.kinds, t.occurrences, t.template, t.flops,
-                                   {"KV": f"1..{max(kvs[0], kv_hi - 1)}"})))
+        sym = None
+        if rng is not None and all(loc in w for w in where[1:]):
+            sym = symbolize_sources({x: w[loc].source for x, w in zip(xs, where)}, name)
+        if sym is not None:
+            out.append((_program_key(sym), ModelTask("", sym, t.kinds, t.occurrences, t.template, t.flops,
+                                                     {name: rng})))
+        elif keep_literal:
+            out.append((key, t))
     return out
 
 
@@ -614,19 +653,21 @@ def from_model_suite(spec: str, out: str | Path, batch: int = 1, prompt_tokens: 
     return write_suite(tasks, Path(out) / "suite", m.name), tasks
 
 
-def _verify_decode_ranges(library: Path, quiet: bool = False) -> list[dict[str, Any]]:
-    """Verify the library's kernels of KV-length-symbolic tasks over their declared ranges
-    (:func:`agentforge.ranges.verify_library_ranges`): the backend then runs them at every KV length
-    of a decode step without verifying at call time. Prints one line per kernel (and each failed
-    point); a kernel that fails keeps its own size set and runs eagerly at other KV lengths."""
+def _verify_ranges(library: Path, quiet: bool = False) -> list[dict[str, Any]]:
+    """Verify the library's kernels of size-symbolic tasks (prompt length ``TOKENS``, KV length
+    ``KV``) over their declared ranges (:func:`agentforge.ranges.verify_library_ranges`): the backend
+    then runs them at every size in the range without verifying at call time. Prints one line (and,
+    unless ``quiet``, each failed point); a kernel that fails keeps its own size set and runs
+    eagerly at other sizes."""
     from agentforge.library import Library
     from agentforge.ranges import verify_library_ranges
 
     t0 = time.perf_counter()
     rows = [r for r in verify_library_ranges(Library.open(library)) if r["verified"] is not None]
     ok = sum(1 for r in rows if r["verified"])
-    print(f"KV ranges: {ok}/{len(rows)} decode kernels verified over their KV range "
-          f"({', '.join(sorted({v for r in rows for v in r['ranges'].values()}))}) in {time.perf_counter() - t0:.1f} s")
+    spans = sorted({f"{n} {v}" for r in rows for n, v in r["ranges"].items()})
+    print(f"ranges: {ok}/{len(rows)} kernels verified over their size ranges ({', '.join(spans)}) "
+          f"in {time.perf_counter() - t0:.1f} s")
     if not quiet:
         for r in rows:
             for f in r["failed"] if not r["verified"] else []:
@@ -664,7 +705,8 @@ def cmd_campaign_from_model(args: Any) -> int:
     m = load_model_spec(args.from_model)
     out = Path(args.out or f"runs/{_slug(m.name)}-from-model")
     decode = bool(args.max_new_tokens) and m.example_inputs is None
-    tasks = model_tasks(m, batch, prompts, decode=decode)
+    prompt_ranges = m.example_inputs is None and not getattr(args, "exact_prompts", False)
+    tasks = model_tasks(m, batch, prompts, decode=decode, prompt_ranges=prompt_ranges)
     if not tasks:
         raise ModelSpecError(f"{args.from_model}: the model's graph has no region that computes anything")
     suite = write_suite(tasks, out / "suite", m.name)
@@ -676,8 +718,8 @@ def cmd_campaign_from_model(args: Any) -> int:
         print(f"note: --max-new-tokens {args.max_new_tokens}: the factory's model is captured at its example inputs "
               f"only (decode steps are captured for causal LMs from a config)")
     elif decode:
-        print("decode: one token per sequence with a KV cache; its regions that do not depend on the KV length are "
-              "tasks (the rest runs eagerly, planned once for every KV length)")
+        print("decode: one token per sequence with a KV cache, the step as dynamo compiles it inside generate(); "
+              "its regions over the cache are tasks symbolic in KV, verified over their KV range after the campaign")
     flags = {"suite": str(suite), "llm": args.llm, "machine": args.machine, "out": str(out), "workers": args.workers,
              "executor": args.executor, "ray_address": args.ray_address, "budget": args.budget,
              "attempts_per_task": args.attempts, "tasks": args.tasks, "task_timeout_s": args.task_timeout}
@@ -686,6 +728,6 @@ def cmd_campaign_from_model(args: Any) -> int:
     res = run_campaign(cfg, on_event=view, expect=None)
     view.summary(res)
     if any(t.ranges for t in tasks) and (out / "library" / "manifest.json").is_file():
-        _verify_decode_ranges(out / "library", quiet=bool(args.quiet or args.jsonl))
+        _verify_ranges(out / "library", quiet=bool(args.quiet or args.jsonl))
     print(f"use it: torch.compile(model, backend=\"agentforge\", options={{\"library\": \"{out / 'library'}\"}})")
     return 1 if res.status == "stopped" else 0

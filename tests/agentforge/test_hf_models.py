@@ -310,9 +310,11 @@ def kv_lib(tmp_path_factory):
 def test_decode_tasks_over_the_kv_cache_are_symbolic_and_verified_over_a_range(kv_lib):
     _, tasks, rows = kv_lib
     kinds = {k for t in tasks for k in t.kinds}
-    assert {"bmm", "cat"} <= kinds                             # attention over the cache, the cache update
+    assert {"bmm", "cat", "softmax"} <= kinds         # attention over the cache (its masked softmax), the cache update
     for t in tasks:
-        assert t.ranges == {"KV": "1..127"} and "\nKV = 16\n" in t.source          # a size, own value 16
+        # a size, own value 17: the steps are the graph dynamo recompiled with a symbolic KV length
+        # (the first decode step, over the 16 prompt tokens, is compiled static)
+        assert t.ranges == {"KV": "1..127"} and "\nKV = 17\n" in t.source
         assert "KV" in t.source.split("def get_inputs", 1)[1]                        # the inputs' shapes use it
     assert rows and all(r["verified"] for r in rows), [r for r in rows if not r["verified"]]
 
@@ -330,7 +332,11 @@ def test_decode_over_the_kv_cache_runs_on_range_verified_kernels_planned_once(kv
     assert not c.specializations and len(c.dynamic_specs) == 1          # one plan for every KV length
     (spec,) = c.dynamic_specs.values()
     dyn = [r for r in spec.plan.regions if r.dynamic is not None]
-    assert {r.family.op for r in dyn} >= {t.name for t in tasks if "bmm" in t.kinds}
+    assert {r.family.op for r in dyn} >= {t.name for t in tasks if {"bmm", "softmax"} & set(t.kinds)}
+    # the tasks are the graph dynamo hands the backend: the attention over the cache, its masked
+    # softmax included, runs on kernels (this library holds only the KV tasks: the rest is eager)
+    eager = {e.kind for e in spec.plan.eager if not e.view}
+    assert not eager & {"bmm", "softmax", "amax", "where"}, eager
     assert spec.calls == c.calls >= 4
     real = OpFamily._run
     monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
@@ -365,4 +371,56 @@ def test_a_cache_laid_out_otherwise_is_not_fed_to_the_kv_kernel_reshaped(kv_lib)
                for sp in [*c.dynamic_specs.values(), *c.specializations.values()] if sp.plan is not None
                for r in sp.plan.regions]
     assert not [r for r in regions if r.dynamic is not None]
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def tokens_lib(tmp_path_factory):
+    """Llama's MLP tasks as `campaign --from-model` writes them by default: captured at 16, 17 and
+    18 prompt tokens, symbolic in TOKENS with [ranges] TOKENS = "1..128", each kernel verified over
+    the range: the SiLU-gated projection and its product with the up projection."""
+    from agentforge.library import Library
+    from agentforge.ranges import verify_library_ranges
+    from agentforge.torch._build import build_library
+    from agentforge.torch.from_model import LoadedModel, model_tasks, write_suite
+
+    tasks = [t for t in model_tasks(LoadedModel("llama", _build("llama"), None, 256), prompt_ranges=True)
+             if [k for k in t.kinds if k not in ("permute", "view")] in (["mm", "sigmoid", "mul"], ["mm", "mul"])]
+    suite = write_suite(tasks, tmp_path_factory.mktemp("tokens_suite"), "llama")
+    out = tmp_path_factory.mktemp("tokens_lib") / "library"
+    build_library([suite / f"{t.name}.py" for t in tasks], out)
+    return str(out), tasks, verify_library_ranges(Library.open(out))
+
+
+def test_prefill_kernels_are_symbolic_in_the_prompt_length_and_verified_over_its_range(tokens_lib):
+    _, tasks, rows = tokens_lib
+    assert len(tasks) == 2
+    for t in tasks:
+        assert t.ranges == {"TOKENS": "1..128"} and "\nTOKENS = 16\n" in t.source
+        assert "TOKENS" in t.source.split("def get_inputs", 1)[1]
+    assert rows and all(r["verified"] for r in rows), [r for r in rows if not r["verified"]]
+
+
+@pytest.mark.parametrize("prompt", [5, 23])
+def test_a_prompt_length_never_captured_runs_on_the_range_verified_kernels(tokens_lib, prompt, monkeypatch):
+    """A prompt of 5 or 23 tokens (the campaign captured 16, 17 and 18): the MLP runs on the kernels
+    verified over TOKENS 1..128, with no verification at call time; logits equal eager; a poisoned
+    kernel changes them."""
+    from agentforge.torch.ops import OpFamily
+
+    lib, tasks, _ = tokens_lib
+    model = _build("llama")
+    ids = torch.randint(0, 256, (1, prompt), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids, use_cache=False).logits
+        got = _compile(model, lib)(ids, use_cache=False).logits
+    assert (got - ref).abs().max() < 1e-4
+    (graph,) = [c for c in compiled_graphs() if c.plan is not None and c.calls][-1:]
+    assert {r.family.op for r in graph.plan.regions} == {t.name for t in tasks}
+    assert all(r.verified.how == "verified range TOKENS=1..128" for r in graph.plan.regions)   # not at call time
+    real = OpFamily._run
+    monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
+    with torch.no_grad():
+        poisoned = _compile(model, lib)(ids, use_cache=False).logits
+    assert not torch.allclose(poisoned, ref)
     torch._dynamo.reset()
