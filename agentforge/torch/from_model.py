@@ -26,6 +26,7 @@ left out (they compute nothing).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -35,7 +36,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -133,6 +134,47 @@ def load_model_spec(spec: str) -> LoadedModel:
     return LoadedModel(factory, got.eval(), inputs, getattr(cfg, "vocab_size", None))
 
 
+@contextlib.contextmanager
+def _recording(module: torch.nn.Module) -> Iterator[list[tuple[int, torch.fx.GraphModule, list[Any]]]]:
+    """``module.forward`` compiled with a backend that records every graph dynamo hands a backend
+    and each call's arguments, as (which call of the forward, graph, arguments). The forward and
+    dynamo's caches are restored after (a forward set on the instance, a compiled one say, too)."""
+    calls: list[tuple[int, torch.fx.GraphModule, list[Any]]] = []
+    step = [0]
+
+    def record(gm: torch.fx.GraphModule, _example: Any) -> Any:
+        def run(*args: Any) -> Any:
+            calls.append((step[0], gm, list(args)))
+            return gm(*args)
+        return run
+
+    compiled = torch.compile(module.forward, backend=record)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        step[0] += 1
+        return compiled(*args, **kwargs)
+
+    mine = module.__dict__.get("forward")
+    torch._dynamo.reset()
+    module.forward = counted
+    try:
+        yield calls
+    finally:
+        if mine is None:
+            del module.forward
+        else:
+            module.forward = mine
+        torch._dynamo.reset()
+
+
+def _bound(gm: torch.fx.GraphModule, args: list[Any]) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A recorded graph as the backend exports it: its non-tensor arguments fixed, and its tensors."""
+    from agentforge.torch.backend import _Bound
+
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return (gm if len(tensors) == len(args) else _Bound(gm, args)), tensors
+
+
 def decode_steps(lm: torch.nn.Module, prompt: torch.Tensor, steps: int = 3,
                  skip: int = 1) -> list[tuple[int, torch.nn.Module, list[torch.Tensor]]]:
     """The decode step of a causal LM as ``torch.compile`` hands it to a backend inside
@@ -144,45 +186,26 @@ def decode_steps(lm: torch.nn.Module, prompt: torch.Tensor, steps: int = 3,
     Why not export a wrapper that rebuilds the cache: the model's code takes other branches under
     dynamo inside ``generate()`` (the causal mask is skipped for one query token), so a task
     captured from a wrapper is not the graph the backend will see, and never matches it."""
-    from agentforge.torch.backend import _Bound
-
-    calls: list[tuple[int, torch.fx.GraphModule, list[Any]]] = []
-    step = [0]
-
-    def record(gm: torch.fx.GraphModule, _example: Any) -> Any:
-        def run(*args: Any) -> Any:
-            calls.append((step[0], gm, list(args)))
-            return gm(*args)
-        return run
-
-    compiled = torch.compile(lm.forward, backend=record)
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        step[0] += 1
-        return compiled(*args, **kwargs)
-
-    mine = lm.__dict__.get("forward")        # a forward the caller set on the instance (compiled, say)
-    torch._dynamo.reset()
-    lm.forward = counted
-    try:
-        with torch.no_grad():
-            n = 1 + skip + steps
-            lm.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
-    finally:
-        if mine is None:
-            del lm.forward
-        else:
-            lm.forward = mine
-        torch._dynamo.reset()
+    n = 1 + skip + steps
+    with _recording(lm) as calls, torch.no_grad():
+        lm.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
     p = prompt.shape[1]
     out = []
     for s, gm, args in calls:
-        kv = p + s - 2                      # step 1 is the prefill, step 2 the first token over p cached
-        if s < 2 + skip or s >= 2 + skip + steps:
-            continue
-        tensors = [a for a in args if isinstance(a, torch.Tensor)]
-        out.append((kv, gm if len(tensors) == len(args) else _Bound(gm, args), tensors))
+        kv = p + s - 2                      # call 1 is the prefill, call 2 the first token over p cached
+        if 2 + skip <= s < 2 + skip + steps:
+            out.append((kv, *_bound(gm, args)))
     return out
+
+
+def graph_pieces(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> list[tuple[torch.nn.Module,
+                                                                                       list[torch.Tensor]]]:
+    """The graphs dynamo splits one forward into at its graph breaks (data-dependent Python
+    control flow, say ``if h.mean() > 0:``), each with the tensors it was called with: what a
+    backend is handed, piece by piece, for a model torch.export cannot capture whole."""
+    with _recording(module) as calls, torch.no_grad():
+        module(*inputs)
+    return [_bound(gm, args) for _, gm, args in calls]
 
 
 def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
@@ -478,24 +501,26 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
 
 
 def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
-                max_tasks: int | None = None, decode: bool = False, prompt_ranges: bool = False) -> list[ModelTask]:
+                max_tasks: int | None = None, decode: bool = False, prompt_ranges: bool = False,
+                notes: list[str] | None = None) -> list[ModelTask]:
     """The model's fusible regions at its serving shapes, one task per distinct region program.
     With ``decode``, the decode step as dynamo compiles it inside ``generate()``
     (:func:`decode_steps`) at three KV lengths: a region with the same program at all three is a
     task as it is, one whose program changes with the KV length is written symbolic in ``KV``
     (:func:`_sized_tasks`). With ``prompt_ranges`` the prefill likewise, at ``P``, ``P + 1`` and
     ``P + 2`` tokens, symbolic in ``TOKENS`` over ``1..max_position_embeddings`` (a region that
-    cannot be written so stays a task at ``P`` tokens): its kernels then serve every prompt length."""
+    cannot be written so stays a task at ``P`` tokens): its kernels then serve every prompt length.
+    A model torch.export cannot capture whole (data-dependent Python control flow) is captured
+    piece by piece at dynamo's graph breaks (:func:`graph_pieces`), as the backend will be handed
+    it; a piece that cannot be captured either is left out and ``notes`` (when given) says why."""
     from agentforge.author import partition, semantic_nodes
     from agentforge.canonical import canonical_export, canonical_graph
     from agentforge.capture import node_flops, operand_specs
-    from agentforge.torch.match import GraphView, export_graph, weight_inputs
+    from agentforge.torch.match import GraphView, weight_inputs
 
     tasks: dict[str, ModelTask] = {}
     seen: dict[str, list[tuple[str, ModelTask]]] = {}    # regions by capture label, where sizes vary
-    for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode, prompt_ranges):
-        with torch.no_grad():
-            ep, graph = export_graph(module, inputs, m.name)
+    for label, module, inputs, piece, ep, graph in _captures(m, batch, prompt_tokens, decode, prompt_ranges, notes):
         graph = canonical_export(ep, graph, m.name)      # as the backend will see it
         sem = semantic_nodes(graph)
         view = GraphView(canonical_graph(graph))
@@ -525,7 +550,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             source, kinds = got
             key = _program_key(source)
             flops = sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes if n.name in set(names))
-            where = f"{label}: {names[0]}..{names[-1]}"
+            where = f"{label}: {piece}{names[0]}..{names[-1]}"
             if label.startswith("decode") or prompt_ranges:
                 seen.setdefault(label, []).append((key, ModelTask("", source, kinds, [where], region.template, flops)))
                 continue
@@ -555,6 +580,35 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
         short = "_".join(dict.fromkeys(k for k in t.kinds if k not in _VIEW_KINDS))[:40].strip("_")
         t.name = f"{_slug(m.name)}_{i:02d}_{short}"
     return out
+
+
+def _captures(m: LoadedModel, batch: int, prompt_tokens: Sequence[int], decode: bool, prompt_ranges: bool,
+              notes: list[str] | None) -> Iterator[tuple[str, torch.nn.Module, list[torch.Tensor], str, Any, Any]]:
+    """Each serving shape's exported graph as (label, module, inputs, piece, ep, graph); ``piece``
+    is "" for a whole capture and "gK/" for the K-th graph dynamo splits a forward into, when
+    torch.export cannot capture it whole (the failure stands when dynamo does not split it)."""
+    from agentforge.torch.match import ModelCaptureError, export_graph
+
+    for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode, prompt_ranges):
+        try:
+            with torch.no_grad():
+                ep, graph = export_graph(module, inputs, m.name)
+            yield label, module, inputs, "", ep, graph
+            continue
+        except ModelCaptureError as whole:
+            pieces = graph_pieces(module, inputs)
+            if len(pieces) < 2:
+                raise whole
+        for k, (fn, tensors) in enumerate(pieces, 1):
+            try:
+                with torch.no_grad():
+                    ep, graph = export_graph(fn, tensors, f"{m.name} ({label}, graph {k} of {len(pieces)})")
+            except ModelCaptureError as e:
+                if notes is not None:
+                    notes.append(f"{label}: graph {k} of {len(pieces)} (split at a graph break) is left out, it runs "
+                                 f"eagerly: {str(e).splitlines()[0]}")
+                continue
+            yield label, fn, tensors, f"g{k}/", ep, graph
 
 
 def _program_key(source: str) -> str:
@@ -706,7 +760,10 @@ def cmd_campaign_from_model(args: Any) -> int:
     out = Path(args.out or f"runs/{_slug(m.name)}-from-model")
     decode = bool(args.max_new_tokens) and m.example_inputs is None
     prompt_ranges = m.example_inputs is None and not getattr(args, "exact_prompts", False)
-    tasks = model_tasks(m, batch, prompts, decode=decode, prompt_ranges=prompt_ranges)
+    notes: list[str] = []
+    tasks = model_tasks(m, batch, prompts, decode=decode, prompt_ranges=prompt_ranges, notes=notes)
+    for note in notes:
+        print(f"note: {note}")
     if not tasks:
         raise ModelSpecError(f"{args.from_model}: the model's graph has no region that computes anything")
     suite = write_suite(tasks, out / "suite", m.name)

@@ -95,3 +95,45 @@ def test_a_bad_spec_says_what_to_fix(tmp_path, capsys):
     (tmp_path / "m.py").write_text("def f():\n    return 3\n")
     with pytest.raises(ModelSpecError, match="not an nn.Module"):
         load_model_spec(f"{tmp_path / 'm.py'}:f")
+
+
+BRANCHY = f"{ROOT / 'tests' / 'agentforge' / 'fixtures' / 'torch_models' / 'branchy.py'}:branchy"
+
+
+def test_a_model_with_data_dependent_control_flow_is_captured_in_the_pieces_dynamo_splits_it_into(tmp_path,
+                                                                                                monkeypatch):
+    """``if h.mean() > 0:`` stops torch.export; the model's tasks come from the graphs dynamo hands
+    the backend (split at the branch), and with their library every graph of the compiled model
+    runs its matmuls on the kernels: output equal to eager, a poisoned kernel changes it."""
+    from agentforge.torch._build import build_library
+    from agentforge.torch.from_model import write_suite
+    from agentforge.torch.match import ModelCaptureError, export_graph
+    from agentforge.torch.ops import OpFamily
+
+    m = load_model_spec(BRANCHY)
+    with pytest.raises(ModelCaptureError):
+        export_graph(m.module, m.example_inputs)
+    notes: list[str] = []
+    tasks = model_tasks(m, notes=notes)
+    assert not notes
+    pieces = {o.split(": ", 1)[1].split("/", 1)[0] for t in tasks for o in t.occurrences}
+    assert pieces == {"g1", "g2"}                                   # before and after the branch
+    assert {k for t in tasks for k in t.kinds} >= {"mm", "sigmoid", "mean", "gt"}
+    suite = write_suite(tasks, tmp_path / "suite", m.name)
+    lib = tmp_path / "library"
+    build_library([suite / f"{t.name}.py" for t in tasks if "mm" in t.kinds], lib)
+    x = m.example_inputs[0]
+    before = {id(c) for c in compiled_graphs()}
+    torch._dynamo.reset()
+    with torch.no_grad():
+        ref = m.module(x)
+        got = torch.compile(m.module, backend="agentforge", options={"library": str(lib)})(x)
+        graphs = [c for c in compiled_graphs() if id(c) not in before]
+        assert len(graphs) >= 2 and all(c.plan is not None and c.plan.regions for c in graphs)
+        assert torch.allclose(got, ref, atol=1e-5)
+        real = OpFamily._run
+        monkeypatch.setattr(OpFamily, "_run", lambda self, v, args: [torch.full_like(o, 7) for o in real(self, v, args)])
+        torch._dynamo.reset()
+        poisoned = torch.compile(m.module, backend="agentforge", options={"library": str(lib)})(x)
+    assert not torch.allclose(poisoned, ref)
+    torch._dynamo.reset()
