@@ -492,10 +492,7 @@ def symbolic_model_suite(spec: str, out: Any, prompt: int = 16, batch: int = 1,
     hi = max_tokens or getattr(getattr(m.module, "config", None), "max_position_embeddings", None) or prompt
     if hi < prompt:
         raise RangeError(f"--max-tokens {hi} is below the prompt length {prompt}")
-    tasks = model_tasks(m, batch, [prompt], prompt_ranges=True)
-    for t in tasks:
-        if "TOKENS" in t.ranges:
-            t.ranges["TOKENS"] = f"1..{hi}"
+    tasks = model_tasks(m, batch, [prompt], prompt_ranges=True, max_tokens=hi)
     folder = write_suite(tasks, Path(out) / "suite", m.name)
     symbolic = [t.name for t in tasks if t.ranges]
     return folder, {"tasks": len(tasks), "symbolic": len(symbolic), "literal": [t.name for t in tasks if not t.ranges],

@@ -218,20 +218,34 @@ def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] 
     :func:`model_tasks`); a factory's model at its example inputs. With ``prompt_ranges`` each
     prompt length ``P`` is captured at ``P``, ``P + 1`` and ``P + 2`` too (what changes with it is
     written symbolic in ``TOKENS``). Returns (label, module, inputs)."""
+    return [(label, module, inputs) for _, label, module, inputs in
+            _serving(m, batch, prompt_tokens, decode, prompt_ranges)]
+
+
+def _serving(m: LoadedModel, batch: int, prompt_tokens: Sequence[int], decode: bool,
+             prompt_ranges: bool) -> list[tuple[tuple[str, int] | None, str, torch.nn.Module, list[torch.Tensor]]]:
+    """:func:`serving_inputs`, each with the group of captures whose size varies that it belongs to:
+    ("prefill", P) for P, P + 1, P + 2 tokens with ``prompt_ranges``, ("decode", P) for the decode
+    steps after a P-token prompt, None for a capture at fixed sizes (prompt lengths that overlap
+    are captured once per group, so no group takes another's captures)."""
     if m.example_inputs is not None:
-        return [("example", m.module, list(m.example_inputs))]
+        return [(None, "example", m.module, list(m.example_inputs))]
     if m.vocab_size is None:
         raise ModelSpecError(f"{m.name}: the factory returned no example inputs and the model has no config."
                              f"vocab_size\n  how to fix: return (model, [example inputs]) from the factory")
     g = torch.Generator().manual_seed(0)
     wrapped = _Logits(m.module)
-    lengths = [q for p in prompt_tokens for q in ((p, p + 1, p + 2) if prompt_ranges else (p,))]
-    out = [(f"prefill {batch}x{p}", wrapped, [torch.randint(0, m.vocab_size, (batch, p), generator=g)])
-           for p in lengths]
+    prompts = list(dict.fromkeys(prompt_tokens))
+    out: list[tuple[tuple[str, int] | None, str, torch.nn.Module, list[torch.Tensor]]] = []
+    for p in prompts:
+        for q in (p, p + 1, p + 2) if prompt_ranges else (p,):
+            out.append((("prefill", p) if prompt_ranges else None, f"prefill {batch}x{q}", wrapped,
+                        [torch.randint(0, m.vocab_size, (batch, q), generator=g)]))
     if decode:
-        for p in prompt_tokens:
+        for p in prompts:
             prompt = torch.randint(0, m.vocab_size, (batch, p), generator=g)
-            out += [(f"decode {batch}x1 kv {kv}", fn, tensors) for kv, fn, tensors in decode_steps(m.module, prompt)]
+            out += [(("decode", p), f"decode {batch}x1 kv {kv}", fn, tensors)
+                    for kv, fn, tensors in decode_steps(m.module, prompt)]
     return out
 
 
@@ -502,14 +516,15 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
 
 def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
                 max_tasks: int | None = None, decode: bool = False, prompt_ranges: bool = False,
-                notes: list[str] | None = None) -> list[ModelTask]:
+                notes: list[str] | None = None, max_tokens: int | None = None) -> list[ModelTask]:
     """The model's fusible regions at its serving shapes, one task per distinct region program.
     With ``decode``, the decode step as dynamo compiles it inside ``generate()``
     (:func:`decode_steps`) at three KV lengths: a region with the same program at all three is a
     task as it is, one whose program changes with the KV length is written symbolic in ``KV``
     (:func:`_sized_tasks`). With ``prompt_ranges`` the prefill likewise, at ``P``, ``P + 1`` and
-    ``P + 2`` tokens, symbolic in ``TOKENS`` over ``1..max_position_embeddings`` (a region that
-    cannot be written so stays a task at ``P`` tokens): its kernels then serve every prompt length.
+    ``P + 2`` tokens, symbolic in ``TOKENS`` over ``1..max_tokens`` (default: the config's
+    ``max_position_embeddings``; without one, the lengths captured; a region that cannot be
+    written so stays a task at ``P`` tokens): its kernels then serve every prompt length.
     A model torch.export cannot capture whole (data-dependent Python control flow) is captured
     piece by piece at dynamo's graph breaks (:func:`graph_pieces`), as the backend will be handed
     it; a piece that cannot be captured either is left out and ``notes`` (when given) says why."""
@@ -519,8 +534,9 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
     from agentforge.torch.match import GraphView, weight_inputs
 
     tasks: dict[str, ModelTask] = {}
-    seen: dict[str, list[tuple[str, ModelTask]]] = {}    # regions by capture label, where sizes vary
-    for label, module, inputs, piece, ep, graph in _captures(m, batch, prompt_tokens, decode, prompt_ranges, notes):
+    seen: dict[tuple[str, int], dict[str, list[tuple[str, ModelTask]]]] = {}   # group -> label -> regions
+    for group, label, module, inputs, piece, ep, graph in _captures(m, batch, prompt_tokens, decode, prompt_ranges,
+                                                                     notes):
         graph = canonical_export(ep, graph, m.name)      # as the backend will see it
         sem = semantic_nodes(graph)
         view = GraphView(canonical_graph(graph))
@@ -551,23 +567,25 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             key = _program_key(source)
             flops = sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes if n.name in set(names))
             where = f"{label}: {piece}{names[0]}..{names[-1]}"
-            if label.startswith("decode") or prompt_ranges:
-                seen.setdefault(label, []).append((key, ModelTask("", source, kinds, [where], region.template, flops)))
+            if group is not None:
+                seen.setdefault(group, {}).setdefault(label, []).append(
+                    (key, ModelTask("", source, kinds, [where], region.template, flops)))
                 continue
             if key in tasks:
                 tasks[key].occurrences.append(where)
                 tasks[key].flops += flops
                 continue
             tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
-    labels = list(seen)
-    hi = _kv_limit(m)
-    for trio in zip(labels[::3], labels[1::3], labels[2::3]):        # (P, P+1, P+2) tokens or KV lengths
-        xs = [_size_of(lb) for lb in trio]
-        if trio[0].startswith("decode"):
+    hi = max_tokens or _kv_limit(m)
+    for (kind, _), by_label in seen.items():
+        xs = [_size_of(lb) for lb in by_label]
+        if kind == "decode":        # (a KV length below the prompt's would not be a decode step after it)
             named = ("KV", f"1..{max(xs[0], hi - 1)}" if hi else None, False)
-        else:
-            named = ("TOKENS", f"1..{max(xs[0], hi)}" if hi else None, True)
-        for key, t in _sized_tasks([seen[lb] for lb in trio], xs, *named):
+        else:                       # no known limit: the lengths captured
+            named = ("TOKENS", f"1..{max(xs[-1], hi or 0)}", True)
+        if len(xs) != 3:            # (generate() stopped short): nothing to fit a size on
+            named = (named[0], None, named[2])
+        for key, t in _sized_tasks(list(by_label.values()), xs, *named):
             if key in tasks:
                 tasks[key].occurrences += t.occurrences
                 tasks[key].flops += t.flops
@@ -583,17 +601,18 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
 
 
 def _captures(m: LoadedModel, batch: int, prompt_tokens: Sequence[int], decode: bool, prompt_ranges: bool,
-              notes: list[str] | None) -> Iterator[tuple[str, torch.nn.Module, list[torch.Tensor], str, Any, Any]]:
-    """Each serving shape's exported graph as (label, module, inputs, piece, ep, graph); ``piece``
+              notes: list[str] | None) -> Iterator[tuple[Any, str, torch.nn.Module, list[torch.Tensor], str, Any, Any]]:
+    """Each serving shape's exported graph as (group, label, module, inputs, piece, ep, graph)
+    (``group``: :func:`_serving`'s); ``piece``
     is "" for a whole capture and "gK/" for the K-th graph dynamo splits a forward into, when
     torch.export cannot capture it whole (the failure stands when dynamo does not split it)."""
     from agentforge.torch.match import ModelCaptureError, export_graph
 
-    for label, module, inputs in serving_inputs(m, batch, prompt_tokens, decode, prompt_ranges):
+    for group, label, module, inputs in _serving(m, batch, prompt_tokens, decode, prompt_ranges):
         try:
             with torch.no_grad():
                 ep, graph = export_graph(module, inputs, m.name)
-            yield label, module, inputs, "", ep, graph
+            yield group, label, module, inputs, "", ep, graph
             continue
         except ModelCaptureError as whole:
             pieces = graph_pieces(module, inputs)
@@ -608,13 +627,15 @@ def _captures(m: LoadedModel, batch: int, prompt_tokens: Sequence[int], decode: 
                     notes.append(f"{label}: graph {k} of {len(pieces)} (split at a graph break) is left out, it runs "
                                  f"eagerly: {str(e).splitlines()[0]}")
                 continue
-            yield label, fn, tensors, f"g{k}/", ep, graph
+            yield group, label, fn, tensors, f"g{k}/", ep, graph
 
 
 def _program_key(source: str) -> str:
-    """A task source without its docstring and its parameters' statistics: regions with the same key
-    are the same program (every layer of a model shares its tasks)."""
-    return re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", source.split('"""', 2)[2])
+    """A task source without its docstring, its parameters' statistics and its own value of a
+    symbolic size (``TOKENS = 16``): regions with the same key are the same program (every layer of
+    a model shares its tasks; a program captured after two prompt lengths is one task)."""
+    body = re.sub(r"\) \* [-0-9.e+]+ \+ [-0-9.e+]+\)  # .*", ")", source.split('"""', 2)[2])
+    return re.sub(r"(?m)^(TOKENS|KV) = \d+\n", "", body)
 
 
 def _size_of(label: str) -> int:
@@ -639,23 +660,45 @@ def _sized_tasks(seen: list[list[tuple[str, ModelTask]]], xs: list[int], name: s
     ``keep_literal``, else left out (it runs eagerly: a decode step's KV length changes every token)."""
     from agentforge.ranges import symbolize_sources
 
-    out = []
     others = [{k for k, _ in s} for s in seen[1:]]
     where = [{t.occurrences[0].split(": ", 1)[1]: t for _, t in s} for s in seen]
+    picked: list[tuple[str, ModelTask, list[str] | None]] = []   # (key, task, its literal keys at each x if symbolic)
     for key, t in seen[0]:
         if all(key in o for o in others):
-            out.append((key, t))
+            picked.append((key, t, None))
             continue
         loc = t.occurrences[0].split(": ", 1)[1]
         sym = None
         if rng is not None and all(loc in w for w in where[1:]):
             sym = symbolize_sources({x: w[loc].source for x, w in zip(xs, where)}, name)
         if sym is not None:
-            out.append((_program_key(sym), ModelTask("", sym, t.kinds, t.occurrences, t.template, t.flops,
-                                                     {name: rng})))
+            picked.append((_program_key(sym), ModelTask("", sym, t.kinds, t.occurrences, t.template, t.flops,
+                                                        {name: rng}), [_program_key(w[loc].source) for w in where]))
         elif keep_literal:
-            out.append((key, t))
+            picked.append((key, t, None))
+    # the own value: the first size at which no two different programs are the same problem (at 16
+    # tokens with a head dimension of 16, Q K^T and P V are: a library keeps one kernel per problem)
+    own = next((i for i in range(len(xs)) if _distinct_at(picked, i)), 0)
+    out = []
+    for key, t, literal in picked:
+        if literal is not None and own:
+            loc = t.occurrences[0].split(": ", 1)[1]
+            order = [xs[own], *(x for x in xs if x != xs[own])]
+            srcs = {x: w[loc].source for x, w in zip(xs, where)}
+            t.source = symbolize_sources({x: srcs[x] for x in order}, name)
+        out.append((key, t))
     return out
+
+
+def _distinct_at(picked: list[tuple[str, ModelTask, list[str] | None]], i: int) -> bool:
+    """Whether the picked tasks, the symbolic ones at their ``i``-th captured size, are different
+    problems wherever they are different programs."""
+    programs: dict[str, str] = {}
+    for key, _, literal in picked:
+        at = literal[i] if literal is not None else key
+        if programs.setdefault(at, key) != key:
+            return False
+    return True
 
 
 def _slug(s: str) -> str:

@@ -396,9 +396,30 @@ def test_prefill_kernels_are_symbolic_in_the_prompt_length_and_verified_over_its
     _, tasks, rows = tokens_lib
     assert len(tasks) == 2
     for t in tasks:
-        assert t.ranges == {"TOKENS": "1..128"} and "\nTOKENS = 16\n" in t.source
+        # own value 17, not the 16 asked for: at 16 tokens the attention's Q K^T and P V are one
+        # problem (head dimension 16) and a library keeps one kernel per problem
+        assert t.ranges == {"TOKENS": "1..128"} and "\nTOKENS = 17\n" in t.source
         assert "TOKENS" in t.source.split("def get_inputs", 1)[1]
     assert rows and all(r["verified"] for r in rows), [r for r in rows if not r["verified"]]
+
+
+def test_different_programs_are_different_problems_at_their_own_sizes():
+    """Q K^T [4, T, 16] x [4, 16, T] and P V [4, T, T] x [4, T, 16] are one problem at T = 16: the
+    symbolic tasks' own value is chosen where no two programs coincide, so the library keeps a
+    kernel for each (it keeps one per problem) and both serve other prompt lengths."""
+    from agentforge.capture import capture_at, signature
+    from agentforge.tasks import load_task
+    from agentforge.torch.from_model import LoadedModel, model_tasks, write_suite
+
+    tasks = model_tasks(LoadedModel("llama", _build("llama"), None, 256), prompt_ranges=True)
+    bmm = [t for t in tasks if "bmm" in t.kinds and t.ranges]
+    assert len(bmm) == 2
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        suite = write_suite(tasks, d, "llama")
+        keys = {t.name: signature(capture_at(load_task(suite / f"{t.name}.py"), meta=True)).sized_key()
+                for t in tasks}
+    assert len(set(keys.values())) == len(tasks), keys
 
 
 @pytest.mark.parametrize("prompt", [5, 23])
@@ -423,4 +444,18 @@ def test_a_prompt_length_never_captured_runs_on_the_range_verified_kernels(token
     with torch.no_grad():
         poisoned = _compile(model, lib)(ids, use_cache=False).logits
     assert not torch.allclose(poisoned, ref)
+    torch._dynamo.reset()
+
+
+def test_prompt_lengths_within_two_of_each_other_keep_their_prefill_and_decode_groups_apart():
+    """--prompt-tokens 4,5 captures 4-6 and 5-7 tokens (and decode after each): each group is fitted
+    on its own captures, so the decode tasks over the cache are still symbolic in KV."""
+    from agentforge.torch.from_model import LoadedModel, model_tasks
+
+    tasks = model_tasks(LoadedModel("llama", _build("llama"), None, 256), prompt_tokens=(4, 5), decode=True,
+                        prompt_ranges=True)
+    assert sum("KV" in t.ranges for t in tasks) >= 5 and sum("TOKENS" in t.ranges for t in tasks) >= 15
+    sym = [t for t in tasks if t.ranges]
+    import re
+    assert len({re.sub(r"(?m)^(TOKENS|KV) = \d+$", "", t.source) for t in sym}) == len(sym)   # one task per program
     torch._dynamo.reset()

@@ -48,6 +48,8 @@ def _shares(graphs) -> tuple[float, float]:
 
 def test_tasks_are_the_models_regions_deduplicated():
     tasks = model_tasks(load_model_spec(SPEC))
+    # a factory's model is captured at its example inputs only: prompt ranges change nothing
+    assert [t.source for t in model_tasks(load_model_spec(SPEC), prompt_ranges=True)] == [t.source for t in tasks]
     occurrences = sum(len(t.occurrences) for t in tasks)
     assert occurrences > len(tasks)          # both blocks' regions share their tasks
     mm = [t for t in tasks if "mm" in t.kinds]
