@@ -356,38 +356,71 @@ def range_covers(record: Mapping[str, Any], sizes: Mapping[str, int]) -> bool:
 
 
 def verify_library_ranges(lib: "Library", overrides: Mapping[str, Range] | None = None, only: str | None = None,
-                          cfg: "VerifyConfig | None" = None, progress: Any = None) -> list[dict[str, Any]]:
+                          cfg: "VerifyConfig | None" = None, progress: Any = None,
+                          workers: int = 1) -> list[dict[str, Any]]:
     """Verify every kernel of ``lib`` (or those ``only`` names: id, op or task) over its ranges: the
     sizes of ``overrides`` its task has, else its sidecar's ``[ranges]``. Kernels with neither are
     skipped (a row says so). Records are written to the manifest (replacing older ones for the same
-    sizes). One row per kernel: id, op, ranges, verified, points, failed points, wall seconds."""
+    sizes), by this process only. One row per kernel, in the library's order: id, op, ranges,
+    verified, points, failed points, wall seconds. ``workers`` > 1 verifies that many kernels at
+    once, each in a process of its own (a kernel's points run one after another)."""
     rows: list[dict[str, Any]] = []
     from .tasks import load_task
 
     entries = lib.get(only) if only else lib.entries
     if only and not entries:
         raise RangeError(f"{lib.root}: no kernel {only!r} (an id, op or task name; see `agentforge library list`)")
+    todo: list[tuple[Any, dict[str, Range]]] = []
     for e in list(entries):
         task = load_task(lib.root / e.task_file)
         ranges = sidecar_ranges(task)
         for n, r in (overrides or {}).items():
             if n in task.sizes:
                 ranges[n] = r
-        if not ranges:
-            rows.append({"id": e.id, "op": e.op, "ranges": {}, "verified": None,
-                         "reason": f"no range declared (task sizes: {', '.join(task.sizes) or 'none'})"})
-            continue
-        ranges = parse_ranges({n: str(r) for n, r in ranges.items()}, task.sizes, f"kernel {e.id} ({e.task})")
-        rec = verify_entry_ranges(lib, e, ranges, cfg)
-        lib.set_ranges(e.id, rec)
-        bad = [p for p in rec["points"] if not p.get("passed")]
-        rows.append({"id": e.id, "op": e.op, "ranges": {n: str(r) for n, r in ranges.items()},
-                     "verified": rec["verified"], "points": len(rec["points"]),
-                     "failed": [{"sizes": p["sizes"], "reason": p.get("reason")} for p in bad],
-                     "wall_seconds": rec["provenance"]["wall_seconds"]})
-        if progress is not None:
-            progress(rows[-1])
+        todo.append((e, parse_ranges({n: str(r) for n, r in ranges.items()}, task.sizes, f"kernel {e.id} ({e.task})")
+                     if ranges else {}))
+    pool = None
+    if workers > 1 and sum(1 for _, r in todo if r) > 1:
+        import concurrent.futures
+        import multiprocessing
+
+        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(todo)),
+                                                      mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {e.id: pool.submit(_verify_one, str(lib.root), e.id, r, cfg) for e, r in todo if r} if pool else {}
+        for e, ranges in todo:
+            if not ranges:
+                task = load_task(lib.root / e.task_file)
+                rows.append({"id": e.id, "op": e.op, "ranges": {}, "verified": None,
+                             "reason": f"no range declared (task sizes: {', '.join(task.sizes) or 'none'})"})
+                continue
+            rec = futures[e.id].result() if pool else verify_entry_ranges(lib, e, ranges, cfg)
+            rows.append(_range_row(lib, e, ranges, rec))
+            if progress is not None:
+                progress(rows[-1])
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return rows
+
+
+def _verify_one(root: str, entry_id: str, ranges: dict[str, Range], cfg: Any) -> dict[str, Any]:
+    """:func:`verify_entry_ranges` in a worker process: the record, written by the caller."""
+    from .library import Library
+
+    lib = Library.open(root)
+    (e,) = [x for x in lib.entries if x.id == entry_id]
+    return verify_entry_ranges(lib, e, ranges, cfg)
+
+
+def _range_row(lib: "Library", e: Any, ranges: dict[str, Range], rec: dict[str, Any]) -> dict[str, Any]:
+    """Record ``rec`` in the manifest; the row :func:`verify_library_ranges` returns for it."""
+    lib.set_ranges(e.id, rec)
+    bad = [p for p in rec["points"] if not p.get("passed")]
+    return {"id": e.id, "op": e.op, "ranges": {n: str(r) for n, r in ranges.items()},
+            "verified": rec["verified"], "points": len(rec["points"]),
+            "failed": [{"sizes": p["sizes"], "reason": p.get("reason")} for p in bad],
+            "wall_seconds": rec["provenance"]["wall_seconds"]}
 
 
 # ---------------------------------------------------------------------- symbolic tasks from literal ones
@@ -520,7 +553,9 @@ def cmd_verify_ranges(args: argparse.Namespace) -> int:
             for f in row["failed"]:
                 print(f"       at {f['sizes']}: {f['reason']}")
 
-    rows = verify_library_ranges(lib, overrides, args.only, cfg, say)
+    if args.workers < 1:
+        raise RangeError(f"--workers {args.workers}: give a positive number of processes")
+    rows = verify_library_ranges(lib, overrides, args.only, cfg, say, workers=args.workers)
     skipped = [r for r in rows if r["verified"] is None]
     if args.json:
         print(json.dumps({"kernels": rows}, indent=1))
@@ -544,6 +579,7 @@ def add_parser(sub: Any) -> None:
                    help="a size's range (repeatable); overrides the task sidecar's [ranges]")
     p.add_argument("--only", help="only the kernels of this id, op or task")
     p.add_argument("--seeds", type=int, default=None, help="seeds (input draws) per point (default: the verifier's)")
+    p.add_argument("--workers", type=int, default=1, help="kernels verified at once, a process each (default 1)")
     p.add_argument("--json", action="store_true", help="one JSON document")
     p.set_defaults(func=cmd_verify_ranges)
 

@@ -750,17 +750,18 @@ def from_model_suite(spec: str, out: str | Path, batch: int = 1, prompt_tokens: 
     return write_suite(tasks, Path(out) / "suite", m.name), tasks
 
 
-def _verify_ranges(library: Path, quiet: bool = False) -> list[dict[str, Any]]:
+def _verify_ranges(library: Path, quiet: bool = False, workers: int = 1) -> list[dict[str, Any]]:
     """Verify the library's kernels of size-symbolic tasks (prompt length ``TOKENS``, KV length
     ``KV``) over their declared ranges (:func:`agentforge.ranges.verify_library_ranges`): the backend
-    then runs them at every size in the range without verifying at call time. Prints one line (and,
+    then runs them at every size in the range without verifying at call time (``workers`` kernels
+    at once, as many as the campaign's workers). Prints one line (and,
     unless ``quiet``, each failed point); a kernel that fails keeps its own size set and runs
     eagerly at other sizes."""
     from agentforge.library import Library
     from agentforge.ranges import verify_library_ranges
 
     t0 = time.perf_counter()
-    rows = [r for r in verify_library_ranges(Library.open(library)) if r["verified"] is not None]
+    rows = [r for r in verify_library_ranges(Library.open(library), workers=workers) if r["verified"] is not None]
     ok = sum(1 for r in rows if r["verified"])
     spans = sorted({f"{n} {v}" for r in rows for n, v in r["ranges"].items()})
     print(f"ranges: {ok}/{len(rows)} kernels verified over their size ranges ({', '.join(spans)}) "
@@ -828,6 +829,6 @@ def cmd_campaign_from_model(args: Any) -> int:
     res = run_campaign(cfg, on_event=view, expect=None)
     view.summary(res)
     if any(t.ranges for t in tasks) and (out / "library" / "manifest.json").is_file():
-        _verify_ranges(out / "library", quiet=bool(args.quiet or args.jsonl))
+        _verify_ranges(out / "library", quiet=bool(args.quiet or args.jsonl), workers=cfg.workers)
     print(f"use it: torch.compile(model, backend=\"agentforge\", options={{\"library\": \"{out / 'library'}\"}})")
     return 1 if res.status == "stopped" else 0

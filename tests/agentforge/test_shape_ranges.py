@@ -14,7 +14,9 @@ import torch
 
 from agentforge.library import Library, LibraryError, entry_from_dict
 from agentforge.ranges import (Range, RangeError, checkable_point, main, parse_range, parse_ranges, range_covers,
-                               sample_points, sidecar_ranges, symbolize_sources, tile_modulus)
+                               sample_points, sidecar_ranges, symbolize_sources, tile_modulus,
+                               verify_library_ranges)
+from agentforge.verify import VerifyConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 RMSNORM = ROOT / "tests" / "agentforge" / "fixtures" / "torch_tasks" / "rmsnorm_small.py"   # BATCH 1, SEQ 16, HIDDEN 64
@@ -296,3 +298,25 @@ def test_a_models_suite_symbolic_in_tokens_declares_its_range_and_runs_at_other_
     with pytest.raises(RangeError, match="below the prompt length"):
         from agentforge.ranges import symbolic_model_suite
         symbolic_model_suite(str(cfg), tmp_path / "r2", prompt=8, max_tokens=4)
+
+
+def test_kernels_verified_in_parallel_get_the_records_one_at_a_time_gives(torch_library, ranged, tmp_path):
+    """workers=2 verifies two kernels at once, each in a process of its own; the rows keep the
+    library's order and the records (points, their outcome and timing) are those of verifying one
+    after another (``ranged``: rmsnorm_small over SEQ 1..40 by the command line, one seed)."""
+    out = tmp_path / "library"
+    shutil.copytree(torch_library, out)
+    lib = Library.open(out)
+    lib.entries = lib.get("rmsnorm_small") + lib.get("add_rmsnorm_small")
+    lib.save()
+    rows = verify_library_ranges(Library.open(out), {"SEQ": Range(1, 40)}, workers=2,
+                                 cfg=VerifyConfig(machine="sn40l", seeds=(0,)))
+    assert [r["op"] for r in rows] == ["rmsnorm_small", "add_rmsnorm_small"] and all(r["verified"] for r in rows)
+
+    def points(folder: Path) -> list:
+        (e,) = Library.open(folder).get("rmsnorm_small")
+        return [(p["sizes"], p["passed"], p["seconds"], p["seeds"]) for p in e.ranges[0]["points"]]
+
+    assert points(out) == points(ranged)
+    (e,) = Library.open(out).get("add_rmsnorm_small")
+    assert e.ranges[0]["verified"] and e.ranges[0]["sizes"] == {"SEQ": [1, 40]}
