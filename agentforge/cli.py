@@ -528,6 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="verify-ranges: a size's range (repeatable); overrides the task sidecar's [ranges]")
     p.add_argument("--only", help="verify-ranges: only the kernels of this id, op or task")
     p.add_argument("--seeds", type=int, default=None, help="verify-ranges: input draws per point")
+    p.add_argument("--workers", type=int, default=1, help="verify-ranges: kernels verified at once, a process each")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="verify, merge: seconds before one kernel's evaluation is killed")
     p.add_argument("--recapture", action="store_true",

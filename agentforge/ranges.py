@@ -600,7 +600,8 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("model-suite", help="a model's campaign suite with tasks symbolic in the prompt length")
     p.add_argument("spec", help="a Hugging Face config.json of a causal LM")
     p.add_argument("--out", required=True, help="run folder: the suite goes to OUT/suite")
-    p.add_argument("--prompt-tokens", type=int, default=16, help="the prompt length tasks are timed at (own size)")
+    p.add_argument("--prompt-tokens", type=int, default=16, help="the prompt length tasks are timed at (own size; P + 1 or P + 2 where two of the "
+                        "model's programs would be one problem at P, e.g. P equal to the head dimension)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--max-tokens", type=int, default=None,
                    help="the top of the TOKENS range (default: the config's max_position_embeddings)")
