@@ -137,8 +137,10 @@ def load_model_spec(spec: str) -> LoadedModel:
 @contextlib.contextmanager
 def _recording(module: torch.nn.Module) -> Iterator[list[tuple[int, torch.fx.GraphModule, list[Any]]]]:
     """``module.forward`` compiled with a backend that records every graph dynamo hands a backend
-    and each call's arguments, as (which call of the forward, graph, arguments). The forward and
-    dynamo's caches are restored after (a forward set on the instance, a compiled one say, too)."""
+    and each call's arguments, as (which call of the forward, graph, arguments). The forward is
+    restored after (a forward set on the instance, a compiled one say, too); dynamo's caches are
+    reset before and after, so a model compiled earlier in this process recompiles (and is planned
+    again) on its next call: capture before compiling, as ``campaign --from-model`` does."""
     calls: list[tuple[int, torch.fx.GraphModule, list[Any]]] = []
     step = [0]
 
