@@ -687,7 +687,7 @@ def _sized_tasks(seen: list[list[tuple[str, ModelTask]]], xs: list[int], name: s
             loc = t.occurrences[0].split(": ", 1)[1]
             order = [xs[own], *(x for x in xs if x != xs[own])]
             srcs = {x: w[loc].source for x, w in zip(xs, where)}
-            t.source = symbolize_sources({x: srcs[x] for x in order}, name)
+            t.source = symbolize_sources({x: srcs[x] for x in order}, name) or t.source
         out.append((key, t))
     return out
 
