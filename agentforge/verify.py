@@ -16,7 +16,10 @@ with the task computed in float64 from the same inputs. It counts only if every 
   an unwritten element is caught);
 - the indices of an unstable sort (``aten.sort``/``argsort`` without ``stable=True``), whose tie
   order torch leaves unspecified (its CPU sort orders the ties of rows over 16 elements its own
-  way), up to ties only: a permutation along the sorted dim that gathers the sorted values;
+  way), up to ties only: a permutation along the sorted dim that gathers the sorted values; a
+  top-k's indices likewise (its contract leaves ties unordered too, and a float32 kernel may order
+  two values that tie within float32 otherwise than the float64 reference): distinct indices along
+  the dim that gather the reference's top-k values (as a set where ``sorted=False``);
 - not constant or all-zero where the reference is not;
 - inputs unmodified.
 
@@ -228,7 +231,8 @@ def check_output(out: torch.Tensor, ref: torch.Tensor, atol: float, rtol: float)
 # promises instead: a permutation along the sorted dim that gathers the reference's sorted values.
 # Its input is the value the reference sorted, recorded while the reference runs.
 
-_SORTS = frozenset({"aten.sort.default", "aten.sort.stable", "aten.argsort.default", "aten.argsort.stable"})
+_SORTS = frozenset({"aten.sort.default", "aten.sort.stable", "aten.argsort.default", "aten.argsort.stable",
+                    "aten.topk.default"})
 #: ops an indices output may pass through unchanged (torch.export adds copies depending on layout)
 _SAME_VALUE = frozenset({"clone", "alias", "detach", "lift_fresh_copy"})
 
@@ -241,14 +245,20 @@ class UnstableSort:
     descending: bool
     input_dtype: str    #: dtype of the sorted tensor: sets the tolerance of the gathered values
     rank: int           #: position among the graph's unstable sorts (eager order matches it)
+    ordered: bool = True    #: whether the indices are in order of their values (not a topk(sorted=False))
 
 
 def _sort_call(target: str, args: tuple, kwargs: dict) -> tuple[bool, int, bool] | None:
     """(stable, dim, descending) of a sort/argsort call in ATen's argument layout, or None for
     another op. ``.default`` takes dim and descending positionally; ``.stable`` takes all three as
-    keywords; a ``stable`` of None or False leaves the ties unordered."""
+    keywords; a ``stable`` of None or False leaves the ties unordered. A ``topk(self, k, dim,
+    largest, sorted)`` is an unstable sort whose "descending" is ``largest``."""
     if target not in _SORTS:
         return None
+    if target == "aten.topk.default":
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+        largest = args[3] if len(args) > 3 else kwargs.get("largest", True)
+        return False, int(dim), bool(largest)
     dim = args[1] if len(args) > 1 else kwargs.get("dim", -1)
     descending = args[2] if len(args) > 2 else kwargs.get("descending", False)
     return bool(kwargs.get("stable")), int(dim), bool(descending)
@@ -272,7 +282,7 @@ def unstable_sort_indices(graph: AtenGraph) -> dict[int, UnstableSort]:
         if n is None:
             continue
         if n.target == "getitem" and n.args[1] == 1 and n.args[0].name in producer \
-                and producer[n.args[0].name].target.startswith("aten.sort."):
+                and producer[n.args[0].name].target.startswith(("aten.sort.", "aten.topk.")):
             n = producer[n.args[0].name]
         elif not n.target.startswith("aten.argsort."):
             continue
@@ -280,8 +290,14 @@ def unstable_sort_indices(graph: AtenGraph) -> dict[int, UnstableSort]:
             continue
         _, dim, descending = _sort_call(n.target, n.args, n.kwargs)
         sorted_spec = graph.spec_table.get(n.refs()[0].name) if n.refs() else None
-        found[i] = UnstableSort(n.name, dim, descending, sorted_spec.dtype if sorted_spec else "", ranks[n.name])
+        ordered = not (n.target == "aten.topk.default" and not _topk_sorted(n.args, n.kwargs))
+        found[i] = UnstableSort(n.name, dim, descending, sorted_spec.dtype if sorted_spec else "", ranks[n.name],
+                                ordered)
     return found
+
+
+def _topk_sorted(args: tuple, kwargs: dict) -> bool:
+    return bool(args[4] if len(args) > 4 else kwargs.get("sorted", True))
 
 
 @dataclass
@@ -291,6 +307,7 @@ class _SortCall:
     indices: torch.Tensor
     dim: int
     descending: bool
+    ordered: bool = True
 
 
 class _SortRecorder(TorchDispatchMode):
@@ -306,7 +323,8 @@ class _SortRecorder(TorchDispatchMode):
         call = _sort_call(str(func), args, kwargs)
         if call is not None and not call[0] and isinstance(args[0], torch.Tensor):
             indices = out[1] if isinstance(out, (tuple, list)) else out
-            self.calls.append(_SortCall(args[0].detach().clone(), indices, call[1], call[2]))
+            ordered = str(func) != "aten.topk.default" or _topk_sorted(args, kwargs)
+            self.calls.append(_SortCall(args[0].detach().clone(), indices, call[1], call[2], ordered))
         return out
 
 
@@ -330,50 +348,61 @@ def _recorded_sort(calls: list[_SortCall], ref: torch.Tensor, where: UnstableSor
     if same:
         return same[0]
     fits = [c for c in calls if c.indices.shape == ref.shape and c.dim == where.dim
-            and c.descending == where.descending and torch.equal(c.indices, ref)]
+            and c.descending == where.descending and c.ordered == where.ordered and torch.equal(c.indices, ref)]
     if where.rank < len(calls) and any(c is calls[where.rank] for c in fits):
         return calls[where.rank]
     return fits[0] if fits else None
 
 
 def check_sort_indices(out: torch.Tensor, ref: torch.Tensor, sorted_input: torch.Tensor, dim: int,
-                       atol: float, rtol: float) -> tuple[float, float]:
+                       atol: float, rtol: float, ordered: bool = True) -> tuple[float, float]:
     """Raise :class:`Mismatch` unless ``out`` is a valid answer for the indices of an unstable sort
-    of ``sorted_input`` along ``dim`` whose reference answer is ``ref``: a permutation of
-    0..n-1 along ``dim`` (every row) that gathers the same values as ``ref`` (exactly for integers,
-    within atol/rtol for floats). Any order of equal values passes; nothing else does. Returns the
-    max abs/rel errors of the gathered values."""
+    (or a top-k: ``ref`` then has k entries along ``dim``) of ``sorted_input`` along ``dim`` whose
+    reference answer is ``ref``: indices in 0..n-1, distinct along ``dim`` in every row (all n of
+    them, a permutation, for a sort), that gather the same values as ``ref`` (exactly for integers,
+    within atol/rtol for floats; as sets where not ``ordered``). Any order of equal values passes;
+    nothing else does. Returns the max abs/rel errors of the gathered values."""
     if tuple(out.shape) != tuple(ref.shape):
         raise Mismatch("shape", f"shape {list(out.shape)} but the reference is {list(ref.shape)}")
-    if sorted_input.dim() == 0 or tuple(sorted_input.shape) != tuple(ref.shape):
+    if sorted_input.dim() == 0 or sorted_input.dim() != ref.dim():
         return check_output(out, ref, atol, rtol)
     dim = dim % sorted_input.dim()
-    n = sorted_input.shape[dim]
-    what = f"the indices of an unstable sort must be a permutation of 0..{n - 1} along dim {dim}"
+    n, k = sorted_input.shape[dim], ref.shape[dim]
+    if [s for j, s in enumerate(sorted_input.shape) if j != dim] != [s for j, s in enumerate(ref.shape) if j != dim] \
+            or k > n:
+        return check_output(out, ref, atol, rtol)
+    sort = k == n
+    what = (f"the indices of an unstable sort must be a permutation of 0..{n - 1} along dim {dim}" if sort else
+            f"the indices of a top-{k} must be {k} distinct indices of 0..{n - 1} along dim {dim}")
     outside = (out < 0) | (out >= n)
     if outside.any():
         at = outside.nonzero()[0].tolist()
         raise Mismatch("mismatch", f"{what}: {int(outside.sum())} of {out.numel()} are out of range "
                                    f"(first at {at}: {out[tuple(at)].item()})")
-    rows = out.movedim(dim, -1).reshape(-1, n).long()
+    rows = out.movedim(dim, -1).reshape(-1, k).long()
     counts = torch.zeros(rows.shape[0], n, dtype=torch.long).scatter_add_(1, rows, torch.ones_like(rows))
-    bad = (counts != 1).any(dim=1)
+    bad = (counts > 1).any(dim=1)
     if bad.any():
         j = int(bad.nonzero()[0])
         twice = int((counts[j] > 1).nonzero()[0])
-        never = int((counts[j] == 0).nonzero()[0])
-        others = [s for k, s in enumerate(out.shape) if k != dim]
+        others = [s for d, s in enumerate(out.shape) if d != dim]
         row = [int(t) for t in torch.unravel_index(torch.tensor(j), others)] if others else []
         place = f" in the row at {row}" if row else ""
-        raise Mismatch("mismatch", f"{what}: index {twice} appears {int(counts[j, twice])} times{place} and "
-                                   f"{never} never ({int(bad.sum())} of {rows.shape[0]} rows are not permutations)")
+        never = f" and {int((counts[j] == 0).nonzero()[0])} never" if sort else ""
+        raise Mismatch("mismatch", f"{what}: index {twice} appears {int(counts[j, twice])} times{place}{never} "
+                                   f"({int(bad.sum())} of {rows.shape[0]} rows are not "
+                                   f"{'permutations' if sort else 'distinct'})")
     got = sorted_input.gather(dim, out.long())
     want = sorted_input.gather(dim, ref.long())
+    if not ordered:
+        got, want = got.sort(dim=dim).values, want.sort(dim=dim).values
     try:
         return check_output(got, want, atol, rtol)
     except Mismatch as m:
-        raise Mismatch(m.code, f"the indices of an unstable sort (any order of equal values is accepted) do not "
-                               f"sort the input, the values they gather differ from the sorted reference: "
+        kind = "an unstable sort" if sort else f"a top-{k}"
+        raise Mismatch(m.code, f"the indices of {kind} (any order of equal values is accepted) do not "
+                               f"{'sort the input' if sort else 'pick its top values'}, the values they gather "
+                               f"differ from the {'sorted reference' if sort else 'reference top-k'}: "
                                f"{m.message}") from None
 
 
@@ -538,7 +567,8 @@ def _compare_all(task: Task, outs, refs, graph: AtenGraph,
         try:
             if i in sorts:
                 call, input_dtype = sorts[i]
-                errs = check_sort_indices(o, ref, call.input, call.dim, *_tolerance(task, input_dtype))
+                errs = check_sort_indices(o, ref, call.input, call.dim, *_tolerance(task, input_dtype),
+                                          ordered=call.ordered)
             else:
                 errs = check_output(o, ref, atol, rtol)
         except Mismatch as m:

@@ -174,3 +174,48 @@ def test_check_sort_indices_lets_float_near_ties_swap_within_tolerance():
     assert check_sort_indices(torch.tensor([2, 1, 0]), ref, x, 0, 1e-4, 1e-4)[0] < 1e-8
     with pytest.raises(Mismatch):
         check_sort_indices(torch.tensor([2, 1, 0]), ref, x, 0, 0.0, 0.0)   # no tolerance: no swap
+
+
+# ------------------------------------------------------------------ top-k: ties unordered too
+
+TOPK = "v = torch.topk(x0, 3, dim=-1)\n        return (v[0], v[1])"
+FEW_VALUES = "torch.randint(0, 3, [8, 16]).float()"      # rows of 16 with 3 values: ties at the top
+
+
+def _topk_ties_reversed(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    return _ties_reversed(x, dim=-1, descending=True)[..., :k]
+
+
+def test_a_topk_with_its_ties_in_another_order_verifies(tmp_path):
+    """torch.topk leaves the order of equal values unspecified; a kernel that picks tied values in
+    another order (or a float32 kernel ordering two values that tie within float32 otherwise than
+    the float64 reference) is right."""
+    task = _task(tmp_path, TOPK, inputs=FEW_VALUES, name="topk_task")
+    (found,) = unstable_sort_indices(capture_at(task)).values()
+    assert (found.dim, found.descending, found.ordered) == (-1, True, True)
+    x = torch.randint(0, 3, [8, 16]).float()
+    assert not torch.equal(torch.topk(x, 3).indices, _topk_ties_reversed(x))      # another valid answer
+    assert _verdict(task, lambda x: (torch.topk(x, 3).values, _topk_ties_reversed(x))) == (True, None)
+
+
+@pytest.mark.parametrize("wrong,why", [
+    (lambda x: torch.zeros(x.shape[0], 3, dtype=torch.int64), "appears 3 times"),          # not distinct
+    (lambda x: torch.arange(3).expand(x.shape[0], 3).contiguous(), "do not pick its top values"),
+    (lambda x: _topk_ties_reversed(x) + 16, "out of range"),
+    (lambda x: torch.topk(x, 3, largest=False).indices, "do not pick its top values"),     # the smallest
+], ids=["repeated", "first_three", "out_of_range", "smallest"])
+def test_topk_indices_that_are_no_valid_answer_fail_with_a_reason(tmp_path, wrong, why):
+    task = _task(tmp_path, TOPK, inputs="torch.randn(8, 16)", name="topk_task")
+    passed, reason = _verdict(task, lambda x: (torch.topk(x, 3).values, wrong(x)))
+    assert not passed and reason.startswith("output 1: ") and why in reason, reason
+
+
+def test_check_sort_indices_on_a_topk_compares_values_as_a_set_when_unsorted():
+    x = torch.tensor([[1.0, 1.0 + 1e-9, 0.5, 2.0]], dtype=torch.float64)
+    ref = torch.tensor([[3, 1]])                        # top-2, sorted
+    assert check_sort_indices(torch.tensor([[3, 0]]), ref, x, -1, 1e-4, 1e-4)[0] < 1e-8    # a near tie swapped
+    with pytest.raises(Mismatch, match="do not pick its top values"):
+        check_sort_indices(torch.tensor([[1, 3]]), ref, x, -1, 1e-4, 1e-4)               # out of order
+    assert check_sort_indices(torch.tensor([[1, 3]]), ref, x, -1, 1e-4, 1e-4, ordered=False)[0] < 1e-8
+    with pytest.raises(Mismatch, match="2 distinct indices"):
+        check_sort_indices(torch.tensor([[3, 3]]), ref, x, -1, 1e-4, 1e-4, ordered=False)
