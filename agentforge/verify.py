@@ -688,7 +688,8 @@ def _out_of_memory(e: BaseException | None) -> bool:
 
     Under the sandbox's address-space cap a C extension (torch.export's tracer among them) whose
     allocation fails may return NULL without setting an exception; CPython then raises
-    ``SystemError: error return without exception set``. With a cap in force that is a failed
+    ``SystemError: error return without exception set`` (or, from a function such as the import
+    machinery, ``... returned NULL without setting an exception``). With a cap in force that is a failed
     allocation, so it counts as memory; without a cap it stays a task error. torch's own allocator
     reports a failed allocation as a RuntimeError (``DefaultCPUAllocator: can't allocate memory``)
     or ``torch.OutOfMemoryError``: memory too, cap or not."""
@@ -697,7 +698,8 @@ def _out_of_memory(e: BaseException | None) -> bool:
     while e is not None and id(e) not in seen:
         if isinstance(e, MemoryError) or _torch_allocation_failed(e):
             return True
-        if capped and isinstance(e, SystemError) and "without exception set" in str(e):
+        if capped and isinstance(e, SystemError) and ("without exception set" in str(e)
+                                                      or "without setting an exception" in str(e)):
             return True
         seen.add(id(e))
         e = e.__cause__ or e.__context__

@@ -191,9 +191,9 @@ def test_an_allocation_failing_inside_c_code_under_the_cap_is_a_memory_result():
         "import resource, sys\n"
         "from agentforge.verify import _out_of_memory\n"
         "from agentforge.errors import TaskError\n"
-        "def wrapped():\n"
+        "def wrapped(msg='error return without exception set'):\n"
         "    try:\n"
-        "        raise SystemError('error return without exception set')\n"
+        "        raise SystemError(msg)\n"
         "    except SystemError as e:\n"
         "        try:\n"
         "            raise TaskError('task.py', 'torch.export could not capture') from e\n"
@@ -201,10 +201,12 @@ def test_an_allocation_failing_inside_c_code_under_the_cap_is_a_memory_result():
         "            return t\n"
         "before = _out_of_memory(wrapped())\n"
         "resource.setrlimit(resource.RLIMIT_AS, (64 << 30, resource.RLIM_INFINITY))\n"
-        "print(before, _out_of_memory(wrapped()), _out_of_memory(SystemError('other')))\n"
+        "imp = wrapped('<function _find_and_load at 0x7f> returned NULL without setting an exception')\n"
+        "print(before, _out_of_memory(wrapped()), _out_of_memory(imp), _out_of_memory(SystemError('other')))\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "True", "False"]
+    # (the import machinery failing under the cap, seen in CI: "... returned NULL without setting an exception")
+    assert out.stdout.split() == ["False", "True", "True", "False"]
 
 
 def test_torch_failing_to_allocate_is_memory_cap_or_not():
