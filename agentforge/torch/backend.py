@@ -221,6 +221,14 @@ class _Bound(torch.nn.Module):
         return self.gm(*(next(it) if s is None else s[0] for s in self.slots))
 
 
+def bound_graph(gm: torch.fx.GraphModule, args: Sequence[Any]) -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    """A graph dynamo hands a backend, as the backend exports it for one call: its non-tensor
+    arguments fixed (:class:`_Bound`), and the call's tensors (``campaign --from-model`` captures
+    recorded graphs the same way)."""
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    return (gm if len(tensors) == len(args) else _Bound(gm, args)), tensors
+
+
 class _Derived(torch.nn.Module):
     """A graph dynamo compiled with symbolic sizes, its size inputs read from its tensors' dims
     (``slots``: ("t", k) the k-th tensor, ("s", k, d) dim d of the k-th tensor), so torch.export
@@ -438,8 +446,7 @@ class _Compiled:
             from agentforge.torch.match import export_graph, plan_offload, weight_inputs
 
             tl = get_library(self.cfg)
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            fn = self.gm if len(tensors) == len(args) else _Bound(self.gm, args)
+            fn, tensors = bound_graph(self.gm, args)
             t0, c0 = time.perf_counter(), time.process_time()
             ep, graph = export_graph(fn, tensors, "compiled graph")
             graph = canonical_export(ep, graph, "compiled graph")   # as from_model captured its tasks

@@ -169,14 +169,6 @@ def _recording(module: torch.nn.Module) -> Iterator[list[tuple[int, torch.fx.Gra
         torch._dynamo.reset()
 
 
-def _bound(gm: torch.fx.GraphModule, args: list[Any]) -> tuple[torch.nn.Module, list[torch.Tensor]]:
-    """A recorded graph as the backend exports it: its non-tensor arguments fixed, and its tensors."""
-    from agentforge.torch.backend import _Bound
-
-    tensors = [a for a in args if isinstance(a, torch.Tensor)]
-    return (gm if len(tensors) == len(args) else _Bound(gm, args)), tensors
-
-
 def decode_steps(lm: torch.nn.Module, prompt: torch.Tensor, steps: int = 3,
                  skip: int = 1) -> list[tuple[int, torch.nn.Module, list[torch.Tensor]]]:
     """The decode step of a causal LM as ``torch.compile`` hands it to a backend inside
@@ -188,6 +180,8 @@ def decode_steps(lm: torch.nn.Module, prompt: torch.Tensor, steps: int = 3,
     Why not export a wrapper that rebuilds the cache: the model's code takes other branches under
     dynamo inside ``generate()`` (the causal mask is skipped for one query token), so a task
     captured from a wrapper is not the graph the backend will see, and never matches it."""
+    from agentforge.torch.backend import bound_graph
+
     n = 1 + skip + steps
     with _recording(lm) as calls, torch.no_grad():
         lm.generate(prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
@@ -196,7 +190,7 @@ def decode_steps(lm: torch.nn.Module, prompt: torch.Tensor, steps: int = 3,
     for s, gm, args in calls:
         kv = p + s - 2                      # call 1 is the prefill, call 2 the first token over p cached
         if 2 + skip <= s < 2 + skip + steps:
-            out.append((kv, *_bound(gm, args)))
+            out.append((kv, *bound_graph(gm, args)))
     return out
 
 
@@ -205,9 +199,11 @@ def graph_pieces(module: torch.nn.Module, inputs: Sequence[torch.Tensor]) -> lis
     """The graphs dynamo splits one forward into at its graph breaks (data-dependent Python
     control flow, say ``if h.mean() > 0:``), each with the tensors it was called with: what a
     backend is handed, piece by piece, for a model torch.export cannot capture whole."""
+    from agentforge.torch.backend import bound_graph
+
     with _recording(module) as calls, torch.no_grad():
         module(*inputs)
-    return [_bound(gm, args) for _, gm, args in calls]
+    return [bound_graph(gm, args) for _, gm, args in calls]
 
 
 def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (16,),
