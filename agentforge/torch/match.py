@@ -305,7 +305,91 @@ def export_graph(fn: torch.nn.Module, args: Sequence[Any], name: str = "model",
     dd = data_dependent_shape(ep)
     if dd:
         raise ModelCaptureError(f"{name}: {dd}")
+    rematerialize_constants(ep)
     return ep, graph_from_export(ep, name, f"<{name}>")
+
+
+def _seeded_or_uninitialised(n: torch.fx.Node) -> bool:
+    """An op whose value is not fixed by its arguments (random, or memory left undefined)."""
+    return torch.Tag.nondeterministic_seeded in getattr(n.target, "tags", ()) or \
+        any(w in str(n.target) for w in ("empty", "rand", "normal", "bernoulli"))
+
+
+def constant_nodes(ep: Any) -> frozenset[str]:
+    """Tensor nodes of ``ep`` no input's data reaches: made from nothing (``arange``, ``full``,
+    ``scalar_tensor``), from sizes only (``arange(0, s0)`` in a graph with a dynamic size), or from
+    such values (positions, a causal mask built from them). Not seeded-random or uninitialised ops."""
+    const: set[str] = set()
+    sizes: set[str] = set()
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or _is_assertion(n):
+            continue
+        inputs_fixed = all(a.name in const or a.name in sizes for a in n.all_input_nodes)
+        val = n.meta.get("val")
+        if isinstance(val, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            # a size read off a tensor (sym_size) or arithmetic on sizes: no data
+            if inputs_fixed or str(n.target).startswith("aten.sym_size"):
+                sizes.add(n.name)
+            continue
+        if inputs_fixed and isinstance(n.target, torch._ops.OpOverload) and isinstance(val, torch.Tensor) \
+                and not _seeded_or_uninitialised(n):
+            const.add(n.name)
+    return frozenset(const)
+
+
+def rematerialize_constants(ep: Any) -> int:
+    """Give every op that reads a constant (:func:`constant_nodes`) its own copy of the constant
+    ops it reads, as XLA duplicates iotas and broadcasts into each fusion that uses them.
+
+    Why: Hugging Face builds one causal mask and every layer's attention reads it. A library call
+    makes the constants its region reads ahead of time (a compiled dataflow program holds its
+    constants), but two regions cannot share an op, so a shared mask stayed outside every kernel
+    (computed by PyTorch). Both the task capture (``--from-model``) and the backend export through
+    here, so a task and the model's graph it is matched in have the same copies. Returns the
+    number of nodes added; the exported program's graph is changed in place (same values)."""
+    const = constant_nodes(ep)
+    if not const:
+        return 0
+    g = ep.graph
+    owner: dict[str, str] = {}
+    added = 0
+    for u in list(g.nodes):
+        if u.op != "call_function" or u.name in const or _is_assertion(u):
+            continue
+        cone: list[torch.fx.Node] = []      # the constants u reads, directly or through other constants
+        seen: set[str] = set()
+        stack = [a for a in u.all_input_nodes if a.name in const]
+        while stack:
+            a = stack.pop()
+            if a.name in seen:
+                continue
+            seen.add(a.name)
+            cone.append(a)
+            stack += [b for b in a.all_input_nodes if b.name in const]
+        if not cone:
+            continue
+        if all(owner.get(a.name, u.name) == u.name for a in cone):
+            owner.update((a.name, u.name) for a in cone)
+            continue
+        order = {n.name: i for i, n in enumerate(g.nodes)}
+        copies: dict[torch.fx.Node, torch.fx.Node] = {}
+        with g.inserting_before(u):
+            for a in sorted(cone, key=lambda x: order[x.name]):
+                copies[a] = g.node_copy(a, lambda x: copies.get(x, x))
+                owner[copies[a].name] = u.name
+                added += 1
+        u.args = torch.fx.node.map_arg(u.args, lambda x: copies.get(x, x))
+        u.kwargs = torch.fx.node.map_arg(u.kwargs, lambda x: copies.get(x, x))
+    if added:
+        # the originals only a rewired reader used are dead now (left in, a region could not take
+        # the values they read as its own)
+        for n in reversed(list(g.nodes)):
+            if n.name in const and all(_is_assertion(u) for u in n.users):
+                for u in list(n.users):     # a check of a value nothing reads
+                    g.erase_node(u)
+                g.erase_node(n)
+        ep.graph_module.recompile()
+    return added
 
 
 def data_dependent_shape(ep: Any) -> str | None:
@@ -901,9 +985,7 @@ def _fold_constants(ep: Any, taken: set[str]) -> dict[str, Any]:
             continue
         if not isinstance(n.target, torch._ops.OpOverload) or not all(a.name in env for a in n.all_input_nodes):
             continue
-        tags = getattr(n.target, "tags", ())
-        name = str(n.target)
-        if torch.Tag.nondeterministic_seeded in tags or any(w in name for w in ("empty", "rand", "normal", "bernoulli")):
+        if _seeded_or_uninitialised(n):
             continue
         try:
             args = torch.fx.node.map_arg(n.args, lambda x: env[x.name])

@@ -254,6 +254,38 @@ def test_values_no_input_reaches_are_folded_once_per_plan_and_random_ones_never(
     torch._dynamo.reset()
 
 
+def test_a_constant_two_ops_read_is_rematerialised_for_each_so_each_region_can_make_it():
+    """One causal mask read by two layers' attention: two regions cannot share an op, so shared it
+    would stay outside both kernels. The export gives each reader its own copy of the constant ops
+    it reads (XLA duplicates iotas into each fusion the same way): same values, no op shared, and
+    no dead original left for a region to take as an input. Random values are never copied."""
+    from agentforge.torch.match import constant_nodes, export_graph
+
+    class TwoLayers(torch.nn.Module):
+        def forward(self, a, b):
+            n = a.shape[-1]
+            mask = (torch.arange(n)[None, :] > torch.arange(n)[:, None]).float() * -1e9
+            noise = torch.rand(n)
+            return torch.softmax(a + mask, -1), torch.softmax(b + mask, -1) + noise * 0
+
+    a, b = torch.randn(4, 8, 8), torch.randn(4, 8, 8)
+    ep, graph = export_graph(TwoLayers(), [a, b], "two")
+    const = constant_nodes(ep)
+    computing = [n for n in ep.graph.nodes if n.op == "call_function" and "assert" not in str(n.target)]
+    readers = [n for n in computing if n.name not in const and any(x.name in const for x in n.all_input_nodes)]
+    assert len(readers) == 2                                      # the two adds
+    for n in computing:
+        if n.name in const:                                      # every constant op has one reader
+            assert len([u for u in n.users if "assert" not in str(u.target)]) == 1, n
+    assert sum(str(n.target) == "aten.arange.start_step" or str(n.target).startswith("aten.arange")
+               for n in ep.graph.nodes) == 4                     # two aranges per reader
+    assert sum("rand" in str(n.target) for n in ep.graph.nodes) == 1
+    got = ep.module()(a, b)
+    ref = TwoLayers()(a, b)
+    for x, y in zip(got, ref):
+        torch.testing.assert_close(x, y)
+
+
 class _MaskedSDPA(torch.nn.Module):
     """SDPA with a boolean mask: its decomposition guards fully masked rows with any(...)."""
 
