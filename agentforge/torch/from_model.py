@@ -19,9 +19,15 @@ never is. So the tasks are taken from the model itself:
 5. the folder is an ordinary suite; the campaign solves it and the library it writes covers
    the model (at the captured shapes).
 
-Values the author treats as constants (``arange``, masks built from positions, ...) are not
-part of any region: a region that reads one takes it as an input. Regions of views only are
-left out (they compute nothing).
+Values no input reaches (``arange`` positions, the causal mask built from them, RoPE tables):
+the export gives each op that reads one its own copy (:func:`~agentforge.torch.match.rematerialize_constants`,
+as XLA duplicates iotas into each fusion), and a region that reads constants is a task twice:
+once making them inside (the kernel holds them, as a compiled dataflow program holds its
+constants: what the backend sees in ``torch.compile``'s graph) and once taking them as inputs
+(``generate()``'s prefill builds the mask from its ``attention_mask`` data). The forward is
+also captured as dynamo hands it to the backend, since Hugging Face builds the causal mask
+differently under dynamo and under ``torch.export``. Regions of views only are left out (they
+compute nothing).
 """
 
 from __future__ import annotations
@@ -223,7 +229,8 @@ def serving_inputs(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] 
 def _serving(m: LoadedModel, batch: int, prompt_tokens: Sequence[int], decode: bool,
              prompt_ranges: bool) -> list[tuple[tuple[str, int] | None, str, torch.nn.Module, list[torch.Tensor]]]:
     """:func:`serving_inputs`, each with the group of captures whose size varies that it belongs to:
-    ("prefill", P) for P, P + 1, P + 2 tokens with ``prompt_ranges``, ("decode", P) for the decode
+    ("prefill", P) for P, P + 1, P + 2 tokens with ``prompt_ranges`` (and ("compiled prefill", P) for
+    the same forwards as dynamo hands them to a backend), ("decode", P) for the decode
     steps after a P-token prompt, None for a capture at fixed sizes (prompt lengths that overlap
     are captured once per group, so no group takes another's captures)."""
     if m.example_inputs is not None:
@@ -237,8 +244,16 @@ def _serving(m: LoadedModel, batch: int, prompt_tokens: Sequence[int], decode: b
     out: list[tuple[tuple[str, int] | None, str, torch.nn.Module, list[torch.Tensor]]] = []
     for p in prompts:
         for q in (p, p + 1, p + 2) if prompt_ranges else (p,):
-            out.append((("prefill", p) if prompt_ranges else None, f"prefill {batch}x{q}", wrapped,
-                        [torch.randint(0, m.vocab_size, (batch, q), generator=g)]))
+            ids = torch.randint(0, m.vocab_size, (batch, q), generator=g)
+            out.append((("prefill", p) if prompt_ranges else None, f"prefill {batch}x{q}", wrapped, [ids]))
+            # the forward as torch.compile hands it to a backend: the model's code builds its causal
+            # mask otherwise under dynamo than under torch.export, and the tasks that make the mask
+            # inside (model_tasks) must be the backend's (a forward split at graph breaks is left to
+            # the capture above)
+            pieces = graph_pieces(m.module, [ids])
+            if len(pieces) == 1:
+                out.append((("compiled prefill", p) if prompt_ranges else None, f"compiled prefill {batch}x{q}",
+                            *pieces[0]))
     if decode:
         for p in prompts:
             prompt = torch.randint(0, m.vocab_size, (batch, p), generator=g)
@@ -405,10 +420,12 @@ def additive_masks(ep: Any) -> frozenset[str]:
 
 def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params: dict[str, tuple[str, torch.Tensor]],
                  users: dict[str, list[torch.fx.Node]],
-                 masks: frozenset[str] = frozenset()) -> tuple[str, list[str]] | None:
+                 masks: frozenset[str] = frozenset(),
+                 constants: frozenset[str] = frozenset()) -> tuple[str, list[str]] | None:
     """The task source of one region (None: it computes nothing), and its non-view op kinds.
     ``masks``: values that are additive attention masks (:func:`additive_masks`): an input that
-    is one is checked with masked entries."""
+    is one is checked with masked entries. ``constants`` (:func:`~agentforge.torch.match.constant_nodes`): values no input
+    reaches; those only the region reads are made inside it (below)."""
     from agentforge.capture import op_kind
 
     fx = {n.name: n for n in ep.graph.nodes}
@@ -440,6 +457,20 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
                 and users.get(n.name) and all(u.name in members for u in users[n.name]):
             members.add(n.name)
             sem.add(n.name)
+    # likewise the values no input reaches that only the region reads (a causal mask built from
+    # positions, the positions RoPE tables are made from): the kernel makes them ahead of time, as
+    # a compiled dataflow program holds its constants, and the backend's match covers them (left
+    # out, the backend would compute them once per plan in PyTorch, outside every kernel). A
+    # constant another region also reads stays outside (two matches cannot share a node).
+    grown = True
+    while grown:
+        grown = False
+        for n in ep.graph.nodes:
+            if n.name in constants and n.name not in members and users.get(n.name) \
+                    and all(u.name in members for u in users[n.name]):
+                members.add(n.name)
+                sem.add(n.name)
+                grown = True
     kinds = [op_kind(str(n.target)) for n in ep.graph.nodes if n.name in sem and n.target is not operator.getitem]
     if all(k in _VIEW_KINDS for k in kinds):
         return None
@@ -529,7 +560,7 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
     from agentforge.author import partition, semantic_nodes
     from agentforge.canonical import canonical_export, canonical_graph
     from agentforge.capture import node_flops, operand_specs
-    from agentforge.torch.match import GraphView, weight_inputs
+    from agentforge.torch.match import GraphView, constant_nodes, weight_inputs
 
     tasks: dict[str, ModelTask] = {}
     seen: dict[tuple[str, int], dict[str, list[tuple[str, ModelTask]]]] = {}   # group -> label -> regions
@@ -556,24 +587,30 @@ def model_tasks(m: LoadedModel, batch: int = 1, prompt_tokens: Sequence[int] = (
             for a in n.all_input_nodes:
                 users.setdefault(a.name, []).append(n)
         masks = additive_masks(ep)
+        constants = constant_nodes(ep)
         for region in partition(graph):
             names = [sem[i].name for i in region.nodes]
-            got = _region_task(ep, graph, view, names, params, users, masks)
-            if got is None:
-                continue
-            source, kinds = got
-            key = _program_key(source)
             flops = sum(node_flops(n, operand_specs(specs, n)) for n in graph.nodes if n.name in set(names))
-            where = f"{label}: {piece}{names[0]}..{names[-1]}"
-            if group is not None:
-                seen.setdefault(group, {}).setdefault(label, []).append(
-                    (key, ModelTask("", source, kinds, [where], region.template, flops)))
-                continue
-            if key in tasks:
-                tasks[key].occurrences.append(where)
-                tasks[key].flops += flops
-                continue
-            tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
+            # a region that reads constants is a task twice: making them inside (where the backend
+            # sees them constant, the match covers them) and reading them (where the same values
+            # come from data: generate() builds the mask from its attention_mask input)
+            variants = []
+            for suffix, consts in (("", frozenset()), (" +constants", constants)):
+                got = _region_task(ep, graph, view, names, params, users, masks, consts)
+                if got is not None and all(got[0] != v[1][0] for v in variants):
+                    variants.append((suffix, got))
+            for suffix, (source, kinds) in variants:
+                key = _program_key(source)
+                where = f"{label}: {piece}{names[0]}..{names[-1]}{suffix}"
+                if group is not None:
+                    seen.setdefault(group, {}).setdefault(label, []).append(
+                        (key, ModelTask("", source, kinds, [where], region.template, flops)))
+                    continue
+                if key in tasks:
+                    tasks[key].occurrences.append(where)
+                    tasks[key].flops += flops
+                    continue
+                tasks[key] = ModelTask("", source, kinds, [where], region.template, flops)
     hi = max_tokens or _kv_limit(m)
     for (kind, _), by_label in seen.items():
         xs = [_size_of(lb) for lb in by_label]

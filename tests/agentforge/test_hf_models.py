@@ -171,34 +171,47 @@ GUARD_KINDS = {"softmax", "amax", "ne", "logical_not", "full_like", "where", "an
 
 
 @pytest.fixture(scope="module")
-def guard_lib(tmp_path_factory) -> tuple[str, object]:
-    """A library of one task taken from the tiny Llama by `campaign --from-model`'s capture: its
-    masked softmax with the fully-masked-row guard SDPA's decomposition adds."""
+def guard_lib(tmp_path_factory) -> tuple[str, list]:
+    """A library of the tiny Llama's masked-softmax tasks as `campaign --from-model` captures them
+    (with the fully-masked-row guard SDPA's decomposition adds): each region twice, taking the
+    causal mask as an input and making it inside (``+constants``), from torch.export's graph and
+    from the graph dynamo hands the backend (HF builds the mask differently under each)."""
     from agentforge.torch._build import build_library
     from agentforge.torch.from_model import LoadedModel, model_tasks, write_suite
 
     tmp = tmp_path_factory.mktemp("guard")
     tasks = [t for t in model_tasks(LoadedModel("llama", _build("llama"), None, 256)) if "softmax" in t.kinds]
-    assert len(tasks) == 1
     suite = write_suite(tasks, tmp / "suite", "llama")
-    _, notes = build_library([suite / f"{tasks[0].name}.py"], tmp / "library")
+    _, notes = build_library([suite / f"{t.name}.py" for t in tasks], tmp / "library")
     assert not notes
-    return str(tmp / "library"), tasks[0]
+    return str(tmp / "library"), tasks
 
 
 def _eager_kinds(graphs) -> set[str]:
     return {e.kind for c in graphs for e in c.plan.eager if e.node not in c.plan.folded}
 
 
+def _makes_its_constants(t) -> bool:
+    return all(o.endswith(" +constants") for o in t.occurrences)
+
+
 def test_the_sdpa_guard_is_inside_a_task_checked_on_fully_masked_rows(guard_lib):
-    _, task = guard_lib
-    assert {"softmax", "amax", "ne", "where", "full_like"} <= set(task.kinds) and "any" not in task.kinds
-    inputs = task.source.split("def get_inputs():")[1]
-    assert "float('-inf')" in inputs and "index_fill(-2" in inputs     # the additive mask, a fully masked row
+    _, tasks = guard_lib
+    assert len(tasks) == 4 and sum(map(_makes_its_constants, tasks)) == 2
+    for t in tasks:
+        assert {"softmax", "amax", "ne", "where", "full_like"} <= set(t.kinds) and "any" not in t.kinds
+        inputs = t.source.split("def get_inputs():")[1]
+        if _makes_its_constants(t):      # the causal mask from positions, in the kernel: only the scores come in
+            assert "arange" in t.kinds and inputs.count("torch.randn") == 1 and "-inf" not in inputs
+        else:                       # the additive mask as an input, checked with a fully masked row
+            assert "float('-inf')" in inputs and "index_fill(-2" in inputs
 
 
-def test_the_sdpa_guard_runs_on_the_generated_kernel_not_eagerly(guard_lib, monkeypatch):
-    lib, task = guard_lib
+def test_the_causal_mask_and_the_sdpa_guard_run_on_the_generated_kernel_not_eagerly(guard_lib, monkeypatch):
+    """torch.compile's forward: the mask HF builds from positions is made by the kernel that adds it
+    to the scores (each layer has its own copy, rematerialised as XLA does): nothing of the
+    attention's softmax runs in PyTorch, not even once per plan (none of its ops folded)."""
+    lib, tasks = guard_lib
     model = _build("llama")
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(1))
     before = {id(c) for c in compiled_graphs()}
@@ -207,8 +220,13 @@ def test_the_sdpa_guard_runs_on_the_generated_kernel_not_eagerly(guard_lib, monk
         ref = model(ids, use_cache=False).logits
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
     graphs = [c for c in compiled_graphs() if id(c) not in before]
-    assert [r.family.op for c in graphs for r in c.plan.regions] == [task.name] * 2      # one per layer
-    assert not _eager_kinds(graphs) & GUARD_KINDS
+    ran = [r.family.op for c in graphs for r in c.plan.regions]
+    assert len(ran) == 2 and len(set(ran)) == 1                             # one per layer
+    (task,) = [t for t in tasks if t.name == ran[0]]
+    assert _makes_its_constants(task)
+    assert not _eager_kinds(graphs) & (GUARD_KINDS | {"arange", "le", "sub", "logical_and"})
+    folded = {n.kind for c in graphs for n in c.plan.graph.nodes if n.name in c.plan.folded}
+    assert folded and not folded & {"le", "logical_and", "where", "full"}    # RoPE's positions only (no task here)
     from agentforge.torch.ops import OpFamily
 
     real = OpFamily._run
@@ -220,7 +238,9 @@ def test_the_sdpa_guard_runs_on_the_generated_kernel_not_eagerly(guard_lib, monk
 
 
 def test_generate_with_the_guard_on_a_kernel_gives_eagers_tokens(guard_lib):
-    lib, task = guard_lib
+    """generate()'s prefill builds the mask from its attention_mask input (data): the variant that
+    takes the mask as an input serves it."""
+    lib, tasks = guard_lib
     model = _build("llama")
     ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2))
     kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
@@ -232,7 +252,7 @@ def test_generate_with_the_guard_on_a_kernel_gives_eagers_tokens(guard_lib):
     assert torch.equal(got, ref)
     ran = {r.family.op for c in compiled_graphs() if id(c) not in before
            for s in c.specializations.values() if s.plan is not None for r in s.plan.regions}
-    assert task.name in ran                                          # the prefill's attention ran on it
+    assert ran & {t.name for t in tasks}                            # the prefill's attention ran on one
     torch._dynamo.reset()
 
 
@@ -315,7 +335,11 @@ def test_decode_tasks_over_the_kv_cache_are_symbolic_and_verified_over_a_range(k
         # a size, own value 17: the steps are the graph dynamo recompiled with a symbolic KV length
         # (the first decode step, over the 16 prompt tokens, is compiled static)
         assert t.ranges == {"KV": "1..127"} and "\nKV = 17\n" in t.source
-        assert "KV" in t.source.split("def get_inputs", 1)[1]                        # the inputs' shapes use it
+        forward, inputs = t.source.split("def get_inputs", 1)
+        if _makes_its_constants(t):       # the step's position made inside (arange(0, 1) + KV): a scalar
+            assert "arange" in t.kinds and "KV)" in forward
+        else:
+            assert "KV" in inputs                                                    # the inputs' shapes use it
     assert rows and all(r["verified"] for r in rows), [r for r in rows if not r["verified"]]
 
 
