@@ -488,6 +488,10 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
             else:
                 names[a.name] = f"x{len(inputs)}"
                 inputs.append(a)
+    if not inputs:
+        # made from constants and weights only (GPT-2's position embeddings at arange positions): a
+        # task needs an input, and the variant that takes the constants as inputs covers the region
+        return None
     for i, n in enumerate(order):
         names[n.name] = f"v{i}"
     # a value leaves the region when it, or a member copy / row view of it (GPT-2's wte + wpe read
