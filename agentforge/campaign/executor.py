@@ -137,14 +137,23 @@ class LocalExecutor:
         return out
 
     def close(self) -> None:
+        # every idle worker is told to stop before any is waited for: they exit at once, not in turn
+        stopping = []
         for s in self.slots:
-            if s.proc is not None and s.proc.poll() is None:
-                if s.job is None:
-                    try:
-                        write_all(s.proc.stdin, frame(None))
-                        s.proc.wait(5)
-                    except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
-                        pass
+            if s.proc is not None and s.proc.poll() is None and s.job is None:
+                try:
+                    write_all(s.proc.stdin, frame(None))
+                    stopping.append(s)
+                except (BrokenPipeError, OSError):
+                    pass
+        deadline = time.monotonic() + 5
+        for s in stopping:
+            try:
+                s.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        for s in self.slots:
+            if s.proc is not None:
                 self._kill(s)
             s.job = None
 

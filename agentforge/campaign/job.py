@@ -218,9 +218,12 @@ def worker_main() -> None:
         try:
             job = recv(inp)
         except EOFError:
-            return
+            job = None
         if job is None:
-            return
+            # as multiprocessing's workers end: every job closed what it opened (run_job's finally) and
+            # its result is sent, so the interpreter's teardown (torch's, about a second) buys nothing
+            out.flush()
+            os._exit(0)
         res = run_job(job, emit)
         with lock:
             send(out, {"kind": "result", "data": res})
