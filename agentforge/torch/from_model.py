@@ -461,16 +461,13 @@ def _region_task(ep: Any, graph: Any, view: Any, members_sem: list[str], params:
     # positions, the positions RoPE tables are made from): the kernel makes them ahead of time, as
     # a compiled dataflow program holds its constants, and the backend's match covers them (left
     # out, the backend would compute them once per plan in PyTorch, outside every kernel). A
-    # constant another region also reads stays outside (two matches cannot share a node).
-    grown = True
-    while grown:
-        grown = False
-        for n in ep.graph.nodes:
-            if n.name in constants and n.name not in members and users.get(n.name) \
-                    and all(u.name in members for u in users[n.name]):
-                members.add(n.name)
-                sem.add(n.name)
-                grown = True
+    # constant another region also reads stays outside (two matches cannot share a node). In
+    # reverse graph order a constant's users are all settled before it is looked at: one pass.
+    for n in reversed(ep.graph.nodes):
+        if n.name in constants and n.name not in members and users.get(n.name) \
+                and all(u.name in members for u in users[n.name]):
+            members.add(n.name)
+            sem.add(n.name)
     kinds = [op_kind(str(n.target)) for n in ep.graph.nodes if n.name in sem and n.target is not operator.getitem]
     if all(k in _VIEW_KINDS for k in kinds):
         return None

@@ -351,6 +351,7 @@ def rematerialize_constants(ep: Any) -> int:
     if not const:
         return 0
     g = ep.graph
+    order = {n.name: i for i, n in enumerate(g.nodes)}     # a cone holds originals only: copies never move them
     owner: dict[str, str] = {}
     added = 0
     for u in list(g.nodes):
@@ -371,7 +372,6 @@ def rematerialize_constants(ep: Any) -> int:
         if all(owner.get(a.name, u.name) == u.name for a in cone):
             owner.update((a.name, u.name) for a in cone)
             continue
-        order = {n.name: i for i, n in enumerate(g.nodes)}
         copies: dict[torch.fx.Node, torch.fx.Node] = {}
         with g.inserting_before(u):
             for a in sorted(cone, key=lambda x: order[x.name]):
